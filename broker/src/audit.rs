@@ -1,0 +1,224 @@
+//! The audit log: append-only, hash-chained, written behind the request path.
+//!
+//! Each row's hash is SHA-256 over its content and the previous row's hash, so editing
+//! or deleting a row breaks every hash after it ([`verify_chain`]). Events never hold
+//! token text or secrets: tokens are named by revocation id.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::Clock;
+use crate::store::{AuditRow, Store};
+
+/// One thing worth recording.
+#[derive(Debug, Clone)]
+pub struct AuditEvent {
+    /// What happened (`task.issued`, `call.denied`, …).
+    pub kind: &'static str,
+    /// Who did it (`agent:x`, `approver:y`, `admin`, `broker`).
+    pub actor: String,
+    /// The task concerned.
+    pub task_id: Option<String>,
+    /// Details.
+    pub detail: Value,
+}
+
+enum Message {
+    Event(AuditEvent),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Handle to the audit writer.
+#[derive(Clone)]
+pub struct Audit {
+    tx: mpsc::Sender<Message>,
+}
+
+/// Events buffered before callers wait.
+const QUEUE: usize = 65_536;
+
+impl Audit {
+    /// Starts the writer, continuing the chain already in the store.
+    pub async fn start(store: Arc<dyn Store>, clock: Clock) -> anyhow::Result<Audit> {
+        let head = store.audit_head().await?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(writer(store, clock, head, rx));
+        Ok(Audit { tx })
+    }
+
+    /// Records an event (waits only if the queue is full).
+    pub async fn record(&self, event: AuditEvent) {
+        if self.tx.send(Message::Event(event)).await.is_err() {
+            tracing::error!("audit writer has stopped; event not recorded");
+        }
+    }
+
+    /// Waits until every event recorded before this call is in the store.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Message::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+async fn writer(
+    store: Arc<dyn Store>,
+    clock: Clock,
+    head: Option<(i64, String)>,
+    mut rx: mpsc::Receiver<Message>,
+) {
+    let (mut seq, mut prev) = head.unwrap_or((0, String::new()));
+    let mut pending: Vec<AuditRow> = Vec::new();
+    let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
+    loop {
+        let Some(first) = rx.recv().await else { break };
+        let mut batch = vec![first];
+        while batch.len() < 512 {
+            match rx.try_recv() {
+                Ok(message) => batch.push(message),
+                Err(_) => break,
+            }
+        }
+        for message in batch {
+            match message {
+                Message::Event(event) => {
+                    seq += 1;
+                    let row = chain(seq, clock.now_ms(), event, &prev);
+                    prev = row.hash.clone();
+                    pending.push(row);
+                }
+                Message::Flush(done) => waiters.push(done),
+            }
+        }
+        // A failed write (disk full, read-only) is retried; rows are never dropped or reordered.
+        let mut delay = Duration::from_millis(50);
+        while !pending.is_empty() {
+            match store.append_audit(&pending).await {
+                Ok(()) => pending.clear(),
+                Err(err) => {
+                    tracing::error!(error = %err, rows = pending.len(), "cannot write audit rows; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        for done in waiters.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Builds the row `seq` after `prev`.
+fn chain(seq: i64, at_ms: i64, event: AuditEvent, prev: &str) -> AuditRow {
+    let mut row = AuditRow {
+        seq,
+        at_ms,
+        kind: event.kind.to_string(),
+        actor: event.actor,
+        task_id: event.task_id,
+        detail: event.detail,
+        prev_hash: prev.to_string(),
+        hash: String::new(),
+    };
+    row.hash = row_hash(&row);
+    row
+}
+
+/// The hash a row must carry.
+pub fn row_hash(row: &AuditRow) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(row.seq.to_string());
+    hasher.update([0]);
+    hasher.update(row.at_ms.to_string());
+    hasher.update([0]);
+    hasher.update(&row.kind);
+    hasher.update([0]);
+    hasher.update(&row.actor);
+    hasher.update([0]);
+    hasher.update(row.task_id.as_deref().unwrap_or(""));
+    hasher.update([0]);
+    hasher.update(row.detail.to_string());
+    hasher.update([0]);
+    hasher.update(&row.prev_hash);
+    hex::encode(hasher.finalize())
+}
+
+/// Where a chain breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("audit chain broken at seq {seq}: {reason}")]
+pub struct ChainBreak {
+    /// The first bad row (or the missing seq).
+    pub seq: i64,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// Checks a run of rows that continues after `(seq, hash)` of the row before it.
+/// Returns the new head.
+pub fn verify_chain(after: (i64, &str), rows: &[AuditRow]) -> Result<(i64, String), ChainBreak> {
+    let (mut seq, prev) = after;
+    let mut prev = prev.to_string();
+    for row in rows {
+        if row.seq != seq + 1 {
+            return Err(ChainBreak {
+                seq: seq + 1,
+                reason: format!("row {} is missing (next row is {})", seq + 1, row.seq),
+            });
+        }
+        if row.prev_hash != prev {
+            return Err(ChainBreak {
+                seq: row.seq,
+                reason: "prev_hash does not match the previous row".into(),
+            });
+        }
+        if row_hash(row) != row.hash {
+            return Err(ChainBreak {
+                seq: row.seq,
+                reason: "the row was edited (hash mismatch)".into(),
+            });
+        }
+        seq = row.seq;
+        prev = row.hash.clone();
+    }
+    Ok((seq, prev))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rows(n: i64) -> Vec<AuditRow> {
+        let mut prev = String::new();
+        (1..=n)
+            .map(|seq| {
+                let event = AuditEvent {
+                    kind: "call.allowed",
+                    actor: "agent:a".into(),
+                    task_id: None,
+                    detail: json!({"n": seq}),
+                };
+                let row = chain(seq, 1000 + seq, event, &prev);
+                prev = row.hash.clone();
+                row
+            })
+            .collect()
+    }
+
+    #[test]
+    fn edits_and_deletions_break_the_chain() {
+        let good = rows(5);
+        assert_eq!(verify_chain((0, ""), &good).unwrap().0, 5);
+        let mut edited = good.clone();
+        edited[2].actor = "agent:b".into();
+        assert_eq!(verify_chain((0, ""), &edited).unwrap_err().seq, 3);
+        let mut deleted = good.clone();
+        deleted.remove(1);
+        assert_eq!(verify_chain((0, ""), &deleted).unwrap_err().seq, 2);
+    }
+}

@@ -1,0 +1,203 @@
+//! The checked tool call, in the order of the contract:
+//! verify token → revocation and task state → tool exists → authorizer (with counters)
+//! → JSON Schema → the grant's budget → forward upstream → `{"result": …}`.
+//!
+//! Every step after verification refuses without side effects: a refused call gives
+//! its counter slot back, and so does a call the upstream never performed.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+use crate::audit::AuditEvent;
+use crate::authorize::{CallFacts, Denial, authorize_call};
+use crate::error::ApiError;
+use crate::facts::{MAX_DEPTH, depth};
+use crate::ids::is_tool_name;
+use crate::policy::{ToolApproval, ToolDef};
+use crate::proxy::UpstreamFailure;
+use crate::server::AppState;
+use crate::tasks::TaskRuntime;
+use crate::verify::{Principal, VerifiedToken};
+
+/// A task token resolved to its live task.
+pub struct TaskContext {
+    /// The verified token.
+    pub token: Arc<VerifiedToken>,
+    /// The task's runtime.
+    pub runtime: Arc<TaskRuntime>,
+}
+
+/// Resolves a task token to its task and refuses unless the task is active.
+pub async fn active_task(
+    state: &AppState,
+    token: Arc<VerifiedToken>,
+) -> Result<TaskContext, ApiError> {
+    let Principal::Task { task_id, .. } = &token.principal else {
+        return Err(ApiError::TokenInvalid("not a task token".into()));
+    };
+    let runtime =
+        state.tasks.runtime(task_id).await?.ok_or_else(|| {
+            ApiError::TokenInvalid(format!("the token names unknown task {task_id}"))
+        })?;
+    state.tasks.check_active(&runtime).await?;
+    Ok(TaskContext { token, runtime })
+}
+
+/// Makes one checked call and returns the upstream's JSON.
+pub async fn call_tool(
+    state: &AppState,
+    token: Arc<VerifiedToken>,
+    tool_name: &str,
+    args: Value,
+) -> Result<Value, ApiError> {
+    let task = active_task(state, token).await?;
+    let outcome = checked_call(state, &task, tool_name, &args).await;
+    let (kind, detail) = match &outcome {
+        Ok(_) => (
+            "call.allowed",
+            json!({ "tool": tool_name, "token": task.token.own_id() }),
+        ),
+        Err(err) => {
+            let (status, code) = err.status_and_code();
+            (
+                "call.denied",
+                json!({ "tool": tool_name, "token": task.token.own_id(), "status": status.as_u16(), "code": code, "reason": err.to_string() }),
+            )
+        }
+    };
+    state
+        .audit
+        .record(AuditEvent {
+            kind,
+            actor: format!("agent:{}", task.runtime.agent),
+            task_id: Some(task.runtime.task_id.clone()),
+            detail,
+        })
+        .await;
+    outcome
+}
+
+async fn checked_call(
+    state: &AppState,
+    task: &TaskContext,
+    tool_name: &str,
+    args: &Value,
+) -> Result<Value, ApiError> {
+    let tool = lookup_tool(state, tool_name)?;
+    let Some(arguments) = args.as_object() else {
+        return Err(ApiError::BadRequest(
+            "the arguments must be a JSON object".into(),
+        ));
+    };
+    if depth(args) > MAX_DEPTH {
+        return Err(ApiError::BadRequest(format!(
+            "the arguments nest deeper than {MAX_DEPTH} levels"
+        )));
+    }
+    let slot = state
+        .tasks
+        .take_slot(&task.runtime, task.token.own_id())
+        .await?;
+    let now_ms = state.clock.now_ms();
+    let facts = CallFacts {
+        tool: tool_name,
+        args: arguments,
+        now_secs: now_ms.div_euclid(1000),
+        task_calls: slot.task_calls,
+        token_calls: slot.token_calls,
+    };
+    authorize_call(&task.token.biscuit, &facts).map_err(|denial| match denial {
+        Denial::Capability(why) => ApiError::CapabilityDenied(why),
+        Denial::Budget(why) => ApiError::BudgetExhausted(why),
+    })?;
+    let violations = crate::schema::violations(&tool.validator, args);
+    if !violations.is_empty() {
+        return Err(ApiError::InvalidArguments {
+            message: format!(
+                "the arguments do not match the input schema of {tool_name:?} ({} violations)",
+                violations.len()
+            ),
+            violations,
+        });
+    }
+    if let Some(max) = task.runtime.max_calls
+        && slot.task_calls >= max
+    {
+        return Err(ApiError::BudgetExhausted(format!(
+            "task {} has used all {max} calls its grant allows",
+            task.runtime.task_id
+        )));
+    }
+    if tool.approval == ToolApproval::PerCall {
+        return Err(ApiError::PolicyDenied(format!(
+            "tool {tool_name:?} needs a per-call approval, which this version of Leash cannot grant yet"
+        )));
+    }
+    // A revoke that answered while this call was being checked must stop it here.
+    state.tasks.check_active(&task.runtime).await?;
+    let started = Instant::now();
+    match state.proxy.forward(&tool, args, &[]).await {
+        Ok(result) => {
+            slot.commit(state.clock.now_ms());
+            tracing::debug!(
+                tool = tool_name,
+                micros = started.elapsed().as_micros() as u64,
+                "call forwarded"
+            );
+            Ok(result)
+        }
+        Err(failure) => {
+            if !failure.not_performed() {
+                slot.commit(state.clock.now_ms());
+            }
+            Err(match failure {
+                UpstreamFailure::Timeout { .. } => ApiError::UpstreamTimeout(failure.to_string()),
+                _ => ApiError::UpstreamError(failure.to_string()),
+            })
+        }
+    }
+}
+
+/// A configured tool by name; unknown and malformed names are both `unknown_tool`.
+pub fn lookup_tool(state: &AppState, name: &str) -> Result<Arc<ToolDef>, ApiError> {
+    if !is_tool_name(name) {
+        return Err(ApiError::UnknownTool(format!(
+            "{name:?} is not a valid tool name"
+        )));
+    }
+    state
+        .policy
+        .tool(name)
+        .cloned()
+        .ok_or_else(|| ApiError::UnknownTool(format!("no tool named {name:?}")))
+}
+
+/// The tools this token may call: its authority tools that exist, minus those its own
+/// checks rule out whatever the arguments (checks about `arg` are left to call time).
+pub fn callable_tools(state: &AppState, task: &TaskContext) -> Vec<Arc<ToolDef>> {
+    let now_secs = state.clock.now_ms().div_euclid(1000);
+    let no_args = serde_json::Map::new();
+    task.token
+        .tools
+        .iter()
+        .filter_map(|name| state.policy.tool(name).cloned())
+        .filter(|tool| {
+            let facts = CallFacts {
+                tool: &tool.name,
+                args: &no_args,
+                now_secs,
+                task_calls: task.runtime.calls(),
+                token_calls: 0,
+            };
+            match authorize_call(&task.token.biscuit, &facts) {
+                Ok(()) => true,
+                Err(Denial::Capability(why)) => {
+                    why.contains("arg(") && !why.contains("does not grant")
+                }
+                Err(Denial::Budget(_)) => true,
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,109 @@
+//! The command line: `leash serve`, `leash policy check`, `leash token inspect`,
+//! `leash audit verify`, with the environment variables of DESIGN.md.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::server::ServeConfig;
+
+/// Leash: task-bound capabilities for AI agents' tool calls.
+#[derive(Parser, Debug)]
+#[command(name = "leash", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the broker.
+    Serve(ServeArgs),
+    /// Work with policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Work with tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Work with the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `leash serve` options.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "LEASH_LISTEN", default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// The policy folder (every *.toml in it).
+    #[arg(long, env = "LEASH_POLICIES", default_value = "./policies")]
+    pub policies: PathBuf,
+    /// The data folder: root keys, SQLite database, generated admin token.
+    #[arg(long, env = "LEASH_DATA", default_value = "./data")]
+    pub data: PathBuf,
+    /// A database URL instead of the embedded SQLite file.
+    #[arg(long, env = "LEASH_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// How often expired and idle tasks are swept, in milliseconds.
+    #[arg(long, env = "LEASH_SWEEP_INTERVAL_MS", default_value_t = 1000)]
+    pub sweep_interval_ms: u64,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "LEASH_BODY_LIMIT", default_value_t = 1024 * 1024)]
+    pub body_limit: usize,
+}
+
+impl ServeArgs {
+    /// The server configuration; the admin token comes from `LEASH_ADMIN_TOKEN` only
+    /// (never a flag: command lines are visible to other users).
+    pub fn into_config(self, admin_token: Option<String>) -> ServeConfig {
+        ServeConfig {
+            listen: self.listen,
+            policies: self.policies,
+            data: self.data,
+            database_url: self.database_url,
+            admin_token,
+            sweep_interval: Duration::from_millis(self.sweep_interval_ms.max(10)),
+            body_limit: self.body_limit,
+        }
+    }
+}
+
+/// `leash policy …`.
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Check a policy folder and point at every mistake.
+    Check {
+        /// The policy folder.
+        #[arg(long, env = "LEASH_POLICIES", default_value = "./policies")]
+        policies: PathBuf,
+    },
+}
+
+/// `leash token …`.
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Print a token's blocks and revocation ids; verify it if the data folder has keys.
+    Inspect {
+        /// The token (base64). `-` reads it from standard input.
+        token: String,
+        /// The data folder holding the root keys.
+        #[arg(long, env = "LEASH_DATA", default_value = "./data")]
+        data: PathBuf,
+    },
+}
+
+/// `leash audit …`.
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Verify the audit chain: detects edited and deleted rows.
+    Verify {
+        /// The data folder holding the SQLite database.
+        #[arg(long, env = "LEASH_DATA", default_value = "./data")]
+        data: PathBuf,
+    },
+}

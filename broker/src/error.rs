@@ -1,0 +1,134 @@
+//! The one error type of the HTTP API and its single mapping to status codes.
+//!
+//! Every handler returns `Result<_, ApiError>`; `IntoResponse` renders
+//! `{"error":{"code","message"}}` as DESIGN.md specifies. Messages are written
+//! for the caller and never contain secrets (tokens are named by revocation id).
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// An API error: its variant decides the status and `code`, its text the message.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed JSON, wrong content type, bad path or query.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No credential, or one that is not understood as any kind of caller.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The token does not parse, has a bad signature, an unknown key, or is the wrong kind.
+    #[error("{0}")]
+    TokenInvalid(String),
+    /// The token's window has passed (or its task expired).
+    #[error("{0}")]
+    TokenExpired(String),
+    /// The token, or the task it belongs to, was revoked.
+    #[error("{0}")]
+    TokenRevoked(String),
+    /// The task is not active (completed, pending, denied).
+    #[error("{0}")]
+    TaskInactive(String),
+    /// The caller is authenticated but its role may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Policy refuses the request (tool not granted, ttl too long, ...).
+    #[error("{0}")]
+    PolicyDenied(String),
+    /// A Biscuit check of the capability failed; the message names it.
+    #[error("{0}")]
+    CapabilityDenied(String),
+    /// No such resource.
+    #[error("{0}")]
+    NotFound(String),
+    /// No such tool.
+    #[error("{0}")]
+    UnknownTool(String),
+    /// Wrong HTTP method on a known path.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// The request conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The request body is larger than allowed.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// The arguments do not satisfy the tool's input schema.
+    #[error("{message}")]
+    InvalidArguments {
+        /// Summary for humans.
+        message: String,
+        /// One entry per violation, with its JSON pointer.
+        violations: Vec<serde_json::Value>,
+    },
+    /// A call budget (the grant's, the task's or a token's) is used up.
+    #[error("{0}")]
+    BudgetExhausted(String),
+    /// The upstream failed or answered something unusable.
+    #[error("{0}")]
+    UpstreamError(String),
+    /// The upstream did not answer in time.
+    #[error("{0}")]
+    UpstreamTimeout(String),
+    /// The broker could not do its part (store unreachable, ...). Fails closed.
+    /// Details are logged; the caller sees a generic message.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    /// The HTTP status and the stable `code` string of this error.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            ApiError::TokenInvalid(_) => (StatusCode::UNAUTHORIZED, "token_invalid"),
+            ApiError::TokenExpired(_) => (StatusCode::UNAUTHORIZED, "token_expired"),
+            ApiError::TokenRevoked(_) => (StatusCode::UNAUTHORIZED, "token_revoked"),
+            ApiError::TaskInactive(_) => (StatusCode::UNAUTHORIZED, "task_inactive"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::PolicyDenied(_) => (StatusCode::FORBIDDEN, "policy_denied"),
+            ApiError::CapabilityDenied(_) => (StatusCode::FORBIDDEN, "capability_denied"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::UnknownTool(_) => (StatusCode::NOT_FOUND, "unknown_tool"),
+            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "bad_request"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::InvalidArguments { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_arguments")
+            }
+            ApiError::BudgetExhausted(_) => (StatusCode::TOO_MANY_REQUESTS, "budget_exhausted"),
+            ApiError::UpstreamError(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),
+            ApiError::UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            ApiError::Internal(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        }
+    }
+
+    /// Shorthand for an internal failure from any error.
+    pub fn internal(err: impl Into<anyhow::Error>) -> Self {
+        ApiError::Internal(err.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if let ApiError::Internal(err) = &self {
+            tracing::error!(error = %format!("{err:#}"), "request failed inside the broker");
+        }
+        let mut error = json!({ "code": code, "message": self.to_string() });
+        if let ApiError::InvalidArguments { violations, .. } = &self {
+            error["violations"] = json!(violations);
+        }
+        let mut response = (status, axum::Json(json!({ "error": error }))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// Result type of every handler.
+pub type ApiResult<T> = Result<T, ApiError>;

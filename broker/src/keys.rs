@@ -1,0 +1,116 @@
+//! Root signing keys: ed25519 key pairs, each with a root key id (`kid`).
+//!
+//! The signing key is the one with the highest id; every key listed here verifies.
+//! Verification chooses the key by the token's root key id and fails closed on an
+//! unknown or missing id.
+
+use std::collections::BTreeMap;
+
+use biscuit_auth::{KeyPair, PrivateKey, PublicKey, builder::Algorithm, error};
+use serde::{Deserialize, Serialize};
+
+/// The broker's root keys.
+pub struct RootKeys {
+    /// Every key that verifies, by root key id.
+    keys: BTreeMap<u32, KeyPair>,
+}
+
+/// One key as stored on disk (the file is mode 0600).
+#[derive(Serialize, Deserialize)]
+pub struct StoredKey {
+    /// Root key id written into every token signed with this key.
+    pub kid: u32,
+    /// Always `ed25519`.
+    pub algorithm: String,
+    /// Hex of the 32-byte private key.
+    pub private_key: String,
+}
+
+/// A public key as published at `/.well-known/leash/keys`.
+#[derive(Serialize, Debug, Clone)]
+pub struct PublishedKey {
+    /// Root key id.
+    pub kid: u32,
+    /// Always `ed25519`.
+    pub algorithm: &'static str,
+    /// Biscuit's textual form, `ed25519/<hex>`.
+    pub public_key: String,
+}
+
+/// Why keys could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The stored key material is not a valid key.
+    #[error("root key {kid} is not a valid ed25519 private key")]
+    Invalid {
+        /// The offending key id.
+        kid: u32,
+    },
+    /// No keys at all.
+    #[error("no root key")]
+    Empty,
+}
+
+impl RootKeys {
+    /// A new key set with one fresh key of id 1.
+    pub fn generate() -> Self {
+        let mut keys = BTreeMap::new();
+        keys.insert(1, KeyPair::new());
+        RootKeys { keys }
+    }
+
+    /// Keys from their stored form.
+    pub fn from_stored(stored: &[StoredKey]) -> Result<Self, KeyError> {
+        let mut keys = BTreeMap::new();
+        for key in stored {
+            let private = PrivateKey::from_bytes_hex(&key.private_key, Algorithm::Ed25519)
+                .map_err(|_| KeyError::Invalid { kid: key.kid })?;
+            keys.insert(key.kid, KeyPair::from(&private));
+        }
+        if keys.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        Ok(RootKeys { keys })
+    }
+
+    /// The stored form of every key (secret material: write only to a 0600 file).
+    pub fn to_stored(&self) -> Vec<StoredKey> {
+        self.keys
+            .iter()
+            .map(|(kid, pair)| StoredKey {
+                kid: *kid,
+                algorithm: "ed25519".into(),
+                private_key: pair.private().to_bytes_hex(),
+            })
+            .collect()
+    }
+
+    /// The signing key and its id.
+    pub fn signing(&self) -> (u32, &KeyPair) {
+        let (kid, pair) = self
+            .keys
+            .iter()
+            .next_back()
+            .expect("RootKeys is never empty by construction");
+        (*kid, pair)
+    }
+
+    /// The public key for a token's root key id; unknown or missing ids fail.
+    pub fn public_for(&self, kid: Option<u32>) -> Result<PublicKey, error::Format> {
+        kid.and_then(|kid| self.keys.get(&kid))
+            .map(|pair| pair.public())
+            .ok_or(error::Format::UnknownPublicKey)
+    }
+
+    /// Every public key, for publication.
+    pub fn published(&self) -> Vec<PublishedKey> {
+        self.keys
+            .iter()
+            .map(|(kid, pair)| PublishedKey {
+                kid: *kid,
+                algorithm: "ed25519",
+                public_key: pair.public().to_string(),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,40 @@
+//! Leash: a tool-access broker for AI agents.
+//!
+//! Agents get task-bound Biscuit capabilities; every tool call crosses the broker, which
+//! checks the token, validates the arguments, injects upstream credentials and forwards
+//! the call; ending a task revokes every token of it at once.
+//!
+//! Map of the crate (see also ARCHITECTURE.md):
+//! - [`config`] the command line; [`server`] assembles and runs a broker;
+//! - [`policy`] loads and checks policy files; [`schema`] compiles input schemas;
+//! - [`keys`] and [`datadir`] own root keys and the data folder;
+//! - [`mint`] is the only place that writes issuance Datalog; [`verify`] reads tokens;
+//!   [`authorize`] is the pure call decision; [`facts`] turns arguments into terms;
+//! - [`tasks`] holds live task state and counters; [`revocation`] the revoked-id set;
+//! - [`calls`] is the checked call path; [`proxy`] the only code that talks upstream;
+//! - [`store`] is durable state (SQLite); [`audit`] the hash-chained log;
+//! - [`routes`] every HTTP path; [`caller`] who is calling; [`error`] the one error type.
+
+pub mod audit;
+pub mod authorize;
+pub mod caller;
+pub mod calls;
+pub mod clock;
+pub mod config;
+pub mod datadir;
+pub mod error;
+pub mod facts;
+pub mod ids;
+pub mod keys;
+pub mod mint;
+pub mod policy;
+pub mod proxy;
+pub mod revocation;
+pub mod routes;
+pub mod schema;
+pub mod server;
+pub mod store;
+pub mod tasks;
+pub mod verify;
+
+pub use server::{AppState, ServeConfig, prepare, run};

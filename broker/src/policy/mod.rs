@@ -1,0 +1,243 @@
+//! Policy: which tools exist, and what each agent may be granted.
+//!
+//! Loaded once at start from every `*.toml` in the policy folder ([`load`]) and
+//! immutable afterwards. Everything here is already validated: schemas compiled,
+//! Datalog checks parsed, environment references substituted.
+
+mod load;
+mod toml_value;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderName, HeaderValue};
+
+pub use load::{load_dir, load_sources};
+
+/// The merged policy of a policy folder.
+#[derive(Debug, Default)]
+pub struct Policy {
+    /// Every configured tool, by name.
+    pub tools: BTreeMap<String, Arc<ToolDef>>,
+    /// Every agent's grant, by agent id.
+    pub grants: BTreeMap<String, Arc<Grant>>,
+    /// Settings of human approval.
+    pub approvals: ApprovalSettings,
+}
+
+/// One tool: an HTTP upstream with an input schema.
+pub struct ToolDef {
+    /// The tool's name (`web.search`).
+    pub name: String,
+    /// Human description, shown to agents.
+    pub description: String,
+    /// Where Leash POSTs the arguments. Agents never choose it.
+    pub upstream: reqwest::Url,
+    /// How long the upstream may take before the call fails with 504.
+    pub timeout: Duration,
+    /// Whether each call needs a human approval.
+    pub approval: ToolApproval,
+    /// The input JSON Schema as written.
+    pub input_schema: serde_json::Value,
+    /// The compiled schema.
+    pub validator: jsonschema::Validator,
+    /// Headers added to the upstream request (credentials the agent never sees).
+    pub upstream_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl fmt::Debug for ToolDef {
+    /// Never prints header values: they hold upstream credentials.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ToolDef")
+            .field("name", &self.name)
+            .field("upstream", &self.upstream.as_str())
+            .field("timeout", &self.timeout)
+            .field("approval", &self.approval)
+            .field(
+                "upstream_headers",
+                &self
+                    .upstream_headers
+                    .iter()
+                    .map(|(n, _)| n)
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// Whether calls of a tool need approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolApproval {
+    /// Calls go straight through (after the checks).
+    None,
+    /// Every call waits for a human approval.
+    PerCall,
+}
+
+/// Whether tasks of a grant need approval before issuance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantApproval {
+    /// Tasks are issued at once.
+    None,
+    /// A human approves each task before its token exists.
+    Issuance,
+}
+
+/// What one agent may be granted.
+#[derive(Debug)]
+pub struct Grant {
+    /// The agent id.
+    pub agent: String,
+    /// Tool names and `prefix.*` patterns.
+    pub tools: Vec<ToolPattern>,
+    /// Longest window a task may have.
+    pub max_ttl: Duration,
+    /// A task with no call for this long expires.
+    pub idle_timeout: Option<Duration>,
+    /// Most calls one task may make.
+    pub max_calls: Option<u64>,
+    /// Whether tasks need approval before issuance.
+    pub approval: GrantApproval,
+    /// Extra Datalog checks copied verbatim into every task token (already parsed once).
+    pub checks: Vec<String>,
+}
+
+/// An entry of a grant's `tools`: an exact name or a `prefix.*` wildcard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolPattern {
+    /// Exactly this tool.
+    Exact(String),
+    /// Every tool whose name starts with this prefix followed by a dot.
+    Prefix(String),
+}
+
+impl ToolPattern {
+    /// Parses `name` or `prefix.*`; `None` if it is neither.
+    pub fn parse(text: &str) -> Option<ToolPattern> {
+        if let Some(prefix) = text.strip_suffix(".*") {
+            crate::ids::is_tool_name(prefix).then(|| ToolPattern::Prefix(prefix.to_string()))
+        } else {
+            crate::ids::is_tool_name(text).then(|| ToolPattern::Exact(text.to_string()))
+        }
+    }
+
+    /// Whether this pattern covers `tool`.
+    pub fn matches(&self, tool: &str) -> bool {
+        match self {
+            ToolPattern::Exact(name) => name == tool,
+            ToolPattern::Prefix(prefix) => tool
+                .strip_prefix(prefix.as_str())
+                .is_some_and(|rest| rest.starts_with('.') && rest.len() > 1),
+        }
+    }
+}
+
+impl Grant {
+    /// Whether this grant covers `tool`.
+    pub fn allows(&self, tool: &str) -> bool {
+        self.tools.iter().any(|pattern| pattern.matches(tool))
+    }
+}
+
+/// The `[approvals]` section.
+#[derive(Debug, Clone)]
+pub struct ApprovalSettings {
+    /// An undecided approval counts as denied after this.
+    pub expire_after: Duration,
+    /// Where approval requests and decisions are POSTed.
+    pub webhook: Option<reqwest::Url>,
+    /// HMAC key of the webhook signature.
+    pub webhook_secret: Option<String>,
+}
+
+impl Default for ApprovalSettings {
+    fn default() -> Self {
+        ApprovalSettings {
+            expire_after: Duration::from_secs(900),
+            webhook: None,
+            webhook_secret: None,
+        }
+    }
+}
+
+impl Policy {
+    /// The tool of that exact name.
+    pub fn tool(&self, name: &str) -> Option<&Arc<ToolDef>> {
+        self.tools.get(name)
+    }
+
+    /// The grant of that agent.
+    pub fn grant(&self, agent: &str) -> Option<&Arc<Grant>> {
+        self.grants.get(agent)
+    }
+
+    /// The longest window of any grant: nothing a task does can outlast it.
+    pub fn longest_ttl(&self) -> Duration {
+        self.grants
+            .values()
+            .map(|grant| grant.max_ttl)
+            .max()
+            .unwrap_or(Duration::from_secs(3600))
+    }
+}
+
+/// One mistake in a policy file, with its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+/// Every mistake found in a policy folder.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct PolicyErrors(pub Vec<Diagnostic>);
+
+impl fmt::Display for PolicyErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, diagnostic) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{diagnostic}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_match_whole_segments_only() {
+        let pattern = ToolPattern::parse("everything.*").unwrap();
+        assert!(pattern.matches("everything.echo"));
+        assert!(!pattern.matches("everythingelse.echo"));
+        assert!(!pattern.matches("everything."));
+        assert!(!pattern.matches("everything"));
+        assert_eq!(ToolPattern::parse("*"), None);
+        assert_eq!(ToolPattern::parse("a.*.b"), None);
+    }
+}

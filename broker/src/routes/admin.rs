@@ -1,0 +1,265 @@
+//! Credentials and kill switches: minting agent and approver credentials (admin),
+//! revoking an agent (approver, admin), revoking one token (holder, approver, admin).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::extract::{JsonBody, OptionalJson, PathParam};
+use crate::audit::AuditEvent;
+use crate::caller::{Caller, authenticate};
+use crate::error::{ApiError, ApiResult};
+use crate::ids::is_principal_name;
+use crate::mint::{Role, credential};
+use crate::server::AppState;
+use crate::store::TaskState;
+use crate::tasks::EndOutcome;
+use crate::verify::Principal;
+
+/// Body of a credential request.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialRequest {
+    /// Optional lifetime of the credential; none means until revoked.
+    ttl_seconds: Option<i64>,
+}
+
+/// `POST /v1/agents/{agent}/credentials`.
+pub async fn agent_credential(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PathParam(agent): PathParam,
+    OptionalJson(body): OptionalJson<CredentialRequest>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    require_admin(&state, &headers)?;
+    if !is_principal_name(&agent) {
+        return Err(ApiError::BadRequest(format!(
+            "{agent:?} is not a valid agent id"
+        )));
+    }
+    if state.policy.grant(&agent).is_none() {
+        return Err(ApiError::NotFound(format!(
+            "the policy has no grant for agent {agent:?}"
+        )));
+    }
+    let token = mint_credential(&state, Role::Agent, &agent, body.ttl_seconds).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "agent": agent, "credential": token })),
+    ))
+}
+
+/// `POST /v1/approvers/{approver}/credentials`.
+pub async fn approver_credential(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PathParam(approver): PathParam,
+    OptionalJson(body): OptionalJson<CredentialRequest>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    require_admin(&state, &headers)?;
+    if !is_principal_name(&approver) {
+        return Err(ApiError::BadRequest(format!(
+            "{approver:?} is not a valid approver id"
+        )));
+    }
+    let token = mint_credential(&state, Role::Approver, &approver, body.ttl_seconds).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "approver": approver, "credential": token })),
+    ))
+}
+
+fn require_admin(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
+    match authenticate(state, headers)? {
+        Caller::Admin => Ok(()),
+        _ => Err(ApiError::Forbidden("this needs the admin token".into())),
+    }
+}
+
+async fn mint_credential(
+    state: &AppState,
+    role: Role,
+    id: &str,
+    ttl_seconds: Option<i64>,
+) -> ApiResult<String> {
+    let now = state.clock.now_ms();
+    let expires = match ttl_seconds {
+        None => None,
+        Some(ttl) if ttl > 0 && ttl <= 366 * 24 * 3600 => Some(now / 1000 + ttl),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "ttl_seconds must be from 1 to 31622400".into(),
+            ));
+        }
+    };
+    let biscuit = credential(&state.keys, role, id, expires)
+        .map_err(|e| ApiError::internal(anyhow::anyhow!(e)))?;
+    let revocation_id = hex::encode(
+        biscuit
+            .revocation_identifiers()
+            .first()
+            .cloned()
+            .unwrap_or_default(),
+    );
+    let text = biscuit.to_base64().map_err(ApiError::internal)?;
+    state
+        .store
+        .insert_credential(&revocation_id, role.as_str(), id, now)
+        .await
+        .map_err(ApiError::internal)?;
+    state
+        .audit
+        .record(AuditEvent {
+            kind: "credential.issued",
+            actor: "admin".into(),
+            task_id: None,
+            detail: json!({ "role": role.as_str(), "subject": id, "revocation_id": revocation_id }),
+        })
+        .await;
+    Ok(text)
+}
+
+/// Body of a revocation.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonBody {
+    /// Why, for the audit log.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Limits and defaults a revocation reason.
+pub fn reason_text(reason: Option<String>) -> ApiResult<String> {
+    let reason = reason.unwrap_or_else(|| "revoked".into());
+    if reason.chars().count() > 1000 {
+        return Err(ApiError::BadRequest(
+            "reason is longer than 1000 characters".into(),
+        ));
+    }
+    Ok(reason)
+}
+
+/// `POST /v1/agents/{agent}/revoke`: every live task of the agent, and its credentials.
+pub async fn revoke_agent(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PathParam(agent): PathParam,
+    OptionalJson(body): OptionalJson<ReasonBody>,
+) -> ApiResult<Json<Value>> {
+    let caller = authenticate(&state, &headers)?;
+    caller.require_approver_or_admin()?;
+    if !is_principal_name(&agent) {
+        return Err(ApiError::BadRequest(format!(
+            "{agent:?} is not a valid agent id"
+        )));
+    }
+    let reason = reason_text(body.reason)?;
+    let actor = caller.actor();
+    // Credentials first, so the agent cannot open a new task while its tasks are ended.
+    let now = state.clock.now_ms();
+    let credentials = state
+        .store
+        .revoke_credentials(Role::Agent.as_str(), &agent, now)
+        .await
+        .map_err(ApiError::internal)?;
+    state
+        .revoked
+        .extend(credentials.iter().map(|r| r.revocation_id.as_str()));
+    let mut revoked_tasks = 0;
+    for task_id in state
+        .store
+        .live_tasks_of(&agent)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        if let EndOutcome::Ended(_) = state
+            .tasks
+            .end(&task_id, TaskState::Revoked, &reason, &actor)
+            .await?
+        {
+            revoked_tasks += 1;
+        }
+    }
+    state
+        .audit
+        .record(AuditEvent {
+            kind: "agent.revoked",
+            actor,
+            task_id: None,
+            detail: json!({ "agent": agent, "reason": reason, "revoked_tasks": revoked_tasks, "revoked_credentials": credentials.len() }),
+        })
+        .await;
+    Ok(Json(json!({ "revoked_tasks": revoked_tasks })))
+}
+
+/// Body of `POST /v1/tokens/revoke`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBody {
+    /// The token to revoke.
+    token: String,
+}
+
+/// `POST /v1/tokens/revoke`: one (attenuated) token and everything derived from it;
+/// its task goes on. Allowed for the token itself or any ancestor of it, the owner
+/// agent, approvers and the admin.
+pub async fn revoke_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<TokenBody>,
+) -> ApiResult<Json<Value>> {
+    let caller = authenticate(&state, &headers)?;
+    // Verify the target's signature, but accept an already revoked one (idempotent).
+    let target = state
+        .verifier
+        .verify(&body.token, |_| false)
+        .map_err(|e| match e {
+            ApiError::TokenInvalid(why) => ApiError::BadRequest(format!("token: {why}")),
+            other => other,
+        })?;
+    let Principal::Task { task_id, agent } = &target.principal else {
+        return Err(ApiError::BadRequest(
+            "token: only task tokens are revoked here; revoke an agent with /v1/agents/{agent}/revoke".into(),
+        ));
+    };
+    let allowed = match &caller {
+        Caller::Admin | Caller::Approver(_) => true,
+        Caller::Agent(owner) => owner == agent,
+        Caller::Task(holder) => {
+            holder.revocation_ids.len() <= target.revocation_ids.len()
+                && target.revocation_ids.starts_with(&holder.revocation_ids)
+        }
+    };
+    if !allowed {
+        return Err(ApiError::Forbidden(
+            "only the token's holder (or an ancestor), its owner agent or an approver may revoke it".into(),
+        ));
+    }
+    let own = target.own_id().to_string();
+    let published = state
+        .store
+        .revoke_ids(
+            std::slice::from_ref(&own),
+            Some(task_id),
+            state.clock.now_ms(),
+        )
+        .await
+        .map_err(ApiError::internal)?;
+    state.revoked.extend([own.as_str()]);
+    if !published.is_empty() {
+        state
+            .audit
+            .record(AuditEvent {
+                kind: "token.revoked",
+                actor: caller.actor(),
+                task_id: Some(task_id.clone()),
+                detail: json!({ "revocation_id": own, "blocks": target.revocation_ids.len() }),
+            })
+            .await;
+    }
+    Ok(Json(
+        json!({ "task_id": task_id, "revocation_id": own, "state": "revoked" }),
+    ))
+}

@@ -1,0 +1,77 @@
+//! Public and read-only endpoints: health, keys, the revocation feed, the audit log.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::extract::QueryParams;
+use crate::caller::authenticate;
+use crate::clock::rfc3339;
+use crate::error::{ApiError, ApiResult};
+use crate::server::AppState;
+
+/// Most feed entries in one answer.
+const PAGE: i64 = 1000;
+
+/// `GET /healthz`.
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /.well-known/leash/keys`.
+pub async fn keys(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "keys": state.keys.published() }))
+}
+
+/// `?after=SEQ` of the feeds.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct After {
+    #[serde(default)]
+    after: i64,
+}
+
+/// `GET /v1/revocations?after=SEQ`: the public revocation feed.
+pub async fn revocations(
+    State(state): State<AppState>,
+    QueryParams(q): QueryParams<After>,
+) -> ApiResult<Json<Value>> {
+    let entries = state
+        .store
+        .revocations_after(q.after.max(0), PAGE)
+        .await
+        .map_err(ApiError::internal)?;
+    let next = entries.last().map_or(q.after.max(0), |e| e.seq);
+    let items: Vec<Value> = entries
+        .iter()
+        .map(|e| json!({ "seq": e.seq, "revocation_id": e.revocation_id, "task_id": e.task_id, "at": rfc3339(e.at_ms) }))
+        .collect();
+    Ok(Json(json!({ "revocations": items, "next": next })))
+}
+
+/// `GET /v1/audit?after=SEQ`: hash-chained events, for approvers and the admin.
+pub async fn audit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    QueryParams(q): QueryParams<After>,
+) -> ApiResult<Json<Value>> {
+    authenticate(&state, &headers)?.require_approver_or_admin()?;
+    let rows = state
+        .store
+        .audit_after(q.after.max(0), PAGE)
+        .await
+        .map_err(ApiError::internal)?;
+    let next = rows.last().map_or(q.after.max(0), |r| r.seq);
+    let events: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "seq": r.seq, "at": rfc3339(r.at_ms), "kind": r.kind, "actor": r.actor,
+                "task_id": r.task_id, "detail": r.detail, "prev_hash": r.prev_hash, "hash": r.hash,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "events": events, "next": next })))
+}

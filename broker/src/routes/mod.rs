@@ -1,0 +1,55 @@
+//! Every path and layer of the HTTP API, in one place.
+
+mod admin;
+mod extract;
+mod feeds;
+mod tasks;
+mod tools;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, Uri};
+use axum::routing::{get, post};
+
+use crate::error::ApiError;
+use crate::server::AppState;
+
+/// The router of the whole API.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.body_limit;
+    Router::new()
+        .route("/healthz", get(feeds::healthz))
+        .route("/.well-known/leash/keys", get(feeds::keys))
+        .route("/v1/revocations", get(feeds::revocations))
+        .route("/v1/audit", get(feeds::audit))
+        .route(
+            "/v1/agents/{agent}/credentials",
+            post(admin::agent_credential),
+        )
+        .route(
+            "/v1/approvers/{approver}/credentials",
+            post(admin::approver_credential),
+        )
+        .route("/v1/agents/{agent}/revoke", post(admin::revoke_agent))
+        .route("/v1/tokens/revoke", post(admin::revoke_token))
+        .route("/v1/tasks", post(tasks::create).get(tasks::list))
+        .route("/v1/tasks/{id}", get(tasks::show))
+        .route("/v1/tasks/{id}/renew", post(tasks::renew))
+        .route("/v1/tasks/{id}/complete", post(tasks::complete))
+        .route("/v1/tasks/{id}/revoke", post(tasks::revoke))
+        .route("/v1/tools", get(tools::list))
+        .route("/v1/tools/{tool}/call", post(tools::call))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Outermost: bodies above the limit are refused before any handler reads them.
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no such path: {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
+}

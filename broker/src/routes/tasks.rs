@@ -1,0 +1,483 @@
+//! Task lifecycle endpoints: open, read, list, renew, complete, revoke.
+
+use std::collections::BTreeSet;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::admin::{ReasonBody, reason_text};
+use super::extract::{JsonBody, OptionalJson, PathParam, QueryParams};
+use crate::audit::AuditEvent;
+use crate::caller::{Caller, authenticate};
+use crate::clock::rfc3339;
+use crate::error::{ApiError, ApiResult};
+use crate::ids::{is_task_id, new_task_id};
+use crate::mint::{TaskClaims, parse_check, task_token};
+use crate::policy::{Grant, GrantApproval, ToolPattern};
+use crate::server::AppState;
+use crate::store::{TaskRecord, TaskState};
+use crate::tasks::EndOutcome;
+use crate::verify::Principal;
+
+/// Most checks an agent may add to a task.
+const MAX_CHECKS: usize = 32;
+
+/// Body of `POST /v1/tasks`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTask {
+    purpose: String,
+    tools: Vec<String>,
+    ttl_seconds: Option<i64>,
+    #[serde(default)]
+    checks: Vec<String>,
+}
+
+/// `POST /v1/tasks` (agent credential).
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<CreateTask>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let agent = match authenticate(&state, &headers)? {
+        Caller::Agent(agent) => agent,
+        Caller::Task(_) => {
+            return Err(ApiError::TokenInvalid(
+                "a task token cannot open tasks: use the agent credential".into(),
+            ));
+        }
+        _ => {
+            return Err(ApiError::Forbidden(
+                "opening a task needs an agent credential".into(),
+            ));
+        }
+    };
+    let grant = state.policy.grant(&agent).cloned().ok_or_else(|| {
+        ApiError::PolicyDenied(format!("the policy has no grant for agent {agent:?}"))
+    })?;
+    let purpose = body.purpose.trim().to_string();
+    if purpose.is_empty() || purpose.chars().count() > 1000 {
+        return Err(ApiError::BadRequest(
+            "purpose must be 1 to 1000 characters".into(),
+        ));
+    }
+    let tools = resolve_tools(&state, &grant, &body.tools)?;
+    let ttl = ttl_within(&grant, body.ttl_seconds)?;
+    if body.checks.len() > MAX_CHECKS {
+        return Err(ApiError::BadRequest(format!("at most {MAX_CHECKS} checks")));
+    }
+    for check in &body.checks {
+        if check.len() > 4096 {
+            return Err(ApiError::BadRequest(
+                "a check is longer than 4096 bytes".into(),
+            ));
+        }
+        parse_check(check).map_err(|why| ApiError::BadRequest(format!("checks: {why}")))?;
+    }
+    if grant.approval == GrantApproval::Issuance {
+        return Err(ApiError::PolicyDenied(format!(
+            "tasks of agent {agent:?} need an approval before issuance, which this version of Leash cannot grant yet"
+        )));
+    }
+
+    let now = state.clock.now_ms();
+    let task_id = new_task_id();
+    let expires_secs = now.div_euclid(1000) + ttl;
+    let (token, revocation_id) = mint(
+        &state,
+        &task_id,
+        &agent,
+        &tools,
+        &grant,
+        &body.checks,
+        expires_secs,
+    )?;
+    let record = TaskRecord {
+        task_id: task_id.clone(),
+        agent: agent.clone(),
+        purpose: purpose.clone(),
+        tools: tools.clone(),
+        checks: body.checks.clone(),
+        state: TaskState::Active,
+        created_at_ms: now,
+        expires_at_ms: expires_secs * 1000,
+        idle_timeout_ms: grant.idle_timeout.map(|d| d.as_millis() as i64),
+        max_calls: grant.max_calls,
+        calls: 0,
+        last_activity_ms: now,
+        ended_at_ms: None,
+        end_reason: None,
+        token: Some(token.clone()),
+    };
+    state
+        .tasks
+        .create(&record, Some(&revocation_id))
+        .await
+        .map_err(ApiError::internal)?;
+    state
+        .audit
+        .record(AuditEvent {
+            kind: "task.issued",
+            actor: format!("agent:{agent}"),
+            task_id: Some(task_id.clone()),
+            detail: json!({
+                "purpose": purpose, "tools": tools, "expires_at": rfc3339(record.expires_at_ms),
+                "checks": body.checks, "revocation_id": revocation_id,
+            }),
+        })
+        .await;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "task_id": task_id,
+            "state": "active",
+            "token": token,
+            "expires_at": rfc3339(record.expires_at_ms),
+        })),
+    ))
+}
+
+/// Expands requested tools (names or `prefix.*`) into granted, existing tool names.
+fn resolve_tools(state: &AppState, grant: &Grant, requested: &[String]) -> ApiResult<Vec<String>> {
+    if requested.is_empty() || requested.len() > 256 {
+        return Err(ApiError::BadRequest(
+            "tools must list 1 to 256 tools".into(),
+        ));
+    }
+    let mut tools = BTreeSet::new();
+    for name in requested {
+        let pattern = ToolPattern::parse(name).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "{name:?} is neither a tool name nor a \"prefix.*\" pattern"
+            ))
+        })?;
+        match &pattern {
+            ToolPattern::Exact(tool) => {
+                if state.policy.tool(tool).is_none() {
+                    return Err(ApiError::UnknownTool(format!("no tool named {tool:?}")));
+                }
+                if !grant.allows(tool) {
+                    return Err(ApiError::PolicyDenied(format!(
+                        "agent {:?} is not granted tool {tool:?}",
+                        grant.agent
+                    )));
+                }
+                tools.insert(tool.clone());
+            }
+            ToolPattern::Prefix(_) => {
+                let matched: Vec<&String> = state
+                    .policy
+                    .tools
+                    .keys()
+                    .filter(|tool| pattern.matches(tool) && grant.allows(tool))
+                    .collect();
+                if matched.is_empty() {
+                    return Err(ApiError::PolicyDenied(format!(
+                        "agent {:?} is granted no tool matching {name:?}",
+                        grant.agent
+                    )));
+                }
+                tools.extend(matched.into_iter().cloned());
+            }
+        }
+    }
+    Ok(tools.into_iter().collect())
+}
+
+/// The window asked for, within the grant's maximum (which is also the default).
+fn ttl_within(grant: &Grant, ttl_seconds: Option<i64>) -> ApiResult<i64> {
+    let max = grant.max_ttl.as_secs() as i64;
+    match ttl_seconds {
+        None => Ok(max),
+        Some(ttl) if ttl <= 0 => Err(ApiError::BadRequest("ttl_seconds must be positive".into())),
+        Some(ttl) if ttl > max => Err(ApiError::PolicyDenied(format!(
+            "ttl_seconds {ttl} is above the grant's maximum of {max} for agent {:?}",
+            grant.agent
+        ))),
+        Some(ttl) => Ok(ttl),
+    }
+}
+
+fn mint(
+    state: &AppState,
+    task_id: &str,
+    agent: &str,
+    tools: &[String],
+    grant: &Grant,
+    extra_checks: &[String],
+    expires_secs: i64,
+) -> ApiResult<(String, String)> {
+    let checks: Vec<String> = grant.checks.iter().chain(extra_checks).cloned().collect();
+    let biscuit = task_token(
+        &state.keys,
+        &TaskClaims {
+            task_id,
+            agent,
+            tools,
+            expires_at_secs: expires_secs,
+            checks: &checks,
+        },
+    )
+    .map_err(|e| ApiError::internal(anyhow::anyhow!("minting a task token: {e}")))?;
+    let revocation_id = hex::encode(
+        biscuit
+            .revocation_identifiers()
+            .first()
+            .cloned()
+            .unwrap_or_default(),
+    );
+    let text = biscuit.to_base64().map_err(ApiError::internal)?;
+    Ok((text, revocation_id))
+}
+
+/// Parses a task id from the path (400 if malformed).
+fn task_id_of(id: &str) -> ApiResult<&str> {
+    if is_task_id(id) {
+        Ok(id)
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "{id:?} is not a task id (tsk_ and 32 hex digits)"
+        )))
+    }
+}
+
+/// A task as the API shows it, with live state and counters from memory.
+async fn view(state: &AppState, record: &TaskRecord, with_token: bool) -> ApiResult<Value> {
+    let (live_state, calls, expires) = match state.tasks.runtime(&record.task_id).await? {
+        Some(rt) => (rt.state(), rt.calls(), rt.expires_at_ms()),
+        None => (record.state, record.calls, record.expires_at_ms),
+    };
+    let mut out = json!({
+        "task_id": record.task_id,
+        "agent": record.agent,
+        "purpose": record.purpose,
+        "state": live_state.as_str(),
+        "tools": record.tools,
+        "created_at": rfc3339(record.created_at_ms),
+        "expires_at": rfc3339(expires),
+        "calls": calls,
+        "max_calls": record.max_calls,
+    });
+    if let Some(ended) = record.ended_at_ms {
+        out["ended_at"] = json!(rfc3339(ended));
+        out["end_reason"] = json!(record.end_reason);
+    }
+    if with_token && live_state == TaskState::Active {
+        out["token"] = json!(record.token);
+    }
+    Ok(out)
+}
+
+async fn load(state: &AppState, id: &str) -> ApiResult<TaskRecord> {
+    state
+        .store
+        .get_task(id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::NotFound(format!("no task {id}")))
+}
+
+/// `GET /v1/tasks/{id}` (owner agent, a token of the task, approver, admin).
+pub async fn show(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PathParam(id): PathParam,
+) -> ApiResult<Json<Value>> {
+    let caller = authenticate(&state, &headers)?;
+    let id = task_id_of(&id)?;
+    let record = load(&state, id).await?;
+    // Only the owner's credential sees the token: a sub-agent holding an attenuated
+    // token must not be able to fetch its parent.
+    let with_token = match &caller {
+        Caller::Admin | Caller::Approver(_) => false,
+        Caller::Agent(agent) if *agent == record.agent => true,
+        Caller::Task(token) if matches!(&token.principal, Principal::Task { task_id, .. } if task_id == id) => {
+            false
+        }
+        _ => return Err(ApiError::NotFound(format!("no task {id}"))),
+    };
+    Ok(Json(view(&state, &record, with_token).await?))
+}
+
+/// `?state=…&limit=…` of the task list.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    state: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/tasks?state=…` (approver, admin).
+pub async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    authenticate(&state, &headers)?.require_approver_or_admin()?;
+    let filter = match q.state.as_deref() {
+        None => None,
+        Some(text) => Some(TaskState::parse(text).ok_or_else(|| {
+            ApiError::BadRequest(format!("unknown state {text:?} (active, pending_approval, completed, revoked, expired, denied)"))
+        })?),
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let records = state
+        .store
+        .list_tasks(filter, limit)
+        .await
+        .map_err(ApiError::internal)?;
+    let mut tasks = Vec::with_capacity(records.len());
+    for record in &records {
+        tasks.push(view(&state, record, false).await?);
+    }
+    Ok(Json(json!({ "tasks": tasks })))
+}
+
+/// Body of `POST /v1/tasks/{id}/renew`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewBody {
+    ttl_seconds: i64,
+}
+
+/// `POST /v1/tasks/{id}/renew` (owner agent credential).
+pub async fn renew(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PathParam(id): PathParam,
+    JsonBody(body): JsonBody<RenewBody>,
+) -> ApiResult<Json<Value>> {
+    let caller = authenticate(&state, &headers)?;
+    let id = task_id_of(&id)?;
+    let record = load(&state, id).await?;
+    match &caller {
+        Caller::Agent(agent) if *agent == record.agent => {}
+        Caller::Agent(_) => return Err(ApiError::NotFound(format!("no task {id}"))),
+        _ => {
+            return Err(ApiError::Forbidden(
+                "only the owner agent's credential may renew a task".into(),
+            ));
+        }
+    }
+    let grant = state.policy.grant(&record.agent).cloned().ok_or_else(|| {
+        ApiError::PolicyDenied(format!(
+            "the policy no longer grants agent {:?}",
+            record.agent
+        ))
+    })?;
+    let ttl = ttl_within(&grant, Some(body.ttl_seconds))?;
+    let runtime = state
+        .tasks
+        .runtime(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no task {id}")))?;
+    state.tasks.check_active(&runtime).await?;
+    let expires_secs = state.clock.now_ms().div_euclid(1000) + ttl;
+    let (token, revocation_id) = mint(
+        &state,
+        id,
+        &record.agent,
+        &record.tools,
+        &grant,
+        &record.checks,
+        expires_secs,
+    )?;
+    if !state
+        .tasks
+        .renew(&runtime, expires_secs * 1000, &token, &revocation_id)
+        .await?
+    {
+        return Err(crate::tasks::inactive(id, runtime.state()));
+    }
+    state
+        .audit
+        .record(AuditEvent {
+            kind: "task.renewed",
+            actor: caller.actor(),
+            task_id: Some(id.to_string()),
+            detail: json!({ "expires_at": rfc3339(expires_secs * 1000), "revocation_id": revocation_id }),
+        })
+        .await;
+    Ok(Json(json!({
+        "task_id": id,
+        "state": "active",
+        "token": token,
+        "expires_at": rfc3339(expires_secs * 1000),
+    })))
+}
+
+/// `POST /v1/tasks/{id}/complete` (owner agent credential, or a token of the task).
+pub async fn complete(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PathParam(id): PathParam,
+) -> ApiResult<Json<Value>> {
+    let caller = authenticate(&state, &headers)?;
+    let id = task_id_of(&id)?;
+    let owner = match &caller {
+        Caller::Agent(agent) => Some(agent.clone()),
+        Caller::Task(token) => match &token.principal {
+            Principal::Task { task_id, agent } if task_id == id => Some(agent.clone()),
+            _ => {
+                return Err(ApiError::Forbidden(
+                    "this token belongs to another task".into(),
+                ));
+            }
+        },
+        _ => {
+            return Err(ApiError::Forbidden(
+                "only the owner agent completes a task; approvers revoke".into(),
+            ));
+        }
+    };
+    let record = load(&state, id).await?;
+    if owner.as_deref() != Some(record.agent.as_str()) {
+        return Err(ApiError::NotFound(format!("no task {id}")));
+    }
+    finish(
+        &state,
+        id,
+        TaskState::Completed,
+        "completed by its agent",
+        &caller.actor(),
+    )
+    .await
+}
+
+/// `POST /v1/tasks/{id}/revoke` (approver, admin).
+pub async fn revoke(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PathParam(id): PathParam,
+    OptionalJson(body): OptionalJson<ReasonBody>,
+) -> ApiResult<Json<Value>> {
+    let caller = authenticate(&state, &headers)?;
+    caller.require_approver_or_admin()?;
+    let id = task_id_of(&id)?;
+    let reason = reason_text(body.reason)?;
+    finish(&state, id, TaskState::Revoked, &reason, &caller.actor()).await
+}
+
+/// Ends a task; repeating the same end is answered 200, a different one 409.
+async fn finish(
+    state: &AppState,
+    id: &str,
+    target: TaskState,
+    reason: &str,
+    actor: &str,
+) -> ApiResult<Json<Value>> {
+    match state.tasks.end(id, target, reason, actor).await? {
+        EndOutcome::Ended(_) => {}
+        EndOutcome::AlreadyEnded(current) if current == target => {}
+        EndOutcome::AlreadyEnded(current) => {
+            return Err(ApiError::Conflict(format!(
+                "task {id} has already ended: it is {}",
+                current.as_str()
+            )));
+        }
+    }
+    Ok(Json(json!({ "task_id": id, "state": target.as_str() })))
+}

@@ -1,0 +1,229 @@
+//! Durable state behind one trait: tasks, issued token ids, the revocation feed,
+//! credentials, call counters and the audit chain.
+//!
+//! The store is the source of truth; everything in memory is a cache of it. Writes that
+//! end access (task end, revocation) are committed before the request answers.
+
+mod sqlite;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use sqlite::SqliteStore;
+
+/// Result type of the store.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A store failure. Callers fail closed on it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A row holds something this version cannot read.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// The life of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Waiting for a human to approve issuance.
+    PendingApproval,
+    /// Issued and usable.
+    Active,
+    /// Ended by its agent.
+    Completed,
+    /// Ended by an approver or admin.
+    Revoked,
+    /// Ended by its window or idle timeout.
+    Expired,
+    /// Refused by an approver before issuance.
+    Denied,
+}
+
+impl TaskState {
+    /// Every state, for parsing.
+    pub const ALL: [TaskState; 6] = [
+        TaskState::PendingApproval,
+        TaskState::Active,
+        TaskState::Completed,
+        TaskState::Revoked,
+        TaskState::Expired,
+        TaskState::Denied,
+    ];
+
+    /// The wire name (`active`, `pending_approval`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::PendingApproval => "pending_approval",
+            TaskState::Active => "active",
+            TaskState::Completed => "completed",
+            TaskState::Revoked => "revoked",
+            TaskState::Expired => "expired",
+            TaskState::Denied => "denied",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(text: &str) -> Option<TaskState> {
+        TaskState::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// Whether the task can never be used again.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, TaskState::PendingApproval | TaskState::Active)
+    }
+}
+
+/// A task as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRecord {
+    /// `tsk_…`.
+    pub task_id: String,
+    /// Owner agent.
+    pub agent: String,
+    /// What the agent said the task is for.
+    pub purpose: String,
+    /// Tools the token grants.
+    pub tools: Vec<String>,
+    /// Checks the agent asked for (the grant's are in the token too).
+    pub checks: Vec<String>,
+    /// Current state.
+    pub state: TaskState,
+    /// Creation time (ms since epoch).
+    pub created_at_ms: i64,
+    /// End of the window (ms since epoch).
+    pub expires_at_ms: i64,
+    /// Idle timeout, if the grant has one.
+    pub idle_timeout_ms: Option<i64>,
+    /// The grant's call budget.
+    pub max_calls: Option<u64>,
+    /// Calls admitted so far.
+    pub calls: u64,
+    /// Last call or renewal (ms since epoch).
+    pub last_activity_ms: i64,
+    /// When it ended.
+    pub ended_at_ms: Option<i64>,
+    /// Why it ended.
+    pub end_reason: Option<String>,
+    /// The newest token of the task (returned to its owner).
+    pub token: Option<String>,
+}
+
+/// One entry of the public revocation feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Revocation {
+    /// Position in the feed.
+    pub seq: i64,
+    /// Hex revocation id; every token containing a block with it is dead.
+    pub revocation_id: String,
+    /// The task it belonged to, if any.
+    pub task_id: Option<String>,
+    /// When (ms since epoch).
+    pub at_ms: i64,
+}
+
+/// One row of the audit chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRow {
+    /// Position in the chain.
+    pub seq: i64,
+    /// When (ms since epoch).
+    pub at_ms: i64,
+    /// What happened (`task.issued`, `call.allowed`, …).
+    pub kind: String,
+    /// Who did it (`agent:x`, `approver:y`, `admin`, `broker`).
+    pub actor: String,
+    /// The task concerned.
+    pub task_id: Option<String>,
+    /// Event details (never a token or secret).
+    pub detail: serde_json::Value,
+    /// Hash of the previous row (hex), empty for the first.
+    pub prev_hash: String,
+    /// SHA-256 over this row's content and `prev_hash` (hex).
+    pub hash: String,
+}
+
+/// Counters written behind the hot path.
+#[derive(Debug, Clone, Default)]
+pub struct UsageBatch {
+    /// `(task_id, calls, last_activity_ms)`: absolute values, the store keeps the max.
+    pub tasks: Vec<(String, u64, i64)>,
+    /// `(revocation id of a token, calls)`: absolute values, the store keeps the max.
+    pub tokens: Vec<(String, u64)>,
+}
+
+/// Durable state. One implementation per database; one behavioural suite for all.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Inserts a new task and the revocation id of its first token.
+    async fn insert_task(&self, task: &TaskRecord, revocation_id: Option<&str>) -> StoreResult<()>;
+    /// Reads a task.
+    async fn get_task(&self, task_id: &str) -> StoreResult<Option<TaskRecord>>;
+    /// Lists tasks, newest first, optionally in one state.
+    async fn list_tasks(
+        &self,
+        state: Option<TaskState>,
+        limit: i64,
+    ) -> StoreResult<Vec<TaskRecord>>;
+    /// Non-terminal tasks of an agent.
+    async fn live_tasks_of(&self, agent: &str) -> StoreResult<Vec<String>>;
+    /// Active tasks whose window or idle timeout has passed at `now_ms` (by stored activity).
+    async fn due_tasks(&self, now_ms: i64) -> StoreResult<Vec<TaskRecord>>;
+    /// Gives an active task a new window and token. False if it is not active.
+    async fn renew_task(
+        &self,
+        task_id: &str,
+        expires_at_ms: i64,
+        token: &str,
+        revocation_id: &str,
+        now_ms: i64,
+    ) -> StoreResult<bool>;
+    /// Ends a non-terminal task and publishes the revocation of every token issued for
+    /// it, in one transaction. `None` if the task was already terminal (or unknown).
+    async fn end_task(
+        &self,
+        task_id: &str,
+        state: TaskState,
+        reason: &str,
+        at_ms: i64,
+    ) -> StoreResult<Option<Vec<Revocation>>>;
+    /// Publishes revocation ids (one token, not its task). Already revoked ids are skipped.
+    async fn revoke_ids(
+        &self,
+        ids: &[String],
+        task_id: Option<&str>,
+        at_ms: i64,
+    ) -> StoreResult<Vec<Revocation>>;
+    /// Records a minted credential's revocation id.
+    async fn insert_credential(
+        &self,
+        revocation_id: &str,
+        role: &str,
+        subject: &str,
+        at_ms: i64,
+    ) -> StoreResult<()>;
+    /// Revokes every credential of a subject (role + id).
+    async fn revoke_credentials(
+        &self,
+        role: &str,
+        subject: &str,
+        at_ms: i64,
+    ) -> StoreResult<Vec<Revocation>>;
+    /// The feed after `seq`, at most `limit` entries.
+    async fn revocations_after(&self, seq: i64, limit: i64) -> StoreResult<Vec<Revocation>>;
+    /// Every revoked id (loaded once at start).
+    async fn all_revoked_ids(&self) -> StoreResult<Vec<String>>;
+    /// Writes counters.
+    async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()>;
+    /// Calls made with one token so far.
+    async fn token_calls(&self, revocation_id: &str) -> StoreResult<u64>;
+    /// Appends audit rows (already chained by the caller).
+    async fn append_audit(&self, rows: &[AuditRow]) -> StoreResult<()>;
+    /// The last audit row's seq and hash.
+    async fn audit_head(&self) -> StoreResult<Option<(i64, String)>>;
+    /// Audit rows after `seq`, at most `limit`.
+    async fn audit_after(&self, seq: i64, limit: i64) -> StoreResult<Vec<AuditRow>>;
+}

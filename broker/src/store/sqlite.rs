@@ -1,0 +1,496 @@
+//! The embedded store: one SQLite file (WAL, synchronous=FULL) in the data folder.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, SqlitePool};
+
+use super::{
+    AuditRow, Revocation, Store, StoreError, StoreResult, TaskRecord, TaskState, UsageBatch,
+};
+
+/// The schema; every statement is idempotent.
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS tasks (
+        task_id TEXT PRIMARY KEY,
+        agent TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        tools TEXT NOT NULL,
+        checks TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        expires_at_ms INTEGER NOT NULL,
+        idle_timeout_ms INTEGER,
+        max_calls INTEGER,
+        calls INTEGER NOT NULL DEFAULT 0,
+        last_activity_ms INTEGER NOT NULL,
+        ended_at_ms INTEGER,
+        end_reason TEXT,
+        token TEXT)",
+    "CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks(state, created_at_ms)",
+    "CREATE INDEX IF NOT EXISTS tasks_by_agent ON tasks(agent, state)",
+    "CREATE TABLE IF NOT EXISTS task_tokens (
+        revocation_id TEXT PRIMARY KEY,
+        task_id TEXT NOT NULL,
+        issued_at_ms INTEGER NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS task_tokens_by_task ON task_tokens(task_id)",
+    "CREATE TABLE IF NOT EXISTS credentials (
+        revocation_id TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        issued_at_ms INTEGER NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS credentials_by_subject ON credentials(role, subject)",
+    "CREATE TABLE IF NOT EXISTS revocations (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        revocation_id TEXT NOT NULL UNIQUE,
+        task_id TEXT,
+        at_ms INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS token_usage (
+        revocation_id TEXT PRIMARY KEY,
+        calls INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS audit (
+        seq INTEGER PRIMARY KEY,
+        at_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        task_id TEXT,
+        detail TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL)",
+];
+
+/// The SQLite store.
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and applies the schema.
+    pub async fn open(path: &Path) -> StoreResult<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        Self::connect(options).await
+    }
+
+    /// Opens a database by URL (`sqlite://…`), for tools such as `leash audit verify`.
+    pub async fn open_url(url: &str) -> StoreResult<Self> {
+        Self::connect(SqliteConnectOptions::from_str(url)?.busy_timeout(Duration::from_secs(5)))
+            .await
+    }
+
+    async fn connect(options: SqliteConnectOptions) -> StoreResult<Self> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        for statement in SCHEMA {
+            sqlx::query(statement).execute(&pool).await?;
+        }
+        Ok(SqliteStore { pool })
+    }
+}
+
+fn task_from_row(row: &SqliteRow) -> StoreResult<TaskRecord> {
+    let state: String = row.try_get("state")?;
+    let tools: String = row.try_get("tools")?;
+    let checks: String = row.try_get("checks")?;
+    Ok(TaskRecord {
+        task_id: row.try_get("task_id")?,
+        agent: row.try_get("agent")?,
+        purpose: row.try_get("purpose")?,
+        tools: serde_json::from_str(&tools)
+            .map_err(|e| StoreError::Corrupt(format!("tools: {e}")))?,
+        checks: serde_json::from_str(&checks)
+            .map_err(|e| StoreError::Corrupt(format!("checks: {e}")))?,
+        state: TaskState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("state {state:?}")))?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        expires_at_ms: row.try_get("expires_at_ms")?,
+        idle_timeout_ms: row.try_get("idle_timeout_ms")?,
+        max_calls: row
+            .try_get::<Option<i64>, _>("max_calls")?
+            .map(|n| n.max(0) as u64),
+        calls: row.try_get::<i64, _>("calls")?.max(0) as u64,
+        last_activity_ms: row.try_get("last_activity_ms")?,
+        ended_at_ms: row.try_get("ended_at_ms")?,
+        end_reason: row.try_get("end_reason")?,
+        token: row.try_get("token")?,
+    })
+}
+
+fn revocation_from_row(row: &SqliteRow) -> StoreResult<Revocation> {
+    Ok(Revocation {
+        seq: row.try_get("seq")?,
+        revocation_id: row.try_get("revocation_id")?,
+        task_id: row.try_get("task_id")?,
+        at_ms: row.try_get("at_ms")?,
+    })
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Inserts feed entries for ids not yet revoked, inside `tx`; returns the new entries.
+async fn publish(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    ids: &[String],
+    task_id: Option<&str>,
+    at_ms: i64,
+) -> StoreResult<Vec<Revocation>> {
+    let mut out = Vec::new();
+    for id in ids {
+        let row = sqlx::query(
+            "INSERT INTO revocations (revocation_id, task_id, at_ms) VALUES (?, ?, ?)
+             ON CONFLICT(revocation_id) DO NOTHING RETURNING seq, revocation_id, task_id, at_ms",
+        )
+        .bind(id)
+        .bind(task_id)
+        .bind(at_ms)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some(row) = row {
+            out.push(revocation_from_row(&row)?);
+        }
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert_task(&self, task: &TaskRecord, revocation_id: Option<&str>) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO tasks (task_id, agent, purpose, tools, checks, state, created_at_ms, expires_at_ms,
+                idle_timeout_ms, max_calls, calls, last_activity_ms, ended_at_ms, end_reason, token)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&task.task_id)
+        .bind(&task.agent)
+        .bind(&task.purpose)
+        .bind(serde_json::to_string(&task.tools).unwrap_or_default())
+        .bind(serde_json::to_string(&task.checks).unwrap_or_default())
+        .bind(task.state.as_str())
+        .bind(task.created_at_ms)
+        .bind(task.expires_at_ms)
+        .bind(task.idle_timeout_ms)
+        .bind(task.max_calls.map(to_i64))
+        .bind(to_i64(task.calls))
+        .bind(task.last_activity_ms)
+        .bind(task.ended_at_ms)
+        .bind(&task.end_reason)
+        .bind(&task.token)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(id) = revocation_id {
+            sqlx::query(
+                "INSERT INTO task_tokens (revocation_id, task_id, issued_at_ms) VALUES (?, ?, ?)",
+            )
+            .bind(id)
+            .bind(&task.task_id)
+            .bind(task.created_at_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_task(&self, task_id: &str) -> StoreResult<Option<TaskRecord>> {
+        let row = sqlx::query("SELECT * FROM tasks WHERE task_id = ?")
+            .bind(task_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(task_from_row).transpose()
+    }
+
+    async fn list_tasks(
+        &self,
+        state: Option<TaskState>,
+        limit: i64,
+    ) -> StoreResult<Vec<TaskRecord>> {
+        let rows = match state {
+            Some(state) => {
+                sqlx::query(
+                    "SELECT * FROM tasks WHERE state = ? ORDER BY created_at_ms DESC LIMIT ?",
+                )
+                .bind(state.as_str())
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query("SELECT * FROM tasks ORDER BY created_at_ms DESC LIMIT ?")
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(task_from_row).collect()
+    }
+
+    async fn live_tasks_of(&self, agent: &str) -> StoreResult<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT task_id FROM tasks WHERE agent = ? AND state IN ('active', 'pending_approval')",
+        )
+        .bind(agent)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("task_id")?)).collect()
+    }
+
+    async fn due_tasks(&self, now_ms: i64) -> StoreResult<Vec<TaskRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM tasks WHERE state = 'active' AND (expires_at_ms <= ?1
+                OR (idle_timeout_ms IS NOT NULL AND last_activity_ms + idle_timeout_ms <= ?1))",
+        )
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    async fn renew_task(
+        &self,
+        task_id: &str,
+        expires_at_ms: i64,
+        token: &str,
+        revocation_id: &str,
+        now_ms: i64,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query(
+            "UPDATE tasks SET expires_at_ms = ?, token = ?, last_activity_ms = max(last_activity_ms, ?)
+             WHERE task_id = ? AND state = 'active'",
+        )
+        .bind(expires_at_ms)
+        .bind(token)
+        .bind(now_ms)
+        .bind(task_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO task_tokens (revocation_id, task_id, issued_at_ms) VALUES (?, ?, ?)",
+        )
+        .bind(revocation_id)
+        .bind(task_id)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn end_task(
+        &self,
+        task_id: &str,
+        state: TaskState,
+        reason: &str,
+        at_ms: i64,
+    ) -> StoreResult<Option<Vec<Revocation>>> {
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query(
+            "UPDATE tasks SET state = ?, ended_at_ms = ?, end_reason = ?
+             WHERE task_id = ? AND state IN ('active', 'pending_approval')",
+        )
+        .bind(state.as_str())
+        .bind(at_ms)
+        .bind(reason)
+        .bind(task_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            return Ok(None);
+        }
+        let ids: Vec<String> =
+            sqlx::query("SELECT revocation_id FROM task_tokens WHERE task_id = ?")
+                .bind(task_id)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get("revocation_id"))
+                .collect::<Result<_, _>>()?;
+        let published = publish(&mut tx, &ids, Some(task_id), at_ms).await?;
+        tx.commit().await?;
+        Ok(Some(published))
+    }
+
+    async fn revoke_ids(
+        &self,
+        ids: &[String],
+        task_id: Option<&str>,
+        at_ms: i64,
+    ) -> StoreResult<Vec<Revocation>> {
+        let mut tx = self.pool.begin().await?;
+        let published = publish(&mut tx, ids, task_id, at_ms).await?;
+        tx.commit().await?;
+        Ok(published)
+    }
+
+    async fn insert_credential(
+        &self,
+        revocation_id: &str,
+        role: &str,
+        subject: &str,
+        at_ms: i64,
+    ) -> StoreResult<()> {
+        sqlx::query("INSERT INTO credentials (revocation_id, role, subject, issued_at_ms) VALUES (?, ?, ?, ?)")
+            .bind(revocation_id)
+            .bind(role)
+            .bind(subject)
+            .bind(at_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn revoke_credentials(
+        &self,
+        role: &str,
+        subject: &str,
+        at_ms: i64,
+    ) -> StoreResult<Vec<Revocation>> {
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<String> =
+            sqlx::query("SELECT revocation_id FROM credentials WHERE role = ? AND subject = ?")
+                .bind(role)
+                .bind(subject)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get("revocation_id"))
+                .collect::<Result<_, _>>()?;
+        let published = publish(&mut tx, &ids, None, at_ms).await?;
+        tx.commit().await?;
+        Ok(published)
+    }
+
+    async fn revocations_after(&self, seq: i64, limit: i64) -> StoreResult<Vec<Revocation>> {
+        let rows = sqlx::query("SELECT * FROM revocations WHERE seq > ? ORDER BY seq LIMIT ?")
+            .bind(seq)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(revocation_from_row).collect()
+    }
+
+    async fn all_revoked_ids(&self) -> StoreResult<Vec<String>> {
+        let rows = sqlx::query("SELECT revocation_id FROM revocations")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get("revocation_id")?))
+            .collect()
+    }
+
+    async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()> {
+        if batch.tasks.is_empty() && batch.tokens.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for (task_id, calls, last) in &batch.tasks {
+            sqlx::query(
+                "UPDATE tasks SET calls = max(calls, ?), last_activity_ms = max(last_activity_ms, ?) WHERE task_id = ?",
+            )
+            .bind(to_i64(*calls))
+            .bind(last)
+            .bind(task_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (id, calls) in &batch.tokens {
+            sqlx::query(
+                "INSERT INTO token_usage (revocation_id, calls) VALUES (?, ?)
+                 ON CONFLICT(revocation_id) DO UPDATE SET calls = max(calls, excluded.calls)",
+            )
+            .bind(id)
+            .bind(to_i64(*calls))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn token_calls(&self, revocation_id: &str) -> StoreResult<u64> {
+        let row = sqlx::query("SELECT calls FROM token_usage WHERE revocation_id = ?")
+            .bind(revocation_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(row) => row.try_get::<i64, _>("calls")?.max(0) as u64,
+            None => 0,
+        })
+    }
+
+    async fn append_audit(&self, rows: &[AuditRow]) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        for row in rows {
+            sqlx::query(
+                "INSERT INTO audit (seq, at_ms, kind, actor, task_id, detail, prev_hash, hash)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(row.seq)
+            .bind(row.at_ms)
+            .bind(&row.kind)
+            .bind(&row.actor)
+            .bind(&row.task_id)
+            .bind(row.detail.to_string())
+            .bind(&row.prev_hash)
+            .bind(&row.hash)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn audit_head(&self) -> StoreResult<Option<(i64, String)>> {
+        let row = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((r.try_get("seq")?, r.try_get("hash")?)))
+            .transpose()
+    }
+
+    async fn audit_after(&self, seq: i64, limit: i64) -> StoreResult<Vec<AuditRow>> {
+        let rows = sqlx::query("SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?")
+            .bind(seq)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let detail: String = r.try_get("detail")?;
+                Ok(AuditRow {
+                    seq: r.try_get("seq")?,
+                    at_ms: r.try_get("at_ms")?,
+                    kind: r.try_get("kind")?,
+                    actor: r.try_get("actor")?,
+                    task_id: r.try_get("task_id")?,
+                    detail: serde_json::from_str(&detail)
+                        .map_err(|e| StoreError::Corrupt(format!("audit detail: {e}")))?,
+                    prev_hash: r.try_get("prev_hash")?,
+                    hash: r.try_get("hash")?,
+                })
+            })
+            .collect()
+    }
+}

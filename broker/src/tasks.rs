@@ -1,0 +1,486 @@
+//! Tasks in memory: one shared runtime per task, loaded from the store once, changed
+//! only under the task's own lock and only after the store has committed the change.
+//!
+//! The hot path reads atomics (state, window, idle clock, counters) and never waits on
+//! the store. Counters are written behind (every [`FLUSH_EVERY`]). Runtime entries stay
+//! cached until they are idle longer than any task can live, so there is exactly one
+//! runtime per live task and a state change is seen by the very next call.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::audit::{Audit, AuditEvent};
+use crate::clock::{Clock, rfc3339};
+use crate::error::ApiError;
+use crate::revocation::RevocationSet;
+use crate::store::{Revocation, Store, StoreError, TaskRecord, TaskState, UsageBatch};
+
+/// How often counters are written to the store.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
+
+/// The live view of one task.
+#[derive(Debug)]
+pub struct TaskRuntime {
+    /// The task id.
+    pub task_id: String,
+    /// Owner agent.
+    pub agent: String,
+    state: AtomicU8,
+    expires_at_ms: AtomicI64,
+    idle_timeout_ms: Option<i64>,
+    /// The grant's call budget.
+    pub max_calls: Option<u64>,
+    calls: AtomicU64,
+    last_activity_ms: AtomicI64,
+    /// Serialises state changes of this task.
+    change: Mutex<()>,
+}
+
+fn state_code(state: TaskState) -> u8 {
+    TaskState::ALL.iter().position(|s| *s == state).unwrap_or(0) as u8
+}
+
+impl TaskRuntime {
+    fn from_record(record: &TaskRecord) -> Self {
+        TaskRuntime {
+            task_id: record.task_id.clone(),
+            agent: record.agent.clone(),
+            state: AtomicU8::new(state_code(record.state)),
+            expires_at_ms: AtomicI64::new(record.expires_at_ms),
+            idle_timeout_ms: record.idle_timeout_ms,
+            max_calls: record.max_calls,
+            calls: AtomicU64::new(record.calls),
+            last_activity_ms: AtomicI64::new(record.last_activity_ms),
+            change: Mutex::new(()),
+        }
+    }
+
+    /// Current state.
+    pub fn state(&self) -> TaskState {
+        TaskState::ALL[self.state.load(Ordering::SeqCst) as usize % TaskState::ALL.len()]
+    }
+
+    fn set_state(&self, state: TaskState) {
+        self.state.store(state_code(state), Ordering::SeqCst);
+    }
+
+    /// End of the window (ms since epoch).
+    pub fn expires_at_ms(&self) -> i64 {
+        self.expires_at_ms.load(Ordering::SeqCst)
+    }
+
+    /// Calls admitted so far.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Last call or renewal.
+    pub fn last_activity_ms(&self) -> i64 {
+        self.last_activity_ms.load(Ordering::SeqCst)
+    }
+
+    /// Why the task cannot be used at `now_ms`, if it cannot.
+    fn lapse(&self, now_ms: i64) -> Option<&'static str> {
+        if now_ms >= self.expires_at_ms() {
+            return Some("its window ended");
+        }
+        match self.idle_timeout_ms {
+            Some(idle) if now_ms - self.last_activity_ms() >= idle => Some("it was idle too long"),
+            _ => None,
+        }
+    }
+}
+
+/// A call slot taken from the task's and the token's counters. Dropping it without
+/// [`CallSlot::commit`] gives the slot back (the call was not admitted or not completed).
+pub struct CallSlot {
+    runtime: Arc<TaskRuntime>,
+    token_counter: Arc<AtomicU64>,
+    token_id: String,
+    /// Calls admitted in the task before this one.
+    pub task_calls: u64,
+    /// Calls admitted with this token before this one.
+    pub token_calls: u64,
+    committed: bool,
+    usage: mpsc::UnboundedSender<Usage>,
+}
+
+impl CallSlot {
+    /// Keeps the slot: the call counts.
+    pub fn commit(mut self, now_ms: i64) {
+        self.committed = true;
+        self.runtime
+            .last_activity_ms
+            .fetch_max(now_ms, Ordering::SeqCst);
+        let _ = self.usage.send(Usage {
+            task_id: self.runtime.task_id.clone(),
+            calls: self.runtime.calls(),
+            last_activity_ms: self.runtime.last_activity_ms(),
+            token_id: self.token_id.clone(),
+            token_calls: self.token_counter.load(Ordering::SeqCst),
+        });
+    }
+}
+
+impl Drop for CallSlot {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.runtime.calls.fetch_sub(1, Ordering::SeqCst);
+            self.token_counter.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+struct Usage {
+    task_id: String,
+    calls: u64,
+    last_activity_ms: i64,
+    token_id: String,
+    token_calls: u64,
+}
+
+enum Flush {
+    Usage(Usage),
+    Barrier(oneshot::Sender<()>),
+}
+
+/// How a request to end a task went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndOutcome {
+    /// This request ended it.
+    Ended(Vec<Revocation>),
+    /// It had already ended in this state.
+    AlreadyEnded(TaskState),
+}
+
+/// Every task's runtime, and the lifecycle operations.
+pub struct Tasks {
+    store: Arc<dyn Store>,
+    clock: Clock,
+    audit: Audit,
+    revoked: Arc<RevocationSet>,
+    runtimes: moka::future::Cache<String, Arc<TaskRuntime>>,
+    token_counters: moka::future::Cache<String, Arc<AtomicU64>>,
+    usage: mpsc::UnboundedSender<Usage>,
+    flush: mpsc::UnboundedSender<Flush>,
+}
+
+impl Tasks {
+    /// Starts the registry and its counter writer. `longest_ttl` bounds how long an
+    /// untouched runtime may stay cached.
+    pub fn start(
+        store: Arc<dyn Store>,
+        clock: Clock,
+        audit: Audit,
+        revoked: Arc<RevocationSet>,
+        longest_ttl: Duration,
+    ) -> Arc<Tasks> {
+        let idle = longest_ttl + Duration::from_secs(60);
+        let (usage_tx, mut usage_rx) = mpsc::unbounded_channel::<Usage>();
+        let (flush_tx, flush_rx) = mpsc::unbounded_channel::<Flush>();
+        // Usage goes through the flush queue so a barrier sees every earlier update.
+        let forward = flush_tx.clone();
+        tokio::spawn(async move {
+            while let Some(usage) = usage_rx.recv().await {
+                if forward.send(Flush::Usage(usage)).is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(write_usage(store.clone(), flush_rx));
+        Arc::new(Tasks {
+            store,
+            clock,
+            audit,
+            revoked,
+            runtimes: moka::future::Cache::builder().time_to_idle(idle).build(),
+            token_counters: moka::future::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_idle(idle)
+                .build(),
+            usage: usage_tx,
+            flush: flush_tx,
+        })
+    }
+
+    /// The runtime of a task, loading it from the store on first use. `None` if unknown.
+    pub async fn runtime(&self, task_id: &str) -> Result<Option<Arc<TaskRuntime>>, ApiError> {
+        let store = self.store.clone();
+        let id = task_id.to_string();
+        let loaded = self
+            .runtimes
+            .try_get_with(task_id.to_string(), async move {
+                match store.get_task(&id).await {
+                    Ok(Some(record)) => Ok(Arc::new(TaskRuntime::from_record(&record))),
+                    Ok(None) => Err(None),
+                    Err(err) => Err(Some(err)),
+                }
+            })
+            .await;
+        match loaded {
+            Ok(runtime) => Ok(Some(runtime)),
+            Err(err) => match err.as_ref() {
+                None => Ok(None),
+                Some(store_err) => Err(ApiError::internal(anyhow::anyhow!(
+                    "loading task: {store_err}"
+                ))),
+            },
+        }
+    }
+
+    /// Stores a new task and caches its runtime.
+    pub async fn create(
+        &self,
+        record: &TaskRecord,
+        revocation_id: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.store.insert_task(record, revocation_id).await?;
+        self.runtimes
+            .insert(
+                record.task_id.clone(),
+                Arc::new(TaskRuntime::from_record(record)),
+            )
+            .await;
+        Ok(())
+    }
+
+    /// Ends a task (complete, revoke, expire). The store commits first; then every
+    /// later call sees the new state.
+    pub async fn end(
+        &self,
+        task_id: &str,
+        state: TaskState,
+        reason: &str,
+        actor: &str,
+    ) -> Result<EndOutcome, ApiError> {
+        let Some(runtime) = self.runtime(task_id).await? else {
+            return Err(ApiError::NotFound(format!("no task {task_id}")));
+        };
+        let _guard = runtime.change.lock().await;
+        let now = self.clock.now_ms();
+        let ended = self
+            .store
+            .end_task(task_id, state, reason, now)
+            .await
+            .map_err(ApiError::internal)?;
+        match ended {
+            Some(revocations) => {
+                runtime.set_state(state);
+                self.revoked
+                    .extend(revocations.iter().map(|r| r.revocation_id.as_str()));
+                let kind = match state {
+                    TaskState::Completed => "task.completed",
+                    TaskState::Revoked => "task.revoked",
+                    TaskState::Expired => "task.expired",
+                    TaskState::Denied => "task.denied",
+                    _ => "task.ended",
+                };
+                self.audit
+                    .record(AuditEvent {
+                        kind,
+                        actor: actor.to_string(),
+                        task_id: Some(task_id.to_string()),
+                        detail: json!({
+                            "reason": reason,
+                            "revocation_ids": revocations.iter().map(|r| &r.revocation_id).collect::<Vec<_>>(),
+                        }),
+                    })
+                    .await;
+                Ok(EndOutcome::Ended(revocations))
+            }
+            None => {
+                let stored = self
+                    .store
+                    .get_task(task_id)
+                    .await
+                    .map_err(ApiError::internal)?
+                    .map(|r| r.state)
+                    .unwrap_or(TaskState::Revoked);
+                runtime.set_state(stored);
+                Ok(EndOutcome::AlreadyEnded(stored))
+            }
+        }
+    }
+
+    /// Gives an active task a new window and token.
+    pub async fn renew(
+        &self,
+        runtime: &Arc<TaskRuntime>,
+        expires_at_ms: i64,
+        token: &str,
+        revocation_id: &str,
+    ) -> Result<bool, ApiError> {
+        let _guard = runtime.change.lock().await;
+        let now = self.clock.now_ms();
+        let renewed = self
+            .store
+            .renew_task(&runtime.task_id, expires_at_ms, token, revocation_id, now)
+            .await
+            .map_err(ApiError::internal)?;
+        if renewed {
+            runtime.expires_at_ms.store(expires_at_ms, Ordering::SeqCst);
+            runtime.last_activity_ms.fetch_max(now, Ordering::SeqCst);
+        }
+        Ok(renewed)
+    }
+
+    /// Refuses a task that is not active, ending it first if its window or idle time
+    /// has passed (so a call one millisecond late is refused and the state is real).
+    pub async fn check_active(&self, runtime: &Arc<TaskRuntime>) -> Result<(), ApiError> {
+        let state = runtime.state();
+        if state == TaskState::Active {
+            let now = self.clock.now_ms();
+            let Some(why) = runtime.lapse(now) else {
+                return Ok(());
+            };
+            self.end(&runtime.task_id, TaskState::Expired, why, "broker")
+                .await?;
+            return Err(ApiError::TokenExpired(format!(
+                "task {} expired: {why}",
+                runtime.task_id
+            )));
+        }
+        Err(inactive(&runtime.task_id, self.runtime_state(runtime)))
+    }
+
+    fn runtime_state(&self, runtime: &TaskRuntime) -> TaskState {
+        runtime.state()
+    }
+
+    /// Takes a call slot for the task and this token (identified by its own revocation id).
+    pub async fn take_slot(
+        &self,
+        runtime: &Arc<TaskRuntime>,
+        token_id: &str,
+    ) -> Result<CallSlot, ApiError> {
+        let store = self.store.clone();
+        let id = token_id.to_string();
+        let counter = self
+            .token_counters
+            .try_get_with(token_id.to_string(), async move {
+                store
+                    .token_calls(&id)
+                    .await
+                    .map(|n| Arc::new(AtomicU64::new(n)))
+            })
+            .await
+            .map_err(|e| ApiError::internal(anyhow::anyhow!("loading token usage: {e}")))?;
+        let task_calls = runtime.calls.fetch_add(1, Ordering::SeqCst);
+        let token_calls = counter.fetch_add(1, Ordering::SeqCst);
+        Ok(CallSlot {
+            runtime: runtime.clone(),
+            token_counter: counter,
+            token_id: token_id.to_string(),
+            task_calls,
+            token_calls,
+            committed: false,
+            usage: self.usage.clone(),
+        })
+    }
+
+    /// Expires every active task whose window or idle time has passed. Returns how many.
+    pub async fn sweep(&self) -> Result<usize, ApiError> {
+        let now = self.clock.now_ms();
+        let due = self
+            .store
+            .due_tasks(now)
+            .await
+            .map_err(ApiError::internal)?;
+        let mut ended = 0;
+        for record in due {
+            // The store's activity lags the runtime's by at most one flush.
+            let why = match self.runtimes.get(&record.task_id).await {
+                Some(runtime) => runtime.lapse(now),
+                None => Some(if now >= record.expires_at_ms {
+                    "its window ended"
+                } else {
+                    "it was idle too long"
+                }),
+            };
+            if let Some(why) = why
+                && let EndOutcome::Ended(_) = self
+                    .end(&record.task_id, TaskState::Expired, why, "broker")
+                    .await?
+            {
+                ended += 1;
+            }
+        }
+        Ok(ended)
+    }
+
+    /// Waits until every counter update made so far is in the store.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.flush.send(Flush::Barrier(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+/// The error for a task that is not active.
+pub fn inactive(task_id: &str, state: TaskState) -> ApiError {
+    match state {
+        TaskState::Revoked => ApiError::TokenRevoked(format!("task {task_id} was revoked")),
+        TaskState::Expired => ApiError::TokenExpired(format!("task {task_id} has expired")),
+        other => ApiError::TaskInactive(format!("task {task_id} is {}", other.as_str())),
+    }
+}
+
+/// Writes counters behind the hot path, coalescing per task and token.
+async fn write_usage(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Flush>) {
+    let mut tasks: HashMap<String, (u64, i64)> = HashMap::new();
+    let mut tokens: HashMap<String, u64> = HashMap::new();
+    let mut waiters = Vec::new();
+    let mut ticker = tokio::time::interval(FLUSH_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut closed = false;
+        tokio::select! {
+            message = rx.recv() => match message {
+                Some(Flush::Usage(u)) => {
+                    let entry = tasks.entry(u.task_id).or_insert((0, 0));
+                    entry.0 = entry.0.max(u.calls);
+                    entry.1 = entry.1.max(u.last_activity_ms);
+                    let calls = tokens.entry(u.token_id).or_insert(0);
+                    *calls = (*calls).max(u.token_calls);
+                    continue;
+                }
+                Some(Flush::Barrier(done)) => waiters.push(done),
+                None => closed = true,
+            },
+            _ = ticker.tick() => {}
+        }
+        if !tasks.is_empty() || !tokens.is_empty() {
+            let batch = UsageBatch {
+                tasks: tasks
+                    .drain()
+                    .map(|(id, (calls, last))| (id, calls, last))
+                    .collect(),
+                tokens: tokens.drain().collect(),
+            };
+            if let Err(err) = store.record_usage(&batch).await {
+                tracing::error!(error = %err, "cannot write call counters; will retry");
+                for (id, calls, last) in batch.tasks {
+                    tasks.insert(id, (calls, last));
+                }
+                tokens.extend(batch.tokens);
+            }
+        }
+        for done in waiters.drain(..) {
+            let _ = done.send(());
+        }
+        if closed {
+            break;
+        }
+    }
+}
+
+/// A task's window as RFC 3339.
+pub fn expires_text(runtime: &TaskRuntime) -> String {
+    rfc3339(runtime.expires_at_ms())
+}

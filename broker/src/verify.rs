@@ -1,0 +1,264 @@
+//! Token verification: bytes → a verified Biscuit and the principal its authority names.
+//!
+//! Order: size limit → cache (keyed by SHA-256 of the token text) → revocation ids read
+//! without signature work → signature by root key id → authority facts. The result is
+//! cached, so a token's signature is checked once; revocation is checked on every use by
+//! the caller ([`crate::revocation`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use biscuit_auth::{
+    AuthorizerLimits, Biscuit, UnverifiedBiscuit, builder::AuthorizerBuilder, error,
+};
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::keys::RootKeys;
+
+/// Largest token accepted (bytes of base64 text).
+pub const MAX_TOKEN_LEN: usize = 64 * 1024;
+/// Verified tokens kept in memory.
+const CACHE_CAPACITY: u64 = 100_000;
+
+/// Who a verified token speaks for, read from its authority block only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A task token (or an attenuation of one).
+    Task {
+        /// The task id.
+        task_id: String,
+        /// The agent that owns the task.
+        agent: String,
+    },
+    /// An agent credential.
+    Agent(String),
+    /// An approver credential.
+    Approver(String),
+}
+
+/// A token whose signature has been checked.
+#[derive(Debug)]
+pub struct VerifiedToken {
+    /// The parsed token, for the authorizer.
+    pub biscuit: Biscuit,
+    /// Whom it names.
+    pub principal: Principal,
+    /// Hex revocation id of each block, authority first.
+    pub revocation_ids: Vec<String>,
+    /// The `tool` facts of the authority block.
+    pub tools: Vec<String>,
+}
+
+impl VerifiedToken {
+    /// The revocation id of this exact token (its last block): the key of `token_calls`.
+    pub fn own_id(&self) -> &str {
+        self.revocation_ids.last().map(String::as_str).unwrap_or("")
+    }
+}
+
+/// Verifies tokens against the root keys and caches the results.
+pub struct TokenVerifier {
+    keys: Arc<RootKeys>,
+    cache: moka::sync::Cache<[u8; 32], Arc<VerifiedToken>>,
+}
+
+impl TokenVerifier {
+    /// A verifier for these keys.
+    pub fn new(keys: Arc<RootKeys>) -> Self {
+        TokenVerifier {
+            keys,
+            cache: moka::sync::Cache::builder()
+                .max_capacity(CACHE_CAPACITY)
+                .time_to_idle(Duration::from_secs(3600))
+                .build(),
+        }
+    }
+
+    /// Verifies `text`. `is_revoked` is asked about every revocation id before any
+    /// signature work and on every cache hit.
+    pub fn verify(
+        &self,
+        text: &str,
+        is_revoked: impl Fn(&str) -> bool,
+    ) -> Result<Arc<VerifiedToken>, ApiError> {
+        let text = text.trim();
+        if text.is_empty() || text.len() > MAX_TOKEN_LEN {
+            return Err(ApiError::TokenInvalid(
+                "the token is empty or too long".into(),
+            ));
+        }
+        let key: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+        if let Some(found) = self.cache.get(&key) {
+            reject_revoked(&found.revocation_ids, &is_revoked)?;
+            return Ok(found);
+        }
+        let unverified = UnverifiedBiscuit::from_base64(text)
+            .map_err(|_| ApiError::TokenInvalid("the token is not a valid Biscuit".into()))?;
+        let ids: Vec<String> = unverified
+            .revocation_identifiers()
+            .iter()
+            .map(hex::encode)
+            .collect();
+        reject_revoked(&ids, &is_revoked)?;
+        let keys = &self.keys;
+        let biscuit = unverified
+            .verify(|kid: Option<u32>| keys.public_for(kid))
+            .map_err(|e| match e {
+                error::Format::UnknownPublicKey => {
+                    ApiError::TokenInvalid("the token names an unknown root key id".into())
+                }
+                _ => ApiError::TokenInvalid("the token's signature is invalid".into()),
+            })?;
+        let verified = Arc::new(read_authority(biscuit, ids)?);
+        self.cache.insert(key, verified.clone());
+        Ok(verified)
+    }
+}
+
+fn reject_revoked(ids: &[String], is_revoked: &impl Fn(&str) -> bool) -> Result<(), ApiError> {
+    match ids.iter().find(|id| is_revoked(id)) {
+        Some(id) => Err(ApiError::TokenRevoked(format!(
+            "the token was revoked (revocation id {}…)",
+            &id[..id.len().min(16)]
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Reads the principal from the authority block. Facts of attenuation blocks are not
+/// trusted by the authorizer's default scope, so they cannot change the answer.
+fn read_authority(
+    biscuit: Biscuit,
+    revocation_ids: Vec<String>,
+) -> Result<VerifiedToken, ApiError> {
+    let invalid =
+        || ApiError::TokenInvalid("the token's authority block names no Leash principal".into());
+    let mut authorizer = AuthorizerBuilder::new()
+        .set_limits(AuthorizerLimits {
+            max_facts: 1000,
+            max_iterations: 100,
+            max_time: Duration::from_millis(50),
+        })
+        .build(&biscuit)
+        .map_err(|_| invalid())?;
+    let mut strings = |name: &str| -> Result<Vec<String>, ApiError> {
+        let rule = format!("found($x) <- {name}($x)");
+        let rows: Vec<(String,)> = authorizer.query(rule.as_str()).map_err(|_| invalid())?;
+        Ok(rows.into_iter().map(|(s,)| s).collect())
+    };
+    let tasks = strings("task")?;
+    let agents = strings("agent")?;
+    let approvers = strings("approver")?;
+    let roles = strings("role")?;
+    let tools = strings("tool")?;
+    let principal = match (
+        tasks.as_slice(),
+        agents.as_slice(),
+        approvers.as_slice(),
+        roles.as_slice(),
+    ) {
+        ([task], [agent], [], []) => Principal::Task {
+            task_id: task.clone(),
+            agent: agent.clone(),
+        },
+        ([], [agent], [], [role]) if role == "agent" => Principal::Agent(agent.clone()),
+        ([], [], [approver], [role]) if role == "approver" => Principal::Approver(approver.clone()),
+        _ => return Err(invalid()),
+    };
+    Ok(VerifiedToken {
+        biscuit,
+        principal,
+        revocation_ids,
+        tools,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mint::{Role, TaskClaims, credential, task_token};
+    use biscuit_auth::builder::BlockBuilder;
+
+    fn task(keys: &RootKeys) -> Biscuit {
+        task_token(
+            keys,
+            &TaskClaims {
+                task_id: "tsk_a",
+                agent: "bot",
+                tools: &["web.search".to_string()],
+                expires_at_secs: 4_000_000_000,
+                checks: &[],
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn attenuation_facts_do_not_change_the_principal_or_tools() {
+        let keys = Arc::new(RootKeys::generate());
+        let verifier = TokenVerifier::new(keys.clone());
+        let child = task(&keys)
+            .append(
+                BlockBuilder::new()
+                    .code(r#"task("tsk_b"); tool("admin.everything"); role("approver"); approver("eve");"#)
+                    .unwrap(),
+            )
+            .unwrap();
+        let verified = verifier
+            .verify(&child.to_base64().unwrap(), |_| false)
+            .unwrap();
+        assert_eq!(
+            verified.principal,
+            Principal::Task {
+                task_id: "tsk_a".into(),
+                agent: "bot".into()
+            }
+        );
+        assert_eq!(verified.tools, vec!["web.search".to_string()]);
+        assert_eq!(verified.revocation_ids.len(), 2);
+    }
+
+    #[test]
+    fn kinds_keys_and_revocation() {
+        let keys = Arc::new(RootKeys::generate());
+        let verifier = TokenVerifier::new(keys.clone());
+        let agent = credential(&keys, Role::Agent, "bot", None)
+            .unwrap()
+            .to_base64()
+            .unwrap();
+        assert_eq!(
+            verifier.verify(&agent, |_| false).unwrap().principal,
+            Principal::Agent("bot".into())
+        );
+        let approver = credential(&keys, Role::Approver, "ann", None)
+            .unwrap()
+            .to_base64()
+            .unwrap();
+        assert_eq!(
+            verifier.verify(&approver, |_| false).unwrap().principal,
+            Principal::Approver("ann".into())
+        );
+        let other = task(&RootKeys::generate()).to_base64().unwrap();
+        assert!(matches!(
+            verifier.verify(&other, |_| false),
+            Err(ApiError::TokenInvalid(_))
+        ));
+        assert!(matches!(
+            verifier.verify("garbage!!", |_| false),
+            Err(ApiError::TokenInvalid(_))
+        ));
+        let good = task(&keys).to_base64().unwrap();
+        let truncated = &good[..good.len() / 2];
+        assert!(matches!(
+            verifier.verify(truncated, |_| false),
+            Err(ApiError::TokenInvalid(_))
+        ));
+        // Revocation is checked on the cached path too.
+        verifier.verify(&good, |_| false).unwrap();
+        assert!(matches!(
+            verifier.verify(&good, |_| true),
+            Err(ApiError::TokenRevoked(_))
+        ));
+    }
+}
