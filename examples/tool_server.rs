@@ -1,1 +1,114 @@
-fn main() {}
+//! A small HTTP tool server for the quickstart: the upstream behind Leash.
+//!
+//! Tools (each takes the JSON arguments Leash forwards):
+//! - `POST /search` `{"query"}`: searches a small built-in corpus of notes;
+//! - `POST /read` `{"path"}`: reads a note by path (`/notes/<name>`).
+//!
+//! It requires the credential Leash injects (`Authorization: Bearer <key>`, the key
+//! from `--api-key` / `TOOL_API_KEY`, default `demo-upstream-key`): an agent calling it
+//! directly, without Leash, is refused.
+//!
+//! Run: `cargo run -p leash-examples --bin tool-server` (listens on 127.0.0.1:9001).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::post;
+use axum::{Json, Router};
+use clap::Parser;
+use serde_json::{Value, json};
+
+/// Command line of the example tool server.
+#[derive(Parser)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    listen: SocketAddr,
+    /// The credential Leash must present.
+    #[arg(long, env = "TOOL_API_KEY", default_value = "demo-upstream-key")]
+    api_key: String,
+}
+
+const NOTES: &[(&str, &str)] = &[
+    (
+        "/notes/leash",
+        "Leash issues task-bound Biscuit capabilities and revokes them when the task ends.",
+    ),
+    (
+        "/notes/biscuit",
+        "Biscuit tokens can be attenuated offline: a holder adds checks, never rights.",
+    ),
+    (
+        "/notes/mcp",
+        "The Model Context Protocol connects agents to tool servers.",
+    ),
+];
+
+async fn search(
+    State(key): State<Arc<String>>,
+    headers: HeaderMap,
+    Json(args): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    if let Err(refused) = authorize(&key, &headers) {
+        return refused;
+    }
+    let query = args["query"].as_str().unwrap_or("").to_lowercase();
+    let hits: Vec<Value> = NOTES
+        .iter()
+        .filter(|(_, text)| !query.is_empty() && text.to_lowercase().contains(&query))
+        .map(|(path, text)| json!({ "path": path, "snippet": text }))
+        .collect();
+    (
+        StatusCode::OK,
+        Json(json!({ "query": query, "hits": hits })),
+    )
+}
+
+async fn read(
+    State(key): State<Arc<String>>,
+    headers: HeaderMap,
+    Json(args): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    if let Err(refused) = authorize(&key, &headers) {
+        return refused;
+    }
+    let path = args["path"].as_str().unwrap_or("");
+    match NOTES.iter().find(|(p, _)| *p == path) {
+        Some((_, text)) => (StatusCode::OK, Json(json!({ "path": path, "text": text }))),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": format!("no note at {path}") })),
+        ),
+    }
+}
+
+fn authorize(key: &str, headers: &HeaderMap) -> Result<(), (StatusCode, Json<Value>)> {
+    let expected = format!("Bearer {key}");
+    match headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(given) if given == expected => Ok(()),
+        _ => Err((
+            StatusCode::UNAUTHORIZED,
+            Json(json!({ "error": "missing or wrong upstream credential" })),
+        )),
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let args = Args::parse();
+    let app = Router::new()
+        .route("/search", post(search))
+        .route("/read", post(read))
+        .with_state(Arc::new(args.api_key));
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    eprintln!(
+        "example tool server listening on http://{}",
+        listener.local_addr()?
+    );
+    axum::serve(listener, app).await
+}

@@ -53,8 +53,31 @@ pub enum Denial {
 
 /// Authorizes one call.
 pub fn authorize_call(token: &Biscuit, call: &CallFacts<'_>) -> Result<(), Denial> {
-    let mut builder = AuthorizerBuilder::new().set_limits(limits());
+    run(token, call).map_err(|err| explain(err, call.tool))
+}
+
+/// Whether a tool belongs in the token's tool list: the call is allowed, or refused only
+/// by checks about arguments (which depend on the call) or budgets.
+pub fn listable(token: &Biscuit, call: &CallFacts<'_>) -> bool {
+    match run(token, call) {
+        Ok(()) => true,
+        Err(error::Token::FailedLogic(error::Logic::Unauthorized {
+            policy: error::MatchedPolicy::Allow(_),
+            checks,
+        })) => checks.iter().all(|check| {
+            let rule = match check {
+                error::FailedCheck::Block(b) => &b.rule,
+                error::FailedCheck::Authorizer(a) => &a.rule,
+            };
+            rule.contains("arg(") || rule.contains("token_calls") || rule.contains("task_calls")
+        }),
+        Err(_) => false,
+    }
+}
+
+fn run(token: &Biscuit, call: &CallFacts<'_>) -> Result<(), error::Token> {
     let now = std::time::UNIX_EPOCH + Duration::from_secs(call.now_secs.max(0) as u64);
+    let mut builder = AuthorizerBuilder::new().set_limits(limits());
     let mut facts = vec![
         fact("time", &[biscuit_auth::builder::date(&now)]),
         fact("call", &[string(call.tool)]),
@@ -63,18 +86,10 @@ pub fn authorize_call(token: &Biscuit, call: &CallFacts<'_>) -> Result<(), Denia
     ];
     facts.extend(arg_facts(call.args));
     for f in facts {
-        builder = builder
-            .fact(f)
-            .map_err(|e| Denial::Capability(format!("invalid call facts: {e}")))?;
+        builder = builder.fact(f)?;
     }
-    let mut authorizer = builder
-        .policy(ALLOW_GRANTED_TOOL.clone())
-        .and_then(|b| b.build(token))
-        .map_err(|e| Denial::Capability(format!("the token cannot be evaluated: {e}")))?;
-    match authorizer.authorize() {
-        Ok(_) => Ok(()),
-        Err(err) => Err(explain(err, call.tool)),
-    }
+    let mut authorizer = builder.policy(ALLOW_GRANTED_TOOL.clone())?.build(token)?;
+    authorizer.authorize().map(|_| ())
 }
 
 fn count(n: u64) -> Term {

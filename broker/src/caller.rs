@@ -80,7 +80,7 @@ pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, Api
     }
     let verified = state
         .verifier
-        .verify(token, |id| state.revoked.contains(id))?;
+        .verify(token, |id| state.revoked.refusal(id))?;
     match &verified.principal {
         Principal::Task { .. } => Ok(Caller::Task(verified)),
         Principal::Agent(agent) => {

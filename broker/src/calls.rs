@@ -11,7 +11,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 
 use crate::audit::AuditEvent;
-use crate::authorize::{CallFacts, Denial, authorize_call};
+use crate::authorize::{CallFacts, Denial, authorize_call, listable};
 use crate::error::ApiError;
 use crate::facts::{MAX_DEPTH, depth};
 use crate::ids::is_tool_name;
@@ -191,13 +191,7 @@ pub fn callable_tools(state: &AppState, task: &TaskContext) -> Vec<Arc<ToolDef>>
                 task_calls: task.runtime.calls(),
                 token_calls: 0,
             };
-            match authorize_call(&task.token.biscuit, &facts) {
-                Ok(()) => true,
-                Err(Denial::Capability(why)) => {
-                    why.contains("arg(") && !why.contains("does not grant")
-                }
-                Err(Denial::Budget(_)) => true,
-            }
+            listable(&task.token.biscuit, &facts)
         })
         .collect()
 }

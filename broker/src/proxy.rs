@@ -93,7 +93,7 @@ impl Proxy {
                 request = request.header(*header_name, value);
             }
             let mut response = request.send().await.map_err(|err| {
-                tracing::warn!(tool = %name, error = %err, "upstream unreachable");
+                tracing::warn!(tool = %name, error = %err.without_url(), "upstream unreachable");
                 UpstreamFailure::Unreachable { tool: name.clone() }
             })?;
             let status = response.status();

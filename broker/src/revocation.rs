@@ -3,15 +3,55 @@
 //!
 //! Ids are kept as their first 16 bytes (128 bits of an ed25519 signature), so a million
 //! revoked ids cost tens of MiB, not hundreds. A collision could only refuse a token
-//! (fail closed), never admit one.
+//! (fail closed), never admit one. Each id keeps why it was revoked, so the refusal says
+//! whether the task completed, expired or was revoked.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::RwLock;
+
+use crate::error::ApiError;
+
+/// Why an id was revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevokedBecause {
+    /// The task was revoked (or denied), or the id was revoked on its own.
+    Revoked,
+    /// The task was completed.
+    Completed,
+    /// The task expired.
+    Expired,
+}
+
+impl RevokedBecause {
+    /// From the feed's `reason` column.
+    pub fn from_reason(reason: &str) -> Self {
+        match reason {
+            "completed" => RevokedBecause::Completed,
+            "expired" => RevokedBecause::Expired,
+            _ => RevokedBecause::Revoked,
+        }
+    }
+
+    /// The refusal a token with such an id gets.
+    pub fn refusal(self) -> ApiError {
+        match self {
+            RevokedBecause::Revoked => {
+                ApiError::TokenRevoked("the token (or its task) was revoked".into())
+            }
+            RevokedBecause::Completed => {
+                ApiError::TaskInactive("the token's task was completed".into())
+            }
+            RevokedBecause::Expired => {
+                ApiError::TokenExpired("the token's task has expired".into())
+            }
+        }
+    }
+}
 
 /// Every revoked id.
 #[derive(Default)]
 pub struct RevocationSet {
-    ids: RwLock<HashSet<[u8; 16]>>,
+    ids: RwLock<HashMap<[u8; 16], RevokedBecause>>,
 }
 
 fn key(id: &str) -> Option<[u8; 16]> {
@@ -22,19 +62,35 @@ fn key(id: &str) -> Option<[u8; 16]> {
 }
 
 impl RevocationSet {
-    /// Whether the id (hex) is revoked. An id that is not valid hex counts as revoked.
-    pub fn contains(&self, id: &str) -> bool {
+    /// Why the id (hex) is revoked, if it is. An id that is not valid hex counts as revoked.
+    pub fn lookup(&self, id: &str) -> Option<RevokedBecause> {
         match key(id) {
-            Some(k) => self.ids.read().map(|set| set.contains(&k)).unwrap_or(true),
-            None => true,
+            Some(k) => match self.ids.read() {
+                Ok(set) => set.get(&k).copied(),
+                Err(_) => Some(RevokedBecause::Revoked),
+            },
+            None => Some(RevokedBecause::Revoked),
         }
     }
 
-    /// Adds ids (hex).
-    pub fn extend<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
-        let keys: Vec<[u8; 16]> = ids.into_iter().filter_map(key).collect();
+    /// Whether the id (hex) is revoked.
+    pub fn contains(&self, id: &str) -> bool {
+        self.lookup(id).is_some()
+    }
+
+    /// The refusal for a token with this id, if it is revoked.
+    pub fn refusal(&self, id: &str) -> Option<ApiError> {
+        self.lookup(id).map(RevokedBecause::refusal)
+    }
+
+    /// Adds ids (hex) with their reason (the feed's `reason`).
+    pub fn extend<'a>(&self, ids: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        let entries: Vec<([u8; 16], RevokedBecause)> = ids
+            .into_iter()
+            .filter_map(|(id, reason)| key(id).map(|k| (k, RevokedBecause::from_reason(reason))))
+            .collect();
         if let Ok(mut set) = self.ids.write() {
-            set.extend(keys);
+            set.extend(entries);
         }
     }
 
@@ -58,8 +114,8 @@ mod tests {
         let set = RevocationSet::default();
         let id = "ab".repeat(64);
         assert!(!set.contains(&id));
-        set.extend([id.as_str()]);
-        assert!(set.contains(&id));
+        set.extend([(id.as_str(), "completed")]);
+        assert_eq!(set.lookup(&id), Some(RevokedBecause::Completed));
         assert!(set.contains("zz"));
         assert_eq!(set.len(), 1);
     }

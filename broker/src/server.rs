@@ -119,7 +119,13 @@ pub async fn prepare(
     };
     let clock = Clock::default();
     let revoked = Arc::new(RevocationSet::default());
-    revoked.extend(store.all_revoked_ids().await?.iter().map(String::as_str));
+    revoked.extend(
+        store
+            .all_revoked_ids()
+            .await?
+            .iter()
+            .map(|(id, reason)| (id.as_str(), reason.as_str())),
+    );
     let audit = Audit::start(store.clone(), clock.clone()).await?;
     let tasks = Tasks::start(
         store.clone(),

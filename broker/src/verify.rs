@@ -75,12 +75,12 @@ impl TokenVerifier {
         }
     }
 
-    /// Verifies `text`. `is_revoked` is asked about every revocation id before any
-    /// signature work and on every cache hit.
+    /// Verifies `text`. `refusal` is asked about every revocation id before any
+    /// signature work and on every cache hit; it answers the error for a revoked id.
     pub fn verify(
         &self,
         text: &str,
-        is_revoked: impl Fn(&str) -> bool,
+        refusal: impl Fn(&str) -> Option<ApiError>,
     ) -> Result<Arc<VerifiedToken>, ApiError> {
         let text = text.trim();
         if text.is_empty() || text.len() > MAX_TOKEN_LEN {
@@ -90,7 +90,7 @@ impl TokenVerifier {
         }
         let key: [u8; 32] = Sha256::digest(text.as_bytes()).into();
         if let Some(found) = self.cache.get(&key) {
-            reject_revoked(&found.revocation_ids, &is_revoked)?;
+            reject_revoked(&found.revocation_ids, &refusal)?;
             return Ok(found);
         }
         let unverified = UnverifiedBiscuit::from_base64(text)
@@ -100,7 +100,7 @@ impl TokenVerifier {
             .iter()
             .map(hex::encode)
             .collect();
-        reject_revoked(&ids, &is_revoked)?;
+        reject_revoked(&ids, &refusal)?;
         let keys = &self.keys;
         let biscuit = unverified
             .verify(|kid: Option<u32>| keys.public_for(kid))
@@ -116,12 +116,12 @@ impl TokenVerifier {
     }
 }
 
-fn reject_revoked(ids: &[String], is_revoked: &impl Fn(&str) -> bool) -> Result<(), ApiError> {
-    match ids.iter().find(|id| is_revoked(id)) {
-        Some(id) => Err(ApiError::TokenRevoked(format!(
-            "the token was revoked (revocation id {}…)",
-            &id[..id.len().min(16)]
-        ))),
+fn reject_revoked(
+    ids: &[String],
+    refusal: &impl Fn(&str) -> Option<ApiError>,
+) -> Result<(), ApiError> {
+    match ids.iter().find_map(|id| refusal(id)) {
+        Some(err) => Err(err),
         None => Ok(()),
     }
 }
@@ -151,7 +151,9 @@ fn read_authority(
     let agents = strings("agent")?;
     let approvers = strings("approver")?;
     let roles = strings("role")?;
-    let tools = strings("tool")?;
+    let mut tools = strings("tool")?;
+    tools.sort();
+    tools.dedup();
     let principal = match (
         tasks.as_slice(),
         agents.as_slice(),
@@ -206,7 +208,7 @@ mod tests {
             )
             .unwrap();
         let verified = verifier
-            .verify(&child.to_base64().unwrap(), |_| false)
+            .verify(&child.to_base64().unwrap(), |_| None)
             .unwrap();
         assert_eq!(
             verified.principal,
@@ -228,7 +230,7 @@ mod tests {
             .to_base64()
             .unwrap();
         assert_eq!(
-            verifier.verify(&agent, |_| false).unwrap().principal,
+            verifier.verify(&agent, |_| None).unwrap().principal,
             Principal::Agent("bot".into())
         );
         let approver = credential(&keys, Role::Approver, "ann", None)
@@ -236,28 +238,28 @@ mod tests {
             .to_base64()
             .unwrap();
         assert_eq!(
-            verifier.verify(&approver, |_| false).unwrap().principal,
+            verifier.verify(&approver, |_| None).unwrap().principal,
             Principal::Approver("ann".into())
         );
         let other = task(&RootKeys::generate()).to_base64().unwrap();
         assert!(matches!(
-            verifier.verify(&other, |_| false),
+            verifier.verify(&other, |_| None),
             Err(ApiError::TokenInvalid(_))
         ));
         assert!(matches!(
-            verifier.verify("garbage!!", |_| false),
+            verifier.verify("garbage!!", |_| None),
             Err(ApiError::TokenInvalid(_))
         ));
         let good = task(&keys).to_base64().unwrap();
         let truncated = &good[..good.len() / 2];
         assert!(matches!(
-            verifier.verify(truncated, |_| false),
+            verifier.verify(truncated, |_| None),
             Err(ApiError::TokenInvalid(_))
         ));
         // Revocation is checked on the cached path too.
-        verifier.verify(&good, |_| false).unwrap();
+        verifier.verify(&good, |_| None).unwrap();
         assert!(matches!(
-            verifier.verify(&good, |_| true),
+            verifier.verify(&good, |_| Some(ApiError::TokenRevoked(String::new()))),
             Err(ApiError::TokenRevoked(_))
         ));
     }

@@ -1,1 +1,11 @@
+//! End-to-end tests: the real broker (in-process on an ephemeral port, or the built
+//! binary) and real upstream HTTP servers on 127.0.0.1, spoken to over HTTP.
 
+mod common;
+
+mod attenuation;
+mod audit;
+mod bad_input;
+mod lifecycle;
+mod process;
+mod revocation;

@@ -22,6 +22,11 @@ const MAX_TIMEOUT_MS: i64 = 300_000;
 /// Longest task window a grant may allow (7 days).
 const MAX_TTL_SECONDS: i64 = 7 * 24 * 3600;
 
+/// A grant's tool patterns with their places: (file index, offset, agent, patterns).
+type GrantPatterns = (usize, usize, String, PlacedPatterns);
+/// Tool patterns with the offset each was written at.
+type PlacedPatterns = Vec<(ToolPattern, usize)>;
+
 /// Loads every `*.toml` file of `dir` (sorted by name). `env` resolves `${NAME}`.
 pub fn load_dir(dir: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Policy, PolicyErrors> {
     let fail = |message: String| {
@@ -65,7 +70,7 @@ pub fn load_sources(
     let mut diagnostics = Vec::new();
     let mut policy = Policy::default();
     // Where each tool and grant was defined, for duplicate and reference errors.
-    let mut grant_patterns: Vec<(usize, usize, String, Vec<(ToolPattern, usize)>)> = Vec::new();
+    let mut grant_patterns: Vec<GrantPatterns> = Vec::new();
     let mut tool_places: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let mut grant_places: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let mut approvals_seen = false;
@@ -494,13 +499,12 @@ impl<'a> FileCtx<'a> {
         })
     }
 
-    #[allow(clippy::type_complexity)]
     fn grant(
         &mut self,
         agent: &str,
         offset: usize,
         table: &DeTable<'_>,
-    ) -> Option<(Grant, Vec<(ToolPattern, usize)>)> {
+    ) -> Option<(Grant, PlacedPatterns)> {
         let what = format!("agents.{agent:?}");
         let before = self.diagnostics.len();
         if !is_principal_name(agent) {

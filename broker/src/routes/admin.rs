@@ -164,9 +164,11 @@ pub async fn revoke_agent(
         .revoke_credentials(Role::Agent.as_str(), &agent, now)
         .await
         .map_err(ApiError::internal)?;
-    state
-        .revoked
-        .extend(credentials.iter().map(|r| r.revocation_id.as_str()));
+    state.revoked.extend(
+        credentials
+            .iter()
+            .map(|r| (r.revocation_id.as_str(), r.reason.as_str())),
+    );
     let mut revoked_tasks = 0;
     for task_id in state
         .store
@@ -214,7 +216,7 @@ pub async fn revoke_token(
     // Verify the target's signature, but accept an already revoked one (idempotent).
     let target = state
         .verifier
-        .verify(&body.token, |_| false)
+        .verify(&body.token, |_| None)
         .map_err(|e| match e {
             ApiError::TokenInvalid(why) => ApiError::BadRequest(format!("token: {why}")),
             other => other,
@@ -247,7 +249,7 @@ pub async fn revoke_token(
         )
         .await
         .map_err(ApiError::internal)?;
-    state.revoked.extend([own.as_str()]);
+    state.revoked.extend([(own.as_str(), "token")]);
     if !published.is_empty() {
         state
             .audit

@@ -121,6 +121,9 @@ pub struct Revocation {
     pub revocation_id: String,
     /// The task it belonged to, if any.
     pub task_id: Option<String>,
+    /// Why: `revoked`, `completed`, `expired`, `denied` (the task ended), `token` (one
+    /// token revoked), `credential`.
+    pub reason: String,
     /// When (ms since epoch).
     pub at_ms: i64,
 }
@@ -214,8 +217,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<Revocation>>;
     /// The feed after `seq`, at most `limit` entries.
     async fn revocations_after(&self, seq: i64, limit: i64) -> StoreResult<Vec<Revocation>>;
-    /// Every revoked id (loaded once at start).
-    async fn all_revoked_ids(&self) -> StoreResult<Vec<String>>;
+    /// Every revoked id with its reason (loaded once at start).
+    async fn all_revoked_ids(&self) -> StoreResult<Vec<(String, String)>>;
     /// Writes counters.
     async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()>;
     /// Calls made with one token so far.

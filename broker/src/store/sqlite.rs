@@ -49,6 +49,7 @@ const SCHEMA: &[&str] = &[
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         revocation_id TEXT NOT NULL UNIQUE,
         task_id TEXT,
+        reason TEXT NOT NULL,
         at_ms INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS token_usage (
         revocation_id TEXT PRIMARY KEY,
@@ -135,6 +136,7 @@ fn revocation_from_row(row: &SqliteRow) -> StoreResult<Revocation> {
         seq: row.try_get("seq")?,
         revocation_id: row.try_get("revocation_id")?,
         task_id: row.try_get("task_id")?,
+        reason: row.try_get("reason")?,
         at_ms: row.try_get("at_ms")?,
     })
 }
@@ -148,16 +150,18 @@ async fn publish(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     ids: &[String],
     task_id: Option<&str>,
+    reason: &str,
     at_ms: i64,
 ) -> StoreResult<Vec<Revocation>> {
     let mut out = Vec::new();
     for id in ids {
         let row = sqlx::query(
-            "INSERT INTO revocations (revocation_id, task_id, at_ms) VALUES (?, ?, ?)
-             ON CONFLICT(revocation_id) DO NOTHING RETURNING seq, revocation_id, task_id, at_ms",
+            "INSERT INTO revocations (revocation_id, task_id, reason, at_ms) VALUES (?, ?, ?, ?)
+             ON CONFLICT(revocation_id) DO NOTHING RETURNING seq, revocation_id, task_id, reason, at_ms",
         )
         .bind(id)
         .bind(task_id)
+        .bind(reason)
         .bind(at_ms)
         .fetch_optional(&mut **tx)
         .await?;
@@ -171,7 +175,7 @@ async fn publish(
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert_task(&self, task: &TaskRecord, revocation_id: Option<&str>) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "INSERT INTO tasks (task_id, agent, purpose, tools, checks, state, created_at_ms, expires_at_ms,
                 idle_timeout_ms, max_calls, calls, last_activity_ms, ended_at_ms, end_reason, token)
@@ -270,7 +274,7 @@ impl Store for SqliteStore {
         revocation_id: &str,
         now_ms: i64,
     ) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let changed = sqlx::query(
             "UPDATE tasks SET expires_at_ms = ?, token = ?, last_activity_ms = max(last_activity_ms, ?)
              WHERE task_id = ? AND state = 'active'",
@@ -304,7 +308,7 @@ impl Store for SqliteStore {
         reason: &str,
         at_ms: i64,
     ) -> StoreResult<Option<Vec<Revocation>>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let changed = sqlx::query(
             "UPDATE tasks SET state = ?, ended_at_ms = ?, end_reason = ?
              WHERE task_id = ? AND state IN ('active', 'pending_approval')",
@@ -327,7 +331,7 @@ impl Store for SqliteStore {
                 .iter()
                 .map(|r| r.try_get("revocation_id"))
                 .collect::<Result<_, _>>()?;
-        let published = publish(&mut tx, &ids, Some(task_id), at_ms).await?;
+        let published = publish(&mut tx, &ids, Some(task_id), state.as_str(), at_ms).await?;
         tx.commit().await?;
         Ok(Some(published))
     }
@@ -338,8 +342,8 @@ impl Store for SqliteStore {
         task_id: Option<&str>,
         at_ms: i64,
     ) -> StoreResult<Vec<Revocation>> {
-        let mut tx = self.pool.begin().await?;
-        let published = publish(&mut tx, ids, task_id, at_ms).await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let published = publish(&mut tx, ids, task_id, "token", at_ms).await?;
         tx.commit().await?;
         Ok(published)
     }
@@ -367,7 +371,7 @@ impl Store for SqliteStore {
         subject: &str,
         at_ms: i64,
     ) -> StoreResult<Vec<Revocation>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let ids: Vec<String> =
             sqlx::query("SELECT revocation_id FROM credentials WHERE role = ? AND subject = ?")
                 .bind(role)
@@ -377,7 +381,7 @@ impl Store for SqliteStore {
                 .iter()
                 .map(|r| r.try_get("revocation_id"))
                 .collect::<Result<_, _>>()?;
-        let published = publish(&mut tx, &ids, None, at_ms).await?;
+        let published = publish(&mut tx, &ids, None, "credential", at_ms).await?;
         tx.commit().await?;
         Ok(published)
     }
@@ -391,12 +395,12 @@ impl Store for SqliteStore {
         rows.iter().map(revocation_from_row).collect()
     }
 
-    async fn all_revoked_ids(&self) -> StoreResult<Vec<String>> {
-        let rows = sqlx::query("SELECT revocation_id FROM revocations")
+    async fn all_revoked_ids(&self) -> StoreResult<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT revocation_id, reason FROM revocations")
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
-            .map(|r| Ok(r.try_get("revocation_id")?))
+            .map(|r| Ok((r.try_get("revocation_id")?, r.try_get("reason")?)))
             .collect()
     }
 
@@ -404,7 +408,7 @@ impl Store for SqliteStore {
         if batch.tasks.is_empty() && batch.tokens.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         for (task_id, calls, last) in &batch.tasks {
             sqlx::query(
                 "UPDATE tasks SET calls = max(calls, ?), last_activity_ms = max(last_activity_ms, ?) WHERE task_id = ?",
@@ -441,7 +445,7 @@ impl Store for SqliteStore {
     }
 
     async fn append_audit(&self, rows: &[AuditRow]) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         for row in rows {
             sqlx::query(
                 "INSERT INTO audit (seq, at_ms, kind, actor, task_id, detail, prev_hash, hash)

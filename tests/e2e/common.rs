@@ -1,0 +1,430 @@
+//! Test harness: a real broker on 127.0.0.1:0, a real recording upstream, and the
+//! built `leash` binary for process-level tests. Each handle stops its server on drop.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use leash_broker::{AppState, ServeConfig};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+/// The admin token every test broker uses.
+pub const ADMIN: &str = "test-admin-token-0123456789abcdef";
+
+/// One request the upstream received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub body: Value,
+    pub authorization: Option<String>,
+}
+
+/// A scriptable upstream tool server that records what it receives.
+pub struct ToolServer {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn upstream(
+    State(log): State<Arc<Mutex<Vec<Received>>>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> (StatusCode, HeaderMap, Vec<u8>) {
+    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    log.lock().unwrap().push(Received {
+        path: uri.path().to_string(),
+        body: parsed.clone(),
+        authorization: headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from),
+    });
+    let mut out = HeaderMap::new();
+    out.insert("content-type", "application/json".parse().unwrap());
+    match uri.path() {
+        "/slow" => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            (StatusCode::OK, out, b"{}".to_vec())
+        }
+        "/fail" => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            out,
+            b"{\"error\":\"boom\"}".to_vec(),
+        ),
+        "/garbage" => (StatusCode::OK, out, b"<html>not json".to_vec()),
+        "/huge" => {
+            let mut body = b"[\"".to_vec();
+            body.extend(std::iter::repeat_n(b'x', 9 * 1024 * 1024));
+            body.extend(b"\"]");
+            (StatusCode::OK, out, body)
+        }
+        _ => (
+            StatusCode::OK,
+            out,
+            serde_json::to_vec(&json!({ "echo": parsed, "path": uri.path() })).unwrap(),
+        ),
+    }
+}
+
+impl ToolServer {
+    pub async fn spawn() -> ToolServer {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let app = Router::new()
+            .route("/{*path}", post(upstream))
+            .with_state(received.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .ok();
+        });
+        ToolServer {
+            addr,
+            received,
+            _stop: stop,
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+}
+
+/// The standard test policy; `{UP}` is the upstream's address.
+pub const POLICY: &str = r#"
+[tools."web.search"]
+description = "Search"
+upstream = "http://{UP}/search"
+timeout_ms = 2000
+input_schema = { type = "object", required = ["query"], additionalProperties = false, properties = { query = { type = "string", maxLength = 50 } } }
+upstream_headers = { Authorization = "Bearer upstream-secret-key" }
+
+[tools."fs.read"]
+description = "Read a file"
+upstream = "http://{UP}/read"
+input_schema = { type = "object", properties = { path = { type = "string" } } }
+
+[tools."shell.exec"]
+description = "Not granted to the bot"
+upstream = "http://{UP}/exec"
+input_schema = { type = "object" }
+
+[tools."bad.slow"]
+upstream = "http://{UP}/slow"
+timeout_ms = 300
+input_schema = { type = "object" }
+
+[tools."bad.fail"]
+upstream = "http://{UP}/fail"
+input_schema = { type = "object" }
+
+[tools."bad.garbage"]
+upstream = "http://{UP}/garbage"
+input_schema = { type = "object" }
+
+[tools."bad.huge"]
+upstream = "http://{UP}/huge"
+input_schema = { type = "object" }
+
+[tools."bad.down"]
+upstream = "http://127.0.0.1:9/down"
+timeout_ms = 1000
+input_schema = { type = "object" }
+
+[agents.bot]
+tools = ["web.search", "fs.read", "bad.*"]
+max_ttl_seconds = 600
+idle_timeout_seconds = 120
+max_calls = 1000
+
+[agents.small]
+tools = ["web.search"]
+max_ttl_seconds = 60
+max_calls = 3
+checks = ['check if call($t), $t != "fs.read"']
+"#;
+
+/// A broker running in this process.
+pub struct TestBroker {
+    pub url: String,
+    pub state: AppState,
+    pub http: reqwest::Client,
+    pub upstream: ToolServer,
+    pub data: tempfile::TempDir,
+    _policies: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A response: status and JSON body (Null if the body was not JSON).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Reply {
+    /// The error code, if the body is an error.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+    pub fn message(&self) -> &str {
+        self.body["error"]["message"].as_str().unwrap_or("")
+    }
+}
+
+impl TestBroker {
+    pub async fn spawn() -> TestBroker {
+        Self::spawn_with(POLICY).await
+    }
+
+    pub async fn spawn_with(policy: &str) -> TestBroker {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("leash_broker=warn")
+            .with_test_writer()
+            .try_init();
+        let upstream = ToolServer::spawn().await;
+        let policies = tempfile::tempdir().unwrap();
+        std::fs::write(
+            policies.path().join("test.toml"),
+            policy.replace("{UP}", &upstream.addr.to_string()),
+        )
+        .unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let mut config = ServeConfig::new(policies.path().to_path_buf(), data.path().to_path_buf());
+        config.admin_token = Some(ADMIN.to_string());
+        config.sweep_interval = Duration::from_millis(50);
+        let state = leash_broker::prepare(config, &|_| None)
+            .await
+            .expect("broker starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let running = state.clone();
+        let done = tokio::spawn(async move {
+            leash_broker::run(running, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        TestBroker {
+            url,
+            state,
+            http: reqwest::Client::new(),
+            upstream,
+            data,
+            _policies: policies,
+            stop: Some(stop),
+            done: Some(done),
+        }
+    }
+
+    /// Stops the server, waits until counters and audit are flushed, and hands back the
+    /// data folder.
+    pub async fn shutdown(mut self) -> tempfile::TempDir {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(done) = self.done.take() {
+            let _ = done.await;
+        }
+        std::mem::replace(&mut self.data, tempfile::tempdir().unwrap())
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut request = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        Reply {
+            status,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+        }
+    }
+
+    pub async fn get(&self, path: &str, bearer: Option<&str>) -> Reply {
+        self.send(reqwest::Method::GET, path, bearer, None).await
+    }
+
+    pub async fn post(&self, path: &str, bearer: Option<&str>, body: Value) -> Reply {
+        self.send(reqwest::Method::POST, path, bearer, Some(body))
+            .await
+    }
+
+    pub async fn agent(&self, agent: &str) -> String {
+        let reply = self
+            .post(
+                &format!("/v1/agents/{agent}/credentials"),
+                Some(ADMIN),
+                json!({}),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{reply:?}");
+        reply.body["credential"].as_str().unwrap().to_string()
+    }
+
+    pub async fn approver(&self, approver: &str) -> String {
+        let reply = self
+            .post(
+                &format!("/v1/approvers/{approver}/credentials"),
+                Some(ADMIN),
+                json!({}),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{reply:?}");
+        reply.body["credential"].as_str().unwrap().to_string()
+    }
+
+    /// Opens a task; returns (task id, token).
+    pub async fn task(&self, credential: &str, tools: &[&str]) -> (String, String) {
+        let reply = self
+            .post(
+                "/v1/tasks",
+                Some(credential),
+                json!({ "purpose": "test", "tools": tools }),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{reply:?}");
+        (
+            reply.body["task_id"].as_str().unwrap().to_string(),
+            reply.body["token"].as_str().unwrap().to_string(),
+        )
+    }
+
+    pub async fn call(&self, token: &str, tool: &str, args: Value) -> Reply {
+        self.post(&format!("/v1/tools/{tool}/call"), Some(token), args)
+            .await
+    }
+
+    /// The broker's public root key, read from the well-known endpoint.
+    pub async fn public_key(&self) -> biscuit_auth::PublicKey {
+        let keys = self.get("/.well-known/leash/keys", None).await;
+        let text = keys.body["keys"][0]["public_key"].as_str().unwrap();
+        text.parse().expect("public key in Biscuit's textual form")
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Path of the built `leash` binary, next to this test executable's folder.
+/// `scripts/test.sh` builds it before the tests run (a nested `cargo build` here would
+/// wait forever on the lock the running `cargo test` holds).
+pub fn leash_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        let bin = exe.parent().and_then(Path::parent).unwrap().join("leash");
+        assert!(
+            bin.exists(),
+            "{} is missing: run scripts/test.sh, or cargo build -p leash-broker first",
+            bin.display()
+        );
+        bin
+    })
+    .clone()
+}
+
+/// A `leash serve` process.
+pub struct BrokerProcess {
+    pub child: Child,
+    pub url: String,
+}
+
+impl BrokerProcess {
+    /// Starts `leash serve` on a free port and waits until /healthz answers.
+    pub async fn start(policies: &Path, data: &Path) -> BrokerProcess {
+        let port = free_port();
+        let child = Command::new(leash_binary())
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--policies")
+            .arg(policies)
+            .arg("--data")
+            .arg(data)
+            .env("LEASH_LOG", "warn")
+            .env_remove("LEASH_ADMIN_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = reqwest::get(format!("{url}/healthz")).await
+                && r.status().is_success()
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "leash serve did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        BrokerProcess { child, url }
+    }
+
+    /// SIGKILL: no graceful anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Simple HTTP helpers against any base URL.
+pub async fn post_json(url: &str, bearer: Option<&str>, body: Value) -> Reply {
+    let mut request = reqwest::Client::new().post(url).json(&body);
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    Reply {
+        status,
+        body: serde_json::from_str(&text).unwrap_or(Value::Null),
+    }
+}

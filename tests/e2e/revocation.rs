@@ -1,0 +1,93 @@
+//! The guarantee: once revoke/complete answers, no call with the task's tokens is admitted.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::common::TestBroker;
+
+/// Callers hammer a task while it is revoked; every call that *starts* after the revoke
+/// response must be refused, over many trials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn zero_calls_admitted_after_the_revoke_response() {
+    const TRIALS: usize = 30;
+    const CALLERS: usize = 8;
+    let broker = Arc::new(TestBroker::spawn().await);
+    let agent = broker.agent("bot").await;
+    let approver = broker.approver("ann").await;
+    let mut admitted_after = 0;
+    let mut refused_after = 0;
+    let mut admitted_before = 0;
+    for trial in 0..TRIALS {
+        let (task_id, token) = broker.task(&agent, &["web.search"]).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut callers = Vec::new();
+        for _ in 0..CALLERS {
+            let broker = broker.clone();
+            let token = token.clone();
+            let stop = stop.clone();
+            callers.push(tokio::spawn(async move {
+                let mut log = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    let started = Instant::now();
+                    let reply = broker
+                        .call(&token, "web.search", json!({"query": "x"}))
+                        .await;
+                    log.push((started, reply.status, reply.code().to_string()));
+                }
+                log
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(20 + (trial as u64 % 5) * 5)).await;
+        // Half the trials revoke, half complete.
+        let reply = if trial % 2 == 0 {
+            broker
+                .post(
+                    &format!("/v1/tasks/{task_id}/revoke"),
+                    Some(&approver),
+                    json!({}),
+                )
+                .await
+        } else {
+            broker
+                .post(
+                    &format!("/v1/tasks/{task_id}/complete"),
+                    Some(&agent),
+                    json!({}),
+                )
+                .await
+        };
+        let answered = Instant::now();
+        assert_eq!(reply.status, 200, "{reply:?}");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        stop.store(true, Ordering::SeqCst);
+        for caller in callers {
+            for (started, status, code) in caller.await.unwrap() {
+                if started >= answered {
+                    if status == 200 {
+                        admitted_after += 1;
+                    } else {
+                        assert!(
+                            matches!(code.as_str(), "token_revoked" | "task_inactive"),
+                            "{status} {code}"
+                        );
+                        refused_after += 1;
+                    }
+                } else if status == 200 {
+                    admitted_before += 1;
+                }
+            }
+        }
+    }
+    println!(
+        "concurrent revocation: {TRIALS} trials x {CALLERS} callers: {admitted_before} admitted before the response, \
+         {refused_after} refused after, {admitted_after} admitted after"
+    );
+    assert!(
+        admitted_before > 0 && refused_after > 0,
+        "the test must overlap calls and revokes"
+    );
+    assert_eq!(admitted_after, 0);
+}
