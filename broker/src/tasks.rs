@@ -107,7 +107,7 @@ pub struct CallSlot {
     /// Calls admitted with this token before this one.
     pub token_calls: u64,
     committed: bool,
-    usage: mpsc::UnboundedSender<Usage>,
+    usage: mpsc::UnboundedSender<Flush>,
 }
 
 impl CallSlot {
@@ -117,13 +117,13 @@ impl CallSlot {
         self.runtime
             .last_activity_ms
             .fetch_max(now_ms, Ordering::SeqCst);
-        let _ = self.usage.send(Usage {
+        let _ = self.usage.send(Flush::Usage(Usage {
             task_id: self.runtime.task_id.clone(),
             calls: self.runtime.calls(),
             last_activity_ms: self.runtime.last_activity_ms(),
             token_id: self.token_id.clone(),
             token_calls: self.token_counter.load(Ordering::SeqCst),
-        });
+        }));
     }
 }
 
@@ -166,7 +166,8 @@ pub struct Tasks {
     revoked: Arc<RevocationSet>,
     runtimes: moka::future::Cache<String, Arc<TaskRuntime>>,
     token_counters: moka::future::Cache<String, Arc<AtomicU64>>,
-    usage: mpsc::UnboundedSender<Usage>,
+    /// Counter updates and flush barriers, in one queue so a barrier follows every
+    /// update sent before it.
     flush: mpsc::UnboundedSender<Flush>,
 }
 
@@ -181,17 +182,7 @@ impl Tasks {
         longest_ttl: Duration,
     ) -> Arc<Tasks> {
         let idle = longest_ttl + Duration::from_secs(60);
-        let (usage_tx, mut usage_rx) = mpsc::unbounded_channel::<Usage>();
         let (flush_tx, flush_rx) = mpsc::unbounded_channel::<Flush>();
-        // Usage goes through the flush queue so a barrier sees every earlier update.
-        let forward = flush_tx.clone();
-        tokio::spawn(async move {
-            while let Some(usage) = usage_rx.recv().await {
-                if forward.send(Flush::Usage(usage)).is_err() {
-                    break;
-                }
-            }
-        });
         tokio::spawn(write_usage(store.clone(), flush_rx));
         Arc::new(Tasks {
             store,
@@ -203,7 +194,6 @@ impl Tasks {
                 .max_capacity(1_000_000)
                 .time_to_idle(idle)
                 .build(),
-            usage: usage_tx,
             flush: flush_tx,
         })
     }
@@ -382,7 +372,7 @@ impl Tasks {
             task_calls,
             token_calls,
             committed: false,
-            usage: self.usage.clone(),
+            usage: self.flush.clone(),
         })
     }
 
