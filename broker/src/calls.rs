@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
+use crate::approvals::{CallApproval, request, spend_for_call};
 use crate::audit::AuditEvent;
 use crate::authorize::{CallFacts, Denial, authorize_call, listable};
 use crate::error::ApiError;
@@ -18,6 +19,7 @@ use crate::ids::is_tool_name;
 use crate::policy::{ToolApproval, ToolDef};
 use crate::proxy::UpstreamFailure;
 use crate::server::AppState;
+use crate::store::ApprovalKind;
 use crate::tasks::TaskRuntime;
 use crate::verify::{Principal, VerifiedToken};
 
@@ -45,17 +47,31 @@ pub async fn active_task(
     Ok(TaskContext { token, runtime })
 }
 
-/// Makes one checked call and returns the upstream's JSON.
+/// How a checked call ended.
+pub enum CallOutcome {
+    /// Forwarded; the upstream's JSON answer.
+    Done(Value),
+    /// The tool needs a human approval first: repeat the call with this id in
+    /// `Leash-Approval` once it is approved.
+    PendingApproval(String),
+}
+
+/// Makes one checked call. `approval` is the `Leash-Approval` header, if any.
 pub async fn call_tool(
     state: &AppState,
     token: Arc<VerifiedToken>,
     tool_name: &str,
     args: Value,
-) -> Result<Value, ApiError> {
+    approval: Option<&str>,
+) -> Result<CallOutcome, ApiError> {
     let task = active_task(state, token).await?;
-    let outcome = checked_call(state, &task, tool_name, &args).await;
+    let outcome = checked_call(state, &task, tool_name, &args, approval).await;
     let (kind, detail) = match &outcome {
-        Ok(_) => (
+        Ok(CallOutcome::PendingApproval(id)) => (
+            "call.held",
+            json!({ "tool": tool_name, "token": task.token.own_id(), "approval_id": id }),
+        ),
+        Ok(CallOutcome::Done(_)) => (
             "call.allowed",
             json!({ "tool": tool_name, "token": task.token.own_id() }),
         ),
@@ -84,7 +100,8 @@ async fn checked_call(
     task: &TaskContext,
     tool_name: &str,
     args: &Value,
-) -> Result<Value, ApiError> {
+    approval: Option<&str>,
+) -> Result<CallOutcome, ApiError> {
     let tool = lookup_tool(state, tool_name)?;
     let Some(arguments) = args.as_object() else {
         return Err(ApiError::BadRequest(
@@ -131,9 +148,32 @@ async fn checked_call(
         )));
     }
     if tool.approval == ToolApproval::PerCall {
-        return Err(ApiError::PolicyDenied(format!(
-            "tool {tool_name:?} needs a per-call approval, which this version of Leash cannot grant yet"
-        )));
+        let task_id = &task.runtime.task_id;
+        match approval {
+            // Spent only now, after every other check passed; the slot is kept for the call.
+            Some(id) => match spend_for_call(state, id, task_id, tool_name, args).await? {
+                CallApproval::Granted => {}
+                CallApproval::Pending(id) => return Ok(CallOutcome::PendingApproval(id)),
+            },
+            None => {
+                // Not a call yet: the slot is given back when it drops.
+                let record = state
+                    .store
+                    .get_task(task_id)
+                    .await
+                    .map_err(ApiError::internal)?
+                    .ok_or_else(|| ApiError::NotFound(format!("no task {task_id}")))?;
+                let filed = request(
+                    state,
+                    ApprovalKind::Call,
+                    &record,
+                    Some((tool_name, args)),
+                    None,
+                )
+                .await?;
+                return Ok(CallOutcome::PendingApproval(filed.approval_id));
+            }
+        }
     }
     // A revoke that answered while this call was being checked must stop it here.
     state.tasks.check_active(&task.runtime).await?;
@@ -146,7 +186,7 @@ async fn checked_call(
                 micros = started.elapsed().as_micros() as u64,
                 "call forwarded"
             );
-            Ok(result)
+            Ok(CallOutcome::Done(result))
         }
         Err(failure) => {
             if !failure.not_performed() {

@@ -69,6 +69,7 @@ impl ServeArgs {
             admin_token,
             sweep_interval: Duration::from_millis(self.sweep_interval_ms.max(10)),
             body_limit: self.body_limit,
+            webhook_first_retry: Duration::from_millis(500),
         }
     }
 }

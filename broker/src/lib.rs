@@ -12,9 +12,11 @@
 //!   [`authorize`] is the pure call decision; [`facts`] turns arguments into terms;
 //! - [`tasks`] holds live task state and counters; [`revocation`] the revoked-id set;
 //! - [`calls`] is the checked call path; [`proxy`] the only code that talks upstream;
-//! - [`store`] is durable state (SQLite); [`audit`] the hash-chained log;
+//! - [`approvals`] human decisions; [`events`] the event hub; [`webhook`] notifications;
+//! - [`issue`] mints a task's token; [`store`] is durable state (SQLite); [`audit`] the hash-chained log;
 //! - [`routes`] every HTTP path; [`caller`] who is calling; [`error`] the one error type.
 
+pub mod approvals;
 pub mod audit;
 pub mod authorize;
 pub mod caller;
@@ -23,8 +25,10 @@ pub mod clock;
 pub mod config;
 pub mod datadir;
 pub mod error;
+pub mod events;
 pub mod facts;
 pub mod ids;
+pub mod issue;
 pub mod keys;
 pub mod mint;
 pub mod policy;
@@ -36,5 +40,6 @@ pub mod server;
 pub mod store;
 pub mod tasks;
 pub mod verify;
+pub mod webhook;
 
 pub use server::{AppState, ServeConfig, prepare, run};

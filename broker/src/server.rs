@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use crate::audit::Audit;
 use crate::clock::Clock;
 use crate::datadir;
+use crate::events::Events;
 use crate::keys::RootKeys;
 use crate::policy::{self, Policy};
 use crate::proxy::Proxy;
@@ -41,6 +42,8 @@ pub struct ServeConfig {
     pub sweep_interval: Duration,
     /// Largest request body.
     pub body_limit: usize,
+    /// First backoff step of webhook retries (doubles each time).
+    pub webhook_first_retry: Duration,
 }
 
 impl ServeConfig {
@@ -54,6 +57,7 @@ impl ServeConfig {
             admin_token: None,
             sweep_interval: Duration::from_secs(1),
             body_limit: 1024 * 1024,
+            webhook_first_retry: Duration::from_millis(500),
         }
     }
 }
@@ -77,6 +81,8 @@ pub struct AppState {
     pub audit: Audit,
     /// The upstream client.
     pub proxy: Proxy,
+    /// Approval and task events (event stream, webhook, long-polls).
+    pub events: Events,
     /// The clock.
     pub clock: Clock,
     /// SHA-256 of the admin token (compared in constant time).
@@ -127,10 +133,21 @@ pub async fn prepare(
             .map(|(id, reason)| (id.as_str(), reason.as_str())),
     );
     let audit = Audit::start(store.clone(), clock.clone()).await?;
+    let events = Events::default();
+    if let Some(url) = policy.approvals.webhook.clone() {
+        crate::webhook::start(
+            &events,
+            clock.clone(),
+            url,
+            policy.approvals.webhook_secret.clone(),
+            config.webhook_first_retry,
+        );
+    }
     let tasks = Tasks::start(
         store.clone(),
         clock.clone(),
         audit.clone(),
+        events.clone(),
         revoked.clone(),
         policy.longest_ttl(),
     );
@@ -143,6 +160,7 @@ pub async fn prepare(
         store,
         audit,
         proxy: Proxy::new()?,
+        events,
         clock,
         admin_digest: Sha256::digest(admin_token.as_bytes()).into(),
         config: Arc::new(config),
@@ -177,6 +195,11 @@ async fn sweep_forever(state: AppState) {
             Ok(0) => {}
             Ok(n) => tracing::info!(expired = n, "swept expired tasks"),
             Err(err) => tracing::warn!(error = %err, "sweep failed; will retry"),
+        }
+        match crate::approvals::expire_due(&state).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "expired undecided approvals"),
+            Err(err) => tracing::warn!(error = %err, "approval sweep failed; will retry"),
         }
     }
 }

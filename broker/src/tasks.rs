@@ -17,8 +17,12 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use crate::audit::{Audit, AuditEvent};
 use crate::clock::{Clock, rfc3339};
 use crate::error::ApiError;
+use crate::events::Events;
 use crate::revocation::RevocationSet;
-use crate::store::{Revocation, Store, StoreError, TaskRecord, TaskState, UsageBatch};
+use crate::store::{
+    Activation, ApprovalRecord, ApprovalState, Decided, Revocation, Store, StoreError, TaskRecord,
+    TaskState, UsageBatch,
+};
 
 /// How often counters are written to the store.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
@@ -163,6 +167,7 @@ pub struct Tasks {
     store: Arc<dyn Store>,
     clock: Clock,
     audit: Audit,
+    events: Events,
     revoked: Arc<RevocationSet>,
     runtimes: moka::future::Cache<String, Arc<TaskRuntime>>,
     token_counters: moka::future::Cache<String, Arc<AtomicU64>>,
@@ -178,6 +183,7 @@ impl Tasks {
         store: Arc<dyn Store>,
         clock: Clock,
         audit: Audit,
+        events: Events,
         revoked: Arc<RevocationSet>,
         longest_ttl: Duration,
     ) -> Arc<Tasks> {
@@ -188,6 +194,7 @@ impl Tasks {
             store,
             clock,
             audit,
+            events,
             revoked,
             runtimes: moka::future::Cache::builder().time_to_idle(idle).build(),
             token_counters: moka::future::Cache::builder()
@@ -273,6 +280,13 @@ impl Tasks {
                     TaskState::Denied => "task.denied",
                     _ => "task.ended",
                 };
+                if state != TaskState::Denied {
+                    self.events.publish(
+                        kind,
+                        Some(task_id),
+                        json!({ "task_id": task_id, "agent": runtime.agent, "state": state.as_str(), "reason": reason }),
+                    );
+                }
                 self.audit
                     .record(AuditEvent {
                         kind,
@@ -298,6 +312,49 @@ impl Tasks {
                 Ok(EndOutcome::AlreadyEnded(stored))
             }
         }
+    }
+
+    /// Commits an approved issuance or renewal (the approval decision and the task's new
+    /// token, in one transaction) under the task's lock, then updates the live state.
+    pub async fn apply_approval(
+        &self,
+        approval: &ApprovalRecord,
+        actor: &str,
+        note: Option<&str>,
+        activation: &Activation,
+    ) -> Result<Decided, ApiError> {
+        let Some(runtime) = self.runtime(&approval.task_id).await? else {
+            return Err(ApiError::NotFound(format!("no task {}", approval.task_id)));
+        };
+        let _guard = runtime.change.lock().await;
+        let now = self.clock.now_ms();
+        let decided = self
+            .store
+            .decide_approval(
+                &approval.approval_id,
+                ApprovalState::Approved,
+                actor,
+                note,
+                now,
+                Some(activation),
+            )
+            .await
+            .map_err(ApiError::internal)?;
+        if decided == Decided::Done {
+            runtime
+                .expires_at_ms
+                .store(activation.expires_at_ms, Ordering::SeqCst);
+            runtime.last_activity_ms.fetch_max(now, Ordering::SeqCst);
+            if runtime.state() == TaskState::PendingApproval {
+                runtime.set_state(TaskState::Active);
+                self.events.publish(
+                    "task.activated",
+                    Some(&approval.task_id),
+                    json!({ "task_id": approval.task_id, "agent": runtime.agent, "expires_at": rfc3339(activation.expires_at_ms) }),
+                );
+            }
+        }
+        Ok(decided)
     }
 
     /// Gives an active task a new window and token.

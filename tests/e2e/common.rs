@@ -208,6 +208,7 @@ impl TestBroker {
         let mut config = ServeConfig::new(policies.path().to_path_buf(), data.path().to_path_buf());
         config.admin_token = Some(ADMIN.to_string());
         config.sweep_interval = Duration::from_millis(50);
+        config.webhook_first_retry = Duration::from_millis(20);
         let state = leash_broker::prepare(config, &|_| None)
             .await
             .expect("broker starts");

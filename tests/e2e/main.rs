@@ -3,6 +3,7 @@
 
 mod common;
 
+mod approvals;
 mod attenuation;
 mod audit;
 mod bad_input;

@@ -1,10 +1,12 @@
 //! Every path and layer of the HTTP API, in one place.
 
 mod admin;
+mod approvals;
 mod extract;
 mod feeds;
 mod tasks;
 mod tools;
+mod ui;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -39,6 +41,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tasks/{id}/revoke", post(tasks::revoke))
         .route("/v1/tools", get(tools::list))
         .route("/v1/tools/{tool}/call", post(tools::call))
+        .route("/v1/approvals", get(approvals::list))
+        .route("/v1/approvals/{id}/approve", post(approvals::approve))
+        .route("/v1/approvals/{id}/deny", post(approvals::deny))
+        .route("/v1/events", get(approvals::events))
+        .route("/ui", get(ui::page))
+        .route("/ui/", get(ui::page))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/app.css", get(ui::style))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Outermost: bodies above the limit are refused before any handler reads them.

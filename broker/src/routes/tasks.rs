@@ -10,15 +10,17 @@ use serde_json::{Value, json};
 
 use super::admin::{ReasonBody, reason_text};
 use super::extract::{JsonBody, OptionalJson, PathParam, QueryParams};
+use crate::approvals;
 use crate::audit::AuditEvent;
 use crate::caller::{Caller, authenticate};
 use crate::clock::rfc3339;
 use crate::error::{ApiError, ApiResult};
 use crate::ids::{is_task_id, new_task_id};
-use crate::mint::{TaskClaims, parse_check, task_token};
+use crate::issue::issue;
+use crate::mint::parse_check;
 use crate::policy::{Grant, GrantApproval, ToolPattern};
 use crate::server::AppState;
-use crate::store::{TaskRecord, TaskState};
+use crate::store::{ApprovalKind, TaskRecord, TaskState};
 use crate::tasks::EndOutcome;
 use crate::verify::Principal;
 
@@ -77,65 +79,82 @@ pub async fn create(
         }
         parse_check(check).map_err(|why| ApiError::BadRequest(format!("checks: {why}")))?;
     }
-    if grant.approval == GrantApproval::Issuance {
-        return Err(ApiError::PolicyDenied(format!(
-            "tasks of agent {agent:?} need an approval before issuance, which this version of Leash cannot grant yet"
-        )));
-    }
-
     let now = state.clock.now_ms();
     let task_id = new_task_id();
-    let expires_secs = now.div_euclid(1000) + ttl;
-    let (token, revocation_id) = mint(
-        &state,
-        &task_id,
-        &agent,
-        &tools,
-        &grant,
-        &body.checks,
-        expires_secs,
-    )?;
+    let ttl_ms = ttl * 1000;
+    let needs_approval = grant.approval == GrantApproval::Issuance;
+    let issued = if needs_approval {
+        None
+    } else {
+        Some(issue(
+            &state,
+            &task_id,
+            &grant,
+            &tools,
+            &body.checks,
+            ttl_ms,
+        )?)
+    };
     let record = TaskRecord {
         task_id: task_id.clone(),
         agent: agent.clone(),
         purpose: purpose.clone(),
         tools: tools.clone(),
         checks: body.checks.clone(),
-        state: TaskState::Active,
+        state: if needs_approval {
+            TaskState::PendingApproval
+        } else {
+            TaskState::Active
+        },
         created_at_ms: now,
-        expires_at_ms: expires_secs * 1000,
+        // A pending task has no window yet; it starts when it is approved.
+        expires_at_ms: issued.as_ref().map_or(now + ttl_ms, |i| i.expires_at_ms),
         idle_timeout_ms: grant.idle_timeout.map(|d| d.as_millis() as i64),
         max_calls: grant.max_calls,
         calls: 0,
         last_activity_ms: now,
         ended_at_ms: None,
         end_reason: None,
-        token: Some(token.clone()),
+        token: issued.as_ref().map(|i| i.token.clone()),
     };
     state
         .tasks
-        .create(&record, Some(&revocation_id))
+        .create(&record, issued.as_ref().map(|i| i.revocation_id.as_str()))
         .await
         .map_err(ApiError::internal)?;
     state
         .audit
         .record(AuditEvent {
-            kind: "task.issued",
+            kind: if needs_approval {
+                "task.requested"
+            } else {
+                "task.issued"
+            },
             actor: format!("agent:{agent}"),
             task_id: Some(task_id.clone()),
             detail: json!({
-                "purpose": purpose, "tools": tools, "expires_at": rfc3339(record.expires_at_ms),
-                "checks": body.checks, "revocation_id": revocation_id,
+                "purpose": purpose, "tools": tools, "ttl_seconds": ttl,
+                "checks": body.checks, "revocation_id": issued.as_ref().map(|i| &i.revocation_id),
             }),
         })
         .await;
+    let Some(issued) = issued else {
+        let approval =
+            approvals::request(&state, ApprovalKind::Issuance, &record, None, Some(ttl_ms)).await?;
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(
+                json!({ "task_id": task_id, "state": "pending_approval", "approval_id": approval.approval_id }),
+            ),
+        ));
+    };
     Ok((
         StatusCode::CREATED,
         Json(json!({
             "task_id": task_id,
             "state": "active",
-            "token": token,
-            "expires_at": rfc3339(record.expires_at_ms),
+            "token": issued.token,
+            "expires_at": rfc3339(issued.expires_at_ms),
         })),
     ))
 }
@@ -201,38 +220,6 @@ fn ttl_within(grant: &Grant, ttl_seconds: Option<i64>) -> ApiResult<i64> {
     }
 }
 
-fn mint(
-    state: &AppState,
-    task_id: &str,
-    agent: &str,
-    tools: &[String],
-    grant: &Grant,
-    extra_checks: &[String],
-    expires_secs: i64,
-) -> ApiResult<(String, String)> {
-    let checks: Vec<String> = grant.checks.iter().chain(extra_checks).cloned().collect();
-    let biscuit = task_token(
-        &state.keys,
-        &TaskClaims {
-            task_id,
-            agent,
-            tools,
-            expires_at_secs: expires_secs,
-            checks: &checks,
-        },
-    )
-    .map_err(|e| ApiError::internal(anyhow::anyhow!("minting a task token: {e}")))?;
-    let revocation_id = hex::encode(
-        biscuit
-            .revocation_identifiers()
-            .first()
-            .cloned()
-            .unwrap_or_default(),
-    );
-    let text = biscuit.to_base64().map_err(ApiError::internal)?;
-    Ok((text, revocation_id))
-}
-
 /// Parses a task id from the path (400 if malformed).
 fn task_id_of(id: &str) -> ApiResult<&str> {
     if is_task_id(id) {
@@ -280,15 +267,43 @@ async fn load(state: &AppState, id: &str) -> ApiResult<TaskRecord> {
         .ok_or_else(|| ApiError::NotFound(format!("no task {id}")))
 }
 
+/// `?wait=SECONDS` of a task read.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShowQuery {
+    wait: Option<u64>,
+}
+
+/// Longest long-poll of `GET /v1/tasks/{id}?wait=`.
+const MAX_WAIT_SECONDS: u64 = 60;
+
 /// `GET /v1/tasks/{id}` (owner agent, a token of the task, approver, admin).
+/// `?wait=SECONDS` (at most 60) holds the answer while the task is pending approval.
 pub async fn show(
     State(state): State<AppState>,
     headers: HeaderMap,
     PathParam(id): PathParam,
+    QueryParams(query): QueryParams<ShowQuery>,
 ) -> ApiResult<Json<Value>> {
     let caller = authenticate(&state, &headers)?;
     let id = task_id_of(&id)?;
-    let record = load(&state, id).await?;
+    let wait = query.wait.unwrap_or(0);
+    if wait > MAX_WAIT_SECONDS {
+        return Err(ApiError::BadRequest(format!(
+            "wait is at most {MAX_WAIT_SECONDS} seconds"
+        )));
+    }
+    // Subscribe before the first read, so no change between the two is missed.
+    let mut changes = state.events.subscribe();
+    let mut record = load(&state, id).await?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
+    while record.state == TaskState::PendingApproval && tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout_at(deadline, changes.recv()).await {
+            Err(_) => break,
+            Ok(Ok(event)) if event.task_id.as_deref() != Some(id) => continue,
+            Ok(_) => record = load(&state, id).await?,
+        }
+    }
     // Only the owner's credential sees the token: a sub-agent holding an attenuated
     // token must not be able to fetch its parent.
     let with_token = match &caller {
@@ -343,13 +358,15 @@ pub struct RenewBody {
     ttl_seconds: i64,
 }
 
-/// `POST /v1/tasks/{id}/renew` (owner agent credential).
+/// `POST /v1/tasks/{id}/renew` (owner agent credential). A grant that needs approval
+/// answers 202 with an approval id; the task stays active and the new token appears in
+/// `GET /v1/tasks/{id}` once approved.
 pub async fn renew(
     State(state): State<AppState>,
     headers: HeaderMap,
     PathParam(id): PathParam,
     JsonBody(body): JsonBody<RenewBody>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<(StatusCode, Json<Value>)> {
     let caller = authenticate(&state, &headers)?;
     let id = task_id_of(&id)?;
     let record = load(&state, id).await?;
@@ -375,19 +392,38 @@ pub async fn renew(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no task {id}")))?;
     state.tasks.check_active(&runtime).await?;
-    let expires_secs = state.clock.now_ms().div_euclid(1000) + ttl;
-    let (token, revocation_id) = mint(
+    if grant.approval == GrantApproval::Issuance {
+        let approval = approvals::request(
+            &state,
+            ApprovalKind::Renewal,
+            &record,
+            None,
+            Some(ttl * 1000),
+        )
+        .await?;
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(
+                json!({ "task_id": id, "state": "pending_approval", "approval_id": approval.approval_id }),
+            ),
+        ));
+    }
+    let issued = issue(
         &state,
         id,
-        &record.agent,
-        &record.tools,
         &grant,
+        &record.tools,
         &record.checks,
-        expires_secs,
+        ttl * 1000,
     )?;
     if !state
         .tasks
-        .renew(&runtime, expires_secs * 1000, &token, &revocation_id)
+        .renew(
+            &runtime,
+            issued.expires_at_ms,
+            &issued.token,
+            &issued.revocation_id,
+        )
         .await?
     {
         return Err(crate::tasks::inactive(id, runtime.state()));
@@ -398,15 +434,18 @@ pub async fn renew(
             kind: "task.renewed",
             actor: caller.actor(),
             task_id: Some(id.to_string()),
-            detail: json!({ "expires_at": rfc3339(expires_secs * 1000), "revocation_id": revocation_id }),
+            detail: json!({ "expires_at": rfc3339(issued.expires_at_ms), "revocation_id": issued.revocation_id }),
         })
         .await;
-    Ok(Json(json!({
-        "task_id": id,
-        "state": "active",
-        "token": token,
-        "expires_at": rfc3339(expires_secs * 1000),
-    })))
+    Ok((
+        StatusCode::OK,
+        Json(json!({
+            "task_id": id,
+            "state": "active",
+            "token": issued.token,
+            "expires_at": rfc3339(issued.expires_at_ms),
+        })),
+    ))
 }
 
 /// `POST /v1/tasks/{id}/complete` (owner agent credential, or a token of the task).

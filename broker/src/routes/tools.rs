@@ -2,13 +2,13 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
 use super::extract::{PathParam, RawBody, parse_json};
 use crate::caller::task_token;
-use crate::calls::{active_task, call_tool, callable_tools};
-use crate::error::ApiResult;
+use crate::calls::{CallOutcome, active_task, call_tool, callable_tools};
+use crate::error::{ApiError, ApiResult};
 use crate::policy::ToolApproval;
 use crate::server::AppState;
 
@@ -32,14 +32,31 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> ApiResul
 
 /// `POST /v1/tools/{tool}/call`: the body is the arguments object. The token is checked
 /// before the body is parsed, so an unauthenticated caller learns nothing from it.
+/// A `per_call` tool answers 202 with an approval id; repeat the call with
+/// `Leash-Approval: <id>` once it is approved.
 pub async fn call(
     State(state): State<AppState>,
     headers: HeaderMap,
     PathParam(tool): PathParam,
     RawBody(body): RawBody,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<(StatusCode, Json<Value>)> {
     let token = task_token(&state, &headers)?;
     let args: Value = parse_json(&headers, &body, false)?;
-    let result = call_tool(&state, token, &tool, args).await?;
-    Ok(Json(json!({ "result": result })))
+    let approval = match headers.get("leash-approval") {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| ApiError::BadRequest("Leash-Approval is not ASCII".into()))?
+                .trim()
+                .to_string(),
+        ),
+    };
+    match call_tool(&state, token, &tool, args, approval.as_deref()).await? {
+        CallOutcome::Done(result) => Ok((StatusCode::OK, Json(json!({ "result": result })))),
+        CallOutcome::PendingApproval(id) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "approval_id": id, "state": "pending_approval" })),
+        )),
+    }
 }

@@ -149,6 +149,144 @@ pub struct AuditRow {
     pub hash: String,
 }
 
+/// What an approval decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalKind {
+    /// Issuing a task's first token.
+    Issuance,
+    /// One call of a `per_call` tool.
+    Call,
+    /// Renewing a task whose grant needs approval.
+    Renewal,
+}
+
+impl ApprovalKind {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalKind::Issuance => "issuance",
+            ApprovalKind::Call => "call",
+            ApprovalKind::Renewal => "renewal",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            ApprovalKind::Issuance,
+            ApprovalKind::Call,
+            ApprovalKind::Renewal,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == text)
+    }
+}
+
+/// Where an approval stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalState {
+    /// Waiting for a human.
+    Pending,
+    /// Approved (a call approval not used yet).
+    Approved,
+    /// Denied by a human.
+    Denied,
+    /// Undecided for too long: counts as denied.
+    Expired,
+    /// A call approval that has been spent.
+    Used,
+}
+
+impl ApprovalState {
+    /// Every state.
+    pub const ALL: [ApprovalState; 5] = [
+        ApprovalState::Pending,
+        ApprovalState::Approved,
+        ApprovalState::Denied,
+        ApprovalState::Expired,
+        ApprovalState::Used,
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalState::Pending => "pending",
+            ApprovalState::Approved => "approved",
+            ApprovalState::Denied => "denied",
+            ApprovalState::Expired => "expired",
+            ApprovalState::Used => "used",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(text: &str) -> Option<Self> {
+        ApprovalState::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+/// A request for a human decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApprovalRecord {
+    /// `apr_…`.
+    pub approval_id: String,
+    /// What it decides.
+    pub kind: ApprovalKind,
+    /// The task concerned.
+    pub task_id: String,
+    /// The task's agent.
+    pub agent: String,
+    /// The task's purpose.
+    pub purpose: String,
+    /// The task's tools.
+    pub tools: Vec<String>,
+    /// For a call: the tool.
+    pub call_tool: Option<String>,
+    /// For a call: the arguments, as shown to approvers.
+    pub call_args: Option<serde_json::Value>,
+    /// For a call: SHA-256 of the canonical arguments; the approval is bound to it.
+    pub args_hash: Option<String>,
+    /// For issuance and renewal: the window asked for.
+    pub ttl_ms: Option<i64>,
+    /// Where it stands.
+    pub state: ApprovalState,
+    /// When it was asked for.
+    pub requested_at_ms: i64,
+    /// When it counts as denied if still undecided.
+    pub expires_at_ms: i64,
+    /// When it was decided.
+    pub decided_at_ms: Option<i64>,
+    /// Who decided (`approver:x`, `admin`, `broker`).
+    pub decided_by: Option<String>,
+    /// The decider's note.
+    pub note: Option<String>,
+}
+
+/// A task token minted on approval, to store with the decision.
+#[derive(Debug, Clone)]
+pub struct Activation {
+    /// The task.
+    pub task_id: String,
+    /// Its new window.
+    pub expires_at_ms: i64,
+    /// The new token.
+    pub token: String,
+    /// Its revocation id.
+    pub revocation_id: String,
+}
+
+/// How deciding an approval went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decided {
+    /// Decided now.
+    Done,
+    /// It was not pending: it is in this state.
+    AlreadyDecided(ApprovalState),
+    /// Its task could no longer take the activation (ended meanwhile); nothing changed.
+    TaskNotPending,
+}
+
 /// Counters written behind the hot path.
 #[derive(Debug, Clone, Default)]
 pub struct UsageBatch {
@@ -223,6 +361,32 @@ pub trait Store: Send + Sync + 'static {
     async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()>;
     /// Calls made with one token so far.
     async fn token_calls(&self, revocation_id: &str) -> StoreResult<u64>;
+    /// Inserts a pending approval.
+    async fn insert_approval(&self, approval: &ApprovalRecord) -> StoreResult<()>;
+    /// Reads an approval.
+    async fn get_approval(&self, approval_id: &str) -> StoreResult<Option<ApprovalRecord>>;
+    /// Lists approvals, oldest first, optionally in one state.
+    async fn list_approvals(
+        &self,
+        state: Option<ApprovalState>,
+        limit: i64,
+    ) -> StoreResult<Vec<ApprovalRecord>>;
+    /// Pending approvals whose time ran out at `now_ms`.
+    async fn due_approvals(&self, now_ms: i64) -> StoreResult<Vec<ApprovalRecord>>;
+    /// Decides a pending approval. With an `activation`, in the same transaction the task
+    /// becomes active with that token (issuance: from `pending_approval`) or gets it as its
+    /// new window (renewal: while `active`); if the task cannot, nothing changes.
+    async fn decide_approval(
+        &self,
+        approval_id: &str,
+        state: ApprovalState,
+        decided_by: &str,
+        note: Option<&str>,
+        at_ms: i64,
+        activation: Option<&Activation>,
+    ) -> StoreResult<Decided>;
+    /// Spends an approved call approval: true once, false ever after.
+    async fn use_approval(&self, approval_id: &str, at_ms: i64) -> StoreResult<bool>;
     /// Appends audit rows (already chained by the caller).
     async fn append_audit(&self, rows: &[AuditRow]) -> StoreResult<()>;
     /// The last audit row's seq and hash.

@@ -11,7 +11,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    AuditRow, Revocation, Store, StoreError, StoreResult, TaskRecord, TaskState, UsageBatch,
+    Activation, ApprovalKind, ApprovalRecord, ApprovalState, AuditRow, Decided, Revocation, Store,
+    StoreError, StoreResult, TaskRecord, TaskState, UsageBatch,
 };
 
 /// The schema; every statement is idempotent.
@@ -51,6 +52,24 @@ const SCHEMA: &[&str] = &[
         task_id TEXT,
         reason TEXT NOT NULL,
         at_ms INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS approvals (
+        approval_id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        task_id TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        tools TEXT NOT NULL,
+        call_tool TEXT,
+        call_args TEXT,
+        args_hash TEXT,
+        ttl_ms INTEGER,
+        state TEXT NOT NULL,
+        requested_at_ms INTEGER NOT NULL,
+        expires_at_ms INTEGER NOT NULL,
+        decided_at_ms INTEGER,
+        decided_by TEXT,
+        note TEXT)",
+    "CREATE INDEX IF NOT EXISTS approvals_by_state ON approvals(state, requested_at_ms)",
     "CREATE TABLE IF NOT EXISTS token_usage (
         revocation_id TEXT PRIMARY KEY,
         calls INTEGER NOT NULL)",
@@ -128,6 +147,37 @@ fn task_from_row(row: &SqliteRow) -> StoreResult<TaskRecord> {
         ended_at_ms: row.try_get("ended_at_ms")?,
         end_reason: row.try_get("end_reason")?,
         token: row.try_get("token")?,
+    })
+}
+
+fn approval_from_row(row: &SqliteRow) -> StoreResult<ApprovalRecord> {
+    let kind: String = row.try_get("kind")?;
+    let state: String = row.try_get("state")?;
+    let tools: String = row.try_get("tools")?;
+    let call_args: Option<String> = row.try_get("call_args")?;
+    Ok(ApprovalRecord {
+        approval_id: row.try_get("approval_id")?,
+        kind: ApprovalKind::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("approval kind {kind:?}")))?,
+        task_id: row.try_get("task_id")?,
+        agent: row.try_get("agent")?,
+        purpose: row.try_get("purpose")?,
+        tools: serde_json::from_str(&tools)
+            .map_err(|e| StoreError::Corrupt(format!("approval tools: {e}")))?,
+        call_tool: row.try_get("call_tool")?,
+        call_args: call_args
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("approval args: {e}")))?,
+        args_hash: row.try_get("args_hash")?,
+        ttl_ms: row.try_get("ttl_ms")?,
+        state: ApprovalState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("approval state {state:?}")))?,
+        requested_at_ms: row.try_get("requested_at_ms")?,
+        expires_at_ms: row.try_get("expires_at_ms")?,
+        decided_at_ms: row.try_get("decided_at_ms")?,
+        decided_by: row.try_get("decided_by")?,
+        note: row.try_get("note")?,
     })
 }
 
@@ -442,6 +492,153 @@ impl Store for SqliteStore {
             Some(row) => row.try_get::<i64, _>("calls")?.max(0) as u64,
             None => 0,
         })
+    }
+
+    async fn insert_approval(&self, a: &ApprovalRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO approvals (approval_id, kind, task_id, agent, purpose, tools, call_tool, call_args, args_hash,
+                ttl_ms, state, requested_at_ms, expires_at_ms, decided_at_ms, decided_by, note)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&a.approval_id)
+        .bind(a.kind.as_str())
+        .bind(&a.task_id)
+        .bind(&a.agent)
+        .bind(&a.purpose)
+        .bind(serde_json::to_string(&a.tools).unwrap_or_default())
+        .bind(&a.call_tool)
+        .bind(a.call_args.as_ref().map(|v| v.to_string()))
+        .bind(&a.args_hash)
+        .bind(a.ttl_ms)
+        .bind(a.state.as_str())
+        .bind(a.requested_at_ms)
+        .bind(a.expires_at_ms)
+        .bind(a.decided_at_ms)
+        .bind(&a.decided_by)
+        .bind(&a.note)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_approval(&self, approval_id: &str) -> StoreResult<Option<ApprovalRecord>> {
+        let row = sqlx::query("SELECT * FROM approvals WHERE approval_id = ?")
+            .bind(approval_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(approval_from_row).transpose()
+    }
+
+    async fn list_approvals(
+        &self,
+        state: Option<ApprovalState>,
+        limit: i64,
+    ) -> StoreResult<Vec<ApprovalRecord>> {
+        let rows = match state {
+            Some(state) => {
+                sqlx::query(
+                    "SELECT * FROM approvals WHERE state = ? ORDER BY requested_at_ms LIMIT ?",
+                )
+                .bind(state.as_str())
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query("SELECT * FROM approvals ORDER BY requested_at_ms DESC LIMIT ?")
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(approval_from_row).collect()
+    }
+
+    async fn due_approvals(&self, now_ms: i64) -> StoreResult<Vec<ApprovalRecord>> {
+        let rows =
+            sqlx::query("SELECT * FROM approvals WHERE state = 'pending' AND expires_at_ms <= ?")
+                .bind(now_ms)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(approval_from_row).collect()
+    }
+
+    async fn decide_approval(
+        &self,
+        approval_id: &str,
+        state: ApprovalState,
+        decided_by: &str,
+        note: Option<&str>,
+        at_ms: i64,
+        activation: Option<&Activation>,
+    ) -> StoreResult<Decided> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let current: Option<String> =
+            sqlx::query("SELECT state FROM approvals WHERE approval_id = ?")
+                .bind(approval_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.try_get("state"))
+                .transpose()?;
+        let Some(current) = current else {
+            return Err(StoreError::Corrupt(format!("no approval {approval_id}")));
+        };
+        if current != "pending" {
+            let state = ApprovalState::parse(&current)
+                .ok_or_else(|| StoreError::Corrupt(current.clone()))?;
+            return Ok(Decided::AlreadyDecided(state));
+        }
+        if let Some(a) = activation {
+            let changed = sqlx::query(
+                "UPDATE tasks SET state = 'active', expires_at_ms = ?, token = ?, last_activity_ms = max(last_activity_ms, ?)
+                 WHERE task_id = ? AND state IN ('pending_approval', 'active')
+                   AND (state = 'active') = (SELECT kind = 'renewal' FROM approvals WHERE approval_id = ?)",
+            )
+            .bind(a.expires_at_ms)
+            .bind(&a.token)
+            .bind(at_ms)
+            .bind(&a.task_id)
+            .bind(approval_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if changed == 0 {
+                return Ok(Decided::TaskNotPending);
+            }
+            sqlx::query(
+                "INSERT INTO task_tokens (revocation_id, task_id, issued_at_ms) VALUES (?, ?, ?)",
+            )
+            .bind(&a.revocation_id)
+            .bind(&a.task_id)
+            .bind(at_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "UPDATE approvals SET state = ?, decided_at_ms = ?, decided_by = ?, note = ? WHERE approval_id = ?",
+        )
+        .bind(state.as_str())
+        .bind(at_ms)
+        .bind(decided_by)
+        .bind(note)
+        .bind(approval_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Decided::Done)
+    }
+
+    async fn use_approval(&self, approval_id: &str, at_ms: i64) -> StoreResult<bool> {
+        let changed = sqlx::query(
+            "UPDATE approvals SET state = 'used', decided_at_ms = coalesce(decided_at_ms, ?)
+             WHERE approval_id = ? AND state = 'approved' AND kind = 'call'",
+        )
+        .bind(at_ms)
+        .bind(approval_id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(changed == 1)
     }
 
     async fn append_audit(&self, rows: &[AuditRow]) -> StoreResult<()> {

@@ -1,0 +1,125 @@
+//! Approver endpoints: list approvals, approve, deny, and the live event stream.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+
+use super::extract::{OptionalJson, PathParam, QueryParams};
+use crate::approvals::{decide, view};
+use crate::caller::authenticate;
+use crate::error::{ApiError, ApiResult};
+use crate::server::AppState;
+use crate::store::ApprovalState;
+
+/// `?state=` of the approval list.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    state: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/approvals?state=pending` (approver, admin). `state=all` lists every state.
+pub async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    authenticate(&state, &headers)?.require_approver_or_admin()?;
+    let filter = match q.state.as_deref().unwrap_or("pending") {
+        "all" => None,
+        text => Some(ApprovalState::parse(text).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "unknown state {text:?} (pending, approved, denied, expired, used, all)"
+            ))
+        })?),
+    };
+    // Undecided approvals past their time are expired before anyone sees them.
+    crate::approvals::expire_due(&state).await?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let records = state
+        .store
+        .list_approvals(filter, limit)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(
+        json!({ "approvals": records.iter().map(view).collect::<Vec<_>>() }),
+    ))
+}
+
+/// Body of a decision.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionBody {
+    #[serde(default)]
+    note: Option<String>,
+}
+
+/// `POST /v1/approvals/{id}/approve`.
+pub async fn approve(
+    state: State<AppState>,
+    headers: HeaderMap,
+    id: PathParam,
+    body: OptionalJson<DecisionBody>,
+) -> ApiResult<Json<Value>> {
+    decision(state, headers, id, body, true).await
+}
+
+/// `POST /v1/approvals/{id}/deny`.
+pub async fn deny(
+    state: State<AppState>,
+    headers: HeaderMap,
+    id: PathParam,
+    body: OptionalJson<DecisionBody>,
+) -> ApiResult<Json<Value>> {
+    decision(state, headers, id, body, false).await
+}
+
+async fn decision(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PathParam(id): PathParam,
+    OptionalJson(body): OptionalJson<DecisionBody>,
+    approve: bool,
+) -> ApiResult<Json<Value>> {
+    let caller = authenticate(&state, &headers)?;
+    caller.require_approver_or_admin()?;
+    if body.note.as_ref().is_some_and(|n| n.chars().count() > 1000) {
+        return Err(ApiError::BadRequest(
+            "note is longer than 1000 characters".into(),
+        ));
+    }
+    let decided = decide(&state, &id, approve, &caller.actor(), body.note.as_deref()).await?;
+    Ok(Json(
+        json!({ "approval_id": decided.approval_id, "state": decided.state.as_str() }),
+    ))
+}
+
+/// `GET /v1/events` (approver, admin): Server-Sent Events `approval.requested`,
+/// `approval.decided`, `task.activated`, `task.completed`, `task.revoked`, `task.expired`.
+pub async fn events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    authenticate(&state, &headers)?.require_approver_or_admin()?;
+    let stream = BroadcastStream::new(state.events.subscribe()).map(|item| {
+        Ok(match item {
+            Ok(event) => SseEvent::default().event(event.kind).data(
+                json!({ "kind": event.kind, "task_id": event.task_id, "data": event.data })
+                    .to_string(),
+            ),
+            // The subscriber fell behind: tell it to re-read instead of guessing.
+            Err(_) => SseEvent::default().event("resync").data("{}"),
+        })
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}

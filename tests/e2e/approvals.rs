@@ -1,0 +1,758 @@
+//! Human approval: before issuance, per call, for renewals; decisions, expiry, races,
+//! the event stream and the signed webhook.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use serde_json::{Value, json};
+
+use crate::common::{ADMIN, Reply, TestBroker};
+
+/// `{UP}` is the upstream, `{HOOK}` the webhook receiver.
+const POLICY: &str = r#"
+[tools."web.search"]
+upstream = "http://{UP}/search"
+input_schema = { type = "object" }
+
+[tools."payments.send"]
+description = "Moves money"
+upstream = "http://{UP}/pay"
+approval = "per_call"
+input_schema = { type = "object", required = ["amount"], properties = { amount = { type = "integer" }, to = { type = "string" } } }
+
+[tools."payments.refund"]
+upstream = "http://{UP}/refund"
+approval = "per_call"
+input_schema = { type = "object" }
+
+[agents.careful]
+tools = ["web.search", "payments.*"]
+max_ttl_seconds = 600
+approval = "issuance"
+
+[agents.payer]
+tools = ["web.search", "payments.*"]
+max_ttl_seconds = 600
+
+[approvals]
+expire_after_seconds = 60
+webhook = "http://{HOOK}/hook"
+webhook_secret = "hook-secret"
+"#;
+
+/// A webhook receiver: answers `fail_first` requests with 500, then 200 (or hangs).
+#[derive(Clone, Default)]
+struct Hook {
+    received: Arc<Mutex<Vec<(HeaderMap, String)>>>,
+    fail_first: Arc<Mutex<usize>>,
+    hang: bool,
+}
+
+async fn spawn_hook(hook: Hook) -> String {
+    let app = Router::new().route(
+        "/hook",
+        post(
+            |axum::extract::State(hook): axum::extract::State<Hook>,
+             headers: HeaderMap,
+             body: String| async move {
+                hook.received.lock().unwrap().push((headers, body));
+                if hook.hang {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+                let mut fail = hook.fail_first.lock().unwrap();
+                if *fail > 0 {
+                    *fail -= 1;
+                    return StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                StatusCode::OK
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, app.with_state(hook)).await.ok() });
+    addr
+}
+
+async fn broker_with(hook: Hook) -> TestBroker {
+    let addr = spawn_hook(hook).await;
+    TestBroker::spawn_with(&POLICY.replace("{HOOK}", &addr)).await
+}
+
+async fn open(broker: &TestBroker, credential: &str) -> Reply {
+    broker
+        .post(
+            "/v1/tasks",
+            Some(credential),
+            json!({"purpose": "pay the invoice", "tools": ["web.search", "payments.send"]}),
+        )
+        .await
+}
+
+fn call_with_approval(
+    broker: &TestBroker,
+    token: &str,
+    tool: &str,
+    args: Value,
+    approval: &str,
+) -> reqwest::RequestBuilder {
+    broker
+        .http
+        .post(format!("{}/v1/tools/{tool}/call", broker.url))
+        .bearer_auth(token)
+        .header("Leash-Approval", approval)
+        .json(&args)
+}
+
+async fn reply(request: reqwest::RequestBuilder) -> Reply {
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    Reply {
+        status,
+        body: response.json().await.unwrap_or(Value::Null),
+    }
+}
+
+#[tokio::test]
+async fn issuance_waits_for_an_approver_and_long_polls_see_it() {
+    let broker = broker_with(Hook::default()).await;
+    let agent = broker.agent("careful").await;
+    let approver = broker.approver("ann").await;
+    let pending = open(&broker, &agent).await;
+    assert_eq!(pending.status, 202, "{pending:?}");
+    assert_eq!(pending.body["state"], "pending_approval");
+    let task_id = pending.body["task_id"].as_str().unwrap().to_string();
+    let approval_id = pending.body["approval_id"].as_str().unwrap().to_string();
+    let shown = broker
+        .get(&format!("/v1/tasks/{task_id}"), Some(&agent))
+        .await;
+    assert_eq!(shown.body["state"], "pending_approval");
+    assert!(shown.body.get("token").is_none());
+
+    let listed = broker
+        .get("/v1/approvals?state=pending", Some(&approver))
+        .await;
+    let items = listed.body["approvals"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["kind"], "issuance");
+    assert_eq!(items[0]["agent"], "careful");
+    assert_eq!(items[0]["purpose"], "pay the invoice");
+    assert_eq!(items[0]["tools"], json!(["payments.send", "web.search"]));
+
+    // The agent long-polls while the approver decides.
+    let poll = {
+        let (url, agent, task_id) = (broker.url.clone(), agent.clone(), task_id.clone());
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let body: Value = reqwest::Client::new()
+                .get(format!("{url}/v1/tasks/{task_id}?wait=20"))
+                .bearer_auth(agent)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (body, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let approved = broker
+        .post(
+            &format!("/v1/approvals/{approval_id}/approve"),
+            Some(&approver),
+            json!({"note": "invoice checked"}),
+        )
+        .await;
+    assert_eq!(
+        approved.body,
+        json!({"approval_id": approval_id, "state": "approved"})
+    );
+    let (body, waited) = poll.await.unwrap();
+    assert_eq!(body["state"], "active", "{body}");
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
+    let token = body["token"].as_str().unwrap();
+    assert_eq!(
+        broker.call(token, "web.search", json!({})).await.status,
+        200
+    );
+    // A second decision is a conflict.
+    let again = broker
+        .post(
+            &format!("/v1/approvals/{approval_id}/deny"),
+            Some(&approver),
+            json!({}),
+        )
+        .await;
+    assert_eq!((again.status, again.code()), (409, "conflict"));
+    // The decision is audited with the approver and the note.
+    broker.state.audit.flush().await;
+    let audit = broker.get("/v1/audit?after=0", Some(ADMIN)).await;
+    let decided = audit.body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "approval.approved")
+        .cloned()
+        .unwrap();
+    assert_eq!(decided["actor"], "approver:ann");
+    assert_eq!(decided["detail"]["note"], "invoice checked");
+}
+
+#[tokio::test]
+async fn denied_and_expired_issuance_never_mint_a_token() {
+    let broker = broker_with(Hook::default()).await;
+    let agent = broker.agent("careful").await;
+    let approver = broker.approver("ann").await;
+    let denied = open(&broker, &agent).await;
+    let (task_id, approval_id) = (
+        denied.body["task_id"].as_str().unwrap().to_string(),
+        denied.body["approval_id"].as_str().unwrap().to_string(),
+    );
+    let reply = broker
+        .post(
+            &format!("/v1/approvals/{approval_id}/deny"),
+            Some(&approver),
+            json!({"note": "no"}),
+        )
+        .await;
+    assert_eq!(reply.body["state"], "denied");
+    let shown = broker
+        .get(&format!("/v1/tasks/{task_id}"), Some(&agent))
+        .await;
+    assert_eq!(shown.body["state"], "denied");
+    assert!(shown.body.get("token").is_none());
+    assert!(
+        broker
+            .state
+            .store
+            .get_task(&task_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .token
+            .is_none()
+    );
+
+    let expiring = open(&broker, &agent).await;
+    let (task_id, approval_id) = (
+        expiring.body["task_id"].as_str().unwrap().to_string(),
+        expiring.body["approval_id"].as_str().unwrap().to_string(),
+    );
+    broker.state.clock.advance(Duration::from_secs(61));
+    let late = broker
+        .post(
+            &format!("/v1/approvals/{approval_id}/approve"),
+            Some(&approver),
+            json!({}),
+        )
+        .await;
+    assert_eq!((late.status, late.code()), (409, "conflict"), "{late:?}");
+    assert!(late.message().contains("expired"), "{late:?}");
+    assert_eq!(
+        broker
+            .get(&format!("/v1/tasks/{task_id}"), Some(&agent))
+            .await
+            .body["state"],
+        "denied"
+    );
+    assert!(
+        broker.get("/v1/approvals", Some(&approver)).await.body["approvals"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    // The sweeper expires undecided approvals without anyone looking.
+    let third = open(&broker, &agent).await;
+    let task_id = third.body["task_id"].as_str().unwrap().to_string();
+    broker.state.clock.advance(Duration::from_secs(61));
+    let mut state = Value::Null;
+    for _ in 0..100 {
+        state = broker
+            .get(&format!("/v1/tasks/{task_id}"), Some(&agent))
+            .await
+            .body["state"]
+            .clone();
+        if state == "denied" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert_eq!(state, "denied");
+}
+
+#[tokio::test]
+async fn a_per_call_approval_is_single_use_and_bound_to_task_tool_and_arguments() {
+    let broker = broker_with(Hook::default()).await;
+    let agent = broker.agent("payer").await;
+    let approver = broker.approver("ann").await;
+    let (task_id, token) = broker
+        .task(&agent, &["payments.send", "payments.refund"])
+        .await;
+    let (_, other_token) = broker.task(&agent, &["payments.send"]).await;
+    let args = json!({"amount": 40, "to": "acme"});
+
+    let held = broker.call(&token, "payments.send", args.clone()).await;
+    assert_eq!(held.status, 202, "{held:?}");
+    assert_eq!(held.body["state"], "pending_approval");
+    let approval_id = held.body["approval_id"].as_str().unwrap().to_string();
+    assert_eq!(broker.upstream.count(), 0);
+    let listed = broker.get("/v1/approvals", Some(&approver)).await;
+    let item = &listed.body["approvals"][0];
+    assert_eq!(item["kind"], "call");
+    assert_eq!(
+        item["call"],
+        json!({"tool": "payments.send", "arguments": args})
+    );
+
+    // Repeating while it is pending answers 202 with the same id.
+    let still = reply(call_with_approval(
+        &broker,
+        &token,
+        "payments.send",
+        args.clone(),
+        &approval_id,
+    ))
+    .await;
+    assert_eq!(
+        (still.status, still.body["approval_id"].as_str()),
+        (202, Some(approval_id.as_str()))
+    );
+    broker
+        .post(
+            &format!("/v1/approvals/{approval_id}/approve"),
+            Some(&approver),
+            json!({}),
+        )
+        .await;
+
+    // Bound to the arguments, the tool and the task.
+    for (tok, tool, a) in [
+        (
+            &token,
+            "payments.send",
+            json!({"amount": 4000, "to": "acme"}),
+        ),
+        (&token, "payments.refund", args.clone()),
+        (&other_token, "payments.send", args.clone()),
+    ] {
+        let refused = reply(call_with_approval(&broker, tok, tool, a, &approval_id)).await;
+        assert_eq!(
+            (refused.status, refused.code()),
+            (403, "forbidden"),
+            "{refused:?}"
+        );
+    }
+    let forged = reply(call_with_approval(
+        &broker,
+        &token,
+        "payments.send",
+        args.clone(),
+        "apr_00000000000000000000000000000000",
+    ))
+    .await;
+    assert_eq!((forged.status, forged.code()), (403, "forbidden"));
+    let garbage = reply(call_with_approval(
+        &broker,
+        &token,
+        "payments.send",
+        args.clone(),
+        "'; drop table",
+    ))
+    .await;
+    assert_eq!((garbage.status, garbage.code()), (403, "forbidden"));
+
+    // Key order does not matter: the arguments are compared canonically.
+    let reordered = json!({"to": "acme", "amount": 40});
+    let done = reply(call_with_approval(
+        &broker,
+        &token,
+        "payments.send",
+        reordered,
+        &approval_id,
+    ))
+    .await;
+    assert_eq!(done.status, 200, "{done:?}");
+    assert_eq!(broker.upstream.count(), 1);
+    let replay = reply(call_with_approval(
+        &broker,
+        &token,
+        "payments.send",
+        args.clone(),
+        &approval_id,
+    ))
+    .await;
+    assert_eq!(
+        (replay.status, replay.code()),
+        (403, "forbidden"),
+        "{replay:?}"
+    );
+    assert!(replay.message().contains("already used"));
+    assert_eq!(broker.upstream.count(), 1);
+    // Only the forwarded call counted.
+    assert_eq!(
+        broker
+            .get(&format!("/v1/tasks/{task_id}"), Some(&agent))
+            .await
+            .body["calls"],
+        1
+    );
+
+    // A denied call approval is a policy denial.
+    let held = broker.call(&token, "payments.send", args.clone()).await;
+    let denied_id = held.body["approval_id"].as_str().unwrap().to_string();
+    broker
+        .post(
+            &format!("/v1/approvals/{denied_id}/deny"),
+            Some(&approver),
+            json!({"note": "not today"}),
+        )
+        .await;
+    let denied = reply(call_with_approval(
+        &broker,
+        &token,
+        "payments.send",
+        args,
+        &denied_id,
+    ))
+    .await;
+    assert_eq!((denied.status, denied.code()), (403, "policy_denied"));
+    assert!(denied.message().contains("not today"), "{denied:?}");
+}
+
+#[tokio::test]
+async fn decisions_racing_revokes_never_leave_a_usable_token() {
+    let broker = Arc::new(broker_with(Hook::default()).await);
+    let agent = broker.agent("careful").await;
+    let approver = broker.approver("ann").await;
+    let (mut approved_first, mut revoked_first) = (0, 0);
+    for trial in 0..30u64 {
+        let pending = open(&broker, &agent).await;
+        let task_id = pending.body["task_id"].as_str().unwrap().to_string();
+        let approval_id = pending.body["approval_id"].as_str().unwrap().to_string();
+        let (b1, b2) = (broker.clone(), broker.clone());
+        let (a1, a2) = (approver.clone(), approver.clone());
+        let (t, a) = (task_id.clone(), approval_id.clone());
+        let approve = tokio::spawn(async move {
+            b1.post(&format!("/v1/approvals/{a}/approve"), Some(&a1), json!({}))
+                .await
+        });
+        // Spread the revoke from 0 to 1.35 ms after the approve, so both orders happen.
+        let revoke = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_micros(trial % 10 * 150)).await;
+            b2.post(
+                &format!("/v1/tasks/{t}/revoke"),
+                Some(&a2),
+                json!({"reason": "race"}),
+            )
+            .await
+        });
+        let (approve, revoke) = (approve.await.unwrap(), revoke.await.unwrap());
+        assert_eq!(revoke.status, 200, "{revoke:?}");
+        match approve.status {
+            200 => approved_first += 1,
+            409 => revoked_first += 1,
+            other => panic!("approve answered {other}: {approve:?}"),
+        }
+        let shown = broker
+            .get(&format!("/v1/tasks/{task_id}"), Some(&agent))
+            .await;
+        assert_eq!(shown.body["state"], "revoked", "{shown:?}");
+        // Whatever token the approval minted is dead.
+        if let Some(token) = broker
+            .state
+            .store
+            .get_task(&task_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .token
+        {
+            let reply = broker.call(&token, "web.search", json!({})).await;
+            assert_eq!(
+                (reply.status, reply.code()),
+                (401, "token_revoked"),
+                "{reply:?}"
+            );
+        }
+    }
+    println!(
+        "decision racing revoke: approve first {approved_first}, revoke first {revoked_first}"
+    );
+    assert_eq!(approved_first + revoked_first, 30);
+}
+
+#[tokio::test]
+async fn renewals_of_an_approval_grant_wait_for_an_approver() {
+    let broker = broker_with(Hook::default()).await;
+    let agent = broker.agent("careful").await;
+    let approver = broker.approver("ann").await;
+    let pending = open(&broker, &agent).await;
+    let task_id = pending.body["task_id"].as_str().unwrap().to_string();
+    broker
+        .post(
+            &format!(
+                "/v1/approvals/{}/approve",
+                pending.body["approval_id"].as_str().unwrap()
+            ),
+            Some(&approver),
+            json!({}),
+        )
+        .await;
+    let first = broker
+        .get(&format!("/v1/tasks/{task_id}"), Some(&agent))
+        .await;
+    let old_token = first.body["token"].as_str().unwrap().to_string();
+    broker.state.clock.advance(Duration::from_secs(100));
+    let renewal = broker
+        .post(
+            &format!("/v1/tasks/{task_id}/renew"),
+            Some(&agent),
+            json!({"ttl_seconds": 600}),
+        )
+        .await;
+    assert_eq!(renewal.status, 202, "{renewal:?}");
+    let approval_id = renewal.body["approval_id"].as_str().unwrap();
+    let listed = broker.get("/v1/approvals", Some(&approver)).await;
+    assert_eq!(listed.body["approvals"][0]["kind"], "renewal");
+    assert_eq!(listed.body["approvals"][0]["ttl_seconds"], 600);
+    // Still active on the old token meanwhile.
+    assert_eq!(
+        broker
+            .call(&old_token, "web.search", json!({}))
+            .await
+            .status,
+        200
+    );
+    broker
+        .post(
+            &format!("/v1/approvals/{approval_id}/approve"),
+            Some(&approver),
+            json!({}),
+        )
+        .await;
+    let renewed = broker
+        .get(&format!("/v1/tasks/{task_id}"), Some(&agent))
+        .await;
+    let new_token = renewed.body["token"].as_str().unwrap();
+    assert_ne!(new_token, old_token);
+    assert!(
+        renewed.body["expires_at"].as_str().unwrap() > first.body["expires_at"].as_str().unwrap()
+    );
+    assert_eq!(
+        broker.call(new_token, "web.search", json!({})).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn approval_routes_refuse_bad_ids_and_the_wrong_roles() {
+    let broker = broker_with(Hook::default()).await;
+    let agent = broker.agent("careful").await;
+    let approver = broker.approver("ann").await;
+    let pending = open(&broker, &agent).await;
+    let approval_id = pending.body["approval_id"].as_str().unwrap();
+    let by_agent = broker
+        .post(
+            &format!("/v1/approvals/{approval_id}/approve"),
+            Some(&agent),
+            json!({}),
+        )
+        .await;
+    assert_eq!((by_agent.status, by_agent.code()), (403, "forbidden"));
+    assert_eq!(broker.get("/v1/approvals", Some(&agent)).await.status, 403);
+    assert_eq!(broker.get("/v1/events", Some(&agent)).await.status, 403);
+    let unknown = broker
+        .post(
+            "/v1/approvals/apr_00000000000000000000000000000000/approve",
+            Some(&approver),
+            json!({}),
+        )
+        .await;
+    assert_eq!((unknown.status, unknown.code()), (404, "not_found"));
+    let malformed = broker
+        .post("/v1/approvals/nope/approve", Some(&approver), json!({}))
+        .await;
+    assert_eq!((malformed.status, malformed.code()), (400, "bad_request"));
+    let bad_state = broker
+        .get("/v1/approvals?state=maybe", Some(&approver))
+        .await;
+    assert_eq!((bad_state.status, bad_state.code()), (400, "bad_request"));
+    let long_note = broker
+        .post(
+            &format!("/v1/approvals/{approval_id}/approve"),
+            Some(&approver),
+            json!({"note": "x".repeat(1001)}),
+        )
+        .await;
+    assert_eq!((long_note.status, long_note.code()), (400, "bad_request"));
+    // Nothing above decided it.
+    assert_eq!(
+        broker.get("/v1/approvals", Some(&approver)).await.body["approvals"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let wait = broker
+        .get(
+            &format!(
+                "/v1/tasks/{}?wait=61",
+                pending.body["task_id"].as_str().unwrap()
+            ),
+            Some(&agent),
+        )
+        .await;
+    assert_eq!((wait.status, wait.code()), (400, "bad_request"));
+}
+
+#[tokio::test]
+async fn approvers_get_a_live_event_stream() {
+    use futures_util::StreamExt;
+    let broker = broker_with(Hook::default()).await;
+    let agent = broker.agent("careful").await;
+    let approver = broker.approver("ann").await;
+    let response = broker
+        .http
+        .get(format!("{}/v1/events", broker.url))
+        .bearer_auth(&approver)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.bytes_stream();
+    let pending = open(&broker, &agent).await;
+    let approval_id = pending.body["approval_id"].as_str().unwrap().to_string();
+    broker
+        .post(
+            &format!("/v1/approvals/{approval_id}/approve"),
+            Some(&approver),
+            json!({}),
+        )
+        .await;
+    broker
+        .post(
+            &format!(
+                "/v1/tasks/{}/revoke",
+                pending.body["task_id"].as_str().unwrap()
+            ),
+            Some(&approver),
+            json!({}),
+        )
+        .await;
+    let mut text = String::new();
+    let wanted = [
+        "event: approval.requested",
+        "event: approval.decided",
+        "event: task.activated",
+        "event: task.revoked",
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !wanted.iter().all(|w| text.contains(w)) {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .expect("events arrive")
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.contains(&approval_id));
+    assert!(!text.contains(&agent), "no credential in events");
+}
+
+#[tokio::test]
+async fn the_webhook_is_signed_retried_and_never_blocks() {
+    use hmac::{Hmac, Mac};
+    let hook = Hook {
+        fail_first: Arc::new(Mutex::new(2)),
+        ..Hook::default()
+    };
+    let broker = broker_with(hook.clone()).await;
+    let agent = broker.agent("careful").await;
+    let approver = broker.approver("ann").await;
+    let pending = open(&broker, &agent).await;
+    let approval_id = pending.body["approval_id"].as_str().unwrap();
+    broker
+        .post(
+            &format!("/v1/approvals/{approval_id}/deny"),
+            Some(&approver),
+            json!({"note": "nope"}),
+        )
+        .await;
+    // Two failures, then the requested and the decided notifications get through.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let received = hook.received.lock().unwrap().clone();
+        let ok: Vec<Value> = received
+            .iter()
+            .skip(2)
+            .map(|(_, body)| serde_json::from_str(body).unwrap())
+            .collect();
+        if ok.len() >= 2 {
+            break received;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "webhook not retried: {} received",
+            received.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let kinds: Vec<String> = events
+        .iter()
+        .map(|(_, b)| {
+            serde_json::from_str::<Value>(b).unwrap()["event"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        kinds.contains(&"approval.requested".to_string())
+            && kinds.contains(&"approval.decided".to_string()),
+        "{kinds:?}"
+    );
+    for (headers, body) in &events {
+        let timestamp = headers["leash-timestamp"].to_str().unwrap();
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"hook-secret").unwrap();
+        mac.update(format!("{timestamp}.{body}").as_bytes());
+        let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        assert_eq!(headers["leash-signature"].to_str().unwrap(), expected);
+        assert!(!body.contains(&agent) && !body.contains("hook-secret"));
+    }
+
+    // A receiver that hangs delays nothing.
+    let hanging = Hook {
+        hang: true,
+        ..Hook::default()
+    };
+    let broker = broker_with(hanging.clone()).await;
+    let agent = broker.agent("careful").await;
+    let approver = broker.approver("ann").await;
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        let pending = open(&broker, &agent).await;
+        let approval_id = pending.body["approval_id"].as_str().unwrap();
+        let decided = broker
+            .post(
+                &format!("/v1/approvals/{approval_id}/approve"),
+                Some(&approver),
+                json!({}),
+            )
+            .await;
+        assert_eq!(decided.status, 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a hanging webhook slowed the broker: {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(!hanging.received.lock().unwrap().is_empty());
+}
