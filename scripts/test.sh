@@ -1,7 +1,22 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: builds the `leash` binary (the process tests
-# start it), then runs every unit, integration and end-to-end test of the workspace.
+# The whole test suite, as CI runs it.
+#  1. installs what the browser test needs, idempotently: Debian's chromium, and
+#     playwright-core from npm (pinned by tests/browser/package-lock.json);
+#  2. builds the `leash` binary (the process tests start it);
+#  3. runs every unit, integration and end-to-end test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "installing Debian's chromium for the browser test" >&2
+  SUDO=""
+  if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 cargo build --workspace --bins --locked
 cargo test --workspace --locked

@@ -2,7 +2,7 @@
 //! the revocation id to record. Used by task creation, renewal and approval.
 
 use crate::error::ApiError;
-use crate::mint::{TaskClaims, task_token};
+use crate::mint::{TaskClaims, task_token, to_text};
 use crate::policy::Grant;
 use crate::server::AppState;
 
@@ -38,14 +38,8 @@ pub fn issue(
         },
     )
     .map_err(|e| ApiError::internal(anyhow::anyhow!("minting a task token: {e}")))?;
-    let revocation_id = hex::encode(
-        biscuit
-            .revocation_identifiers()
-            .first()
-            .cloned()
-            .unwrap_or_default(),
-    );
-    let token = biscuit.to_base64().map_err(ApiError::internal)?;
+    let (token, revocation_id) = to_text(&biscuit)
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("encoding a task token: {e}")))?;
     Ok(Issued {
         token,
         revocation_id,

@@ -104,6 +104,17 @@ fn with_window(builder: BiscuitBuilder, expires_at_secs: i64) -> Result<BiscuitB
         .map_err(|e| describe(&e))
 }
 
+/// A minted token as text, with the revocation id of its authority block (hex).
+pub fn to_text(biscuit: &Biscuit) -> Result<(String, String), String> {
+    let revocation_id = biscuit
+        .revocation_identifiers()
+        .first()
+        .map(hex::encode)
+        .ok_or_else(|| "the token has no authority block".to_string())?;
+    let text = biscuit.to_base64().map_err(|e| describe(&e))?;
+    Ok((text, revocation_id))
+}
+
 /// The kinds of credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {

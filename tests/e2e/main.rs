@@ -7,6 +7,7 @@ mod approvals;
 mod attenuation;
 mod audit;
 mod bad_input;
+mod browser;
 mod lifecycle;
 mod process;
 mod revocation;

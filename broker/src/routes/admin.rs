@@ -12,7 +12,7 @@ use crate::audit::AuditEvent;
 use crate::caller::{Caller, authenticate};
 use crate::error::{ApiError, ApiResult};
 use crate::ids::is_principal_name;
-use crate::mint::{Role, credential};
+use crate::mint::{Role, credential, to_text};
 use crate::server::AppState;
 use crate::store::TaskState;
 use crate::tasks::EndOutcome;
@@ -96,14 +96,8 @@ async fn mint_credential(
     };
     let biscuit = credential(&state.keys, role, id, expires)
         .map_err(|e| ApiError::internal(anyhow::anyhow!(e)))?;
-    let revocation_id = hex::encode(
-        biscuit
-            .revocation_identifiers()
-            .first()
-            .cloned()
-            .unwrap_or_default(),
-    );
-    let text = biscuit.to_base64().map_err(ApiError::internal)?;
+    let (text, revocation_id) =
+        to_text(&biscuit).map_err(|e| ApiError::internal(anyhow::anyhow!(e)))?;
     state
         .store
         .insert_credential(&revocation_id, role.as_str(), id, now)

@@ -13,20 +13,12 @@ use serde_json::{Value, json};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
-use super::extract::{OptionalJson, PathParam, QueryParams};
+use super::extract::{ListQuery, OptionalJson, PathParam, QueryParams};
 use crate::approvals::{decide, view};
 use crate::caller::authenticate;
 use crate::error::{ApiError, ApiResult};
 use crate::server::AppState;
 use crate::store::ApprovalState;
-
-/// `?state=` of the approval list.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    state: Option<String>,
-    limit: Option<i64>,
-}
 
 /// `GET /v1/approvals?state=pending` (approver, admin). `state=all` lists every state.
 pub async fn list(
@@ -45,7 +37,7 @@ pub async fn list(
     };
     // Undecided approvals past their time are expired before anyone sees them.
     crate::approvals::expire_due(&state).await?;
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = q.limit();
     let records = state
         .store
         .list_approvals(filter, limit)

@@ -113,3 +113,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
             .map_err(|e| ApiError::BadRequest(format!("bad query: {}", e.body_text())))
     }
 }
+
+/// `?state=…&limit=…` of the list endpoints.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only items in this state.
+    pub state: Option<String>,
+    /// At most this many items (default 100, 1 to 1000).
+    pub limit: Option<i64>,
+}
+
+impl ListQuery {
+    /// The limit, defaulted and clamped.
+    pub fn limit(&self) -> i64 {
+        self.limit.unwrap_or(100).clamp(1, 1000)
+    }
+}

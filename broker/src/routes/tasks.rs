@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::admin::{ReasonBody, reason_text};
-use super::extract::{JsonBody, OptionalJson, PathParam, QueryParams};
+use super::extract::{JsonBody, ListQuery, OptionalJson, PathParam, QueryParams};
 use crate::approvals;
 use crate::audit::AuditEvent;
 use crate::caller::{Caller, authenticate};
@@ -317,14 +317,6 @@ pub async fn show(
     Ok(Json(view(&state, &record, with_token).await?))
 }
 
-/// `?state=…&limit=…` of the task list.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    state: Option<String>,
-    limit: Option<i64>,
-}
-
 /// `GET /v1/tasks?state=…` (approver, admin).
 pub async fn list(
     State(state): State<AppState>,
@@ -338,7 +330,7 @@ pub async fn list(
             ApiError::BadRequest(format!("unknown state {text:?} (active, pending_approval, completed, revoked, expired, denied)"))
         })?),
     };
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = q.limit();
     let records = state
         .store
         .list_tasks(filter, limit)
