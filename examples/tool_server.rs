@@ -4,11 +4,15 @@
 //! - `POST /search` `{"query"}`: searches a small built-in corpus of notes;
 //! - `POST /read` `{"path"}`: reads a note by path (`/notes/<name>`).
 //!
-//! It requires the credential Leash injects (`Authorization: Bearer <key>`, the key
-//! from `--api-key` / `TOOL_API_KEY`, default `demo-upstream-key`): an agent calling it
-//! directly, without Leash, is refused.
+//! Every call must carry two things, both put there by Leash:
+//! - the upstream credential Leash injects (`Authorization: Bearer <key>`, the key from
+//!   `--api-key` / `TOOL_API_KEY`, default `demo-upstream-key`), and
+//! - a valid per-call capability (`Leash-Capability`) for that very tool, verified offline
+//!   by the SDK's [`Verifier`] against the broker's keys and revocation feed — one line per
+//!   route. A revoked task is refused here too, within the verifier's poll interval.
 //!
-//! Run: `cargo run -p leash-examples --bin tool-server` (listens on 127.0.0.1:9001).
+//! Run (after the broker): `cargo run -p leash-examples --bin tool-server`
+//! (listens on 127.0.0.1:9001, follows the broker at 127.0.0.1:7070).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +22,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::post;
 use axum::{Json, Router};
 use clap::Parser;
+use leash_sdk::{RequireCapability, Verifier};
 use serde_json::{Value, json};
 
 /// Command line of the example tool server.
@@ -29,6 +34,9 @@ struct Args {
     /// The credential Leash must present.
     #[arg(long, env = "TOOL_API_KEY", default_value = "demo-upstream-key")]
     api_key: String,
+    /// The broker whose capabilities this server accepts.
+    #[arg(long, env = "LEASH_URL", default_value = "http://127.0.0.1:7070")]
+    broker: String,
 }
 
 const NOTES: &[(&str, &str)] = &[
@@ -99,16 +107,27 @@ fn authorize(key: &str, headers: &HeaderMap) -> Result<(), (StatusCode, Json<Val
 }
 
 #[tokio::main]
-async fn main() -> std::io::Result<()> {
+async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let verifier = Verifier::connect(&args.broker)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot follow the broker at {}: {e}", args.broker))?;
     let app = Router::new()
-        .route("/search", post(search))
-        .route("/read", post(read))
+        .route(
+            "/search",
+            post(search).layer(RequireCapability::new(verifier.clone(), "notes.search")),
+        )
+        .route(
+            "/read",
+            post(read).layer(RequireCapability::new(verifier.clone(), "notes.read")),
+        )
         .with_state(Arc::new(args.api_key));
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     eprintln!(
-        "example tool server listening on http://{}",
-        listener.local_addr()?
+        "example tool server listening on http://{} (capabilities of {})",
+        listener.local_addr()?,
+        args.broker
     );
-    axum::serve(listener, app).await
+    axum::serve(listener, app).await?;
+    Ok(())
 }

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it.
-#  1. installs what the browser test needs, idempotently: Debian's chromium, and
-#     playwright-core from npm (pinned by tests/browser/package-lock.json);
+#  1. installs what the interop tests need, idempotently: Debian's chromium and
+#     playwright-core from npm (pinned by tests/browser/package-lock.json) for the
+#     browser test; biscuit-python from PyPI in target/interop-venv for the
+#     independent token check;
 #  2. builds the `leash` binary (the process tests start it);
 #  3. runs every unit, integration and end-to-end test of the workspace.
 set -euo pipefail
@@ -16,6 +18,12 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+VENV=target/interop-venv
+if ! "$VENV/bin/python" -c "import biscuit_auth" >/dev/null 2>&1; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check biscuit-python==0.4.0
 fi
 
 cargo build --workspace --bins --locked

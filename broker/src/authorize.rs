@@ -1,32 +1,10 @@
-//! The authorizer: pure, no I/O. Token + call + now + counters → allowed, or why not.
-//!
-//! Facts supplied: `time(now)`, `call(tool)`, one `arg(name, value)` per argument,
-//! `task_calls(N)` and `token_calls(N)`. The only policy is `allow if call($t), tool($t)`,
-//! so only authority-block `tool` facts grant anything. Limits are explicit.
+//! The broker's call decision: the shared evaluator of the capability vocabulary
+//! ([`leash_sdk::capability`]) plus the broker's counters, mapped to API denials.
+//! Pure: token + call + now + counters → allowed, or why not.
 
-use std::sync::LazyLock;
-use std::time::Duration;
-
-use biscuit_auth::builder::{AuthorizerBuilder, Policy, Term, fact, int, string};
-use biscuit_auth::{AuthorizerLimits, Biscuit, error};
+use biscuit_auth::{Biscuit, error};
+use leash_sdk::capability::{CallFacts as SharedFacts, evaluate, explain, failed_rules};
 use serde_json::{Map, Value};
-
-use crate::facts::arg_facts;
-
-/// The broker's one policy.
-static ALLOW_GRANTED_TOOL: LazyLock<Policy> = LazyLock::new(|| {
-    Policy::try_from("allow if call($t), tool($t)").expect("the broker policy parses")
-});
-
-/// Limits of one authorization: generous for a busy 2-core machine (FIELD-NOTES.md),
-/// small enough that a hostile attenuation cannot stall the broker.
-pub fn limits() -> AuthorizerLimits {
-    AuthorizerLimits {
-        max_facts: 2_000,
-        max_iterations: 200,
-        max_time: Duration::from_millis(50),
-    }
-}
 
 /// One call to authorize.
 pub struct CallFacts<'a> {
@@ -42,6 +20,17 @@ pub struct CallFacts<'a> {
     pub token_calls: u64,
 }
 
+impl CallFacts<'_> {
+    fn shared(&self) -> SharedFacts<'_> {
+        SharedFacts {
+            tool: self.tool,
+            args: self.args,
+            now_secs: self.now_secs,
+            counters: Some((self.task_calls, self.token_calls)),
+        }
+    }
+}
+
 /// Why a call was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denial {
@@ -53,86 +42,35 @@ pub enum Denial {
 
 /// Authorizes one call.
 pub fn authorize_call(token: &Biscuit, call: &CallFacts<'_>) -> Result<(), Denial> {
-    run(token, call).map_err(|err| explain(err, call.tool))
+    evaluate(token, &call.shared()).map_err(|err| {
+        if let error::Token::FailedLogic(
+            error::Logic::Unauthorized { checks, .. } | error::Logic::NoMatchingPolicy { checks },
+        ) = &err
+        {
+            let rules = failed_rules(checks);
+            if rules
+                .iter()
+                .any(|r| r.contains("token_calls") || r.contains("task_calls"))
+            {
+                return Denial::Budget(format!("call budget exhausted: {}", rules.join("; ")));
+            }
+        }
+        Denial::Capability(explain(&err, call.tool))
+    })
 }
 
 /// Whether a tool belongs in the token's tool list: the call is allowed, or refused only
 /// by checks about arguments (which depend on the call) or budgets.
 pub fn listable(token: &Biscuit, call: &CallFacts<'_>) -> bool {
-    match run(token, call) {
+    match evaluate(token, &call.shared()) {
         Ok(()) => true,
         Err(error::Token::FailedLogic(error::Logic::Unauthorized {
             policy: error::MatchedPolicy::Allow(_),
             checks,
-        })) => checks.iter().all(|check| {
-            let rule = match check {
-                error::FailedCheck::Block(b) => &b.rule,
-                error::FailedCheck::Authorizer(a) => &a.rule,
-            };
+        })) => failed_rules(&checks).iter().all(|rule| {
             rule.contains("arg(") || rule.contains("token_calls") || rule.contains("task_calls")
         }),
         Err(_) => false,
-    }
-}
-
-fn run(token: &Biscuit, call: &CallFacts<'_>) -> Result<(), error::Token> {
-    let now = std::time::UNIX_EPOCH + Duration::from_secs(call.now_secs.max(0) as u64);
-    let mut builder = AuthorizerBuilder::new().set_limits(limits());
-    let mut facts = vec![
-        fact("time", &[biscuit_auth::builder::date(&now)]),
-        fact("call", &[string(call.tool)]),
-        fact("task_calls", &[count(call.task_calls)]),
-        fact("token_calls", &[count(call.token_calls)]),
-    ];
-    facts.extend(arg_facts(call.args));
-    for f in facts {
-        builder = builder.fact(f)?;
-    }
-    let mut authorizer = builder.policy(ALLOW_GRANTED_TOOL.clone())?.build(token)?;
-    authorizer.authorize().map(|_| ())
-}
-
-fn count(n: u64) -> Term {
-    int(i64::try_from(n).unwrap_or(i64::MAX))
-}
-
-/// Turns an authorizer error into a reason a caller can act on.
-fn explain(err: error::Token, tool: &str) -> Denial {
-    match err {
-        error::Token::FailedLogic(logic) => {
-            let (checks, matched) = match logic {
-                error::Logic::Unauthorized { checks, .. } => (checks, true),
-                error::Logic::NoMatchingPolicy { checks } => (checks, false),
-                other => return Denial::Capability(other.to_string()),
-            };
-            let rules: Vec<String> = checks
-                .iter()
-                .map(|c| match c {
-                    error::FailedCheck::Block(b) => format!("block {}: {}", b.block_id, b.rule),
-                    error::FailedCheck::Authorizer(a) => format!("authorizer: {}", a.rule),
-                })
-                .collect();
-            let budget = rules
-                .iter()
-                .any(|r| r.contains("token_calls") || r.contains("task_calls"));
-            if budget {
-                return Denial::Budget(format!("call budget exhausted: {}", rules.join("; ")));
-            }
-            if rules.is_empty() && !matched {
-                return Denial::Capability(format!("the capability does not grant tool {tool:?}"));
-            }
-            let mut message = format!("check failed: {}", rules.join("; "));
-            if !matched {
-                message.push_str(&format!(
-                    " (and the capability does not grant tool {tool:?})"
-                ));
-            }
-            Denial::Capability(message)
-        }
-        error::Token::RunLimit(limit) => {
-            Denial::Capability(format!("authorization stopped at its limit: {limit}"))
-        }
-        other => Denial::Capability(format!("authorization failed: {other}")),
     }
 }
 

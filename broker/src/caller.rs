@@ -98,7 +98,7 @@ pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, Api
 fn check_credential(state: &AppState, token: &VerifiedToken) -> Result<(), ApiError> {
     let now = std::time::UNIX_EPOCH + Duration::from_millis(state.clock.now_ms().max(0) as u64);
     let result = AuthorizerBuilder::new()
-        .set_limits(crate::authorize::limits())
+        .set_limits(leash_sdk::capability::limits())
         .fact(fact("time", &[biscuit_auth::builder::date(&now)]))
         .and_then(|b| b.policy("allow if role($r)"))
         .and_then(|b| b.build(&token.biscuit))

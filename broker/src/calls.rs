@@ -14,7 +14,6 @@ use crate::approvals::{CallApproval, request, spend_for_call};
 use crate::audit::AuditEvent;
 use crate::authorize::{CallFacts, Denial, authorize_call, listable};
 use crate::error::ApiError;
-use crate::facts::{MAX_DEPTH, depth};
 use crate::ids::is_tool_name;
 use crate::policy::{ToolApproval, ToolDef};
 use crate::proxy::UpstreamFailure;
@@ -22,6 +21,7 @@ use crate::server::AppState;
 use crate::store::ApprovalKind;
 use crate::tasks::TaskRuntime;
 use crate::verify::{Principal, VerifiedToken};
+use leash_sdk::facts::{MAX_DEPTH, depth};
 
 /// A task token resolved to its live task.
 pub struct TaskContext {
@@ -177,8 +177,24 @@ async fn checked_call(
     }
     // A revoke that answered while this call was being checked must stop it here.
     state.tasks.check_active(&task.runtime).await?;
+    // The upstream gets the token narrowed to this tool and a short window, never the
+    // agent's own token: a captured header is nearly worthless.
+    let until =
+        state.clock.now_ms().div_euclid(1000) + state.config.capability_ttl.as_secs() as i64;
+    let capability = leash_sdk::capability::per_call(&task.token.biscuit, tool_name, until)
+        .map_err(|e| {
+            ApiError::internal(anyhow::anyhow!("attenuating the per-call capability: {e}"))
+        })?;
     let started = Instant::now();
-    match state.proxy.forward(&tool, args, &[]).await {
+    match state
+        .proxy
+        .forward(
+            &tool,
+            args,
+            &[(leash_sdk::protocol::CAPABILITY_HEADER, capability)],
+        )
+        .await
+    {
         Ok(result) => {
             slot.commit(state.clock.now_ms());
             tracing::debug!(

@@ -55,6 +55,9 @@ pub struct ServeArgs {
     /// Largest request body, in bytes.
     #[arg(long, env = "LEASH_BODY_LIMIT", default_value_t = 1024 * 1024)]
     pub body_limit: usize,
+    /// Window, in seconds, of the per-call capability sent upstream (`Leash-Capability`).
+    #[arg(long, env = "LEASH_CAPABILITY_TTL", default_value_t = 30)]
+    pub capability_ttl_seconds: u64,
 }
 
 impl ServeArgs {
@@ -70,6 +73,7 @@ impl ServeArgs {
             sweep_interval: Duration::from_millis(self.sweep_interval_ms.max(10)),
             body_limit: self.body_limit,
             webhook_first_retry: Duration::from_millis(500),
+            capability_ttl: Duration::from_secs(self.capability_ttl_seconds.clamp(1, 3600)),
         }
     }
 }

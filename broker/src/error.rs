@@ -6,6 +6,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use leash_sdk::protocol::ErrorCode;
 use serde_json::json;
 
 /// An API error: its variant decides the status and `code`, its text the message.
@@ -77,30 +78,45 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// The HTTP status and the stable `code` string of this error.
+    /// The HTTP status and the stable code of this error (the SDK's shared enum).
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        let (status, code) = self.status_and_error_code();
+        (status, code.as_str())
+    }
+
+    /// The HTTP status and the code as the protocol's enum.
+    pub fn status_and_error_code(&self) -> (StatusCode, ErrorCode) {
         match self {
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            ApiError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
-            ApiError::TokenInvalid(_) => (StatusCode::UNAUTHORIZED, "token_invalid"),
-            ApiError::TokenExpired(_) => (StatusCode::UNAUTHORIZED, "token_expired"),
-            ApiError::TokenRevoked(_) => (StatusCode::UNAUTHORIZED, "token_revoked"),
-            ApiError::TaskInactive(_) => (StatusCode::UNAUTHORIZED, "task_inactive"),
-            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            ApiError::PolicyDenied(_) => (StatusCode::FORBIDDEN, "policy_denied"),
-            ApiError::CapabilityDenied(_) => (StatusCode::FORBIDDEN, "capability_denied"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::UnknownTool(_) => (StatusCode::NOT_FOUND, "unknown_tool"),
-            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "bad_request"),
-            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            ApiError::InvalidArguments { .. } => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_arguments")
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest),
+            ApiError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthenticated),
+            ApiError::TokenInvalid(_) => (StatusCode::UNAUTHORIZED, ErrorCode::TokenInvalid),
+            ApiError::TokenExpired(_) => (StatusCode::UNAUTHORIZED, ErrorCode::TokenExpired),
+            ApiError::TokenRevoked(_) => (StatusCode::UNAUTHORIZED, ErrorCode::TokenRevoked),
+            ApiError::TaskInactive(_) => (StatusCode::UNAUTHORIZED, ErrorCode::TaskInactive),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
+            ApiError::PolicyDenied(_) => (StatusCode::FORBIDDEN, ErrorCode::PolicyDenied),
+            ApiError::CapabilityDenied(_) => (StatusCode::FORBIDDEN, ErrorCode::CapabilityDenied),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            ApiError::UnknownTool(_) => (StatusCode::NOT_FOUND, ErrorCode::UnknownTool),
+            ApiError::MethodNotAllowed(_) => {
+                (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::BadRequest)
             }
-            ApiError::BudgetExhausted(_) => (StatusCode::TOO_MANY_REQUESTS, "budget_exhausted"),
-            ApiError::UpstreamError(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),
-            ApiError::UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
-            ApiError::Internal(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
+            ApiError::PayloadTooLarge(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge)
+            }
+            ApiError::InvalidArguments { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::InvalidArguments,
+            ),
+            ApiError::BudgetExhausted(_) => {
+                (StatusCode::TOO_MANY_REQUESTS, ErrorCode::BudgetExhausted)
+            }
+            ApiError::UpstreamError(_) => (StatusCode::BAD_GATEWAY, ErrorCode::UpstreamError),
+            ApiError::UpstreamTimeout(_) => {
+                (StatusCode::GATEWAY_TIMEOUT, ErrorCode::UpstreamTimeout)
+            }
+            ApiError::Internal(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
         }
     }
 

@@ -1,3 +1,4 @@
+#![deny(missing_docs)]
 //! Leash: a tool-access broker for AI agents.
 //!
 //! Agents get task-bound Biscuit capabilities; every tool call crosses the broker, which
@@ -9,7 +10,7 @@
 //! - [`policy`] loads and checks policy files; [`schema`] compiles input schemas;
 //! - [`keys`] and [`datadir`] own root keys and the data folder;
 //! - [`mint`] is the only place that writes issuance Datalog; [`verify`] reads tokens;
-//!   [`authorize`] is the pure call decision; [`facts`] turns arguments into terms;
+//!   [`authorize`] is the pure call decision (over `leash_sdk::capability`);
 //! - [`tasks`] holds live task state and counters; [`revocation`] the revoked-id set;
 //! - [`calls`] is the checked call path; [`proxy`] the only code that talks upstream;
 //! - [`approvals`] human decisions; [`events`] the event hub; [`webhook`] notifications;
@@ -26,7 +27,6 @@ pub mod config;
 pub mod datadir;
 pub mod error;
 pub mod events;
-pub mod facts;
 pub mod ids;
 pub mod issue;
 pub mod keys;

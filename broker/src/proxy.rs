@@ -75,7 +75,7 @@ impl Proxy {
         &self,
         tool: &ToolDef,
         args: &Value,
-        extra_headers: &[(&'static str, String)],
+        extra_headers: &[(&str, String)],
     ) -> Result<Value, UpstreamFailure> {
         let name = tool.name.clone();
         let timeout = tool.timeout;

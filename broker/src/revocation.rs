@@ -52,6 +52,8 @@ impl RevokedBecause {
 #[derive(Default)]
 pub struct RevocationSet {
     ids: RwLock<HashMap<[u8; 16], RevokedBecause>>,
+    /// Wakes long-polls of the revocation feed whenever ids are added.
+    published: tokio::sync::Notify,
 }
 
 fn key(id: &str) -> Option<[u8; 16]> {
@@ -92,6 +94,13 @@ impl RevocationSet {
         if let Ok(mut set) = self.ids.write() {
             set.extend(entries);
         }
+        self.published.notify_waiters();
+    }
+
+    /// A future that completes at the next [`RevocationSet::extend`]. Create it before
+    /// reading the feed, so a publication in between is not missed.
+    pub fn next_publication(&self) -> tokio::sync::futures::Notified<'_> {
+        self.published.notified()
     }
 
     /// How many ids are revoked.

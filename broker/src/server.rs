@@ -44,6 +44,8 @@ pub struct ServeConfig {
     pub body_limit: usize,
     /// First backoff step of webhook retries (doubles each time).
     pub webhook_first_retry: Duration,
+    /// Window of the per-call capability sent upstream in `Leash-Capability`.
+    pub capability_ttl: Duration,
 }
 
 impl ServeConfig {
@@ -58,6 +60,7 @@ impl ServeConfig {
             sweep_interval: Duration::from_secs(1),
             body_limit: 1024 * 1024,
             webhook_first_retry: Duration::from_millis(500),
+            capability_ttl: Duration::from_secs(30),
         }
     }
 }

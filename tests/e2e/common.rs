@@ -24,6 +24,7 @@ pub struct Received {
     pub path: String,
     pub body: Value,
     pub authorization: Option<String>,
+    pub capability: Option<String>,
 }
 
 /// A scriptable upstream tool server that records what it receives.
@@ -45,6 +46,10 @@ async fn upstream(
         body: parsed.clone(),
         authorization: headers
             .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from),
+        capability: headers
+            .get("leash-capability")
             .and_then(|v| v.to_str().ok())
             .map(String::from),
     });

@@ -8,6 +8,8 @@ mod attenuation;
 mod audit;
 mod bad_input;
 mod browser;
+mod interop;
 mod lifecycle;
 mod process;
 mod revocation;
+mod sdk;

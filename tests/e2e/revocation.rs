@@ -91,3 +91,47 @@ async fn zero_calls_admitted_after_the_revoke_response() {
     );
     assert_eq!(admitted_after, 0);
 }
+
+/// The feed's long-poll answers as soon as something is revoked, and only then.
+#[tokio::test]
+async fn the_revocation_feed_long_poll_wakes_on_revocation() {
+    let broker = TestBroker::spawn().await;
+    let agent = broker.agent("bot").await;
+    let (task_id, _) = broker.task(&agent, &["web.search"]).await;
+    let url = format!("{}/v1/revocations?after=0&wait=10", broker.url);
+    let poll = tokio::spawn(async move {
+        let started = Instant::now();
+        let body: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+        (body, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !poll.is_finished(),
+        "the long-poll answered with nothing revoked"
+    );
+    let revoked_at = Instant::now();
+    broker
+        .post(
+            &format!("/v1/tasks/{task_id}/revoke"),
+            Some(crate::common::ADMIN),
+            json!({}),
+        )
+        .await;
+    let (body, waited) = poll.await.unwrap();
+    assert_eq!(body["revocations"][0]["task_id"], json!(task_id), "{body}");
+    assert_eq!(body["revocations"][0]["reason"], "revoked");
+    assert!(
+        waited >= Duration::from_millis(300) && revoked_at.elapsed() < Duration::from_secs(2),
+        "{waited:?}"
+    );
+    // An empty long-poll ends at its deadline; too long a wait is refused.
+    let started = Instant::now();
+    let next = body["next"].as_i64().unwrap();
+    let empty = broker
+        .get(&format!("/v1/revocations?after={next}&wait=1"), None)
+        .await;
+    assert_eq!(empty.body["revocations"], json!([]));
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let too_long = broker.get("/v1/revocations?wait=31", None).await;
+    assert_eq!((too_long.status, too_long.code()), (400, "bad_request"));
+}

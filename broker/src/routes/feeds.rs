@@ -33,17 +33,50 @@ pub struct After {
     after: i64,
 }
 
-/// `GET /v1/revocations?after=SEQ`: the public revocation feed.
+/// `?after=SEQ&wait=SECONDS` of the revocation feed.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedQuery {
+    #[serde(default)]
+    after: i64,
+    #[serde(default)]
+    wait: u64,
+}
+
+/// Longest long-poll of the revocation feed.
+const MAX_FEED_WAIT_SECONDS: u64 = 30;
+
+/// `GET /v1/revocations?after=SEQ[&wait=SECONDS]`: the public revocation feed. With
+/// `wait` (at most 30), an empty answer is held until something is revoked, so
+/// followers hear of a revocation within milliseconds.
 pub async fn revocations(
     State(state): State<AppState>,
-    QueryParams(q): QueryParams<After>,
+    QueryParams(q): QueryParams<FeedQuery>,
 ) -> ApiResult<Json<Value>> {
-    let entries = state
-        .store
-        .revocations_after(q.after.max(0), PAGE)
-        .await
-        .map_err(ApiError::internal)?;
-    let next = entries.last().map_or(q.after.max(0), |e| e.seq);
+    if q.wait > MAX_FEED_WAIT_SECONDS {
+        return Err(ApiError::BadRequest(format!(
+            "wait is at most {MAX_FEED_WAIT_SECONDS} seconds"
+        )));
+    }
+    let after = q.after.max(0);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(q.wait);
+    let entries = loop {
+        let published = state.revoked.next_publication();
+        tokio::pin!(published);
+        published.as_mut().enable();
+        let entries = state
+            .store
+            .revocations_after(after, PAGE)
+            .await
+            .map_err(ApiError::internal)?;
+        if !entries.is_empty() || tokio::time::Instant::now() >= deadline {
+            break entries;
+        }
+        if tokio::time::timeout_at(deadline, published).await.is_err() {
+            break Vec::new();
+        }
+    };
+    let next = entries.last().map_or(after, |e| e.seq);
     let items: Vec<Value> = entries
         .iter()
         .map(|e| json!({ "seq": e.seq, "revocation_id": e.revocation_id, "task_id": e.task_id, "reason": e.reason, "at": rfc3339(e.at_ms) }))

@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""Verifies Leash tokens with biscuit-python, a Biscuit implementation nobody here wrote.
+
+Only public material is used: the root keys are fetched from the broker's
+/.well-known/leash/keys. For each token it checks the signature, then runs an authorizer
+with the facts Leash's verifier supplies (time, call, one arg per argument) and Leash's
+one policy, `allow if call($t), tool($t)`. Prints one JSON object.
+
+Usage: verify_tokens.py BROKER_URL TASK_TOKEN CAPABILITY TOOL OTHER_TOOL ARGS_JSON
+"""
+import json
+import sys
+import urllib.request
+
+from biscuit_auth import AuthorizerBuilder, Biscuit, Fact, PublicKey
+
+url, task_token, capability, tool, other_tool, args_json = sys.argv[1:7]
+args = json.loads(args_json)
+keys = json.load(urllib.request.urlopen(url + "/.well-known/leash/keys"))["keys"]
+by_kid = {key["kid"]: PublicKey(key["public_key"]) for key in keys}
+
+
+def root(kid):
+    if kid not in by_kid:
+        raise ValueError("unknown root key id %r" % (kid,))
+    return by_kid[kid]
+
+
+def authorize(token, called):
+    builder = AuthorizerBuilder("call({tool}); allow if call($t), tool($t);", {"tool": called})
+    builder.set_time()
+    for name, value in args.items():
+        builder.add_fact(Fact("arg({name}, {value})", {"name": name, "value": value}))
+    try:
+        builder.build(token).authorize()
+        return "allowed"
+    except Exception as err:  # the authorizer's refusal, with the failed checks
+        return "denied: %s" % err
+
+
+def report(text):
+    token = Biscuit.from_base64(text, root)
+    return {
+        "verified": True,
+        "blocks": token.block_count(),
+        "revocation_ids": [rid.hex() if isinstance(rid, bytes) else str(rid) for rid in token.revocation_ids],
+        "authority": token.block_source(0),
+        "call": authorize(token, tool),
+        "other_tool": authorize(token, other_tool),
+    }
+
+
+forged = task_token[:40] + ("A" if task_token[40] != "A" else "B") + task_token[41:]
+try:
+    Biscuit.from_base64(forged, root)
+    forged_result = "accepted"
+except Exception as err:
+    forged_result = "rejected: %s" % type(err).__name__
+
+print(json.dumps({"task_token": report(task_token), "capability": report(capability), "forged": forged_result}))
