@@ -50,7 +50,7 @@ pub enum CallApproval {
 pub fn view(a: &ApprovalRecord) -> Value {
     let mut out = json!({
         "approval_id": a.approval_id,
-        "task_id": a.task_id,
+        "task_id": (!a.task_id.is_empty()).then_some(&a.task_id),
         "agent": a.agent,
         "kind": a.kind.as_str(),
         "purpose": a.purpose,
@@ -117,6 +117,54 @@ pub async fn request(
     state
         .events
         .publish("approval.requested", Some(&task.task_id), view(&approval));
+    Ok(approval)
+}
+
+/// Files an approval for a changed upstream tool definition. It names no task: the
+/// tool is withheld from everyone until it is decided.
+pub async fn request_definition(
+    state: &AppState,
+    server: &str,
+    tool: &str,
+    definition: &Value,
+    hash: &str,
+) -> Result<ApprovalRecord, ApiError> {
+    let now = state.clock.now_ms();
+    let approval = ApprovalRecord {
+        approval_id: format!("{APPROVAL_PREFIX}{}", random_hex(16)),
+        kind: ApprovalKind::Definition,
+        task_id: String::new(),
+        agent: format!("mcp:{server}"),
+        purpose: format!("the upstream definition of {tool} changed; accept the new one?"),
+        tools: vec![tool.to_string()],
+        call_tool: Some(tool.to_string()),
+        call_args: Some(definition.clone()),
+        args_hash: Some(hash.to_string()),
+        ttl_ms: None,
+        state: ApprovalState::Pending,
+        requested_at_ms: now,
+        expires_at_ms: now + state.policy.approvals.expire_after.as_millis() as i64,
+        decided_at_ms: None,
+        decided_by: None,
+        note: None,
+    };
+    state
+        .store
+        .insert_approval(&approval)
+        .await
+        .map_err(ApiError::internal)?;
+    state
+        .audit
+        .record(AuditEvent {
+            kind: "approval.requested",
+            actor: format!("mcp:{server}"),
+            task_id: None,
+            detail: json!({ "approval_id": approval.approval_id, "kind": "definition", "tool": tool, "definition_hash": hash }),
+        })
+        .await;
+    state
+        .events
+        .publish("approval.requested", None, view(&approval));
     Ok(approval)
 }
 
@@ -193,6 +241,12 @@ pub async fn decide(
             )));
         }
     }
+    if approve
+        && approval.kind == ApprovalKind::Definition
+        && let (Some(tool), Some(hash)) = (&approval.call_tool, &approval.args_hash)
+    {
+        crate::mcp::pins::accept(state, tool, hash).await?;
+    }
     if !approve && approval.kind == ApprovalKind::Issuance {
         state
             .tasks
@@ -225,7 +279,7 @@ async fn activation_for(
     state: &AppState,
     approval: &ApprovalRecord,
 ) -> Result<Option<Activation>, ApiError> {
-    if approval.kind == ApprovalKind::Call {
+    if matches!(approval.kind, ApprovalKind::Call | ApprovalKind::Definition) {
         return Ok(None);
     }
     let task = state

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use crate::approvals::{CallApproval, request, spend_for_call};
 use crate::audit::AuditEvent;
 use crate::authorize::{CallFacts, Denial, authorize_call, listable};
+use crate::catalog::Lookup;
 use crate::error::ApiError;
 use crate::ids::is_tool_name;
 use crate::policy::{ToolApproval, ToolDef};
@@ -186,15 +187,20 @@ async fn checked_call(
             ApiError::internal(anyhow::anyhow!("attenuating the per-call capability: {e}"))
         })?;
     let started = Instant::now();
-    match state
-        .proxy
-        .forward(
-            &tool,
-            args,
-            &[(leash_sdk::protocol::CAPABILITY_HEADER, capability)],
-        )
-        .await
-    {
+    let forwarded = match &tool.mcp {
+        Some((server, upstream_tool)) => state.upstreams.call(server, upstream_tool, args).await,
+        None => {
+            state
+                .proxy
+                .forward(
+                    &tool,
+                    args,
+                    &[(leash_sdk::protocol::CAPABILITY_HEADER, capability)],
+                )
+                .await
+        }
+    };
+    match forwarded {
         Ok(result) => {
             slot.commit(state.clock.now_ms());
             tracing::debug!(
@@ -216,18 +222,21 @@ async fn checked_call(
     }
 }
 
-/// A configured tool by name; unknown and malformed names are both `unknown_tool`.
+/// A callable tool by name; unknown and malformed names are both `unknown_tool`; an
+/// upstream tool whose changed definition awaits an approver is `policy_denied`.
 pub fn lookup_tool(state: &AppState, name: &str) -> Result<Arc<ToolDef>, ApiError> {
     if !is_tool_name(name) {
         return Err(ApiError::UnknownTool(format!(
             "{name:?} is not a valid tool name"
         )));
     }
-    state
-        .policy
-        .tool(name)
-        .cloned()
-        .ok_or_else(|| ApiError::UnknownTool(format!("no tool named {name:?}")))
+    match state.catalog.lookup(name) {
+        Lookup::Ready(tool) => Ok(tool),
+        Lookup::Withheld => Err(ApiError::PolicyDenied(format!(
+            "the definition of {name:?} changed upstream; it is withheld until an approver accepts it"
+        ))),
+        Lookup::Missing => Err(ApiError::UnknownTool(format!("no tool named {name:?}"))),
+    }
 }
 
 /// The tools this token may call: its authority tools that exist, minus those its own
@@ -238,7 +247,7 @@ pub fn callable_tools(state: &AppState, task: &TaskContext) -> Vec<Arc<ToolDef>>
     task.token
         .tools
         .iter()
-        .filter_map(|name| state.policy.tool(name).cloned())
+        .filter_map(|name| state.catalog.get(name))
         .filter(|tool| {
             let facts = CallFacts {
                 tool: &tool.name,

@@ -58,6 +58,13 @@ pub struct ServeArgs {
     /// Window, in seconds, of the per-call capability sent upstream (`Leash-Capability`).
     #[arg(long, env = "LEASH_CAPABILITY_TTL", default_value_t = 30)]
     pub capability_ttl_seconds: u64,
+    /// Extra host names `/mcp` answers to (comma-separated); loopback and the listen
+    /// address are always allowed. Others get 403 (DNS-rebinding protection).
+    #[arg(long, env = "LEASH_MCP_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub mcp_allowed_hosts: Vec<String>,
+    /// How often upstream MCP tool lists are re-read, in seconds.
+    #[arg(long, env = "LEASH_MCP_REFRESH_SECONDS", default_value_t = 30)]
+    pub mcp_refresh_seconds: u64,
 }
 
 impl ServeArgs {
@@ -74,6 +81,12 @@ impl ServeArgs {
             body_limit: self.body_limit,
             webhook_first_retry: Duration::from_millis(500),
             capability_ttl: Duration::from_secs(self.capability_ttl_seconds.clamp(1, 3600)),
+            mcp_allowed_hosts: self
+                .mcp_allowed_hosts
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .collect(),
+            mcp_refresh: Duration::from_secs(self.mcp_refresh_seconds.max(1)),
         }
     }
 }

@@ -14,10 +14,12 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
 use crate::audit::Audit;
+use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::datadir;
 use crate::events::Events;
 use crate::keys::RootKeys;
+use crate::mcp::upstream::Upstreams;
 use crate::policy::{self, Policy};
 use crate::proxy::Proxy;
 use crate::revocation::RevocationSet;
@@ -46,6 +48,10 @@ pub struct ServeConfig {
     pub webhook_first_retry: Duration,
     /// Window of the per-call capability sent upstream in `Leash-Capability`.
     pub capability_ttl: Duration,
+    /// Extra host names `/mcp` answers to (besides loopback and the listen address).
+    pub mcp_allowed_hosts: Vec<String>,
+    /// How often upstream MCP servers' tool lists are re-read (besides on list_changed).
+    pub mcp_refresh: Duration,
 }
 
 impl ServeConfig {
@@ -61,6 +67,8 @@ impl ServeConfig {
             body_limit: 1024 * 1024,
             webhook_first_retry: Duration::from_millis(500),
             capability_ttl: Duration::from_secs(30),
+            mcp_allowed_hosts: Vec::new(),
+            mcp_refresh: Duration::from_secs(30),
         }
     }
 }
@@ -86,6 +94,10 @@ pub struct AppState {
     pub proxy: Proxy,
     /// Approval and task events (event stream, webhook, long-polls).
     pub events: Events,
+    /// Every callable tool.
+    pub catalog: Arc<Catalog>,
+    /// Upstream MCP servers.
+    pub upstreams: Arc<Upstreams>,
     /// The clock.
     pub clock: Clock,
     /// SHA-256 of the admin token (compared in constant time).
@@ -154,6 +166,8 @@ pub async fn prepare(
         revoked.clone(),
         policy.longest_ttl(),
     );
+    let catalog = Arc::new(Catalog::new(&policy));
+    let upstreams = Upstreams::new(&policy.mcp_servers);
     Ok(AppState {
         policy: Arc::new(policy),
         verifier: Arc::new(TokenVerifier::new(keys.clone())),
@@ -164,6 +178,8 @@ pub async fn prepare(
         audit,
         proxy: Proxy::new()?,
         events,
+        catalog,
+        upstreams,
         clock,
         admin_digest: Sha256::digest(admin_token.as_bytes()).into(),
         config: Arc::new(config),
@@ -177,6 +193,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let sweeper = tokio::spawn(sweep_forever(state.clone()));
+    state.upstreams.start(&state);
     let app = crate::routes::router(state.clone());
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

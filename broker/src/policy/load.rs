@@ -12,8 +12,8 @@ use toml::de::{DeTable, DeValue};
 
 use super::toml_value::{line_col, start, to_json};
 use super::{
-    ApprovalSettings, Diagnostic, Grant, GrantApproval, Policy, PolicyErrors, ToolApproval,
-    ToolDef, ToolPattern,
+    ApprovalSettings, Diagnostic, Grant, GrantApproval, McpServerDef, Policy, PolicyErrors,
+    ToolApproval, ToolDef, ToolPattern,
 };
 use crate::ids::{is_principal_name, is_tool_name};
 
@@ -139,14 +139,29 @@ pub fn load_sources(
                     }
                     approvals_seen = true;
                 }
-                "mcp_servers" => file.error(
-                    start(key),
-                    "MCP upstreams ([mcp_servers]) are not supported by this version of Leash yet"
-                        .into(),
-                ),
+                "mcp_servers" => {
+                    for (name, table) in file.section(value, "mcp_servers") {
+                        let offset = start(name);
+                        let name = name.get_ref().to_string();
+                        if policy.mcp_servers.contains_key(&name)
+                            || policy
+                                .tools
+                                .keys()
+                                .any(|t| t.split('.').next() == Some(name.as_str()))
+                        {
+                            file.error(offset, format!("MCP server {name:?} is defined twice, or clashes with a tool prefix"));
+                            continue;
+                        }
+                        if let Some(server) = file.mcp_server(&name, offset, table, env) {
+                            policy.mcp_servers.insert(name, Arc::new(server));
+                        }
+                    }
+                }
                 other => file.error(
                     start(key),
-                    format!("unknown section {other:?} (expected tools, agents, approvals)"),
+                    format!(
+                        "unknown section {other:?} (expected tools, agents, mcp_servers, approvals)"
+                    ),
                 ),
             }
         }
@@ -161,7 +176,8 @@ pub fn load_sources(
             diagnostics: &mut diagnostics,
         };
         for (pattern, offset) in patterns {
-            let known = policy.tools.keys().any(|tool| pattern.matches(tool));
+            let known = policy.tools.keys().any(|tool| pattern.matches(tool))
+                || policy.names_mcp_server(pattern);
             if !known {
                 let shown = match pattern {
                     ToolPattern::Exact(name) => format!("tool {name:?}"),
@@ -444,46 +460,10 @@ impl<'a> FileCtx<'a> {
                 },
             },
         };
-        let mut upstream_headers = Vec::new();
-        if let Some(value) = fields.get("upstream_headers") {
-            match value.get_ref().as_table() {
-                None => self.error(
-                    start(value),
-                    format!("{what}.upstream_headers must be a table of strings"),
-                ),
-                Some(headers) => {
-                    for (header, content) in headers.iter() {
-                        let at = start(content);
-                        let Ok(header_name) = HeaderName::try_from(header.get_ref().as_ref())
-                        else {
-                            self.error(
-                                start(header),
-                                format!("{:?} is not a valid HTTP header name", header.get_ref()),
-                            );
-                            continue;
-                        };
-                        let Some(text) = content.get_ref().as_str() else {
-                            self.error(
-                                at,
-                                format!("{what}.upstream_headers.{header_name} must be a string"),
-                            );
-                            continue;
-                        };
-                        let Some(text) = self.substitute(text, at, env) else {
-                            continue;
-                        };
-                        match HeaderValue::try_from(text) {
-                            Ok(mut header_value) => {
-                                header_value.set_sensitive(true);
-                                upstream_headers.push((header_name, header_value));
-                            }
-                            // The value may hold a secret: never echo it.
-                            Err(_) => self.error(at, format!("{what}.upstream_headers.{header_name} is not a valid header value")),
-                        }
-                    }
-                }
-            }
-        }
+        let upstream_headers = match fields.get("upstream_headers") {
+            Some(value) => self.header_table(value, &format!("{what}.upstream_headers"), env),
+            None => Vec::new(),
+        };
         if self.diagnostics.len() > before {
             return None;
         }
@@ -496,6 +476,107 @@ impl<'a> FileCtx<'a> {
             input_schema,
             validator: validator?,
             upstream_headers,
+            mcp: None,
+        })
+    }
+
+    /// A table of header name → value (with `${ENV}`), values marked sensitive and never echoed.
+    fn header_table(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+        what: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Vec<(HeaderName, HeaderValue)> {
+        let mut out = Vec::new();
+        let Some(headers) = value.get_ref().as_table() else {
+            self.error(start(value), format!("{what} must be a table of strings"));
+            return out;
+        };
+        for (header, content) in headers.iter() {
+            let at = start(content);
+            let Ok(header_name) = HeaderName::try_from(header.get_ref().as_ref()) else {
+                self.error(
+                    start(header),
+                    format!("{:?} is not a valid HTTP header name", header.get_ref()),
+                );
+                continue;
+            };
+            let Some(text) = content.get_ref().as_str() else {
+                self.error(at, format!("{what}.{header_name} must be a string"));
+                continue;
+            };
+            let Some(text) = self.substitute(text, at, env) else {
+                continue;
+            };
+            match HeaderValue::try_from(text) {
+                Ok(mut header_value) => {
+                    header_value.set_sensitive(true);
+                    out.push((header_name, header_value));
+                }
+                // The value may hold a secret: never echo it.
+                Err(_) => self.error(
+                    at,
+                    format!("{what}.{header_name} is not a valid header value"),
+                ),
+            }
+        }
+        out
+    }
+
+    fn mcp_server(
+        &mut self,
+        name: &str,
+        offset: usize,
+        table: &DeTable<'_>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<McpServerDef> {
+        let what = format!("mcp_servers.{name:?}");
+        let before = self.diagnostics.len();
+        if !is_principal_name(name) || name.contains('.') {
+            self.error(
+                offset,
+                format!("{name:?} is not a valid MCP server name (ASCII letters, digits, - and _)"),
+            );
+        }
+        let fields = self.fields(table, &["url", "headers", "timeout_ms"], &what);
+        let url = match self.string(&fields, "url", &what) {
+            Some((text, at)) => match self
+                .substitute(&text, at, env)
+                .map(|u| reqwest::Url::parse(&u))
+            {
+                Some(Ok(url))
+                    if matches!(url.scheme(), "http" | "https") && url.host().is_some() =>
+                {
+                    Some(url)
+                }
+                Some(_) => {
+                    self.error(at, format!("{what}.url must be an http:// or https:// URL"));
+                    None
+                }
+                None => None,
+            },
+            None => {
+                if !fields.contains_key("url") {
+                    self.error(offset, format!("{what} has no url"));
+                }
+                None
+            }
+        };
+        let timeout_ms = self
+            .integer(&fields, "timeout_ms", &what, 1, MAX_TIMEOUT_MS)
+            .unwrap_or(30_000);
+        let headers = match fields.get("headers") {
+            Some(value) => self.header_table(value, &format!("{what}.headers"), env),
+            None => Vec::new(),
+        };
+        if self.diagnostics.len() > before {
+            return None;
+        }
+        Some(McpServerDef {
+            name: name.to_string(),
+            url: url?,
+            headers,
+            timeout: Duration::from_millis(timeout_ms as u64),
         })
     }
 

@@ -26,6 +26,34 @@ pub struct Policy {
     pub grants: BTreeMap<String, Arc<Grant>>,
     /// Settings of human approval.
     pub approvals: ApprovalSettings,
+    /// Upstream MCP servers, by name; their tools appear as `NAME.tool`.
+    pub mcp_servers: BTreeMap<String, Arc<McpServerDef>>,
+}
+
+/// An upstream MCP server (`[mcp_servers.NAME]`).
+pub struct McpServerDef {
+    /// The name, and the prefix of its tools (`NAME.tool`).
+    pub name: String,
+    /// Its Streamable HTTP endpoint.
+    pub url: reqwest::Url,
+    /// Headers sent on every request to it (credentials the agent never sees).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// How long one call may take.
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for McpServerDef {
+    /// Never prints header values.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("McpServerDef")
+            .field("name", &self.name)
+            .field("url", &self.url.as_str())
+            .field(
+                "headers",
+                &self.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 /// One tool: an HTTP upstream with an input schema.
@@ -46,6 +74,8 @@ pub struct ToolDef {
     pub validator: jsonschema::Validator,
     /// Headers added to the upstream request (credentials the agent never sees).
     pub upstream_headers: Vec<(HeaderName, HeaderValue)>,
+    /// For a tool of an upstream MCP server: `(server, tool name on that server)`.
+    pub mcp: Option<(String, String)>,
 }
 
 impl fmt::Debug for ToolDef {
@@ -172,6 +202,17 @@ impl Policy {
     /// The grant of that agent.
     pub fn grant(&self, agent: &str) -> Option<&Arc<Grant>> {
         self.grants.get(agent)
+    }
+
+    /// Whether `pattern` can only be checked when an MCP server's tools are discovered.
+    pub fn names_mcp_server(&self, pattern: &ToolPattern) -> bool {
+        let name = match pattern {
+            ToolPattern::Exact(name) => name
+                .split_once('.')
+                .map_or(name.as_str(), |(server, _)| server),
+            ToolPattern::Prefix(prefix) => prefix.split('.').next().unwrap_or(prefix),
+        };
+        self.mcp_servers.contains_key(name)
     }
 
     /// The longest window of any grant: nothing a task does can outlast it.

@@ -53,7 +53,9 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         // Outermost: bodies above the limit are refused before any handler reads them.
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(state)
+        .with_state(state.clone())
+        // The MCP gateway has its own edge (Host/Origin, bearer) and body limit.
+        .merge(crate::mcp::routes(state))
 }
 
 async fn not_found(uri: Uri) -> ApiError {

@@ -175,7 +175,7 @@ fn resolve_tools(state: &AppState, grant: &Grant, requested: &[String]) -> ApiRe
         })?;
         match &pattern {
             ToolPattern::Exact(tool) => {
-                if state.policy.tool(tool).is_none() {
+                if state.catalog.get(tool).is_none() {
                     return Err(ApiError::UnknownTool(format!("no tool named {tool:?}")));
                 }
                 if !grant.allows(tool) {
@@ -187,10 +187,10 @@ fn resolve_tools(state: &AppState, grant: &Grant, requested: &[String]) -> ApiRe
                 tools.insert(tool.clone());
             }
             ToolPattern::Prefix(_) => {
-                let matched: Vec<&String> = state
-                    .policy
-                    .tools
-                    .keys()
+                let matched: Vec<String> = state
+                    .catalog
+                    .names()
+                    .into_iter()
                     .filter(|tool| pattern.matches(tool) && grant.allows(tool))
                     .collect();
                 if matched.is_empty() {
@@ -199,7 +199,7 @@ fn resolve_tools(state: &AppState, grant: &Grant, requested: &[String]) -> ApiRe
                         grant.agent
                     )));
                 }
-                tools.extend(matched.into_iter().cloned());
+                tools.extend(matched);
             }
         }
     }

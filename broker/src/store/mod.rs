@@ -159,6 +159,8 @@ pub enum ApprovalKind {
     Call,
     /// Renewing a task whose grant needs approval.
     Renewal,
+    /// Accepting a changed definition of an upstream MCP tool.
+    Definition,
 }
 
 impl ApprovalKind {
@@ -168,6 +170,7 @@ impl ApprovalKind {
             ApprovalKind::Issuance => "issuance",
             ApprovalKind::Call => "call",
             ApprovalKind::Renewal => "renewal",
+            ApprovalKind::Definition => "definition",
         }
     }
 
@@ -177,6 +180,7 @@ impl ApprovalKind {
             ApprovalKind::Issuance,
             ApprovalKind::Call,
             ApprovalKind::Renewal,
+            ApprovalKind::Definition,
         ]
         .into_iter()
         .find(|k| k.as_str() == text)
@@ -287,6 +291,19 @@ pub enum Decided {
     TaskNotPending,
 }
 
+/// The pinned definition of an upstream MCP tool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolPin {
+    /// `server.tool`.
+    pub name: String,
+    /// SHA-256 of the accepted name, description and input schema.
+    pub hash: String,
+    /// A changed definition waiting for an approver: its hash.
+    pub pending_hash: Option<String>,
+    /// The approval deciding it.
+    pub approval_id: Option<String>,
+}
+
 /// Counters written behind the hot path.
 #[derive(Debug, Clone, Default)]
 pub struct UsageBatch {
@@ -387,6 +404,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Decided>;
     /// Spends an approved call approval: true once, false ever after.
     async fn use_approval(&self, approval_id: &str, at_ms: i64) -> StoreResult<bool>;
+    /// The pin of a tool.
+    async fn get_pin(&self, name: &str) -> StoreResult<Option<ToolPin>>;
+    /// Inserts or replaces a pin.
+    async fn put_pin(&self, pin: &ToolPin) -> StoreResult<()>;
     /// Appends audit rows (already chained by the caller).
     async fn append_audit(&self, rows: &[AuditRow]) -> StoreResult<()>;
     /// The last audit row's seq and hash.

@@ -12,7 +12,7 @@ use sqlx::{Row, SqlitePool};
 
 use super::{
     Activation, ApprovalKind, ApprovalRecord, ApprovalState, AuditRow, Decided, Revocation, Store,
-    StoreError, StoreResult, TaskRecord, TaskState, UsageBatch,
+    StoreError, StoreResult, TaskRecord, TaskState, ToolPin, UsageBatch,
 };
 
 /// The schema; every statement is idempotent.
@@ -70,6 +70,11 @@ const SCHEMA: &[&str] = &[
         decided_by TEXT,
         note TEXT)",
     "CREATE INDEX IF NOT EXISTS approvals_by_state ON approvals(state, requested_at_ms)",
+    "CREATE TABLE IF NOT EXISTS tool_pins (
+        name TEXT PRIMARY KEY,
+        hash TEXT NOT NULL,
+        pending_hash TEXT,
+        approval_id TEXT)",
     "CREATE TABLE IF NOT EXISTS token_usage (
         revocation_id TEXT PRIMARY KEY,
         calls INTEGER NOT NULL)",
@@ -639,6 +644,37 @@ impl Store for SqliteStore {
         .await?
         .rows_affected();
         Ok(changed == 1)
+    }
+
+    async fn get_pin(&self, name: &str) -> StoreResult<Option<ToolPin>> {
+        let row = sqlx::query("SELECT * FROM tool_pins WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(ToolPin {
+                name: r.try_get("name")?,
+                hash: r.try_get("hash")?,
+                pending_hash: r.try_get("pending_hash")?,
+                approval_id: r.try_get("approval_id")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn put_pin(&self, pin: &ToolPin) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO tool_pins (name, hash, pending_hash, approval_id) VALUES (?, ?, ?, ?)
+             ON CONFLICT(name) DO UPDATE SET hash = excluded.hash, pending_hash = excluded.pending_hash,
+                approval_id = excluded.approval_id",
+        )
+        .bind(&pin.name)
+        .bind(&pin.hash)
+        .bind(&pin.pending_hash)
+        .bind(&pin.approval_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn append_audit(&self, rows: &[AuditRow]) -> StoreResult<()> {

@@ -1,0 +1,147 @@
+//! Leash as an MCP server (`rmcp`, Streamable HTTP, stateless): every request carries
+//! its task token, checked by [`super::guard`] and re-read here from the request parts.
+//!
+//! `tools/list` lists what the token may call; `tools/call` runs the checked call of
+//! [`crate::calls`] (caveats, schema, budgets, per-call approval). Refusals the agent can
+//! act on are `isError` results that say why; an unknown tool is `invalid_params`.
+
+use std::sync::Arc;
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData, RoleServer, ServerHandler};
+use serde_json::Value;
+
+use crate::calls::{CallOutcome, active_task, call_tool, callable_tools};
+use crate::error::ApiError;
+use crate::server::AppState;
+use crate::verify::VerifiedToken;
+
+/// The MCP handler of one request.
+#[derive(Clone)]
+pub struct LeashMcp {
+    state: AppState,
+}
+
+/// The `/mcp` service: stateless Streamable HTTP, with the broker's Host allow-list.
+pub fn service(state: AppState) -> StreamableHttpService<LeashMcp, NeverSessionManager> {
+    let config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(false)
+        .with_json_response(true)
+        .with_allowed_hosts(super::guard::allowed_hosts(&state))
+        .with_max_request_body_bytes(state.config.body_limit);
+    StreamableHttpService::new(
+        move || {
+            Ok(LeashMcp {
+                state: state.clone(),
+            })
+        },
+        Arc::new(NeverSessionManager::default()),
+        config,
+    )
+}
+
+fn token_of(context: &RequestContext<RoleServer>) -> Result<Arc<VerifiedToken>, ErrorData> {
+    context
+        .extensions
+        .get::<axum::http::request::Parts>()
+        .and_then(|parts| parts.extensions.get::<Arc<VerifiedToken>>().cloned())
+        .ok_or_else(|| ErrorData::invalid_request("no task token reached the MCP handler", None))
+}
+
+fn approval_of(context: &RequestContext<RoleServer>) -> Option<String> {
+    let parts = context.extensions.get::<axum::http::request::Parts>()?;
+    let value = parts.headers.get(leash_sdk::protocol::APPROVAL_HEADER)?;
+    value.to_str().ok().map(|v| v.trim().to_string())
+}
+
+/// A refusal as a tool result the agent can read: the API's code and message.
+fn refused(err: &ApiError) -> CallToolResult {
+    let (_, code) = err.status_and_code();
+    let mut text = format!("{code}: {err}");
+    if let ApiError::InvalidArguments { violations, .. } = err {
+        for v in violations {
+            text.push_str(&format!(
+                "\n{} {}",
+                v["pointer"].as_str().unwrap_or(""),
+                v["message"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    CallToolResult::error(vec![ContentBlock::text(text)])
+}
+
+impl ServerHandler for LeashMcp {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("leash", env!("CARGO_PKG_VERSION")))
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let token = token_of(&context)?;
+        let task = active_task(&self.state, token)
+            .await
+            .map_err(|e| ErrorData::invalid_request(e.to_string(), None))?;
+        let tools = callable_tools(&self.state, &task)
+            .into_iter()
+            .map(|tool| {
+                let schema = match &tool.input_schema {
+                    Value::Object(map) => map.clone(),
+                    _ => serde_json::Map::new(),
+                };
+                Tool::new(
+                    tool.name.clone(),
+                    tool.description.clone(),
+                    Arc::new(schema),
+                )
+            })
+            .collect();
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let token = token_of(&context)?;
+        let args = Value::Object(request.arguments.clone().unwrap_or_default());
+        let approval = approval_of(&context);
+        let name = request.name.to_string();
+        let is_mcp_tool = self
+            .state
+            .catalog
+            .get(&name)
+            .is_some_and(|t| t.mcp.is_some());
+        match call_tool(&self.state, token, &name, args, approval.as_deref()).await {
+            Ok(CallOutcome::Done(value)) => {
+                if is_mcp_tool
+                    && let Ok(result) = serde_json::from_value::<CallToolResult>(value.clone())
+                {
+                    return Ok(result.into());
+                }
+                Ok(CallToolResult::structured(value).into())
+            }
+            Ok(CallOutcome::PendingApproval(id)) => {
+                Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+                    "pending_approval: tool {name:?} needs a human approval; approval_id {id}. \
+                 Once approved, repeat this call with the HTTP header Leash-Approval: {id}"
+                ))])
+                .into())
+            }
+            Err(err @ (ApiError::UnknownTool(_) | ApiError::BadRequest(_))) => {
+                Err(ErrorData::invalid_params(err.to_string(), None))
+            }
+            Err(err) => Ok(refused(&err).into()),
+        }
+    }
+}
