@@ -2,8 +2,8 @@
 # The whole test suite, as CI runs it.
 #  1. installs what the interop tests need, idempotently: Debian's chromium and
 #     playwright-core from npm (pinned by tests/browser/package-lock.json) for the
-#     browser test; biscuit-python from PyPI in target/interop-venv for the
-#     independent token check;
+#     browser test; biscuit-python and the MCP Python SDK (mcp) from PyPI in
+#     target/interop-venv for the independent token check and the MCP interop tests;
 #  2. builds the `leash` binary (the process tests start it);
 #  3. runs every unit, integration and end-to-end test of the workspace.
 set -euo pipefail
@@ -21,9 +21,9 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
 fi
 
 VENV=target/interop-venv
-if ! "$VENV/bin/python" -c "import biscuit_auth" >/dev/null 2>&1; then
+if ! "$VENV/bin/python" -c "import biscuit_auth, mcp" >/dev/null 2>&1; then
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check biscuit-python==0.4.0
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check biscuit-python==0.4.0 mcp==2.3.0
 fi
 
 cargo build --workspace --bins --locked

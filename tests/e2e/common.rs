@@ -214,6 +214,7 @@ impl TestBroker {
         config.admin_token = Some(ADMIN.to_string());
         config.sweep_interval = Duration::from_millis(50);
         config.webhook_first_retry = Duration::from_millis(20);
+        config.mcp_refresh = Duration::from_millis(200);
         let state = leash_broker::prepare(config, &|_| None)
             .await
             .expect("broker starts");

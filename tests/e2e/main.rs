@@ -10,6 +10,7 @@ mod bad_input;
 mod browser;
 mod interop;
 mod lifecycle;
+mod mcp;
 mod process;
 mod revocation;
 mod sdk;

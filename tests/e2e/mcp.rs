@@ -1,0 +1,427 @@
+//! The MCP gateway, with software nobody here wrote on both sides: the official MCP
+//! Python SDK as the agent's client, through Leash, to an upstream `MCPServer` from the
+//! same SDK. Plus the HTTP edge of `/mcp`: discovery, Host/Origin, header mismatch.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::{ADMIN, TestBroker, free_port};
+
+const POLICY: &str = r#"
+[tools."web.search"]
+upstream = "http://{UP}/search"
+input_schema = { type = "object", properties = { query = { type = "string" } } }
+
+[mcp_servers.everything]
+url = "http://127.0.0.1:{MCP}/mcp"
+timeout_ms = 5000
+
+[agents.bot]
+tools = ["everything.*", "web.search"]
+max_ttl_seconds = 600
+"#;
+
+fn python() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/interop-venv/bin/python");
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/test.sh (it installs mcp and biscuit-python)",
+        path.display()
+    );
+    path
+}
+
+fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("interop")
+        .join(name)
+}
+
+/// The Python upstream MCP server, killed on drop.
+struct Upstream {
+    child: Child,
+    port: u16,
+}
+
+impl Upstream {
+    async fn start() -> Upstream {
+        let port = free_port();
+        let child = Command::new(python())
+            .arg(script("mcp_upstream.py"))
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while reqwest::get(format!("http://127.0.0.1:{port}/ready"))
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the Python MCP upstream did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Upstream { child, port }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn broker_with(upstream: &Upstream) -> TestBroker {
+    let broker = TestBroker::spawn_with(&POLICY.replace("{MCP}", &upstream.port.to_string())).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while broker.state.catalog.get("everything.echo").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "Leash did not discover the upstream's tools"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    broker
+}
+
+async fn client(broker: &TestBroker, token: &str, mode: &str, timing: Option<u16>) -> Value {
+    let mut args = vec![
+        format!("{}/mcp", broker.url),
+        token.to_string(),
+        mode.to_string(),
+    ];
+    if let Some(port) = timing {
+        args.push(format!("http://127.0.0.1:{port}/mcp"));
+    }
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(script("mcp_client.py"))
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdk_through_leash_to_a_python_mcp_server() {
+    let upstream = Upstream::start().await;
+    let broker = broker_with(&upstream).await;
+    let agent = broker.agent("bot").await;
+    let (task_id, token) = broker
+        .task(&agent, &["everything.echo", "everything.add", "web.search"])
+        .await;
+
+    for mode in ["auto", "legacy"] {
+        let report = client(
+            &broker,
+            &token,
+            mode,
+            (mode == "auto").then_some(upstream.port),
+        )
+        .await;
+        println!("MCP interop ({mode}): {report}");
+        assert!(report.get("error").is_none(), "{report}");
+        assert_eq!(
+            report["tools"],
+            json!(["everything.add", "everything.echo", "web.search"]),
+            "only the permitted tools"
+        );
+        assert_eq!(report["allowed"]["is_error"], false, "{report}");
+        assert_eq!(report["allowed"]["text"], "hello through leash");
+        assert_eq!(report["http_tool"]["is_error"], false, "{report}");
+        let denied = &report["not_in_task"];
+        assert_eq!(denied["is_error"], true, "{report}");
+        assert!(
+            denied["text"]
+                .as_str()
+                .unwrap()
+                .contains("capability_denied"),
+            "{report}"
+        );
+        let invalid = &report["bad_arguments"];
+        assert_eq!(invalid["is_error"], true, "{report}");
+        assert!(
+            invalid["text"]
+                .as_str()
+                .unwrap()
+                .contains("invalid_arguments"),
+            "{report}"
+        );
+        assert!(
+            report["unknown"].get("protocol_error").is_some(),
+            "{report}"
+        );
+    }
+    // Calls over MCP are counted and audited like any other.
+    let shown = broker
+        .get(&format!("/v1/tasks/{task_id}"), Some(&agent))
+        .await;
+    assert!(shown.body["calls"].as_u64().unwrap() >= 4, "{shown:?}");
+
+    // After the task is revoked, the MCP client is refused.
+    broker
+        .post(
+            &format!("/v1/tasks/{task_id}/revoke"),
+            Some(ADMIN),
+            json!({}),
+        )
+        .await;
+    let after = client(&broker, &token, "auto", None).await;
+    assert!(
+        after.get("error").is_some() && after.get("tools").is_none(),
+        "the revoked client still got in: {after}"
+    );
+    let raw = reqwest::Client::new()
+        .post(format!("{}/mcp", broker.url))
+        .bearer_auth(&token)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        raw.status(),
+        401,
+        "what the Python client saw as an error response"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_upstream_definition_is_withheld_until_approved() {
+    let upstream = Upstream::start().await;
+    let broker = broker_with(&upstream).await;
+    let agent = broker.agent("bot").await;
+    let approver = broker.approver("ann").await;
+    let (_, token) = broker
+        .task(&agent, &["everything.echo", "everything.add"])
+        .await;
+    assert_eq!(
+        broker
+            .call(&token, "everything.echo", json!({"message": "a"}))
+            .await
+            .status,
+        200
+    );
+
+    reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{}/rug-pull", upstream.port))
+        .send()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let approval = loop {
+        let list = broker.get("/v1/approvals", Some(&approver)).await;
+        if let Some(a) = list.body["approvals"]
+            .as_array()
+            .and_then(|a| a.first())
+            .cloned()
+        {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the changed definition was not noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(approval["kind"], "definition");
+    assert!(
+        approval["call"]["arguments"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("evil.example"),
+        "{approval}"
+    );
+    let held = broker
+        .call(&token, "everything.echo", json!({"message": "a"}))
+        .await;
+    assert_eq!(
+        (held.status, held.code()),
+        (403, "policy_denied"),
+        "{held:?}"
+    );
+    let listed = broker.get("/v1/tools", Some(&token)).await;
+    let names: Vec<&str> = listed.body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["everything.add"],
+        "the changed tool is withheld from the list"
+    );
+    assert_eq!(
+        broker
+            .call(&token, "everything.add", json!({"a": 1, "b": 2}))
+            .await
+            .status,
+        200,
+        "other tools go on"
+    );
+
+    let id = approval["approval_id"].as_str().unwrap();
+    let decided = broker
+        .post(
+            &format!("/v1/approvals/{id}/approve"),
+            Some(&approver),
+            json!({"note": "reviewed"}),
+        )
+        .await;
+    assert_eq!(decided.status, 200, "{decided:?}");
+    assert_eq!(
+        broker
+            .call(&token, "everything.echo", json!({"message": "a"}))
+            .await
+            .status,
+        200
+    );
+    broker.state.audit.flush().await;
+    let audit = broker.get("/v1/audit?after=0", Some(ADMIN)).await;
+    assert!(
+        audit.body["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "approval.approved" && e["detail"]["kind"] == "definition")
+    );
+}
+
+#[tokio::test]
+async fn the_mcp_edge_discovery_host_origin_and_headers() {
+    let broker = TestBroker::spawn().await;
+    let agent = broker.agent("bot").await;
+    let (task_id, token) = broker.task(&agent, &["web.search"]).await;
+    let http = reqwest::Client::new();
+    let mcp = format!("{}/mcp", broker.url);
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}});
+    let post = |body: Value| {
+        http.post(&mcp)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25")
+            .json(&body)
+    };
+
+    // 401 points at RFC 9728 metadata, which names Leash.
+    let unauthenticated = post(list.clone()).send().await.unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+    let challenge = unauthenticated.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        challenge.contains("resource_metadata=\"http://127.0.0.1:"),
+        "{challenge}"
+    );
+    let metadata: Value = reqwest::get(format!(
+        "{}/.well-known/oauth-protected-resource",
+        broker.url
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(metadata["resource_name"], "Leash");
+    assert!(metadata["resource"].as_str().unwrap().ends_with("/mcp"));
+
+    // An authenticated tools/list shows only the token's tools.
+    let listed: Value = post(list.clone())
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = listed["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["web.search"], "{listed}");
+
+    // DNS rebinding: a foreign Host or Origin is refused before anything else.
+    let foreign_host = post(list.clone())
+        .bearer_auth(&token)
+        .header("host", "evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign_host.status(), 403);
+    let foreign_origin = post(list.clone())
+        .bearer_auth(&token)
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign_origin.status(), 403);
+
+    // 2026-07-28: Mcp-Method / Mcp-Name must agree with the body, or the request is refused.
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}});
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "web.search", "arguments": {"query": "x"}, "_meta": meta}});
+    let modern = |method: &str, name: &str| {
+        http.post(&mcp)
+            .bearer_auth(&token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", method)
+            .header("mcp-name", name)
+            .json(&call)
+    };
+    let agreed = modern("tools/call", "web.search").send().await.unwrap();
+    assert_eq!(agreed.status(), 200);
+    let agreed: Value = agreed.json().await.unwrap();
+    assert_eq!(agreed["result"]["isError"], false, "{agreed}");
+    let lying_name = modern("tools/call", "other.tool").send().await.unwrap();
+    assert_eq!(lying_name.status(), 400);
+    let lying_method = modern("tools/list", "web.search").send().await.unwrap();
+    assert_eq!(lying_method.status(), 400);
+
+    // A batch is refused as a whole; nothing inside it runs.
+    let before = broker.upstream.count();
+    let batch = post(json!([call.clone(), call.clone()]))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert!(batch.status().is_client_error(), "{}", batch.status());
+    assert_eq!(broker.upstream.count(), before);
+
+    // A revoked task ends the MCP session: the next request is 401.
+    broker
+        .post(
+            &format!("/v1/tasks/{task_id}/revoke"),
+            Some(ADMIN),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        post(list)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+}
