@@ -19,8 +19,13 @@ input_schema = { type = "object", properties = { query = { type = "string" } } }
 url = "http://127.0.0.1:{MCP}/mcp"
 timeout_ms = 5000
 
+# Nothing listens here: a down upstream must not stop the others.
+[mcp_servers.down]
+url = "http://127.0.0.1:9/mcp"
+timeout_ms = 1000
+
 [agents.bot]
-tools = ["everything.*", "web.search"]
+tools = ["everything.*", "down.*", "web.search"]
 max_ttl_seconds = 600
 "#;
 
