@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::Clock;
-use crate::store::{AuditRow, Store};
+use crate::store::{AuditRow, NewAuditEvent, Store};
 
 /// One thing worth recording.
 #[derive(Debug, Clone)]
@@ -44,9 +44,8 @@ const QUEUE: usize = 65_536;
 impl Audit {
     /// Starts the writer, continuing the chain already in the store.
     pub async fn start(store: Arc<dyn Store>, clock: Clock) -> anyhow::Result<Audit> {
-        let head = store.audit_head().await?;
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(writer(store, clock, head, rx));
+        tokio::spawn(writer(store, clock, rx));
         Ok(Audit { tx })
     }
 
@@ -66,14 +65,8 @@ impl Audit {
     }
 }
 
-async fn writer(
-    store: Arc<dyn Store>,
-    clock: Clock,
-    head: Option<(i64, String)>,
-    mut rx: mpsc::Receiver<Message>,
-) {
-    let (mut seq, mut prev) = head.unwrap_or((0, String::new()));
-    let mut pending: Vec<AuditRow> = Vec::new();
+async fn writer(store: Arc<dyn Store>, clock: Clock, mut rx: mpsc::Receiver<Message>) {
+    let mut pending: Vec<NewAuditEvent> = Vec::new();
     let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
     loop {
         let Some(first) = rx.recv().await else { break };
@@ -86,16 +79,17 @@ async fn writer(
         }
         for message in batch {
             match message {
-                Message::Event(event) => {
-                    seq += 1;
-                    let row = chain(seq, clock.now_ms(), event, &prev);
-                    prev = row.hash.clone();
-                    pending.push(row);
-                }
+                Message::Event(event) => pending.push(NewAuditEvent {
+                    at_ms: clock.now_ms(),
+                    kind: event.kind.to_string(),
+                    actor: event.actor,
+                    task_id: event.task_id,
+                    detail: event.detail,
+                }),
                 Message::Flush(done) => waiters.push(done),
             }
         }
-        // A failed write (disk full, read-only) is retried; rows are never dropped or reordered.
+        // A failed write (disk full, read-only) is retried; events are never dropped or reordered.
         let mut delay = Duration::from_millis(50);
         while !pending.is_empty() {
             match store.append_audit(&pending).await {
@@ -113,20 +107,28 @@ async fn writer(
     }
 }
 
-/// Builds the row `seq` after `prev`.
-fn chain(seq: i64, at_ms: i64, event: AuditEvent, prev: &str) -> AuditRow {
-    let mut row = AuditRow {
-        seq,
-        at_ms,
-        kind: event.kind.to_string(),
-        actor: event.actor,
-        task_id: event.task_id,
-        detail: event.detail,
-        prev_hash: prev.to_string(),
-        hash: String::new(),
-    };
-    row.hash = row_hash(&row);
-    row
+/// Chains `events` after the row `(seq, hash)` (or from the start): the rows to insert.
+pub fn chain_after(head: Option<(i64, String)>, events: &[NewAuditEvent]) -> Vec<AuditRow> {
+    let (mut seq, mut prev) = head.unwrap_or((0, String::new()));
+    events
+        .iter()
+        .map(|event| {
+            seq += 1;
+            let mut row = AuditRow {
+                seq,
+                at_ms: event.at_ms,
+                kind: event.kind.clone(),
+                actor: event.actor.clone(),
+                task_id: event.task_id.clone(),
+                detail: event.detail.clone(),
+                prev_hash: prev.clone(),
+                hash: String::new(),
+            };
+            row.hash = row_hash(&row);
+            prev = row.hash.clone();
+            row
+        })
+        .collect()
 }
 
 /// The hash a row must carry.
@@ -194,20 +196,16 @@ mod tests {
     use serde_json::json;
 
     fn rows(n: i64) -> Vec<AuditRow> {
-        let mut prev = String::new();
-        (1..=n)
-            .map(|seq| {
-                let event = AuditEvent {
-                    kind: "call.allowed",
-                    actor: "agent:a".into(),
-                    task_id: None,
-                    detail: json!({"n": seq}),
-                };
-                let row = chain(seq, 1000 + seq, event, &prev);
-                prev = row.hash.clone();
-                row
+        let events: Vec<NewAuditEvent> = (1..=n)
+            .map(|seq| NewAuditEvent {
+                at_ms: 1000 + seq,
+                kind: "call.allowed".into(),
+                actor: "agent:a".into(),
+                task_id: None,
+                detail: json!({"n": seq}),
             })
-            .collect()
+            .collect();
+        chain_after(None, &events)
     }
 
     #[test]

@@ -4,11 +4,15 @@
 //! The store is the source of truth; everything in memory is a cache of it. Writes that
 //! end access (task end, revocation) are committed before the request answers.
 
+mod postgres;
 mod sqlite;
+#[cfg(test)]
+mod suite;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub use postgres::{PgStore, is_schema_name};
 pub use sqlite::SqliteStore;
 
 /// Result type of the store.
@@ -304,6 +308,21 @@ pub struct ToolPin {
     pub approval_id: Option<String>,
 }
 
+/// An audit event to append; the store gives it its place and hash in the chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAuditEvent {
+    /// When (ms since epoch).
+    pub at_ms: i64,
+    /// What happened.
+    pub kind: String,
+    /// Who did it.
+    pub actor: String,
+    /// The task concerned.
+    pub task_id: Option<String>,
+    /// Details (never a token or secret).
+    pub detail: serde_json::Value,
+}
+
 /// Counters written behind the hot path.
 #[derive(Debug, Clone, Default)]
 pub struct UsageBatch {
@@ -408,8 +427,9 @@ pub trait Store: Send + Sync + 'static {
     async fn get_pin(&self, name: &str) -> StoreResult<Option<ToolPin>>;
     /// Inserts or replaces a pin.
     async fn put_pin(&self, pin: &ToolPin) -> StoreResult<()>;
-    /// Appends audit rows (already chained by the caller).
-    async fn append_audit(&self, rows: &[AuditRow]) -> StoreResult<()>;
+    /// Appends events to the audit chain, atomically, under the store's write lock: each
+    /// gets the next seq and a hash over the previous row's (so replicas share one chain).
+    async fn append_audit(&self, events: &[NewAuditEvent]) -> StoreResult<()>;
     /// The last audit row's seq and hash.
     async fn audit_head(&self) -> StoreResult<Option<(i64, String)>>;
     /// Audit rows after `seq`, at most `limit`.

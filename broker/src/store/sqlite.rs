@@ -11,8 +11,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    Activation, ApprovalKind, ApprovalRecord, ApprovalState, AuditRow, Decided, Revocation, Store,
-    StoreError, StoreResult, TaskRecord, TaskState, ToolPin, UsageBatch,
+    Activation, ApprovalKind, ApprovalRecord, ApprovalState, AuditRow, Decided, NewAuditEvent,
+    Revocation, Store, StoreError, StoreResult, TaskRecord, TaskState, ToolPin, UsageBatch,
 };
 
 /// The schema; every statement is idempotent.
@@ -677,9 +677,14 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn append_audit(&self, rows: &[AuditRow]) -> StoreResult<()> {
+    async fn append_audit(&self, events: &[NewAuditEvent]) -> StoreResult<()> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        for row in rows {
+        let head = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| Ok::<_, sqlx::Error>((r.try_get("seq")?, r.try_get("hash")?)))
+            .transpose()?;
+        for row in crate::audit::chain_after(head, events) {
             sqlx::query(
                 "INSERT INTO audit (seq, at_ms, kind, actor, task_id, detail, prev_hash, hash)
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

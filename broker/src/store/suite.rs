@@ -1,0 +1,384 @@
+//! One behavioural suite for every store: the same cases run against SQLite and
+//! PostgreSQL (a fresh schema per test on this machine's server), so the two
+//! implementations cannot drift.
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::*;
+
+fn task(id: &str, state: TaskState) -> TaskRecord {
+    TaskRecord {
+        task_id: id.into(),
+        agent: "bot".into(),
+        purpose: "p".into(),
+        tools: vec!["web.search".into()],
+        checks: vec![],
+        state,
+        created_at_ms: 1_000,
+        expires_at_ms: 10_000,
+        idle_timeout_ms: Some(2_000),
+        max_calls: Some(5),
+        calls: 0,
+        last_activity_ms: 1_000,
+        ended_at_ms: None,
+        end_reason: None,
+        token: Some("t0".into()),
+    }
+}
+
+fn approval(id: &str, task_id: &str, kind: ApprovalKind) -> ApprovalRecord {
+    ApprovalRecord {
+        approval_id: id.into(),
+        kind,
+        task_id: task_id.into(),
+        agent: "bot".into(),
+        purpose: "p".into(),
+        tools: vec!["web.search".into()],
+        call_tool: None,
+        call_args: None,
+        args_hash: None,
+        ttl_ms: Some(60_000),
+        state: ApprovalState::Pending,
+        requested_at_ms: 1_000,
+        expires_at_ms: 5_000,
+        decided_at_ms: None,
+        decided_by: None,
+        note: None,
+    }
+}
+
+async fn task_lifecycle(store: Arc<dyn Store>) {
+    store
+        .insert_task(&task("tsk_a", TaskState::Active), Some("aa01"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_task("tsk_a").await.unwrap().unwrap().state,
+        TaskState::Active
+    );
+    assert!(
+        store
+            .renew_task("tsk_a", 20_000, "t1", "aa02", 2_000)
+            .await
+            .unwrap()
+    );
+    let renewed = store.get_task("tsk_a").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            renewed.expires_at_ms,
+            renewed.token.as_deref(),
+            renewed.last_activity_ms
+        ),
+        (20_000, Some("t1"), 2_000)
+    );
+    assert_eq!(store.due_tasks(21_000).await.unwrap().len(), 1);
+    assert_eq!(store.due_tasks(3_000).await.unwrap().len(), 0);
+    let ended = store
+        .end_task("tsk_a", TaskState::Completed, "done", 3_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut ids: Vec<&str> = ended.iter().map(|r| r.revocation_id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["aa01", "aa02"]);
+    assert!(
+        ended
+            .iter()
+            .all(|r| r.reason == "completed" && r.task_id.as_deref() == Some("tsk_a"))
+    );
+    assert_eq!(
+        store
+            .end_task("tsk_a", TaskState::Revoked, "again", 4_000)
+            .await
+            .unwrap(),
+        None,
+        "ending twice"
+    );
+    assert!(
+        !store
+            .renew_task("tsk_a", 30_000, "t2", "aa03", 4_000)
+            .await
+            .unwrap()
+    );
+    let feed = store.revocations_after(0, 10).await.unwrap();
+    assert_eq!(feed.len(), 2);
+    assert!(feed[0].seq < feed[1].seq);
+    assert_eq!(
+        store
+            .revocations_after(feed[0].seq, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(store.all_revoked_ids().await.unwrap().len(), 2);
+    store
+        .insert_task(&task("tsk_b", TaskState::Active), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.live_tasks_of("bot").await.unwrap(),
+        vec!["tsk_b".to_string()]
+    );
+    assert_eq!(
+        store
+            .list_tasks(Some(TaskState::Completed), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(store.list_tasks(None, 10).await.unwrap().len(), 2);
+}
+
+async fn revocations_and_credentials(store: Arc<dyn Store>) {
+    store
+        .insert_credential("cc01", "agent", "bot", 1)
+        .await
+        .unwrap();
+    store
+        .insert_credential("cc02", "agent", "bot", 2)
+        .await
+        .unwrap();
+    store
+        .insert_credential("cc03", "approver", "bot", 3)
+        .await
+        .unwrap();
+    let revoked = store.revoke_credentials("agent", "bot", 10).await.unwrap();
+    assert_eq!(revoked.len(), 2);
+    assert!(
+        store
+            .revoke_credentials("agent", "bot", 11)
+            .await
+            .unwrap()
+            .is_empty(),
+        "idempotent"
+    );
+    let one = store
+        .revoke_ids(&["dd01".into()], Some("tsk_x"), 12)
+        .await
+        .unwrap();
+    assert_eq!((one.len(), one[0].reason.as_str()), (1, "token"));
+    assert!(
+        store
+            .revoke_ids(&["dd01".into()], Some("tsk_x"), 13)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.all_revoked_ids().await.unwrap().len(), 3);
+}
+
+async fn approvals(store: Arc<dyn Store>) {
+    store
+        .insert_task(&task("tsk_p", TaskState::PendingApproval), None)
+        .await
+        .unwrap();
+    store
+        .insert_approval(&approval("apr_1", "tsk_p", ApprovalKind::Issuance))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .list_approvals(Some(ApprovalState::Pending), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(store.due_approvals(6_000).await.unwrap().len(), 1);
+    let activation = Activation {
+        task_id: "tsk_p".into(),
+        expires_at_ms: 70_000,
+        token: "tok".into(),
+        revocation_id: "ee01".into(),
+    };
+    let decided = store
+        .decide_approval(
+            "apr_1",
+            ApprovalState::Approved,
+            "approver:ann",
+            Some("ok"),
+            2_000,
+            Some(&activation),
+        )
+        .await
+        .unwrap();
+    assert_eq!(decided, Decided::Done);
+    let active = store.get_task("tsk_p").await.unwrap().unwrap();
+    assert_eq!(
+        (active.state, active.token.as_deref()),
+        (TaskState::Active, Some("tok"))
+    );
+    let again = store
+        .decide_approval("apr_1", ApprovalState::Denied, "x", None, 3_000, None)
+        .await
+        .unwrap();
+    assert_eq!(again, Decided::AlreadyDecided(ApprovalState::Approved));
+    // An approval whose task ended first changes nothing.
+    store
+        .insert_task(&task("tsk_q", TaskState::PendingApproval), None)
+        .await
+        .unwrap();
+    store
+        .insert_approval(&approval("apr_2", "tsk_q", ApprovalKind::Issuance))
+        .await
+        .unwrap();
+    store
+        .end_task("tsk_q", TaskState::Revoked, "race", 1_500)
+        .await
+        .unwrap();
+    let late = Activation {
+        task_id: "tsk_q".into(),
+        expires_at_ms: 1,
+        token: "tok2".into(),
+        revocation_id: "ee02".into(),
+    };
+    let decided = store
+        .decide_approval(
+            "apr_2",
+            ApprovalState::Approved,
+            "x",
+            None,
+            2_000,
+            Some(&late),
+        )
+        .await
+        .unwrap();
+    assert_eq!(decided, Decided::TaskNotPending);
+    assert_eq!(
+        store.get_approval("apr_2").await.unwrap().unwrap().state,
+        ApprovalState::Pending
+    );
+    assert!(
+        store
+            .get_task("tsk_q")
+            .await
+            .unwrap()
+            .unwrap()
+            .token
+            .as_deref()
+            == Some("t0")
+    );
+    // A call approval is spent once.
+    store
+        .insert_approval(&approval("apr_3", "tsk_p", ApprovalKind::Call))
+        .await
+        .unwrap();
+    assert!(
+        !store.use_approval("apr_3", 1).await.unwrap(),
+        "pending is not spendable"
+    );
+    store
+        .decide_approval("apr_3", ApprovalState::Approved, "x", None, 2, None)
+        .await
+        .unwrap();
+    assert!(store.use_approval("apr_3", 3).await.unwrap());
+    assert!(!store.use_approval("apr_3", 4).await.unwrap());
+}
+
+async fn usage_pins_and_audit(store: Arc<dyn Store>) {
+    store
+        .insert_task(&task("tsk_u", TaskState::Active), None)
+        .await
+        .unwrap();
+    let batch = UsageBatch {
+        tasks: vec![("tsk_u".into(), 3, 5_000)],
+        tokens: vec![("ff01".into(), 2)],
+    };
+    store.record_usage(&batch).await.unwrap();
+    let older = UsageBatch {
+        tasks: vec![("tsk_u".into(), 1, 4_000)],
+        tokens: vec![("ff01".into(), 1)],
+    };
+    store.record_usage(&older).await.unwrap();
+    let t = store.get_task("tsk_u").await.unwrap().unwrap();
+    assert_eq!(
+        (t.calls, t.last_activity_ms),
+        (3, 5_000),
+        "counters only grow"
+    );
+    assert_eq!(store.token_calls("ff01").await.unwrap(), 2);
+    assert_eq!(store.token_calls("nope").await.unwrap(), 0);
+
+    let pin = ToolPin {
+        name: "s.t".into(),
+        hash: "h1".into(),
+        pending_hash: Some("h2".into()),
+        approval_id: Some("apr_9".into()),
+    };
+    store.put_pin(&pin).await.unwrap();
+    assert_eq!(store.get_pin("s.t").await.unwrap().unwrap(), pin);
+
+    let event = |n: i64| NewAuditEvent {
+        at_ms: n,
+        kind: "k".into(),
+        actor: "a".into(),
+        task_id: None,
+        detail: json!({"n": n}),
+    };
+    store.append_audit(&[event(1), event(2)]).await.unwrap();
+    store.append_audit(&[event(3)]).await.unwrap();
+    let rows = store.audit_after(0, 10).await.unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(crate::audit::verify_chain((0, ""), &rows).unwrap().0, 3);
+    assert_eq!(store.audit_head().await.unwrap().unwrap().0, 3);
+}
+
+/// Runs every case, each on a fresh store from `make`.
+macro_rules! suite {
+    ($make:expr) => {
+        #[tokio::test]
+        async fn task_lifecycle() {
+            super::task_lifecycle($make.await).await
+        }
+        #[tokio::test]
+        async fn revocations_and_credentials() {
+            super::revocations_and_credentials($make.await).await
+        }
+        #[tokio::test]
+        async fn approvals() {
+            super::approvals($make.await).await
+        }
+        #[tokio::test]
+        async fn usage_pins_and_audit() {
+            super::usage_pins_and_audit($make.await).await
+        }
+    };
+}
+
+mod sqlite {
+    use super::*;
+
+    async fn make() -> Arc<dyn Store> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
+        std::mem::forget(dir); // the file must outlive the test's store
+        Arc::new(store)
+    }
+
+    suite!(make());
+}
+
+mod postgres {
+    use super::*;
+
+    /// This machine's PostgreSQL (trust auth, database `test`), a fresh schema per test.
+    pub async fn make() -> Arc<dyn Store> {
+        let url = std::env::var("LEASH_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let schema = format!("suite_{}", crate::ids::random_hex(6));
+        Arc::new(
+            PgStore::open(&url, &schema)
+                .await
+                .expect("PostgreSQL on 127.0.0.1:5432 (database test)"),
+        )
+    }
+
+    suite!(make());
+}
