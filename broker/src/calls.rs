@@ -40,6 +40,8 @@ pub async fn active_task(
     let Principal::Task { task_id, .. } = &token.principal else {
         return Err(ApiError::TokenInvalid("not a task token".into()));
     };
+    // A replica that may have missed a revocation admits nothing.
+    state.health.check()?;
     let runtime =
         state.tasks.runtime(task_id).await?.ok_or_else(|| {
             ApiError::TokenInvalid(format!("the token names unknown task {task_id}"))

@@ -32,6 +32,35 @@ pub enum Command {
     /// Work with the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Rotate and retire root keys (PostgreSQL deployments; needs LEASH_MASTER_KEY).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// Where a PostgreSQL deployment's keys live.
+#[derive(Args, Debug)]
+pub struct DatabaseArgs {
+    /// The deployment's database.
+    #[arg(long, env = "LEASH_DATABASE_URL")]
+    pub database_url: String,
+    /// The deployment's schema.
+    #[arg(long, env = "LEASH_DATABASE_SCHEMA", default_value = "leash")]
+    pub database_schema: String,
+}
+
+/// `leash keys …`.
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Add a root key with the next id: new tokens use it; old tokens verify until they expire.
+    Rotate(DatabaseArgs),
+    /// Retire a root key everywhere: tokens signed with it stop verifying.
+    Retire {
+        /// The root key id to retire.
+        kid: u32,
+        /// Where the keys live.
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
 }
 
 /// `leash serve` options.
@@ -65,12 +94,23 @@ pub struct ServeArgs {
     /// How often upstream MCP tool lists are re-read, in seconds.
     #[arg(long, env = "LEASH_MCP_REFRESH_SECONDS", default_value_t = 30)]
     pub mcp_refresh_seconds: u64,
+    /// PostgreSQL schema of this deployment; replicas of one deployment share it.
+    #[arg(long, env = "LEASH_DATABASE_SCHEMA", default_value = "leash")]
+    pub database_schema: String,
+    /// A replica that has not heard from the others for this long (ms) refuses checked calls.
+    #[arg(long, env = "LEASH_FEED_STALENESS_MS", default_value_t = 2000)]
+    pub feed_staleness_ms: u64,
 }
 
 impl ServeArgs {
-    /// The server configuration; the admin token comes from `LEASH_ADMIN_TOKEN` only
-    /// (never a flag: command lines are visible to other users).
-    pub fn into_config(self, admin_token: Option<String>) -> ServeConfig {
+    /// The server configuration; the admin token (`LEASH_ADMIN_TOKEN`) and the master key
+    /// (`LEASH_MASTER_KEY`) come from the environment only (never flags: command lines are
+    /// visible to other users).
+    pub fn into_config(
+        self,
+        admin_token: Option<String>,
+        master_key: Option<String>,
+    ) -> ServeConfig {
         ServeConfig {
             listen: self.listen,
             policies: self.policies,
@@ -87,6 +127,9 @@ impl ServeArgs {
                 .map(|h| h.trim().to_ascii_lowercase())
                 .collect(),
             mcp_refresh: Duration::from_secs(self.mcp_refresh_seconds.max(1)),
+            database_schema: self.database_schema,
+            master_key,
+            feed_staleness: Duration::from_millis(self.feed_staleness_ms.max(250)),
         }
     }
 }

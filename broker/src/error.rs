@@ -71,6 +71,9 @@ pub enum ApiError {
     /// The upstream did not answer in time.
     #[error("{0}")]
     UpstreamTimeout(String),
+    /// This replica cannot vouch for its view of revocations right now. Fails closed.
+    #[error("{0}")]
+    Unavailable(String),
     /// The broker could not do its part (store unreachable, ...). Fails closed.
     /// Details are logged; the caller sees a generic message.
     #[error("internal error")]
@@ -116,6 +119,7 @@ impl ApiError {
             ApiError::UpstreamTimeout(_) => {
                 (StatusCode::GATEWAY_TIMEOUT, ErrorCode::UpstreamTimeout)
             }
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
             ApiError::Internal(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
         }
     }

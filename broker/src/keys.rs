@@ -5,14 +5,16 @@
 //! unknown or missing id.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 
 use biscuit_auth::{KeyPair, PrivateKey, PublicKey, builder::Algorithm, error};
 use serde::{Deserialize, Serialize};
 
-/// The broker's root keys.
+/// The broker's root keys. Replaceable in place ([`RootKeys::replace`]) when keys are
+/// rotated or retired on another replica.
 pub struct RootKeys {
     /// Every key that verifies, by root key id.
-    keys: BTreeMap<u32, KeyPair>,
+    keys: RwLock<BTreeMap<u32, Arc<KeyPair>>>,
 }
 
 /// One key as stored on disk (the file is mode 0600).
@@ -55,8 +57,10 @@ impl RootKeys {
     /// A new key set with one fresh key of id 1.
     pub fn generate() -> Self {
         let mut keys = BTreeMap::new();
-        keys.insert(1, KeyPair::new());
-        RootKeys { keys }
+        keys.insert(1, Arc::new(KeyPair::new()));
+        RootKeys {
+            keys: RwLock::new(keys),
+        }
     }
 
     /// Keys from their stored form.
@@ -65,17 +69,19 @@ impl RootKeys {
         for key in stored {
             let private = PrivateKey::from_bytes_hex(&key.private_key, Algorithm::Ed25519)
                 .map_err(|_| KeyError::Invalid { kid: key.kid })?;
-            keys.insert(key.kid, KeyPair::from(&private));
+            keys.insert(key.kid, Arc::new(KeyPair::from(&private)));
         }
         if keys.is_empty() {
             return Err(KeyError::Empty);
         }
-        Ok(RootKeys { keys })
+        Ok(RootKeys {
+            keys: RwLock::new(keys),
+        })
     }
 
     /// The stored form of every key (secret material: write only to a 0600 file).
     pub fn to_stored(&self) -> Vec<StoredKey> {
-        self.keys
+        self.snapshot()
             .iter()
             .map(|(kid, pair)| StoredKey {
                 kid: *kid,
@@ -85,26 +91,45 @@ impl RootKeys {
             .collect()
     }
 
-    /// The signing key and its id.
-    pub fn signing(&self) -> (u32, &KeyPair) {
-        let (kid, pair) = self
-            .keys
+    /// A copy of the key map.
+    fn snapshot(&self) -> BTreeMap<u32, Arc<KeyPair>> {
+        self.keys.read().map(|k| k.clone()).unwrap_or_default()
+    }
+
+    /// Replaces every key with `other`'s (rotation or retirement seen from the store).
+    pub fn replace(&self, other: RootKeys) {
+        let fresh = other.snapshot();
+        if !fresh.is_empty()
+            && let Ok(mut keys) = self.keys.write()
+        {
+            *keys = fresh;
+        }
+    }
+
+    /// The signing key (the highest id) and its id.
+    pub fn signing(&self) -> (u32, Arc<KeyPair>) {
+        let keys = self.snapshot();
+        let (kid, pair) = keys
             .iter()
             .next_back()
             .expect("RootKeys is never empty by construction");
-        (*kid, pair)
+        (*kid, pair.clone())
     }
 
     /// The public key for a token's root key id; unknown or missing ids fail.
     pub fn public_for(&self, kid: Option<u32>) -> Result<PublicKey, error::Format> {
-        kid.and_then(|kid| self.keys.get(&kid))
+        let keys = self
+            .keys
+            .read()
+            .map_err(|_| error::Format::UnknownPublicKey)?;
+        kid.and_then(|kid| keys.get(&kid))
             .map(|pair| pair.public())
             .ok_or(error::Format::UnknownPublicKey)
     }
 
     /// Every public key, for publication.
     pub fn published(&self) -> Vec<PublishedKey> {
-        self.keys
+        self.snapshot()
             .iter()
             .map(|(kid, pair)| PublishedKey {
                 kid: *kid,

@@ -4,7 +4,9 @@ use std::io::Read;
 use std::process::ExitCode;
 
 use clap::Parser;
-use leash_broker::config::{AuditCommand, Cli, Command, PolicyCommand, TokenCommand};
+use leash_broker::config::{
+    AuditCommand, Cli, Command, DatabaseArgs, KeysCommand, PolicyCommand, TokenCommand,
+};
 use leash_broker::{datadir, policy, store::SqliteStore};
 use tokio::net::TcpListener;
 
@@ -42,7 +44,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => {
             let admin_token = env("LEASH_ADMIN_TOKEN").filter(|t| !t.is_empty());
             let generated = admin_token.is_none();
-            let config = args.into_config(admin_token);
+            let master_key = env("LEASH_MASTER_KEY").filter(|t| !t.is_empty());
+            let config = args.into_config(admin_token, master_key);
             let state = leash_broker::prepare(config.clone(), &env).await?;
             let listener = TcpListener::bind(config.listen).await?;
             let address = listener.local_addr()?;
@@ -93,6 +96,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             inspect(&token, &data)
         }
         Command::Audit(AuditCommand::Verify { data }) => verify_audit(&data).await,
+        Command::Keys(command) => keys(command).await,
     }
 }
 
@@ -147,6 +151,31 @@ async fn verify_audit(data: &std::path::Path) -> anyhow::Result<ExitCode> {
         }
     }
     println!("audit chain verifies: {} events, head {}", head.0, head.1);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
+    use leash_broker::sealed_keys::{MasterKey, retire, rotate};
+    let master = MasterKey::parse(
+        &env("LEASH_MASTER_KEY").ok_or_else(|| anyhow::anyhow!("LEASH_MASTER_KEY is not set"))?,
+    )?;
+    let open = |db: &DatabaseArgs| {
+        let (url, schema) = (db.database_url.clone(), db.database_schema.clone());
+        async move { leash_broker::store::PgStore::open(&url, &schema).await }
+    };
+    let now = leash_broker::clock::Clock::default().now_ms();
+    match command {
+        KeysCommand::Rotate(db) => {
+            let store = open(&db).await?;
+            let kid = rotate(store.pool(), store.channel(), &master, now).await?;
+            println!("added root key {kid}; new tokens are signed with it");
+        }
+        KeysCommand::Retire { kid, database } => {
+            let store = open(&database).await?;
+            retire(store.pool(), store.channel(), kid, now).await?;
+            println!("retired root key {kid}; tokens signed with it no longer verify");
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

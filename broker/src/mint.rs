@@ -71,7 +71,7 @@ pub fn task_token(keys: &RootKeys, claims: &TaskClaims<'_>) -> Result<Biscuit, S
             .check(parse_checks(source)?)
             .map_err(|e| describe(&e))?;
     }
-    builder.build(pair).map_err(|e| describe(&e))
+    builder.build(&pair).map_err(|e| describe(&e))
 }
 
 /// Mints a credential: `<role>("id"); role("<role>")`, with an optional window.
@@ -90,7 +90,7 @@ pub fn credential(
     if let Some(expires) = expires_at_secs {
         builder = with_window(builder, expires)?;
     }
-    builder.build(pair).map_err(|e| describe(&e))
+    builder.build(&pair).map_err(|e| describe(&e))
 }
 
 /// Adds `check if time($t), $t <= <expiry>` to the authority block, so a verifier

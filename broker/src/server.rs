@@ -18,12 +18,14 @@ use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::datadir;
 use crate::events::Events;
+use crate::fanout::FeedHealth;
 use crate::keys::RootKeys;
 use crate::mcp::upstream::Upstreams;
 use crate::policy::{self, Policy};
 use crate::proxy::Proxy;
 use crate::revocation::RevocationSet;
-use crate::store::{SqliteStore, Store};
+use crate::sealed_keys::MasterKey;
+use crate::store::{PgStore, SqliteStore, Store};
 use crate::tasks::Tasks;
 use crate::verify::TokenVerifier;
 
@@ -52,6 +54,12 @@ pub struct ServeConfig {
     pub mcp_allowed_hosts: Vec<String>,
     /// How often upstream MCP servers' tool lists are re-read (besides on list_changed).
     pub mcp_refresh: Duration,
+    /// PostgreSQL schema of this deployment (replicas of one deployment share it).
+    pub database_schema: String,
+    /// Key-encryption key of the root keys in PostgreSQL (`LEASH_MASTER_KEY`, 64 hex).
+    pub master_key: Option<String>,
+    /// A replica that has not heard from the others for longer refuses checked calls.
+    pub feed_staleness: Duration,
 }
 
 impl ServeConfig {
@@ -69,6 +77,9 @@ impl ServeConfig {
             capability_ttl: Duration::from_secs(30),
             mcp_allowed_hosts: Vec::new(),
             mcp_refresh: Duration::from_secs(30),
+            database_schema: "leash".into(),
+            master_key: None,
+            feed_staleness: Duration::from_secs(2),
         }
     }
 }
@@ -98,6 +109,12 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     /// Upstream MCP servers.
     pub upstreams: Arc<Upstreams>,
+    /// Whether this replica's view of other replicas' changes is fresh.
+    pub health: Arc<FeedHealth>,
+    /// The PostgreSQL store, when replicated.
+    pub pg: Option<PgStore>,
+    /// The key-encryption key of the root keys (PostgreSQL only).
+    pub master_key: Option<Arc<MasterKey>>,
     /// The clock.
     pub clock: Clock,
     /// SHA-256 of the admin token (compared in constant time).
@@ -115,30 +132,11 @@ pub async fn prepare(
     let policy = policy::load_dir(&config.policies, env)
         .map_err(|errors| anyhow::anyhow!("invalid policy:\n{errors}"))?;
     datadir::ensure_dir(&config.data)?;
-    let keys = Arc::new(datadir::load_or_create_keys(&config.data)?);
+    let clock = Clock::default();
+    let (store, pg, keys, master_key) = open_store(&config, &clock).await?;
+    let keys = Arc::new(keys);
     let admin_token =
         datadir::load_or_create_admin_token(&config.data, config.admin_token.as_deref())?;
-    let store: Arc<dyn Store> = match config.database_url.as_deref() {
-        None => Arc::new(
-            SqliteStore::open(&config.data.join(datadir::DATABASE_FILE))
-                .await
-                .context("cannot open the SQLite database")?,
-        ),
-        Some(url) if url.starts_with("sqlite:") => Arc::new(
-            SqliteStore::open_url(url)
-                .await
-                .context("cannot open the SQLite database")?,
-        ),
-        Some(url) if url.starts_with("postgres") => {
-            bail!(
-                "PostgreSQL (--database-url postgres://…) is not supported by this version of Leash yet"
-            )
-        }
-        Some(_) => {
-            bail!("--database-url must start with sqlite: (postgres:// is not supported yet)")
-        }
-    };
-    let clock = Clock::default();
     let revoked = Arc::new(RevocationSet::default());
     revoked.extend(
         store
@@ -166,6 +164,11 @@ pub async fn prepare(
         revoked.clone(),
         policy.longest_ttl(),
     );
+    let health = Arc::new(if pg.is_some() {
+        FeedHealth::replicated(clock.clone(), config.feed_staleness)
+    } else {
+        FeedHealth::single(clock.clone())
+    });
     let catalog = Arc::new(Catalog::new(&policy));
     let upstreams = Upstreams::new(&policy.mcp_servers);
     Ok(AppState {
@@ -180,10 +183,68 @@ pub async fn prepare(
         events,
         catalog,
         upstreams,
+        health,
+        pg,
+        master_key,
         clock,
         admin_digest: Sha256::digest(admin_token.as_bytes()).into(),
         config: Arc::new(config),
     })
+}
+
+/// The store, and the root keys where that store keeps them: the data folder's file for
+/// SQLite; sealed in the database for PostgreSQL (which needs `LEASH_MASTER_KEY`).
+async fn open_store(
+    config: &ServeConfig,
+    clock: &Clock,
+) -> anyhow::Result<(
+    Arc<dyn Store>,
+    Option<PgStore>,
+    RootKeys,
+    Option<Arc<MasterKey>>,
+)> {
+    match config.database_url.as_deref() {
+        None => {
+            let store = SqliteStore::open(&config.data.join(datadir::DATABASE_FILE))
+                .await
+                .context("cannot open the SQLite database")?;
+            Ok((
+                Arc::new(store),
+                None,
+                datadir::load_or_create_keys(&config.data)?,
+                None,
+            ))
+        }
+        Some(url) if url.starts_with("sqlite:") => {
+            let store = SqliteStore::open_url(url)
+                .await
+                .context("cannot open the SQLite database")?;
+            Ok((
+                Arc::new(store),
+                None,
+                datadir::load_or_create_keys(&config.data)?,
+                None,
+            ))
+        }
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let Some(master) = config.master_key.as_deref() else {
+                bail!(
+                    "LEASH_MASTER_KEY is required with PostgreSQL: the root keys live there, sealed with it"
+                );
+            };
+            if config.admin_token.is_none() {
+                bail!("LEASH_ADMIN_TOKEN is required with PostgreSQL: every replica must share it");
+            }
+            let master = Arc::new(MasterKey::parse(master)?);
+            let store = PgStore::open(url, &config.database_schema)
+                .await
+                .context("cannot open the PostgreSQL database")?;
+            let keys =
+                crate::sealed_keys::load_or_create(store.pool(), &master, clock.now_ms()).await?;
+            Ok((Arc::new(store.clone()), Some(store), keys, Some(master)))
+        }
+        Some(_) => bail!("--database-url must start with sqlite: or postgres://"),
+    }
 }
 
 /// Serves until `shutdown` resolves, then drains requests and flushes counters and audit.
@@ -194,6 +255,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let sweeper = tokio::spawn(sweep_forever(state.clone()));
     state.upstreams.start(&state);
+    if let Some(pg) = state.pg.clone() {
+        crate::fanout::start(state.clone(), pg);
+    }
     let app = crate::routes::router(state.clone());
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

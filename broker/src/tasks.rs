@@ -24,6 +24,9 @@ use crate::store::{
     TaskState, UsageBatch,
 };
 
+/// Why a task idled out.
+const IDLE: &str = "it was idle too long";
+
 /// How often counters are written to the store.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
 
@@ -94,7 +97,7 @@ impl TaskRuntime {
             return Some("its window ended");
         }
         match self.idle_timeout_ms {
-            Some(idle) if now_ms - self.last_activity_ms() >= idle => Some("it was idle too long"),
+            Some(idle) if now_ms - self.last_activity_ms() >= idle => Some(IDLE),
             _ => None,
         }
     }
@@ -357,6 +360,31 @@ impl Tasks {
         Ok(decided)
     }
 
+    /// Applies a task's stored state after another replica changed it.
+    pub async fn apply_external(&self, record: &TaskRecord) {
+        if let Some(runtime) = self.runtimes.get(&record.task_id).await {
+            runtime
+                .expires_at_ms
+                .store(record.expires_at_ms, Ordering::SeqCst);
+            runtime
+                .last_activity_ms
+                .fetch_max(record.last_activity_ms, Ordering::SeqCst);
+            runtime.calls.fetch_max(record.calls, Ordering::SeqCst);
+            runtime.set_state(record.state);
+        }
+    }
+
+    /// Re-reads every cached task from the store (after a gap in the replica feed).
+    pub async fn reload_all(&self) -> Result<(), ApiError> {
+        let ids: Vec<String> = self.runtimes.iter().map(|(id, _)| (*id).clone()).collect();
+        for id in ids {
+            if let Some(record) = self.store.get_task(&id).await.map_err(ApiError::internal)? {
+                self.apply_external(&record).await;
+            }
+        }
+        Ok(())
+    }
+
     /// Gives an active task a new window and token.
     pub async fn renew(
         &self,
@@ -385,9 +413,26 @@ impl Tasks {
         let state = runtime.state();
         if state == TaskState::Active {
             let now = self.clock.now_ms();
-            let Some(why) = runtime.lapse(now) else {
+            let Some(mut why) = runtime.lapse(now) else {
                 return Ok(());
             };
+            if why == IDLE {
+                // Calls may have gone through other replicas: trust the stored activity too.
+                if let Some(record) = self
+                    .store
+                    .get_task(&runtime.task_id)
+                    .await
+                    .map_err(ApiError::internal)?
+                {
+                    runtime
+                        .last_activity_ms
+                        .fetch_max(record.last_activity_ms, Ordering::SeqCst);
+                }
+                match runtime.lapse(now) {
+                    Some(still) => why = still,
+                    None => return Ok(()),
+                }
+            }
             self.end(&runtime.task_id, TaskState::Expired, why, "broker")
                 .await?;
             return Err(ApiError::TokenExpired(format!(

@@ -75,6 +75,11 @@ impl TokenVerifier {
         }
     }
 
+    /// Forgets every cached verification (after keys were rotated or retired).
+    pub fn clear(&self) {
+        self.cache.invalidate_all();
+    }
+
     /// Verifies `text`. `refusal` is asked about every revocation id before any
     /// signature work and on every cache hit; it answers the error for a revoked id.
     pub fn verify(

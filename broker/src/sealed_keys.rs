@@ -1,0 +1,205 @@
+//! Root keys in PostgreSQL, sealed: each private key is encrypted (ChaCha20-Poly1305,
+//! the key id as associated data) with the key-encryption key every replica gets from
+//! `LEASH_MASTER_KEY`. A database dump alone cannot mint tokens; a replica without the
+//! master key, or with another one, refuses to start.
+//!
+//! Rotation adds a key with the next id (new tokens use it; old ones verify until they
+//! expire); retirement ends a key everywhere. Both announce `keys` to every replica.
+
+use anyhow::{Context, bail};
+use biscuit_auth::builder::Algorithm;
+use biscuit_auth::{KeyPair, PrivateKey};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use rand::RngCore;
+use sqlx::{PgPool, Row};
+
+use crate::keys::{RootKeys, StoredKey};
+
+/// A 32-byte key-encryption key.
+pub struct MasterKey([u8; 32]);
+
+impl MasterKey {
+    /// From `LEASH_MASTER_KEY`: 64 hex digits (generate one with `openssl rand -hex 32`).
+    pub fn parse(text: &str) -> anyhow::Result<MasterKey> {
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut key)
+            .map_err(|_| anyhow::anyhow!("LEASH_MASTER_KEY must be 64 hex digits (32 bytes), e.g. from `openssl rand -hex 32`"))?;
+        Ok(MasterKey(key))
+    }
+
+    fn cipher(&self) -> ChaCha20Poly1305 {
+        ChaCha20Poly1305::new(&Key::from(self.0))
+    }
+
+    /// Seals a private key (hex) for key id `kid`: hex of nonce ‖ ciphertext.
+    fn seal(&self, kid: u32, private_hex: &str) -> anyhow::Result<String> {
+        let mut nonce = [0u8; 12];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let aad = kid.to_string();
+        let sealed = self
+            .cipher()
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: private_hex.as_bytes(),
+                    aad: aad.as_bytes(),
+                },
+            )
+            .map_err(|_| anyhow::anyhow!("sealing root key {kid} failed"))?;
+        Ok(format!("{}{}", hex::encode(nonce), hex::encode(sealed)))
+    }
+
+    fn open(&self, kid: u32, sealed: &str) -> anyhow::Result<String> {
+        let bytes =
+            hex::decode(sealed).with_context(|| format!("root key {kid} is not sealed data"))?;
+        if bytes.len() < 12 + 16 {
+            bail!("root key {kid} is truncated");
+        }
+        let (nonce, ciphertext) = bytes.split_at(12);
+        let nonce: [u8; 12] = nonce.try_into().context("root key nonce")?;
+        let aad = kid.to_string();
+        let plain = self
+            .cipher()
+            .decrypt(&Nonce::from(nonce), Payload { msg: ciphertext, aad: aad.as_bytes() })
+            .map_err(|_| anyhow::anyhow!("LEASH_MASTER_KEY does not open root key {kid} in the database (wrong master key?)"))?;
+        String::from_utf8(plain).context("root key plaintext")
+    }
+}
+
+/// The live (not retired) root keys; creates key 1 if there is none yet.
+pub async fn load_or_create(
+    pool: &PgPool,
+    master: &MasterKey,
+    now_ms: i64,
+) -> anyhow::Result<RootKeys> {
+    let keys = load(pool, master).await?;
+    if let Some(keys) = keys {
+        return Ok(keys);
+    }
+    let private = KeyPair::new().private().to_bytes_hex();
+    sqlx::query("INSERT INTO root_keys (kid, sealed, created_at_ms) VALUES (1, $1, $2) ON CONFLICT (kid) DO NOTHING")
+        .bind(master.seal(1, &private)?)
+        .bind(now_ms)
+        .execute(pool)
+        .await?;
+    // Another replica may have won the race: read what is there.
+    load(pool, master)
+        .await?
+        .context("no root key after creating one")
+}
+
+/// The live root keys, or `None` if the table is empty.
+pub async fn load(pool: &PgPool, master: &MasterKey) -> anyhow::Result<Option<RootKeys>> {
+    let rows =
+        sqlx::query("SELECT kid, sealed FROM root_keys WHERE retired_at_ms IS NULL ORDER BY kid")
+            .fetch_all(pool)
+            .await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut stored = Vec::new();
+    for row in rows {
+        let kid: i64 = row.try_get("kid")?;
+        let kid = u32::try_from(kid).context("root key id out of range")?;
+        let sealed: String = row.try_get("sealed")?;
+        let private_key = master.open(kid, &sealed)?;
+        PrivateKey::from_bytes_hex(&private_key, Algorithm::Ed25519)
+            .map_err(|_| anyhow::anyhow!("root key {kid} is not an ed25519 key"))?;
+        stored.push(StoredKey {
+            kid,
+            algorithm: "ed25519".into(),
+            private_key,
+        });
+    }
+    Ok(Some(RootKeys::from_stored(&stored)?))
+}
+
+/// Adds a key with the next id; returns it. Replicas learn it through `keys`.
+pub async fn rotate(
+    pool: &PgPool,
+    channel: &str,
+    master: &MasterKey,
+    now_ms: i64,
+) -> anyhow::Result<u32> {
+    load(pool, master)
+        .await?
+        .context("there is no root key to rotate from yet: start a broker first")?;
+    let mut tx = pool.begin().await?;
+    sqlx::query("LOCK TABLE root_keys IN EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await?;
+    let next: i64 = sqlx::query("SELECT COALESCE(MAX(kid), 0) + 1 AS next FROM root_keys")
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("next")?;
+    let kid = u32::try_from(next).context("root key ids exhausted")?;
+    let private = KeyPair::new().private().to_bytes_hex();
+    sqlx::query("INSERT INTO root_keys (kid, sealed, created_at_ms) VALUES ($1, $2, $3)")
+        .bind(next)
+        .bind(master.seal(kid, &private)?)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT pg_notify($1, 'keys')")
+        .bind(channel)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(kid)
+}
+
+/// Retires a key everywhere: tokens signed with it stop verifying. The last live key
+/// cannot be retired.
+pub async fn retire(pool: &PgPool, channel: &str, kid: u32, now_ms: i64) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("LOCK TABLE root_keys IN EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await?;
+    let live: i64 = sqlx::query("SELECT COUNT(*) AS n FROM root_keys WHERE retired_at_ms IS NULL")
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("n")?;
+    let changed = sqlx::query(
+        "UPDATE root_keys SET retired_at_ms = $1 WHERE kid = $2 AND retired_at_ms IS NULL",
+    )
+    .bind(now_ms)
+    .bind(i64::from(kid))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if changed == 0 {
+        bail!("no live root key {kid}");
+    }
+    if live <= 1 {
+        bail!("root key {kid} is the last live key; rotate first");
+    }
+    sqlx::query("SELECT pg_notify($1, 'keys')")
+        .bind(channel)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealing_binds_the_key_id_and_needs_the_master_key() {
+        let master = MasterKey::parse(&"11".repeat(32)).unwrap();
+        let sealed = master.seal(3, "abcd").unwrap();
+        assert_eq!(master.open(3, &sealed).unwrap(), "abcd");
+        assert!(master.open(4, &sealed).is_err(), "moved to another id");
+        let other = MasterKey::parse(&"22".repeat(32)).unwrap();
+        assert!(
+            other
+                .open(3, &sealed)
+                .unwrap_err()
+                .to_string()
+                .contains("wrong master key")
+        );
+        assert!(MasterKey::parse("short").is_err());
+    }
+}
