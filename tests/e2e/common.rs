@@ -373,8 +373,14 @@ pub struct BrokerProcess {
 impl BrokerProcess {
     /// Starts `leash serve` on a free port and waits until /healthz answers.
     pub async fn start(policies: &Path, data: &Path) -> BrokerProcess {
+        Self::start_env(policies, data, &[]).await
+    }
+
+    /// Like [`BrokerProcess::start`], with extra environment variables.
+    pub async fn start_env(policies: &Path, data: &Path, env: &[(&str, String)]) -> BrokerProcess {
         let port = free_port();
-        let child = Command::new(leash_binary())
+        let mut command = Command::new(leash_binary());
+        command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--policies")
             .arg(policies)
@@ -383,9 +389,11 @@ impl BrokerProcess {
             .env("LEASH_LOG", "warn")
             .env_remove("LEASH_ADMIN_TOKEN")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::null());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().unwrap();
         let url = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

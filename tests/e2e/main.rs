@@ -12,5 +12,6 @@ mod interop;
 mod lifecycle;
 mod mcp;
 mod process;
+mod replicas;
 mod revocation;
 mod sdk;

@@ -1,0 +1,477 @@
+//! Replicas: three `leash serve` processes on this machine's PostgreSQL (database `test`,
+//! a fresh schema per test). Issue on A, call on B, revoke on C; measure propagation; kill
+//! a replica under load; cut the listeners; sealed keys and rotation.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::{ADMIN, BrokerProcess, Reply, ToolServer, leash_binary, post_json};
+
+const DATABASE: &str = "postgres://postgres@127.0.0.1:5432/test";
+const MASTER: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// One deployment: policies, a schema, and the environment its replicas share.
+struct Deployment {
+    policies: tempfile::TempDir,
+    schema: String,
+    /// The tool the replicas forward to; kept alive for the deployment's lifetime.
+    _upstream: ToolServer,
+    data: Vec<tempfile::TempDir>,
+}
+
+impl Deployment {
+    async fn new() -> Deployment {
+        let upstream = ToolServer::spawn().await;
+        let policies = tempfile::tempdir().unwrap();
+        std::fs::write(
+            policies.path().join("p.toml"),
+            crate::common::POLICY.replace("{UP}", &upstream.addr.to_string()),
+        )
+        .unwrap();
+        let schema = format!("replica_{}", hex::encode(rand_bytes()));
+        Deployment {
+            policies,
+            schema,
+            upstream,
+            data: Vec::new(),
+        }
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("LEASH_DATABASE_URL", DATABASE.to_string()),
+            ("LEASH_DATABASE_SCHEMA", self.schema.clone()),
+            ("LEASH_MASTER_KEY", MASTER.to_string()),
+            ("LEASH_ADMIN_TOKEN", ADMIN.to_string()),
+        ]
+    }
+
+    async fn replica(&mut self) -> BrokerProcess {
+        let data = tempfile::tempdir().unwrap();
+        let replica =
+            BrokerProcess::start_env(self.policies.path(), data.path(), &self.env()).await;
+        self.data.push(data);
+        replica
+    }
+
+    fn leash(&self, args: &[&str]) -> std::process::Output {
+        let mut command = Command::new(leash_binary());
+        command.args(args);
+        for (k, v) in self.env() {
+            command.env(k, v);
+        }
+        command.output().unwrap()
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "test",
+                "-qc",
+                &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema),
+            ])
+            .output();
+    }
+}
+
+fn rand_bytes() -> [u8; 6] {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let mut out = [0u8; 6];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = (nanos >> (i * 8)) as u8 ^ (std::process::id() >> (i % 4)) as u8;
+    }
+    out
+}
+
+async fn call(url: &str, token: &str) -> Reply {
+    post_json(
+        &format!("{url}/v1/tools/web.search/call"),
+        Some(token),
+        json!({"query": "x"}),
+    )
+    .await
+}
+
+async fn task(url: &str, credential: &str) -> (String, String) {
+    let open = post_json(
+        &format!("{url}/v1/tasks"),
+        Some(credential),
+        json!({"purpose": "p", "tools": ["web.search"]}),
+    )
+    .await;
+    assert_eq!(open.status, 201, "{open:?}");
+    (
+        open.body["task_id"].as_str().unwrap().to_string(),
+        open.body["token"].as_str().unwrap().to_string(),
+    )
+}
+
+async fn credential(url: &str, path: &str) -> String {
+    let reply = post_json(&format!("{url}{path}"), Some(ADMIN), json!({})).await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    reply.body["credential"].as_str().unwrap().to_string()
+}
+
+/// Polls until `url` refuses `token`; returns how long that took.
+async fn until_refused(url: String, token: String, from: Instant) -> Duration {
+    loop {
+        let reply = call(&url, &token).await;
+        if reply.status == 401 {
+            return from.elapsed();
+        }
+        assert!(
+            from.elapsed() < Duration::from_secs(5),
+            "{url} kept admitting a revoked task: {reply:?}"
+        );
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revoke_on_c_stops_calls_on_a_and_b_within_milliseconds() {
+    let mut deployment = Deployment::new().await;
+    let a = deployment.replica().await;
+    let b = deployment.replica().await;
+    let c = deployment.replica().await;
+    let keys_a: Value = reqwest::get(format!("{}/.well-known/leash/keys", a.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let keys_c: Value = reqwest::get(format!("{}/.well-known/leash/keys", c.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(keys_a, keys_c, "one set of root keys, from the database");
+    let agent = credential(&a.url, "/v1/agents/bot/credentials").await;
+    let approver = credential(&b.url, "/v1/approvers/ann/credentials").await;
+
+    const TRIALS: usize = 200;
+    let mut delays = Vec::with_capacity(TRIALS * 2);
+    for trial in 0..TRIALS {
+        let (task_id, token) = task(&a.url, &agent).await;
+        assert_eq!(
+            call(&b.url, &token).await.status,
+            200,
+            "issued on A, called on B"
+        );
+        assert_eq!(call(&a.url, &token).await.status, 200);
+        let path = if trial % 2 == 0 { "revoke" } else { "complete" };
+        let bearer = if path == "revoke" { &approver } else { &agent };
+        let ended = post_json(
+            &format!("{}/v1/tasks/{task_id}/{path}", c.url),
+            Some(bearer),
+            json!({}),
+        )
+        .await;
+        assert_eq!(ended.status, 200, "{ended:?}");
+        let answered = Instant::now();
+        let (da, db) = tokio::join!(
+            until_refused(a.url.clone(), token.clone(), answered),
+            until_refused(b.url.clone(), token.clone(), answered)
+        );
+        delays.push(da);
+        delays.push(db);
+    }
+    delays.sort();
+    println!(
+        "replica propagation (revoke/complete on C -> refusal on A and B), {} samples: p50 {:?}, p99 {:?}, max {:?}",
+        delays.len(),
+        percentile(&delays, 0.5),
+        percentile(&delays, 0.99),
+        delays[delays.len() - 1]
+    );
+    // The three replicas append to one audit chain, with no gap or fork.
+    let events: Value = reqwest::Client::new()
+        .get(format!("{}/v1/audit?after=0", b.url))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let seqs: Vec<i64> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "one gap-free chain across replicas"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_one_replica_under_load_leaves_the_others_serving() {
+    let mut deployment = Deployment::new().await;
+    let a = deployment.replica().await;
+    let mut b = deployment.replica().await;
+    let c = deployment.replica().await;
+    let agent = credential(&a.url, "/v1/agents/bot/credentials").await;
+    let (task_id, token) = task(&a.url, &agent).await;
+    let (_, other) = task(&c.url, &agent).await;
+    let urls = [a.url.clone(), b.url.clone(), c.url.clone()];
+    let load = {
+        let (urls, token) = (urls.clone(), token.clone());
+        tokio::spawn(async move {
+            let mut outcomes: HashMap<String, (u32, u32)> = HashMap::new();
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                for url in &urls {
+                    let ok = reqwest::Client::new()
+                        .post(format!("{url}/v1/tools/web.search/call"))
+                        .bearer_auth(&token)
+                        .json(&json!({"query": "x"}))
+                        .timeout(Duration::from_secs(1))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status() == 200);
+                    let entry = outcomes.entry(url.clone()).or_default();
+                    if ok { entry.0 += 1 } else { entry.1 += 1 }
+                }
+            }
+            outcomes
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    b.kill9();
+    let outcomes = load.await.unwrap();
+    println!("load while B was killed: {outcomes:?}");
+    for url in [&a.url, &c.url] {
+        let (ok, failed) = outcomes[url];
+        assert!(ok > 10 && failed == 0, "{url}: {ok} ok, {failed} failed");
+    }
+    // The survivors still revoke for each other.
+    post_json(
+        &format!("{}/v1/tasks/{task_id}/revoke", a.url),
+        Some(ADMIN),
+        json!({}),
+    )
+    .await;
+    until_refused(c.url.clone(), token.clone(), Instant::now()).await;
+    assert_eq!(call(&a.url, &other).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cut_listeners_fail_closed_then_recover_without_missing_a_revocation() {
+    let mut deployment = Deployment::new().await;
+    let a = deployment.replica().await;
+    let b = deployment.replica().await;
+    let agent = credential(&a.url, "/v1/agents/bot/credentials").await;
+    let (doomed_id, doomed) = task(&a.url, &agent).await;
+    let (_, survivor) = task(&a.url, &agent).await;
+    assert_eq!(call(&b.url, &doomed).await.status, 200);
+    assert_eq!(call(&b.url, &survivor).await.status, 200);
+
+    // Keep killing this deployment's listener connections for 3 s (longer than the 2 s
+    // staleness), revoking one task on A while B cannot hear it.
+    let channel = format!("leash_{}", deployment.schema);
+    let cutter = {
+        let channel = channel.clone();
+        tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                let sql = format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query ILIKE 'LISTEN%{channel}%' AND pid <> pg_backend_pid()"
+                );
+                let _ = Command::new("psql")
+                    .args([
+                        "-h",
+                        "127.0.0.1",
+                        "-U",
+                        "postgres",
+                        "-d",
+                        "test",
+                        "-qtc",
+                        &sql,
+                    ])
+                    .output();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let revoked = post_json(
+        &format!("{}/v1/tasks/{doomed_id}/revoke", a.url),
+        Some(ADMIN),
+        json!({}),
+    )
+    .await;
+    assert_eq!(revoked.status, 200);
+    let revoked_at = Instant::now();
+    // While B is deaf: it must not admit the revoked task beyond the staleness bound, and
+    // must fail closed (503) for everything once stale.
+    let mut saw_fail_closed = false;
+    let mut admitted_late = 0;
+    while !cutter.is_finished() {
+        let reply = call(&b.url, &doomed).await;
+        if reply.status == 200 && revoked_at.elapsed() > Duration::from_millis(2_000) {
+            admitted_late += 1;
+        }
+        let other = call(&b.url, &survivor).await;
+        if other.status == 503 {
+            assert_eq!(other.code(), "unavailable");
+            saw_fail_closed = true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cutter.await.unwrap();
+    assert_eq!(
+        admitted_late, 0,
+        "B admitted a revoked task after the staleness bound"
+    );
+    assert!(
+        saw_fail_closed,
+        "B never failed closed while its listener was cut"
+    );
+    // Recovery: B reconnects, catches up from the tables, and missed nothing.
+    let recovered = Instant::now();
+    loop {
+        let reply = call(&b.url, &survivor).await;
+        if reply.status == 200 {
+            break;
+        }
+        assert!(
+            recovered.elapsed() < Duration::from_secs(10),
+            "B did not recover: {reply:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "listener cut: B failed closed, then recovered {:?} after the cuts stopped",
+        recovered.elapsed()
+    );
+    assert_eq!(
+        call(&b.url, &doomed).await.status,
+        401,
+        "the revocation made during the outage is in force"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sealed_keys_need_the_master_key_and_rotate_everywhere() {
+    let mut deployment = Deployment::new().await;
+    let a = deployment.replica().await;
+    let b = deployment.replica().await;
+    // Without, or with another master key, a replica refuses to start.
+    for (key, message) in [
+        (None, "LEASH_MASTER_KEY is required"),
+        (Some("ab".repeat(32)), "wrong master key"),
+    ] {
+        let data = tempfile::tempdir().unwrap();
+        let mut command = Command::new(leash_binary());
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--policies"])
+            .arg(deployment.policies.path())
+            .arg("--data")
+            .arg(data.path());
+        for (k, v) in deployment.env() {
+            if k != "LEASH_MASTER_KEY" {
+                command.env(k, v);
+            }
+        }
+        match &key {
+            Some(k) => command.env("LEASH_MASTER_KEY", k),
+            None => command.env_remove("LEASH_MASTER_KEY"),
+        };
+        let out = command.output().unwrap();
+        assert!(!out.status.success());
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains(message), "{text}");
+    }
+    // A dump of the key table holds no private key material.
+    let dump = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "test",
+            "-qtc",
+            &format!("SELECT sealed FROM {}.root_keys", deployment.schema),
+        ])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&dump.stdout).trim().is_empty());
+
+    let agent = credential(&a.url, "/v1/agents/bot/credentials").await;
+    let (_, old) = task(&a.url, &agent).await;
+    let rotated = deployment.leash(&["keys", "rotate"]);
+    assert!(
+        rotated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let keys: Value = reqwest::get(format!("{}/.well-known/leash/keys", b.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if keys["keys"].as_array().unwrap().len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B never saw the rotated key");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, new) = task(&b.url, &agent).await;
+    let kid = biscuit_auth::UnverifiedBiscuit::from_base64(&new)
+        .unwrap()
+        .root_key_id();
+    assert_eq!(kid, Some(2), "new tokens use the new key");
+    assert_eq!(
+        call(&a.url, &old).await.status,
+        200,
+        "old tokens verify until they expire"
+    );
+    assert_eq!(call(&a.url, &new).await.status, 200);
+
+    let retired = deployment.leash(&["keys", "retire", "1"]);
+    assert!(
+        retired.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retired.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (ra, rb) = (call(&a.url, &old).await, call(&b.url, &old).await);
+        if ra.code() == "token_invalid" && rb.code() == "token_invalid" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the retired key still verifies: {ra:?} {rb:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(call(&b.url, &new).await.status, 200);
+    let last = deployment.leash(&["keys", "retire", "2"]);
+    assert!(
+        !last.status.success(),
+        "the last live key cannot be retired"
+    );
+}
