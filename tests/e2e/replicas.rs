@@ -35,7 +35,7 @@ impl Deployment {
         Deployment {
             policies,
             schema,
-            upstream,
+            _upstream: upstream,
             data: Vec::new(),
         }
     }
