@@ -4,7 +4,8 @@
 #     playwright-core from npm (pinned by tests/browser/package-lock.json) for the
 #     browser test; biscuit-python and the MCP Python SDK (mcp) from PyPI in
 #     target/interop-venv for the independent token check and the MCP interop tests;
-#  2. builds the `leash` binary (the process tests start it);
+#  2. makes sure this machine's PostgreSQL is up (store suite, replica tests) and
+#     builds the `leash` binary (the process tests start it);
 #  3. runs every unit, integration and end-to-end test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,16 @@ if ! "$VENV/bin/python" -c "import biscuit_auth, mcp" >/dev/null 2>&1; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check biscuit-python==0.4.0 mcp==2.3.0
 fi
+
+# The PostgreSQL store and replica tests use this machine's server (127.0.0.1:5432,
+# trust auth, database `test`): start it if it is down, and clear schemas that killed
+# runs left behind.
+if ! pg_isready -h 127.0.0.1 -q 2>/dev/null; then
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start
+fi
+PGOPTIONS="-c client_min_messages=warning" psql -h 127.0.0.1 -U postgres -d test -qc "DO \$\$ DECLARE s text; BEGIN
+  FOR s IN SELECT nspname FROM pg_namespace WHERE nspname LIKE 'suite\_%' OR nspname LIKE 'replica\_%' LOOP
+    EXECUTE format('DROP SCHEMA %I CASCADE', s); END LOOP; END \$\$;" >/dev/null
 
 cargo build --workspace --bins --locked
 cargo test --workspace --locked
