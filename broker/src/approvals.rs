@@ -326,6 +326,8 @@ async fn load(state: &AppState, approval_id: &str) -> Result<ApprovalRecord, Api
 }
 
 /// Marks an undecided approval expired (denied); an issuance's task is denied with it.
+/// Safe to race (sweeper vs a late decision): whoever sees the approval expired makes
+/// sure the task is denied before answering; only the one that expired it audits.
 async fn expire(state: &AppState, approval: &ApprovalRecord) -> Result<(), ApiError> {
     let now = state.clock.now_ms();
     let reason = "nobody decided in time";
@@ -341,7 +343,8 @@ async fn expire(state: &AppState, approval: &ApprovalRecord) -> Result<(), ApiEr
         )
         .await
         .map_err(ApiError::internal)?;
-    if decided != Decided::Done {
+    let expired_here = decided == Decided::Done;
+    if !expired_here && decided != Decided::AlreadyDecided(ApprovalState::Expired) {
         return Ok(());
     }
     if approval.kind == ApprovalKind::Issuance {
@@ -354,6 +357,9 @@ async fn expire(state: &AppState, approval: &ApprovalRecord) -> Result<(), ApiEr
                 "broker",
             )
             .await?;
+    }
+    if !expired_here {
+        return Ok(());
     }
     state
         .audit

@@ -182,12 +182,7 @@ async fn checked_call(
     state.tasks.check_active(&task.runtime).await?;
     // The upstream gets the token narrowed to this tool and a short window, never the
     // agent's own token: a captured header is nearly worthless.
-    let until =
-        state.clock.now_ms().div_euclid(1000) + state.config.capability_ttl.as_secs() as i64;
-    let capability = leash_sdk::capability::per_call(&task.token.biscuit, tool_name, until)
-        .map_err(|e| {
-            ApiError::internal(anyhow::anyhow!("attenuating the per-call capability: {e}"))
-        })?;
+    let capability = capability_for(state, task, tool_name)?;
     let started = Instant::now();
     let forwarded = match &tool.mcp {
         Some((server, upstream_tool)) => state.upstreams.call(server, upstream_tool, args).await,
@@ -222,6 +217,26 @@ async fn checked_call(
             })
         }
     }
+}
+
+/// The `Leash-Capability` for a call: the presented token narrowed to `tool` and a
+/// window of `capability_ttl`. Minting one signs a new block, so a capability minted for
+/// the same token and tool is reused while at least half of its window remains.
+fn capability_for(state: &AppState, task: &TaskContext, tool: &str) -> Result<String, ApiError> {
+    let now = state.clock.now_ms().div_euclid(1000);
+    let ttl = state.config.capability_ttl.as_secs() as i64;
+    let key = (task.token.own_id().to_string(), tool.to_string());
+    if let Some((text, until)) = state.capabilities.get(&key)
+        && until - now >= ttl / 2
+    {
+        return Ok(text);
+    }
+    let until = now + ttl;
+    let text = leash_sdk::capability::per_call(&task.token.biscuit, tool, until).map_err(|e| {
+        ApiError::internal(anyhow::anyhow!("attenuating the per-call capability: {e}"))
+    })?;
+    state.capabilities.insert(key, (text.clone(), until));
+    Ok(text)
 }
 
 /// A callable tool by name; unknown and malformed names are both `unknown_tool`; an

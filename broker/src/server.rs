@@ -115,6 +115,8 @@ pub struct AppState {
     pub pg: Option<PgStore>,
     /// The key-encryption key of the root keys (PostgreSQL only).
     pub master_key: Option<Arc<MasterKey>>,
+    /// Recently minted per-call capabilities: (token id, tool) → (text, end of window).
+    pub capabilities: moka::sync::Cache<(String, String), (String, i64)>,
     /// The clock.
     pub clock: Clock,
     /// SHA-256 of the admin token (compared in constant time).
@@ -138,13 +140,17 @@ pub async fn prepare(
     let admin_token =
         datadir::load_or_create_admin_token(&config.data, config.admin_token.as_deref())?;
     let revoked = Arc::new(RevocationSet::default());
-    revoked.extend(
-        store
-            .all_revoked_ids()
-            .await?
-            .iter()
-            .map(|(id, reason)| (id.as_str(), reason.as_str())),
-    );
+    // Paged, so a million revoked ids never sit in memory as rows at once.
+    let mut after = 0;
+    loop {
+        let page = store.revocations_after(after, 10_000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        revoked.extend(
+            page.iter()
+                .map(|r| (r.revocation_id.as_str(), r.reason.as_str())),
+        );
+    }
     let audit = Audit::start(store.clone(), clock.clone()).await?;
     let events = Events::default();
     if let Some(url) = policy.approvals.webhook.clone() {
@@ -186,6 +192,10 @@ pub async fn prepare(
         health,
         pg,
         master_key,
+        capabilities: moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(config.capability_ttl)
+            .build(),
         clock,
         admin_digest: Sha256::digest(admin_token.as_bytes()).into(),
         config: Arc::new(config),
