@@ -1,8 +1,9 @@
 //! The only code that talks to upstream tools: POST the arguments as JSON to the
 //! configured URL with the configured headers, and read back a bounded JSON answer.
 //!
-//! Connections are pooled and reused. Redirects are never followed: an upstream must
-//! not be able to send a call (and its injected credentials) somewhere else.
+//! Connections are pooled and reused. Redirects are never followed and environment
+//! proxies are ignored: an upstream must not be able to send a call (and its injected
+//! credentials) somewhere else.
 
 use std::time::Duration;
 
@@ -60,7 +61,11 @@ pub struct Proxy {
 impl Proxy {
     /// A client with pooled connections and no redirects.
     pub fn new() -> anyhow::Result<Self> {
+        // No environment proxies: upstreams are configured by policy only, and a stray
+        // HTTP_PROXY must not reroute calls that carry injected credentials (the profile
+        // also showed the per-request proxy matching).
         let client = reqwest::Client::builder()
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)
