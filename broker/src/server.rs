@@ -140,7 +140,9 @@ pub async fn prepare(
     let admin_token =
         datadir::load_or_create_admin_token(&config.data, config.admin_token.as_deref())?;
     let revoked = Arc::new(RevocationSet::default());
-    // Paged, so a million revoked ids never sit in memory as rows at once.
+    // Paged, so a million revoked ids never sit in memory as rows at once; the set is
+    // sized once up front, so it never holds two tables while growing.
+    revoked.reserve(store.revocation_count().await? as usize);
     let mut after = 0;
     loop {
         let page = store.revocations_after(after, 10_000).await?;

@@ -391,6 +391,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<Revocation>>;
     /// The feed after `seq`, at most `limit` entries.
     async fn revocations_after(&self, seq: i64, limit: i64) -> StoreResult<Vec<Revocation>>;
+    /// How many ids the feed holds.
+    async fn revocation_count(&self) -> StoreResult<i64>;
     /// Every revoked id with its reason (loaded once at start).
     async fn all_revoked_ids(&self) -> StoreResult<Vec<(String, String)>>;
     /// Writes counters.

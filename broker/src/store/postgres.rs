@@ -446,6 +446,13 @@ impl Store for PgStore {
         rows.iter().map(revocation_from_row).collect()
     }
 
+    async fn revocation_count(&self) -> StoreResult<i64> {
+        Ok(sqlx::query("SELECT COUNT(*) AS n FROM revocations")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?)
+    }
+
     async fn all_revoked_ids(&self) -> StoreResult<Vec<(String, String)>> {
         let rows = sqlx::query("SELECT revocation_id, reason FROM revocations")
             .fetch_all(&self.pool)

@@ -169,6 +169,7 @@ async fn revocations_and_credentials(store: Arc<dyn Store>) {
             .is_empty()
     );
     assert_eq!(store.all_revoked_ids().await.unwrap().len(), 3);
+    assert_eq!(store.revocation_count().await.unwrap(), 3);
 }
 
 async fn approvals(store: Arc<dyn Store>) {
