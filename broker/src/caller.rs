@@ -84,10 +84,13 @@ pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, Api
     match &verified.principal {
         Principal::Task { .. } => Ok(Caller::Task(verified)),
         Principal::Agent(agent) => {
+            // A replica that may have missed a credential revocation trusts none.
+            state.health.check()?;
             check_credential(state, &verified)?;
             Ok(Caller::Agent(agent.clone()))
         }
         Principal::Approver(approver) => {
+            state.health.check()?;
             check_credential(state, &verified)?;
             Ok(Caller::Approver(approver.clone()))
         }

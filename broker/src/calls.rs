@@ -182,7 +182,10 @@ async fn checked_call(
     state.tasks.check_active(&task.runtime).await?;
     // The upstream gets the token narrowed to this tool and a short window, never the
     // agent's own token: a captured header is nearly worthless.
-    let capability = capability_for(state, task, tool_name)?;
+    let capability = match tool.mcp {
+        Some(_) => String::new(),
+        None => capability_for(state, task, tool_name)?,
+    };
     let started = Instant::now();
     let forwarded = match &tool.mcp {
         Some((server, upstream_tool)) => state.upstreams.call(server, upstream_tool, args).await,

@@ -14,6 +14,8 @@ use crate::policy::{Policy, ToolDef};
 struct Discovered {
     tool: Arc<ToolDef>,
     withheld: bool,
+    /// Hash of the definition discovered (see `mcp::pins`).
+    hash: String,
 }
 
 /// The catalog.
@@ -75,21 +77,30 @@ impl Catalog {
         names
     }
 
-    /// Replaces the tools of one MCP server: `(tool, withheld)` each.
-    pub fn set_server_tools(&self, server: &str, tools: Vec<(Arc<ToolDef>, bool)>) {
+    /// Replaces the tools of one MCP server: `(tool, withheld, definition hash)` each.
+    pub fn set_server_tools(&self, server: &str, tools: Vec<(Arc<ToolDef>, bool, String)>) {
         let prefix = format!("{server}.");
         if let Ok(mut map) = self.mcp.write() {
             map.retain(|name, _| !name.starts_with(&prefix));
-            for (tool, withheld) in tools {
-                map.insert(tool.name.clone(), Discovered { tool, withheld });
+            for (tool, withheld, hash) in tools {
+                map.insert(
+                    tool.name.clone(),
+                    Discovered {
+                        tool,
+                        withheld,
+                        hash,
+                    },
+                );
             }
         }
     }
 
-    /// Releases a withheld tool (its new definition was approved).
-    pub fn release(&self, name: &str) {
+    /// Releases a withheld tool whose approved definition is `hash` — only if that is the
+    /// definition currently discovered (a later change stays withheld).
+    pub fn release(&self, name: &str, hash: &str) {
         if let Ok(mut map) = self.mcp.write()
             && let Some(d) = map.get_mut(name)
+            && d.hash == hash
         {
             d.withheld = false;
         }

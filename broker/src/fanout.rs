@@ -179,7 +179,7 @@ async fn apply(state: &AppState, payload: &str, last_seq: &AtomicI64) -> Result<
             .map_err(ApiError::internal)?
         && pin.pending_hash.is_none()
     {
-        state.catalog.release(tool);
+        state.catalog.release(tool, &pin.hash);
     }
     Ok(())
 }

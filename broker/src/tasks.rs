@@ -440,11 +440,7 @@ impl Tasks {
                 runtime.task_id
             )));
         }
-        Err(inactive(&runtime.task_id, self.runtime_state(runtime)))
-    }
-
-    fn runtime_state(&self, runtime: &TaskRuntime) -> TaskState {
-        runtime.state()
+        Err(inactive(&runtime.task_id, runtime.state()))
     }
 
     /// Takes a call slot for the task and this token (identified by its own revocation id).
@@ -573,9 +569,4 @@ async fn write_usage(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Flus
             break;
         }
     }
-}
-
-/// A task's window as RFC 3339.
-pub fn expires_text(runtime: &TaskRuntime) -> String {
-    rfc3339(runtime.expires_at_ms())
 }

@@ -101,7 +101,7 @@ async fn read<T: DeserializeOwned>(response: reqwest::Response) -> Result<(Statu
 }
 
 /// A broker, as seen by one agent (its URL and agent credential).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Broker {
     client: Client,
     credential: String,
@@ -196,7 +196,6 @@ impl Broker {
 }
 
 /// A task: its id and token, and what can be done with them.
-#[derive(Debug)]
 pub struct Task {
     client: Client,
     /// The owner's credential, when this task was opened by this process (renewal needs it).
@@ -242,6 +241,18 @@ impl Task {
     /// needs a per-call approval is waited for and the call repeated with its approval,
     /// up to the approval timeout.
     pub async fn call(&self, tool: &str, args: Value) -> Result<Value> {
+        // The name goes into the URL path: refuse anything but a tool name, so a
+        // model-chosen name such as "../tasks/…/complete?" cannot reach another endpoint.
+        let valid = !tool.is_empty()
+            && tool.len() <= 128
+            && tool.split('.').all(|s| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if !valid {
+            return Err(Error::Token(format!("{tool:?} is not a tool name")));
+        }
         let path = format!("/v1/tools/{tool}/call");
         let mut approval: Option<String> = None;
         let deadline = Instant::now() + self.approval_timeout;
@@ -373,6 +384,27 @@ impl Task {
     /// Prefer [`TaskGuard::complete`] (or [`Task::complete`]) where you can.
     pub fn guard(self) -> TaskGuard {
         TaskGuard { task: Some(self) }
+    }
+}
+
+// Credentials and tokens never appear in `Debug` output (logs).
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("url", &self.client.base)
+            .field("credential", &"<redacted>")
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Task")
+            .field("url", &self.client.base)
+            .field("task_id", &self.task_id)
+            .field("token", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .finish()
     }
 }
 

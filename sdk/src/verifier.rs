@@ -43,6 +43,9 @@ impl VerifierConfig {
     }
 }
 
+/// How often the broker's key set is re-read (retired keys stop verifying within this).
+const KEY_REFRESH: Duration = Duration::from_secs(30);
+
 /// Why a capability was refused (each maps to an HTTP status with [`VerifyError::status`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
@@ -288,8 +291,12 @@ impl Inner {
                 .map_err(|e| format!("bad key {}: {e:?}", key.kid))?;
             keys.insert(key.kid, public);
         }
-        if let Ok(mut slot) = self.keys.write() {
+        if let Ok(mut slot) = self.keys.write()
+            && *slot != keys
+        {
             *slot = keys;
+            // Cached verifications may rest on a key that was just retired.
+            self.cache.invalidate_all();
         }
         if let Ok(mut at) = self.last_key_refresh.write() {
             *at = Some(Instant::now());
@@ -355,6 +362,16 @@ async fn follow(inner: Weak<Inner>) {
             return;
         };
         let pause = strong.config.poll_interval;
+        // Retired keys must stop verifying here too: re-read the key set now and then.
+        let keys_due = strong
+            .last_key_refresh
+            .read()
+            .ok()
+            .and_then(|at| *at)
+            .is_none_or(|at| at.elapsed() >= KEY_REFRESH);
+        if keys_due && let Err(err) = strong.refresh_keys().await {
+            tracing::warn!(error = %err, "cannot refresh the broker's keys");
+        }
         // Held at most half the staleness limit, so a silent broker is noticed in time.
         let wait = (strong.config.max_staleness / 2).clamp(Duration::ZERO, Duration::from_secs(30));
         let result = strong.sync(wait).await;

@@ -176,6 +176,42 @@ async fn revoking_one_child_token_leaves_the_parent_and_revoking_the_task_kills_
     let sibling = attenuate(&broker, &token, r#"check if call("web.search")"#).await;
     let grandchild = attenuate(&broker, &child, "check if true").await;
 
+    // An attenuation (a sub-agent's token, or a per-call capability an upstream got)
+    // can neither complete nor read its task.
+    let by_child = broker
+        .post(
+            &format!("/v1/tasks/{task_id}/complete"),
+            Some(&child),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (by_child.status, by_child.code()),
+        (403, "forbidden"),
+        "{by_child:?}"
+    );
+    let read = broker
+        .get(&format!("/v1/tasks/{task_id}"), Some(&child))
+        .await;
+    assert_eq!((read.status, read.code()), (404, "not_found"), "{read:?}");
+    let capability = broker
+        .upstream
+        .received
+        .lock()
+        .unwrap()
+        .last()
+        .and_then(|r| r.capability.clone());
+    if let Some(capability) = capability {
+        let by_upstream = broker
+            .post(
+                &format!("/v1/tasks/{task_id}/complete"),
+                Some(&capability),
+                json!({}),
+            )
+            .await;
+        assert_eq!(by_upstream.status, 403, "{by_upstream:?}");
+    }
+
     // Another task's token may not revoke it.
     let (_, stranger) = broker.task(&agent, &["web.search"]).await;
     let refused = broker

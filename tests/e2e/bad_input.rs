@@ -132,6 +132,23 @@ async fn malformed_bodies_are_400_or_413_and_change_nothing() {
         400,
         "bad_request",
     );
+    // Control characters in free text are refused (PostgreSQL cannot store NUL).
+    let nul = broker
+        .post(
+            "/v1/tasks",
+            Some(&agent),
+            json!({"purpose": "a\u{0}b", "tools": ["web.search"]}),
+        )
+        .await;
+    assert_error(&nul, 400, "bad_request");
+    let reason = broker
+        .post(
+            &format!("/v1/tasks/{task_id}/revoke"),
+            Some(ADMIN),
+            json!({"reason": "x\u{7}"}),
+        )
+        .await;
+    assert_error(&reason, 400, "bad_request");
     // Schema violations list JSON pointers.
     let invalid = broker
         .call(

@@ -282,6 +282,16 @@ async fn delegation_narrows_and_revocation_reaches_children() {
         parent.attenuate(&["tool(\"payments.send\")"]).is_err(),
         "attenuation accepts checks only"
     );
+    // A model-chosen tool name cannot walk to another endpoint.
+    let traversal = sub
+        .call(&format!("../tasks/{}/complete?", parent.id()), json!({}))
+        .await
+        .unwrap_err();
+    assert!(matches!(traversal, Error::Token(_)), "{traversal}");
+    assert!(
+        !format!("{sub:?}").contains(sub.token()),
+        "no token in Debug output"
+    );
 
     // One child revoked: the parent and the sibling go on.
     parent.revoke_token(&child).await.unwrap();

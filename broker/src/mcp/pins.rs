@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use crate::approvals;
 use crate::error::ApiError;
 use crate::server::AppState;
-use crate::store::{ApprovalState, ToolPin};
+use crate::store::ToolPin;
 
 /// The definition that is pinned, and its hash.
 pub fn definition(name: &str, description: &str, input_schema: &Value) -> (Value, String) {
@@ -49,15 +49,9 @@ pub async fn withheld(
     if pin.hash == hash {
         return Ok(false);
     }
-    let asked = match (&pin.pending_hash, &pin.approval_id) {
-        (Some(pending), Some(id)) if pending == hash => state
-            .store
-            .get_approval(id)
-            .await
-            .map_err(ApiError::internal)?
-            .is_some_and(|a| a.state == ApprovalState::Pending),
-        _ => false,
-    };
+    // Asked once per definition: pending, or denied/expired (then it stays withheld until
+    // the upstream changes it again) — never refiled on every refresh.
+    let asked = matches!((&pin.pending_hash, &pin.approval_id), (Some(pending), Some(_)) if pending == hash);
     if !asked {
         let approval = approvals::request_definition(state, server, name, definition, hash).await?;
         pin.pending_hash = Some(hash.to_string());
@@ -88,6 +82,6 @@ pub async fn accept(state: &AppState, name: &str, hash: &str) -> Result<(), ApiE
         .put_pin(&pin)
         .await
         .map_err(ApiError::internal)?;
-    state.catalog.release(name);
+    state.catalog.release(name, hash);
     Ok(())
 }

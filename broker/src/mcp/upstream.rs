@@ -245,6 +245,7 @@ async fn refresh(state: &AppState, upstream: &Upstream, client: &Client) -> Resu
                 mcp: Some((def.name.clone(), tool.name.to_string())),
             }),
             withheld,
+            hash,
         ));
     }
     state.catalog.set_server_tools(&def.name, published);

@@ -127,9 +127,9 @@ pub struct ReasonBody {
 /// Limits and defaults a revocation reason.
 pub fn reason_text(reason: Option<String>) -> ApiResult<String> {
     let reason = reason.unwrap_or_else(|| "revoked".into());
-    if reason.chars().count() > 1000 {
+    if reason.chars().count() > 1000 || !crate::ids::is_plain_text(&reason) {
         return Err(ApiError::BadRequest(
-            "reason is longer than 1000 characters".into(),
+            "reason must be at most 1000 printable characters".into(),
         ));
     }
     Ok(reason)

@@ -85,9 +85,13 @@ async fn decision(
 ) -> ApiResult<Json<Value>> {
     let caller = authenticate(&state, &headers)?;
     caller.require_approver_or_admin()?;
-    if body.note.as_ref().is_some_and(|n| n.chars().count() > 1000) {
+    if body
+        .note
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > 1000 || !crate::ids::is_plain_text(n))
+    {
         return Err(ApiError::BadRequest(
-            "note is longer than 1000 characters".into(),
+            "note must be at most 1000 printable characters".into(),
         ));
     }
     let decided = decide(&state, &id, approve, &caller.actor(), body.note.as_deref()).await?;

@@ -61,7 +61,8 @@ pub async fn create(
         ApiError::PolicyDenied(format!("the policy has no grant for agent {agent:?}"))
     })?;
     let purpose = body.purpose.trim().to_string();
-    if purpose.is_empty() || purpose.chars().count() > 1000 {
+    if purpose.is_empty() || purpose.chars().count() > 1000 || !crate::ids::is_plain_text(&purpose)
+    {
         return Err(ApiError::BadRequest(
             "purpose must be 1 to 1000 characters".into(),
         ));
@@ -138,6 +139,25 @@ pub async fn create(
             }),
         })
         .await;
+    // The agent may have been revoked while this task was being created: look again now
+    // that the task exists, and end it if so (an agent revoke may have missed it).
+    if let Err(refusal) = crate::caller::bearer(&headers).and_then(|bearer| {
+        state
+            .verifier
+            .verify(bearer, |id| state.revoked.refusal(id))
+            .map(|_| ())
+    }) {
+        state
+            .tasks
+            .end(
+                &task_id,
+                TaskState::Revoked,
+                "its agent was revoked",
+                "broker",
+            )
+            .await?;
+        return Err(refusal);
+    }
     let Some(issued) = issued else {
         let approval =
             approvals::request(&state, ApprovalKind::Issuance, &record, None, Some(ttl_ms)).await?;
@@ -309,7 +329,12 @@ pub async fn show(
     let with_token = match &caller {
         Caller::Admin | Caller::Approver(_) => false,
         Caller::Agent(agent) if *agent == record.agent => true,
-        Caller::Task(token) if matches!(&token.principal, Principal::Task { task_id, .. } if task_id == id) => {
+        // Only the task's own token, not an attenuation of it (a sub-agent's token, or the
+        // per-call capability an upstream received).
+        Caller::Task(token)
+            if token.revocation_ids.len() == 1
+                && matches!(&token.principal, Principal::Task { task_id, .. } if task_id == id) =>
+        {
             false
         }
         _ => return Err(ApiError::NotFound(format!("no task {id}"))),
@@ -450,6 +475,11 @@ pub async fn complete(
     let id = task_id_of(&id)?;
     let owner = match &caller {
         Caller::Agent(agent) => Some(agent.clone()),
+        Caller::Task(token) if token.revocation_ids.len() > 1 => {
+            return Err(ApiError::Forbidden(
+                "an attenuated token cannot complete its task: use the task's own token or the agent credential".into(),
+            ));
+        }
         Caller::Task(token) => match &token.principal {
             Principal::Task { task_id, agent } if task_id == id => Some(agent.clone()),
             _ => {

@@ -74,11 +74,6 @@ impl TaskState {
     pub fn parse(text: &str) -> Option<TaskState> {
         TaskState::ALL.into_iter().find(|s| s.as_str() == text)
     }
-
-    /// Whether the task can never be used again.
-    pub fn is_terminal(self) -> bool {
-        !matches!(self, TaskState::PendingApproval | TaskState::Active)
-    }
 }
 
 /// A task as stored.

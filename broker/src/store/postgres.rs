@@ -53,6 +53,10 @@ const SCHEMA: &[&str] = &[
 
 /// Serialises audit appends across replicas (any constant will do; it is per database).
 const AUDIT_LOCK: i64 = 0x4c45_4153_4841_5544;
+/// Serialises revocation publishing: a BIGSERIAL is taken at insert, not at commit, so
+/// without this a transaction could commit seq 101 before another commits seq 100, and
+/// feed readers that already moved past 101 would never see 100.
+const REVOCATION_LOCK: i64 = 0x4c45_4153_4852_4556;
 
 /// The PostgreSQL store of one schema.
 #[derive(Clone)]
@@ -203,6 +207,10 @@ async fn publish(
     reason: &str,
     at_ms: i64,
 ) -> StoreResult<Vec<Revocation>> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(REVOCATION_LOCK)
+        .execute(&mut **tx)
+        .await?;
     let mut out = Vec::new();
     for id in ids {
         let row = sqlx::query(
