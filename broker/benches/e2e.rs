@@ -135,6 +135,8 @@ impl Broker {
             .arg(data)
             .env("LEASH_ADMIN_TOKEN", ADMIN)
             .env("LEASH_LOG", "error")
+            // One agent drives all the load here: no per-agent rate limit.
+            .env("LEASH_RATE_LIMIT", "0")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

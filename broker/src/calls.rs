@@ -67,6 +67,9 @@ pub async fn call_tool(
     args: Value,
     approval: Option<&str>,
 ) -> Result<CallOutcome, ApiError> {
+    if let Principal::Task { agent, .. } = &token.principal {
+        state.rate_limiter.check(agent)?;
+    }
     let task = active_task(state, token).await?;
     let outcome = checked_call(state, &task, tool_name, &args, approval).await;
     let (kind, detail) = match &outcome {

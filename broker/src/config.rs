@@ -84,6 +84,12 @@ pub struct ServeArgs {
     /// Largest request body, in bytes.
     #[arg(long, env = "LEASH_BODY_LIMIT", default_value_t = 1024 * 1024)]
     pub body_limit: usize,
+    /// Requests per second each agent may make (tool calls and task opening); 0 = no limit.
+    #[arg(long, env = "LEASH_RATE_LIMIT", default_value_t = 1000)]
+    pub rate_limit: u32,
+    /// Burst size of the per-agent rate limit.
+    #[arg(long, env = "LEASH_RATE_BURST", default_value_t = 2000)]
+    pub rate_burst: u32,
     /// Window, in seconds, of the per-call capability sent upstream (`Leash-Capability`).
     #[arg(long, env = "LEASH_CAPABILITY_TTL", default_value_t = 30)]
     pub capability_ttl_seconds: u64,
@@ -121,6 +127,8 @@ impl ServeArgs {
             body_limit: self.body_limit,
             webhook_first_retry: Duration::from_millis(500),
             capability_ttl: Duration::from_secs(self.capability_ttl_seconds.clamp(1, 3600)),
+            rate_limit: self.rate_limit,
+            rate_burst: self.rate_burst,
             mcp_allowed_hosts: self
                 .mcp_allowed_hosts
                 .iter()

@@ -62,6 +62,14 @@ pub enum ApiError {
         /// One entry per violation, with its JSON pointer.
         violations: Vec<serde_json::Value>,
     },
+    /// The agent is over its rate limit (429 `budget_exhausted` with `Retry-After`).
+    #[error("{message}")]
+    RateLimited {
+        /// What the limit is.
+        message: String,
+        /// Seconds to wait.
+        retry_after_secs: u64,
+    },
     /// A call budget (the grant's, the task's or a token's) is used up.
     #[error("{0}")]
     BudgetExhausted(String),
@@ -112,7 +120,7 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 ErrorCode::InvalidArguments,
             ),
-            ApiError::BudgetExhausted(_) => {
+            ApiError::BudgetExhausted(_) | ApiError::RateLimited { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, ErrorCode::BudgetExhausted)
             }
             ApiError::UpstreamError(_) => (StatusCode::BAD_GATEWAY, ErrorCode::UpstreamError),
@@ -141,6 +149,13 @@ impl IntoResponse for ApiError {
             error["violations"] = json!(violations);
         }
         let mut response = (status, axum::Json(json!({ "error": error }))).into_response();
+        if let ApiError::RateLimited {
+            retry_after_secs, ..
+        } = &self
+            && let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

@@ -37,6 +37,7 @@ pub mod mcp;
 pub mod mint;
 pub mod policy;
 pub mod proxy;
+pub mod ratelimit;
 pub mod revocation;
 pub mod routes;
 pub mod schema;

@@ -50,6 +50,10 @@ pub struct ServeConfig {
     pub webhook_first_retry: Duration,
     /// Window of the per-call capability sent upstream in `Leash-Capability`.
     pub capability_ttl: Duration,
+    /// Requests per second each agent may make (tool calls, task opening); 0 = no limit.
+    pub rate_limit: u32,
+    /// Burst size of the per-agent rate limit.
+    pub rate_burst: u32,
     /// Extra host names `/mcp` answers to (besides loopback and the listen address).
     pub mcp_allowed_hosts: Vec<String>,
     /// How often upstream MCP servers' tool lists are re-read (besides on list_changed).
@@ -75,6 +79,8 @@ impl ServeConfig {
             body_limit: 1024 * 1024,
             webhook_first_retry: Duration::from_millis(500),
             capability_ttl: Duration::from_secs(30),
+            rate_limit: 1000,
+            rate_burst: 2000,
             mcp_allowed_hosts: Vec::new(),
             mcp_refresh: Duration::from_secs(30),
             database_schema: "leash".into(),
@@ -115,6 +121,8 @@ pub struct AppState {
     pub pg: Option<PgStore>,
     /// The key-encryption key of the root keys (PostgreSQL only).
     pub master_key: Option<Arc<MasterKey>>,
+    /// The per-agent rate limit.
+    pub rate_limiter: Arc<crate::ratelimit::RateLimiter>,
     /// Recently minted per-call capabilities: (token id, tool) → (text, end of window).
     pub capabilities: moka::sync::Cache<(String, String), (String, i64)>,
     /// The clock.
@@ -194,6 +202,11 @@ pub async fn prepare(
         health,
         pg,
         master_key,
+        rate_limiter: Arc::new(crate::ratelimit::RateLimiter::new(
+            config.rate_limit,
+            config.rate_burst,
+            clock.clone(),
+        )),
         capabilities: moka::sync::Cache::builder()
             .max_capacity(100_000)
             .time_to_live(config.capability_ttl)

@@ -444,3 +444,64 @@ async fn an_expired_credential_is_refused() {
         .await;
     assert_error(&open, 401, "token_expired");
 }
+
+#[tokio::test]
+async fn each_agent_is_rate_limited_with_retry_after() {
+    let broker = TestBroker::spawn_tuned(crate::common::POLICY, |config| {
+        config.rate_limit = 5;
+        config.rate_burst = 5;
+    })
+    .await;
+    let bot = broker.agent("bot").await;
+    let small = broker.agent("small").await;
+    let (_, token) = broker.task(&bot, &["web.search"]).await; // 1 of bot's 5
+    for _ in 0..4 {
+        assert_eq!(
+            broker
+                .call(&token, "web.search", json!({"query": "x"}))
+                .await
+                .status,
+            200
+        );
+    }
+    let over = broker
+        .http
+        .post(format!("{}/v1/tools/web.search/call", broker.url))
+        .bearer_auth(&token)
+        .json(&json!({"query": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(over.status(), 429);
+    assert_eq!(over.headers()["retry-after"], "1");
+    let body: Value = over.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "budget_exhausted");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("rate limit"),
+        "{body}"
+    );
+    assert_eq!(broker.upstream.count(), 4, "the refused call did no work");
+    // Another agent has its own bucket; the limited one refills with time.
+    let (_, other) = broker.task(&small, &["web.search"]).await;
+    assert_eq!(
+        broker
+            .call(&other, "web.search", json!({"query": "x"}))
+            .await
+            .status,
+        200
+    );
+    broker
+        .state
+        .clock
+        .advance(std::time::Duration::from_secs(1));
+    assert_eq!(
+        broker
+            .call(&token, "web.search", json!({"query": "x"}))
+            .await
+            .status,
+        200
+    );
+}

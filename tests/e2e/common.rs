@@ -198,6 +198,11 @@ impl TestBroker {
     }
 
     pub async fn spawn_with(policy: &str) -> TestBroker {
+        Self::spawn_tuned(policy, |_| {}).await
+    }
+
+    /// A broker whose configuration `tune` adjusts before start.
+    pub async fn spawn_tuned(policy: &str, tune: impl FnOnce(&mut ServeConfig)) -> TestBroker {
         let _ = tracing_subscriber::fmt()
             .with_env_filter("leash_broker=warn")
             .with_test_writer()
@@ -215,6 +220,9 @@ impl TestBroker {
         config.sweep_interval = Duration::from_millis(50);
         config.webhook_first_retry = Duration::from_millis(20);
         config.mcp_refresh = Duration::from_millis(200);
+        // Load tests hammer one agent; the rate limit has its own test.
+        config.rate_limit = 0;
+        tune(&mut config);
         let state = leash_broker::prepare(config, &|_| None)
             .await
             .expect("broker starts");

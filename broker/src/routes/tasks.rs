@@ -57,6 +57,7 @@ pub async fn create(
             ));
         }
     };
+    state.rate_limiter.check(&agent)?;
     let grant = state.policy.grant(&agent).cloned().ok_or_else(|| {
         ApiError::PolicyDenied(format!("the policy has no grant for agent {agent:?}"))
     })?;
