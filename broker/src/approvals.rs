@@ -73,7 +73,65 @@ pub fn view(a: &ApprovalRecord) -> Value {
     out
 }
 
-/// Files a new pending approval and tells approvers.
+/// A new pending approval, due to expire after `[approvals] expire_after_seconds`.
+fn pending(
+    state: &AppState,
+    kind: ApprovalKind,
+    task_id: &str,
+    agent: String,
+    purpose: String,
+    tools: Vec<String>,
+) -> ApprovalRecord {
+    let now = state.clock.now_ms();
+    ApprovalRecord {
+        approval_id: format!("{APPROVAL_PREFIX}{}", random_hex(16)),
+        kind,
+        task_id: task_id.to_string(),
+        agent,
+        purpose,
+        tools,
+        call_tool: None,
+        call_args: None,
+        args_hash: None,
+        ttl_ms: None,
+        state: ApprovalState::Pending,
+        requested_at_ms: now,
+        expires_at_ms: now + state.policy.approvals.expire_after.as_millis() as i64,
+        decided_at_ms: None,
+        decided_by: None,
+        note: None,
+    }
+}
+
+/// Stores a pending approval, audits its request by `actor` and tells approvers.
+async fn file(
+    state: &AppState,
+    approval: ApprovalRecord,
+    actor: String,
+    detail: Value,
+) -> Result<ApprovalRecord, ApiError> {
+    state
+        .store
+        .insert_approval(&approval)
+        .await
+        .map_err(ApiError::internal)?;
+    let task_id = (!approval.task_id.is_empty()).then(|| approval.task_id.clone());
+    state
+        .audit
+        .record(AuditEvent {
+            kind: "approval.requested",
+            actor,
+            task_id: task_id.clone(),
+            detail,
+        })
+        .await;
+    state
+        .events
+        .publish("approval.requested", task_id.as_deref(), view(&approval));
+    Ok(approval)
+}
+
+/// Files a new pending approval for a task (issuance, a call, a renewal) and tells approvers.
 pub async fn request(
     state: &AppState,
     kind: ApprovalKind,
@@ -81,43 +139,20 @@ pub async fn request(
     call: Option<(&str, &Value)>,
     ttl_ms: Option<i64>,
 ) -> Result<ApprovalRecord, ApiError> {
-    let now = state.clock.now_ms();
-    let approval = ApprovalRecord {
-        approval_id: format!("{APPROVAL_PREFIX}{}", random_hex(16)),
+    let mut approval = pending(
+        state,
         kind,
-        task_id: task.task_id.clone(),
-        agent: task.agent.clone(),
-        purpose: task.purpose.clone(),
-        tools: task.tools.clone(),
-        call_tool: call.map(|(tool, _)| tool.to_string()),
-        call_args: call.map(|(_, args)| args.clone()),
-        args_hash: call.map(|(_, args)| args_hash(args)),
-        ttl_ms,
-        state: ApprovalState::Pending,
-        requested_at_ms: now,
-        expires_at_ms: now + state.policy.approvals.expire_after.as_millis() as i64,
-        decided_at_ms: None,
-        decided_by: None,
-        note: None,
-    };
-    state
-        .store
-        .insert_approval(&approval)
-        .await
-        .map_err(ApiError::internal)?;
-    state
-        .audit
-        .record(AuditEvent {
-            kind: "approval.requested",
-            actor: format!("agent:{}", task.agent),
-            task_id: Some(task.task_id.clone()),
-            detail: json!({ "approval_id": approval.approval_id, "kind": kind.as_str(), "tool": approval.call_tool, "args_hash": approval.args_hash }),
-        })
-        .await;
-    state
-        .events
-        .publish("approval.requested", Some(&task.task_id), view(&approval));
-    Ok(approval)
+        &task.task_id,
+        task.agent.clone(),
+        task.purpose.clone(),
+        task.tools.clone(),
+    );
+    approval.call_tool = call.map(|(tool, _)| tool.to_string());
+    approval.call_args = call.map(|(_, args)| args.clone());
+    approval.args_hash = call.map(|(_, args)| args_hash(args));
+    approval.ttl_ms = ttl_ms;
+    let detail = json!({ "approval_id": approval.approval_id, "kind": kind.as_str(), "tool": approval.call_tool, "args_hash": approval.args_hash });
+    file(state, approval, format!("agent:{}", task.agent), detail).await
 }
 
 /// Files an approval for a changed upstream tool definition. It names no task: the
@@ -129,43 +164,20 @@ pub async fn request_definition(
     definition: &Value,
     hash: &str,
 ) -> Result<ApprovalRecord, ApiError> {
-    let now = state.clock.now_ms();
-    let approval = ApprovalRecord {
-        approval_id: format!("{APPROVAL_PREFIX}{}", random_hex(16)),
-        kind: ApprovalKind::Definition,
-        task_id: String::new(),
-        agent: format!("mcp:{server}"),
-        purpose: format!("the upstream definition of {tool} changed; accept the new one?"),
-        tools: vec![tool.to_string()],
-        call_tool: Some(tool.to_string()),
-        call_args: Some(definition.clone()),
-        args_hash: Some(hash.to_string()),
-        ttl_ms: None,
-        state: ApprovalState::Pending,
-        requested_at_ms: now,
-        expires_at_ms: now + state.policy.approvals.expire_after.as_millis() as i64,
-        decided_at_ms: None,
-        decided_by: None,
-        note: None,
-    };
-    state
-        .store
-        .insert_approval(&approval)
-        .await
-        .map_err(ApiError::internal)?;
-    state
-        .audit
-        .record(AuditEvent {
-            kind: "approval.requested",
-            actor: format!("mcp:{server}"),
-            task_id: None,
-            detail: json!({ "approval_id": approval.approval_id, "kind": "definition", "tool": tool, "definition_hash": hash }),
-        })
-        .await;
-    state
-        .events
-        .publish("approval.requested", None, view(&approval));
-    Ok(approval)
+    let purpose = format!("the upstream definition of {tool} changed; accept the new one?");
+    let mut approval = pending(
+        state,
+        ApprovalKind::Definition,
+        "",
+        format!("mcp:{server}"),
+        purpose,
+        vec![tool.to_string()],
+    );
+    approval.call_tool = Some(tool.to_string());
+    approval.call_args = Some(definition.clone());
+    approval.args_hash = Some(hash.to_string());
+    let detail = json!({ "approval_id": approval.approval_id, "kind": "definition", "tool": tool, "definition_hash": hash });
+    file(state, approval, format!("mcp:{server}"), detail).await
 }
 
 /// Approves or denies a pending approval. 404 if unknown, 409 if already decided or
