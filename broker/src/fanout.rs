@@ -79,7 +79,8 @@ impl FeedHealth {
 }
 
 /// Starts the listener and the heartbeat of a replica.
-pub fn start(state: AppState, store: PgStore) {
+/// `loaded_to` is the feed position already read into the revoked set at start.
+pub fn start(state: AppState, store: PgStore, loaded_to: i64) {
     let replica = random_hex(8);
     let channel = store.channel().to_string();
     let pool = store.pool().clone();
@@ -96,12 +97,18 @@ pub fn start(state: AppState, store: PgStore) {
             tokio::time::sleep(HEARTBEAT).await;
         }
     });
-    tokio::spawn(listen(state, pool, channel, replica));
+    tokio::spawn(listen(state, pool, channel, replica, loaded_to));
 }
 
-async fn listen(state: AppState, pool: sqlx::PgPool, channel: String, replica: String) {
+async fn listen(
+    state: AppState,
+    pool: sqlx::PgPool,
+    channel: String,
+    replica: String,
+    loaded_to: i64,
+) {
     let mut backoff = Duration::from_millis(100);
-    let last_seq = Arc::new(AtomicI64::new(0));
+    let last_seq = Arc::new(AtomicI64::new(loaded_to));
     loop {
         state.health.caught_up.store(false, Ordering::SeqCst);
         let mut listener = match PgListener::connect_with(&pool).await {

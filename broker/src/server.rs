@@ -123,6 +123,8 @@ pub struct AppState {
     pub master_key: Option<Arc<MasterKey>>,
     /// The per-agent rate limit.
     pub rate_limiter: Arc<crate::ratelimit::RateLimiter>,
+    /// The revocation feed position read at start; replica fan-out continues from here.
+    pub revocations_loaded_to: i64,
     /// Recently minted per-call capabilities: (token id, tool) → (text, end of window).
     pub capabilities: moka::sync::Cache<(String, String), (String, i64)>,
     /// The clock.
@@ -207,6 +209,7 @@ pub async fn prepare(
             config.rate_burst,
             clock.clone(),
         )),
+        revocations_loaded_to: after,
         capabilities: moka::sync::Cache::builder()
             .max_capacity(100_000)
             .time_to_live(config.capability_ttl)
@@ -281,7 +284,7 @@ pub async fn run(
     let sweeper = tokio::spawn(sweep_forever(state.clone()));
     state.upstreams.start(&state);
     if let Some(pg) = state.pg.clone() {
-        crate::fanout::start(state.clone(), pg);
+        crate::fanout::start(state.clone(), pg, state.revocations_loaded_to);
     }
     let app = crate::routes::router(state.clone());
     axum::serve(listener, app)

@@ -5,6 +5,7 @@
 //! end access (task end, revocation) are committed before the request answers.
 
 mod postgres;
+mod rows;
 mod sqlite;
 #[cfg(test)]
 mod suite;

@@ -5,14 +5,13 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
+use super::rows::{approval_from_row, revocation_from_row, task_from_row, to_i64};
 use super::{
-    Activation, ApprovalKind, ApprovalRecord, ApprovalState, AuditRow, Decided, NewAuditEvent,
-    Revocation, Store, StoreError, StoreResult, TaskRecord, TaskState, ToolPin, UsageBatch,
+    Activation, ApprovalRecord, ApprovalState, AuditRow, Decided, NewAuditEvent, Revocation, Store,
+    StoreError, StoreResult, TaskRecord, TaskState, ToolPin, UsageBatch,
 };
 
 /// The schema; every statement is idempotent.
@@ -125,79 +124,6 @@ impl SqliteStore {
         }
         Ok(SqliteStore { pool })
     }
-}
-
-fn task_from_row(row: &SqliteRow) -> StoreResult<TaskRecord> {
-    let state: String = row.try_get("state")?;
-    let tools: String = row.try_get("tools")?;
-    let checks: String = row.try_get("checks")?;
-    Ok(TaskRecord {
-        task_id: row.try_get("task_id")?,
-        agent: row.try_get("agent")?,
-        purpose: row.try_get("purpose")?,
-        tools: serde_json::from_str(&tools)
-            .map_err(|e| StoreError::Corrupt(format!("tools: {e}")))?,
-        checks: serde_json::from_str(&checks)
-            .map_err(|e| StoreError::Corrupt(format!("checks: {e}")))?,
-        state: TaskState::parse(&state)
-            .ok_or_else(|| StoreError::Corrupt(format!("state {state:?}")))?,
-        created_at_ms: row.try_get("created_at_ms")?,
-        expires_at_ms: row.try_get("expires_at_ms")?,
-        idle_timeout_ms: row.try_get("idle_timeout_ms")?,
-        max_calls: row
-            .try_get::<Option<i64>, _>("max_calls")?
-            .map(|n| n.max(0) as u64),
-        calls: row.try_get::<i64, _>("calls")?.max(0) as u64,
-        last_activity_ms: row.try_get("last_activity_ms")?,
-        ended_at_ms: row.try_get("ended_at_ms")?,
-        end_reason: row.try_get("end_reason")?,
-        token: row.try_get("token")?,
-    })
-}
-
-fn approval_from_row(row: &SqliteRow) -> StoreResult<ApprovalRecord> {
-    let kind: String = row.try_get("kind")?;
-    let state: String = row.try_get("state")?;
-    let tools: String = row.try_get("tools")?;
-    let call_args: Option<String> = row.try_get("call_args")?;
-    Ok(ApprovalRecord {
-        approval_id: row.try_get("approval_id")?,
-        kind: ApprovalKind::parse(&kind)
-            .ok_or_else(|| StoreError::Corrupt(format!("approval kind {kind:?}")))?,
-        task_id: row.try_get("task_id")?,
-        agent: row.try_get("agent")?,
-        purpose: row.try_get("purpose")?,
-        tools: serde_json::from_str(&tools)
-            .map_err(|e| StoreError::Corrupt(format!("approval tools: {e}")))?,
-        call_tool: row.try_get("call_tool")?,
-        call_args: call_args
-            .map(|text| serde_json::from_str(&text))
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(format!("approval args: {e}")))?,
-        args_hash: row.try_get("args_hash")?,
-        ttl_ms: row.try_get("ttl_ms")?,
-        state: ApprovalState::parse(&state)
-            .ok_or_else(|| StoreError::Corrupt(format!("approval state {state:?}")))?,
-        requested_at_ms: row.try_get("requested_at_ms")?,
-        expires_at_ms: row.try_get("expires_at_ms")?,
-        decided_at_ms: row.try_get("decided_at_ms")?,
-        decided_by: row.try_get("decided_by")?,
-        note: row.try_get("note")?,
-    })
-}
-
-fn revocation_from_row(row: &SqliteRow) -> StoreResult<Revocation> {
-    Ok(Revocation {
-        seq: row.try_get("seq")?,
-        revocation_id: row.try_get("revocation_id")?,
-        task_id: row.try_get("task_id")?,
-        reason: row.try_get("reason")?,
-        at_ms: row.try_get("at_ms")?,
-    })
-}
-
-fn to_i64(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Inserts feed entries for ids not yet revoked, inside `tx`; returns the new entries.
