@@ -3,7 +3,8 @@
 #  1. installs what the interop tests need, idempotently: Debian's chromium and
 #     playwright-core from npm (pinned by tests/browser/package-lock.json) for the
 #     browser test; biscuit-python and the MCP Python SDK (mcp) from PyPI in
-#     target/interop-venv for the independent token check and the MCP interop tests;
+#     target/interop-venv for the independent token check and the MCP interop tests,
+#     and schemathesis for the OpenAPI contract test;
 #  2. makes sure this machine's PostgreSQL is up (store suite, replica tests) and
 #     builds the `leash` binary (the process tests start it);
 #  3. runs every unit, integration and end-to-end test of the workspace.
@@ -22,9 +23,10 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
 fi
 
 VENV=target/interop-venv
-if ! "$VENV/bin/python" -c "import biscuit_auth, mcp" >/dev/null 2>&1; then
+if ! "$VENV/bin/python" -c "import biscuit_auth, mcp, schemathesis" >/dev/null 2>&1; then
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check biscuit-python==0.4.0 mcp==2.3.0
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check \
+    biscuit-python==0.4.0 mcp==2.3.0 schemathesis==4.32.5
 fi
 
 # The PostgreSQL store and replica tests use this machine's server (127.0.0.1:5432,

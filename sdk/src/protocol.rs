@@ -10,6 +10,7 @@ pub const CAPABILITY_HEADER: &str = "leash-capability";
 pub const APPROVAL_HEADER: &str = "leash-approval";
 
 /// Every error `code` of the API.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -82,6 +83,7 @@ impl ErrorCode {
 }
 
 /// The body of every error: `{"error": {...}}`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// The error.
@@ -89,6 +91,7 @@ pub struct ErrorBody {
 }
 
 /// What went wrong.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorDetail {
     /// Stable code.
@@ -153,6 +156,7 @@ pub struct CallResult {
 }
 
 /// One root public key (`GET /.well-known/leash/keys`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PublishedKey {
     /// Root key id.
@@ -164,6 +168,7 @@ pub struct PublishedKey {
 }
 
 /// `GET /.well-known/leash/keys`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KeySet {
     /// Every key that verifies.

@@ -11,6 +11,7 @@ mod browser;
 mod interop;
 mod lifecycle;
 mod mcp;
+mod openapi;
 mod process;
 mod replicas;
 mod revocation;

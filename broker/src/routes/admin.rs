@@ -19,14 +19,20 @@ use crate::tasks::EndOutcome;
 use crate::verify::Principal;
 
 /// Body of a credential request.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialRequest {
-    /// Optional lifetime of the credential; none means until revoked.
+    /// Optional lifetime of the credential (1 to 31622400 s); none means until revoked.
+    #[schema(minimum = 1, maximum = 31622400)]
     ttl_seconds: Option<i64>,
 }
 
 /// `POST /v1/agents/{agent}/credentials`.
+#[utoipa::path(post, path = "/v1/agents/{agent}/credentials", tag = "admin",
+    params(("agent" = String, Path, description = "An agent id the policy has a grant for", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")),
+    request_body(content = Option<CredentialRequest>, description = "May be empty"),
+    security(("admin" = [])),
+    responses((status = 201, description = "The credential, shown once", body = super::openapi::AgentCredential)))]
 pub async fn agent_credential(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -52,6 +58,11 @@ pub async fn agent_credential(
 }
 
 /// `POST /v1/approvers/{approver}/credentials`.
+#[utoipa::path(post, path = "/v1/approvers/{approver}/credentials", tag = "admin",
+    params(("approver" = String, Path, description = "The approver's id", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")),
+    request_body(content = Option<CredentialRequest>, description = "May be empty"),
+    security(("admin" = [])),
+    responses((status = 201, description = "The credential, shown once", body = super::openapi::ApproverCredential)))]
 pub async fn approver_credential(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -116,7 +127,7 @@ async fn mint_credential(
 }
 
 /// Body of a revocation.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonBody {
     /// Why, for the audit log.
@@ -136,6 +147,11 @@ pub fn reason_text(reason: Option<String>) -> ApiResult<String> {
 }
 
 /// `POST /v1/agents/{agent}/revoke`: every live task of the agent, and its credentials.
+#[utoipa::path(post, path = "/v1/agents/{agent}/revoke", tag = "admin",
+    params(("agent" = String, Path, description = "The agent to cut off", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")),
+    request_body(content = Option<ReasonBody>, description = "May be empty"),
+    security(("approver" = []), ("admin" = [])),
+    responses((status = 200, description = "The agent's tasks and credentials are revoked", body = super::openapi::AgentRevoked)))]
 pub async fn revoke_agent(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -191,7 +207,7 @@ pub async fn revoke_agent(
 }
 
 /// Body of `POST /v1/tokens/revoke`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenBody {
     /// The token to revoke.
@@ -201,6 +217,10 @@ pub struct TokenBody {
 /// `POST /v1/tokens/revoke`: one (attenuated) token and everything derived from it;
 /// its task goes on. Allowed for the token itself or any ancestor of it, the owner
 /// agent, approvers and the admin.
+#[utoipa::path(post, path = "/v1/tokens/revoke", tag = "admin",
+    request_body = TokenBody,
+    security(("task" = []), ("agent" = []), ("approver" = []), ("admin" = [])),
+    responses((status = 200, description = "The token and everything attenuated from it are revoked", body = super::openapi::TokenRevoked)))]
 pub async fn revoke_token(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -21,6 +21,9 @@ use crate::server::AppState;
 use crate::store::ApprovalState;
 
 /// `GET /v1/approvals?state=pending` (approver, admin). `state=all` lists every state.
+#[utoipa::path(get, path = "/v1/approvals", tag = "approvals", params(ListQuery),
+    security(("approver" = []), ("admin" = [])),
+    responses((status = 200, description = "Approvals in the asked state (default `pending`)", body = super::openapi::ApprovalList)))]
 pub async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -49,14 +52,23 @@ pub async fn list(
 }
 
 /// Body of a decision.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DecisionBody {
+    /// Why, for the audit log and the agent (at most 1000 printable characters).
     #[serde(default)]
     note: Option<String>,
 }
 
 /// `POST /v1/approvals/{id}/approve`.
+#[utoipa::path(post, path = "/v1/approvals/{id}/approve", tag = "approvals",
+    params(("id" = String, Path, description = "`apr_` and 32 hex digits", pattern = "^apr_[0-9a-f]{32}$")),
+    request_body(content = Option<DecisionBody>, description = "May be empty"),
+    security(("approver" = []), ("admin" = [])),
+    responses(
+        (status = 200, description = "The approval is approved", body = super::openapi::Decided),
+        (status = 409, description = "It was already decided, or expired", body = leash_sdk::protocol::ErrorBody),
+    ))]
 pub async fn approve(
     state: State<AppState>,
     headers: HeaderMap,
@@ -67,6 +79,14 @@ pub async fn approve(
 }
 
 /// `POST /v1/approvals/{id}/deny`.
+#[utoipa::path(post, path = "/v1/approvals/{id}/deny", tag = "approvals",
+    params(("id" = String, Path, description = "`apr_` and 32 hex digits", pattern = "^apr_[0-9a-f]{32}$")),
+    request_body(content = Option<DecisionBody>, description = "May be empty"),
+    security(("approver" = []), ("admin" = [])),
+    responses(
+        (status = 200, description = "The approval is denied", body = super::openapi::Decided),
+        (status = 409, description = "It was already decided, or expired", body = leash_sdk::protocol::ErrorBody),
+    ))]
 pub async fn deny(
     state: State<AppState>,
     headers: HeaderMap,
@@ -102,6 +122,9 @@ async fn decision(
 
 /// `GET /v1/events` (approver, admin): Server-Sent Events `approval.requested`,
 /// `approval.decided`, `task.activated`, `task.completed`, `task.revoked`, `task.expired`.
+#[utoipa::path(get, path = "/v1/events", tag = "approvals",
+    security(("approver" = []), ("admin" = [])),
+    responses((status = 200, description = "An endless stream of events; each `data` is `{\"kind\", \"task_id\", \"data\"}`", content_type = "text/event-stream", body = String)))]
 pub async fn events(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -115,12 +115,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
 }
 
 /// `?state=…&limit=…` of the list endpoints.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
-    /// Only items in this state.
+    /// Only items in this state (`all` for every state).
     pub state: Option<String>,
-    /// At most this many items (default 100, 1 to 1000).
+    /// At most this many items (default 100; clamped to 1 to 1000).
     pub limit: Option<i64>,
 }
 

@@ -16,30 +16,40 @@ use crate::server::AppState;
 const PAGE: i64 = 1000;
 
 /// `GET /healthz`.
+#[utoipa::path(get, path = "/healthz", tag = "feeds",
+    responses((status = 200, description = "The broker is up", body = super::openapi::Health)))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// `GET /.well-known/leash/keys`.
+#[utoipa::path(get, path = "/.well-known/leash/keys", tag = "feeds",
+    responses((status = 200, description = "Every root public key that verifies tokens", body = leash_sdk::protocol::KeySet)))]
 pub async fn keys(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "keys": state.keys.published() }))
 }
 
 /// `?after=SEQ` of the feeds.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct After {
+    /// Answer entries after this position (default 0).
     #[serde(default)]
     after: i64,
 }
 
 /// `?after=SEQ&wait=SECONDS` of the revocation feed.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FeedQuery {
+    /// Answer entries after this position (default 0).
     #[serde(default)]
     after: i64,
+    /// Hold an empty answer up to this many seconds (0 to 30) until something is revoked.
     #[serde(default)]
+    #[param(maximum = 30)]
     wait: u64,
 }
 
@@ -49,6 +59,8 @@ const MAX_FEED_WAIT_SECONDS: u64 = 30;
 /// `GET /v1/revocations?after=SEQ[&wait=SECONDS]`: the public revocation feed. With
 /// `wait` (at most 30), an empty answer is held until something is revoked, so
 /// followers hear of a revocation within milliseconds.
+#[utoipa::path(get, path = "/v1/revocations", tag = "feeds", params(FeedQuery),
+    responses((status = 200, description = "Revocations after the asked position", body = super::openapi::RevocationFeed)))]
 pub async fn revocations(
     State(state): State<AppState>,
     QueryParams(q): QueryParams<FeedQuery>,
@@ -85,6 +97,9 @@ pub async fn revocations(
 }
 
 /// `GET /v1/audit?after=SEQ`: hash-chained events, for approvers and the admin.
+#[utoipa::path(get, path = "/v1/audit", tag = "feeds", params(After),
+    security(("approver" = []), ("admin" = [])),
+    responses((status = 200, description = "Audit events after the asked position", body = super::openapi::AuditPage)))]
 pub async fn audit(
     State(state): State<AppState>,
     headers: HeaderMap,

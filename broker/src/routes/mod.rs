@@ -4,6 +4,7 @@ mod admin;
 mod approvals;
 mod extract;
 mod feeds;
+pub mod openapi;
 mod tasks;
 mod tools;
 mod ui;
@@ -45,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/approvals/{id}/approve", post(approvals::approve))
         .route("/v1/approvals/{id}/deny", post(approvals::deny))
         .route("/v1/events", get(approvals::events))
+        .route("/openapi.json", get(openapi::openapi_json))
         .route("/ui", get(ui::page))
         .route("/ui/", get(ui::page))
         .route("/ui/app.js", get(ui::script))

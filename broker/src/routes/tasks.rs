@@ -28,17 +28,28 @@ use crate::verify::Principal;
 const MAX_CHECKS: usize = 32;
 
 /// Body of `POST /v1/tasks`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTask {
+    /// What the task is for (shown to approvers, audited; at most 1000 printable characters).
     purpose: String,
+    /// Tool names or `prefix.*` patterns, each within the agent's grant.
     tools: Vec<String>,
+    /// The window in seconds (default and maximum: the grant's).
     ttl_seconds: Option<i64>,
+    /// Extra Biscuit checks to put in the token (at most 32).
     #[serde(default)]
     checks: Vec<String>,
 }
 
 /// `POST /v1/tasks` (agent credential).
+#[utoipa::path(post, path = "/v1/tasks", tag = "tasks", request_body = CreateTask,
+    security(("agent" = [])),
+    responses(
+        (status = 201, description = "The task is active; its token is in the answer", body = super::openapi::TaskIssued),
+        (status = 202, description = "The task waits for an approver (poll `GET /v1/tasks/{id}?wait=`)", body = super::openapi::TaskIssued),
+        (status = 429, description = "The agent's request rate is used up (see Retry-After)", body = leash_sdk::protocol::ErrorBody),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -289,9 +300,12 @@ async fn load(state: &AppState, id: &str) -> ApiResult<TaskRecord> {
 }
 
 /// `?wait=SECONDS` of a task read.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ShowQuery {
+    /// Hold the answer up to this many seconds (0 to 60) while the task is pending approval.
+    #[param(maximum = 60)]
     wait: Option<u64>,
 }
 
@@ -300,6 +314,10 @@ const MAX_WAIT_SECONDS: u64 = 60;
 
 /// `GET /v1/tasks/{id}` (owner agent, a token of the task, approver, admin).
 /// `?wait=SECONDS` (at most 60) holds the answer while the task is pending approval.
+#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks",
+    params(("id" = String, Path, description = "`tsk_` and 32 hex digits", pattern = "^tsk_[0-9a-f]{32}$"), ShowQuery),
+    security(("agent" = []), ("task" = []), ("approver" = []), ("admin" = [])),
+    responses((status = 200, description = "The task (its token only to the owner, while active)", body = super::openapi::TaskDetail)))]
 pub async fn show(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -344,6 +362,9 @@ pub async fn show(
 }
 
 /// `GET /v1/tasks?state=…` (approver, admin).
+#[utoipa::path(get, path = "/v1/tasks", tag = "tasks", params(ListQuery),
+    security(("approver" = []), ("admin" = [])),
+    responses((status = 200, description = "Tasks, newest first", body = super::openapi::TaskList)))]
 pub async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -370,15 +391,24 @@ pub async fn list(
 }
 
 /// Body of `POST /v1/tasks/{id}/renew`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenewBody {
+    /// The new window, from now, in seconds (at most the grant's).
     ttl_seconds: i64,
 }
 
 /// `POST /v1/tasks/{id}/renew` (owner agent credential). A grant that needs approval
 /// answers 202 with an approval id; the task stays active and the new token appears in
 /// `GET /v1/tasks/{id}` once approved.
+#[utoipa::path(post, path = "/v1/tasks/{id}/renew", tag = "tasks",
+    params(("id" = String, Path, description = "`tsk_` and 32 hex digits", pattern = "^tsk_[0-9a-f]{32}$")),
+    request_body = RenewBody,
+    security(("agent" = [])),
+    responses(
+        (status = 200, description = "A new token with the new window", body = super::openapi::TaskIssued),
+        (status = 202, description = "The renewal waits for an approver", body = super::openapi::Pending),
+    ))]
 pub async fn renew(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -467,6 +497,13 @@ pub async fn renew(
 }
 
 /// `POST /v1/tasks/{id}/complete` (owner agent credential, or a token of the task).
+#[utoipa::path(post, path = "/v1/tasks/{id}/complete", tag = "tasks",
+    params(("id" = String, Path, description = "`tsk_` and 32 hex digits", pattern = "^tsk_[0-9a-f]{32}$")),
+    security(("agent" = []), ("task" = [])),
+    responses(
+        (status = 200, description = "The task is completed; every token of it is revoked", body = super::openapi::TaskEnded),
+        (status = 409, description = "The task already ended otherwise", body = leash_sdk::protocol::ErrorBody),
+    ))]
 pub async fn complete(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -510,6 +547,14 @@ pub async fn complete(
 }
 
 /// `POST /v1/tasks/{id}/revoke` (approver, admin).
+#[utoipa::path(post, path = "/v1/tasks/{id}/revoke", tag = "tasks",
+    params(("id" = String, Path, description = "`tsk_` and 32 hex digits", pattern = "^tsk_[0-9a-f]{32}$")),
+    request_body(content = Option<ReasonBody>, description = "May be empty"),
+    security(("approver" = []), ("admin" = [])),
+    responses(
+        (status = 200, description = "The task is revoked; every token of it is dead", body = super::openapi::TaskEnded),
+        (status = 409, description = "The task already ended otherwise", body = leash_sdk::protocol::ErrorBody),
+    ))]
 pub async fn revoke(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -13,6 +13,8 @@ use crate::policy::ToolApproval;
 use crate::server::AppState;
 
 /// `GET /v1/tools`.
+#[utoipa::path(get, path = "/v1/tools", tag = "tools", security(("task" = [])),
+    responses((status = 200, description = "The tools this token may call", body = super::openapi::ToolList)))]
 pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Value>> {
     let token = task_token(&state, &headers)?;
     let task = active_task(&state, token).await?;
@@ -34,6 +36,22 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> ApiResul
 /// before the body is parsed, so an unauthenticated caller learns nothing from it.
 /// A `per_call` tool answers 202 with an approval id; repeat the call with
 /// `Leash-Approval: <id>` once it is approved.
+#[utoipa::path(post, path = "/v1/tools/{tool}/call", tag = "tools",
+    params(
+        ("tool" = String, Path, description = "The tool's name"),
+        ("Leash-Approval" = Option<String>, Header, description = "The approved per-call approval's id, when repeating a call"),
+    ),
+    request_body(content = Object, description = "The tool's arguments (a JSON object, checked against its input schema)"),
+    security(("task" = [])),
+    responses(
+        (status = 200, description = "The upstream's answer", body = super::openapi::CallDone),
+        (status = 202, description = "The call waits for a per-call approval", body = super::openapi::Pending),
+        (status = 409, description = "The approval is not (or no longer) usable for this call", body = leash_sdk::protocol::ErrorBody),
+        (status = 422, description = "The arguments break the tool's input schema", body = leash_sdk::protocol::ErrorBody),
+        (status = 429, description = "A call budget or the agent's rate is used up", body = leash_sdk::protocol::ErrorBody),
+        (status = 502, description = "The upstream failed or answered something unusable", body = leash_sdk::protocol::ErrorBody),
+        (status = 504, description = "The upstream did not answer in time", body = leash_sdk::protocol::ErrorBody),
+    ))]
 pub async fn call(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -33,6 +33,7 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
 }
 
 /// `GET /ui`.
+#[utoipa::path(get, path = "/ui", responses((status = 200, description = "The approver's page", content_type = "text/html", body = String)))]
 pub async fn page() -> Response {
     asset(PAGE, "text/html; charset=utf-8")
 }
