@@ -5,6 +5,7 @@
 //! token text or secrets: tokens are named by revocation id.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -12,6 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::Clock;
+use crate::error::ApiError;
 use crate::store::{AuditRow, NewAuditEvent, Store};
 
 /// One thing worth recording.
@@ -36,6 +38,9 @@ enum Message {
 #[derive(Clone)]
 pub struct Audit {
     tx: mpsc::Sender<Message>,
+    /// Set while writes fail (disk full, read-only folder): calls are refused then, so
+    /// no call goes unaudited for longer than one failed write.
+    failing: Arc<AtomicBool>,
 }
 
 /// Events buffered before callers wait.
@@ -45,8 +50,19 @@ impl Audit {
     /// Starts the writer, continuing the chain already in the store.
     pub async fn start(store: Arc<dyn Store>, clock: Clock) -> anyhow::Result<Audit> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(writer(store, clock, rx));
-        Ok(Audit { tx })
+        let failing = Arc::new(AtomicBool::new(false));
+        tokio::spawn(writer(store, clock, rx, failing.clone()));
+        Ok(Audit { tx, failing })
+    }
+
+    /// Refuses (503) while the audit log cannot be written.
+    pub fn check_writable(&self) -> Result<(), ApiError> {
+        if self.failing.load(Ordering::Acquire) {
+            return Err(ApiError::Unavailable(
+                "the audit log cannot be written (disk full or read-only data folder?); calls are refused until it can".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Records an event (waits only if the queue is full).
@@ -65,7 +81,12 @@ impl Audit {
     }
 }
 
-async fn writer(store: Arc<dyn Store>, clock: Clock, mut rx: mpsc::Receiver<Message>) {
+async fn writer(
+    store: Arc<dyn Store>,
+    clock: Clock,
+    mut rx: mpsc::Receiver<Message>,
+    failing: Arc<AtomicBool>,
+) {
     let mut pending: Vec<NewAuditEvent> = Vec::new();
     let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
     loop {
@@ -93,8 +114,14 @@ async fn writer(store: Arc<dyn Store>, clock: Clock, mut rx: mpsc::Receiver<Mess
         let mut delay = Duration::from_millis(50);
         while !pending.is_empty() {
             match store.append_audit(&pending).await {
-                Ok(()) => pending.clear(),
+                Ok(()) => {
+                    pending.clear();
+                    if failing.swap(false, Ordering::AcqRel) {
+                        tracing::warn!("the audit log is writable again; calls resume");
+                    }
+                }
                 Err(err) => {
+                    failing.store(true, Ordering::Release);
                     tracing::error!(error = %err, rows = pending.len(), "cannot write audit rows; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));

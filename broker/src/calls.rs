@@ -71,6 +71,8 @@ pub async fn call_tool(
         state.rate_limiter.check(agent)?;
     }
     let task = active_task(state, token).await?;
+    // Fail closed: no call is admitted while its audit record could not be kept.
+    state.audit.check_writable()?;
     let outcome = checked_call(state, &task, tool_name, &args, approval).await;
     let (kind, detail) = match &outcome {
         Ok(CallOutcome::PendingApproval(id)) => (

@@ -106,6 +106,20 @@ pub struct ServeArgs {
     /// A replica that has not heard from the others for this long (ms) refuses checked calls.
     #[arg(long, env = "LEASH_FEED_STALENESS_MS", default_value_t = 2000)]
     pub feed_staleness_ms: u64,
+    /// Most client connections served at once; further ones wait in the listen queue.
+    #[arg(long, env = "LEASH_MAX_CONNECTIONS", default_value_t = 2048)]
+    pub max_connections: usize,
+    /// Largest request head (request line and headers), in bytes; larger ones get 431.
+    #[arg(long, env = "LEASH_MAX_HEADER_BYTES", default_value_t = 96 * 1024)]
+    pub max_header_bytes: usize,
+    /// Seconds a client has to send a request's headers, and then its body; slower
+    /// clients are cut off (headers: connection closed; body: 408).
+    #[arg(long, env = "LEASH_CLIENT_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub client_timeout_seconds: u64,
+    /// Failed authentications per second allowed from one client address (burst: 10×);
+    /// past that, its requests with a credential get 429 without being checked. 0 = no limit.
+    #[arg(long, env = "LEASH_AUTH_FAILURE_LIMIT", default_value_t = 20)]
+    pub auth_failure_limit: u32,
 }
 
 impl ServeArgs {
@@ -138,6 +152,10 @@ impl ServeArgs {
             database_schema: self.database_schema,
             master_key,
             feed_staleness: Duration::from_millis(self.feed_staleness_ms.max(250)),
+            max_connections: self.max_connections.max(1),
+            max_header_bytes: self.max_header_bytes.clamp(8 * 1024, 1024 * 1024),
+            client_timeout: Duration::from_secs(self.client_timeout_seconds.clamp(1, 600)),
+            auth_failure_limit: self.auth_failure_limit,
         }
     }
 }

@@ -31,6 +31,21 @@ pub fn ensure_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Proves the data folder takes writes (a probe file is written, synced and removed), so
+/// a read-only or full folder stops the start with a clear message instead of failing
+/// requests later.
+pub fn check_writable(dir: &Path) -> anyhow::Result<()> {
+    let probe = dir.join(".leash-write-check");
+    let written = fs::write(&probe, b"ok").and_then(|()| fs::File::open(&probe)?.sync_all());
+    let _ = fs::remove_file(&probe);
+    written.with_context(|| {
+        format!(
+            "the data folder {} is not writable (read-only or full?): Leash keeps its database and keys there",
+            dir.display()
+        )
+    })
+}
+
 /// Loads the root keys, or generates and saves them on first start.
 pub fn load_or_create_keys(dir: &Path) -> anyhow::Result<RootKeys> {
     let path = dir.join(ROOT_KEYS_FILE);

@@ -54,6 +54,12 @@ pub enum ApiError {
     /// The request body is larger than allowed.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The request line and headers are larger than allowed (431).
+    #[error("{0}")]
+    HeadersTooLarge(String),
+    /// The client did not send its body in time (408).
+    #[error("{0}")]
+    RequestTimeout(String),
     /// The arguments do not satisfy the tool's input schema.
     #[error("{message}")]
     InvalidArguments {
@@ -84,7 +90,9 @@ pub enum ApiError {
     Unavailable(String),
     /// The broker could not do its part (store unreachable, ...). Fails closed.
     /// Details are logged; the caller sees a generic message.
-    #[error("internal error")]
+    #[error(
+        "the broker's store failed, so the request was refused (Leash fails closed); try again"
+    )]
     Internal(#[source] anyhow::Error),
 }
 
@@ -116,6 +124,11 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge)
             }
+            ApiError::HeadersTooLarge(_) => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                ErrorCode::PayloadTooLarge,
+            ),
+            ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, ErrorCode::BadRequest),
             ApiError::InvalidArguments { .. } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 ErrorCode::InvalidArguments,
@@ -161,6 +174,10 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        // For the edge's logging (routes::limits), which does not read bodies.
+        response
+            .extensions_mut()
+            .insert(self.status_and_error_code().1);
         response
     }
 }

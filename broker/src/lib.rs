@@ -6,7 +6,8 @@
 //! the call; ending a task revokes every token of it at once.
 //!
 //! Map of the crate (see also ARCHITECTURE.md):
-//! - [`config`] the command line; [`server`] assembles and runs a broker;
+//! - [`config`] the command line; [`server`] assembles and runs a broker; [`edge`] accepts
+//!   connections (cap, header limits, slow-client timeouts);
 //! - [`policy`] loads and checks policy files; [`schema`] compiles input schemas;
 //! - [`keys`] and [`datadir`] own root keys and the data folder;
 //! - [`mint`] is the only place that writes issuance Datalog; [`verify`] reads tokens;
@@ -27,6 +28,7 @@ pub mod catalog;
 pub mod clock;
 pub mod config;
 pub mod datadir;
+pub mod edge;
 pub mod error;
 pub mod events;
 pub mod fanout;

@@ -1,6 +1,9 @@
-//! Per-agent rate limit: a token bucket per agent, refilled at `rate` requests per second
-//! up to `burst`. Over the limit a request is refused with 429 `budget_exhausted` and a
-//! `Retry-After`, before any work is done for it. Buckets live in memory (per replica).
+//! Token buckets in memory (per replica), refilled at `rate` per second up to `burst`:
+//! - [`RateLimiter`], one bucket per agent: over the limit a tool call or task opening
+//!   is refused with 429 `budget_exhausted` and a `Retry-After`, before any work is done;
+//! - [`AuthFailureLimiter`], one bucket per client address, drained by failed
+//!   authentications: once empty, that address's requests with a credential are refused
+//!   with 429 before any signature is checked, so guessing costs the guesser, not us.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -8,25 +11,24 @@ use std::time::Duration;
 use crate::clock::Clock;
 use crate::error::ApiError;
 
-/// One agent's bucket.
+/// One key's bucket.
 #[derive(Debug)]
 struct Bucket {
     tokens: f64,
     updated_ms: i64,
 }
 
-/// The limiter. A `rate` of 0 turns it off.
-pub struct RateLimiter {
+/// Buckets by key. A rate of 0 turns them off (every take succeeds).
+struct Buckets {
     rate: f64,
     burst: f64,
     clock: Clock,
     buckets: moka::sync::Cache<String, Arc<Mutex<Bucket>>>,
 }
 
-impl RateLimiter {
-    /// `rate` requests per second per agent, bursts up to `burst`.
-    pub fn new(rate: u32, burst: u32, clock: Clock) -> Self {
-        RateLimiter {
+impl Buckets {
+    fn new(rate: u32, burst: u32, clock: Clock) -> Self {
+        Buckets {
             rate: f64::from(rate),
             burst: f64::from(burst.max(rate).max(1)),
             clock,
@@ -37,36 +39,89 @@ impl RateLimiter {
         }
     }
 
-    /// Takes one request from `agent`'s bucket, or refuses with the time to wait.
-    pub fn check(&self, agent: &str) -> Result<(), ApiError> {
+    /// Refills `key`'s bucket, then takes one token if `take` (else only looks).
+    /// `Err(seconds)` says how long until a token is there.
+    fn refill_and(&self, key: &str, take: bool) -> Result<(), u64> {
         if self.rate <= 0.0 {
             return Ok(());
         }
         let now = self.clock.now_ms();
-        let bucket = self.buckets.get_with(agent.to_string(), || {
+        let bucket = self.buckets.get_with(key.to_string(), || {
             Arc::new(Mutex::new(Bucket {
                 tokens: self.burst,
                 updated_ms: now,
             }))
         });
+        // A poisoned bucket fails closed: no token.
         let Ok(mut bucket) = bucket.lock() else {
-            return Err(ApiError::Unavailable("rate limiter unavailable".into()));
+            return Err(1);
         };
         let elapsed = (now - bucket.updated_ms).max(0) as f64 / 1000.0;
         bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
         bucket.updated_ms = now;
         if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+            if take {
+                bucket.tokens -= 1.0;
+            }
             return Ok(());
         }
-        let wait = ((1.0 - bucket.tokens) / self.rate).ceil().max(1.0) as u64;
-        Err(ApiError::RateLimited {
-            message: format!(
-                "agent {agent:?} is over its rate limit of {} requests per second",
-                self.rate
-            ),
-            retry_after_secs: wait,
-        })
+        Err(((1.0 - bucket.tokens) / self.rate).ceil().max(1.0) as u64)
+    }
+}
+
+/// The per-agent limiter.
+pub struct RateLimiter {
+    buckets: Buckets,
+}
+
+impl RateLimiter {
+    /// `rate` requests per second with bursts of `burst`; a rate of 0 turns it off.
+    pub fn new(rate: u32, burst: u32, clock: Clock) -> Self {
+        RateLimiter {
+            buckets: Buckets::new(rate, burst, clock),
+        }
+    }
+
+    /// Takes one request from `agent`'s bucket, or refuses with 429.
+    pub fn check(&self, agent: &str) -> Result<(), ApiError> {
+        self.buckets
+            .refill_and(agent, true)
+            .map_err(|retry_after_secs| ApiError::RateLimited {
+                message: format!(
+                    "agent {agent:?} is over its rate limit of {} requests per second",
+                    self.buckets.rate
+                ),
+                retry_after_secs,
+            })
+    }
+}
+
+/// The per-address limiter of failed authentications.
+pub struct AuthFailureLimiter {
+    buckets: Buckets,
+}
+
+impl AuthFailureLimiter {
+    /// `rate` failures per second with bursts of 10×; a rate of 0 turns it off.
+    pub fn new(rate: u32, clock: Clock) -> Self {
+        AuthFailureLimiter {
+            buckets: Buckets::new(rate, rate.saturating_mul(10), clock),
+        }
+    }
+
+    /// Refuses with 429 while `address` has no failures left; takes nothing.
+    pub fn admit(&self, address: &str) -> Result<(), ApiError> {
+        self.buckets
+            .refill_and(address, false)
+            .map_err(|retry_after_secs| ApiError::RateLimited {
+                message: "too many failed authentications from this address".into(),
+                retry_after_secs,
+            })
+    }
+
+    /// Counts one failed authentication from `address`.
+    pub fn record_failure(&self, address: &str) {
+        let _ = self.buckets.refill_and(address, true);
     }
 }
 
@@ -95,5 +150,23 @@ mod tests {
             RateLimiter::new(0, 0, clock).check("a").is_ok(),
             "0 turns it off"
         );
+    }
+
+    #[test]
+    fn failures_close_an_address_and_time_reopens_it() {
+        let clock = Clock::default();
+        let limiter = AuthFailureLimiter::new(1, clock.clone());
+        for _ in 0..10 {
+            limiter.admit("10.0.0.1").unwrap();
+            limiter.record_failure("10.0.0.1");
+        }
+        assert!(matches!(
+            limiter.admit("10.0.0.1"),
+            Err(ApiError::RateLimited { .. })
+        ));
+        limiter.admit("10.0.0.2").unwrap();
+        clock.advance(Duration::from_millis(1000));
+        limiter.admit("10.0.0.1").unwrap();
+        assert!(AuthFailureLimiter::new(0, clock).admit("x").is_ok());
     }
 }

@@ -64,6 +64,14 @@ pub struct ServeConfig {
     pub master_key: Option<String>,
     /// A replica that has not heard from the others for longer refuses checked calls.
     pub feed_staleness: Duration,
+    /// Most client connections served at once.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_header_bytes: usize,
+    /// Time a client has to send a request's headers, and then its body.
+    pub client_timeout: Duration,
+    /// Failed authentications per second allowed from one client address (0 = no limit).
+    pub auth_failure_limit: u32,
 }
 
 impl ServeConfig {
@@ -86,6 +94,10 @@ impl ServeConfig {
             database_schema: "leash".into(),
             master_key: None,
             feed_staleness: Duration::from_secs(2),
+            max_connections: 2048,
+            max_header_bytes: 96 * 1024,
+            client_timeout: Duration::from_secs(10),
+            auth_failure_limit: 20,
         }
     }
 }
@@ -123,6 +135,8 @@ pub struct AppState {
     pub master_key: Option<Arc<MasterKey>>,
     /// The per-agent rate limit.
     pub rate_limiter: Arc<crate::ratelimit::RateLimiter>,
+    /// Failed authentications per client address.
+    pub auth_failures: Arc<crate::ratelimit::AuthFailureLimiter>,
     /// The revocation feed position read at start; replica fan-out continues from here.
     pub revocations_loaded_to: i64,
     /// Recently minted per-call capabilities: (token id, tool) → (text, end of window).
@@ -144,6 +158,13 @@ pub async fn prepare(
     let policy = policy::load_dir(&config.policies, env)
         .map_err(|errors| anyhow::anyhow!("invalid policy:\n{errors}"))?;
     datadir::ensure_dir(&config.data)?;
+    let on_postgres = config
+        .database_url
+        .as_deref()
+        .is_some_and(|url| url.starts_with("postgres"));
+    if !on_postgres {
+        datadir::check_writable(&config.data)?;
+    }
     let clock = Clock::default();
     let (store, pg, keys, master_key) = open_store(&config, &clock).await?;
     let keys = Arc::new(keys);
@@ -207,6 +228,10 @@ pub async fn prepare(
         rate_limiter: Arc::new(crate::ratelimit::RateLimiter::new(
             config.rate_limit,
             config.rate_burst,
+            clock.clone(),
+        )),
+        auth_failures: Arc::new(crate::ratelimit::AuthFailureLimiter::new(
+            config.auth_failure_limit,
             clock.clone(),
         )),
         revocations_loaded_to: after,
@@ -287,10 +312,7 @@ pub async fn run(
         crate::fanout::start(state.clone(), pg, state.revocations_loaded_to);
     }
     let app = crate::routes::router(state.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("server failed")?;
+    crate::edge::serve(listener, app, &state.config, shutdown).await;
     sweeper.abort();
     state.tasks.flush().await;
     state.audit.flush().await;

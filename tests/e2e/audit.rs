@@ -1,28 +1,10 @@
 //! The audit log: every decision recorded, no secrets in it, tampering detected.
 
-use std::process::Command;
-
 use serde_json::json;
 use sqlx::ConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
 
-use crate::common::{ADMIN, TestBroker, leash_binary};
-
-fn verify(data: &std::path::Path) -> (bool, String) {
-    let out = Command::new(leash_binary())
-        .args(["audit", "verify", "--data"])
-        .arg(data)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
+use crate::common::{ADMIN, TestBroker, audit_verify};
 
 #[tokio::test]
 async fn decisions_are_chained_secret_free_and_tamper_evident() {
@@ -88,7 +70,7 @@ async fn decisions_are_chained_secret_free_and_tamper_evident() {
     let folder = broker.shutdown().await;
     let data = folder.path().to_path_buf();
     let db = data.join("leash.db");
-    let (ok, out) = verify(&data);
+    let (ok, out) = audit_verify(&data);
     assert!(ok, "{out}");
     assert!(out.contains("audit chain verifies"), "{out}");
 
@@ -101,7 +83,7 @@ async fn decisions_are_chained_secret_free_and_tamper_evident() {
         .execute(&mut conn)
         .await
         .unwrap();
-    let (ok, out) = verify(&data);
+    let (ok, out) = audit_verify(&data);
     assert!(
         !ok && out.contains("seq 3") && out.contains("edited"),
         "{out}"
@@ -111,11 +93,11 @@ async fn decisions_are_chained_secret_free_and_tamper_evident() {
         .execute(&mut conn)
         .await
         .unwrap();
-    assert!(verify(&data).0);
+    assert!(audit_verify(&data).0);
     sqlx::query("DELETE FROM audit WHERE seq = 2")
         .execute(&mut conn)
         .await
         .unwrap();
-    let (ok, out) = verify(&data);
+    let (ok, out) = audit_verify(&data);
     assert!(!ok && out.contains("missing"), "{out}");
 }

@@ -222,6 +222,9 @@ impl TestBroker {
         config.mcp_refresh = Duration::from_millis(200);
         // Load tests hammer one agent; the rate limit has its own test.
         config.rate_limit = 0;
+        // Revocation tests send many refused calls from one address; the throttle of
+        // failed authentications has its own tests (limits.rs).
+        config.auth_failure_limit = 0;
         tune(&mut config);
         let state = leash_broker::prepare(config, &|_| None)
             .await
@@ -386,6 +389,16 @@ impl BrokerProcess {
 
     /// Like [`BrokerProcess::start`], with extra environment variables.
     pub async fn start_env(policies: &Path, data: &Path, env: &[(&str, String)]) -> BrokerProcess {
+        Self::start_logged(policies, data, env, None).await
+    }
+
+    /// Like [`BrokerProcess::start_env`], writing the broker's log (stderr) to `log`.
+    pub async fn start_logged(
+        policies: &Path,
+        data: &Path,
+        env: &[(&str, String)],
+        log: Option<&Path>,
+    ) -> BrokerProcess {
         let port = free_port();
         let mut command = Command::new(leash_binary());
         command
@@ -397,7 +410,10 @@ impl BrokerProcess {
             .env("LEASH_LOG", "warn")
             .env_remove("LEASH_ADMIN_TOKEN")
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(match log {
+                Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+                None => Stdio::null(),
+            });
         for (key, value) in env {
             command.env(key, value);
         }
@@ -427,6 +443,34 @@ impl Drop for BrokerProcess {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Runs `leash audit verify` on a data folder: (chain intact, what it printed).
+pub fn audit_verify(data: &Path) -> (bool, String) {
+    let out = Command::new(leash_binary())
+        .args(["audit", "verify", "--data"])
+        .arg(data)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A policy folder holding [`POLICY`] for `upstream`.
+pub fn policy_dir(upstream: &ToolServer) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        POLICY.replace("{UP}", &upstream.addr.to_string()),
+    )
+    .unwrap();
+    dir
 }
 
 pub fn free_port() -> u16 {

@@ -148,15 +148,29 @@ async fn an_invalid_policy_stops_serve_and_check_points_at_the_lines() {
 
 /// kill -9 while calls are in flight: every revoke and complete acknowledged before the
 /// kill is still in force after a restart.
+/// kill -9 rounds of `kill_9_during_calls_loses_no_acknowledged_revocation`.
+const KILL_ROUNDS: usize = 50;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_during_calls_loses_no_acknowledged_revocation() {
     let upstream = ToolServer::spawn().await;
     let policies = tempfile::tempdir().unwrap();
-    write_policy(policies.path(), &upstream.addr.to_string());
+    // Long windows: tasks of the first round must outlive all 50.
+    let policy = crate::common::POLICY
+        .replacen("max_ttl_seconds = 600", "max_ttl_seconds = 3600", 1)
+        .replacen(
+            "idle_timeout_seconds = 120",
+            "idle_timeout_seconds = 3600",
+            1,
+        )
+        .replacen("max_calls = 1000", "max_calls = 100000", 1)
+        .replace("{UP}", &upstream.addr.to_string());
+    std::fs::write(policies.path().join("policy.toml"), policy).unwrap();
     let data = tempfile::tempdir().unwrap();
     let mut acknowledged: Vec<(String, String)> = Vec::new();
     let mut alive: Vec<(String, String)> = Vec::new();
-    for round in 0..3 {
+    let mut unknown = 0;
+    for round in 0..KILL_ROUNDS {
         let mut broker = BrokerProcess::start(policies.path(), data.path()).await;
         let admin = admin_token(data.path()).await;
         let cred = post_json(
@@ -179,9 +193,11 @@ async fn kill_9_during_calls_loses_no_acknowledged_revocation() {
                 open.body["token"].as_str().unwrap().to_string(),
             ));
         }
-        // Calls in flight on every task while some are ended.
+        // Calls in flight on every task (and on survivors of earlier rounds) while some
+        // tasks are ended and the broker is killed.
         let url = broker.url.clone();
-        let load_tasks = tasks.clone();
+        let mut load_tasks = tasks.clone();
+        load_tasks.extend(alive.iter().rev().take(6).cloned());
         let load = tokio::spawn(async move {
             let client = reqwest::Client::new();
             loop {
@@ -196,30 +212,60 @@ async fn kill_9_during_calls_loses_no_acknowledged_revocation() {
                 }
             }
         });
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        // End half the tasks concurrently; kill -9 at a different moment each round, so
+        // some ends are acknowledged, some are cut off mid-way.
+        let mut ends = Vec::new();
         for (i, (task_id, token)) in tasks.iter().enumerate() {
-            if i % 2 == 0 {
-                let path = if round % 2 == 0 { "revoke" } else { "complete" };
-                let bearer = if path == "revoke" {
-                    admin.clone()
-                } else {
-                    cred.clone()
-                };
-                let reply = post_json(
-                    &format!("{}/v1/tasks/{task_id}/{path}", broker.url),
-                    Some(&bearer),
-                    json!({}),
-                )
-                .await;
-                assert_eq!(reply.status, 200, "{reply:?}");
-                acknowledged.push((task_id.clone(), token.clone()));
-            } else {
+            if i % 2 == 1 {
                 alive.push((task_id.clone(), token.clone()));
+                continue;
             }
+            let path = if (round + i) % 2 == 0 {
+                "revoke"
+            } else {
+                "complete"
+            };
+            let bearer = if path == "revoke" {
+                admin.clone()
+            } else {
+                cred.clone()
+            };
+            let url = format!("{}/v1/tasks/{task_id}/{path}", broker.url);
+            let task = (task_id.clone(), token.clone());
+            ends.push(tokio::spawn(async move {
+                let reply = reqwest::Client::new()
+                    .post(url)
+                    .bearer_auth(bearer)
+                    .json(&json!({}))
+                    .send()
+                    .await;
+                let acked = matches!(&reply, Ok(r) if r.status() == 200);
+                (task, acked)
+            }));
         }
+        tokio::time::sleep(Duration::from_millis((round as u64 * 7) % 40)).await;
         broker.kill9();
         load.abort();
+        for end in ends {
+            let (task, acked) = end.await.unwrap();
+            if acked {
+                acknowledged.push(task);
+            } else {
+                unknown += 1;
+            }
+        }
     }
+    println!(
+        "kill -9 x{KILL_ROUNDS}: {} ends acknowledged, {unknown} cut off, {} survivors",
+        acknowledged.len(),
+        alive.len()
+    );
+    assert!(
+        acknowledged.len() >= KILL_ROUNDS,
+        "too few acknowledged ends to prove anything: {}",
+        acknowledged.len()
+    );
     let broker = BrokerProcess::start(policies.path(), data.path()).await;
     for (task_id, token) in &acknowledged {
         let reply = post_json(
@@ -245,14 +291,6 @@ async fn kill_9_during_calls_loses_no_acknowledged_revocation() {
             "task {task_id} should have survived: {reply:?}"
         );
     }
-    let out = Command::new(leash_binary())
-        .args(["audit", "verify", "--data"])
-        .arg(data.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, out) = crate::common::audit_verify(data.path());
+    assert!(ok, "{out}");
 }

@@ -22,6 +22,10 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::PayloadTooLarge("the request body is larger than allowed".into())
+                } else if super::limits::is_body_timeout(&rejection) {
+                    ApiError::RequestTimeout(
+                        "the request body did not arrive in time; send it faster".into(),
+                    )
                 } else {
                     ApiError::BadRequest(format!("cannot read the request body: {rejection}"))
                 }

@@ -4,6 +4,7 @@ mod admin;
 mod approvals;
 mod extract;
 mod feeds;
+pub mod limits;
 pub mod openapi;
 mod tasks;
 mod tools;
@@ -57,7 +58,9 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state.clone())
         // The MCP gateway has its own edge (Host/Origin, bearer) and body limit.
-        .merge(crate::mcp::routes(state))
+        .merge(crate::mcp::routes(state.clone()))
+        // Outermost of all: head size, body deadline, failed-authentication throttle.
+        .layer(axum::middleware::from_fn_with_state(state, limits::guard))
 }
 
 async fn not_found(uri: Uri) -> ApiError {

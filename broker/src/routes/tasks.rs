@@ -361,7 +361,7 @@ pub async fn show(
     Ok(Json(view(&state, &record, with_token).await?))
 }
 
-/// `GET /v1/tasks?state=…` (approver, admin).
+/// `GET /v1/tasks?state=…` (approver, admin); no state, or `all`, lists every state.
 #[utoipa::path(get, path = "/v1/tasks", tag = "tasks", params(ListQuery),
     security(("approver" = []), ("admin" = [])),
     responses((status = 200, description = "Tasks, newest first", body = super::openapi::TaskList)))]
@@ -372,9 +372,9 @@ pub async fn list(
 ) -> ApiResult<Json<Value>> {
     authenticate(&state, &headers)?.require_approver_or_admin()?;
     let filter = match q.state.as_deref() {
-        None => None,
+        None | Some("all") => None,
         Some(text) => Some(TaskState::parse(text).ok_or_else(|| {
-            ApiError::BadRequest(format!("unknown state {text:?} (active, pending_approval, completed, revoked, expired, denied)"))
+            ApiError::BadRequest(format!("unknown state {text:?} (active, pending_approval, completed, revoked, expired, denied, all)"))
         })?),
     };
     let limit = q.limit();

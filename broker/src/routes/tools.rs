@@ -46,7 +46,7 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> ApiResul
     responses(
         (status = 200, description = "The upstream's answer", body = super::openapi::CallDone),
         (status = 202, description = "The call waits for a per-call approval", body = super::openapi::Pending),
-        (status = 409, description = "The approval is not (or no longer) usable for this call", body = leash_sdk::protocol::ErrorBody),
+        (status = 403, description = "The capability or policy refuses the call, or the `Leash-Approval` is for another task, tool or arguments, already used, denied or expired", body = leash_sdk::protocol::ErrorBody),
         (status = 422, description = "The arguments break the tool's input schema", body = leash_sdk::protocol::ErrorBody),
         (status = 429, description = "A call budget or the agent's rate is used up", body = leash_sdk::protocol::ErrorBody),
         (status = 502, description = "The upstream failed or answered something unusable", body = leash_sdk::protocol::ErrorBody),

@@ -117,6 +117,14 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(5))
+            // After SQLITE_FULL (disk full) SQLite rolls the transaction back itself; the
+            // ROLLBACK sqlx then sends fails, and sqlx keeps counting the connection as
+            // inside a transaction, so every later BEGIN on it fails ("non-zero
+            // transaction depth") even once there is room again. Such a connection is
+            // closed instead of reused.
+            .before_acquire(|connection, _| {
+                Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(connection)) })
+            })
             .connect_with(options)
             .await?;
         for statement in SCHEMA {

@@ -1,0 +1,540 @@
+//! The security test matrix: one named test per attack, each against a real broker and
+//! a real upstream. Every attack must be refused with the documented error, must not
+//! reach the upstream, and must leave the broker working. (README: "Security model".)
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE;
+use biscuit_auth::builder::BlockBuilder;
+use biscuit_auth::{Biscuit, KeyPair};
+use serde_json::{Value, json};
+
+use crate::common::{ADMIN, Reply, TestBroker};
+
+/// Posts a raw body (not re-encoded by a JSON library) as a tool call.
+async fn call_raw(broker: &TestBroker, token: &str, tool: &str, body: String) -> Reply {
+    let response = broker
+        .http
+        .post(format!("{}/v1/tools/{tool}/call", broker.url))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    Reply {
+        status,
+        body: serde_json::from_str(&text).unwrap_or(Value::Null),
+    }
+}
+
+/// Appends a block written in Datalog, as any holder can, offline.
+async fn append_block(broker: &TestBroker, token: &str, code: &str) -> String {
+    Biscuit::from_base64(token, broker.public_key().await)
+        .unwrap()
+        .append(BlockBuilder::new().code(code).unwrap())
+        .unwrap()
+        .to_base64()
+        .unwrap()
+}
+
+/// A broker, the bot's credential and a task token for `web.search` and `fs.read`.
+async fn setup() -> (TestBroker, String, String, String) {
+    let broker = TestBroker::spawn().await;
+    let agent = broker.agent("bot").await;
+    let (task_id, token) = broker.task(&agent, &["web.search", "fs.read"]).await;
+    (broker, agent, task_id, token)
+}
+
+fn assert_refused(reply: &Reply, status: u16, code: &str, what: &str) {
+    assert_eq!(
+        (reply.status, reply.code()),
+        (status, code),
+        "{what}: {reply:?}"
+    );
+}
+
+#[tokio::test]
+async fn forged_signature() {
+    let (broker, _, _, token) = setup().await;
+    let mut bytes = URL_SAFE.decode(&token).unwrap();
+    // The last bytes are the final block's signature: flip one bit there, and one in
+    // the authority block's payload in a second forgery.
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x01;
+    let forged_signature = URL_SAFE.encode(&bytes);
+    let mut bytes = URL_SAFE.decode(&token).unwrap();
+    bytes[20] ^= 0x01;
+    let forged_payload = URL_SAFE.encode(&bytes);
+    for forged in [forged_signature, forged_payload] {
+        let reply = broker
+            .call(&forged, "web.search", json!({"query": "x"}))
+            .await;
+        assert_refused(&reply, 401, "token_invalid", "forged token");
+    }
+    assert_eq!(broker.upstream.count(), 0);
+    assert_eq!(
+        broker
+            .call(&token, "web.search", json!({"query": "x"}))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn token_of_another_root_key() {
+    let (broker, _, _, _) = setup().await;
+    // Another deployment (its own root key, also key id 1) mints a perfectly valid token.
+    let other = TestBroker::spawn().await;
+    let other_agent = other.agent("bot").await;
+    let (_, foreign) = other.task(&other_agent, &["web.search"]).await;
+    let reply = broker
+        .call(&foreign, "web.search", json!({"query": "x"}))
+        .await;
+    assert_refused(&reply, 401, "token_invalid", "token of another root key");
+    // The same for credentials: another deployment's agent credential opens nothing here.
+    let reply = broker
+        .post(
+            "/v1/tasks",
+            Some(&other_agent),
+            json!({"purpose": "p", "tools": ["web.search"]}),
+        )
+        .await;
+    assert_refused(
+        &reply,
+        401,
+        "token_invalid",
+        "credential of another root key",
+    );
+    assert_eq!(broker.upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn unknown_key_id() {
+    let (broker, _, _, _) = setup().await;
+    let keys = KeyPair::new();
+    let mut builder = Biscuit::builder()
+        .code(r#"task("tsk_00000000000000000000000000000000"); agent("bot"); tool("web.search");"#)
+        .unwrap();
+    builder = builder.root_key_id(99);
+    let token = builder.build(&keys).unwrap().to_base64().unwrap();
+    let reply = broker
+        .call(&token, "web.search", json!({"query": "x"}))
+        .await;
+    assert_refused(&reply, 401, "token_invalid", "unknown key id");
+    assert!(reply.message().contains("unknown root key id"), "{reply:?}");
+}
+
+#[tokio::test]
+async fn expired_token() {
+    let (broker, _, _, token) = setup().await;
+    // The bot's grant allows 600 s; go past it.
+    broker.state.clock.advance(Duration::from_secs(601));
+    let reply = broker
+        .call(&token, "web.search", json!({"query": "x"}))
+        .await;
+    assert_refused(&reply, 401, "token_expired", "expired token");
+    assert_eq!(broker.upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn revoked_task() {
+    let (broker, _, task_id, token) = setup().await;
+    let reply = broker
+        .post(
+            &format!("/v1/tasks/{task_id}/revoke"),
+            Some(ADMIN),
+            json!({}),
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    let reply = broker
+        .call(&token, "web.search", json!({"query": "x"}))
+        .await;
+    assert_refused(&reply, 401, "token_revoked", "revoked task");
+    let child = append_block(&broker, &token, r#"check if call("web.search");"#).await;
+    let reply = broker
+        .call(&child, "web.search", json!({"query": "x"}))
+        .await;
+    assert_refused(&reply, 401, "token_revoked", "child of a revoked task");
+    assert_eq!(broker.upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn revoked_attenuated_token_while_its_parent_lives() {
+    let (broker, _, _, token) = setup().await;
+    let child = append_block(&broker, &token, r#"check if call("web.search");"#).await;
+    let grandchild = append_block(&broker, &child, r#"check if call("web.search");"#).await;
+    let reply = broker
+        .post("/v1/tokens/revoke", Some(&child), json!({"token": child}))
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    for (what, revoked) in [("child", &child), ("grandchild", &grandchild)] {
+        let reply = broker
+            .call(revoked, "web.search", json!({"query": "x"}))
+            .await;
+        assert_refused(&reply, 401, "token_revoked", what);
+    }
+    let reply = broker
+        .call(&token, "web.search", json!({"query": "x"}))
+        .await;
+    assert_eq!(reply.status, 200, "the parent lives: {reply:?}");
+    // A child cannot revoke its parent.
+    let reply = broker
+        .post(
+            "/v1/tokens/revoke",
+            Some(&grandchild),
+            json!({"token": token}),
+        )
+        .await;
+    assert_eq!(reply.status, 401, "a revoked holder has no say: {reply:?}");
+}
+
+#[tokio::test]
+async fn attenuation_that_tries_to_widen_tools_time_or_roles() {
+    let (broker, _, task_id, token) = setup().await;
+    let widenings = [
+        // More tools.
+        r#"tool("shell.exec"); right("shell.exec");"#,
+        // A later time, or a claim to be another task.
+        r#"time(2099-01-01T00:00:00Z); task("tsk_ffffffffffffffffffffffffffffffff");"#,
+        // A role.
+        r#"role("admin"); approver("mallory"); agent("small"); role("approver");"#,
+        // A rule that would derive a tool from anything.
+        r#"tool($t) <- call($t);"#,
+    ];
+    for code in widenings {
+        let widened = append_block(&broker, &token, code).await;
+        let reply = broker
+            .call(&widened, "shell.exec", json!({"cmd": "id"}))
+            .await;
+        assert_eq!(reply.status, 403, "{code}: {reply:?}");
+        // Roles: the widened token is still only a task token.
+        let reply = broker.get("/v1/approvals", Some(&widened)).await;
+        assert_eq!(reply.status, 403, "{code}: approvals {reply:?}");
+        let reply = broker
+            .post("/v1/agents/bot/credentials", Some(&widened), json!({}))
+            .await;
+        assert_eq!(reply.status, 403, "{code}: credentials {reply:?}");
+    }
+    // Time: past the window, a block asserting a later time changes nothing.
+    let later = append_block(&broker, &token, r#"time(2099-01-01T00:00:00Z);"#).await;
+    broker.state.clock.advance(Duration::from_secs(601));
+    let reply = broker
+        .call(&later, "web.search", json!({"query": "x"}))
+        .await;
+    assert_eq!(reply.status, 401, "{reply:?}");
+    assert_eq!(broker.upstream.count(), 0);
+    let _ = task_id;
+}
+
+#[tokio::test]
+async fn tool_name_confusion() {
+    let (broker, _, _, token) = setup().await;
+    let confusions = [
+        "WEB.SEARCH",
+        "Web.search",
+        "web.search.",
+        ".web.search",
+        "web..search",
+        "web.search%00",
+        "web.search%20",
+        "web%2Fsearch",
+        "web.search%2F..%2Fshell.exec",
+        "w%D0%B5b.search",     // Cyrillic е
+        "web.%E2%80%8Bsearch", // zero-width space
+        "web.search%3Bshell.exec",
+        "shell.exec",
+        "web.*",
+        "*",
+    ];
+    for name in confusions {
+        let reply = broker.call(&token, name, json!({"query": "x"})).await;
+        assert!(matches!(reply.status, 400 | 403 | 404), "{name}: {reply:?}");
+        assert!(reply.body["error"]["code"].is_string(), "{name}: {reply:?}");
+    }
+    // Path segments around the tool route.
+    for path in [
+        "/v1/tools/web.search/../shell.exec/call",
+        "/v1/tools/web.search/call/../../shell.exec/call",
+        "/v1/tools//call",
+    ] {
+        let reply = broker
+            .send(reqwest::Method::POST, path, Some(&token), Some(json!({})))
+            .await;
+        assert!(matches!(reply.status, 400 | 403 | 404), "{path}: {reply:?}");
+    }
+    assert_eq!(broker.upstream.count(), 0, "nothing reached an upstream");
+    // A percent-encoded spelling of the same name is the same name (RFC 3986 2.3):
+    // decoded before any check, so a token narrowed away from the tool refuses it too.
+    let narrowed = append_block(&broker, &token, r#"check if call("fs.read");"#).await;
+    for spelling in ["web.search", "web%2Esearch", "%77eb.search"] {
+        let reply = broker
+            .call(&narrowed, spelling, json!({"query": "x"}))
+            .await;
+        assert_refused(&reply, 403, "capability_denied", spelling);
+        let reply = broker.call(&token, spelling, json!({"query": "x"})).await;
+        assert_eq!(reply.status, 200, "{spelling}: {reply:?}");
+    }
+}
+
+#[tokio::test]
+async fn argument_smuggling() {
+    let (broker, _, _, token) = setup().await;
+    // web.search: {query: string, maxLength 50}, no other properties.
+    let long = "x".repeat(60);
+    let refused = [
+        // Duplicate keys: the last one is what is validated and forwarded, so a bad
+        // value last is refused, whatever comes first.
+        (format!(r#"{{"query":"ok","query":"{long}"}}"#), 422),
+        // Type confusion.
+        (r#"{"query":["a","b"]}"#.to_string(), 422),
+        (r#"{"query":{"$ne":""}}"#.to_string(), 422),
+        (r#"{"query":1}"#.to_string(), 422),
+        (r#"{"query":null}"#.to_string(), 422),
+        (r#"{"query":"x","extra":"y"}"#.to_string(), 422),
+        (r#"["query","x"]"#.to_string(), 400),
+        (r#""query""#.to_string(), 400),
+        // Nesting past the limit, and past the parser's.
+        (
+            format!(
+                r#"{{"query":"x","n":{}{}}}"#,
+                "[".repeat(40),
+                "]".repeat(40)
+            ),
+            400,
+        ),
+        (
+            format!(r#"{{"n":{}{}}}"#, "[".repeat(5000), "]".repeat(5000)),
+            400,
+        ),
+        // Not JSON at all, or numbers JSON cannot hold.
+        (r#"{"query":"x""#.to_string(), 400),
+        (r#"{"query":1e999}"#.to_string(), 400),
+        // Very long strings: past the schema, and past the body limit.
+        (format!(r#"{{"query":"{}"}}"#, "y".repeat(100_000)), 422),
+        (
+            format!(r#"{{"query":"{}"}}"#, "y".repeat(2 * 1024 * 1024)),
+            413,
+        ),
+    ];
+    for (body, status) in refused {
+        let shown: String = body.chars().take(60).collect();
+        let reply = call_raw(&broker, &token, "web.search", body).await;
+        assert_eq!(reply.status, status, "{shown}: {reply:?}");
+    }
+    assert_eq!(broker.upstream.count(), 0, "no smuggled call went upstream");
+    // With a bad value first and a good one last, exactly the validated value goes
+    // upstream: the broker forwards what it checked, never the raw bytes.
+    let reply = call_raw(
+        &broker,
+        &token,
+        "web.search",
+        format!(r#"{{"query":"{long}","query":"ok"}}"#),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let received = broker
+        .upstream
+        .received
+        .lock()
+        .unwrap()
+        .last()
+        .unwrap()
+        .body
+        .clone();
+    assert_eq!(received, json!({"query": "ok"}));
+    // Datalog-looking strings are data: a narrowed token still only allows its prefix.
+    let narrowed = append_block(
+        &broker,
+        &token,
+        r#"check if call("fs.read"), arg("path", $p), $p.starts_with("/notes/");"#,
+    )
+    .await;
+    for path in [
+        r#"/etc/passwd"), arg("path", "/notes/x"#,
+        "/notes/../etc/passwd\u{0}",
+        "/etc/passwd",
+    ] {
+        let reply = broker
+            .call(&narrowed, "fs.read", json!({ "path": path }))
+            .await;
+        if path.starts_with("/notes/") {
+            // A prefix check is a prefix check: `..` is the tool server's to resolve.
+            assert_eq!(reply.status, 200, "{path:?}: {reply:?}");
+        } else {
+            assert_refused(&reply, 403, "capability_denied", path);
+        }
+    }
+}
+
+#[tokio::test]
+async fn approval_replay() {
+    let broker = TestBroker::spawn_with(
+        r#"
+[tools."payments.send"]
+upstream = "http://{UP}/pay"
+approval = "per_call"
+input_schema = { type = "object", required = ["amount"], properties = { amount = { type = "integer" } } }
+
+[agents.payer]
+tools = ["payments.send"]
+max_ttl_seconds = 600
+"#,
+    )
+    .await;
+    let agent = broker.agent("payer").await;
+    let approver = broker.approver("ann").await;
+    let (_, token) = broker.task(&agent, &["payments.send"]).await;
+    let (_, other_task) = broker.task(&agent, &["payments.send"]).await;
+    let args = json!({"amount": 5});
+    let held = broker.call(&token, "payments.send", args.clone()).await;
+    assert_eq!(held.status, 202);
+    let id = held.body["approval_id"].as_str().unwrap().to_string();
+    let approve = broker
+        .post(
+            &format!("/v1/approvals/{id}/approve"),
+            Some(&approver),
+            json!({}),
+        )
+        .await;
+    assert_eq!(approve.status, 200);
+    let with_approval = |token: String, args: Value| {
+        let broker = &broker;
+        let id = id.clone();
+        async move {
+            let response = broker
+                .http
+                .post(format!("{}/v1/tools/payments.send/call", broker.url))
+                .bearer_auth(token)
+                .header("Leash-Approval", id)
+                .json(&args)
+                .send()
+                .await
+                .unwrap();
+            response.status().as_u16()
+        }
+    };
+    // On another task, or with other arguments: refused, and the approval is not spent.
+    assert_eq!(
+        with_approval(other_task.clone(), args.clone()).await,
+        403,
+        "another task"
+    );
+    assert_eq!(
+        with_approval(token.clone(), json!({"amount": 5000})).await,
+        403,
+        "other arguments"
+    );
+    assert_eq!(broker.upstream.count(), 0);
+    // Used once: 200. Replayed: refused, and nothing more goes upstream.
+    assert_eq!(with_approval(token.clone(), args.clone()).await, 200);
+    assert_eq!(
+        with_approval(token.clone(), args.clone()).await,
+        403,
+        "replay"
+    );
+    assert_eq!(broker.upstream.count(), 1);
+}
+
+#[tokio::test]
+async fn approver_credential_as_a_task_token_and_the_reverse() {
+    let (broker, agent, task_id, token) = setup().await;
+    let approver = broker.approver("ann").await;
+    // Approver credential where a task token belongs.
+    let reply = broker
+        .call(&approver, "web.search", json!({"query": "x"}))
+        .await;
+    assert_eq!(reply.status, 401, "approver as task token: {reply:?}");
+    let reply = broker.get("/v1/tools", Some(&approver)).await;
+    assert_eq!(reply.status, 401, "approver lists tools: {reply:?}");
+    // Agent credential where a task token belongs.
+    let reply = broker
+        .call(&agent, "web.search", json!({"query": "x"}))
+        .await;
+    assert_eq!(
+        reply.status, 401,
+        "agent credential as task token: {reply:?}"
+    );
+    // Task token where an approver belongs.
+    let reply = broker.get("/v1/approvals", Some(&token)).await;
+    assert_refused(&reply, 403, "forbidden", "task token lists approvals");
+    let reply = broker
+        .post(
+            &format!("/v1/tasks/{task_id}/revoke"),
+            Some(&token),
+            json!({}),
+        )
+        .await;
+    assert_refused(
+        &reply,
+        403,
+        "forbidden",
+        "task token revokes like an approver",
+    );
+    let reply = broker
+        .post("/v1/agents/bot/revoke", Some(&token), json!({}))
+        .await;
+    assert_refused(&reply, 403, "forbidden", "task token revokes an agent");
+    // Task token where an agent credential belongs.
+    let reply = broker
+        .post(
+            "/v1/tasks",
+            Some(&token),
+            json!({"purpose": "p", "tools": ["web.search"]}),
+        )
+        .await;
+    assert_eq!(reply.status, 401, "task token opens a task: {reply:?}");
+    // Approver credential where the admin belongs.
+    let reply = broker
+        .post("/v1/agents/bot/credentials", Some(&approver), json!({}))
+        .await;
+    assert_refused(&reply, 403, "forbidden", "approver mints credentials");
+    // An approver credential with a block claiming the admin role is still an approver.
+    let claimed = append_block(&broker, &approver, r#"role("admin"); admin(true);"#).await;
+    let reply = broker
+        .post("/v1/agents/bot/credentials", Some(&claimed), json!({}))
+        .await;
+    assert_refused(&reply, 403, "forbidden", "approver claiming admin");
+    assert_eq!(broker.upstream.count(), 0);
+}
+
+/// The admin token is compared as SHA-256 digests in constant time, so how much of a
+/// guess is right cannot show in the answer time. Measured: guesses that share nothing
+/// with the admin token against guesses that differ only in the last character,
+/// interleaved, 400 each; the medians must agree within a tolerance far below what
+/// a leak large enough to exploit over a network would show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_token_timing() {
+    let broker = TestBroker::spawn().await;
+    let mut near = ADMIN.to_string();
+    near.pop();
+    near.push('#');
+    let far = "#".repeat(ADMIN.len());
+    let mut times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..800 {
+        let guess = if round % 2 == 0 { &near } else { &far };
+        let started = Instant::now();
+        let reply = broker.get("/v1/audit", Some(guess)).await;
+        times[round % 2].push(started.elapsed());
+        assert_eq!(reply.status, 401);
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let near_median = median(&mut times[0]);
+    let far_median = median(&mut times[1]);
+    let ratio = near_median.as_secs_f64() / far_median.as_secs_f64();
+    println!("admin-token guesses: near {near_median:?}, far {far_median:?}, ratio {ratio:.3}");
+    assert!(
+        (0.75..1.33).contains(&ratio),
+        "answer time depends on how much of the admin token is right: {ratio:.3}"
+    );
+    // And the right token works (the comparison is real).
+    assert_eq!(broker.get("/v1/audit", Some(ADMIN)).await.status, 200);
+}
