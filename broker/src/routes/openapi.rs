@@ -111,8 +111,9 @@ impl Modify for SecuritySchemes {
 }
 
 /// Adds the errors every operation can answer, so no path lists them by hand:
-/// 400 and 503 everywhere, 413 with a request body, 401 and 403 with a credential,
-/// 404 with a path parameter. Errors particular to an operation are on its path.
+/// 400, 431 and 503 everywhere; 408 and 413 with a request body; 401, 403 and 429 (the
+/// invalid-credential throttle) with a credential; 404 with a path parameter. Errors
+/// particular to an operation are on its path.
 struct CommonErrors;
 
 impl Modify for CommonErrors {
@@ -137,11 +138,16 @@ fn add_common_errors(operation: &mut Operation, has_path_param: bool) {
             "Malformed request: bad JSON, content type, path or query",
         ),
         (
+            "431",
+            "The request line and headers are larger than allowed",
+        ),
+        (
             "503",
             "The broker cannot decide safely now (it fails closed)",
         ),
     ];
     if operation.request_body.is_some() {
+        statuses.push(("408", "The request body did not arrive in time"));
         statuses.push(("413", "The request body is larger than allowed"));
     }
     if secured {
@@ -150,6 +156,10 @@ fn add_common_errors(operation: &mut Operation, has_path_param: bool) {
             "No credential, or a forged, expired, revoked or wrong-kind one",
         ));
         statuses.push(("403", "The caller's role or capability does not allow this"));
+        statuses.push((
+            "429",
+            "Too many invalid credentials from this address (see Retry-After)",
+        ));
     }
     if has_path_param {
         statuses.push(("404", "No such resource"));
