@@ -71,6 +71,17 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     }
 }
 
+/// Whether the bearer in `headers` is already known good: the admin token (digest
+/// compared in constant time) or a token verified before. Costs no signature check; the
+/// invalid-credential throttle lets these through (routes::limits).
+pub fn is_known_credential(state: &AppState, headers: &HeaderMap) -> bool {
+    let Ok(token) = bearer(headers) else {
+        return false;
+    };
+    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    bool::from(digest.ct_eq(&state.admin_digest)) || state.verifier.is_known(token)
+}
+
 /// Authenticates a request.
 pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let token = bearer(headers)?;

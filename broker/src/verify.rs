@@ -75,6 +75,12 @@ impl TokenVerifier {
         }
     }
 
+    /// Whether `text` already verified here (a cache lookup: no parsing, no signature).
+    pub fn is_known(&self, text: &str) -> bool {
+        let key: [u8; 32] = Sha256::digest(text.trim().as_bytes()).into();
+        self.cache.contains_key(&key)
+    }
+
     /// Forgets every cached verification (after keys were rotated or retired).
     pub fn clear(&self) {
         self.cache.invalidate_all();

@@ -3,9 +3,11 @@
 //! - the body must arrive within `client_timeout` of the request → 408 (a client that
 //!   drips its body cannot hold a connection);
 //! - credentials that are not ours (forged, garbage, a wrong admin token: `token_invalid`,
-//!   `unauthenticated`) are throttled per client address (429 before any signature work)
-//!   and logged with the address and a fingerprint of the credential — never the
-//!   credential itself. Genuine tokens whose life ended (`token_revoked`, `token_expired`,
+//!   `unauthenticated`) are throttled per client address and logged with the address and
+//!   a fingerprint of the credential — never the credential itself. Past the budget, an
+//!   address's requests with an unknown credential get 429 before any parsing or
+//!   signature work; known-good credentials (the admin token, tokens verified before)
+//!   still pass, so one noisy process cannot lock out its neighbours on the same host. Genuine tokens whose life ended (`token_revoked`, `token_expired`,
 //!   `task_inactive`) are not guesses: they are neither throttled nor logged above debug,
 //!   so an agent that keeps using a revoked token cannot lock its neighbours out.
 
@@ -47,6 +49,7 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
         .map(|value| fingerprint(value.as_bytes()));
     if let (Some(peer), Some(_)) = (&peer, &credential)
         && let Err(refusal) = state.auth_failures.admit(peer)
+        && !crate::caller::is_known_credential(&state, request.headers())
     {
         return refusal.into_response();
     }
