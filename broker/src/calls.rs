@@ -73,7 +73,16 @@ pub async fn call_tool(
     let task = active_task(state, token).await?;
     // Fail closed: no call is admitted while its audit record could not be kept.
     state.audit.check_writable()?;
+    let started = std::time::Instant::now();
     let outcome = checked_call(state, &task, tool_name, &args, approval).await;
+    let (tool_label, outcome_label, took) = match &outcome {
+        Ok(CallOutcome::Done(_)) => (tool_name, "allowed", Some(started.elapsed())),
+        Ok(CallOutcome::PendingApproval(_)) => (tool_name, "held", None),
+        // Only catalog names become labels: callers cannot invent series.
+        Err(err @ ApiError::UnknownTool(_)) => ("unknown", err.status_and_code().1, None),
+        Err(err) => (tool_name, err.status_and_code().1, None),
+    };
+    state.metrics.call(tool_label, outcome_label, took);
     let (kind, detail) = match &outcome {
         Ok(CallOutcome::PendingApproval(id)) => (
             "call.held",

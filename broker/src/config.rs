@@ -156,6 +156,8 @@ impl ServeArgs {
             max_header_bytes: self.max_header_bytes.clamp(8 * 1024, 1024 * 1024),
             client_timeout: Duration::from_secs(self.client_timeout_seconds.clamp(1, 600)),
             auth_failure_limit: self.auth_failure_limit,
+            // From the environment only (main.rs), like the admin token.
+            metrics_token: None,
         }
     }
 }

@@ -17,7 +17,7 @@
 //! - [`calls`] is the checked call path; [`proxy`] the only code that talks upstream;
 //! - [`approvals`] human decisions; [`events`] the event hub; [`webhook`] notifications;
 //! - [`issue`] mints a task's token; [`store`] is durable state (SQLite); [`audit`] the hash-chained log;
-//! - [`routes`] every HTTP path; [`caller`] who is calling; [`error`] the one error type.
+//! - [`metrics`] the `/metrics` registry; [`routes`] every HTTP path; [`caller`] who is calling; [`error`] the one error type.
 
 pub mod approvals;
 pub mod audit;
@@ -36,6 +36,7 @@ pub mod ids;
 pub mod issue;
 pub mod keys;
 pub mod mcp;
+pub mod metrics;
 pub mod mint;
 pub mod policy;
 pub mod proxy;

@@ -47,7 +47,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let admin_token = env("LEASH_ADMIN_TOKEN").filter(|t| !t.is_empty());
             let generated = admin_token.is_none();
             let master_key = env("LEASH_MASTER_KEY").filter(|t| !t.is_empty());
-            let config = args.into_config(admin_token, master_key);
+            let mut config = args.into_config(admin_token, master_key);
+            config.metrics_token = env("LEASH_METRICS_TOKEN").filter(|t| !t.is_empty());
             let state = leash_broker::prepare(config.clone(), &env).await?;
             let listener = TcpListener::bind(config.listen).await?;
             let address = listener.local_addr()?;

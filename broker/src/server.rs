@@ -72,6 +72,9 @@ pub struct ServeConfig {
     pub client_timeout: Duration,
     /// Failed authentications per second allowed from one client address (0 = no limit).
     pub auth_failure_limit: u32,
+    /// A scrape-only token for `GET /metrics` (`LEASH_METRICS_TOKEN`); the admin token
+    /// works too.
+    pub metrics_token: Option<String>,
 }
 
 impl ServeConfig {
@@ -98,6 +101,7 @@ impl ServeConfig {
             max_header_bytes: 96 * 1024,
             client_timeout: Duration::from_secs(10),
             auth_failure_limit: 20,
+            metrics_token: None,
         }
     }
 }
@@ -137,6 +141,10 @@ pub struct AppState {
     pub rate_limiter: Arc<crate::ratelimit::RateLimiter>,
     /// Failed authentications per client address.
     pub auth_failures: Arc<crate::ratelimit::AuthFailureLimiter>,
+    /// The `/metrics` registry.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// SHA-256 of the scrape-only metrics token, if one is configured.
+    pub metrics_digest: Option<[u8; 32]>,
     /// The revocation feed position read at start; replica fan-out continues from here.
     pub revocations_loaded_to: i64,
     /// Recently minted per-call capabilities: (token id, tool) → (text, end of window).
@@ -230,6 +238,11 @@ pub async fn prepare(
             config.rate_burst,
             clock.clone(),
         )),
+        metrics: Arc::new(crate::metrics::Metrics::new()),
+        metrics_digest: config
+            .metrics_token
+            .as_deref()
+            .map(|token| Sha256::digest(token.as_bytes()).into()),
         auth_failures: Arc::new(crate::ratelimit::AuthFailureLimiter::new(
             config.auth_failure_limit,
             clock.clone(),

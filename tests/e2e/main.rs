@@ -13,6 +13,7 @@ mod interop;
 mod lifecycle;
 mod limits;
 mod mcp;
+mod metrics;
 mod openapi;
 mod process;
 mod replicas;

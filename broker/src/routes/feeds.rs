@@ -2,15 +2,50 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use super::extract::QueryParams;
-use crate::caller::authenticate;
+use crate::caller::{Caller, authenticate};
 use crate::clock::rfc3339;
 use crate::error::{ApiError, ApiResult};
+use crate::metrics::Sample;
 use crate::server::AppState;
+
+/// `GET /metrics` (admin token, or the scrape-only `LEASH_METRICS_TOKEN`): OpenMetrics text.
+#[utoipa::path(get, path = "/metrics", tag = "feeds",
+    security(("admin" = []), ("metrics" = [])),
+    responses((status = 200, description = "Counters and gauges in the OpenMetrics text format", content_type = "application/openmetrics-text", body = String)))]
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    let scrape_token = crate::caller::bearer(&headers).ok().is_some_and(|token| {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        state
+            .metrics_digest
+            .is_some_and(|expected| bool::from(digest.ct_eq(&expected)))
+    });
+    if !scrape_token && !matches!(authenticate(&state, &headers)?, Caller::Admin) {
+        return Err(ApiError::Forbidden(
+            "metrics need the admin token or LEASH_METRICS_TOKEN".into(),
+        ));
+    }
+    let sample = Sample {
+        revoked_ids: i64::try_from(state.revoked.len()).unwrap_or(i64::MAX),
+        feed_healthy: state.health.check().is_ok(),
+        audit_writable: state.audit.check_writable().is_ok(),
+    };
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(sample),
+    )
+        .into_response())
+}
 
 /// Most feed entries in one answer.
 const PAGE: i64 = 1000;

@@ -51,6 +51,7 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
         && let Err(refusal) = state.auth_failures.admit(peer)
         && !crate::caller::is_known_credential(&state, request.headers())
     {
+        state.metrics.throttled();
         return refusal.into_response();
     }
     let method = request.method().clone();
@@ -74,6 +75,7 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
             if let Some(peer) = &peer {
                 state.auth_failures.record_failure(peer);
             }
+            state.metrics.invalid_credential();
             tracing::warn!(
                 peer = peer_text,
                 %method,

@@ -31,6 +31,7 @@ use super::{admin, approvals, feeds, tasks, tools, ui};
         feeds::keys,
         feeds::revocations,
         feeds::audit,
+        feeds::metrics,
         admin::agent_credential,
         admin::approver_credential,
         admin::revoke_agent,
@@ -96,6 +97,10 @@ impl Modify for SecuritySchemes {
             ("approver", "An approver credential minted by the admin."),
             ("agent", "An agent credential minted by the admin."),
             ("task", "A task token (or a token attenuated from it)."),
+            (
+                "metrics",
+                "The scrape-only LEASH_METRICS_TOKEN (GET /metrics only).",
+            ),
         ] {
             components.add_security_scheme(
                 name,
