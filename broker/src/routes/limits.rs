@@ -57,10 +57,15 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let (parts, body) = request.into_parts();
-    let body = Body::new(DeadlineBody {
-        inner: body,
-        deadline: Box::pin(tokio::time::sleep(state.config.client_timeout)),
-    });
+    // Requests without a body (most GETs) need no deadline and no timer.
+    let body = if http_body::Body::is_end_stream(&body) {
+        body
+    } else {
+        Body::new(DeadlineBody {
+            inner: body,
+            deadline: Box::pin(tokio::time::sleep(state.config.client_timeout)),
+        })
+    };
     let response = next.run(Request::from_parts(parts, body)).await;
     if response.status() == StatusCode::UNAUTHORIZED
         && let Some(credential) = &credential
@@ -100,7 +105,11 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
 
 /// Bytes of the request line and headers, as sent (near enough: `name: value\r\n`).
 fn head_size(request: &Request) -> usize {
-    let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
+    let uri = request.uri();
+    let line = request.method().as_str().len()
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(1, |pq| pq.as_str().len())
+        + 12;
     request
         .headers()
         .iter()
