@@ -32,7 +32,7 @@ pub fn allowed_hosts(state: &AppState) -> Vec<String> {
 }
 
 /// The host of a `Host` header value, without port or IPv6 brackets, lowercased.
-fn host_only(value: &str) -> String {
+pub fn host_only(value: &str) -> String {
     let value = value.trim();
     let host = if let Some(rest) = value.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
