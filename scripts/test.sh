@@ -7,7 +7,9 @@
 #     and schemathesis for the OpenAPI contract test;
 #  2. makes sure this machine's PostgreSQL is up (store suite, replica tests) and
 #     builds the `leash` binary (the process tests start it);
-#  3. runs every unit, integration and end-to-end test of the workspace.
+#  3. runs every unit, integration and end-to-end test of the workspace;
+#  4. replays each fuzz target's corpus and fuzzes it briefly (scripts/fuzz-smoke.sh,
+#     which installs cargo-fuzz if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,3 +43,4 @@ PGOPTIONS="-c client_min_messages=warning" psql -h 127.0.0.1 -U postgres -d test
 
 cargo build --workspace --bins --locked
 cargo test --workspace --locked
+./scripts/fuzz-smoke.sh
