@@ -71,7 +71,8 @@ fn benches(c: &mut Criterion) {
                         args,
                         now_secs: 1_900_000_000,
                         task_calls: 3,
-                        token_calls: 3,
+                        prefix_calls: &[3; 4],
+                        budget_blocks: &verified.budget_blocks,
                     };
                     black_box(authorize_call(&verified.biscuit, &facts).is_ok())
                 })
@@ -89,7 +90,8 @@ fn benches(c: &mut Criterion) {
                         args,
                         now_secs: 1_900_000_000,
                         task_calls: 3,
-                        token_calls: 3,
+                        prefix_calls: &[3; 4],
+                        budget_blocks: &verified.budget_blocks,
                     };
                     black_box(authorize_call(&verified.biscuit, &facts).is_ok())
                 })

@@ -3,7 +3,9 @@
 //! Pure: token + call + now + counters → allowed, or why not.
 
 use biscuit_auth::{Biscuit, error};
-use leash_sdk::capability::{CallFacts as SharedFacts, evaluate, explain, failed_rules};
+use leash_sdk::capability::{
+    CallFacts as SharedFacts, Counters, evaluate_with_budgets, explain, failed_rules,
+};
 use serde_json::{Map, Value};
 
 /// One call to authorize.
@@ -16,8 +18,13 @@ pub struct CallFacts<'a> {
     pub now_secs: i64,
     /// Calls admitted so far in the task.
     pub task_calls: u64,
-    /// Calls admitted so far with this exact token.
-    pub token_calls: u64,
+    /// Per block of the token, authority first: calls admitted so far with the token
+    /// ending at that block and everything attenuated from it (`token_calls` of that
+    /// block's checks).
+    pub prefix_calls: &'a [u64],
+    /// The blocks whose checks read `token_calls` (see
+    /// [`leash_sdk::capability::budget_blocks`]).
+    pub budget_blocks: &'a [usize],
 }
 
 impl CallFacts<'_> {
@@ -26,7 +33,10 @@ impl CallFacts<'_> {
             tool: self.tool,
             args: self.args,
             now_secs: self.now_secs,
-            counters: Some((self.task_calls, self.token_calls)),
+            counters: Some(Counters {
+                task_calls: self.task_calls,
+                prefix_calls: self.prefix_calls,
+            }),
         }
     }
 }
@@ -42,7 +52,7 @@ pub enum Denial {
 
 /// Authorizes one call.
 pub fn authorize_call(token: &Biscuit, call: &CallFacts<'_>) -> Result<(), Denial> {
-    evaluate(token, &call.shared()).map_err(|err| {
+    evaluate_with_budgets(token, &call.shared(), call.budget_blocks).map_err(|err| {
         if let error::Token::FailedLogic(
             error::Logic::Unauthorized { checks, .. } | error::Logic::NoMatchingPolicy { checks },
         ) = &err
@@ -62,7 +72,7 @@ pub fn authorize_call(token: &Biscuit, call: &CallFacts<'_>) -> Result<(), Denia
 /// Whether a tool belongs in the token's tool list: the call is allowed, or refused only
 /// by checks about arguments (which depend on the call) or budgets.
 pub fn listable(token: &Biscuit, call: &CallFacts<'_>) -> bool {
-    match evaluate(token, &call.shared()) {
+    match evaluate_with_budgets(token, &call.shared(), call.budget_blocks) {
         Ok(()) => true,
         Err(error::Token::FailedLogic(error::Logic::Unauthorized {
             policy: error::MatchedPolicy::Allow(_),
@@ -96,19 +106,26 @@ mod tests {
         .unwrap()
     }
 
-    fn call<'a>(
-        tool: &'a str,
-        args: &'a Map<String, Value>,
+    /// Authorizes with the token's budget blocks found as the broker finds them.
+    fn check(
+        token: &Biscuit,
+        tool: &str,
+        args: &Map<String, Value>,
         now: i64,
-        token_calls: u64,
-    ) -> CallFacts<'a> {
-        CallFacts {
-            tool,
-            args,
-            now_secs: now,
-            task_calls: 0,
-            token_calls,
-        }
+        prefix_calls: &[u64],
+    ) -> Result<(), Denial> {
+        let budget_blocks = leash_sdk::capability::budget_blocks(token);
+        authorize_call(
+            token,
+            &CallFacts {
+                tool,
+                args,
+                now_secs: now,
+                task_calls: 0,
+                prefix_calls,
+                budget_blocks: &budget_blocks,
+            },
+        )
     }
 
     #[test]
@@ -116,17 +133,12 @@ mod tests {
         let keys = RootKeys::generate();
         let t = token(&keys, 2_000);
         let args = Map::new();
-        assert_eq!(
-            authorize_call(&t, &call("web.search", &args, 1_000, 0)),
-            Ok(())
-        );
-        let Err(Denial::Capability(why)) = authorize_call(&t, &call("shell.exec", &args, 1_000, 0))
-        else {
+        assert_eq!(check(&t, "web.search", &args, 1_000, &[0]), Ok(()));
+        let Err(Denial::Capability(why)) = check(&t, "shell.exec", &args, 1_000, &[0]) else {
             panic!()
         };
         assert!(why.contains("does not grant tool \"shell.exec\""), "{why}");
-        let Err(Denial::Capability(why)) = authorize_call(&t, &call("web.search", &args, 2_001, 0))
-        else {
+        let Err(Denial::Capability(why)) = check(&t, "web.search", &args, 2_001, &[0]) else {
             panic!()
         };
         assert!(why.contains("time"), "{why}");
@@ -144,51 +156,97 @@ mod tests {
             )
             .unwrap();
         let ok = json!({"path": "/data/x"});
+        let ok = ok.as_object().unwrap();
         let bad = json!({"path": "/etc/passwd"});
-        assert_eq!(
-            authorize_call(&child, &call("fs.read", ok.as_object().unwrap(), 1_000, 0)),
-            Ok(())
-        );
-        assert!(
-            authorize_call(&child, &call("fs.read", bad.as_object().unwrap(), 1_000, 0)).is_err()
-        );
-        assert!(
-            authorize_call(
-                &child,
-                &call("web.search", ok.as_object().unwrap(), 1_000, 0)
-            )
-            .is_err()
-        );
+        let bad = bad.as_object().unwrap();
+        assert_eq!(check(&child, "fs.read", ok, 1_000, &[0, 0]), Ok(()));
+        assert!(check(&child, "fs.read", bad, 1_000, &[0, 0]).is_err());
+        assert!(check(&child, "web.search", ok, 1_000, &[0, 0]).is_err());
         // The block's own tool fact and time fact grant nothing.
-        assert!(
-            authorize_call(
-                &child,
-                &call("shell.exec", ok.as_object().unwrap(), 1_000, 0)
-            )
-            .is_err()
-        );
-        assert!(
-            authorize_call(&child, &call("fs.read", ok.as_object().unwrap(), 3_000, 0)).is_err()
-        );
+        assert!(check(&child, "shell.exec", ok, 1_000, &[0, 0]).is_err());
+        assert!(check(&child, "fs.read", ok, 3_000, &[0, 0]).is_err());
+    }
+
+    fn append(token: &Biscuit, code: &str) -> Biscuit {
+        token
+            .append(BlockBuilder::new().code(code).unwrap())
+            .unwrap()
     }
 
     #[test]
     fn child_budget_is_a_budget_denial() {
         let keys = RootKeys::generate();
-        let child = token(&keys, 2_000)
-            .append(
-                BlockBuilder::new()
-                    .code("reject if token_calls($n), $n >= 3")
-                    .unwrap(),
-            )
-            .unwrap();
+        let child = append(&token(&keys, 2_000), "reject if token_calls($n), $n >= 3");
         let args = Map::new();
+        assert_eq!(check(&child, "web.search", &args, 1_000, &[9, 2]), Ok(()));
+        assert!(matches!(
+            check(&child, "web.search", &args, 1_000, &[9, 3]),
+            Err(Denial::Budget(_))
+        ));
+    }
+
+    #[test]
+    fn each_budget_sees_the_count_of_its_own_prefix() {
+        let keys = RootKeys::generate();
+        let args = Map::new();
+        let child = append(&token(&keys, 2_000), "reject if token_calls($n), $n >= 3");
+        // A grandchild's own block starts at 0, but the child's budget sees the child's
+        // prefix, which counts the grandchild's calls too.
+        let grandchild = append(&child, "check if true");
+        assert!(matches!(
+            check(&grandchild, "web.search", &args, 1_000, &[5, 3, 0]),
+            Err(Denial::Budget(_))
+        ));
         assert_eq!(
-            authorize_call(&child, &call("web.search", &args, 1_000, 2)),
+            check(&grandchild, "web.search", &args, 1_000, &[5, 2, 0]),
+            Ok(())
+        );
+        // A grandchild with a budget of its own: both budgets hold, each on its count.
+        let budgeted = append(&child, "reject if token_calls($n), $n >= 10");
+        assert_eq!(
+            check(&budgeted, "web.search", &args, 1_000, &[5, 2, 2]),
             Ok(())
         );
         assert!(matches!(
-            authorize_call(&child, &call("web.search", &args, 1_000, 3)),
+            check(&budgeted, "web.search", &args, 1_000, &[5, 3, 2]),
+            Err(Denial::Budget(why)) if why.contains("block 1")
+        ));
+        let wide = append(&child, "reject if token_calls($n), $n >= 1");
+        assert!(matches!(
+            check(&wide, "web.search", &args, 1_000, &[5, 2, 1]),
+            Err(Denial::Budget(why)) if why.contains("block 2") && !why.contains("block 1")
+        ));
+        // A later block cannot loosen an earlier budget by lying about counts.
+        let liar = append(&child, "token_calls(0); check if true");
+        assert!(check(&liar, "web.search", &args, 1_000, &[5, 3, 0]).is_err());
+        // Capability checks still apply alongside budgets.
+        assert!(matches!(
+            check(&budgeted, "fs.write", &args, 1_000, &[5, 2, 2]),
+            Err(Denial::Capability(_))
+        ));
+        // A count missing for a budget block fails closed.
+        assert!(check(&budgeted, "web.search", &args, 1_000, &[5]).is_err());
+    }
+
+    #[test]
+    fn an_authority_budget_bounds_the_whole_chain() {
+        let keys = RootKeys::generate();
+        let root = task_token(
+            &keys,
+            &TaskClaims {
+                task_id: "tsk_a",
+                agent: "bot",
+                tools: &["web.search".to_string()],
+                expires_at_secs: 2_000,
+                checks: &["reject if token_calls($n), $n >= 4".to_string()],
+            },
+        )
+        .unwrap();
+        let child = append(&root, "check if true");
+        let args = Map::new();
+        assert_eq!(check(&child, "web.search", &args, 1_000, &[3, 0]), Ok(()));
+        assert!(matches!(
+            check(&child, "web.search", &args, 1_000, &[4, 0]),
             Err(Denial::Budget(_))
         ));
     }

@@ -132,7 +132,7 @@ async fn checked_call(
     }
     let slot = state
         .tasks
-        .take_slot(&task.runtime, task.token.own_id())
+        .take_slot(&task.runtime, &task.token.revocation_ids)
         .await?;
     let now_ms = state.clock.now_ms();
     let facts = CallFacts {
@@ -140,7 +140,8 @@ async fn checked_call(
         args: arguments,
         now_secs: now_ms.div_euclid(1000),
         task_calls: slot.task_calls,
-        token_calls: slot.token_calls,
+        prefix_calls: &slot.prefix_calls,
+        budget_blocks: &task.token.budget_blocks,
     };
     authorize_call(&task.token.biscuit, &facts).map_err(|denial| match denial {
         Denial::Capability(why) => ApiError::CapabilityDenied(why),
@@ -278,6 +279,7 @@ pub fn lookup_tool(state: &AppState, name: &str) -> Result<Arc<ToolDef>, ApiErro
 pub fn callable_tools(state: &AppState, task: &TaskContext) -> Vec<Arc<ToolDef>> {
     let now_secs = state.clock.now_ms().div_euclid(1000);
     let no_args = serde_json::Map::new();
+    let no_calls = vec![0; task.token.revocation_ids.len()];
     task.token
         .tools
         .iter()
@@ -288,7 +290,8 @@ pub fn callable_tools(state: &AppState, task: &TaskContext) -> Vec<Arc<ToolDef>>
                 args: &no_args,
                 now_secs,
                 task_calls: task.runtime.calls(),
-                token_calls: 0,
+                prefix_calls: &no_calls,
+                budget_blocks: &task.token.budget_blocks,
             };
             listable(&task.token.biscuit, &facts)
         })

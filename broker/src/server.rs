@@ -210,6 +210,7 @@ pub async fn prepare(
         events.clone(),
         revoked.clone(),
         policy.longest_ttl(),
+        pg.is_some(),
     );
     let health = Arc::new(if pg.is_some() {
         FeedHealth::replicated(clock.clone(), config.feed_staleness)

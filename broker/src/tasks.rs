@@ -103,16 +103,58 @@ impl TaskRuntime {
     }
 }
 
-/// A call slot taken from the task's and the token's counters. Dropping it without
-/// [`CallSlot::commit`] gives the slot back (the call was not admitted or not completed).
+/// Calls admitted with one prefix of a token chain (one revocation id): with the token
+/// that ends at that block and with every token attenuated from it.
+///
+/// The store holds the deployment-wide total; this broker adds what it admitted since
+/// its last write. Each flush adds this broker's committed calls to the store and reads
+/// the total back, so every replica sees the others' calls within one flush.
+#[derive(Debug, Default)]
+struct PrefixCounter {
+    /// The store's total when last read or written (calls of every replica).
+    stored: AtomicU64,
+    /// Slots taken here and not yet written to the store (in flight or committed).
+    local: AtomicU64,
+    /// Calls committed here and not yet written to the store.
+    committed: AtomicU64,
+    /// When `stored` was last read from or written to the store (ms on [`mono_ms`]).
+    synced_ms: AtomicU64,
+}
+
+impl PrefixCounter {
+    fn loaded(stored: u64) -> Self {
+        PrefixCounter {
+            stored: AtomicU64::new(stored),
+            synced_ms: AtomicU64::new(mono_ms()),
+            ..PrefixCounter::default()
+        }
+    }
+
+    /// Takes a slot; answers the calls admitted before it.
+    fn take(&self) -> u64 {
+        let local = self.local.fetch_add(1, Ordering::SeqCst);
+        self.stored.load(Ordering::SeqCst) + local
+    }
+}
+
+/// Milliseconds on a monotonic clock, for counter freshness.
+fn mono_ms() -> u64 {
+    static START: std::sync::LazyLock<std::time::Instant> =
+        std::sync::LazyLock::new(std::time::Instant::now);
+    START.elapsed().as_millis() as u64
+}
+
+/// A call slot taken from the task's counter and the counter of every prefix of the
+/// presented token. Dropping it without [`CallSlot::commit`] gives the slots back (the
+/// call was not admitted or not completed).
 pub struct CallSlot {
     runtime: Arc<TaskRuntime>,
-    token_counter: Arc<AtomicU64>,
-    token_id: String,
+    prefixes: Vec<(String, Arc<PrefixCounter>)>,
     /// Calls admitted in the task before this one.
     pub task_calls: u64,
-    /// Calls admitted with this token before this one.
-    pub token_calls: u64,
+    /// Per block of the token, authority first: calls admitted before this one with the
+    /// token ending at that block and everything attenuated from it.
+    pub prefix_calls: Vec<u64>,
     committed: bool,
     usage: mpsc::UnboundedSender<Flush>,
 }
@@ -124,12 +166,14 @@ impl CallSlot {
         self.runtime
             .last_activity_ms
             .fetch_max(now_ms, Ordering::SeqCst);
+        for (_, counter) in &self.prefixes {
+            counter.committed.fetch_add(1, Ordering::SeqCst);
+        }
         let _ = self.usage.send(Flush::Usage(Usage {
             task_id: self.runtime.task_id.clone(),
             calls: self.runtime.calls(),
             last_activity_ms: self.runtime.last_activity_ms(),
-            token_id: self.token_id.clone(),
-            token_calls: self.token_counter.load(Ordering::SeqCst),
+            prefixes: std::mem::take(&mut self.prefixes),
         }));
     }
 }
@@ -138,7 +182,9 @@ impl Drop for CallSlot {
     fn drop(&mut self) {
         if !self.committed {
             self.runtime.calls.fetch_sub(1, Ordering::SeqCst);
-            self.token_counter.fetch_sub(1, Ordering::SeqCst);
+            for (_, counter) in &self.prefixes {
+                counter.local.fetch_sub(1, Ordering::SeqCst);
+            }
         }
     }
 }
@@ -147,8 +193,7 @@ struct Usage {
     task_id: String,
     calls: u64,
     last_activity_ms: i64,
-    token_id: String,
-    token_calls: u64,
+    prefixes: Vec<(String, Arc<PrefixCounter>)>,
 }
 
 enum Flush {
@@ -173,7 +218,11 @@ pub struct Tasks {
     events: Events,
     revoked: Arc<RevocationSet>,
     runtimes: moka::future::Cache<String, Arc<TaskRuntime>>,
-    token_counters: moka::future::Cache<String, Arc<AtomicU64>>,
+    /// Per revocation id: calls admitted with that prefix of a token chain.
+    prefix_counters: moka::future::Cache<String, Arc<PrefixCounter>>,
+    /// Whether other brokers write the same counters (replicas on one PostgreSQL): a
+    /// counter not written here for a flush interval is re-read before it is used.
+    shared_store: bool,
     /// Counter updates and flush barriers, in one queue so a barrier follows every
     /// update sent before it.
     flush: mpsc::UnboundedSender<Flush>,
@@ -189,6 +238,7 @@ impl Tasks {
         events: Events,
         revoked: Arc<RevocationSet>,
         longest_ttl: Duration,
+        shared_store: bool,
     ) -> Arc<Tasks> {
         let idle = longest_ttl + Duration::from_secs(60);
         let (flush_tx, flush_rx) = mpsc::unbounded_channel::<Flush>();
@@ -200,11 +250,12 @@ impl Tasks {
             events,
             revoked,
             runtimes: moka::future::Cache::builder().time_to_idle(idle).build(),
-            token_counters: moka::future::Cache::builder()
+            prefix_counters: moka::future::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_idle(idle)
                 .build(),
             flush: flush_tx,
+            shared_store,
         })
     }
 
@@ -443,35 +494,60 @@ impl Tasks {
         Err(inactive(&runtime.task_id, runtime.state()))
     }
 
-    /// Takes a call slot for the task and this token (identified by its own revocation id).
+    /// Takes a call slot for the task and for every prefix of the presented token
+    /// (`revocation_ids`, authority first).
     pub async fn take_slot(
         &self,
         runtime: &Arc<TaskRuntime>,
-        token_id: &str,
+        revocation_ids: &[String],
     ) -> Result<CallSlot, ApiError> {
-        let store = self.store.clone();
-        let id = token_id.to_string();
-        let counter = self
-            .token_counters
-            .try_get_with(token_id.to_string(), async move {
-                store
-                    .token_calls(&id)
-                    .await
-                    .map(|n| Arc::new(AtomicU64::new(n)))
-            })
-            .await
-            .map_err(|e| ApiError::internal(anyhow::anyhow!("loading token usage: {e}")))?;
+        let mut counters = Vec::with_capacity(revocation_ids.len());
+        for id in revocation_ids {
+            counters.push((id.clone(), self.prefix_counter(id).await?));
+        }
         let task_calls = runtime.calls.fetch_add(1, Ordering::SeqCst);
-        let token_calls = counter.fetch_add(1, Ordering::SeqCst);
+        let prefix_calls = counters.iter().map(|(_, c)| c.take()).collect();
         Ok(CallSlot {
             runtime: runtime.clone(),
-            token_counter: counter,
-            token_id: token_id.to_string(),
+            prefixes: counters,
             task_calls,
-            token_calls,
+            prefix_calls,
             committed: false,
             usage: self.flush.clone(),
         })
+    }
+
+    /// The counter of one prefix, loaded from the store on first use and, when other
+    /// brokers share the store, re-read once it has gone a flush interval unsynced.
+    async fn prefix_counter(&self, id: &str) -> Result<Arc<PrefixCounter>, ApiError> {
+        let load_error = |e: &dyn std::fmt::Display| {
+            ApiError::internal(anyhow::anyhow!("loading token usage: {e}"))
+        };
+        let store = self.store.clone();
+        let key = id.to_string();
+        let counter = self
+            .prefix_counters
+            .try_get_with(id.to_string(), async move {
+                store
+                    .token_calls(&key)
+                    .await
+                    .map(|n| Arc::new(PrefixCounter::loaded(n)))
+            })
+            .await
+            .map_err(|e| load_error(&e))?;
+        if self.shared_store
+            && mono_ms().saturating_sub(counter.synced_ms.load(Ordering::SeqCst))
+                >= FLUSH_EVERY.as_millis() as u64
+        {
+            let total = self
+                .store
+                .token_calls(id)
+                .await
+                .map_err(|e| load_error(&e))?;
+            counter.stored.fetch_max(total, Ordering::SeqCst);
+            counter.synced_ms.store(mono_ms(), Ordering::SeqCst);
+        }
+        Ok(counter)
     }
 
     /// Expires every active task whose window or idle time has passed. Returns how many.
@@ -522,10 +598,10 @@ pub fn inactive(task_id: &str, state: TaskState) -> ApiError {
     }
 }
 
-/// Writes counters behind the hot path, coalescing per task and token.
+/// Writes counters behind the hot path, coalescing per task and per token prefix.
 async fn write_usage(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Flush>) {
     let mut tasks: HashMap<String, (u64, i64)> = HashMap::new();
-    let mut tokens: HashMap<String, u64> = HashMap::new();
+    let mut prefixes: HashMap<String, Arc<PrefixCounter>> = HashMap::new();
     let mut waiters = Vec::new();
     let mut ticker = tokio::time::interval(FLUSH_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -537,8 +613,7 @@ async fn write_usage(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Flus
                     let entry = tasks.entry(u.task_id).or_insert((0, 0));
                     entry.0 = entry.0.max(u.calls);
                     entry.1 = entry.1.max(u.last_activity_ms);
-                    let calls = tokens.entry(u.token_id).or_insert(0);
-                    *calls = (*calls).max(u.token_calls);
+                    prefixes.extend(u.prefixes);
                     continue;
                 }
                 Some(Flush::Barrier(done)) => waiters.push(done),
@@ -546,20 +621,46 @@ async fn write_usage(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Flus
             },
             _ = ticker.tick() => {}
         }
-        if !tasks.is_empty() || !tokens.is_empty() {
+        if !tasks.is_empty() || !prefixes.is_empty() {
+            // What each prefix committed since the last write; taken now, so calls
+            // committed during the write go into the next one.
+            let written: Vec<(String, Arc<PrefixCounter>, u64)> = prefixes
+                .drain()
+                .map(|(id, c)| {
+                    let delta = c.committed.swap(0, Ordering::SeqCst);
+                    (id, c, delta)
+                })
+                .collect();
             let batch = UsageBatch {
                 tasks: tasks
                     .drain()
                     .map(|(id, (calls, last))| (id, calls, last))
                     .collect(),
-                tokens: tokens.drain().collect(),
+                tokens: written
+                    .iter()
+                    .map(|(id, _, delta)| (id.clone(), *delta))
+                    .collect(),
             };
-            if let Err(err) = store.record_usage(&batch).await {
-                tracing::error!(error = %err, "cannot write call counters; will retry");
-                for (id, calls, last) in batch.tasks {
-                    tasks.insert(id, (calls, last));
+            match store.record_usage(&batch).await {
+                Ok(totals) => {
+                    for ((_, counter, delta), total) in written.iter().zip(totals) {
+                        // The total first, then the local share: a call in between sees
+                        // its slot counted twice (fail closed), never not at all.
+                        counter.stored.fetch_max(total, Ordering::SeqCst);
+                        counter.local.fetch_sub(*delta, Ordering::SeqCst);
+                        counter.synced_ms.store(mono_ms(), Ordering::SeqCst);
+                    }
                 }
-                tokens.extend(batch.tokens);
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot write call counters; will retry");
+                    for (id, calls, last) in batch.tasks {
+                        tasks.insert(id, (calls, last));
+                    }
+                    for (id, counter, delta) in written {
+                        counter.committed.fetch_add(delta, Ordering::SeqCst);
+                        prefixes.insert(id, counter);
+                    }
+                }
             }
         }
         for done in waiters.drain(..) {

@@ -48,10 +48,13 @@ pub struct VerifiedToken {
     pub revocation_ids: Vec<String>,
     /// The `tool` facts of the authority block.
     pub tools: Vec<String>,
+    /// The blocks holding a per-token budget (their Datalog reads `token_calls`); found
+    /// once per token, so the call path does not print blocks.
+    pub budget_blocks: Vec<usize>,
 }
 
 impl VerifiedToken {
-    /// The revocation id of this exact token (its last block): the key of `token_calls`.
+    /// The revocation id of this exact token (its last block): names it in the audit.
     pub fn own_id(&self) -> &str {
         self.revocation_ids.last().map(String::as_str).unwrap_or("")
     }
@@ -179,11 +182,13 @@ fn read_authority(
         ([], [], [approver], [role]) if role == "approver" => Principal::Approver(approver.clone()),
         _ => return Err(invalid()),
     };
+    let budget_blocks = leash_sdk::capability::budget_blocks(&biscuit);
     Ok(VerifiedToken {
         biscuit,
         principal,
         revocation_ids,
         tools,
+        budget_blocks,
     })
 }
 

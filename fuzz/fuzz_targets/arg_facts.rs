@@ -136,7 +136,9 @@ fuzz_target!(
             args,
             now_secs: leash_fuzz::NOW_SECS,
             task_calls: 1,
-            token_calls: 1,
+            prefix_calls: &[1],
+            // The token holds no budget.
+            budget_blocks: &[],
         };
         let decision = authorize_call(&state.token, &call);
         if let Err(Denial::Capability(why)) = &decision

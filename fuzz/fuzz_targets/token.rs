@@ -57,13 +57,21 @@ static STATE: LazyLock<State> = LazyLock::new(|| {
     }
 });
 
-fn call<'a>(tool: &'a str, args: &'a Map<String, Value>) -> CallFacts<'a> {
+/// One call counted before, on the task and on every prefix of the chain.
+const ONE_CALL_EACH: [u64; 256] = [1; 256];
+
+fn call<'a>(
+    tool: &'a str,
+    args: &'a Map<String, Value>,
+    budget_blocks: &'a [usize],
+) -> CallFacts<'a> {
     CallFacts {
         tool,
         args,
         now_secs: NOW_SECS,
         task_calls: 1,
-        token_calls: 1,
+        prefix_calls: &ONE_CALL_EACH,
+        budget_blocks,
     }
 }
 
@@ -82,9 +90,10 @@ fn inspect(token: &UnverifiedBiscuit) {
 fn exercise(token: &Biscuit, tools: &[String]) {
     let args = &STATE.args;
     let empty = Map::new();
+    let budgets = capability::budget_blocks(token);
     for tool in tools.iter().map(String::as_str).chain(["notes.delete", ""]) {
         for args in [args, &empty] {
-            let facts = call(tool, args);
+            let facts = call(tool, args, &budgets);
             if let Err(authorize::Denial::Capability(why) | authorize::Denial::Budget(why)) =
                 authorize::authorize_call(token, &facts)
             {
@@ -118,10 +127,11 @@ fn check_attenuation(child: &Biscuit, verified_tools: &[String], principal: &Pri
     assert_eq!(principal, &expected, "an attenuation changed the principal");
     assert_eq!(verified_tools, TOOLS, "an attenuation changed the tools");
     let args = &STATE.args;
+    let child_budgets = capability::budget_blocks(child);
+    let parent_budgets = capability::budget_blocks(&STATE.parent);
     for tool in TOOLS.iter().copied().chain(["notes.delete"]) {
-        let facts = call(tool, args);
-        if authorize::authorize_call(child, &facts).is_ok() {
-            match authorize::authorize_call(&STATE.parent, &facts) {
+        if authorize::authorize_call(child, &call(tool, args, &child_budgets)).is_ok() {
+            match authorize::authorize_call(&STATE.parent, &call(tool, args, &parent_budgets)) {
                 Ok(()) => {}
                 Err(denial) => panic!("the child allows {tool} but its parent refuses: {denial:?}"),
             }

@@ -4,6 +4,13 @@
 //! Facts: `time(now)`, `call(tool)`, one `arg(name, value)` per argument, and — only in
 //! the broker, which keeps counters — `task_calls(N)` and `token_calls(N)`. Policy:
 //! `allow if call($t), tool($t)`, so only authority-block `tool` facts grant anything.
+//!
+//! `token_calls(N)` is per block: a budget written in block *i* bounds the calls made
+//! with the token that ends at block *i* **and with every token attenuated from it**, so
+//! each block's checks see the count of their own prefix of the chain. Appending a block
+//! offline therefore never resets a budget. Biscuit has one authorizer-fact scope for
+//! all blocks, so a token whose budget blocks see different counts is evaluated once per
+//! distinct count, and each block is judged only by the run that gave it its own count.
 
 use std::sync::LazyLock;
 use std::time::{Duration, UNIX_EPOCH};
@@ -39,20 +46,113 @@ pub struct CallFacts<'a> {
     pub args: &'a Map<String, Value>,
     /// Now, in seconds since the epoch.
     pub now_secs: i64,
-    /// `(task_calls, token_calls)`, supplied only by the broker.
-    pub counters: Option<(u64, u64)>,
+    /// The call counters, supplied only by the broker (a tool server keeps none, so its
+    /// verifier never sees a budget fail and leaves the counting to the broker).
+    pub counters: Option<Counters<'a>>,
+}
+
+/// What the broker has counted before this call.
+#[derive(Debug, Clone, Copy)]
+pub struct Counters<'a> {
+    /// Calls admitted so far in the task (`task_calls`).
+    pub task_calls: u64,
+    /// Per block of the presented token, authority first: calls admitted so far with
+    /// the token ending at that block and with everything attenuated from it. A block
+    /// missing from the slice counts as exhausted (fail closed).
+    pub prefix_calls: &'a [u64],
+}
+
+impl Counters<'_> {
+    fn of_block(&self, block: usize) -> u64 {
+        self.prefix_calls.get(block).copied().unwrap_or(u64::MAX)
+    }
+}
+
+/// The blocks of `token` whose Datalog mentions `token_calls`, authority first: the
+/// blocks that hold a per-token budget. Cheap enough per call, cacheable per token.
+pub fn budget_blocks(token: &Biscuit) -> Vec<usize> {
+    (0..token.block_count())
+        .filter(|&i| {
+            // A block that cannot be printed is treated as holding a budget: the extra
+            // evaluation can only deny more.
+            token
+                .print_block_source(i)
+                .map_or(true, |source| source.contains("token_calls"))
+        })
+        .collect()
 }
 
 /// Runs the authorizer for one call. The error is biscuit-auth's, with the failed checks.
 pub fn evaluate(token: &Biscuit, call: &CallFacts<'_>) -> Result<(), error::Token> {
+    let budgets = match &call.counters {
+        Some(_) => budget_blocks(token),
+        None => Vec::new(),
+    };
+    evaluate_with_budgets(token, call, &budgets)
+}
+
+/// [`evaluate`] with the token's budget blocks already known (see [`budget_blocks`]).
+pub fn evaluate_with_budgets(
+    token: &Biscuit,
+    call: &CallFacts<'_>,
+    budget_blocks: &[usize],
+) -> Result<(), error::Token> {
+    let Some(counters) = call.counters else {
+        return run(token, call, None);
+    };
+    let last = token.block_count().saturating_sub(1);
+    // The main run gives `token_calls` the count of the whole token and judges every
+    // block that holds no budget, the policy, and the budget blocks with that count.
+    let main_count = counters.of_block(last);
+    let judged_elsewhere = |block: u32| {
+        let block = block as usize;
+        budget_blocks.contains(&block) && counters.of_block(block) != main_count
+    };
+    let (policy, mut failed) = outcome(run(token, call, Some(main_count)))?;
+    failed.retain(
+        |check| !matches!(check, error::FailedCheck::Block(b) if judged_elsewhere(b.block_id)),
+    );
+    // One more run per other count, judging only the budget blocks that count applies to.
+    let mut other_counts: Vec<u64> = budget_blocks
+        .iter()
+        .map(|&b| counters.of_block(b))
+        .filter(|&n| n != main_count)
+        .collect();
+    other_counts.sort_unstable();
+    other_counts.dedup();
+    for n in other_counts {
+        let (_, checks) = outcome(run(token, call, Some(n)))?;
+        failed.extend(checks.into_iter().filter(|check| {
+            matches!(check, error::FailedCheck::Block(b)
+                if budget_blocks.contains(&(b.block_id as usize)) && counters.of_block(b.block_id as usize) == n)
+        }));
+    }
+    match (policy, failed.is_empty()) {
+        (Some(error::MatchedPolicy::Allow(_)), true) => Ok(()),
+        (Some(policy), _) => Err(error::Token::FailedLogic(error::Logic::Unauthorized {
+            policy,
+            checks: failed,
+        })),
+        (None, _) => Err(error::Token::FailedLogic(error::Logic::NoMatchingPolicy {
+            checks: failed,
+        })),
+    }
+}
+
+/// One authorizer run with `token_calls` set to `token_calls` (when counting).
+fn run(
+    token: &Biscuit,
+    call: &CallFacts<'_>,
+    token_calls: Option<u64>,
+) -> Result<(), error::Token> {
     let now = UNIX_EPOCH + Duration::from_secs(call.now_secs.max(0) as u64);
     let mut builder = AuthorizerBuilder::new().set_limits(limits());
     let mut facts = vec![
         fact("time", &[date(&now)]),
         fact("call", &[string(call.tool)]),
     ];
-    if let Some((task_calls, token_calls)) = call.counters {
-        facts.push(fact("task_calls", &[count(task_calls)]));
+    if let (Some(counters), Some(token_calls)) = (&call.counters, token_calls) {
+        facts.push(fact("task_calls", &[count(counters.task_calls)]));
         facts.push(fact("token_calls", &[count(token_calls)]));
     }
     facts.extend(arg_facts(call.args));
@@ -61,6 +161,23 @@ pub fn evaluate(token: &Biscuit, call: &CallFacts<'_>) -> Result<(), error::Toke
     }
     let mut authorizer = builder.policy(ALLOW_GRANTED_TOOL.clone())?.build(token)?;
     authorizer.authorize().map(|_| ())
+}
+
+/// A run's matched policy (`None`: no policy matched) and failed checks; any other
+/// error (a run limit, a malformed block) ends the evaluation as it is.
+fn outcome(
+    result: Result<(), error::Token>,
+) -> Result<(Option<error::MatchedPolicy>, Vec<error::FailedCheck>), error::Token> {
+    match result {
+        Ok(()) => Ok((Some(error::MatchedPolicy::Allow(0)), Vec::new())),
+        Err(error::Token::FailedLogic(error::Logic::Unauthorized { policy, checks })) => {
+            Ok((Some(policy), checks))
+        }
+        Err(error::Token::FailedLogic(error::Logic::NoMatchingPolicy { checks })) => {
+            Ok((None, checks))
+        }
+        Err(other) => Err(other),
+    }
 }
 
 fn count(n: u64) -> Term {

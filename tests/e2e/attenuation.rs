@@ -127,6 +127,21 @@ async fn attenuation_blocks_grant_nothing() {
     assert_eq!(late.code(), "token_expired");
 }
 
+async fn status(broker: &TestBroker, token: &str) -> (u16, String) {
+    let reply = broker
+        .call(token, "web.search", json!({"query": "x"}))
+        .await;
+    (reply.status, reply.code().to_string())
+}
+
+fn ok() -> (u16, String) {
+    (200, String::new())
+}
+
+fn spent() -> (u16, String) {
+    (429, "budget_exhausted".to_string())
+}
+
 #[tokio::test]
 async fn a_child_budget_holds_while_the_parent_goes_on() {
     let broker = TestBroker::spawn().await;
@@ -134,37 +149,84 @@ async fn a_child_budget_holds_while_the_parent_goes_on() {
     let (_, token) = broker.task(&agent, &["web.search"]).await;
     let child = attenuate(&broker, &token, "reject if token_calls($n), $n >= 3").await;
     for _ in 0..3 {
-        assert_eq!(
-            broker
-                .call(&child, "web.search", json!({"query": "x"}))
-                .await
-                .status,
-            200
-        );
+        assert_eq!(status(&broker, &child).await, ok());
     }
-    let over = broker
-        .call(&child, "web.search", json!({"query": "x"}))
-        .await;
-    assert_eq!(
-        (over.status, over.code()),
-        (429, "budget_exhausted"),
-        "{over:?}"
-    );
+    assert_eq!(status(&broker, &child).await, spent());
     for _ in 0..5 {
-        assert_eq!(
-            broker
-                .call(&token, "web.search", json!({"query": "x"}))
-                .await
-                .status,
-            200
-        );
+        assert_eq!(status(&broker, &token).await, ok());
     }
-    // A grandchild cannot outspend its parent's budget.
-    let grandchild = attenuate(&broker, &child, "reject if token_calls($n), $n >= 100").await;
-    let g = broker
-        .call(&grandchild, "web.search", json!({"query": "x"}))
-        .await;
-    assert_eq!(g.status, 200, "{g:?}");
+}
+
+#[tokio::test]
+async fn a_grandchild_cannot_outspend_its_parents_budget() {
+    let broker = TestBroker::spawn().await;
+    let agent = broker.agent("bot").await;
+    let (_, token) = broker.task(&agent, &["web.search"]).await;
+    let child = attenuate(&broker, &token, "reject if token_calls($n), $n >= 3").await;
+    let sibling = attenuate(&broker, &token, "reject if token_calls($n), $n >= 2").await;
+    for _ in 0..3 {
+        assert_eq!(status(&broker, &child).await, ok());
+    }
+    assert_eq!(status(&broker, &child).await, spent());
+    // Appending a block offline does not reset the child's budget: any grandchild, with
+    // no budget of its own or a larger one, is refused too.
+    let blank = attenuate(&broker, &child, "check if true").await;
+    let larger = attenuate(&broker, &child, "reject if token_calls($n), $n >= 100").await;
+    let great = attenuate(&broker, &blank, "check if true").await;
+    for descendant in [&blank, &larger, &great] {
+        assert_eq!(status(&broker, descendant).await, spent());
+    }
+    // A sibling with its own budget is unaffected, and the parent goes on.
+    for _ in 0..2 {
+        assert_eq!(status(&broker, &sibling).await, ok());
+    }
+    assert_eq!(status(&broker, &sibling).await, spent());
+    for _ in 0..3 {
+        assert_eq!(status(&broker, &token).await, ok());
+    }
+}
+
+#[tokio::test]
+async fn calls_of_grandchildren_count_against_the_childs_budget() {
+    let broker = TestBroker::spawn().await;
+    let agent = broker.agent("bot").await;
+    let (_, token) = broker.task(&agent, &["web.search"]).await;
+    let child = attenuate(&broker, &token, "reject if token_calls($n), $n >= 4").await;
+    let first = attenuate(&broker, &child, "check if true").await;
+    let second = attenuate(&broker, &child, "check if true; check if true").await;
+    assert_eq!(status(&broker, &first).await, ok());
+    assert_eq!(status(&broker, &second).await, ok());
+    assert_eq!(status(&broker, &first).await, ok());
+    assert_eq!(status(&broker, &child).await, ok());
+    for token in [&child, &first, &second] {
+        assert_eq!(status(&broker, token).await, spent());
+    }
+    // A grandchild's own, smaller budget holds on its own count.
+    let other = attenuate(&broker, &token, "reject if token_calls($n), $n >= 10").await;
+    let small = attenuate(&broker, &other, "reject if token_calls($n), $n >= 1").await;
+    assert_eq!(status(&broker, &small).await, ok());
+    assert_eq!(status(&broker, &small).await, spent());
+    assert_eq!(status(&broker, &other).await, ok());
+}
+
+#[tokio::test]
+async fn a_spent_budget_stays_spent_across_a_restart() {
+    let broker = TestBroker::spawn().await;
+    let agent = broker.agent("bot").await;
+    let (_, token) = broker.task(&agent, &["web.search"]).await;
+    let child = attenuate(&broker, &token, "reject if token_calls($n), $n >= 3").await;
+    let grandchild = attenuate(&broker, &child, "check if true").await;
+    assert_eq!(status(&broker, &grandchild).await, ok());
+    assert_eq!(status(&broker, &child).await, ok());
+    let broker = broker.restart().await;
+    assert_eq!(status(&broker, &grandchild).await, ok());
+    let broker = broker.restart().await;
+    for descendant in [&child, &grandchild] {
+        assert_eq!(status(&broker, descendant).await, spent());
+    }
+    let late = attenuate(&broker, &child, "check if true").await;
+    assert_eq!(status(&broker, &late).await, spent());
+    assert_eq!(status(&broker, &token).await, ok());
 }
 
 #[tokio::test]

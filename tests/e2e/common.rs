@@ -215,6 +215,25 @@ impl TestBroker {
         )
         .unwrap();
         let data = tempfile::tempdir().unwrap();
+        Self::start(upstream, policies, data, tune).await
+    }
+
+    /// Stops this broker (counters and audit flushed) and starts a new one on the same
+    /// data folder, policies and upstream: a restart.
+    pub async fn restart(mut self) -> TestBroker {
+        self.shutdown_in_place().await;
+        let data = std::mem::replace(&mut self.data, tempfile::tempdir().unwrap());
+        let policies = std::mem::replace(&mut self._policies, tempfile::tempdir().unwrap());
+        let upstream = std::mem::replace(&mut self.upstream, ToolServer::spawn().await);
+        Self::start(upstream, policies, data, |_| {}).await
+    }
+
+    async fn start(
+        upstream: ToolServer,
+        policies: tempfile::TempDir,
+        data: tempfile::TempDir,
+        tune: impl FnOnce(&mut ServeConfig),
+    ) -> TestBroker {
         let mut config = ServeConfig::new(policies.path().to_path_buf(), data.path().to_path_buf());
         config.admin_token = Some(ADMIN.to_string());
         config.sweep_interval = Duration::from_millis(50);
@@ -255,13 +274,17 @@ impl TestBroker {
     /// Stops the server, waits until counters and audit are flushed, and hands back the
     /// data folder.
     pub async fn shutdown(mut self) -> tempfile::TempDir {
+        self.shutdown_in_place().await;
+        std::mem::replace(&mut self.data, tempfile::tempdir().unwrap())
+    }
+
+    async fn shutdown_in_place(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(done) = self.done.take() {
             let _ = done.await;
         }
-        std::mem::replace(&mut self.data, tempfile::tempdir().unwrap())
     }
 
     pub async fn send(

@@ -222,6 +222,53 @@ async fn a_revoke_on_c_stops_calls_on_a_and_b_within_milliseconds() {
     );
 }
 
+/// `token` with one more block appended offline, as a holder would.
+fn attenuate(token: &str, code: &str) -> String {
+    biscuit_auth::UnverifiedBiscuit::from_base64(token)
+        .unwrap()
+        .append(
+            biscuit_auth::builder::BlockBuilder::new()
+                .code(code)
+                .unwrap(),
+        )
+        .unwrap()
+        .to_base64()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_budget_spent_on_one_replica_holds_on_the_other() {
+    let mut deployment = Deployment::new().await;
+    let a = deployment.replica().await;
+    let b = deployment.replica().await;
+    let agent = credential(&a.url, "/v1/agents/bot/credentials").await;
+    let (_, token) = task(&a.url, &agent).await;
+    let child = attenuate(&token, "reject if token_calls($n), $n >= 3");
+    // B counts one call of the child, so it holds the child's counter in memory.
+    assert_eq!(call(&b.url, &child).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(call(&a.url, &child).await.status, 200);
+    assert_eq!(call(&a.url, &child).await.status, 200);
+    assert_eq!(call(&a.url, &child).await.status, 429);
+    // The documented bound: counters reach the database every 50 ms; past that, B
+    // refuses the child and every descendant, appended before or after.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let grandchild = attenuate(&child, "check if true");
+    for (url, token) in [
+        (&b.url, &child),
+        (&b.url, &grandchild),
+        (&a.url, &grandchild),
+    ] {
+        let reply = call(url, token).await;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (429, "budget_exhausted"),
+            "{reply:?}"
+        );
+    }
+    assert_eq!(call(&b.url, &token).await.status, 200, "the parent goes on");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_one_replica_under_load_leaves_the_others_serving() {
     let mut deployment = Deployment::new().await;

@@ -324,7 +324,8 @@ pub struct NewAuditEvent {
 pub struct UsageBatch {
     /// `(task_id, calls, last_activity_ms)`: absolute values, the store keeps the max.
     pub tasks: Vec<(String, u64, i64)>,
-    /// `(revocation id of a token, calls)`: absolute values, the store keeps the max.
+    /// `(revocation id, calls)`: calls admitted with that prefix of a token chain since
+    /// the last write; the store adds them to its total (every replica adds its own).
     pub tokens: Vec<(String, u64)>,
 }
 
@@ -391,9 +392,10 @@ pub trait Store: Send + Sync + 'static {
     async fn revocation_count(&self) -> StoreResult<i64>;
     /// Every revoked id with its reason (loaded once at start).
     async fn all_revoked_ids(&self) -> StoreResult<Vec<(String, String)>>;
-    /// Writes counters.
-    async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()>;
-    /// Calls made with one token so far.
+    /// Writes counters; answers the new total of each entry of `batch.tokens`, in order.
+    async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<Vec<u64>>;
+    /// Calls made so far with one prefix of a token chain (a revocation id) and with
+    /// everything attenuated from it, by every broker.
     async fn token_calls(&self, revocation_id: &str) -> StoreResult<u64>;
     /// Inserts a pending approval.
     async fn insert_approval(&self, approval: &ApprovalRecord) -> StoreResult<()>;

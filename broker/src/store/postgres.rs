@@ -398,9 +398,9 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()> {
+    async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<Vec<u64>> {
         if batch.tasks.is_empty() && batch.tokens.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut tx = self.pool.begin().await?;
         for (task_id, calls, last) in &batch.tasks {
@@ -414,18 +414,21 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?;
         }
+        let mut totals = Vec::with_capacity(batch.tokens.len());
         for (id, calls) in &batch.tokens {
-            sqlx::query(
+            let row = sqlx::query(
                 "INSERT INTO token_usage (revocation_id, calls) VALUES ($1, $2)
-                 ON CONFLICT (revocation_id) DO UPDATE SET calls = GREATEST(token_usage.calls, excluded.calls)",
+                 ON CONFLICT (revocation_id) DO UPDATE SET calls = token_usage.calls + excluded.calls
+                 RETURNING calls",
             )
             .bind(id)
             .bind(to_i64(*calls))
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
+            totals.push(row.try_get::<i64, _>("calls")?.max(0) as u64);
         }
         tx.commit().await?;
-        Ok(())
+        Ok(totals)
     }
 
     async fn token_calls(&self, revocation_id: &str) -> StoreResult<u64> {

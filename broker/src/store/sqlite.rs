@@ -400,9 +400,9 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()> {
+    async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<Vec<u64>> {
         if batch.tasks.is_empty() && batch.tokens.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         for (task_id, calls, last) in &batch.tasks {
@@ -415,18 +415,21 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
+        let mut totals = Vec::with_capacity(batch.tokens.len());
         for (id, calls) in &batch.tokens {
-            sqlx::query(
+            let row = sqlx::query(
                 "INSERT INTO token_usage (revocation_id, calls) VALUES (?, ?)
-                 ON CONFLICT(revocation_id) DO UPDATE SET calls = max(calls, excluded.calls)",
+                 ON CONFLICT(revocation_id) DO UPDATE SET calls = calls + excluded.calls
+                 RETURNING calls",
             )
             .bind(id)
             .bind(to_i64(*calls))
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
+            totals.push(row.try_get::<i64, _>("calls")?.max(0) as u64);
         }
         tx.commit().await?;
-        Ok(())
+        Ok(totals)
     }
 
     async fn token_calls(&self, revocation_id: &str) -> StoreResult<u64> {

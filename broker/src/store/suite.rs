@@ -289,19 +289,23 @@ async fn usage_pins_and_audit(store: Arc<dyn Store>) {
         tasks: vec![("tsk_u".into(), 3, 5_000)],
         tokens: vec![("ff01".into(), 2)],
     };
-    store.record_usage(&batch).await.unwrap();
+    assert_eq!(store.record_usage(&batch).await.unwrap(), vec![2]);
     let older = UsageBatch {
         tasks: vec![("tsk_u".into(), 1, 4_000)],
         tokens: vec![("ff01".into(), 1)],
     };
-    store.record_usage(&older).await.unwrap();
+    assert_eq!(
+        store.record_usage(&older).await.unwrap(),
+        vec![3],
+        "token prefix counts add up what every broker wrote"
+    );
     let t = store.get_task("tsk_u").await.unwrap().unwrap();
     assert_eq!(
         (t.calls, t.last_activity_ms),
         (3, 5_000),
         "counters only grow"
     );
-    assert_eq!(store.token_calls("ff01").await.unwrap(), 2);
+    assert_eq!(store.token_calls("ff01").await.unwrap(), 3);
     assert_eq!(store.token_calls("nope").await.unwrap(), 0);
 
     let pin = ToolPin {
