@@ -67,6 +67,10 @@ pub async fn call_tool(
     args: Value,
     approval: Option<&str>,
 ) -> Result<CallOutcome, ApiError> {
+    // Integral numbers become integers once, here: the checks, the schema, the approval
+    // binding and the upstream all see the same value.
+    let mut args = args;
+    leash_sdk::facts::normalize_numbers(&mut args);
     if let Principal::Task { agent, .. } = &token.principal {
         state.rate_limiter.check(agent)?;
     }

@@ -538,3 +538,60 @@ async fn admin_token_timing() {
     // And the right token works (the comparison is real).
     assert_eq!(broker.get("/v1/audit", Some(ADMIN)).await.status, 200);
 }
+
+#[tokio::test]
+async fn whole_valued_floats_are_the_integers_they_equal() {
+    let (broker, _, _, token) = setup().await;
+    let guarded = append_block(
+        &broker,
+        &token,
+        r#"reject if arg("account", $a), $a == 1234;
+           reject if arg("account", $a), {100, 7}.contains($a);
+           reject if arg("limit", $l), $l > 10;
+           check if arg("page", $p), $p == 0"#,
+    )
+    .await;
+    // Every spelling of a denied integer is that integer, for the check.
+    for account in [
+        "1234.0", "1.234e3", "12340e-1", "1e2", "100.0", "7.0", "7e0",
+    ] {
+        let body = format!(r#"{{"account":{account},"limit":1,"page":0}}"#);
+        let reply = call_raw(&broker, &guarded, "fs.read", body).await;
+        assert_refused(&reply, 403, "capability_denied", account);
+    }
+    for limit in ["11.0", "1.1e1", "2e1"] {
+        let body = format!(r#"{{"account":5,"limit":{limit},"page":0}}"#);
+        let reply = call_raw(&broker, &guarded, "fs.read", body).await;
+        assert_refused(&reply, 403, "capability_denied", limit);
+    }
+    assert_eq!(
+        broker.upstream.count(),
+        0,
+        "nothing refused reached the upstream"
+    );
+    // Allowed calls: the upstream receives the integer the check saw, not the float.
+    let reply = call_raw(
+        &broker,
+        &guarded,
+        "fs.read",
+        r#"{"account":5.0,"limit":1e1,"page":-0.0,"nested":[2.0,{"x":3e0}],"ratio":1.5}"#
+            .to_string(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let received = broker.upstream.received.lock().unwrap().clone();
+    assert_eq!(received.len(), 1);
+    assert_eq!(
+        received[0].body,
+        json!({"account": 5, "limit": 10, "page": 0, "nested": [2, {"x": 3}], "ratio": 1.5})
+    );
+    // A fraction stays a string for the checks: a numeric comparison fails closed.
+    let reply = call_raw(
+        &broker,
+        &guarded,
+        "fs.read",
+        r#"{"account":5,"limit":1.5,"page":0}"#.to_string(),
+    )
+    .await;
+    assert_refused(&reply, 403, "capability_denied", "limit 1.5");
+}
