@@ -315,12 +315,7 @@ async fn activation_for(
         &task.checks,
         ttl_ms,
     )?;
-    Ok(Some(Activation {
-        task_id: task.task_id,
-        expires_at_ms: issued.expires_at_ms,
-        token: issued.token,
-        revocation_id: issued.revocation_id,
-    }))
+    Ok(Some(issued.activation(&task.task_id)))
 }
 
 async fn load(state: &AppState, approval_id: &str) -> Result<ApprovalRecord, ApiError> {

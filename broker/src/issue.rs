@@ -1,5 +1,8 @@
 //! Issuing a task token for a task: the grant's checks plus the agent's, a window, and
 //! the revocation id to record. Used by task creation, renewal and approval.
+//!
+//! Always from the *current* policy: a tool the grant no longer allows is dropped from
+//! the new token, and a task left with no tool gets none (403 `policy_denied`).
 
 use crate::error::ApiError;
 use crate::mint::{TaskClaims, task_token, to_text};
@@ -14,6 +17,21 @@ pub struct Issued {
     pub revocation_id: String,
     /// End of its window (ms since epoch, whole seconds).
     pub expires_at_ms: i64,
+    /// The tools it grants: those asked for that the grant still allows.
+    pub tools: Vec<String>,
+}
+
+impl Issued {
+    /// The store's record of this token for `task_id`.
+    pub fn activation(&self, task_id: &str) -> crate::store::Activation {
+        crate::store::Activation {
+            task_id: task_id.to_string(),
+            expires_at_ms: self.expires_at_ms,
+            token: self.token.clone(),
+            revocation_id: self.revocation_id.clone(),
+            tools: self.tools.clone(),
+        }
+    }
 }
 
 /// Mints a token for a task of `grant` that ends `ttl_ms` from now.
@@ -25,6 +43,17 @@ pub fn issue(
     agent_checks: &[String],
     ttl_ms: i64,
 ) -> Result<Issued, ApiError> {
+    let tools: Vec<String> = tools
+        .iter()
+        .filter(|tool| grant.allows(tool))
+        .cloned()
+        .collect();
+    if tools.is_empty() {
+        return Err(ApiError::PolicyDenied(format!(
+            "the policy no longer grants agent {:?} any of the task's tools",
+            grant.agent
+        )));
+    }
     let expires_secs = state.clock.now_ms().div_euclid(1000) + ttl_ms.div_euclid(1000);
     let checks: Vec<String> = grant.checks.iter().chain(agent_checks).cloned().collect();
     let biscuit = task_token(
@@ -32,7 +61,7 @@ pub fn issue(
         &TaskClaims {
             task_id,
             agent: &grant.agent,
-            tools,
+            tools: &tools,
             expires_at_secs: expires_secs,
             checks: &checks,
         },
@@ -44,5 +73,6 @@ pub fn issue(
         token,
         revocation_id,
         expires_at_ms: expires_secs * 1000,
+        tools,
     })
 }

@@ -436,23 +436,23 @@ impl Tasks {
         Ok(())
     }
 
-    /// Gives an active task a new window and token.
+    /// Gives an active task a new window, token and tools.
     pub async fn renew(
         &self,
         runtime: &Arc<TaskRuntime>,
-        expires_at_ms: i64,
-        token: &str,
-        revocation_id: &str,
+        renewal: &Activation,
     ) -> Result<bool, ApiError> {
         let _guard = runtime.change.lock().await;
         let now = self.clock.now_ms();
         let renewed = self
             .store
-            .renew_task(&runtime.task_id, expires_at_ms, token, revocation_id, now)
+            .renew_task(renewal, now)
             .await
             .map_err(ApiError::internal)?;
         if renewed {
-            runtime.expires_at_ms.store(expires_at_ms, Ordering::SeqCst);
+            runtime
+                .expires_at_ms
+                .store(renewal.expires_at_ms, Ordering::SeqCst);
             runtime.last_activity_ms.fetch_max(now, Ordering::SeqCst);
         }
         Ok(renewed)

@@ -218,6 +218,15 @@ impl TestBroker {
         Self::start(upstream, policies, data, tune).await
     }
 
+    /// Replaces the policy file (`{UP}` is the upstream's address); seen after a restart.
+    pub fn write_policy(&self, policy: &str) {
+        std::fs::write(
+            self._policies.path().join("test.toml"),
+            policy.replace("{UP}", &self.upstream.addr.to_string()),
+        )
+        .unwrap();
+    }
+
     /// Stops this broker (counters and audit flushed) and starts a new one on the same
     /// data folder, policies and upstream: a restart.
     pub async fn restart(mut self) -> TestBroker {

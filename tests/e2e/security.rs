@@ -595,3 +595,121 @@ async fn whole_valued_floats_are_the_integers_they_equal() {
     .await;
     assert_refused(&reply, 403, "capability_denied", "limit 1.5");
 }
+
+/// Two tools for `bot`, and an approval-gated `gated` agent, at `{UP}`.
+fn renewal_policy(bot_tools: &str, gated_tools: &str) -> String {
+    format!(
+        r#"
+[tools."web.search"]
+upstream = "http://{{UP}}/search"
+input_schema = {{ type = "object" }}
+
+[tools."fs.read"]
+upstream = "http://{{UP}}/read"
+input_schema = {{ type = "object" }}
+
+[tools."shell.exec"]
+upstream = "http://{{UP}}/exec"
+input_schema = {{ type = "object" }}
+
+[agents.bot]
+tools = {bot_tools}
+max_ttl_seconds = 600
+
+[agents.gated]
+tools = {gated_tools}
+max_ttl_seconds = 600
+approval = "issuance"
+"#
+    )
+}
+
+#[tokio::test]
+async fn renewal_mints_from_the_current_policy() {
+    let broker = TestBroker::spawn_with(&renewal_policy(
+        r#"["web.search", "fs.read"]"#,
+        r#"["web.search"]"#,
+    ))
+    .await;
+    let agent = broker.agent("bot").await;
+    let (task_id, token) = broker.task(&agent, &["web.search", "fs.read"]).await;
+    assert_eq!(broker.call(&token, "fs.read", json!({})).await.status, 200);
+    // The operator takes fs.read away from the bot and restarts the broker.
+    broker.write_policy(&renewal_policy(r#"["web.search"]"#, r#"["web.search"]"#));
+    let broker = broker.restart().await;
+    let renewed = broker
+        .post(
+            &format!("/v1/tasks/{task_id}/renew"),
+            Some(&agent),
+            json!({"ttl_seconds": 300}),
+        )
+        .await;
+    assert_eq!(renewed.status, 200, "{renewed:?}");
+    let new_token = renewed.body["token"].as_str().unwrap().to_string();
+    let refused = broker.call(&new_token, "fs.read", json!({})).await;
+    assert_refused(&refused, 403, "capability_denied", "a tool the grant lost");
+    assert_eq!(
+        broker
+            .call(&new_token, "web.search", json!({}))
+            .await
+            .status,
+        200
+    );
+    let shown = broker
+        .get(&format!("/v1/tasks/{task_id}"), Some(&agent))
+        .await;
+    assert_eq!(shown.body["tools"], json!(["web.search"]), "{shown:?}");
+    // The grant keeps none of the task's tools: renewal is refused, nothing is minted.
+    broker.write_policy(&renewal_policy(r#"["shell.exec"]"#, r#"["web.search"]"#));
+    let broker = broker.restart().await;
+    let refused = broker
+        .post(
+            &format!("/v1/tasks/{task_id}/renew"),
+            Some(&agent),
+            json!({"ttl_seconds": 300}),
+        )
+        .await;
+    assert_refused(&refused, 403, "policy_denied", "no granted tool left");
+}
+
+#[tokio::test]
+async fn an_approved_issuance_mints_from_the_current_policy() {
+    let broker = TestBroker::spawn_with(&renewal_policy(
+        r#"["web.search"]"#,
+        r#"["web.search", "fs.read"]"#,
+    ))
+    .await;
+    let agent = broker.agent("gated").await;
+    let approver = broker.approver("ann").await;
+    let open = broker
+        .post(
+            "/v1/tasks",
+            Some(&agent),
+            json!({"purpose": "p", "tools": ["web.search", "fs.read"]}),
+        )
+        .await;
+    assert_eq!(open.status, 202, "{open:?}");
+    let task_id = open.body["task_id"].as_str().unwrap().to_string();
+    let approval_id = open.body["approval_id"].as_str().unwrap().to_string();
+    broker.write_policy(&renewal_policy(r#"["web.search"]"#, r#"["web.search"]"#));
+    let broker = broker.restart().await;
+    let approved = broker
+        .post(
+            &format!("/v1/approvals/{approval_id}/approve"),
+            Some(&approver),
+            json!({}),
+        )
+        .await;
+    assert_eq!(approved.status, 200, "{approved:?}");
+    let task = broker
+        .get(&format!("/v1/tasks/{task_id}"), Some(&agent))
+        .await;
+    assert_eq!(task.body["tools"], json!(["web.search"]), "{task:?}");
+    let token = task.body["token"].as_str().unwrap().to_string();
+    let refused = broker.call(&token, "fs.read", json!({})).await;
+    assert_refused(&refused, 403, "capability_denied", "a tool the grant lost");
+    assert_eq!(
+        broker.call(&token, "web.search", json!({})).await.status,
+        200
+    );
+}

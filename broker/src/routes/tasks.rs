@@ -464,16 +464,7 @@ pub async fn renew(
         &record.checks,
         ttl * 1000,
     )?;
-    if !state
-        .tasks
-        .renew(
-            &runtime,
-            issued.expires_at_ms,
-            &issued.token,
-            &issued.revocation_id,
-        )
-        .await?
-    {
+    if !state.tasks.renew(&runtime, &issued.activation(id)).await? {
         return Err(crate::tasks::inactive(id, runtime.state()));
     }
     state
@@ -482,7 +473,7 @@ pub async fn renew(
             kind: "task.renewed",
             actor: caller.actor(),
             task_id: Some(id.to_string()),
-            detail: json!({ "expires_at": rfc3339(issued.expires_at_ms), "revocation_id": issued.revocation_id }),
+            detail: json!({ "expires_at": rfc3339(issued.expires_at_ms), "revocation_id": issued.revocation_id, "tools": issued.tools }),
         })
         .await;
     Ok((

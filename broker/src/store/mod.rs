@@ -278,6 +278,8 @@ pub struct Activation {
     pub token: String,
     /// Its revocation id.
     pub revocation_id: String,
+    /// The tools the new token grants: the task's tools the policy still grants.
+    pub tools: Vec<String>,
 }
 
 /// How deciding an approval went.
@@ -346,15 +348,9 @@ pub trait Store: Send + Sync + 'static {
     async fn live_tasks_of(&self, agent: &str) -> StoreResult<Vec<String>>;
     /// Active tasks whose window or idle timeout has passed at `now_ms` (by stored activity).
     async fn due_tasks(&self, now_ms: i64) -> StoreResult<Vec<TaskRecord>>;
-    /// Gives an active task a new window and token. False if it is not active.
-    async fn renew_task(
-        &self,
-        task_id: &str,
-        expires_at_ms: i64,
-        token: &str,
-        revocation_id: &str,
-        now_ms: i64,
-    ) -> StoreResult<bool>;
+    /// Gives an active task a new window, token and (current) tools. False if it is not
+    /// active.
+    async fn renew_task(&self, renewal: &Activation, now_ms: i64) -> StoreResult<bool>;
     /// Ends a non-terminal task and publishes the revocation of every token issued for
     /// it, in one transaction. `None` if the task was already terminal (or unknown).
     async fn end_task(

@@ -248,23 +248,25 @@ impl Store for PgStore {
         rows.iter().map(task_from_row).collect()
     }
 
-    async fn renew_task(
-        &self,
-        task_id: &str,
-        expires_at_ms: i64,
-        token: &str,
-        revocation_id: &str,
-        now_ms: i64,
-    ) -> StoreResult<bool> {
+    async fn renew_task(&self, renewal: &Activation, now_ms: i64) -> StoreResult<bool> {
+        let Activation {
+            task_id,
+            expires_at_ms,
+            token,
+            revocation_id,
+            tools,
+        } = renewal;
         let mut tx = self.pool.begin().await?;
         let changed = sqlx::query(
-            "UPDATE tasks SET expires_at_ms = $1, token = $2, last_activity_ms = GREATEST(last_activity_ms, $3)
+            "UPDATE tasks SET expires_at_ms = $1, token = $2, last_activity_ms = GREATEST(last_activity_ms, $3),
+                tools = $5
              WHERE task_id = $4 AND state = 'active'",
         )
         .bind(expires_at_ms)
         .bind(token)
         .bind(now_ms)
         .bind(task_id)
+        .bind(serde_json::to_string(tools).unwrap_or_default())
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -543,7 +545,7 @@ impl Store for PgStore {
             };
             let changed = sqlx::query(
                 "UPDATE tasks SET state = 'active', expires_at_ms = $1, token = $2,
-                    last_activity_ms = GREATEST(last_activity_ms, $3)
+                    last_activity_ms = GREATEST(last_activity_ms, $3), tools = $6
                  WHERE task_id = $4 AND state = $5",
             )
             .bind(a.expires_at_ms)
@@ -551,6 +553,7 @@ impl Store for PgStore {
             .bind(at_ms)
             .bind(&a.task_id)
             .bind(from)
+            .bind(serde_json::to_string(&a.tools).unwrap_or_default())
             .execute(&mut *tx)
             .await?
             .rows_affected();

@@ -255,21 +255,22 @@ impl Store for SqliteStore {
         rows.iter().map(task_from_row).collect()
     }
 
-    async fn renew_task(
-        &self,
-        task_id: &str,
-        expires_at_ms: i64,
-        token: &str,
-        revocation_id: &str,
-        now_ms: i64,
-    ) -> StoreResult<bool> {
+    async fn renew_task(&self, renewal: &Activation, now_ms: i64) -> StoreResult<bool> {
+        let Activation {
+            task_id,
+            expires_at_ms,
+            token,
+            revocation_id,
+            tools,
+        } = renewal;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let changed = sqlx::query(
-            "UPDATE tasks SET expires_at_ms = ?, token = ?, last_activity_ms = max(last_activity_ms, ?)
+            "UPDATE tasks SET expires_at_ms = ?, token = ?, tools = ?, last_activity_ms = max(last_activity_ms, ?)
              WHERE task_id = ? AND state = 'active'",
         )
         .bind(expires_at_ms)
         .bind(token)
+        .bind(serde_json::to_string(tools).unwrap_or_default())
         .bind(now_ms)
         .bind(task_id)
         .execute(&mut *tx)
@@ -539,12 +540,13 @@ impl Store for SqliteStore {
         }
         if let Some(a) = activation {
             let changed = sqlx::query(
-                "UPDATE tasks SET state = 'active', expires_at_ms = ?, token = ?, last_activity_ms = max(last_activity_ms, ?)
+                "UPDATE tasks SET state = 'active', expires_at_ms = ?, token = ?, tools = ?, last_activity_ms = max(last_activity_ms, ?)
                  WHERE task_id = ? AND state IN ('pending_approval', 'active')
                    AND (state = 'active') = (SELECT kind = 'renewal' FROM approvals WHERE approval_id = ?)",
             )
             .bind(a.expires_at_ms)
             .bind(&a.token)
+            .bind(serde_json::to_string(&a.tools).unwrap_or_default())
             .bind(at_ms)
             .bind(&a.task_id)
             .bind(approval_id)

@@ -49,6 +49,17 @@ fn approval(id: &str, task_id: &str, kind: ApprovalKind) -> ApprovalRecord {
     }
 }
 
+/// A renewal of task `tsk_a`.
+fn renewal(expires_at_ms: i64, token: &str, revocation_id: &str, tools: &[&str]) -> Activation {
+    Activation {
+        task_id: "tsk_a".into(),
+        expires_at_ms,
+        token: token.into(),
+        revocation_id: revocation_id.into(),
+        tools: tools.iter().map(|t| t.to_string()).collect(),
+    }
+}
+
 async fn task_lifecycle(store: Arc<dyn Store>) {
     store
         .insert_task(&task("tsk_a", TaskState::Active), Some("aa01"))
@@ -60,7 +71,7 @@ async fn task_lifecycle(store: Arc<dyn Store>) {
     );
     assert!(
         store
-            .renew_task("tsk_a", 20_000, "t1", "aa02", 2_000)
+            .renew_task(&renewal(20_000, "t1", "aa02", &["web.search"]), 2_000)
             .await
             .unwrap()
     );
@@ -72,6 +83,11 @@ async fn task_lifecycle(store: Arc<dyn Store>) {
             renewed.last_activity_ms
         ),
         (20_000, Some("t1"), 2_000)
+    );
+    assert_eq!(
+        renewed.tools,
+        vec!["web.search".to_string()],
+        "renewal stores the current tools"
     );
     assert_eq!(store.due_tasks(21_000).await.unwrap().len(), 1);
     assert_eq!(store.due_tasks(3_000).await.unwrap().len(), 0);
@@ -98,7 +114,7 @@ async fn task_lifecycle(store: Arc<dyn Store>) {
     );
     assert!(
         !store
-            .renew_task("tsk_a", 30_000, "t2", "aa03", 4_000)
+            .renew_task(&renewal(30_000, "t2", "aa03", &["web.search"]), 4_000)
             .await
             .unwrap()
     );
@@ -195,6 +211,7 @@ async fn approvals(store: Arc<dyn Store>) {
         expires_at_ms: 70_000,
         token: "tok".into(),
         revocation_id: "ee01".into(),
+        tools: vec!["web.search".into()],
     };
     let decided = store
         .decide_approval(
@@ -236,6 +253,7 @@ async fn approvals(store: Arc<dyn Store>) {
         expires_at_ms: 1,
         token: "tok2".into(),
         revocation_id: "ee02".into(),
+        tools: vec!["web.search".into()],
     };
     let decided = store
         .decide_approval(
