@@ -269,6 +269,59 @@ async fn a_budget_spent_on_one_replica_holds_on_the_other() {
     assert_eq!(call(&b.url, &token).await.status, 200, "the parent goes on");
 }
 
+#[tokio::test]
+async fn a_revoked_approver_is_refused_on_every_replica() {
+    let mut deployment = Deployment::new().await;
+    let a = deployment.replica().await;
+    let b = deployment.replica().await;
+    let ann = credential(&a.url, "/v1/approvers/ann/credentials").await;
+    let http = reqwest::Client::new();
+    let approvals = |url: &str| {
+        http.get(format!("{url}/v1/approvals"))
+            .bearer_auth(&ann)
+            .send()
+    };
+    assert_eq!(approvals(&b.url).await.unwrap().status(), 200);
+    let revoked = post_json(
+        &format!("{}/v1/approvers/ann/revoke", a.url),
+        Some(ADMIN),
+        json!({}),
+    )
+    .await;
+    assert_eq!(revoked.status, 200, "{revoked:?}");
+    assert_eq!(
+        approvals(&a.url).await.unwrap().status(),
+        401,
+        "at once on A"
+    );
+    // B hears of it through the revocation feed within the replica bound.
+    let answered = Instant::now();
+    loop {
+        let status = approvals(&b.url).await.unwrap().status();
+        if status == 401 {
+            break;
+        }
+        assert!(
+            answered.elapsed() < Duration::from_secs(2),
+            "B still admits a revoked approver"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!(
+        "approver revocation reached B after {:?}",
+        answered.elapsed()
+    );
+    for path in ["/v1/tasks?state=all", "/v1/audit?after=0"] {
+        let reply = http
+            .get(format!("{}{path}", b.url))
+            .bearer_auth(&ann)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 401, "{path}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_one_replica_under_load_leaves_the_others_serving() {
     let mut deployment = Deployment::new().await;

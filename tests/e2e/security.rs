@@ -713,3 +713,250 @@ async fn an_approved_issuance_mints_from_the_current_policy() {
         200
     );
 }
+
+/// Every route an approver credential opens, each asked with `credential`.
+async fn approver_routes(
+    broker: &TestBroker,
+    credential: &str,
+    task_id: &str,
+) -> Vec<(String, Reply)> {
+    let approval = "apr_00000000000000000000000000000000";
+    let mut replies = Vec::new();
+    for path in [
+        "/v1/approvals?state=pending".to_string(),
+        "/v1/tasks?state=all".to_string(),
+        format!("/v1/tasks/{task_id}"),
+        "/v1/audit?after=0".to_string(),
+    ] {
+        let reply = broker.get(&path, Some(credential)).await;
+        replies.push((format!("GET {path}"), reply));
+    }
+    // The event stream never ends when it is allowed: read its head, and its body only
+    // when it is a refusal.
+    let events = broker
+        .http
+        .get(format!("{}/v1/events", broker.url))
+        .bearer_auth(credential)
+        .send()
+        .await
+        .unwrap();
+    let status = events.status().as_u16();
+    let body = if status == 200 {
+        Value::Null
+    } else {
+        events.json().await.unwrap_or(Value::Null)
+    };
+    replies.push(("GET /v1/events".into(), Reply { status, body }));
+    for path in [
+        format!("/v1/approvals/{approval}/approve"),
+        format!("/v1/approvals/{approval}/deny"),
+        format!("/v1/tasks/{task_id}/revoke"),
+        "/v1/agents/bot/revoke".to_string(),
+    ] {
+        let reply = broker.post(&path, Some(credential), json!({})).await;
+        replies.push((format!("POST {path}"), reply));
+    }
+    let reply = broker
+        .post("/v1/tokens/revoke", Some(credential), json!({"token": "x"}))
+        .await;
+    replies.push(("POST /v1/tokens/revoke".into(), reply));
+    replies
+}
+
+#[tokio::test]
+async fn a_revoked_approver_is_refused_on_every_approver_route_at_once() {
+    let (broker, _, task_id, _) = setup().await;
+    let ann = broker.approver("ann").await;
+    let ann_spare = broker.approver("ann").await;
+    let bob = broker.approver("bob").await;
+    assert_eq!(broker.get("/v1/approvals", Some(&ann)).await.status, 200);
+    // An approver may not cut off another approver: that is the admin's.
+    let refused = broker
+        .post("/v1/approvers/bob/revoke", Some(&ann), json!({}))
+        .await;
+    assert_refused(&refused, 403, "forbidden", "approver revoking an approver");
+    // ann's live event stream, opened before the revocation.
+    let mut stream = broker
+        .http
+        .get(format!("{}/v1/events", broker.url))
+        .bearer_auth(&ann)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let revoked = broker
+        .post(
+            "/v1/approvers/ann/revoke",
+            Some(ADMIN),
+            json!({"reason": "left"}),
+        )
+        .await;
+    assert_eq!(revoked.status, 200, "{revoked:?}");
+    assert_eq!(revoked.body["revoked_credentials"], 2);
+    for credential in [&ann, &ann_spare] {
+        for (route, reply) in approver_routes(&broker, credential, &task_id).await {
+            assert_refused(&reply, 401, "token_revoked", &route);
+        }
+    }
+    // The open stream ends instead of going on serving a revoked approver.
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the event stream of a revoked approver must end"
+    );
+    // Another approver is untouched.
+    for (route, reply) in approver_routes(&broker, &bob, &task_id).await {
+        assert_ne!(reply.status, 401, "{route}: {reply:?}");
+    }
+    // The credentials are on the public revocation feed, for verifiers and replicas.
+    let feed = broker.get("/v1/revocations?after=0", None).await;
+    let published = feed.body["revocations"].as_array().unwrap().len();
+    assert!(published >= 2, "{feed:?}");
+}
+
+#[tokio::test]
+async fn one_credential_is_revoked_by_its_holder_or_the_admin() {
+    let (broker, agent, _, token) = setup().await;
+    let spare = broker.agent("bot").await;
+    let ann = broker.approver("ann").await;
+    let other_agent = broker.agent("small").await;
+    let open = json!({"purpose": "p", "tools": ["web.search"]});
+    // Not the holder: another agent's credential, an approver, a task token.
+    for (who, bearer) in [
+        ("another agent", &other_agent),
+        ("an approver", &ann),
+        ("a task token", &token),
+    ] {
+        let reply = broker
+            .post(
+                "/v1/credentials/revoke",
+                Some(bearer),
+                json!({"credential": agent}),
+            )
+            .await;
+        assert_refused(&reply, 403, "forbidden", who);
+    }
+    // Not a credential.
+    for (what, body) in [
+        ("a task token", json!({"credential": token})),
+        ("garbage", json!({"credential": "not a biscuit"})),
+        ("no field", json!({})),
+    ] {
+        let reply = broker
+            .post("/v1/credentials/revoke", Some(ADMIN), body)
+            .await;
+        assert_refused(&reply, 400, "bad_request", what);
+    }
+    // The holder revokes its own credential; its twin goes on.
+    let reply = broker
+        .post(
+            "/v1/credentials/revoke",
+            Some(&agent),
+            json!({"credential": agent}),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body["role"], "agent");
+    assert_eq!(reply.body["subject"], "bot");
+    let dead = broker.post("/v1/tasks", Some(&agent), open.clone()).await;
+    assert_refused(&dead, 401, "token_revoked", "a revoked agent credential");
+    assert_eq!(
+        broker
+            .post("/v1/tasks", Some(&spare), open.clone())
+            .await
+            .status,
+        201
+    );
+    // An attenuation of a credential dies with it; revoking twice is fine.
+    let narrowed = append_block(&broker, &spare, "check if true").await;
+    let reply = broker
+        .post(
+            "/v1/credentials/revoke",
+            Some(ADMIN),
+            json!({"credential": spare}),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let again = broker
+        .post(
+            "/v1/credentials/revoke",
+            Some(ADMIN),
+            json!({"credential": spare}),
+        )
+        .await;
+    assert_eq!(again.status, 200, "{again:?}");
+    for credential in [&spare, &narrowed] {
+        let dead = broker
+            .post("/v1/tasks", Some(credential), open.clone())
+            .await;
+        assert_refused(
+            &dead,
+            401,
+            "token_revoked",
+            "a revoked credential or its attenuation",
+        );
+    }
+    // An approver credential too.
+    let reply = broker
+        .post(
+            "/v1/credentials/revoke",
+            Some(ADMIN),
+            json!({"credential": ann}),
+        )
+        .await;
+    assert_eq!(reply.body["role"], "approver", "{reply:?}");
+    let dead = broker.get("/v1/approvals", Some(&ann)).await;
+    assert_refused(&dead, 401, "token_revoked", "a revoked approver credential");
+    // The task the revoked credential opened goes on: a credential is not a task.
+    assert_eq!(
+        broker
+            .call(&token, "web.search", json!({"query": "x"}))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn credentials_expire_after_90_days_by_default() {
+    let broker = TestBroker::spawn().await;
+    let agent = broker.agent("bot").await;
+    let approver = broker.approver("ann").await;
+    broker
+        .state
+        .clock
+        .advance(Duration::from_secs(89 * 24 * 3600));
+    assert_eq!(
+        broker.get("/v1/approvals", Some(&approver)).await.status,
+        200
+    );
+    let open = json!({"purpose": "p", "tools": ["web.search"]});
+    assert_eq!(
+        broker
+            .post("/v1/tasks", Some(&agent), open.clone())
+            .await
+            .status,
+        201
+    );
+    broker
+        .state
+        .clock
+        .advance(Duration::from_secs(2 * 24 * 3600));
+    let expired = broker.get("/v1/approvals", Some(&approver)).await;
+    assert_refused(
+        &expired,
+        401,
+        "token_expired",
+        "an approver credential after 91 days",
+    );
+    let expired = broker.post("/v1/tasks", Some(&agent), open).await;
+    assert_refused(
+        &expired,
+        401,
+        "token_expired",
+        "an agent credential after 91 days",
+    );
+}

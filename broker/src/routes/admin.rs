@@ -1,5 +1,6 @@
 //! Credentials and kill switches: minting agent and approver credentials (admin),
-//! revoking an agent (approver, admin), revoking one token (holder, approver, admin).
+//! revoking an agent (approver, admin), an approver (admin), one credential (admin or
+//! its holder), one token (holder, approver, admin).
 
 use axum::Json;
 use axum::extract::State;
@@ -9,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::extract::{JsonBody, OptionalJson, PathParam};
 use crate::audit::AuditEvent;
-use crate::caller::{Caller, authenticate};
+use crate::caller::{Caller, authenticate, bearer};
 use crate::error::{ApiError, ApiResult};
 use crate::ids::is_principal_name;
 use crate::mint::{Role, credential, to_text};
@@ -22,7 +23,8 @@ use crate::verify::Principal;
 #[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialRequest {
-    /// Optional lifetime of the credential (1 to 31622400 s); none means until revoked.
+    /// Lifetime of the credential (1 to 31622400 s); default 90 days. A credential
+    /// also ends when it, its agent or its approver is revoked.
     #[schema(minimum = 1, maximum = 31622400)]
     ttl_seconds: Option<i64>,
 }
@@ -82,6 +84,9 @@ pub async fn approver_credential(
     ))
 }
 
+/// How long a credential lives when the request names no `ttl_seconds`: 90 days.
+pub const DEFAULT_CREDENTIAL_TTL_SECONDS: i64 = 90 * 24 * 3600;
+
 fn require_admin(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
     match authenticate(state, headers)? {
         Caller::Admin => Ok(()),
@@ -96,10 +101,9 @@ async fn mint_credential(
     ttl_seconds: Option<i64>,
 ) -> ApiResult<String> {
     let now = state.clock.now_ms();
-    let expires = match ttl_seconds {
-        None => None,
-        Some(ttl) if ttl > 0 && ttl <= 366 * 24 * 3600 => Some(now / 1000 + ttl),
-        Some(_) => {
+    let expires = match ttl_seconds.unwrap_or(DEFAULT_CREDENTIAL_TTL_SECONDS) {
+        ttl if ttl > 0 && ttl <= 366 * 24 * 3600 => Some(now / 1000 + ttl),
+        _ => {
             return Err(ApiError::BadRequest(
                 "ttl_seconds must be from 1 to 31622400".into(),
             ));
@@ -206,6 +210,135 @@ pub async fn revoke_agent(
     Ok(Json(json!({ "revoked_tasks": revoked_tasks })))
 }
 
+/// `POST /v1/approvers/{approver}/revoke`: every credential of the approver dies at once
+/// (on every replica, through the revocation feed).
+#[utoipa::path(post, path = "/v1/approvers/{approver}/revoke", tag = "admin",
+    params(("approver" = String, Path, description = "The approver to cut off", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")),
+    request_body(content = Option<ReasonBody>, description = "May be empty"),
+    security(("admin" = [])),
+    responses((status = 200, description = "Every credential of the approver is revoked", body = super::openapi::ApproverRevoked)))]
+pub async fn revoke_approver(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PathParam(approver): PathParam,
+    OptionalJson(body): OptionalJson<ReasonBody>,
+) -> ApiResult<Json<Value>> {
+    require_admin(&state, &headers)?;
+    if !is_principal_name(&approver) {
+        return Err(ApiError::BadRequest(format!(
+            "{approver:?} is not a valid approver id"
+        )));
+    }
+    let reason = reason_text(body.reason)?;
+    let credentials = state
+        .store
+        .revoke_credentials(Role::Approver.as_str(), &approver, state.clock.now_ms())
+        .await
+        .map_err(ApiError::internal)?;
+    state.revoked.extend(
+        credentials
+            .iter()
+            .map(|r| (r.revocation_id.as_str(), r.reason.as_str())),
+    );
+    state
+        .audit
+        .record(AuditEvent {
+            kind: "approver.revoked",
+            actor: "admin".into(),
+            task_id: None,
+            detail: json!({ "approver": approver, "reason": reason, "revoked_credentials": credentials.len() }),
+        })
+        .await;
+    Ok(Json(
+        json!({ "approver": approver, "revoked_credentials": credentials.len() }),
+    ))
+}
+
+/// Body of `POST /v1/credentials/revoke`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialBody {
+    /// The agent or approver credential to revoke.
+    credential: String,
+}
+
+/// `POST /v1/credentials/revoke`: one agent or approver credential (and anything
+/// attenuated from it) dies; the subject's other credentials and tasks go on. For the
+/// admin, or the credential's own holder.
+#[utoipa::path(post, path = "/v1/credentials/revoke", tag = "admin",
+    request_body = CredentialBody,
+    security(("admin" = []), ("agent" = []), ("approver" = [])),
+    responses((status = 200, description = "The credential is revoked", body = super::openapi::CredentialRevoked)))]
+pub async fn revoke_credential(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<CredentialBody>,
+) -> ApiResult<Json<Value>> {
+    let caller = authenticate(&state, &headers)?;
+    // Verify the target's signature, but accept an already revoked one (idempotent).
+    let target = state
+        .verifier
+        .verify(&body.credential, |_| None)
+        .map_err(|e| match e {
+            ApiError::TokenInvalid(why) => ApiError::BadRequest(format!("credential: {why}")),
+            other => other,
+        })?;
+    let (role, subject) = match &target.principal {
+        Principal::Agent(agent) => (Role::Agent, agent.clone()),
+        Principal::Approver(approver) => (Role::Approver, approver.clone()),
+        Principal::Task { .. } => {
+            return Err(ApiError::BadRequest(
+                "credential: this is a task token; revoke it with /v1/tokens/revoke".into(),
+            ));
+        }
+    };
+    // The credential itself: its authority block's id, which every attenuation shares.
+    let Some(root) = target.revocation_ids.first().cloned() else {
+        return Err(ApiError::BadRequest("credential: it has no blocks".into()));
+    };
+    let allowed = match &caller {
+        Caller::Admin => true,
+        Caller::Agent(_) | Caller::Approver(_) => {
+            let presented = state.verifier.verify(bearer(&headers)?, |_| None)?;
+            presented.revocation_ids.first() == Some(&root)
+        }
+        Caller::Task(_) => false,
+    };
+    if !allowed {
+        return Err(ApiError::Forbidden(
+            "only the admin or the credential's own holder may revoke it".into(),
+        ));
+    }
+    let published = state
+        .store
+        .revoke_ids(
+            std::slice::from_ref(&root),
+            None,
+            "credential",
+            state.clock.now_ms(),
+        )
+        .await
+        .map_err(ApiError::internal)?;
+    state.revoked.extend([(root.as_str(), "credential")]);
+    if !published.is_empty() {
+        state
+            .audit
+            .record(AuditEvent {
+                kind: "credential.revoked",
+                actor: caller.actor(),
+                task_id: None,
+                detail: json!({ "role": role.as_str(), "subject": subject, "revocation_id": root }),
+            })
+            .await;
+    }
+    Ok(Json(json!({
+        "role": role.as_str(),
+        "subject": subject,
+        "revocation_id": root,
+        "state": "revoked",
+    })))
+}
+
 /// Body of `POST /v1/tokens/revoke`.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -259,6 +392,7 @@ pub async fn revoke_token(
         .revoke_ids(
             std::slice::from_ref(&own),
             Some(task_id),
+            "token",
             state.clock.now_ms(),
         )
         .await

@@ -15,7 +15,7 @@ use tokio_stream::wrappers::BroadcastStream;
 
 use super::extract::{ListQuery, OptionalJson, PathParam, QueryParams};
 use crate::approvals::{decide, view};
-use crate::caller::authenticate;
+use crate::caller::{Caller, authenticate, bearer};
 use crate::error::{ApiError, ApiResult};
 use crate::server::AppState;
 use crate::store::ApprovalState;
@@ -129,7 +129,30 @@ pub async fn events(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
-    authenticate(&state, &headers)?.require_approver_or_admin()?;
+    let caller = authenticate(&state, &headers)?;
+    caller.require_approver_or_admin()?;
+    // An approver's stream ends the moment its credential is revoked.
+    let credential_ids = match caller {
+        Caller::Admin => Vec::new(),
+        _ => state
+            .verifier
+            .verify(bearer(&headers)?, |_| None)?
+            .revocation_ids
+            .clone(),
+    };
+    let revoked = state.revoked.clone();
+    let cut_off = async move {
+        if credential_ids.is_empty() {
+            return std::future::pending().await;
+        }
+        loop {
+            let next = revoked.next_publication();
+            if credential_ids.iter().any(|id| revoked.contains(id)) {
+                return;
+            }
+            next.await;
+        }
+    };
     let stream = BroadcastStream::new(state.events.subscribe()).map(|item| {
         Ok(match item {
             Ok(event) => SseEvent::default().event(event.kind).data(
@@ -140,5 +163,6 @@ pub async fn events(
             Err(_) => SseEvent::default().event("resync").data("{}"),
         })
     });
+    let stream = futures_util::StreamExt::take_until(stream, cut_off);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

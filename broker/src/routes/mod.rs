@@ -36,6 +36,11 @@ pub fn router(state: AppState) -> Router {
             post(admin::approver_credential),
         )
         .route("/v1/agents/{agent}/revoke", post(admin::revoke_agent))
+        .route(
+            "/v1/approvers/{approver}/revoke",
+            post(admin::revoke_approver),
+        )
+        .route("/v1/credentials/revoke", post(admin::revoke_credential))
         .route("/v1/tokens/revoke", post(admin::revoke_token))
         .route("/v1/tasks", post(tasks::create).get(tasks::list))
         .route("/v1/tasks/{id}", get(tasks::show))

@@ -35,6 +35,8 @@ use super::{admin, approvals, feeds, tasks, tools, ui};
         admin::agent_credential,
         admin::approver_credential,
         admin::revoke_agent,
+        admin::revoke_approver,
+        admin::revoke_credential,
         admin::revoke_token,
         tasks::create,
         tasks::list,
@@ -282,6 +284,28 @@ pub struct ApproverCredential {
 pub struct AgentRevoked {
     /// How many live tasks were ended.
     pub revoked_tasks: u64,
+}
+
+/// `POST /v1/approvers/{approver}/revoke`.
+#[derive(ToSchema)]
+pub struct ApproverRevoked {
+    /// The approver id.
+    pub approver: String,
+    /// How many of its credentials were revoked now.
+    pub revoked_credentials: u64,
+}
+
+/// `POST /v1/credentials/revoke`.
+#[derive(ToSchema)]
+pub struct CredentialRevoked {
+    /// `agent` or `approver`.
+    pub role: String,
+    /// The agent or approver id.
+    pub subject: String,
+    /// The credential's revocation id (hex), now on the revocation feed.
+    pub revocation_id: String,
+    /// Always `revoked`.
+    pub state: String,
 }
 
 /// `POST /v1/tokens/revoke`.

@@ -360,11 +360,13 @@ pub trait Store: Send + Sync + 'static {
         reason: &str,
         at_ms: i64,
     ) -> StoreResult<Option<Vec<Revocation>>>;
-    /// Publishes revocation ids (one token, not its task). Already revoked ids are skipped.
+    /// Publishes revocation ids (one token, not its task; or one credential) with the
+    /// feed's `reason`. Already revoked ids are skipped.
     async fn revoke_ids(
         &self,
         ids: &[String],
         task_id: Option<&str>,
+        reason: &str,
         at_ms: i64,
     ) -> StoreResult<Vec<Revocation>>;
     /// Records a minted credential's revocation id.

@@ -327,10 +327,11 @@ impl Store for PgStore {
         &self,
         ids: &[String],
         task_id: Option<&str>,
+        reason: &str,
         at_ms: i64,
     ) -> StoreResult<Vec<Revocation>> {
         let mut tx = self.pool.begin().await?;
-        let published = publish(&mut tx, ids, task_id, "token", at_ms).await?;
+        let published = publish(&mut tx, ids, task_id, reason, at_ms).await?;
         self.notify(&mut tx, "rev").await?;
         tx.commit().await?;
         Ok(published)

@@ -330,10 +330,11 @@ impl Store for SqliteStore {
         &self,
         ids: &[String],
         task_id: Option<&str>,
+        reason: &str,
         at_ms: i64,
     ) -> StoreResult<Vec<Revocation>> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let published = publish(&mut tx, ids, task_id, "token", at_ms).await?;
+        let published = publish(&mut tx, ids, task_id, reason, at_ms).await?;
         tx.commit().await?;
         Ok(published)
     }

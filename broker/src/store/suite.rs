@@ -173,13 +173,13 @@ async fn revocations_and_credentials(store: Arc<dyn Store>) {
         "idempotent"
     );
     let one = store
-        .revoke_ids(&["dd01".into()], Some("tsk_x"), 12)
+        .revoke_ids(&["dd01".into()], Some("tsk_x"), "token", 12)
         .await
         .unwrap();
     assert_eq!((one.len(), one[0].reason.as_str()), (1, "token"));
     assert!(
         store
-            .revoke_ids(&["dd01".into()], Some("tsk_x"), 13)
+            .revoke_ids(&["dd01".into()], Some("tsk_x"), "token", 13)
             .await
             .unwrap()
             .is_empty()
