@@ -315,7 +315,7 @@ async fn activation_for(
         &task.checks,
         ttl_ms,
     )?;
-    Ok(Some(issued.activation(&task.task_id)))
+    Ok(Some(issued.activation(&task.task_id, &state.sealer)))
 }
 
 async fn load(state: &AppState, approval_id: &str) -> Result<ApprovalRecord, ApiError> {

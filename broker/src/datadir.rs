@@ -1,7 +1,8 @@
 //! The data folder: created on first start, reused after.
 //!
-//! It holds `root_keys.json` (the root keys, mode 0600), `admin_token` (mode 0600,
-//! only when `LEASH_ADMIN_TOKEN` is unset) and `leash.db` (SQLite).
+//! It holds `root_keys.json` (the root keys, mode 0600), `seal.key` (the key that seals
+//! secrets kept in the database, mode 0600), `admin_token` (mode 0600, only when
+//! `LEASH_ADMIN_TOKEN` is unset) and `leash.db` (SQLite).
 
 use std::fs;
 use std::io::Write;
@@ -16,6 +17,8 @@ use crate::keys::{RootKeys, StoredKey};
 pub const ROOT_KEYS_FILE: &str = "root_keys.json";
 /// File name of the generated admin token inside the data folder.
 pub const ADMIN_TOKEN_FILE: &str = "admin_token";
+/// File name of the at-rest sealing key inside the data folder.
+pub const SEAL_KEY_FILE: &str = "seal.key";
 /// File name of the SQLite database inside the data folder.
 pub const DATABASE_FILE: &str = "leash.db";
 
@@ -62,6 +65,27 @@ pub fn load_or_create_keys(dir: &Path) -> anyhow::Result<RootKeys> {
     let text = serde_json::to_string_pretty(&keys.to_stored())?;
     write_private(&path, text.as_bytes())?;
     Ok(keys)
+}
+
+/// The key that seals secrets in the SQLite database (64 hex digits in `seal.key`),
+/// generated on first start. Kept out of the database, so a copy of `leash.db` alone
+/// yields no usable token.
+pub fn load_or_create_seal_key(dir: &Path) -> anyhow::Result<[u8; 32]> {
+    let path = dir.join(SEAL_KEY_FILE);
+    if path.exists() {
+        check_private(&path)?;
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut key)
+            .map_err(|_| anyhow::anyhow!("{} must hold 64 hex digits", path.display()))?;
+        return Ok(key);
+    }
+    let text = random_hex(32);
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(&text, &mut key).context("generated seal key")?;
+    write_private(&path, text.as_bytes())?;
+    Ok(key)
 }
 
 /// The admin token: from `configured` (the environment) when given, else read from the

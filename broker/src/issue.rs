@@ -7,6 +7,7 @@
 use crate::error::ApiError;
 use crate::mint::{TaskClaims, task_token, to_text};
 use crate::policy::Grant;
+use crate::seal::{Sealer, TASK_TOKEN};
 use crate::server::AppState;
 
 /// A freshly minted task token.
@@ -22,12 +23,12 @@ pub struct Issued {
 }
 
 impl Issued {
-    /// The store's record of this token for `task_id`.
-    pub fn activation(&self, task_id: &str) -> crate::store::Activation {
+    /// The store's record of this token for `task_id` (the token sealed).
+    pub fn activation(&self, task_id: &str, sealer: &Sealer) -> crate::store::Activation {
         crate::store::Activation {
             task_id: task_id.to_string(),
             expires_at_ms: self.expires_at_ms,
-            token: self.token.clone(),
+            token: sealer.seal(TASK_TOKEN, task_id, &self.token),
             revocation_id: self.revocation_id.clone(),
             tools: self.tools.clone(),
         }

@@ -44,6 +44,7 @@ pub mod ratelimit;
 pub mod revocation;
 pub mod routes;
 pub mod schema;
+pub mod seal;
 pub mod sealed_keys;
 pub mod server;
 pub mod store;

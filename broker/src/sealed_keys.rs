@@ -28,6 +28,11 @@ impl MasterKey {
         Ok(MasterKey(key))
     }
 
+    /// The at-rest sealer of this deployment (a key derived from this one).
+    pub fn sealer(&self) -> crate::seal::Sealer {
+        crate::seal::Sealer::from_master(&self.0)
+    }
+
     fn cipher(&self) -> ChaCha20Poly1305 {
         ChaCha20Poly1305::new(&Key::from(self.0))
     }

@@ -135,6 +135,8 @@ pub struct AppState {
     pub health: Arc<FeedHealth>,
     /// The PostgreSQL store, when replicated.
     pub pg: Option<PgStore>,
+    /// Seals the secrets the store keeps (task tokens).
+    pub sealer: Arc<crate::seal::Sealer>,
     /// The key-encryption key of the root keys (PostgreSQL only).
     pub master_key: Option<Arc<MasterKey>>,
     /// The per-agent rate limit.
@@ -176,6 +178,11 @@ pub async fn prepare(
     let clock = Clock::default();
     let (store, pg, keys, master_key) = open_store(&config, &clock).await?;
     let keys = Arc::new(keys);
+    let sealer = Arc::new(match &master_key {
+        Some(master) => master.sealer(),
+        None => crate::seal::Sealer::new(datadir::load_or_create_seal_key(&config.data)?),
+    });
+    seal_stored_tokens(store.as_ref(), &sealer).await?;
     let admin_token =
         datadir::load_or_create_admin_token(&config.data, config.admin_token.as_deref())?;
     let revoked = Arc::new(RevocationSet::default());
@@ -234,6 +241,7 @@ pub async fn prepare(
         health,
         pg,
         master_key,
+        sealer,
         rate_limiter: Arc::new(crate::ratelimit::RateLimiter::new(
             config.rate_limit,
             config.rate_burst,
@@ -257,6 +265,24 @@ pub async fn prepare(
         admin_digest: Sha256::digest(admin_token.as_bytes()).into(),
         config: Arc::new(config),
     })
+}
+
+/// Seals the task tokens that databases written before sealing still hold in clear.
+async fn seal_stored_tokens(store: &dyn Store, sealer: &crate::seal::Sealer) -> anyhow::Result<()> {
+    let plain = store.plain_tokens().await?;
+    if !plain.is_empty() {
+        tracing::info!(tokens = plain.len(), "sealing task tokens stored in clear");
+    }
+    if plain.is_empty() {
+        return Ok(());
+    }
+    for (task_id, token) in plain {
+        let sealed = sealer.seal(crate::seal::TASK_TOKEN, &task_id, &token);
+        store.replace_token(&task_id, &token, &sealed).await?;
+    }
+    // The clear text would otherwise stay in freed pages of the database file.
+    store.purge_freed().await?;
+    Ok(())
 }
 
 /// The store, and the root keys where that store keeps them: the data folder's file for

@@ -960,3 +960,73 @@ async fn credentials_expire_after_90_days_by_default() {
         "an agent credential after 91 days",
     );
 }
+
+/// Every byte of every file in `dir` (the database, its WAL, keys…), as text.
+fn folder_bytes(dir: &std::path::Path) -> String {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            all.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+#[tokio::test]
+async fn task_tokens_are_sealed_at_rest() {
+    let (broker, agent, task_id, token) = setup().await;
+    let renewed = broker
+        .post(
+            &format!("/v1/tasks/{task_id}/renew"),
+            Some(&agent),
+            json!({"ttl_seconds": 300}),
+        )
+        .await;
+    let renewed = renewed.body["token"].as_str().unwrap().to_string();
+    // The owner still reads its live token back.
+    let shown = broker
+        .get(&format!("/v1/tasks/{task_id}"), Some(&agent))
+        .await;
+    assert_eq!(shown.body["token"].as_str(), Some(renewed.as_str()));
+    broker.state.tasks.flush().await;
+    let data = broker.data.path().to_path_buf();
+    let dump = folder_bytes(&data);
+    for live in [&token, &renewed] {
+        // A run of the token's signature bytes is enough to say it is there.
+        let tail = &live[live.len() - 40..];
+        assert!(!dump.contains(tail), "a task token is stored in clear");
+    }
+    // A database written before sealing: its clear token is sealed at the next start.
+    let db = format!("sqlite://{}", data.join("leash.db").display());
+    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    sqlx::query("UPDATE tasks SET token = ? WHERE task_id = ?")
+        .bind(&renewed)
+        .bind(&task_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let broker = broker.restart().await;
+    let shown = broker
+        .get(&format!("/v1/tasks/{task_id}"), Some(&agent))
+        .await;
+    assert_eq!(
+        shown.body["token"].as_str(),
+        Some(renewed.as_str()),
+        "{shown:?}"
+    );
+    let dump = folder_bytes(broker.data.path());
+    assert!(
+        !dump.contains(&renewed[renewed.len() - 40..]),
+        "the clear token was not sealed"
+    );
+    // A sealed token moved to another task's row does not open there.
+    assert_eq!(
+        broker
+            .call(&renewed, "web.search", json!({"query": "x"}))
+            .await
+            .status,
+        200
+    );
+}

@@ -19,6 +19,7 @@ use crate::ids::{is_task_id, new_task_id};
 use crate::issue::issue;
 use crate::mint::parse_check;
 use crate::policy::{Grant, GrantApproval, ToolPattern};
+use crate::seal::TASK_TOKEN;
 use crate::server::AppState;
 use crate::store::{ApprovalKind, TaskRecord, TaskState};
 use crate::tasks::EndOutcome;
@@ -128,7 +129,10 @@ pub async fn create(
         last_activity_ms: now,
         ended_at_ms: None,
         end_reason: None,
-        token: issued.as_ref().map(|i| i.token.clone()),
+        // At rest the token is sealed: a dump of the database yields no bearer token.
+        token: issued
+            .as_ref()
+            .map(|i| state.sealer.seal(TASK_TOKEN, &task_id, &i.token)),
     };
     state
         .tasks
@@ -284,8 +288,15 @@ async fn view(state: &AppState, record: &TaskRecord, with_token: bool) -> ApiRes
         out["ended_at"] = json!(rfc3339(ended));
         out["end_reason"] = json!(record.end_reason);
     }
-    if with_token && live_state == TaskState::Active {
-        out["token"] = json!(record.token);
+    if with_token
+        && live_state == TaskState::Active
+        && let Some(sealed) = &record.token
+    {
+        let token = state
+            .sealer
+            .open(TASK_TOKEN, &record.task_id, sealed)
+            .map_err(ApiError::internal)?;
+        out["token"] = json!(token);
     }
     Ok(out)
 }
@@ -464,7 +475,11 @@ pub async fn renew(
         &record.checks,
         ttl * 1000,
     )?;
-    if !state.tasks.renew(&runtime, &issued.activation(id)).await? {
+    if !state
+        .tasks
+        .renew(&runtime, &issued.activation(id, &state.sealer))
+        .await?
+    {
         return Err(crate::tasks::inactive(id, runtime.state()));
     }
     state

@@ -108,7 +108,8 @@ pub struct TaskRecord {
     pub ended_at_ms: Option<i64>,
     /// Why it ended.
     pub end_reason: Option<String>,
-    /// The newest token of the task (returned to its owner).
+    /// The newest token of the task, sealed ([`crate::seal`]); opened only to be
+    /// returned to its owner.
     pub token: Option<String>,
 }
 
@@ -274,7 +275,7 @@ pub struct Activation {
     pub task_id: String,
     /// Its new window.
     pub expires_at_ms: i64,
-    /// The new token.
+    /// The new token, sealed ([`crate::seal`]).
     pub token: String,
     /// Its revocation id.
     pub revocation_id: String,
@@ -348,6 +349,14 @@ pub trait Store: Send + Sync + 'static {
     async fn live_tasks_of(&self, agent: &str) -> StoreResult<Vec<String>>;
     /// Active tasks whose window or idle timeout has passed at `now_ms` (by stored activity).
     async fn due_tasks(&self, now_ms: i64) -> StoreResult<Vec<TaskRecord>>;
+    /// Tasks whose token is stored in clear (written before tokens were sealed):
+    /// `(task_id, token)`.
+    async fn plain_tokens(&self) -> StoreResult<Vec<(String, String)>>;
+    /// Replaces a task's stored token, if it still is `old`.
+    async fn replace_token(&self, task_id: &str, old: &str, new: &str) -> StoreResult<()>;
+    /// Rewrites storage so that replaced values do not linger in freed pages (after
+    /// clear tokens were sealed). Slow; for start-up only.
+    async fn purge_freed(&self) -> StoreResult<()>;
     /// Gives an active task a new window, token and (current) tools. False if it is not
     /// active.
     async fn renew_task(&self, renewal: &Activation, now_ms: i64) -> StoreResult<bool>;

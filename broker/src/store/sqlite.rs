@@ -255,6 +255,35 @@ impl Store for SqliteStore {
         rows.iter().map(task_from_row).collect()
     }
 
+    async fn plain_tokens(&self) -> StoreResult<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT task_id, token FROM tasks WHERE token IS NOT NULL AND token NOT LIKE 'sealed:%'",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("task_id")?, r.try_get("token")?)))
+            .collect()
+    }
+
+    async fn replace_token(&self, task_id: &str, old: &str, new: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE tasks SET token = ? WHERE task_id = ? AND token = ?")
+            .bind(new)
+            .bind(task_id)
+            .bind(old)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn purge_freed(&self) -> StoreResult<()> {
+        sqlx::query("VACUUM").execute(&self.pool).await?;
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn renew_task(&self, renewal: &Activation, now_ms: i64) -> StoreResult<bool> {
         let Activation {
             task_id,
