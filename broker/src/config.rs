@@ -90,6 +90,14 @@ pub struct ServeArgs {
     /// Burst size of the per-agent rate limit.
     #[arg(long, env = "LEASH_RATE_BURST", default_value_t = 2000)]
     pub rate_burst: u32,
+    /// Tokens of one task that may be revoked one at a time (`POST /v1/tokens/revoke`);
+    /// past that the task itself must be revoked or completed.
+    #[arg(
+        long,
+        env = "LEASH_MAX_REVOKED_TOKENS_PER_TASK",
+        default_value_t = 1000
+    )]
+    pub max_revoked_tokens_per_task: i64,
     /// Window, in seconds, of the per-call capability sent upstream (`Leash-Capability`).
     #[arg(long, env = "LEASH_CAPABILITY_TTL", default_value_t = 30)]
     pub capability_ttl_seconds: u64,
@@ -143,6 +151,7 @@ impl ServeArgs {
             capability_ttl: Duration::from_secs(self.capability_ttl_seconds.clamp(1, 3600)),
             rate_limit: self.rate_limit,
             rate_burst: self.rate_burst,
+            max_revoked_tokens_per_task: self.max_revoked_tokens_per_task,
             mcp_allowed_hosts: self
                 .mcp_allowed_hosts
                 .iter()

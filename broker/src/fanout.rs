@@ -202,10 +202,7 @@ async fn read_revocations(state: &AppState, last_seq: &AtomicI64) -> Result<(), 
         let Some(last) = page.last() else {
             return Ok(());
         };
-        state.revoked.extend(
-            page.iter()
-                .map(|r| (r.revocation_id.as_str(), r.reason.as_str())),
-        );
+        state.revoked.extend(&page);
         last_seq.fetch_max(last.seq, Ordering::SeqCst);
     }
 }

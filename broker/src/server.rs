@@ -54,6 +54,8 @@ pub struct ServeConfig {
     pub rate_limit: u32,
     /// Burst size of the per-agent rate limit.
     pub rate_burst: u32,
+    /// Tokens of one task that may be revoked one at a time.
+    pub max_revoked_tokens_per_task: i64,
     /// Extra host names `/mcp` answers to (besides loopback and the listen address).
     pub mcp_allowed_hosts: Vec<String>,
     /// How often upstream MCP servers' tool lists are re-read (besides on list_changed).
@@ -92,6 +94,7 @@ impl ServeConfig {
             capability_ttl: Duration::from_secs(30),
             rate_limit: 1000,
             rate_burst: 2000,
+            max_revoked_tokens_per_task: 1000,
             mcp_allowed_hosts: Vec::new(),
             mcp_refresh: Duration::from_secs(30),
             database_schema: "leash".into(),
@@ -185,6 +188,10 @@ pub async fn prepare(
     seal_stored_tokens(store.as_ref(), &sealer).await?;
     let admin_token =
         datadir::load_or_create_admin_token(&config.data, config.admin_token.as_deref())?;
+    // Ids past their windows are not worth a byte of memory: forget them before loading.
+    store
+        .prune_revocations(clock.now_ms() - crate::revocation::PRUNE_MARGIN_MS)
+        .await?;
     let revoked = Arc::new(RevocationSet::default());
     // Paged, so a million revoked ids never sit in memory as rows at once; the set is
     // sized once up front, so it never holds two tables while growing.
@@ -194,10 +201,7 @@ pub async fn prepare(
         let page = store.revocations_after(after, 10_000).await?;
         let Some(last) = page.last() else { break };
         after = last.seq;
-        revoked.extend(
-            page.iter()
-                .map(|r| (r.revocation_id.as_str(), r.reason.as_str())),
-        );
+        revoked.extend(&page);
     }
     let audit = Audit::start(store.clone(), clock.clone()).await?;
     let events = Events::default();
@@ -359,12 +363,38 @@ pub async fn run(
     Ok(())
 }
 
-/// Ends expired and idle tasks, every `sweep_interval`.
+/// How often revoked ids past their window are forgotten.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Forgets revoked ids whose tokens are past their windows (plus the clock margin), in
+/// the feed and in memory. Such a token is refused by its own expiry check, so nothing
+/// it could do comes back; the set stops growing with old revocations.
+pub async fn prune_revocations(state: &AppState) -> anyhow::Result<(u64, usize)> {
+    let now = state.clock.now_ms();
+    let horizon = now - crate::revocation::PRUNE_MARGIN_MS;
+    let from_feed = state.store.prune_revocations(horizon).await?;
+    let from_memory = state.revoked.prune(now);
+    Ok((from_feed, from_memory))
+}
+
+/// Ends expired and idle tasks, every `sweep_interval`; prunes revoked ids every
+/// [`PRUNE_EVERY`].
 async fn sweep_forever(state: AppState) {
     let mut ticker = tokio::time::interval(state.config.sweep_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_prune = tokio::time::Instant::now();
     loop {
         ticker.tick().await;
+        if last_prune.elapsed() >= PRUNE_EVERY {
+            last_prune = tokio::time::Instant::now();
+            match prune_revocations(&state).await {
+                Ok((0, 0)) => {}
+                Ok((feed, memory)) => {
+                    tracing::info!(feed, memory, "forgot revoked ids past their windows")
+                }
+                Err(err) => tracing::warn!(error = %err, "pruning revoked ids failed; will retry"),
+            }
+        }
         match state.tasks.sweep().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(expired = n, "swept expired tasks"),

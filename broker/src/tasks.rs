@@ -322,11 +322,7 @@ impl Tasks {
         match ended {
             Some(revocations) => {
                 runtime.set_state(state);
-                self.revoked.extend(
-                    revocations
-                        .iter()
-                        .map(|r| (r.revocation_id.as_str(), r.reason.as_str())),
-                );
+                self.revoked.extend(&revocations);
                 let kind = match state {
                     TaskState::Completed => "task.completed",
                     TaskState::Revoked => "task.revoked",

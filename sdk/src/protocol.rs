@@ -185,6 +185,11 @@ pub struct RevocationEntry {
     /// The task it belonged to.
     #[serde(default)]
     pub task_id: Option<String>,
+    /// When every token with this id is past its own window (RFC 3339); a verifier may
+    /// forget the id a margin after that, since such a token fails its expiry check.
+    /// Absent: keep it for ever.
+    #[serde(default)]
+    pub expires_at: Option<String>,
 }
 
 /// `GET /v1/revocations?after=SEQ`.

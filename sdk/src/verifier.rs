@@ -8,7 +8,7 @@
 //! revocations fails closed. Signature checks are cached (moka, keyed by SHA-256 of the
 //! token); revocation and the authorizer run on every call.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -99,7 +99,8 @@ struct Inner {
     config: VerifierConfig,
     http: reqwest::Client,
     keys: RwLock<HashMap<u32, PublicKey>>,
-    revoked: RwLock<HashSet<String>>,
+    /// Revoked ids, with when their tokens' windows end (seconds; `None`: never).
+    revoked: RwLock<HashMap<String, Option<i64>>>,
     next: AtomicI64,
     last_sync: RwLock<Option<Instant>>,
     last_key_refresh: RwLock<Option<Instant>>,
@@ -130,7 +131,7 @@ impl Verifier {
             config,
             http,
             keys: RwLock::new(HashMap::new()),
-            revoked: RwLock::new(HashSet::new()),
+            revoked: RwLock::new(HashMap::new()),
             next: AtomicI64::new(0),
             last_sync: RwLock::new(None),
             last_key_refresh: RwLock::new(None),
@@ -266,7 +267,7 @@ impl Inner {
 
     fn is_revoked(&self, ids: &[String]) -> bool {
         match self.revoked.read() {
-            Ok(set) => ids.iter().any(|id| set.contains(id)),
+            Ok(set) => ids.iter().any(|id| set.contains_key(id)),
             Err(_) => true,
         }
     }
@@ -341,18 +342,56 @@ impl Inner {
                 .await
                 .map_err(|e| format!("bad revocation page: {e}"))?;
             if let Ok(mut set) = self.revoked.write() {
-                set.extend(page.revocations.iter().map(|r| r.revocation_id.clone()));
+                set.extend(
+                    page.revocations
+                        .iter()
+                        .map(|r| (r.revocation_id.clone(), window_end(r.expires_at.as_deref()))),
+                );
             }
             self.next.store(page.next, Ordering::SeqCst);
             if page.revocations.is_empty() {
                 break;
             }
         }
+        self.prune(unix_now());
         if let Ok(mut at) = self.last_sync.write() {
             *at = Some(started);
         }
         Ok(())
     }
+
+    /// Forgets revoked ids whose tokens' windows ended more than [`PRUNE_MARGIN`] ago:
+    /// such a token fails its own expiry check here anyway.
+    fn prune(&self, now_secs: i64) {
+        if let Ok(mut set) = self.revoked.write() {
+            retain_live(&mut set, now_secs);
+        }
+    }
+}
+
+/// How long after its window a revoked id is still kept (clocks differ).
+pub const PRUNE_MARGIN: Duration = Duration::from_secs(300);
+
+/// Keeps the ids whose windows ended less than [`PRUNE_MARGIN`] before `now_secs`.
+fn retain_live(set: &mut HashMap<String, Option<i64>>, now_secs: i64) {
+    let horizon = now_secs - PRUNE_MARGIN.as_secs() as i64;
+    set.retain(|_, end| end.is_none_or(|end| end >= horizon));
+}
+
+/// The end of a revoked id's window from the feed's `expires_at`, in seconds. An
+/// unreadable time keeps the id for ever (fail closed).
+fn window_end(expires_at: Option<&str>) -> Option<i64> {
+    let text = expires_at?;
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp() + 1)
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// Follows the feed until the last [`Verifier`] is dropped.
@@ -384,5 +423,30 @@ async fn follow(inner: Weak<Inner>) {
         if result.is_err() || !long_polled {
             tokio::time::sleep(pause).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod pruning_tests {
+    use super::*;
+
+    #[test]
+    fn revoked_ids_are_kept_until_their_window_and_the_margin_have_passed() {
+        let end = window_end(Some("2026-12-01T10:00:00Z")).unwrap();
+        assert_eq!(window_end(None), None);
+        assert_eq!(
+            window_end(Some("not a time")),
+            None,
+            "unreadable: kept for ever"
+        );
+        let mut set = HashMap::from([
+            ("old".to_string(), Some(end)),
+            ("forever".to_string(), None),
+        ]);
+        retain_live(&mut set, end + PRUNE_MARGIN.as_secs() as i64);
+        assert!(set.contains_key("old"), "still within the margin");
+        retain_live(&mut set, end + PRUNE_MARGIN.as_secs() as i64 + 1);
+        assert!(!set.contains_key("old"));
+        assert!(set.contains_key("forever"));
     }
 }

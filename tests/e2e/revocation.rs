@@ -135,3 +135,171 @@ async fn the_revocation_feed_long_poll_wakes_on_revocation() {
     let too_long = broker.get("/v1/revocations?wait=31", None).await;
     assert_eq!((too_long.status, too_long.code()), (400, "bad_request"));
 }
+
+/// `token` with one more (harmless) block, as a holder appends offline.
+async fn child_of(broker: &TestBroker, token: &str, n: usize) -> String {
+    biscuit_auth::Biscuit::from_base64(token, broker.public_key().await)
+        .unwrap()
+        .append(
+            biscuit_auth::builder::BlockBuilder::new()
+                .code(format!("check if true || {n} == {n}"))
+                .unwrap(),
+        )
+        .unwrap()
+        .to_base64()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn revoking_tokens_one_by_one_is_capped_per_task() {
+    let broker = crate::common::TestBroker::spawn_tuned(crate::common::POLICY, |config| {
+        config.max_revoked_tokens_per_task = 3;
+    })
+    .await;
+    let agent = broker.agent("bot").await;
+    let approver = broker.approver("ann").await;
+    let (task_id, token) = broker.task(&agent, &["web.search"]).await;
+    let mut children = Vec::new();
+    for n in 0..4 {
+        children.push(child_of(&broker, &token, n).await);
+    }
+    for child in &children[..3] {
+        let reply = broker
+            .post("/v1/tokens/revoke", Some(child), json!({"token": child}))
+            .await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    let over = broker
+        .post(
+            "/v1/tokens/revoke",
+            Some(&children[3]),
+            json!({"token": children[3]}),
+        )
+        .await;
+    assert_eq!(
+        (over.status, over.code()),
+        (429, "budget_exhausted"),
+        "{over:?}"
+    );
+    assert!(
+        over.message().contains("revoke or complete the task"),
+        "{over:?}"
+    );
+    // Asking again for an id already revoked is still fine, and the task can always end.
+    let again = broker
+        .post(
+            "/v1/tokens/revoke",
+            Some(&agent),
+            json!({"token": children[0]}),
+        )
+        .await;
+    assert_eq!(again.status, 200, "{again:?}");
+    let ended = broker
+        .post(
+            &format!("/v1/tasks/{task_id}/revoke"),
+            Some(&approver),
+            json!({}),
+        )
+        .await;
+    assert_eq!(ended.status, 200, "{ended:?}");
+    assert_eq!(
+        broker
+            .call(&children[3], "web.search", json!({"query": "x"}))
+            .await
+            .status,
+        401
+    );
+}
+
+#[tokio::test]
+async fn revoking_tokens_is_rate_limited_per_agent() {
+    let broker = crate::common::TestBroker::spawn_tuned(crate::common::POLICY, |config| {
+        config.rate_limit = 2;
+        config.rate_burst = 2;
+    })
+    .await;
+    let agent = broker.agent("bot").await;
+    let approver = broker.approver("ann").await;
+    let (_, token) = broker.task(&agent, &["web.search"]).await;
+    let mut statuses = Vec::new();
+    for n in 0..4 {
+        let child = child_of(&broker, &token, n).await;
+        let reply = broker
+            .post("/v1/tokens/revoke", Some(&child), json!({"token": child}))
+            .await;
+        statuses.push(reply.status);
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    // Approvers are not limited: they are the kill switch.
+    let child = child_of(&broker, &token, 9).await;
+    let reply = broker
+        .post(
+            "/v1/tokens/revoke",
+            Some(&approver),
+            json!({"token": child}),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+}
+
+#[tokio::test]
+async fn revoked_ids_are_forgotten_after_their_window_and_stay_refused() {
+    let broker = TestBroker::spawn().await;
+    let agent = broker.agent("bot").await;
+    let (task_id, token) = broker.task(&agent, &["web.search"]).await;
+    let child = child_of(&broker, &token, 1).await;
+    let revoked = broker
+        .post("/v1/tokens/revoke", Some(&child), json!({"token": child}))
+        .await;
+    assert_eq!(revoked.status, 200, "{revoked:?}");
+    let id = revoked.body["revocation_id"].as_str().unwrap().to_string();
+    let shown = broker
+        .get(&format!("/v1/tasks/{task_id}"), Some(&agent))
+        .await;
+    let feed = broker.get("/v1/revocations?after=0", None).await;
+    let entry = feed.body["revocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["revocation_id"] == id.as_str())
+        .cloned()
+        .expect("on the feed");
+    assert_eq!(
+        entry["expires_at"], shown.body["expires_at"],
+        "the task's window"
+    );
+    // Within the window and the margin, the id is kept.
+    let (from_feed, _) = leash_broker::server::prune_revocations(&broker.state)
+        .await
+        .unwrap();
+    assert_eq!(from_feed, 0);
+    assert!(broker.state.revoked.contains(&id));
+    // Past the task's window (600 s) and the 5-minute margin: forgotten everywhere.
+    broker.state.clock.advance(Duration::from_secs(600 + 301));
+    let (from_feed, from_memory) = leash_broker::server::prune_revocations(&broker.state)
+        .await
+        .unwrap();
+    assert!(
+        from_feed >= 1 && from_memory >= 1,
+        "{from_feed} {from_memory}"
+    );
+    assert!(!broker.state.revoked.contains(&id));
+    let feed = broker.get("/v1/revocations?after=0", None).await;
+    assert!(
+        !feed.body["revocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["revocation_id"] == id.as_str()),
+        "{feed:?}"
+    );
+    // The forgotten token is still refused: its own window is over.
+    for dead in [&child, &token] {
+        let reply = broker.call(dead, "web.search", json!({"query": "x"})).await;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (401, "token_expired"),
+            "{reply:?}"
+        );
+    }
+}

@@ -115,7 +115,13 @@ async fn mint_credential(
         to_text(&biscuit).map_err(|e| ApiError::internal(anyhow::anyhow!(e)))?;
     state
         .store
-        .insert_credential(&revocation_id, role.as_str(), id, now)
+        .insert_credential(
+            &revocation_id,
+            role.as_str(),
+            id,
+            now,
+            expires.map(|s| s * 1000),
+        )
         .await
         .map_err(ApiError::internal)?;
     state
@@ -178,11 +184,7 @@ pub async fn revoke_agent(
         .revoke_credentials(Role::Agent.as_str(), &agent, now)
         .await
         .map_err(ApiError::internal)?;
-    state.revoked.extend(
-        credentials
-            .iter()
-            .map(|r| (r.revocation_id.as_str(), r.reason.as_str())),
-    );
+    state.revoked.extend(&credentials);
     let mut revoked_tasks = 0;
     for task_id in state
         .store
@@ -235,11 +237,7 @@ pub async fn revoke_approver(
         .revoke_credentials(Role::Approver.as_str(), &approver, state.clock.now_ms())
         .await
         .map_err(ApiError::internal)?;
-    state.revoked.extend(
-        credentials
-            .iter()
-            .map(|r| (r.revocation_id.as_str(), r.reason.as_str())),
-    );
+    state.revoked.extend(&credentials);
     state
         .audit
         .record(AuditEvent {
@@ -319,7 +317,7 @@ pub async fn revoke_credential(
         )
         .await
         .map_err(ApiError::internal)?;
-    state.revoked.extend([(root.as_str(), "credential")]);
+    state.revoked.extend(&published);
     if !published.is_empty() {
         state
             .audit
@@ -386,7 +384,31 @@ pub async fn revoke_token(
             "only the token's holder (or an ancestor), its owner agent or an approver may revoke it".into(),
         ));
     }
+    // What a token holder can publish is bounded: every revoked id is kept by the broker
+    // and by every verifier until its window ends.
+    match &caller {
+        Caller::Agent(agent) => state.rate_limiter.check(agent)?,
+        Caller::Task(holder) => {
+            if let Principal::Task { agent, .. } = &holder.principal {
+                state.rate_limiter.check(agent)?;
+            }
+        }
+        Caller::Admin | Caller::Approver(_) => {}
+    }
     let own = target.own_id().to_string();
+    let cap = state.config.max_revoked_tokens_per_task;
+    if !state.revoked.contains(&own)
+        && state
+            .store
+            .revoked_tokens_of(task_id)
+            .await
+            .map_err(ApiError::internal)?
+            >= cap
+    {
+        return Err(ApiError::BudgetExhausted(format!(
+            "task {task_id} already has {cap} tokens revoked one by one; revoke or complete the task instead"
+        )));
+    }
     let published = state
         .store
         .revoke_ids(
@@ -397,7 +419,7 @@ pub async fn revoke_token(
         )
         .await
         .map_err(ApiError::internal)?;
-    state.revoked.extend([(own.as_str(), "token")]);
+    state.revoked.extend(&published);
     if !published.is_empty() {
         state
             .audit

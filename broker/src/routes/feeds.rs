@@ -126,7 +126,7 @@ pub async fn revocations(
     let next = entries.last().map_or(after, |e| e.seq);
     let items: Vec<Value> = entries
         .iter()
-        .map(|e| json!({ "seq": e.seq, "revocation_id": e.revocation_id, "task_id": e.task_id, "reason": e.reason, "at": rfc3339(e.at_ms) }))
+        .map(|e| json!({ "seq": e.seq, "revocation_id": e.revocation_id, "task_id": e.task_id, "reason": e.reason, "at": rfc3339(e.at_ms), "expires_at": e.expires_at_ms.map(rfc3339) }))
         .collect();
     Ok(Json(json!({ "revocations": items, "next": next })))
 }

@@ -220,6 +220,9 @@ pub struct RevocationItem {
     pub reason: String,
     /// When (RFC 3339).
     pub at: String,
+    /// When every token with this id is past its own window (RFC 3339): a verifier may
+    /// forget the id a margin after that. Null: keep it for ever.
+    pub expires_at: Option<String>,
 }
 
 /// `GET /v1/revocations`.

@@ -127,6 +127,11 @@ pub struct Revocation {
     pub reason: String,
     /// When (ms since epoch).
     pub at_ms: i64,
+    /// When every token carrying this id is past its own window anyway (ms since
+    /// epoch): the task's window, or the credential's expiry. After that (and a margin
+    /// for clocks) the id may be forgotten: the token is refused as expired. `None`:
+    /// kept for ever (a credential minted without expiry).
+    pub expires_at_ms: Option<i64>,
 }
 
 /// One row of the audit chain.
@@ -378,14 +383,20 @@ pub trait Store: Send + Sync + 'static {
         reason: &str,
         at_ms: i64,
     ) -> StoreResult<Vec<Revocation>>;
-    /// Records a minted credential's revocation id.
+    /// Records a minted credential's revocation id and expiry.
     async fn insert_credential(
         &self,
         revocation_id: &str,
         role: &str,
         subject: &str,
         at_ms: i64,
+        expires_at_ms: Option<i64>,
     ) -> StoreResult<()>;
+    /// Forgets feed entries whose tokens' windows ended before `before_ms`; answers how
+    /// many.
+    async fn prune_revocations(&self, before_ms: i64) -> StoreResult<u64>;
+    /// How many ids of one task were revoked one token at a time.
+    async fn revoked_tokens_of(&self, task_id: &str) -> StoreResult<i64>;
     /// Revokes every credential of a subject (role + id).
     async fn revoke_credentials(
         &self,

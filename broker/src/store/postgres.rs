@@ -33,10 +33,14 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS task_tokens_by_task ON task_tokens(task_id)",
     "CREATE TABLE IF NOT EXISTS credentials (
         revocation_id TEXT PRIMARY KEY, role TEXT NOT NULL, subject TEXT NOT NULL, issued_at_ms BIGINT NOT NULL)",
+    "ALTER TABLE credentials ADD COLUMN IF NOT EXISTS expires_at_ms BIGINT",
     "CREATE INDEX IF NOT EXISTS credentials_by_subject ON credentials(role, subject)",
     "CREATE TABLE IF NOT EXISTS revocations (
         seq BIGSERIAL PRIMARY KEY, revocation_id TEXT NOT NULL UNIQUE, task_id TEXT, reason TEXT NOT NULL,
         at_ms BIGINT NOT NULL)",
+    "ALTER TABLE revocations ADD COLUMN IF NOT EXISTS expires_at_ms BIGINT",
+    "CREATE INDEX IF NOT EXISTS revocations_by_expiry ON revocations(expires_at_ms)",
+    "CREATE INDEX IF NOT EXISTS revocations_by_task ON revocations(task_id)",
     "CREATE TABLE IF NOT EXISTS approvals (
         approval_id TEXT PRIMARY KEY, kind TEXT NOT NULL, task_id TEXT NOT NULL, agent TEXT NOT NULL,
         purpose TEXT NOT NULL, tools TEXT NOT NULL, call_tool TEXT, call_args TEXT, args_hash TEXT, ttl_ms BIGINT,
@@ -142,8 +146,11 @@ async fn publish(
     let mut out = Vec::new();
     for id in ids {
         let row = sqlx::query(
-            "INSERT INTO revocations (revocation_id, task_id, reason, at_ms) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (revocation_id) DO NOTHING RETURNING seq, revocation_id, task_id, reason, at_ms",
+            "INSERT INTO revocations (revocation_id, task_id, reason, at_ms, expires_at_ms)
+             VALUES ($1, $2, $3, $4, COALESCE((SELECT expires_at_ms FROM tasks WHERE task_id = $2),
+                                              (SELECT expires_at_ms FROM credentials WHERE revocation_id = $1)))
+             ON CONFLICT (revocation_id) DO NOTHING
+             RETURNING seq, revocation_id, task_id, reason, at_ms, expires_at_ms",
         )
         .bind(id)
         .bind(task_id)
@@ -369,12 +376,14 @@ impl Store for PgStore {
         role: &str,
         subject: &str,
         at_ms: i64,
+        expires_at_ms: Option<i64>,
     ) -> StoreResult<()> {
-        sqlx::query("INSERT INTO credentials (revocation_id, role, subject, issued_at_ms) VALUES ($1, $2, $3, $4)")
+        sqlx::query("INSERT INTO credentials (revocation_id, role, subject, issued_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4, $5)")
             .bind(revocation_id)
             .bind(role)
             .bind(subject)
             .bind(at_ms)
+            .bind(expires_at_ms)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -400,6 +409,26 @@ impl Store for PgStore {
         self.notify(&mut tx, "rev").await?;
         tx.commit().await?;
         Ok(published)
+    }
+
+    async fn prune_revocations(&self, before_ms: i64) -> StoreResult<u64> {
+        Ok(
+            sqlx::query("DELETE FROM revocations WHERE expires_at_ms < $1")
+                .bind(before_ms)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    async fn revoked_tokens_of(&self, task_id: &str) -> StoreResult<i64> {
+        Ok(sqlx::query(
+            "SELECT COUNT(*) AS n FROM revocations WHERE task_id = $1 AND reason = 'token'",
+        )
+        .bind(task_id)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("n")?)
     }
 
     async fn revocations_after(&self, seq: i64, limit: i64) -> StoreResult<Vec<Revocation>> {

@@ -98,6 +98,7 @@ where
         task_id: row.try_get("task_id")?,
         reason: row.try_get("reason")?,
         at_ms: row.try_get("at_ms")?,
+        expires_at_ms: row.try_get("expires_at_ms")?,
     })
 }
 

@@ -43,14 +43,16 @@ const SCHEMA: &[&str] = &[
         revocation_id TEXT PRIMARY KEY,
         role TEXT NOT NULL,
         subject TEXT NOT NULL,
-        issued_at_ms INTEGER NOT NULL)",
+        issued_at_ms INTEGER NOT NULL,
+        expires_at_ms INTEGER)",
     "CREATE INDEX IF NOT EXISTS credentials_by_subject ON credentials(role, subject)",
     "CREATE TABLE IF NOT EXISTS revocations (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         revocation_id TEXT NOT NULL UNIQUE,
         task_id TEXT,
         reason TEXT NOT NULL,
-        at_ms INTEGER NOT NULL)",
+        at_ms INTEGER NOT NULL,
+        expires_at_ms INTEGER)",
     "CREATE TABLE IF NOT EXISTS approvals (
         approval_id TEXT PRIMARY KEY,
         kind TEXT NOT NULL,
@@ -130,6 +132,29 @@ impl SqliteStore {
         for statement in SCHEMA {
             sqlx::query(statement).execute(&pool).await?;
         }
+        // Columns added since the first release, for databases created before them.
+        for (table, column) in [
+            ("credentials", "expires_at_ms INTEGER"),
+            ("revocations", "expires_at_ms INTEGER"),
+        ] {
+            let added = sqlx::query(&format!("ALTER TABLE {table} ADD COLUMN {column}"))
+                .execute(&pool)
+                .await;
+            match added {
+                Err(sqlx::Error::Database(e)) if e.message().contains("duplicate column") => {}
+                other => {
+                    other?;
+                }
+            }
+        }
+        sqlx::query(
+            "CREATE INDEX IF NOT EXISTS revocations_by_expiry ON revocations(expires_at_ms)",
+        )
+        .execute(&pool)
+        .await?;
+        sqlx::query("CREATE INDEX IF NOT EXISTS revocations_by_task ON revocations(task_id)")
+            .execute(&pool)
+            .await?;
         Ok(SqliteStore { pool })
     }
 }
@@ -145,13 +170,18 @@ async fn publish(
     let mut out = Vec::new();
     for id in ids {
         let row = sqlx::query(
-            "INSERT INTO revocations (revocation_id, task_id, reason, at_ms) VALUES (?, ?, ?, ?)
-             ON CONFLICT(revocation_id) DO NOTHING RETURNING seq, revocation_id, task_id, reason, at_ms",
+            "INSERT INTO revocations (revocation_id, task_id, reason, at_ms, expires_at_ms)
+             VALUES (?, ?, ?, ?, COALESCE((SELECT expires_at_ms FROM tasks WHERE task_id = ?),
+                                          (SELECT expires_at_ms FROM credentials WHERE revocation_id = ?)))
+             ON CONFLICT(revocation_id) DO NOTHING
+             RETURNING seq, revocation_id, task_id, reason, at_ms, expires_at_ms",
         )
         .bind(id)
         .bind(task_id)
         .bind(reason)
         .bind(at_ms)
+        .bind(task_id)
+        .bind(id)
         .fetch_optional(&mut **tx)
         .await?;
         if let Some(row) = row {
@@ -374,12 +404,14 @@ impl Store for SqliteStore {
         role: &str,
         subject: &str,
         at_ms: i64,
+        expires_at_ms: Option<i64>,
     ) -> StoreResult<()> {
-        sqlx::query("INSERT INTO credentials (revocation_id, role, subject, issued_at_ms) VALUES (?, ?, ?, ?)")
+        sqlx::query("INSERT INTO credentials (revocation_id, role, subject, issued_at_ms, expires_at_ms) VALUES (?, ?, ?, ?, ?)")
             .bind(revocation_id)
             .bind(role)
             .bind(subject)
             .bind(at_ms)
+            .bind(expires_at_ms)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -404,6 +436,26 @@ impl Store for SqliteStore {
         let published = publish(&mut tx, &ids, None, "credential", at_ms).await?;
         tx.commit().await?;
         Ok(published)
+    }
+
+    async fn prune_revocations(&self, before_ms: i64) -> StoreResult<u64> {
+        Ok(
+            sqlx::query("DELETE FROM revocations WHERE expires_at_ms < ?")
+                .bind(before_ms)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    async fn revoked_tokens_of(&self, task_id: &str) -> StoreResult<i64> {
+        Ok(sqlx::query(
+            "SELECT COUNT(*) AS n FROM revocations WHERE task_id = ? AND reason = 'token'",
+        )
+        .bind(task_id)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("n")?)
     }
 
     async fn revocations_after(&self, seq: i64, limit: i64) -> StoreResult<Vec<Revocation>> {

@@ -151,19 +151,26 @@ async fn task_lifecycle(store: Arc<dyn Store>) {
 
 async fn revocations_and_credentials(store: Arc<dyn Store>) {
     store
-        .insert_credential("cc01", "agent", "bot", 1)
+        .insert_credential("cc01", "agent", "bot", 1, Some(50_000))
         .await
         .unwrap();
     store
-        .insert_credential("cc02", "agent", "bot", 2)
+        .insert_credential("cc02", "agent", "bot", 2, None)
         .await
         .unwrap();
     store
-        .insert_credential("cc03", "approver", "bot", 3)
+        .insert_credential("cc03", "approver", "bot", 3, Some(60_000))
         .await
         .unwrap();
     let revoked = store.revoke_credentials("agent", "bot", 10).await.unwrap();
     assert_eq!(revoked.len(), 2);
+    let mut windows: Vec<Option<i64>> = revoked.iter().map(|r| r.expires_at_ms).collect();
+    windows.sort();
+    assert_eq!(
+        windows,
+        vec![None, Some(50_000)],
+        "a credential's window goes on the feed"
+    );
     assert!(
         store
             .revoke_credentials("agent", "bot", 11)
@@ -177,6 +184,7 @@ async fn revocations_and_credentials(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!((one.len(), one[0].reason.as_str()), (1, "token"));
+    assert_eq!(one[0].expires_at_ms, None, "no such task: kept for ever");
     assert!(
         store
             .revoke_ids(&["dd01".into()], Some("tsk_x"), "token", 13)
@@ -186,6 +194,34 @@ async fn revocations_and_credentials(store: Arc<dyn Store>) {
     );
     assert_eq!(store.all_revoked_ids().await.unwrap().len(), 3);
     assert_eq!(store.revocation_count().await.unwrap(), 3);
+    assert_eq!(store.revoked_tokens_of("tsk_x").await.unwrap(), 1);
+    // A task's ids carry the task's window; past it they can be pruned, others stay.
+    store
+        .insert_task(&task("tsk_w", TaskState::Active), None)
+        .await
+        .unwrap();
+    let windowed = store
+        .revoke_ids(&["dd02".into()], Some("tsk_w"), "token", 14)
+        .await
+        .unwrap();
+    let window = windowed[0].expires_at_ms.expect("the task's window");
+    assert_eq!(window, 10_000);
+    assert_eq!(
+        store.prune_revocations(window).await.unwrap(),
+        0,
+        "not before the window ends"
+    );
+    assert_eq!(
+        store.prune_revocations(window + 1).await.unwrap(),
+        1,
+        "dd02"
+    );
+    assert_eq!(store.prune_revocations(50_001).await.unwrap(), 1, "cc01");
+    assert_eq!(
+        store.revocation_count().await.unwrap(),
+        2,
+        "no window: kept"
+    );
 }
 
 async fn approvals(store: Arc<dyn Store>) {
