@@ -35,6 +35,7 @@ pub mod fanout;
 pub mod ids;
 pub mod issue;
 pub mod keys;
+pub mod logging;
 pub mod mcp;
 pub mod metrics;
 pub mod mint;

@@ -15,9 +15,11 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LEASH_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                // rmcp logs three lines per request at info (FIELD-NOTES.md).
+                .unwrap_or_else(|_| "info,rmcp=warn".into()),
         )
-        .with_writer(std::io::stderr)
+        // Every line is scrubbed of the secrets the policy expanded.
+        .with_writer(leash_broker::logging::ScrubbedStderr)
         // Colour codes only on a terminal: log files and collectors get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

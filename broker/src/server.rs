@@ -170,6 +170,7 @@ pub async fn prepare(
 ) -> anyhow::Result<AppState> {
     let policy = policy::load_dir(&config.policies, env)
         .map_err(|errors| anyhow::anyhow!("invalid policy:\n{errors}"))?;
+    crate::logging::register_secrets(policy.secrets.0.iter().map(String::as_str));
     datadir::ensure_dir(&config.data)?;
     let on_postgres = config
         .database_url

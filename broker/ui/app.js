@@ -48,7 +48,8 @@ function renderApprovals(approvals) {
     const node = $("approval-template").content.firstElementChild.cloneNode(true);
     node.dataset.approvalId = a.approval_id;
     node.dataset.testid = "approval";
-    fill(node, ".kind", a.kind === "call" ? "call" : a.kind === "renewal" ? "renewal" : "new task");
+    const kinds = { call: "call", renewal: "renewal", issuance: "new task", definition: "changed tool definition" };
+    fill(node, ".kind", kinds[a.kind] || a.kind);
     fill(node, ".agent", a.agent);
     fill(node, ".ago", ago(a.requested_at));
     fill(node, ".purpose", a.purpose);

@@ -1030,3 +1030,43 @@ async fn task_tokens_are_sealed_at_rest() {
         200
     );
 }
+
+#[tokio::test]
+async fn mcp_connection_errors_never_log_expanded_secrets() {
+    let secret = "mcp-secret-4f1d9c";
+    let policies = tempfile::tempdir().unwrap();
+    std::fs::write(
+        policies.path().join("p.toml"),
+        r#"
+[mcp_servers.vault]
+url = "http://svc:${MCP_SECRET}@127.0.0.1:9/mcp?key=${MCP_SECRET}"
+headers = { Authorization = "Bearer ${MCP_SECRET}" }
+
+[agents.bot]
+tools = ["vault.*"]
+max_ttl_seconds = 60
+"#,
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let log = data.path().join("broker.log");
+    let broker = crate::common::BrokerProcess::start_logged(
+        policies.path(),
+        data.path(),
+        &[("MCP_SECRET", secret.to_string())],
+        Some(&log),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.matches("cannot connect to MCP upstream").count() >= 2 || Instant::now() > deadline
+        {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    drop(broker);
+    assert!(text.contains("cannot connect to MCP upstream"), "{text}");
+    assert!(!text.contains(secret), "a secret reached the log: {text}");
+}

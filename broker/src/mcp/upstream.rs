@@ -116,7 +116,8 @@ impl Upstreams {
                 problem: format!("answered an MCP error: {}", err.message),
             }),
             Ok(Err(err)) => {
-                tracing::warn!(tool = %name, error = %err, "MCP upstream call failed");
+                let error = upstream.def.scrub(&err.to_string());
+                tracing::warn!(tool = %name, %error, "MCP upstream call failed");
                 Err(UpstreamFailure::Unreachable { tool: name })
             }
             Ok(Ok(result)) => {
@@ -147,7 +148,8 @@ async fn connect(
     )
     .await
     .map_err(|_| "timed out".to_string())?
-    .map_err(|e| e.to_string())
+    // The client's errors may quote the URL or headers: never log their secrets.
+    .map_err(|e| def.scrub(&e.to_string()))
 }
 
 /// Keeps one server connected and its tools published, forever.
@@ -185,7 +187,8 @@ async fn maintain(upstream: Arc<Upstream>, state: AppState) {
                 }
                 loop {
                     if let Err(err) = refresh(&state, &upstream, &client).await {
-                        tracing::warn!(server = %name, error = %err, "MCP upstream lost; reconnecting");
+                        let error = upstream.def.scrub(&err.to_string());
+                        tracing::warn!(server = %name, %error, "MCP upstream lost; reconnecting");
                         break;
                     }
                     tokio::select! {

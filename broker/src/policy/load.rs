@@ -13,7 +13,7 @@ use toml::de::{DeTable, DeValue};
 use super::toml_value::{line_col, start, to_json};
 use super::{
     ApprovalSettings, Diagnostic, Grant, GrantApproval, McpServerDef, Policy, PolicyErrors,
-    ToolApproval, ToolDef, ToolPattern,
+    Secrets, ToolApproval, ToolDef, ToolPattern,
 };
 use crate::ids::{is_principal_name, is_tool_name};
 
@@ -67,6 +67,16 @@ pub fn load_sources(
     sources: &[(PathBuf, String)],
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Policy, PolicyErrors> {
+    // Every value `${ENV}` expands to is a secret the log must never show.
+    let expanded = std::cell::RefCell::new(Vec::new());
+    let recording = |name: &str| {
+        let value = env(name);
+        if let Some(value) = &value {
+            expanded.borrow_mut().push(value.clone());
+        }
+        value
+    };
+    let env: &dyn Fn(&str) -> Option<String> = &recording;
     let mut diagnostics = Vec::new();
     let mut policy = Policy::default();
     // Where each tool and grant was defined, for duplicate and reference errors.
@@ -194,6 +204,7 @@ pub fn load_sources(
     }
 
     if diagnostics.is_empty() {
+        policy.secrets = Secrets(expanded.take());
         Ok(policy)
     } else {
         diagnostics.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));

@@ -28,6 +28,18 @@ pub struct Policy {
     pub approvals: ApprovalSettings,
     /// Upstream MCP servers, by name; their tools appear as `NAME.tool`.
     pub mcp_servers: BTreeMap<String, Arc<McpServerDef>>,
+    /// Every value a `${ENV}` reference expanded to: scrubbed from every log line.
+    pub secrets: Secrets,
+}
+
+/// Values that must never be shown; `Debug` prints only how many there are.
+#[derive(Default, Clone)]
+pub struct Secrets(pub Vec<String>);
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secrets({} values)", self.0.len())
+    }
 }
 
 /// An upstream MCP server (`[mcp_servers.NAME]`).
@@ -54,6 +66,73 @@ impl fmt::Debug for McpServerDef {
             )
             .finish()
     }
+}
+
+impl McpServerDef {
+    /// `text` (an error from the MCP client, which may quote the request) with every
+    /// secret this server's definition holds replaced: its URL's user, password and
+    /// query, and its header values — where `${ENV}` secrets end up after expansion.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut secrets: Vec<String> = Vec::new();
+        if !self.url.username().is_empty() {
+            secrets.push(self.url.username().to_string());
+        }
+        secrets.extend(self.url.password().map(str::to_string));
+        secrets.extend(self.url.query().map(str::to_string));
+        for (_, value) in &self.headers {
+            if let Ok(value) = value.to_str() {
+                secrets.push(value.to_string());
+                // `Bearer <secret>`: the secret alone may be quoted too.
+                secrets.extend(value.split_whitespace().map(str::to_string));
+            }
+        }
+        // Longest first, so a secret inside a longer one is not left half-replaced.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        let mut out = text.to_string();
+        for secret in secrets.iter().filter(|s| s.len() >= 4) {
+            out = out.replace(secret.as_str(), "[redacted]");
+            // Error texts quote URLs percent-decoded or encoded; cover both spellings.
+            for spelling in [url_encoded(secret), url_decoded(secret)] {
+                if spelling.len() >= 4 {
+                    out = out.replace(&spelling, "[redacted]");
+                }
+            }
+        }
+        out
+    }
+}
+
+fn url_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn url_encoded(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 /// One tool: an HTTP upstream with an input schema.
@@ -270,6 +349,29 @@ impl fmt::Display for PolicyErrors {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scrub_removes_every_secret_of_an_mcp_server_definition() {
+        let def = McpServerDef {
+            name: "vault".into(),
+            url: reqwest::Url::parse("http://svc:pa%2Fss-w0rd@127.0.0.1:9/mcp?key=s3cr3t-key")
+                .unwrap(),
+            headers: vec![(
+                HeaderName::from_static("authorization"),
+                HeaderValue::from_static("Bearer tok-123456"),
+            )],
+            timeout: Duration::from_secs(1),
+        };
+        let error = format!(
+            "error sending request for url ({}): header Bearer tok-123456; token tok-123456; pass pa/ss-w0rd",
+            def.url
+        );
+        let clean = def.scrub(&error);
+        for secret in ["pa%2Fss-w0rd", "pa/ss-w0rd", "s3cr3t-key", "tok-123456"] {
+            assert!(!clean.contains(secret), "{secret} in {clean}");
+        }
+        assert!(clean.contains("127.0.0.1:9/mcp"), "{clean}");
+    }
 
     #[test]
     fn wildcards_match_whole_segments_only() {

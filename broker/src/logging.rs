@@ -1,0 +1,105 @@
+//! The log's last line of defence: every line written to the log is scrubbed of every
+//! secret the policy expanded from `${ENV}` (upstream keys, MCP server credentials),
+//! whoever wrote it — Leash's own messages or a library's (rmcp logs request URLs with
+//! their query strings when a connection fails).
+
+use std::io::{self, Write};
+use std::sync::RwLock;
+
+use tracing_subscriber::fmt::MakeWriter;
+
+/// Secrets to scrub, longest first.
+static SECRETS: RwLock<Vec<String>> = RwLock::new(Vec::new());
+
+/// Shorter values are not scrubbed (they would mangle ordinary words); policy secrets
+/// are keys and passwords, far longer.
+const MIN_SECRET_LEN: usize = 6;
+
+/// Registers secrets (and their URL-encoded spellings) to scrub from every later line.
+pub fn register_secrets<'a>(secrets: impl IntoIterator<Item = &'a str>) {
+    let Ok(mut known) = SECRETS.write() else {
+        return;
+    };
+    for secret in secrets {
+        for spelling in [secret.to_string(), url_encoded(secret)] {
+            if spelling.len() >= MIN_SECRET_LEN && !known.contains(&spelling) {
+                known.push(spelling);
+            }
+        }
+    }
+    known.sort_by_key(|s| std::cmp::Reverse(s.len()));
+}
+
+/// `text` with every registered secret replaced by `[redacted]`.
+pub fn scrub(text: &str) -> String {
+    let Ok(known) = SECRETS.read() else {
+        return text.to_string();
+    };
+    let mut out = text.to_string();
+    for secret in known.iter() {
+        if out.contains(secret.as_str()) {
+            out = out.replace(secret.as_str(), "[redacted]");
+        }
+    }
+    out
+}
+
+fn url_encoded(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// Standard error, scrubbed: use as the log's writer.
+#[derive(Clone, Copy, Default)]
+pub struct ScrubbedStderr;
+
+impl<'a> MakeWriter<'a> for ScrubbedStderr {
+    type Writer = ScrubbedLine;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        ScrubbedLine(Vec::new())
+    }
+}
+
+/// One log event, buffered whole so that a secret cannot straddle two writes; scrubbed
+/// and written to standard error when dropped.
+pub struct ScrubbedLine(Vec<u8>);
+
+impl Write for ScrubbedLine {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for ScrubbedLine {
+    fn drop(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        let line = scrub(&String::from_utf8_lossy(&self.0));
+        let _ = io::stderr().lock().write_all(line.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registered_secrets_are_scrubbed_in_every_spelling() {
+        register_secrets(["p@ss/w0rd-xyz", "abc"]);
+        let line = scrub("url http://u:p%40ss%2Fw0rd-xyz@h/?k=p@ss/w0rd-xyz abc");
+        assert_eq!(line, "url http://u:[redacted]@h/?k=[redacted] abc");
+    }
+}
