@@ -80,7 +80,13 @@ impl Audit {
             since: AtomicU64::new(0),
             due: Notify::new(),
         });
-        tokio::spawn(writer(store, clock, rx, failing.clone(), checkpoints.clone()));
+        tokio::spawn(writer(
+            store,
+            clock,
+            rx,
+            failing.clone(),
+            checkpoints.clone(),
+        ));
         Ok(Audit {
             tx,
             failing,

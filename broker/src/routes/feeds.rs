@@ -176,9 +176,6 @@ pub async fn audit_checkpoints(
         .checkpoints_after(q.after.max(0), PAGE)
         .await
         .map_err(ApiError::internal)?;
-    let items: Vec<Value> = checkpoints
-        .iter()
-        .map(crate::checkpoint::to_json)
-        .collect();
+    let items: Vec<Value> = checkpoints.iter().map(crate::checkpoint::to_json).collect();
     Ok(Json(json!({ "checkpoints": items })))
 }

@@ -17,8 +17,8 @@ use super::rows::{
     approval_from_row, checkpoint_from_row, revocation_from_row, task_from_row, to_i64,
 };
 use super::{
-    Activation, ApprovalRecord, ApprovalState, AuditCheckpoint, AuditRow, Decided, NewAuditEvent, Revocation, Store,
-    StoreError, StoreResult, TaskRecord, TaskState, ToolPin, UsageBatch,
+    Activation, ApprovalRecord, ApprovalState, AuditCheckpoint, AuditRow, Decided, NewAuditEvent,
+    Revocation, Store, StoreError, StoreResult, TaskRecord, TaskState, ToolPin, UsageBatch,
 };
 
 /// The schema; every statement is idempotent.
@@ -120,11 +120,12 @@ impl PgStore {
             .max_connections(1)
             .connect_with(PgConnectOptions::from_str(url)?)
             .await?;
-        let exists = sqlx::query("SELECT 1 FROM information_schema.schemata WHERE schema_name = $1")
-            .bind(schema)
-            .fetch_optional(&probe)
-            .await?
-            .is_some();
+        let exists =
+            sqlx::query("SELECT 1 FROM information_schema.schemata WHERE schema_name = $1")
+                .bind(schema)
+                .fetch_optional(&probe)
+                .await?
+                .is_some();
         probe.close().await;
         if !exists {
             return Err(StoreError::Corrupt(format!(

@@ -5,8 +5,7 @@ use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use super::{
     ApprovalKind, ApprovalRecord, ApprovalState, AuditCheckpoint, Revocation, StoreError,
-    StoreResult, TaskRecord,
-    TaskState,
+    StoreResult, TaskRecord, TaskState,
 };
 
 pub(super) fn task_from_row<'r, R>(row: &'r R) -> StoreResult<TaskRecord>

@@ -12,8 +12,8 @@ use super::rows::{
     approval_from_row, checkpoint_from_row, revocation_from_row, task_from_row, to_i64,
 };
 use super::{
-    Activation, ApprovalRecord, ApprovalState, AuditCheckpoint, AuditRow, Decided, NewAuditEvent, Revocation, Store,
-    StoreError, StoreResult, TaskRecord, TaskState, ToolPin, UsageBatch,
+    Activation, ApprovalRecord, ApprovalState, AuditCheckpoint, AuditRow, Decided, NewAuditEvent,
+    Revocation, Store, StoreError, StoreResult, TaskRecord, TaskState, ToolPin, UsageBatch,
 };
 
 /// The schema; every statement is idempotent.

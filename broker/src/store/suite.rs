@@ -379,7 +379,11 @@ async fn audit_checkpoints(store: Arc<dyn Store>) {
     let all = store.checkpoints_after(0, 10).await.unwrap();
     assert_eq!(
         all,
-        vec![checkpoint(3, "h3"), checkpoint(5, "h5"), checkpoint(9, "h9")]
+        vec![
+            checkpoint(3, "h3"),
+            checkpoint(5, "h5"),
+            checkpoint(9, "h9")
+        ]
     );
     let page = store.checkpoints_after(3, 1).await.unwrap();
     assert_eq!(page, vec![checkpoint(5, "h5")]);
