@@ -5,12 +5,12 @@
 //! token text or secrets: tokens are named by revocation id.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::clock::Clock;
 use crate::error::ApiError;
@@ -41,18 +41,67 @@ pub struct Audit {
     /// Set while writes fail (disk full, read-only folder): calls are refused then, so
     /// no call goes unaudited for longer than one failed write.
     failing: Arc<AtomicBool>,
+    /// When to sign the next checkpoint ([`crate::checkpoint`]).
+    checkpoints: Arc<CheckpointTrigger>,
+}
+
+/// Counts events written since the last checkpoint and wakes the checkpoint signer once
+/// `every` of them are in the store.
+struct CheckpointTrigger {
+    every: u64,
+    since: AtomicU64,
+    due: Notify,
+}
+
+impl CheckpointTrigger {
+    fn written(&self, events: usize) {
+        let since = self.since.fetch_add(events as u64, Ordering::AcqRel) + events as u64;
+        if self.every > 0 && since >= self.every {
+            self.due.notify_one();
+        }
+    }
 }
 
 /// Events buffered before callers wait.
 const QUEUE: usize = 65_536;
 
 impl Audit {
-    /// Starts the writer, continuing the chain already in the store.
-    pub async fn start(store: Arc<dyn Store>, clock: Clock) -> anyhow::Result<Audit> {
+    /// Starts the writer, continuing the chain already in the store. A checkpoint is due
+    /// after every `checkpoint_every` events written (0: not by count).
+    pub async fn start(
+        store: Arc<dyn Store>,
+        clock: Clock,
+        checkpoint_every: u64,
+    ) -> anyhow::Result<Audit> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let failing = Arc::new(AtomicBool::new(false));
-        tokio::spawn(writer(store, clock, rx, failing.clone()));
-        Ok(Audit { tx, failing })
+        let checkpoints = Arc::new(CheckpointTrigger {
+            every: checkpoint_every,
+            since: AtomicU64::new(0),
+            due: Notify::new(),
+        });
+        tokio::spawn(writer(
+            store,
+            clock,
+            rx,
+            failing.clone(),
+            checkpoints.clone(),
+        ));
+        Ok(Audit {
+            tx,
+            failing,
+            checkpoints,
+        })
+    }
+
+    /// Resolves once enough events were written since the last checkpoint.
+    pub async fn checkpoint_due(&self) {
+        self.checkpoints.due.notified().await
+    }
+
+    /// A checkpoint is being signed: counting starts again.
+    pub fn checkpoint_taken(&self) {
+        self.checkpoints.since.store(0, Ordering::Release);
     }
 
     /// Refuses (503) while the audit log cannot be written.
@@ -86,6 +135,7 @@ async fn writer(
     clock: Clock,
     mut rx: mpsc::Receiver<Message>,
     failing: Arc<AtomicBool>,
+    checkpoints: Arc<CheckpointTrigger>,
 ) {
     let mut pending: Vec<NewAuditEvent> = Vec::new();
     let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
@@ -115,6 +165,7 @@ async fn writer(
         while !pending.is_empty() {
             match store.append_audit(&pending).await {
                 Ok(()) => {
+                    checkpoints.written(pending.len());
                     pending.clear();
                     if failing.swap(false, Ordering::AcqRel) {
                         tracing::warn!("the audit log is writable again; calls resume");

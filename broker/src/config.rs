@@ -128,6 +128,18 @@ pub struct ServeArgs {
     /// past that, its requests with a credential get 429 without being checked. 0 = no limit.
     #[arg(long, env = "LEASH_AUTH_FAILURE_LIMIT", default_value_t = 20)]
     pub auth_failure_limit: u32,
+    /// Sign an audit checkpoint (the chain's head, with the root key) after this many
+    /// events; 0: not by count.
+    #[arg(long, env = "LEASH_AUDIT_CHECKPOINT_EVENTS", default_value_t = 100)]
+    pub audit_checkpoint_events: u64,
+    /// Sign an audit checkpoint this often, in seconds, when there are new events;
+    /// 0: not by time. A graceful stop always signs one.
+    #[arg(long, env = "LEASH_AUDIT_CHECKPOINT_SECONDS", default_value_t = 5)]
+    pub audit_checkpoint_seconds: u64,
+    /// Also append every checkpoint to this file (JSON lines, fsynced), kept outside the
+    /// database so that database access alone cannot remove them.
+    #[arg(long, env = "LEASH_AUDIT_CHECKPOINT_FILE")]
+    pub audit_checkpoint_file: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -167,6 +179,9 @@ impl ServeArgs {
             auth_failure_limit: self.auth_failure_limit,
             // From the environment only (main.rs), like the admin token.
             metrics_token: None,
+            audit_checkpoint_events: self.audit_checkpoint_events,
+            audit_checkpoint_interval: Duration::from_secs(self.audit_checkpoint_seconds),
+            audit_checkpoint_file: self.audit_checkpoint_file,
         }
     }
 }
@@ -198,10 +213,26 @@ pub enum TokenCommand {
 /// `leash audit …`.
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
-    /// Verify the audit chain: detects edited and deleted rows.
-    Verify {
-        /// The data folder holding the SQLite database.
-        #[arg(long, env = "LEASH_DATA", default_value = "./data")]
-        data: PathBuf,
-    },
+    /// Verify the audit log: the hash chain (edited and deleted rows), every signed
+    /// checkpoint, and that no row a checkpoint covers is missing at the end (truncation).
+    Verify(AuditVerifyArgs),
+}
+
+/// `leash audit verify` options: the deployment to check, like `leash serve`'s.
+#[derive(Args, Debug)]
+pub struct AuditVerifyArgs {
+    /// The data folder holding the SQLite database and the root keys.
+    #[arg(long, env = "LEASH_DATA", default_value = "./data")]
+    pub data: PathBuf,
+    /// A PostgreSQL deployment instead (`postgres://…`); its root keys are opened with
+    /// LEASH_MASTER_KEY.
+    #[arg(long, env = "LEASH_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// The deployment's PostgreSQL schema.
+    #[arg(long, env = "LEASH_DATABASE_SCHEMA", default_value = "leash")]
+    pub database_schema: String,
+    /// A checkpoint file the broker appended to (`--audit-checkpoint-file`): its
+    /// checkpoints are checked too, and must all still be in the database.
+    #[arg(long, env = "LEASH_AUDIT_CHECKPOINT_FILE")]
+    pub checkpoints: Option<PathBuf>,
 }

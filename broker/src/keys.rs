@@ -127,6 +127,14 @@ impl RootKeys {
             .ok_or(error::Format::UnknownPublicKey)
     }
 
+    /// Every public key by root key id (for checking audit checkpoints).
+    pub fn public_keys(&self) -> BTreeMap<u32, PublicKey> {
+        self.snapshot()
+            .iter()
+            .map(|(kid, pair)| (*kid, pair.public()))
+            .collect()
+    }
+
     /// Every public key, for publication.
     pub fn published(&self) -> Vec<PublishedKey> {
         self.snapshot()

@@ -17,6 +17,7 @@
 //! - [`calls`] is the checked call path; [`proxy`] the only code that talks upstream;
 //! - [`approvals`] human decisions; [`events`] the event hub; [`webhook`] notifications;
 //! - [`issue`] mints a task's token; [`store`] is durable state (SQLite); [`audit`] the hash-chained log;
+//!   [`checkpoint`] its signed checkpoints (truncation shows);
 //! - [`metrics`] the `/metrics` registry; [`routes`] every HTTP path; [`caller`] who is calling; [`error`] the one error type.
 
 pub mod approvals;
@@ -25,6 +26,7 @@ pub mod authorize;
 pub mod caller;
 pub mod calls;
 pub mod catalog;
+pub mod checkpoint;
 pub mod clock;
 pub mod config;
 pub mod datadir;

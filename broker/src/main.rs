@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use leash_broker::config::{
-    AuditCommand, Cli, Command, DatabaseArgs, KeysCommand, PolicyCommand, TokenCommand,
+    AuditCommand, AuditVerifyArgs, Cli, Command, DatabaseArgs, KeysCommand, PolicyCommand,
+    TokenCommand,
 };
 use leash_broker::{datadir, policy, store::SqliteStore};
 use tokio::net::TcpListener;
@@ -100,7 +101,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             };
             inspect(&token, &data)
         }
-        Command::Audit(AuditCommand::Verify { data }) => verify_audit(&data).await,
+        Command::Audit(AuditCommand::Verify(args)) => verify_audit(args).await,
         Command::Keys(command) => keys(command).await,
     }
 }
@@ -134,29 +135,83 @@ fn inspect(token: &str, data: &std::path::Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn verify_audit(data: &std::path::Path) -> anyhow::Result<ExitCode> {
-    use leash_broker::store::Store;
-    let path = data.join(datadir::DATABASE_FILE);
-    if !path.exists() {
-        anyhow::bail!("no database at {}", path.display());
-    }
-    let store = SqliteStore::open(&path).await?;
-    let mut head: (i64, String) = (0, String::new());
-    loop {
-        let rows = store.audit_after(head.0, 5000).await?;
-        if rows.is_empty() {
-            break;
+async fn verify_audit(args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
+    use leash_broker::checkpoint::{read_file, verify_log};
+    use leash_broker::store::{PgStore, Store};
+    let (store, keys): (Box<dyn Store>, _) = match args.database_url.as_deref() {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let master = leash_broker::sealed_keys::MasterKey::parse(
+                &env("LEASH_MASTER_KEY").ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "LEASH_MASTER_KEY is required: the root keys that signed the checkpoints are sealed with it"
+                    )
+                })?,
+            )?;
+            let store = PgStore::open_existing(url, &args.database_schema).await?;
+            let keys = leash_broker::sealed_keys::all_public_keys(store.pool(), &master).await?;
+            (Box::new(store), keys)
         }
-        match leash_broker::audit::verify_chain((head.0, &head.1), &rows) {
-            Ok(next) => head = next,
-            Err(broken) => {
-                eprintln!("{broken}");
-                return Ok(ExitCode::FAILURE);
+        Some(url) if url.starts_with("sqlite:") => (
+            Box::new(SqliteStore::open_url(url).await?),
+            sqlite_public_keys(&args.data)?,
+        ),
+        Some(_) => anyhow::bail!("--database-url must start with sqlite: or postgres://"),
+        None => {
+            let path = args.data.join(datadir::DATABASE_FILE);
+            if !path.exists() {
+                anyhow::bail!("no database at {}", path.display());
             }
+            (
+                Box::new(SqliteStore::open(&path).await?),
+                sqlite_public_keys(&args.data)?,
+            )
+        }
+    };
+    let file = match &args.checkpoints {
+        Some(path) => read_file(path)?,
+        None => Vec::new(),
+    };
+    match verify_log(store.as_ref(), &file, &keys).await? {
+        Ok(verified) => {
+            println!(
+                "audit chain verifies: {} events, head {}",
+                verified.head, verified.head_hash
+            );
+            match &verified.latest {
+                Some(latest) => println!(
+                    "{} checkpoint(s) verify{}; the latest covers seq {} (signed {} by root key {})",
+                    verified.checkpoints,
+                    if args.checkpoints.is_some() {
+                        ", the file's included"
+                    } else {
+                        ""
+                    },
+                    latest.seq,
+                    leash_broker::clock::rfc3339(latest.at_ms),
+                    latest.kid
+                ),
+                None => println!(
+                    "no checkpoint yet: the deletion of the newest rows could not be detected"
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(problem) => {
+            eprintln!("{problem}");
+            Ok(ExitCode::FAILURE)
         }
     }
-    println!("audit chain verifies: {} events, head {}", head.0, head.1);
-    Ok(ExitCode::SUCCESS)
+}
+
+/// The root public keys of a data folder (never creates keys).
+fn sqlite_public_keys(
+    data: &std::path::Path,
+) -> anyhow::Result<std::collections::BTreeMap<u32, biscuit_auth::PublicKey>> {
+    if !data.join(datadir::ROOT_KEYS_FILE).exists() {
+        // Without keys no checkpoint verifies: each one is then reported as unknown.
+        return Ok(Default::default());
+    }
+    Ok(datadir::load_or_create_keys(data)?.public_keys())
 }
 
 async fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {

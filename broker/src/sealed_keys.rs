@@ -6,9 +6,11 @@
 //! Rotation adds a key with the next id (new tokens use it; old ones verify until they
 //! expire); retirement ends a key everywhere. Both announce `keys` to every replica.
 
+use std::collections::BTreeMap;
+
 use anyhow::{Context, bail};
 use biscuit_auth::builder::Algorithm;
-use biscuit_auth::{KeyPair, PrivateKey};
+use biscuit_auth::{KeyPair, PrivateKey, PublicKey};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use rand::RngCore;
@@ -118,6 +120,29 @@ pub async fn load(pool: &PgPool, master: &MasterKey) -> anyhow::Result<Option<Ro
         });
     }
     Ok(Some(RootKeys::from_stored(&stored)?))
+}
+
+/// The public half of every root key, retired ones included: a checkpoint signed before a
+/// key was retired still proves what the audit log held then. Opening each sealed key
+/// with the master key is what makes the public keys trustworthy: someone who can only
+/// write to the database cannot put a key of their own there.
+pub async fn all_public_keys(
+    pool: &PgPool,
+    master: &MasterKey,
+) -> anyhow::Result<BTreeMap<u32, PublicKey>> {
+    let rows = sqlx::query("SELECT kid, sealed FROM root_keys ORDER BY kid")
+        .fetch_all(pool)
+        .await?;
+    let mut keys = BTreeMap::new();
+    for row in rows {
+        let kid: i64 = row.try_get("kid")?;
+        let kid = u32::try_from(kid).context("root key id out of range")?;
+        let sealed: String = row.try_get("sealed")?;
+        let private = PrivateKey::from_bytes_hex(&master.open(kid, &sealed)?, Algorithm::Ed25519)
+            .map_err(|_| anyhow::anyhow!("root key {kid} is not an ed25519 key"))?;
+        keys.insert(kid, KeyPair::from(&private).public());
+    }
+    Ok(keys)
 }
 
 /// Adds a key with the next id; returns it. Replicas learn it through `keys`.

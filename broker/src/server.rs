@@ -77,6 +77,13 @@ pub struct ServeConfig {
     /// A scrape-only token for `GET /metrics` (`LEASH_METRICS_TOKEN`); the admin token
     /// works too.
     pub metrics_token: Option<String>,
+    /// Sign an audit checkpoint after this many events (0: not by count).
+    pub audit_checkpoint_events: u64,
+    /// Sign an audit checkpoint this often when there are new events (0: not by time).
+    pub audit_checkpoint_interval: Duration,
+    /// Also append every checkpoint this broker signs to this file (JSON lines, fsynced),
+    /// outside the database.
+    pub audit_checkpoint_file: Option<PathBuf>,
 }
 
 impl ServeConfig {
@@ -105,6 +112,9 @@ impl ServeConfig {
             client_timeout: Duration::from_secs(10),
             auth_failure_limit: 20,
             metrics_token: None,
+            audit_checkpoint_events: 100,
+            audit_checkpoint_interval: Duration::from_secs(5),
+            audit_checkpoint_file: None,
         }
     }
 }
@@ -204,7 +214,15 @@ pub async fn prepare(
         after = last.seq;
         revoked.extend(&page);
     }
-    let audit = Audit::start(store.clone(), clock.clone()).await?;
+    if let Some(path) = &config.audit_checkpoint_file {
+        crate::checkpoint::open_for_append(path).with_context(|| {
+            format!(
+                "cannot open the audit checkpoint file {} for appending",
+                path.display()
+            )
+        })?;
+    }
+    let audit = Audit::start(store.clone(), clock.clone(), config.audit_checkpoint_events).await?;
     let events = Events::default();
     if let Some(url) = policy.approvals.webhook.clone() {
         crate::webhook::start(
@@ -345,13 +363,15 @@ async fn open_store(
     }
 }
 
-/// Serves until `shutdown` resolves, then drains requests and flushes counters and audit.
+/// Serves until `shutdown` resolves, then drains requests, flushes counters and audit,
+/// and signs a last audit checkpoint.
 pub async fn run(
     state: AppState,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let sweeper = tokio::spawn(sweep_forever(state.clone()));
+    let checkpoints = tokio::spawn(crate::checkpoint::run_forever(state.clone()));
     state.upstreams.start(&state);
     if let Some(pg) = state.pg.clone() {
         crate::fanout::start(state.clone(), pg, state.revocations_loaded_to);
@@ -359,8 +379,13 @@ pub async fn run(
     let app = crate::routes::router(state.clone());
     crate::edge::serve(listener, app, &state.config, shutdown).await;
     sweeper.abort();
+    checkpoints.abort();
     state.tasks.flush().await;
     state.audit.flush().await;
+    // A clean stop leaves the head covered: nothing after it can vanish unnoticed.
+    if let Err(err) = crate::checkpoint::checkpoint_head(&state).await {
+        tracing::warn!(error = %err, "cannot sign the final audit checkpoint");
+    }
     Ok(())
 }
 

@@ -479,9 +479,17 @@ impl Drop for BrokerProcess {
 
 /// Runs `leash audit verify` on a data folder: (chain intact, what it printed).
 pub fn audit_verify(data: &Path) -> (bool, String) {
+    audit_verify_with(data, &[])
+}
+
+/// Runs `leash audit verify --data DATA ARGS…` (no LEASH_* from the test's environment).
+pub fn audit_verify_with(data: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new(leash_binary())
         .args(["audit", "verify", "--data"])
         .arg(data)
+        .args(args)
+        .env_remove("LEASH_DATABASE_URL")
+        .env_remove("LEASH_AUDIT_CHECKPOINT_FILE")
         .output()
         .unwrap();
     (

@@ -158,3 +158,24 @@ pub async fn audit(
         .collect();
     Ok(Json(json!({ "events": events, "next": next })))
 }
+
+/// `GET /v1/audit/checkpoints?after=SEQ`: the signed checkpoints of the audit chain
+/// (oldest first, at most 1000), for approvers and the admin — for a collector that keeps
+/// them where the database's owner cannot reach.
+#[utoipa::path(get, path = "/v1/audit/checkpoints", tag = "feeds", params(After),
+    security(("approver" = []), ("admin" = [])),
+    responses((status = 200, description = "Checkpoints after the asked seq", body = super::openapi::CheckpointList)))]
+pub async fn audit_checkpoints(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    QueryParams(q): QueryParams<After>,
+) -> ApiResult<Json<Value>> {
+    authenticate(&state, &headers)?.require_approver_or_admin()?;
+    let checkpoints = state
+        .store
+        .checkpoints_after(q.after.max(0), PAGE)
+        .await
+        .map_err(ApiError::internal)?;
+    let items: Vec<Value> = checkpoints.iter().map(crate::checkpoint::to_json).collect();
+    Ok(Json(json!({ "checkpoints": items })))
+}

@@ -26,6 +26,7 @@ pub fn router(state: AppState) -> Router {
         .route("/.well-known/leash/keys", get(feeds::keys))
         .route("/v1/revocations", get(feeds::revocations))
         .route("/v1/audit", get(feeds::audit))
+        .route("/v1/audit/checkpoints", get(feeds::audit_checkpoints))
         .route("/metrics", get(feeds::metrics))
         .route(
             "/v1/agents/{agent}/credentials",

@@ -31,6 +31,7 @@ use super::{admin, approvals, feeds, tasks, tools, ui};
         feeds::keys,
         feeds::revocations,
         feeds::audit,
+        feeds::audit_checkpoints,
         feeds::metrics,
         admin::agent_credential,
         admin::approver_credential,
@@ -262,6 +263,29 @@ pub struct AuditPage {
     pub events: Vec<AuditItem>,
     /// The position to ask after next time.
     pub next: i64,
+}
+
+/// One signed checkpoint of the audit chain.
+#[derive(ToSchema)]
+pub struct CheckpointItem {
+    /// The seq of the audit event it covers (and every one before it).
+    pub seq: i64,
+    /// That event's hash (hex).
+    pub hash: String,
+    /// When it was signed (RFC 3339).
+    pub at: String,
+    /// The root key id that signed it (see `/.well-known/leash/keys`).
+    pub kid: u32,
+    /// Ed25519 signature (base64url, no padding) over the UTF-8 text
+    /// `leash-audit-checkpoint-v1\n{seq}\n{hash}\n{at}`.
+    pub signature: String,
+}
+
+/// `GET /v1/audit/checkpoints`.
+#[derive(ToSchema)]
+pub struct CheckpointList {
+    /// Checkpoints after the asked seq, oldest first (at most 1000).
+    pub checkpoints: Vec<CheckpointItem>,
 }
 
 /// `POST /v1/agents/{agent}/credentials`.

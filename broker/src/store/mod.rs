@@ -155,6 +155,23 @@ pub struct AuditRow {
     pub hash: String,
 }
 
+/// A signed statement of the audit chain's head: "the chain had `seq` rows and its last
+/// hash was `hash`". Deleting the newest rows is then visible, because a checkpoint names
+/// a row that is no longer there ([`crate::checkpoint`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditCheckpoint {
+    /// The seq of the row it covers (every row up to it).
+    pub seq: i64,
+    /// That row's hash (hex).
+    pub hash: String,
+    /// When it was signed (ms since epoch).
+    pub at_ms: i64,
+    /// The root key id that signed it.
+    pub kid: u32,
+    /// Ed25519 signature (base64url, no padding) over [`crate::checkpoint::signed_bytes`].
+    pub signature: String,
+}
+
 /// What an approval decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -452,4 +469,11 @@ pub trait Store: Send + Sync + 'static {
     async fn audit_head(&self) -> StoreResult<Option<(i64, String)>>;
     /// Audit rows after `seq`, at most `limit`.
     async fn audit_after(&self, seq: i64, limit: i64) -> StoreResult<Vec<AuditRow>>;
+    /// Stores a checkpoint unless one for its seq exists (replicas may sign the same head):
+    /// true if this one was stored. An existing checkpoint is never replaced.
+    async fn insert_checkpoint(&self, checkpoint: &AuditCheckpoint) -> StoreResult<bool>;
+    /// Checkpoints after `seq`, oldest first, at most `limit`.
+    async fn checkpoints_after(&self, seq: i64, limit: i64) -> StoreResult<Vec<AuditCheckpoint>>;
+    /// The checkpoint with the highest seq.
+    async fn latest_checkpoint(&self) -> StoreResult<Option<AuditCheckpoint>>;
 }

@@ -13,10 +13,12 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
-use super::rows::{approval_from_row, revocation_from_row, task_from_row, to_i64};
+use super::rows::{
+    approval_from_row, checkpoint_from_row, revocation_from_row, task_from_row, to_i64,
+};
 use super::{
-    Activation, ApprovalRecord, ApprovalState, AuditRow, Decided, NewAuditEvent, Revocation, Store,
-    StoreError, StoreResult, TaskRecord, TaskState, ToolPin, UsageBatch,
+    Activation, ApprovalRecord, ApprovalState, AuditCheckpoint, AuditRow, Decided, NewAuditEvent,
+    Revocation, Store, StoreError, StoreResult, TaskRecord, TaskState, ToolPin, UsageBatch,
 };
 
 /// The schema; every statement is idempotent.
@@ -52,6 +54,9 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS audit (
         seq BIGINT PRIMARY KEY, at_ms BIGINT NOT NULL, kind TEXT NOT NULL, actor TEXT NOT NULL, task_id TEXT,
         detail TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS audit_checkpoints (
+        seq BIGINT PRIMARY KEY, hash TEXT NOT NULL, at_ms BIGINT NOT NULL, kid BIGINT NOT NULL,
+        signature TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS root_keys (
         kid BIGINT PRIMARY KEY, sealed TEXT NOT NULL, created_at_ms BIGINT NOT NULL, retired_at_ms BIGINT)",
 ];
@@ -110,6 +115,28 @@ impl PgStore {
             pool,
             channel: format!("leash_{schema}"),
         })
+    }
+
+    /// Connects to an existing deployment's `schema` (for tools such as `leash audit
+    /// verify`, which must not create an empty schema for a mistyped name).
+    pub async fn open_existing(url: &str, schema: &str) -> StoreResult<Self> {
+        let probe = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(PgConnectOptions::from_str(url)?)
+            .await?;
+        let exists =
+            sqlx::query("SELECT 1 FROM information_schema.schemata WHERE schema_name = $1")
+                .bind(schema)
+                .fetch_optional(&probe)
+                .await?
+                .is_some();
+        probe.close().await;
+        if !exists {
+            return Err(StoreError::Corrupt(format!(
+                "there is no schema {schema:?} in this database (LEASH_DATABASE_SCHEMA?)"
+            )));
+        }
+        Self::open(url, schema).await
     }
 
     /// The NOTIFY channel of this schema.
@@ -744,5 +771,38 @@ impl Store for PgStore {
                 })
             })
             .collect()
+    }
+
+    async fn insert_checkpoint(&self, c: &AuditCheckpoint) -> StoreResult<bool> {
+        let inserted = sqlx::query(
+            "INSERT INTO audit_checkpoints (seq, hash, at_ms, kid, signature) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (seq) DO NOTHING",
+        )
+        .bind(c.seq)
+        .bind(&c.hash)
+        .bind(c.at_ms)
+        .bind(i64::from(c.kid))
+        .bind(&c.signature)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    async fn checkpoints_after(&self, seq: i64, limit: i64) -> StoreResult<Vec<AuditCheckpoint>> {
+        let rows =
+            sqlx::query("SELECT * FROM audit_checkpoints WHERE seq > $1 ORDER BY seq LIMIT $2")
+                .bind(seq)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(checkpoint_from_row).collect()
+    }
+
+    async fn latest_checkpoint(&self) -> StoreResult<Option<AuditCheckpoint>> {
+        let row = sqlx::query("SELECT * FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(checkpoint_from_row).transpose()
     }
 }

@@ -4,8 +4,8 @@
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use super::{
-    ApprovalKind, ApprovalRecord, ApprovalState, Revocation, StoreError, StoreResult, TaskRecord,
-    TaskState,
+    ApprovalKind, ApprovalRecord, ApprovalState, AuditCheckpoint, Revocation, StoreError,
+    StoreResult, TaskRecord, TaskState,
 };
 
 pub(super) fn task_from_row<'r, R>(row: &'r R) -> StoreResult<TaskRecord>
@@ -104,4 +104,22 @@ where
 
 pub(super) fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+pub(super) fn checkpoint_from_row<'r, R>(row: &'r R) -> StoreResult<AuditCheckpoint>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let kid: i64 = row.try_get("kid")?;
+    Ok(AuditCheckpoint {
+        seq: row.try_get("seq")?,
+        hash: row.try_get("hash")?,
+        at_ms: row.try_get("at_ms")?,
+        kid: u32::try_from(kid)
+            .map_err(|_| StoreError::Corrupt(format!("checkpoint key id {kid}")))?,
+        signature: row.try_get("signature")?,
+    })
 }

@@ -8,10 +8,12 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-use super::rows::{approval_from_row, revocation_from_row, task_from_row, to_i64};
+use super::rows::{
+    approval_from_row, checkpoint_from_row, revocation_from_row, task_from_row, to_i64,
+};
 use super::{
-    Activation, ApprovalRecord, ApprovalState, AuditRow, Decided, NewAuditEvent, Revocation, Store,
-    StoreError, StoreResult, TaskRecord, TaskState, ToolPin, UsageBatch,
+    Activation, ApprovalRecord, ApprovalState, AuditCheckpoint, AuditRow, Decided, NewAuditEvent,
+    Revocation, Store, StoreError, StoreResult, TaskRecord, TaskState, ToolPin, UsageBatch,
 };
 
 /// The schema; every statement is idempotent.
@@ -88,6 +90,12 @@ const SCHEMA: &[&str] = &[
         detail TEXT NOT NULL,
         prev_hash TEXT NOT NULL,
         hash TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS audit_checkpoints (
+        seq INTEGER PRIMARY KEY,
+        hash TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        kid INTEGER NOT NULL,
+        signature TEXT NOT NULL)",
 ];
 
 /// The SQLite store.
@@ -762,5 +770,38 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn insert_checkpoint(&self, c: &AuditCheckpoint) -> StoreResult<bool> {
+        let inserted = sqlx::query(
+            "INSERT INTO audit_checkpoints (seq, hash, at_ms, kid, signature) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (seq) DO NOTHING",
+        )
+        .bind(c.seq)
+        .bind(&c.hash)
+        .bind(c.at_ms)
+        .bind(i64::from(c.kid))
+        .bind(&c.signature)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    async fn checkpoints_after(&self, seq: i64, limit: i64) -> StoreResult<Vec<AuditCheckpoint>> {
+        let rows =
+            sqlx::query("SELECT * FROM audit_checkpoints WHERE seq > ? ORDER BY seq LIMIT ?")
+                .bind(seq)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(checkpoint_from_row).collect()
+    }
+
+    async fn latest_checkpoint(&self) -> StoreResult<Option<AuditCheckpoint>> {
+        let row = sqlx::query("SELECT * FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(checkpoint_from_row).transpose()
     }
 }

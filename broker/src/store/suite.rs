@@ -389,6 +389,42 @@ async fn usage_pins_and_audit(store: Arc<dyn Store>) {
     assert_eq!(store.audit_head().await.unwrap().unwrap().0, 3);
 }
 
+async fn audit_checkpoints(store: Arc<dyn Store>) {
+    assert_eq!(store.latest_checkpoint().await.unwrap(), None);
+    let checkpoint = |seq: i64, hash: &str| AuditCheckpoint {
+        seq,
+        hash: hash.into(),
+        at_ms: 1_000 + seq,
+        kid: 7,
+        signature: format!("sig{seq}"),
+    };
+    assert!(store.insert_checkpoint(&checkpoint(3, "h3")).await.unwrap());
+    assert!(store.insert_checkpoint(&checkpoint(9, "h9")).await.unwrap());
+    // A second replica signing the same head: kept once, the first one stays.
+    assert!(
+        !store
+            .insert_checkpoint(&checkpoint(9, "other"))
+            .await
+            .unwrap()
+    );
+    assert!(store.insert_checkpoint(&checkpoint(5, "h5")).await.unwrap());
+    assert_eq!(
+        store.latest_checkpoint().await.unwrap(),
+        Some(checkpoint(9, "h9"))
+    );
+    let all = store.checkpoints_after(0, 10).await.unwrap();
+    assert_eq!(
+        all,
+        vec![
+            checkpoint(3, "h3"),
+            checkpoint(5, "h5"),
+            checkpoint(9, "h9")
+        ]
+    );
+    let page = store.checkpoints_after(3, 1).await.unwrap();
+    assert_eq!(page, vec![checkpoint(5, "h5")]);
+}
+
 /// Runs every case, each on a fresh store from `make`.
 macro_rules! suite {
     ($make:expr) => {
@@ -407,6 +443,10 @@ macro_rules! suite {
         #[tokio::test]
         async fn usage_pins_and_audit() {
             super::usage_pins_and_audit($make.await).await
+        }
+        #[tokio::test]
+        async fn audit_checkpoints() {
+            super::audit_checkpoints($make.await).await
         }
     };
 }
