@@ -169,6 +169,13 @@ async fn checked_call(
             task.runtime.task_id
         )));
     }
+    // The upstream gets the token narrowed to this tool and a short window, never the
+    // agent's own token: a captured header is nearly worthless. Minted before an
+    // approval is spent, so a token that cannot be narrowed spends nothing.
+    let capability = match tool.mcp {
+        Some(_) => String::new(),
+        None => capability_for(state, task, tool_name)?,
+    };
     if tool.approval == ToolApproval::PerCall {
         let task_id = &task.runtime.task_id;
         match approval {
@@ -199,12 +206,6 @@ async fn checked_call(
     }
     // A revoke that answered while this call was being checked must stop it here.
     state.tasks.check_active(&task.runtime).await?;
-    // The upstream gets the token narrowed to this tool and a short window, never the
-    // agent's own token: a captured header is nearly worthless.
-    let capability = match tool.mcp {
-        Some(_) => String::new(),
-        None => capability_for(state, task, tool_name)?,
-    };
     let started = Instant::now();
     let forwarded = match &tool.mcp {
         Some((server, upstream_tool)) => state.upstreams.call(server, upstream_tool, args).await,
@@ -254,8 +255,11 @@ fn capability_for(state: &AppState, task: &TaskContext, tool: &str) -> Result<St
         return Ok(text);
     }
     let until = now + ttl;
-    let text = leash_sdk::capability::per_call(&task.token.biscuit, tool, until).map_err(|e| {
-        ApiError::internal(anyhow::anyhow!("attenuating the per-call capability: {e}"))
+    let text = leash_sdk::capability::per_call(&task.token.biscuit, tool, until).map_err(|e| match e {
+        biscuit_auth::error::Token::AppendOnSealed | biscuit_auth::error::Token::AlreadySealed => ApiError::BadRequest(
+            "a sealed token cannot be forwarded: Leash narrows each call's capability by appending a block; present the token unsealed".into(),
+        ),
+        other => ApiError::internal(anyhow::anyhow!("attenuating the per-call capability: {other}")),
     })?;
     state.capabilities.insert(key, (text.clone(), until));
     Ok(text)

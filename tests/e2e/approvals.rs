@@ -756,3 +756,60 @@ async fn the_webhook_is_signed_retried_and_never_blocks() {
     }
     assert!(!hanging.received.lock().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_sealed_token_is_refused_before_its_approval_is_spent() {
+    let broker = broker_with(Hook::default()).await;
+    let agent = broker.agent("payer").await;
+    let approver = broker.approver("ann").await;
+    let (_, token) = broker.task(&agent, &["payments.send"]).await;
+    let args = json!({"amount": 7});
+    let held = broker.call(&token, "payments.send", args.clone()).await;
+    let approval_id = held.body["approval_id"].as_str().unwrap().to_string();
+    broker
+        .post(
+            &format!("/v1/approvals/{approval_id}/approve"),
+            Some(&approver),
+            json!({}),
+        )
+        .await;
+    // A holder may seal its token (no more blocks can be appended): Leash cannot narrow
+    // it for the upstream, and says so before the approval is spent. (Past half of the
+    // per-call window, so no capability minted for the unsealed twin is reused.)
+    broker
+        .state
+        .clock
+        .advance(std::time::Duration::from_secs(20));
+    let sealed = biscuit_auth::Biscuit::from_base64(&token, broker.public_key().await)
+        .unwrap()
+        .seal()
+        .unwrap()
+        .to_base64()
+        .unwrap();
+    let refused = reply(call_with_approval(
+        &broker,
+        &sealed,
+        "payments.send",
+        args.clone(),
+        &approval_id,
+    ))
+    .await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (400, "bad_request"),
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("sealed"), "{refused:?}");
+    assert_eq!(broker.upstream.count(), 0);
+    // The approval is still there for the unsealed token.
+    let done = reply(call_with_approval(
+        &broker,
+        &token,
+        "payments.send",
+        args,
+        &approval_id,
+    ))
+    .await;
+    assert_eq!(done.status, 200, "{done:?}");
+    assert_eq!(broker.upstream.count(), 1);
+}

@@ -113,6 +113,17 @@ pub fn load_sources(
                             );
                             continue;
                         }
+                        // Whichever is written first, a tool in an MCP server's namespace
+                        // is a mistake (the server's tools are `NAME.tool`).
+                        if let Some(server) = name.split('.').next()
+                            && policy.mcp_servers.contains_key(server)
+                        {
+                            file.error(
+                                offset,
+                                format!("tool {name:?} clashes with the tools of MCP server {server:?} ({server}.*)"),
+                            );
+                            continue;
+                        }
                         if let Some(tool) = file.tool(&name, offset, table, env) {
                             tool_places.insert(name.clone(), (index, file.line(offset)));
                             policy.tools.insert(name, Arc::new(tool));
@@ -757,6 +768,31 @@ checks = ['check if call($t), $t != "web.forbidden"']
         assert!(grant.allows("web.search"));
         assert_eq!(grant.max_calls, Some(100));
         assert_eq!(grant.checks.len(), 1);
+    }
+
+    #[test]
+    fn the_design_example_records_its_expanded_secrets() {
+        let policy = load(&[("a.toml", GOOD)]).unwrap();
+        assert_eq!(policy.secrets.0, vec!["s3cret".to_string()]);
+        assert!(!format!("{policy:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn a_tool_in_an_mcp_servers_namespace_is_refused_in_either_order() {
+        let server = "[mcp_servers.everything]\nurl = \"http://127.0.0.1:3001/mcp\"\n";
+        let tool = "[tools.\"everything.echo\"]\nupstream = \"http://127.0.0.1:9/echo\"\ninput_schema = { type = \"object\" }\n";
+        for files in [
+            vec![("a.toml", server), ("b.toml", tool)],
+            vec![("a.toml", tool), ("b.toml", server)],
+            vec![("a.toml", &*format!("{server}{tool}"))],
+            vec![("a.toml", &*format!("{tool}{server}"))],
+        ] {
+            let errors = load(&files).expect_err("a clash is a policy error").0;
+            assert!(
+                errors.iter().any(|d| d.message.contains("clashes")),
+                "{errors:?}"
+            );
+        }
     }
 
     #[test]
