@@ -285,19 +285,28 @@ impl Tasks {
     }
 
     /// Stores a new task and caches its runtime.
+    /// `credential` is the revocation id of the agent credential that asks; if it is
+    /// revoked (on any replica) nothing is stored and the answer is `false`.
     pub async fn create(
         &self,
         record: &TaskRecord,
         revocation_id: Option<&str>,
-    ) -> Result<(), StoreError> {
-        self.store.insert_task(record, revocation_id).await?;
+        credential: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        if !self
+            .store
+            .insert_task(record, revocation_id, credential)
+            .await?
+        {
+            return Ok(false);
+        }
         self.runtimes
             .insert(
                 record.task_id.clone(),
                 Arc::new(TaskRuntime::from_record(record)),
             )
             .await;
-        Ok(())
+        Ok(true)
     }
 
     /// Ends a task (complete, revoke, expire). The store commits first; then every

@@ -343,6 +343,44 @@ async fn a_revoked_approver_is_refused_on_every_replica() {
     }
 }
 
+#[tokio::test]
+async fn a_task_cannot_slip_past_an_agent_revoke_the_replica_has_not_heard_of() {
+    let mut deployment = Deployment::new().await;
+    let b = deployment.replica().await;
+    let agent = credential(&b.url, "/v1/agents/bot/credentials").await;
+    // B has verified the credential (it is cached there).
+    let (_, _) = task(&b.url, &agent).await;
+    // The agent's credential is revoked in the database, but the notification has not
+    // reached B (written here without NOTIFY, as if it were still in flight).
+    let id = hex::encode(
+        biscuit_auth::UnverifiedBiscuit::from_base64(&agent)
+            .unwrap()
+            .revocation_identifiers()[0]
+            .clone(),
+    );
+    let inserted = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-qc"])
+        .arg(format!(
+            "INSERT INTO {}.revocations (revocation_id, task_id, reason, at_ms) VALUES ('{id}', NULL, 'credential', 0)",
+            deployment.schema
+        ))
+        .output()
+        .unwrap();
+    assert!(inserted.status.success(), "{inserted:?}");
+    // B still believes the credential, but the creating transaction does not.
+    let open = post_json(
+        &format!("{}/v1/tasks", b.url),
+        Some(&agent),
+        json!({"purpose": "p", "tools": ["web.search"]}),
+    )
+    .await;
+    assert_eq!(
+        (open.status, open.code()),
+        (401, "token_revoked"),
+        "{open:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_one_replica_under_load_leaves_the_others_serving() {
     let mut deployment = Deployment::new().await;

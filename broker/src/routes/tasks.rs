@@ -134,11 +134,28 @@ pub async fn create(
             .as_ref()
             .map(|i| state.sealer.seal(TASK_TOKEN, &task_id, &i.token)),
     };
-    state
+    // The credential that asks, checked again inside the creating transaction: an agent
+    // revoked on another replica a moment ago cannot slip a task past the revoke.
+    let credential = state
+        .verifier
+        .verify(crate::caller::bearer(&headers)?, |_| None)?
+        .revocation_ids
+        .first()
+        .cloned();
+    let created = state
         .tasks
-        .create(&record, issued.as_ref().map(|i| i.revocation_id.as_str()))
+        .create(
+            &record,
+            issued.as_ref().map(|i| i.revocation_id.as_str()),
+            credential.as_deref(),
+        )
         .await
         .map_err(ApiError::internal)?;
+    if !created {
+        return Err(ApiError::TokenRevoked(
+            "the agent credential was revoked".into(),
+        ));
+    }
     state
         .audit
         .record(AuditEvent {

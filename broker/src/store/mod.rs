@@ -357,8 +357,17 @@ pub struct UsageBatch {
 /// Durable state. One implementation per database; one behavioural suite for all.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Inserts a new task and the revocation id of its first token.
-    async fn insert_task(&self, task: &TaskRecord, revocation_id: Option<&str>) -> StoreResult<()>;
+    /// Inserts a new task and the revocation id of its first token, unless `credential`
+    /// (the revocation id of the agent credential that asks) is revoked: then nothing is
+    /// inserted and the answer is `false`. Checked inside the inserting transaction and
+    /// serialised with [`Store::revoke_credentials`] of the same agent, so a task cannot
+    /// slip past an agent revoke made on another replica.
+    async fn insert_task(
+        &self,
+        task: &TaskRecord,
+        revocation_id: Option<&str>,
+        credential: Option<&str>,
+    ) -> StoreResult<bool>;
     /// Reads a task.
     async fn get_task(&self, task_id: &str) -> StoreResult<Option<TaskRecord>>;
     /// Lists tasks, newest first, optionally in one state.

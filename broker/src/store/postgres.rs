@@ -194,8 +194,29 @@ async fn publish(
 
 #[async_trait]
 impl Store for PgStore {
-    async fn insert_task(&self, task: &TaskRecord, revocation_id: Option<&str>) -> StoreResult<()> {
+    async fn insert_task(
+        &self,
+        task: &TaskRecord,
+        revocation_id: Option<&str>,
+        credential: Option<&str>,
+    ) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await?;
+        // Serialised with revoke_credentials of the same agent (same lock key).
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(format!("agent:{}", task.agent))
+            .execute(&mut *tx)
+            .await?;
+        if let Some(credential) = credential {
+            let revoked: i64 =
+                sqlx::query("SELECT COUNT(*) AS n FROM revocations WHERE revocation_id = $1")
+                    .bind(credential)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("n")?;
+            if revoked > 0 {
+                return Ok(false);
+            }
+        }
         sqlx::query(
             "INSERT INTO tasks (task_id, agent, purpose, tools, checks, state, created_at_ms, expires_at_ms,
                 idle_timeout_ms, max_calls, calls, last_activity_ms, ended_at_ms, end_reason, token)
@@ -227,7 +248,7 @@ impl Store for PgStore {
                 .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     async fn get_task(&self, task_id: &str) -> StoreResult<Option<TaskRecord>> {
@@ -423,6 +444,10 @@ impl Store for PgStore {
         at_ms: i64,
     ) -> StoreResult<Vec<Revocation>> {
         let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(format!("{role}:{subject}"))
+            .execute(&mut *tx)
+            .await?;
         let ids: Vec<String> =
             sqlx::query("SELECT revocation_id FROM credentials WHERE role = $1 AND subject = $2")
                 .bind(role)

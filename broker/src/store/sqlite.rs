@@ -201,8 +201,24 @@ async fn publish(
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn insert_task(&self, task: &TaskRecord, revocation_id: Option<&str>) -> StoreResult<()> {
+    async fn insert_task(
+        &self,
+        task: &TaskRecord,
+        revocation_id: Option<&str>,
+        credential: Option<&str>,
+    ) -> StoreResult<bool> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        if let Some(credential) = credential {
+            let revoked: i64 =
+                sqlx::query("SELECT COUNT(*) AS n FROM revocations WHERE revocation_id = ?")
+                    .bind(credential)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("n")?;
+            if revoked > 0 {
+                return Ok(false);
+            }
+        }
         sqlx::query(
             "INSERT INTO tasks (task_id, agent, purpose, tools, checks, state, created_at_ms, expires_at_ms,
                 idle_timeout_ms, max_calls, calls, last_activity_ms, ended_at_ms, end_reason, token)
@@ -236,7 +252,7 @@ impl Store for SqliteStore {
             .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     async fn get_task(&self, task_id: &str) -> StoreResult<Option<TaskRecord>> {

@@ -62,7 +62,7 @@ fn renewal(expires_at_ms: i64, token: &str, revocation_id: &str, tools: &[&str])
 
 async fn task_lifecycle(store: Arc<dyn Store>) {
     store
-        .insert_task(&task("tsk_a", TaskState::Active), Some("aa01"))
+        .insert_task(&task("tsk_a", TaskState::Active), Some("aa01"), None)
         .await
         .unwrap();
     assert_eq!(
@@ -131,7 +131,7 @@ async fn task_lifecycle(store: Arc<dyn Store>) {
     );
     assert_eq!(store.all_revoked_ids().await.unwrap().len(), 2);
     store
-        .insert_task(&task("tsk_b", TaskState::Active), None)
+        .insert_task(&task("tsk_b", TaskState::Active), None, None)
         .await
         .unwrap();
     assert_eq!(
@@ -197,7 +197,7 @@ async fn revocations_and_credentials(store: Arc<dyn Store>) {
     assert_eq!(store.revoked_tokens_of("tsk_x").await.unwrap(), 1);
     // A task's ids carry the task's window; past it they can be pruned, others stay.
     store
-        .insert_task(&task("tsk_w", TaskState::Active), None)
+        .insert_task(&task("tsk_w", TaskState::Active), None, None)
         .await
         .unwrap();
     let windowed = store
@@ -226,7 +226,7 @@ async fn revocations_and_credentials(store: Arc<dyn Store>) {
 
 async fn approvals(store: Arc<dyn Store>) {
     store
-        .insert_task(&task("tsk_p", TaskState::PendingApproval), None)
+        .insert_task(&task("tsk_p", TaskState::PendingApproval), None, None)
         .await
         .unwrap();
     store
@@ -273,7 +273,7 @@ async fn approvals(store: Arc<dyn Store>) {
     assert_eq!(again, Decided::AlreadyDecided(ApprovalState::Approved));
     // An approval whose task ended first changes nothing.
     store
-        .insert_task(&task("tsk_q", TaskState::PendingApproval), None)
+        .insert_task(&task("tsk_q", TaskState::PendingApproval), None, None)
         .await
         .unwrap();
     store
@@ -336,7 +336,7 @@ async fn approvals(store: Arc<dyn Store>) {
 
 async fn usage_pins_and_audit(store: Arc<dyn Store>) {
     store
-        .insert_task(&task("tsk_u", TaskState::Active), None)
+        .insert_task(&task("tsk_u", TaskState::Active), None, None)
         .await
         .unwrap();
     let batch = UsageBatch {
