@@ -19,7 +19,7 @@ use crate::clock::Clock;
 use crate::datadir;
 use crate::events::Events;
 use crate::fanout::FeedHealth;
-use crate::keys::RootKeys;
+use crate::keys::{ForwardingKey, RootKeys};
 use crate::mcp::upstream::Upstreams;
 use crate::policy::{self, Policy};
 use crate::proxy::Proxy;
@@ -113,6 +113,8 @@ pub struct AppState {
     pub policy: Arc<Policy>,
     /// Root keys.
     pub keys: Arc<RootKeys>,
+    /// The key forwarded capabilities are signed with (third-party block).
+    pub forwarding: Arc<ForwardingKey>,
     /// Token verification and its cache.
     pub verifier: Arc<TokenVerifier>,
     /// Every revoked id.
@@ -174,7 +176,7 @@ pub async fn prepare(
         datadir::check_writable(&config.data)?;
     }
     let clock = Clock::default();
-    let (store, pg, keys, master_key) = open_store(&config, &clock).await?;
+    let (store, pg, (keys, forwarding), master_key) = open_store(&config, &clock).await?;
     let keys = Arc::new(keys);
     let admin_token =
         datadir::load_or_create_admin_token(&config.data, config.admin_token.as_deref())?;
@@ -223,6 +225,7 @@ pub async fn prepare(
         policy: Arc::new(policy),
         verifier: Arc::new(TokenVerifier::new(keys.clone())),
         keys,
+        forwarding: Arc::new(forwarding),
         revoked,
         tasks,
         store,
@@ -259,15 +262,16 @@ pub async fn prepare(
     })
 }
 
-/// The store, and the root keys where that store keeps them: the data folder's file for
-/// SQLite; sealed in the database for PostgreSQL (which needs `LEASH_MASTER_KEY`).
+/// The store, and the root and forwarding keys where that store keeps them: the data
+/// folder's files for SQLite; sealed in the database for PostgreSQL (which needs
+/// `LEASH_MASTER_KEY`).
 async fn open_store(
     config: &ServeConfig,
     clock: &Clock,
 ) -> anyhow::Result<(
     Arc<dyn Store>,
     Option<PgStore>,
-    RootKeys,
+    (RootKeys, ForwardingKey),
     Option<Arc<MasterKey>>,
 )> {
     match config.database_url.as_deref() {
@@ -278,7 +282,10 @@ async fn open_store(
             Ok((
                 Arc::new(store),
                 None,
-                datadir::load_or_create_keys(&config.data)?,
+                (
+                    datadir::load_or_create_keys(&config.data)?,
+                    datadir::load_or_create_forwarding_key(&config.data)?,
+                ),
                 None,
             ))
         }
@@ -289,7 +296,10 @@ async fn open_store(
             Ok((
                 Arc::new(store),
                 None,
-                datadir::load_or_create_keys(&config.data)?,
+                (
+                    datadir::load_or_create_keys(&config.data)?,
+                    datadir::load_or_create_forwarding_key(&config.data)?,
+                ),
                 None,
             ))
         }
@@ -308,7 +318,18 @@ async fn open_store(
                 .context("cannot open the PostgreSQL database")?;
             let keys =
                 crate::sealed_keys::load_or_create(store.pool(), &master, clock.now_ms()).await?;
-            Ok((Arc::new(store.clone()), Some(store), keys, Some(master)))
+            let forwarding = crate::sealed_keys::load_or_create_forwarding(
+                store.pool(),
+                &master,
+                clock.now_ms(),
+            )
+            .await?;
+            Ok((
+                Arc::new(store.clone()),
+                Some(store),
+                (keys, forwarding),
+                Some(master),
+            ))
         }
         Some(_) => bail!("--database-url must start with sqlite: or postgres://"),
     }
