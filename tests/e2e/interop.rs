@@ -109,6 +109,13 @@ async fn biscuit_python_verifies_task_tokens_and_forwarded_capabilities() {
         json!([null, published]),
         "the per-call block is signed by the forwarding key"
     );
+    assert!(
+        cap["last_block"]
+            .as_str()
+            .unwrap()
+            .contains("forwarded(\"web.search\")"),
+        "{cap}"
+    );
     assert_eq!(task["external_keys"], json!([null]));
     assert_eq!(cap["forwarded_call"], "allowed", "{cap}");
     assert!(

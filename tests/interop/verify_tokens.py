@@ -47,6 +47,12 @@ def authorize(token, called, forwarded_only=False):
         return "denied: %s" % err
 
 
+def external_key(token, index):
+    """The key that signed block `index` as a third party, in Biscuit's textual form."""
+    key = token.block_external_key(index)
+    return None if key is None else str(key)
+
+
 def report(text):
     token = Biscuit.from_base64(text, root)
     return {
@@ -54,9 +60,10 @@ def report(text):
         "blocks": token.block_count(),
         "revocation_ids": [rid.hex() if isinstance(rid, bytes) else str(rid) for rid in token.revocation_ids],
         "authority": token.block_source(0),
+        "last_block": token.block_source(token.block_count() - 1),
         "call": authorize(token, tool),
         "other_tool": authorize(token, other_tool),
-        "external_keys": [token.block_external_key(i) for i in range(token.block_count())],
+        "external_keys": [external_key(token, i) for i in range(token.block_count())],
         "forwarded_call": authorize(token, tool, True) if forwarding else "no forwarding key",
         "forwarded_other_tool": authorize(token, other_tool, True) if forwarding else "no forwarding key",
     }
