@@ -92,7 +92,10 @@ async fn first_start_creates_the_data_folder_and_restart_reuses_it() {
             .is_some_and(|k| k.starts_with("ed25519/")),
         "{keys}"
     );
-    assert_eq!(keys, again, "the root key and the forwarding key are reused");
+    assert_eq!(
+        keys, again,
+        "the root key and the forwarding key are reused"
+    );
     assert_eq!(admin, admin_token(&data).await);
     // The credential minted before the restart still opens tasks.
     let open = post_json(
