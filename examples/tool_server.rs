@@ -7,9 +7,11 @@
 //! Every call must carry two things, both put there by Leash:
 //! - the upstream credential Leash injects (`Authorization: Bearer <key>`, the key from
 //!   `--api-key` / `TOOL_API_KEY`, default `demo-upstream-key`), and
-//! - a valid per-call capability (`Leash-Capability`) for that very tool, verified offline
-//!   by the SDK's [`Verifier`] against the broker's keys and revocation feed — one line per
-//!   route. A revoked task is refused here too, within the verifier's poll interval.
+//! - a valid per-call capability (`Leash-Capability`) for that very tool, forwarded by Leash
+//!   (its last block signed by the broker's forwarding key), verified offline by the SDK's
+//!   [`Verifier`] against the broker's keys and revocation feed — one line per route. A
+//!   task token sent here directly, skipping Leash, is refused (403); a revoked task is
+//!   refused too, within the verifier's poll interval.
 //!
 //! Run (after the broker): `cargo run -p leash-examples --bin tool-server`
 //! (listens on 127.0.0.1:9001, follows the broker at 127.0.0.1:7070).

@@ -99,13 +99,23 @@ fn benches(c: &mut Criterion) {
         );
     }
     let parsed = Biscuit::from_base64(&one, keys.public_for(Some(1)).unwrap()).unwrap();
-    c.bench_function("per-call capability (attenuate upstream header)", |b| {
-        b.iter(|| {
-            black_box(
-                leash_sdk::capability::per_call(&parsed, "web.search", 1_900_000_030).unwrap(),
-            )
-        })
-    });
+    let forwarding = leash_broker::keys::ForwardingKey::generate();
+    c.bench_function(
+        "per-call capability (forwarded third-party block, upstream header)",
+        |b| {
+            b.iter(|| {
+                black_box(
+                    leash_sdk::capability::per_call(
+                        &parsed,
+                        "web.search",
+                        1_900_000_030,
+                        forwarding.pair(),
+                    )
+                    .unwrap(),
+                )
+            })
+        },
+    );
     let schema = json!({"type": "object", "required": ["query"], "additionalProperties": false,
         "properties": {"query": {"type": "string", "maxLength": 200}}});
     let validator = leash_broker::schema::compile(&schema).unwrap();

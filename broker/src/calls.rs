@@ -242,9 +242,11 @@ async fn checked_call(
     }
 }
 
-/// The `Leash-Capability` for a call: the presented token narrowed to `tool` and a
-/// window of `capability_ttl`. Minting one signs a new block, so a capability minted for
-/// the same token and tool is reused while at least half of its window remains.
+/// The `Leash-Capability` for a call: the presented token plus a block signed with the
+/// forwarding key (third party) that marks it forwarded and narrows it to `tool` and a
+/// window of `capability_ttl`. Minting one costs two signatures (the forwarding key's
+/// and the block's), so a capability minted for the same token and tool is reused while
+/// at least half of its window remains.
 fn capability_for(state: &AppState, task: &TaskContext, tool: &str) -> Result<String, ApiError> {
     let now = state.clock.now_ms().div_euclid(1000);
     let ttl = state.config.capability_ttl.as_secs() as i64;
@@ -255,12 +257,17 @@ fn capability_for(state: &AppState, task: &TaskContext, tool: &str) -> Result<St
         return Ok(text);
     }
     let until = now + ttl;
-    let text = leash_sdk::capability::per_call(&task.token.biscuit, tool, until).map_err(|e| match e {
-        biscuit_auth::error::Token::AppendOnSealed | biscuit_auth::error::Token::AlreadySealed => ApiError::BadRequest(
-            "a sealed token cannot be forwarded: Leash narrows each call's capability by appending a block; present the token unsealed".into(),
-        ),
-        other => ApiError::internal(anyhow::anyhow!("attenuating the per-call capability: {other}")),
-    })?;
+    let text =
+        leash_sdk::capability::per_call(&task.token.biscuit, tool, until, state.forwarding.pair())
+            .map_err(|e| match e {
+                biscuit_auth::error::Token::AppendOnSealed
+                | biscuit_auth::error::Token::AlreadySealed => ApiError::BadRequest(
+                    "a sealed token cannot be forwarded: Leash narrows each call's capability by appending a block; present the token unsealed".into(),
+                ),
+                other => ApiError::internal(anyhow::anyhow!(
+                    "attenuating the per-call capability: {other}"
+                )),
+            })?;
     state.capabilities.insert(key, (text.clone(), until));
     Ok(text)
 }

@@ -1,6 +1,7 @@
 //! The data folder: created on first start, reused after.
 //!
-//! It holds `root_keys.json` (the root keys, mode 0600), `seal.key` (the key that seals
+//! It holds `root_keys.json` (the root keys, mode 0600), `forwarding_key.json` (the key
+//! forwarded capabilities are signed with, mode 0600), `seal.key` (the key that seals
 //! secrets kept in the database, mode 0600), `admin_token` (mode 0600, only when
 //! `LEASH_ADMIN_TOKEN` is unset) and `leash.db` (SQLite).
 
@@ -11,10 +12,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 
 use crate::ids::random_hex;
-use crate::keys::{RootKeys, StoredKey};
+use crate::keys::{ForwardingKey, RootKeys, StoredKey};
 
 /// File name of the root keys inside the data folder.
 pub const ROOT_KEYS_FILE: &str = "root_keys.json";
+/// File name of the forwarding key inside the data folder.
+pub const FORWARDING_KEY_FILE: &str = "forwarding_key.json";
 /// File name of the generated admin token inside the data folder.
 pub const ADMIN_TOKEN_FILE: &str = "admin_token";
 /// File name of the at-rest sealing key inside the data folder.
@@ -85,6 +88,36 @@ pub fn load_or_create_seal_key(dir: &Path) -> anyhow::Result<[u8; 32]> {
     let mut key = [0u8; 32];
     hex::decode_to_slice(&text, &mut key).context("generated seal key")?;
     write_private(&path, text.as_bytes())?;
+    Ok(key)
+}
+
+/// The forwarding key as stored on disk.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredForwardingKey {
+    /// Always `ed25519`.
+    algorithm: String,
+    /// Hex of the 32-byte private key.
+    private_key: String,
+}
+
+/// Loads the forwarding key, or generates and saves it on first start.
+pub fn load_or_create_forwarding_key(dir: &Path) -> anyhow::Result<ForwardingKey> {
+    let path = dir.join(FORWARDING_KEY_FILE);
+    if path.exists() {
+        check_private(&path)?;
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let stored: StoredForwardingKey = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a valid forwarding key file", path.display()))?;
+        return ForwardingKey::from_hex(&stored.private_key)
+            .with_context(|| format!("{} holds an invalid key", path.display()));
+    }
+    let key = ForwardingKey::generate();
+    let stored = StoredForwardingKey {
+        algorithm: "ed25519".into(),
+        private_key: key.to_hex(),
+    };
+    write_private(&path, serde_json::to_string_pretty(&stored)?.as_bytes())?;
     Ok(key)
 }
 
@@ -172,10 +205,18 @@ mod tests {
         );
         let token = load_or_create_admin_token(dir.path(), None).unwrap();
         assert_eq!(token, load_or_create_admin_token(dir.path(), None).unwrap());
+        let forwarding = load_or_create_forwarding_key(dir.path()).unwrap();
+        assert_eq!(
+            forwarding.published(),
+            load_or_create_forwarding_key(dir.path())
+                .unwrap()
+                .published()
+        );
+        assert_ne!(forwarding.published(), keys.published()[0].public_key);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            for file in [ROOT_KEYS_FILE, ADMIN_TOKEN_FILE] {
+            for file in [ROOT_KEYS_FILE, ADMIN_TOKEN_FILE, FORWARDING_KEY_FILE] {
                 let mode = fs::metadata(dir.path().join(file))
                     .unwrap()
                     .permissions()

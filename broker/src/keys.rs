@@ -1,8 +1,15 @@
-//! Root signing keys: ed25519 key pairs, each with a root key id (`kid`).
+//! Root signing keys: ed25519 key pairs, each with a root key id (`kid`); and the
+//! forwarding key.
 //!
 //! The signing key is the one with the highest id; every key listed here verifies.
 //! Verification chooses the key by the token's root key id and fails closed on an
 //! unknown or missing id.
+//!
+//! The forwarding key is a separate key pair, one per deployment: the broker signs the
+//! third-party block of every `Leash-Capability` it forwards with it, so tool servers can
+//! tell a call the broker checked from a task token an agent sends them directly. It is
+//! never a root key (a root key's authority block must not count as forwarded) and it
+//! signs no token of its own.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -51,6 +58,9 @@ pub enum KeyError {
     /// No keys at all.
     #[error("no root key")]
     Empty,
+    /// The stored forwarding key is not a valid key.
+    #[error("the forwarding key is not a valid ed25519 private key")]
+    InvalidForwarding,
 }
 
 impl RootKeys {
@@ -145,5 +155,43 @@ impl RootKeys {
                 public_key: pair.public().to_string(),
             })
             .collect()
+    }
+}
+
+/// The deployment's forwarding key (see the module comment).
+pub struct ForwardingKey {
+    pair: KeyPair,
+}
+
+impl ForwardingKey {
+    /// A fresh key.
+    pub fn generate() -> Self {
+        ForwardingKey {
+            pair: KeyPair::new(),
+        }
+    }
+
+    /// From the hex of its 32-byte private key.
+    pub fn from_hex(private_hex: &str) -> Result<Self, KeyError> {
+        let private = PrivateKey::from_bytes_hex(private_hex, Algorithm::Ed25519)
+            .map_err(|_| KeyError::InvalidForwarding)?;
+        Ok(ForwardingKey {
+            pair: KeyPair::from(&private),
+        })
+    }
+
+    /// Hex of the private key (secret material: a 0600 file or sealed only).
+    pub fn to_hex(&self) -> String {
+        self.pair.private().to_bytes_hex()
+    }
+
+    /// The key pair, for signing forwarded blocks.
+    pub fn pair(&self) -> &KeyPair {
+        &self.pair
+    }
+
+    /// Biscuit's textual form of the public key, `ed25519/<hex>`, for publication.
+    pub fn published(&self) -> String {
+        self.pair.public().to_string()
     }
 }

@@ -5,6 +5,10 @@
 //!
 //! Rotation adds a key with the next id (new tokens use it; old ones verify until they
 //! expire); retirement ends a key everywhere. Both announce `keys` to every replica.
+//!
+//! The forwarding key lives beside them (table `forwarding_key`, one row), sealed the
+//! same way with `forwarding` as associated data, so every replica signs forwarded
+//! capabilities with the same key and a sealed root key cannot be passed off as it.
 
 use std::collections::BTreeMap;
 
@@ -16,7 +20,10 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use rand::RngCore;
 use sqlx::{PgPool, Row};
 
-use crate::keys::{RootKeys, StoredKey};
+use crate::keys::{ForwardingKey, RootKeys, StoredKey};
+
+/// Associated data of the sealed forwarding key (root keys use their key id).
+const FORWARDING_AAD: &str = "forwarding";
 
 /// A 32-byte key-encryption key.
 pub struct MasterKey([u8; 32]);
@@ -41,9 +48,17 @@ impl MasterKey {
 
     /// Seals a private key (hex) for key id `kid`: hex of nonce ‖ ciphertext.
     fn seal(&self, kid: u32, private_hex: &str) -> anyhow::Result<String> {
+        self.seal_as(&kid.to_string(), &format!("root key {kid}"), private_hex)
+    }
+
+    fn open(&self, kid: u32, sealed: &str) -> anyhow::Result<String> {
+        self.open_as(&kid.to_string(), &format!("root key {kid}"), sealed)
+    }
+
+    /// Seals `private_hex` bound to `aad`; `what` names it in errors.
+    fn seal_as(&self, aad: &str, what: &str, private_hex: &str) -> anyhow::Result<String> {
         let mut nonce = [0u8; 12];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let aad = kid.to_string();
         let sealed = self
             .cipher()
             .encrypt(
@@ -53,25 +68,71 @@ impl MasterKey {
                     aad: aad.as_bytes(),
                 },
             )
-            .map_err(|_| anyhow::anyhow!("sealing root key {kid} failed"))?;
+            .map_err(|_| anyhow::anyhow!("sealing {what} failed"))?;
         Ok(format!("{}{}", hex::encode(nonce), hex::encode(sealed)))
     }
 
-    fn open(&self, kid: u32, sealed: &str) -> anyhow::Result<String> {
-        let bytes =
-            hex::decode(sealed).with_context(|| format!("root key {kid} is not sealed data"))?;
+    fn open_as(&self, aad: &str, what: &str, sealed: &str) -> anyhow::Result<String> {
+        let bytes = hex::decode(sealed).with_context(|| format!("{what} is not sealed data"))?;
         if bytes.len() < 12 + 16 {
-            bail!("root key {kid} is truncated");
+            bail!("{what} is truncated");
         }
         let (nonce, ciphertext) = bytes.split_at(12);
-        let nonce: [u8; 12] = nonce.try_into().context("root key nonce")?;
-        let aad = kid.to_string();
+        let nonce: [u8; 12] = nonce.try_into().context("sealed key nonce")?;
         let plain = self
             .cipher()
-            .decrypt(&Nonce::from(nonce), Payload { msg: ciphertext, aad: aad.as_bytes() })
-            .map_err(|_| anyhow::anyhow!("LEASH_MASTER_KEY does not open root key {kid} in the database (wrong master key?)"))?;
-        String::from_utf8(plain).context("root key plaintext")
+            .decrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: aad.as_bytes(),
+                },
+            )
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "LEASH_MASTER_KEY does not open {what} in the database (wrong master key?)"
+                )
+            })?;
+        String::from_utf8(plain).with_context(|| format!("{what} plaintext"))
     }
+}
+
+/// The deployment's forwarding key; creates it if there is none yet (the first replica
+/// to start wins; the others read its key).
+pub async fn load_or_create_forwarding(
+    pool: &PgPool,
+    master: &MasterKey,
+    now_ms: i64,
+) -> anyhow::Result<ForwardingKey> {
+    if let Some(key) = load_forwarding(pool, master).await? {
+        return Ok(key);
+    }
+    let fresh = ForwardingKey::generate();
+    sqlx::query(
+        "INSERT INTO forwarding_key (id, sealed, created_at_ms) VALUES (1, $1, $2) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(master.seal_as(FORWARDING_AAD, "the forwarding key", &fresh.to_hex())?)
+    .bind(now_ms)
+    .execute(pool)
+    .await?;
+    load_forwarding(pool, master)
+        .await?
+        .context("no forwarding key after creating one")
+}
+
+async fn load_forwarding(
+    pool: &PgPool,
+    master: &MasterKey,
+) -> anyhow::Result<Option<ForwardingKey>> {
+    let Some(row) = sqlx::query("SELECT sealed FROM forwarding_key WHERE id = 1")
+        .fetch_optional(pool)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let sealed: String = row.try_get("sealed")?;
+    let private = master.open_as(FORWARDING_AAD, "the forwarding key", &sealed)?;
+    Ok(Some(ForwardingKey::from_hex(&private)?))
 }
 
 /// The live (not retired) root keys; creates key 1 if there is none yet.
@@ -231,5 +292,18 @@ mod tests {
                 .contains("wrong master key")
         );
         assert!(MasterKey::parse("short").is_err());
+        let forwarding = master
+            .seal_as(FORWARDING_AAD, "the forwarding key", "abcd")
+            .unwrap();
+        assert!(
+            master.open(1, &forwarding).is_err(),
+            "a sealed forwarding key is no root key"
+        );
+        assert!(
+            master
+                .open_as(FORWARDING_AAD, "the forwarding key", &sealed)
+                .is_err(),
+            "a sealed root key is no forwarding key"
+        );
     }
 }

@@ -19,7 +19,7 @@ use crate::clock::Clock;
 use crate::datadir;
 use crate::events::Events;
 use crate::fanout::FeedHealth;
-use crate::keys::RootKeys;
+use crate::keys::{ForwardingKey, RootKeys};
 use crate::mcp::upstream::Upstreams;
 use crate::policy::{self, Policy};
 use crate::proxy::Proxy;
@@ -126,6 +126,8 @@ pub struct AppState {
     pub policy: Arc<Policy>,
     /// Root keys.
     pub keys: Arc<RootKeys>,
+    /// The key forwarded capabilities are signed with (third-party block).
+    pub forwarding: Arc<ForwardingKey>,
     /// Token verification and its cache.
     pub verifier: Arc<TokenVerifier>,
     /// Every revoked id.
@@ -190,7 +192,7 @@ pub async fn prepare(
         datadir::check_writable(&config.data)?;
     }
     let clock = Clock::default();
-    let (store, pg, keys, master_key) = open_store(&config, &clock).await?;
+    let (store, pg, (keys, forwarding), master_key) = open_store(&config, &clock).await?;
     let keys = Arc::new(keys);
     let sealer = Arc::new(match &master_key {
         Some(master) => master.sealer(),
@@ -253,6 +255,7 @@ pub async fn prepare(
         policy: Arc::new(policy),
         verifier: Arc::new(TokenVerifier::new(keys.clone())),
         keys,
+        forwarding: Arc::new(forwarding),
         revoked,
         tasks,
         store,
@@ -293,12 +296,10 @@ pub async fn prepare(
 /// Seals the task tokens that databases written before sealing still hold in clear.
 async fn seal_stored_tokens(store: &dyn Store, sealer: &crate::seal::Sealer) -> anyhow::Result<()> {
     let plain = store.plain_tokens().await?;
-    if !plain.is_empty() {
-        tracing::info!(tokens = plain.len(), "sealing task tokens stored in clear");
-    }
     if plain.is_empty() {
         return Ok(());
     }
+    tracing::info!(tokens = plain.len(), "sealing task tokens stored in clear");
     for (task_id, token) in plain {
         let sealed = sealer.seal(crate::seal::TASK_TOKEN, &task_id, &token);
         store.replace_token(&task_id, &token, &sealed).await?;
@@ -308,15 +309,16 @@ async fn seal_stored_tokens(store: &dyn Store, sealer: &crate::seal::Sealer) -> 
     Ok(())
 }
 
-/// The store, and the root keys where that store keeps them: the data folder's file for
-/// SQLite; sealed in the database for PostgreSQL (which needs `LEASH_MASTER_KEY`).
+/// The store, and the root and forwarding keys where that store keeps them: the data
+/// folder's files for SQLite; sealed in the database for PostgreSQL (which needs
+/// `LEASH_MASTER_KEY`).
 async fn open_store(
     config: &ServeConfig,
     clock: &Clock,
 ) -> anyhow::Result<(
     Arc<dyn Store>,
     Option<PgStore>,
-    RootKeys,
+    (RootKeys, ForwardingKey),
     Option<Arc<MasterKey>>,
 )> {
     match config.database_url.as_deref() {
@@ -327,7 +329,10 @@ async fn open_store(
             Ok((
                 Arc::new(store),
                 None,
-                datadir::load_or_create_keys(&config.data)?,
+                (
+                    datadir::load_or_create_keys(&config.data)?,
+                    datadir::load_or_create_forwarding_key(&config.data)?,
+                ),
                 None,
             ))
         }
@@ -338,7 +343,10 @@ async fn open_store(
             Ok((
                 Arc::new(store),
                 None,
-                datadir::load_or_create_keys(&config.data)?,
+                (
+                    datadir::load_or_create_keys(&config.data)?,
+                    datadir::load_or_create_forwarding_key(&config.data)?,
+                ),
                 None,
             ))
         }
@@ -357,7 +365,18 @@ async fn open_store(
                 .context("cannot open the PostgreSQL database")?;
             let keys =
                 crate::sealed_keys::load_or_create(store.pool(), &master, clock.now_ms()).await?;
-            Ok((Arc::new(store.clone()), Some(store), keys, Some(master)))
+            let forwarding = crate::sealed_keys::load_or_create_forwarding(
+                store.pool(),
+                &master,
+                clock.now_ms(),
+            )
+            .await?;
+            Ok((
+                Arc::new(store.clone()),
+                Some(store),
+                (keys, forwarding),
+                Some(master),
+            ))
         }
         Some(_) => bail!("--database-url must start with sqlite: or postgres://"),
     }

@@ -17,7 +17,7 @@ use std::sync::{Arc, LazyLock};
 use biscuit_auth::{Biscuit, UnverifiedBiscuit};
 use leash_broker::authorize::{self, CallFacts};
 use leash_broker::error::ApiError;
-use leash_broker::keys::RootKeys;
+use leash_broker::keys::{ForwardingKey, RootKeys};
 use leash_broker::mint;
 use leash_broker::verify::{MAX_TOKEN_LEN, Principal, TokenVerifier};
 use leash_fuzz::{AGENT, NOW_SECS, TASK_ID, TOOLS};
@@ -27,6 +27,7 @@ use serde_json::{Map, Value, json};
 
 struct State {
     keys: Arc<RootKeys>,
+    forwarding: ForwardingKey,
     /// A task token minted by the broker, as a Biscuit and as text.
     parent: Biscuit,
     parent_text: String,
@@ -51,6 +52,7 @@ static STATE: LazyLock<State> = LazyLock::new(|| {
     });
     State {
         keys,
+        forwarding: leash_fuzz::forwarding_key(),
         parent,
         parent_text,
         args: args.as_object().unwrap().clone(),
@@ -111,10 +113,56 @@ fn exercise(token: &Biscuit, tools: &[String]) {
             ) {
                 let _ = capability::explain(&err, tool);
             }
+            // Only a block signed by the forwarding key can make a token count as
+            // forwarded: fuzzed blocks (first- or third-party) never do.
+            let forwarding = STATE.forwarding.pair().public();
+            let plain = capability::CallFacts {
+                tool,
+                args,
+                now_secs: NOW_SECS,
+                counters: None,
+            };
+            if capability::evaluate_forwarded(token, &plain, &forwarding).is_ok() {
+                assert!(
+                    capability::is_forwarded_by(token, &forwarding),
+                    "accepted as forwarded without a block signed by the forwarding key"
+                );
+            }
         }
-        let _ = capability::per_call(token, tool, NOW_SECS + 30);
+        if let Ok(forwarded) =
+            capability::per_call(token, tool, NOW_SECS + 30, STATE.forwarding.pair())
+        {
+            check_forwarded(token, &forwarded, tool);
+        }
     }
     let _ = token.print();
+}
+
+/// `forwarded` is the broker's per-call capability for `tool` made from `parent`: it
+/// counts as forwarded, allows no other tool, and nothing its parent refuses.
+fn check_forwarded(parent: &Biscuit, forwarded: &str, tool: &str) {
+    let forwarding = STATE.forwarding.pair().public();
+    let capability = Biscuit::from_base64(forwarded, |kid: Option<u32>| {
+        STATE.keys.public_for(kid)
+    })
+    .expect("a forwarded capability verifies with the root keys");
+    assert!(capability::is_forwarded_by(&capability, &forwarding));
+    let args = &STATE.args;
+    for other in TOOLS.iter().copied().chain(["notes.delete", tool]) {
+        let facts = capability::CallFacts {
+            tool: other,
+            args,
+            now_secs: NOW_SECS,
+            counters: None,
+        };
+        if capability::evaluate_forwarded(&capability, &facts, &forwarding).is_ok() {
+            assert_eq!(other, tool, "a capability forwarded for {tool} allows {other}");
+            assert!(
+                capability::evaluate(parent, &facts).is_ok(),
+                "the forwarded capability allows {other} but its parent refuses"
+            );
+        }
+    }
 }
 
 /// `child` was derived offline from the broker's task token: it must name the same task

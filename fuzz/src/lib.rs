@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use leash_broker::keys::{RootKeys, StoredKey};
+use leash_broker::keys::{ForwardingKey, RootKeys, StoredKey};
 use leash_broker::mint::{self, Role, TaskClaims};
 
 /// "Now" of every evaluation: 2027-01-15 (before [`EXPIRES_AT`]).
@@ -33,6 +33,11 @@ pub fn root_keys() -> RootKeys {
         },
     ])
     .expect("fixed fuzzing keys are valid")
+}
+
+/// The fuzzing forwarding key (fixed, like [`root_keys`]; not a secret).
+pub fn forwarding_key() -> ForwardingKey {
+    ForwardingKey::from_hex(&"33".repeat(32)).expect("the fixed fuzzing key is valid")
 }
 
 /// A task token minted by the broker's own mint code, with `checks` as the grant's and
@@ -88,7 +93,15 @@ pub fn seed_tokens() -> Vec<String> {
     ] {
         out.push(leash_sdk::attenuate(&parent, checks).unwrap());
     }
-    out.push(leash_sdk::capability::per_call(&plain, "notes.read", NOW_SECS + 30).unwrap());
+    out.push(
+        leash_sdk::capability::per_call(
+            &plain,
+            "notes.read",
+            NOW_SECS + 30,
+            forwarding_key().pair(),
+        )
+        .unwrap(),
+    );
     out
 }
 

@@ -11,14 +11,21 @@
 //! offline therefore never resets a budget. Biscuit has one authorizer-fact scope for
 //! all blocks, so a token whose budget blocks see different counts is evaluated once per
 //! distinct count, and each block is judged only by the run that gave it its own count.
+//!
+//! The per-call capability the broker forwards upstream ([`per_call`]) ends in a block
+//! the broker signs as a third party with its *forwarding key*; [`evaluate_forwarded`]
+//! trusts a `forwarded(tool)` fact only from a block signed by that key. An agent holds
+//! the task token but not the forwarding key, so a tool server can tell a call Leash
+//! checked and forwarded from a task token sent to it directly.
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::{Duration, UNIX_EPOCH};
 
 use biscuit_auth::builder::{
     AuthorizerBuilder, BlockBuilder, Policy, Term, date, fact, int, string,
 };
-use biscuit_auth::{AuthorizerLimits, Biscuit, UnverifiedBiscuit, error};
+use biscuit_auth::{AuthorizerLimits, Biscuit, KeyPair, PublicKey, UnverifiedBiscuit, error};
 use serde_json::{Map, Value};
 
 use crate::facts::arg_facts;
@@ -82,6 +89,32 @@ pub fn budget_blocks(token: &Biscuit) -> Vec<usize> {
         .collect()
 }
 
+/// The check a tool server adds to accept only forwarded capabilities: the called tool
+/// must be named by a `forwarded` fact of a block signed by the forwarding key. Facts
+/// of other blocks (the authority block, or an agent's attenuation, first- or
+/// third-party) are outside this scope, so nobody but the key's holder can satisfy it.
+pub const FORWARDED_CHECK: &str = "check if forwarded($t), call($t) trusting {forwarding}";
+
+/// Runs the authorizer for a call that must have been forwarded by the broker: as
+/// [`evaluate`] without counters (a tool server keeps none; `call.counters` is not
+/// read), plus [`FORWARDED_CHECK`] trusting `forwarding` (the broker's published
+/// forwarding key). A task token presented directly, or an agent's copy of a forwarded
+/// block, fails that check.
+pub fn evaluate_forwarded(
+    token: &Biscuit,
+    call: &CallFacts<'_>,
+    forwarding: &PublicKey,
+) -> Result<(), error::Token> {
+    run(token, call, None, Some(forwarding))
+}
+
+/// Whether some block of `token` is signed by `forwarding` as a third party (a cheap
+/// look before the authorizer, so a raw task token gets a clear refusal).
+pub fn is_forwarded_by(token: &Biscuit, forwarding: &PublicKey) -> bool {
+    (1..token.block_count())
+        .any(|i| matches!(token.block_external_key(i), Ok(Some(key)) if key == *forwarding))
+}
+
 /// Runs the authorizer for one call. The error is biscuit-auth's, with the failed checks.
 pub fn evaluate(token: &Biscuit, call: &CallFacts<'_>) -> Result<(), error::Token> {
     let budgets = match &call.counters {
@@ -98,7 +131,7 @@ pub fn evaluate_with_budgets(
     budget_blocks: &[usize],
 ) -> Result<(), error::Token> {
     let Some(counters) = call.counters else {
-        return run(token, call, None);
+        return run(token, call, None, None);
     };
     let last = token.block_count().saturating_sub(1);
     // The main run gives `token_calls` the count of the whole token and judges every
@@ -108,7 +141,7 @@ pub fn evaluate_with_budgets(
         let block = block as usize;
         budget_blocks.contains(&block) && counters.of_block(block) != main_count
     };
-    let (policy, mut failed) = outcome(run(token, call, Some(main_count)))?;
+    let (policy, mut failed) = outcome(run(token, call, Some(main_count), None))?;
     failed.retain(
         |check| !matches!(check, error::FailedCheck::Block(b) if judged_elsewhere(b.block_id)),
     );
@@ -121,7 +154,7 @@ pub fn evaluate_with_budgets(
     other_counts.sort_unstable();
     other_counts.dedup();
     for n in other_counts {
-        let (_, checks) = outcome(run(token, call, Some(n)))?;
+        let (_, checks) = outcome(run(token, call, Some(n), None))?;
         failed.extend(checks.into_iter().filter(|check| {
             matches!(check, error::FailedCheck::Block(b)
                 if budget_blocks.contains(&(b.block_id as usize)) && counters.of_block(b.block_id as usize) == n)
@@ -139,11 +172,13 @@ pub fn evaluate_with_budgets(
     }
 }
 
-/// One authorizer run with `token_calls` set to `token_calls` (when counting).
+/// One authorizer run with `token_calls` set to `token_calls` (when counting), and
+/// [`FORWARDED_CHECK`] when `forwarding` is given.
 fn run(
     token: &Biscuit,
     call: &CallFacts<'_>,
     token_calls: Option<u64>,
+    forwarding: Option<&PublicKey>,
 ) -> Result<(), error::Token> {
     let now = UNIX_EPOCH + Duration::from_secs(call.now_secs.max(0) as u64);
     let mut builder = AuthorizerBuilder::new().set_limits(limits());
@@ -158,6 +193,13 @@ fn run(
     facts.extend(arg_facts(call.args));
     for f in facts {
         builder = builder.fact(f)?;
+    }
+    if let Some(key) = forwarding {
+        builder = builder.code_with_params(
+            FORWARDED_CHECK,
+            HashMap::new(),
+            HashMap::from([("forwarding".to_string(), *key)]),
+        )?;
     }
     let mut authorizer = builder.policy(ALLOW_GRANTED_TOOL.clone())?.build(token)?;
     authorizer.authorize().map(|_| ())
@@ -211,21 +253,50 @@ pub fn attenuate(token: &str, checks: &[&str]) -> Result<String, String> {
         .map_err(|e| format!("cannot attenuate: {e}"))
 }
 
-/// The per-call capability the broker sends upstream (`Leash-Capability`): `token`
-/// narrowed to one tool and a window ending at `until_secs`.
-pub fn per_call(token: &Biscuit, tool: &str, until_secs: i64) -> Result<String, error::Token> {
+/// The per-call capability the broker sends upstream (`Leash-Capability`): `token` with
+/// one more block, signed by the broker's `forwarding` key as a third party:
+///
+/// ```text
+/// forwarded("<tool>");
+/// check if call("<tool>");
+/// check if time($t), $t <= <until>;
+/// ```
+///
+/// A third-party signature covers the previous block's signature, so the block cannot
+/// be moved onto another token; its checks pin it to one tool and a short window.
+///
+/// ```
+/// # use biscuit_auth::{KeyPair, Biscuit};
+/// let (root, forwarding) = (KeyPair::new(), KeyPair::new());
+/// let token = Biscuit::builder().fact("tool(\"fs.read\")").unwrap().build(&root).unwrap();
+/// let capability = leash_sdk::capability::per_call(&token, "fs.read", 1_900_000_000, &forwarding).unwrap();
+/// let parsed = Biscuit::from_base64(&capability, root.public()).unwrap();
+/// assert!(leash_sdk::capability::is_forwarded_by(&parsed, &forwarding.public()));
+/// ```
+pub fn per_call(
+    token: &Biscuit,
+    tool: &str,
+    until_secs: i64,
+    forwarding: &KeyPair,
+) -> Result<String, error::Token> {
     let until = UNIX_EPOCH + Duration::from_secs(until_secs.max(0) as u64);
     let block = BlockBuilder::new()
+        .fact(fact("forwarded", &[string(tool)]))?
         .check(biscuit_auth::builder::check(
             &[biscuit_auth::builder::pred("call", &[string(tool)])],
             biscuit_auth::builder::CheckKind::One,
         ))?
         .code_with_params(
             "check if time($t), $t <= {until};",
-            std::collections::HashMap::from([("until".to_string(), date(&until))]),
-            std::collections::HashMap::new(),
+            HashMap::from([("until".to_string(), date(&until))]),
+            HashMap::new(),
         )?;
-    token.append(block)?.to_base64()
+    let signed = token
+        .third_party_request()?
+        .create_block(&forwarding.private(), block)?;
+    token
+        .append_third_party(forwarding.public(), signed)?
+        .to_base64()
 }
 
 /// Why an evaluation failed, in words: the failed checks, or the missing grant.
@@ -263,4 +334,131 @@ pub fn failed_rules(checks: &[error::FailedCheck]) -> Vec<String> {
             error::FailedCheck::Authorizer(a) => format!("authorizer: {}", a.rule),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use biscuit_auth::builder::BiscuitBuilder;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn task_token(root: &KeyPair, extra: &str) -> Biscuit {
+        let source =
+            format!(r#"task("tsk_1"); agent("bot"); tool("web.search"); tool("fs.read"); {extra}"#);
+        BiscuitBuilder::new()
+            .code(source)
+            .unwrap()
+            .build(root)
+            .unwrap()
+    }
+
+    fn allowed(token: &Biscuit, tool: &str, forwarding: &PublicKey) -> bool {
+        let args = Map::new();
+        let call = CallFacts {
+            tool,
+            args: &args,
+            now_secs: NOW,
+            counters: None,
+        };
+        evaluate_forwarded(token, &call, forwarding).is_ok()
+    }
+
+    fn reparse(text: &str, root: &KeyPair) -> Biscuit {
+        Biscuit::from_base64(text, root.public()).unwrap()
+    }
+
+    #[test]
+    fn only_a_block_signed_by_the_forwarding_key_makes_a_call_forwarded() {
+        let (root, forwarding, agent) = (KeyPair::new(), KeyPair::new(), KeyPair::new());
+        let fwd = forwarding.public();
+        let token = task_token(&root, "");
+        let capability = reparse(
+            &per_call(&token, "web.search", NOW + 30, &forwarding).unwrap(),
+            &root,
+        );
+        assert!(is_forwarded_by(&capability, &fwd));
+        assert!(allowed(&capability, "web.search", &fwd));
+        assert!(!allowed(&capability, "fs.read", &fwd), "another tool");
+        let late = CallFacts {
+            tool: "web.search",
+            args: &Map::new(),
+            now_secs: NOW + 31,
+            counters: None,
+        };
+        assert!(
+            evaluate_forwarded(&capability, &late, &fwd).is_err(),
+            "past its window"
+        );
+
+        // The raw token, and copies an agent can make.
+        assert!(!is_forwarded_by(&token, &fwd));
+        assert!(!allowed(&token, "web.search", &fwd));
+        let text = token.to_base64().unwrap();
+        for code in [
+            r#"forwarded("web.search");"#,
+            "forwarded($t) <- call($t);",
+            r#"forwarded($t) <- call($t) trusting ed25519/0000000000000000000000000000000000000000000000000000000000000000;"#,
+        ] {
+            let block = BlockBuilder::new().code(code).unwrap();
+            let copy = UnverifiedBiscuit::from_base64(&text)
+                .unwrap()
+                .append(block)
+                .unwrap()
+                .to_base64()
+                .unwrap();
+            assert!(
+                !allowed(&reparse(&copy, &root), "web.search", &fwd),
+                "{code}"
+            );
+        }
+        let block = BlockBuilder::new()
+            .code(r#"forwarded("web.search");"#)
+            .unwrap();
+        let signed = token
+            .third_party_request()
+            .unwrap()
+            .create_block(&agent.private(), block)
+            .unwrap();
+        let own = token.append_third_party(agent.public(), signed).unwrap();
+        assert!(!is_forwarded_by(&own, &fwd));
+        assert!(!allowed(&own, "web.search", &fwd), "signed by another key");
+
+        // A forwarded fact in the authority block (a mint bug) would not count either.
+        let minted = task_token(&root, r#"forwarded("web.search");"#);
+        assert!(!allowed(&minted, "web.search", &fwd));
+        // Nor does the root key count as the forwarding key.
+        assert!(!allowed(&minted, "web.search", &root.public()));
+    }
+
+    #[test]
+    fn a_forwarded_block_is_bound_to_the_token_it_was_signed_for() {
+        let (root, forwarding) = (KeyPair::new(), KeyPair::new());
+        let token = task_token(&root, "");
+        let other = task_token(&root, "");
+        let block = || {
+            BlockBuilder::new()
+                .fact(fact("forwarded", &[string("web.search")]))
+                .unwrap()
+        };
+        let signed = token
+            .third_party_request()
+            .unwrap()
+            .create_block(&forwarding.private(), block())
+            .unwrap();
+        assert!(
+            other
+                .append_third_party(forwarding.public(), signed.clone())
+                .is_err(),
+            "the library refuses the move"
+        );
+        // A hand-made token with the moved block does not verify.
+        let moved = UnverifiedBiscuit::from_base64(other.to_base64().unwrap())
+            .unwrap()
+            .append_third_party(&signed.serialize().unwrap())
+            .unwrap()
+            .to_base64()
+            .unwrap();
+        assert!(Biscuit::from_base64(&moved, root.public()).is_err());
+    }
 }

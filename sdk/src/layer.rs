@@ -14,6 +14,11 @@
 //! JSON body (at most 1 MiB) to verify the call's arguments, and answers 401/403/503 with
 //! `{"error":{"code","message"}}` when the capability does not hold. On success the
 //! handler sees the body unchanged and a [`VerifiedCapability`] in the request extensions.
+//!
+//! Only the capability Leash forwarded with a call it checked passes (see
+//! [`crate::verifier`]); a task token an agent sends directly is refused with 403
+//! `capability_denied`, unless the route opts in with
+//! [`RequireCapability::accept_raw_task_tokens`] (or the verifier's configuration does).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -36,15 +41,25 @@ const MAX_BODY: usize = 1024 * 1024;
 pub struct RequireCapability {
     verifier: Verifier,
     tool: String,
+    accept_raw: bool,
 }
 
 impl RequireCapability {
-    /// Requires a capability for `tool`, verified by `verifier`.
+    /// Requires a capability for `tool`, verified by `verifier`, forwarded by Leash.
     pub fn new(verifier: Verifier, tool: impl Into<String>) -> Self {
         RequireCapability {
             verifier,
             tool: tool.into(),
+            accept_raw: false,
         }
+    }
+
+    /// Also admits task tokens sent directly, not through Leash. Such calls skip the
+    /// broker's approvals, schema checks, budgets and audit: opt in only for a route
+    /// agents may call directly on purpose.
+    pub fn accept_raw_task_tokens(mut self) -> Self {
+        self.accept_raw = true;
+        self
     }
 }
 
@@ -56,6 +71,7 @@ impl<S> Layer<S> for RequireCapability {
             inner,
             verifier: self.verifier.clone(),
             tool: self.tool.clone(),
+            accept_raw: self.accept_raw,
         }
     }
 }
@@ -66,6 +82,7 @@ pub struct RequireCapabilityService<S> {
     inner: S,
     verifier: Verifier,
     tool: String,
+    accept_raw: bool,
 }
 
 fn refuse(status: StatusCode, code: &str, message: String) -> Response {
@@ -106,6 +123,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let verifier = self.verifier.clone();
         let tool = self.tool.clone();
+        let accept_raw = self.accept_raw || verifier.accepts_raw_task_tokens();
         Box::pin(async move {
             let (mut parts, body) = request.into_parts();
             let token = parts
@@ -139,7 +157,10 @@ where
                     }
                 }
             };
-            let verified: VerifiedCapability = match verifier.verify(&token, &tool, &args).await {
+            let verified: VerifiedCapability = match verifier
+                .verify_accepting(&token, &tool, &args, accept_raw)
+                .await
+            {
                 Ok(verified) => verified,
                 Err(err) => return Ok(refusal(&err)),
             };

@@ -5,7 +5,9 @@
 //!   ([`Task::call`], per-call approvals handled), renew and complete it, and hand
 //!   narrower tokens to sub-agents offline ([`Task::attenuate`], [`Task::from_token`]).
 //! - **Tool servers** use a [`Verifier`] (broker keys + revocation feed, fail closed
-//!   when stale) and protect a route in one line with [`RequireCapability`].
+//!   when stale) and protect a route in one line with [`RequireCapability`]; both accept
+//!   only capabilities the broker forwarded (signed by its forwarding key) unless the
+//!   tool server opts in to raw task tokens.
 //! - [`protocol`] holds the wire types the broker itself uses; [`capability`] the
 //!   vocabulary (facts, policy, limits) evaluated identically on both sides.
 //!

@@ -173,6 +173,11 @@ pub struct PublishedKey {
 pub struct KeySet {
     /// Every key that verifies.
     pub keys: Vec<PublishedKey>,
+    /// The key (`ed25519/<hex>`) the broker signs the third-party block of every
+    /// forwarded `Leash-Capability` with: a tool server trusts `forwarded` facts only
+    /// from blocks signed by it. Absent from brokers that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarding_key: Option<String>,
 }
 
 /// One entry of the revocation feed.

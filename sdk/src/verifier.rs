@@ -7,6 +7,13 @@
 //! feed is older than `max_staleness` (default 5 s): a verifier that cannot hear about
 //! revocations fails closed. Signature checks are cached (moka, keyed by SHA-256 of the
 //! token); revocation and the authorizer run on every call.
+//!
+//! Only capabilities the broker forwarded are accepted: the `Leash-Capability` the broker
+//! attaches ends in a block signed by its forwarding key (published beside the root
+//! keys), and the verifier requires that block's `forwarded(tool)` for the called tool. A
+//! raw task token sent straight to the tool server would skip the broker's approvals,
+//! schema, budgets and audit, so it is refused unless the tool server opts in with
+//! [`VerifierConfig::accept_raw_task_tokens`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -17,7 +24,7 @@ use biscuit_auth::{Biscuit, PublicKey, UnverifiedBiscuit};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::capability::{CallFacts, evaluate, explain};
+use crate::capability::{CallFacts, evaluate, evaluate_forwarded, explain, is_forwarded_by};
 use crate::protocol::{KeySet, RevocationPage};
 
 /// Settings of a [`Verifier`].
@@ -30,15 +37,21 @@ pub struct VerifierConfig {
     /// Pause between reads of the feed after an error. Reads are long-polls (the broker
     /// answers as soon as something is revoked), each held at most `max_staleness / 2`.
     pub poll_interval: Duration,
+    /// Also accept task tokens that did not come through the broker (default `false`).
+    /// Such calls skip the broker's approvals, schema checks, budgets and audit; opt in
+    /// only for a tool server that agents may call directly on purpose.
+    pub accept_raw_task_tokens: bool,
 }
 
 impl VerifierConfig {
-    /// Defaults: 5 s staleness (long-polls of 2.5 s), 500 ms pause after an error.
+    /// Defaults: 5 s staleness (long-polls of 2.5 s), 500 ms pause after an error, only
+    /// forwarded capabilities accepted.
     pub fn new(broker_url: impl AsRef<str>) -> Self {
         VerifierConfig {
             broker_url: broker_url.as_ref().trim_end_matches('/').to_string(),
             max_staleness: Duration::from_secs(5),
             poll_interval: Duration::from_millis(500),
+            accept_raw_task_tokens: false,
         }
     }
 }
@@ -93,12 +106,16 @@ pub struct VerifiedCapability {
     pub agent: String,
     /// The tool verified for.
     pub tool: String,
+    /// Whether the broker forwarded it (`false` only for a raw task token accepted by
+    /// opt-in).
+    pub forwarded: bool,
 }
 
 struct Inner {
     config: VerifierConfig,
     http: reqwest::Client,
     keys: RwLock<HashMap<u32, PublicKey>>,
+    forwarding: RwLock<Option<PublicKey>>,
     /// Revoked ids, with when their tokens' windows end (seconds; `None`: never).
     revoked: RwLock<HashMap<String, Option<i64>>>,
     next: AtomicI64,
@@ -131,6 +148,7 @@ impl Verifier {
             config,
             http,
             keys: RwLock::new(HashMap::new()),
+            forwarding: RwLock::new(None),
             revoked: RwLock::new(HashMap::new()),
             next: AtomicI64::new(0),
             last_sync: RwLock::new(None),
@@ -146,17 +164,37 @@ impl Verifier {
         Ok(Verifier { inner })
     }
 
+    /// Whether this verifier's configuration accepts raw task tokens.
+    pub fn accepts_raw_task_tokens(&self) -> bool {
+        self.inner.config.accept_raw_task_tokens
+    }
+
     /// How old the revocation view is.
     pub fn staleness(&self) -> Duration {
         self.inner.staleness()
     }
 
-    /// Verifies `token` for a call of `tool` with `args` (an object), now.
+    /// Verifies `token` for a call of `tool` with `args` (an object), now. Only a
+    /// capability the broker forwarded passes, unless the configuration accepts raw task
+    /// tokens.
     pub async fn verify(
         &self,
         token: &str,
         tool: &str,
         args: &Value,
+    ) -> Result<VerifiedCapability, VerifyError> {
+        let accept_raw = self.inner.config.accept_raw_task_tokens;
+        self.verify_accepting(token, tool, args, accept_raw).await
+    }
+
+    /// [`Verifier::verify`], with raw task tokens accepted when `accept_raw` (used by a
+    /// [`RequireCapability`](crate::RequireCapability) route that opted in).
+    pub async fn verify_accepting(
+        &self,
+        token: &str,
+        tool: &str,
+        args: &Value,
+        accept_raw: bool,
     ) -> Result<VerifiedCapability, VerifyError> {
         let inner = &self.inner;
         let age = inner.staleness();
@@ -221,11 +259,35 @@ impl Verifier {
             now_secs,
             counters: None,
         };
-        evaluate(&verified.0, &facts).map_err(|err| VerifyError::Denied(explain(&err, tool)))?;
+        let forwarding = inner.forwarding();
+        let forwarded_by = forwarding
+            .as_ref()
+            .filter(|key| is_forwarded_by(&verified.0, key));
+        let forwarded = forwarded_by.is_some();
+        let evaluated = match forwarded_by {
+            Some(key) => evaluate_forwarded(&verified.0, &facts, key),
+            None if accept_raw => evaluate(&verified.0, &facts),
+            None if forwarding.is_none() => {
+                return Err(VerifyError::Denied(
+                    "the broker publishes no forwarding key, so no capability can be proven \
+                     forwarded by Leash, and this tool server does not accept raw task tokens"
+                        .into(),
+                ));
+            }
+            None => {
+                return Err(VerifyError::Denied(
+                    "not forwarded by Leash: this tool server accepts only the capability \
+                     Leash attaches to a call it checked (a task token sent directly is refused)"
+                        .into(),
+                ));
+            }
+        };
+        evaluated.map_err(|err| VerifyError::Denied(explain(&err, tool)))?;
         Ok(VerifiedCapability {
             task_id: verified.1.clone(),
             agent: verified.2.clone(),
             tool: tool.to_string(),
+            forwarded,
         })
     }
 }
@@ -261,6 +323,10 @@ impl Inner {
             .map_or(Duration::MAX, |at| at.elapsed())
     }
 
+    fn forwarding(&self) -> Option<PublicKey> {
+        self.forwarding.read().ok().and_then(|key| *key)
+    }
+
     fn key(&self, kid: u32) -> Option<PublicKey> {
         self.keys.read().ok()?.get(&kid).copied()
     }
@@ -291,6 +357,16 @@ impl Inner {
                 .parse()
                 .map_err(|e| format!("bad key {}: {e:?}", key.kid))?;
             keys.insert(key.kid, public);
+        }
+        let forwarding: Option<PublicKey> = match &set.forwarding_key {
+            Some(text) => Some(
+                text.parse()
+                    .map_err(|e| format!("bad forwarding key: {e:?}"))?,
+            ),
+            None => None,
+        };
+        if let Ok(mut slot) = self.forwarding.write() {
+            *slot = forwarding;
         }
         if let Ok(mut slot) = self.keys.write()
             && *slot != keys

@@ -1,6 +1,7 @@
 //! Independent check: biscuit-python (PyPI; nobody here wrote it) verifies a task token
 //! and a `Leash-Capability` header using only the published root key, and runs an
-//! authorizer with the same facts and policy.
+//! authorizer with the same facts and policy; and it sees the capability's last block
+//! signed by the published forwarding key, which the raw task token lacks.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -10,7 +11,7 @@ use serde_json::{Value, json};
 use crate::common::TestBroker;
 
 #[tokio::test]
-async fn biscuit_python_verifies_task_tokens_and_per_call_capabilities() {
+async fn biscuit_python_verifies_task_tokens_and_forwarded_capabilities() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let python = root.join("../target/interop-venv/bin/python");
     assert!(
@@ -93,5 +94,42 @@ async fn biscuit_python_verifies_task_tokens_and_per_call_capabilities() {
     assert!(
         report["forged"].as_str().unwrap().starts_with("rejected"),
         "{report}"
+    );
+
+    // Forwarded by the broker: the last block is a third-party block signed by the
+    // published forwarding key, and the tool server's check holds for the capability
+    // only, and only for its tool.
+    let published = broker.get("/.well-known/leash/keys", None).await.body["forwarding_key"]
+        .as_str()
+        .expect("the broker publishes its forwarding key")
+        .to_string();
+    assert_eq!(report["forwarding_key"], published.as_str());
+    assert_eq!(
+        cap["external_keys"],
+        json!([null, published]),
+        "the per-call block is signed by the forwarding key"
+    );
+    assert!(
+        cap["last_block"]
+            .as_str()
+            .unwrap()
+            .contains("forwarded(\"web.search\")"),
+        "{cap}"
+    );
+    assert_eq!(task["external_keys"], json!([null]));
+    assert_eq!(cap["forwarded_call"], "allowed", "{cap}");
+    assert!(
+        cap["forwarded_other_tool"]
+            .as_str()
+            .unwrap()
+            .starts_with("denied"),
+        "{cap}"
+    );
+    assert!(
+        task["forwarded_call"]
+            .as_str()
+            .unwrap()
+            .starts_with("denied"),
+        "a raw task token is not forwarded: {task}"
     );
 }

@@ -30,7 +30,7 @@ async fn first_start_creates_the_data_folder_and_restart_reuses_it() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        for file in ["root_keys.json", "admin_token"] {
+        for file in ["root_keys.json", "forwarding_key.json", "admin_token"] {
             let mode = std::fs::metadata(data.join(file))
                 .unwrap()
                 .permissions()
@@ -86,7 +86,16 @@ async fn first_start_creates_the_data_folder_and_restart_reuses_it() {
         .json::<serde_json::Value>()
         .await
         .unwrap();
-    assert_eq!(keys, again, "the root key is reused");
+    assert!(
+        keys["forwarding_key"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("ed25519/")),
+        "{keys}"
+    );
+    assert_eq!(
+        keys, again,
+        "the root key and the forwarding key are reused"
+    );
     assert_eq!(admin, admin_token(&data).await);
     // The credential minted before the restart still opens tasks.
     let open = post_json(

@@ -574,6 +574,38 @@ async fn sealed_keys_need_the_master_key_and_rotate_everywhere() {
         .output()
         .unwrap();
     assert!(!String::from_utf8_lossy(&dump.stdout).trim().is_empty());
+    // One forwarding key for the deployment, sealed beside the root keys: every replica
+    // signs forwarded capabilities with it.
+    let dump = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "test",
+            "-qtc",
+            &format!("SELECT sealed FROM {}.forwarding_key", deployment.schema),
+        ])
+        .output()
+        .unwrap();
+    let sealed = String::from_utf8_lossy(&dump.stdout).trim().to_string();
+    assert_eq!(
+        sealed.len(),
+        2 * (12 + 64 + 16),
+        "nonce, sealed hex key, tag"
+    );
+    let forwarding_key = |url: String| async move {
+        let keys: Value = reqwest::get(format!("{url}/.well-known/leash/keys"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        keys["forwarding_key"].as_str().unwrap().to_string()
+    };
+    let published = forwarding_key(a.url.clone()).await;
+    assert_eq!(published, forwarding_key(b.url.clone()).await);
 
     let agent = credential(&a.url, "/v1/agents/bot/credentials").await;
     let (_, old) = task(&a.url, &agent).await;

@@ -1,5 +1,6 @@
 //! The SDK against the real broker: the agent client (approvals waited for, renewals,
-//! guard), delegation, and the tool-server verifier (revocation reach, fail closed).
+//! guard), delegation, and the tool-server verifier (revocation reach, fail closed, only
+//! forwarded capabilities accepted).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,6 +42,8 @@ max_ttl_seconds = 600
 struct ProtectedTool {
     addr: std::net::SocketAddr,
     listener: Option<tokio::net::TcpListener>,
+    /// Every `Leash-Capability` that passed, in order.
+    admitted: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl ProtectedTool {
@@ -49,20 +52,40 @@ impl ProtectedTool {
         ProtectedTool {
             addr: listener.local_addr().unwrap(),
             listener: Some(listener),
+            admitted: Arc::default(),
         }
     }
 
-    /// Serves `/search` (web.search) and `/read` (fs.read), each one line of protection.
+    /// Serves `/search` (web.search) and `/read` (fs.read), each one line of protection,
+    /// and `/search-raw` (web.search, raw task tokens accepted by opt-in).
     fn serve(&mut self, verifier: &Verifier) {
-        let echo = |body: axum::Json<Value>| async move { axum::Json(json!({ "echo": body.0 })) };
+        let admitted = self.admitted.clone();
+        let echo = move |headers: axum::http::HeaderMap, body: axum::Json<Value>| {
+            let admitted = admitted.clone();
+            async move {
+                if let Some(capability) = headers
+                    .get("leash-capability")
+                    .and_then(|v| v.to_str().ok())
+                {
+                    admitted.lock().unwrap().push(capability.to_string());
+                }
+                axum::Json(json!({ "echo": body.0 }))
+            }
+        };
         let app = Router::new()
             .route(
                 "/search",
-                post(echo).layer(RequireCapability::new(verifier.clone(), "web.search")),
+                post(echo.clone()).layer(RequireCapability::new(verifier.clone(), "web.search")),
             )
             .route(
                 "/read",
-                post(echo).layer(RequireCapability::new(verifier.clone(), "fs.read")),
+                post(echo.clone()).layer(RequireCapability::new(verifier.clone(), "fs.read")),
+            )
+            .route(
+                "/search-raw",
+                post(echo).layer(
+                    RequireCapability::new(verifier.clone(), "web.search").accept_raw_task_tokens(),
+                ),
             );
         let listener = self.listener.take().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.ok() });
@@ -338,7 +361,13 @@ async fn a_verifier_protected_tool_server_refuses_a_revoked_task() {
         let biscuit =
             biscuit_auth::Biscuit::from_base64(task.token(), broker.public_key().await).unwrap();
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let capability = leash_sdk::capability::per_call(&biscuit, "web.search", now + 30).unwrap();
+        let capability = leash_sdk::capability::per_call(
+            &biscuit,
+            "web.search",
+            now + 30,
+            broker.state.forwarding.pair(),
+        )
+        .unwrap();
         assert_eq!(
             tool.call("/search", &capability, json!({"q": 2})).await.0,
             200
@@ -396,15 +425,17 @@ async fn the_verifier_fails_closed_when_its_revocation_view_is_stale() {
         .await
         .unwrap();
     let args = json!({});
-    verifier
-        .verify(task.token(), "web.search", &args)
-        .await
-        .unwrap();
-    // The capability expires with its window, checked offline.
     let biscuit =
         biscuit_auth::Biscuit::from_base64(task.token(), broker.public_key().await).unwrap();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let capability = leash_sdk::capability::per_call(&biscuit, "web.search", now + 30).unwrap();
+    let forwarding = broker.state.forwarding.pair();
+    let capability =
+        leash_sdk::capability::per_call(&biscuit, "web.search", now + 30, forwarding).unwrap();
+    verifier
+        .verify(&capability, "web.search", &args)
+        .await
+        .unwrap();
+    // The capability expires with its window, checked offline.
     let map = serde_json::Map::new();
     let later = leash_sdk::capability::CallFacts {
         tool: "web.search",
@@ -412,15 +443,17 @@ async fn the_verifier_fails_closed_when_its_revocation_view_is_stale() {
         now_secs: now + 31,
         counters: None,
     };
-    let capability =
+    let parsed =
         biscuit_auth::Biscuit::from_base64(&capability, broker.public_key().await).unwrap();
-    assert!(leash_sdk::capability::evaluate(&capability, &later).is_err());
+    assert!(
+        leash_sdk::capability::evaluate_forwarded(&parsed, &later, &forwarding.public()).is_err()
+    );
 
     // The broker goes away: the view ages, and past 400 ms everything is refused.
     broker.shutdown().await;
     let cut = Instant::now();
     let refused_after = loop {
-        match verifier.verify(task.token(), "web.search", &args).await {
+        match verifier.verify(&capability, "web.search", &args).await {
             Ok(_) => {}
             Err(err) => {
                 assert!(matches!(err, leash_sdk::VerifyError::Stale { .. }), "{err}");
@@ -438,4 +471,301 @@ async fn the_verifier_fails_closed_when_its_revocation_view_is_stale() {
         refused_after <= Duration::from_millis(600),
         "{refused_after:?}"
     );
+}
+
+/// `token` with one more first-party block holding `code`, appended offline by its holder.
+fn append_first_party(token: &str, code: &str) -> String {
+    let block = biscuit_auth::builder::BlockBuilder::new()
+        .code(code)
+        .unwrap();
+    biscuit_auth::UnverifiedBiscuit::from_base64(token)
+        .unwrap()
+        .append(block)
+        .unwrap()
+        .to_base64()
+        .unwrap()
+}
+
+/// `token` with one more block holding `code`, signed as a third party by `key`.
+fn append_third_party(
+    token: &str,
+    root: biscuit_auth::PublicKey,
+    key: &biscuit_auth::KeyPair,
+    code: &str,
+) -> String {
+    let token = biscuit_auth::Biscuit::from_base64(token, root).unwrap();
+    let block = biscuit_auth::builder::BlockBuilder::new()
+        .code(code)
+        .unwrap();
+    let signed = token
+        .third_party_request()
+        .unwrap()
+        .create_block(&key.private(), block)
+        .unwrap();
+    token
+        .append_third_party(key.public(), signed)
+        .unwrap()
+        .to_base64()
+        .unwrap()
+}
+
+/// The last block of `capability` cut out as a third-party block (payload and external
+/// signature), as anyone who holds the capability can, and appended to `token`.
+fn transplant_last_block(capability: &str, token: &str) -> String {
+    use biscuit_auth::format::schema;
+    use prost::Message;
+    let bytes = biscuit_auth::UnverifiedBiscuit::from_base64(capability)
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    let container = schema::Biscuit::decode(&bytes[..]).unwrap();
+    let last = container.blocks.last().unwrap();
+    let cut = schema::ThirdPartyBlockContents {
+        payload: last.block.clone(),
+        external_signature: last
+            .external_signature
+            .clone()
+            .expect("a third-party block"),
+    }
+    .encode_to_vec();
+    // The unverified API appends without checking the external signature, like a
+    // hand-made token would.
+    biscuit_auth::UnverifiedBiscuit::from_base64(token)
+        .unwrap()
+        .append_third_party(&cut)
+        .unwrap()
+        .to_base64()
+        .unwrap()
+}
+
+fn assert_refused(reply: &(u16, Value), status: u16, code: &str, what: &str) {
+    assert_eq!(
+        (reply.0, reply.1["error"]["code"].as_str()),
+        (status, Some(code)),
+        "{what}: {}",
+        reply.1
+    );
+}
+
+#[tokio::test]
+async fn a_tool_server_accepts_only_capabilities_the_broker_forwarded() {
+    let (broker, tool, verifier) = setup().await;
+    let root = broker.public_key().await;
+    let keys = broker.get("/.well-known/leash/keys", None).await.body;
+    let published = keys["forwarding_key"]
+        .as_str()
+        .expect("a forwarding key is published");
+    assert!(published.starts_with("ed25519/"), "{keys}");
+    assert_ne!(
+        published,
+        keys["keys"][0]["public_key"].as_str().unwrap(),
+        "not a root key"
+    );
+
+    let payer = Broker::new(&broker.url, broker.agent("payer").await);
+    let task = payer
+        .start_task(TaskRequest::new("search", ["web.search", "fs.read"]))
+        .await
+        .unwrap();
+    let other = payer
+        .start_task(TaskRequest::new("another", ["web.search"]))
+        .await
+        .unwrap();
+
+    // Through the broker: the forwarded capability passes `RequireCapability`.
+    assert_eq!(
+        task.call("web.search", json!({"q": 1})).await.unwrap(),
+        json!({"echo": {"q": 1}})
+    );
+    let forwarded = tool
+        .admitted
+        .lock()
+        .unwrap()
+        .last()
+        .cloned()
+        .expect("the tool server admitted the forwarded call");
+    let verified = verifier
+        .verify(&forwarded, "web.search", &json!({}))
+        .await
+        .unwrap();
+    assert!(verified.forwarded);
+    assert_eq!(
+        tool.call("/search", &forwarded, json!({"q": 2})).await.0,
+        200
+    );
+
+    // The raw task token, sent straight to the tool server: no approvals, schema,
+    // budgets or audit would have run. Refused.
+    let raw = tool.call("/search", task.token(), json!({"q": 3})).await;
+    assert_refused(&raw, 403, "capability_denied", "a raw task token");
+    assert!(
+        raw.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not forwarded"),
+        "{}",
+        raw.1
+    );
+
+    // Agent-made copies of a capability, from what the agent holds.
+    let copies = [
+        (
+            "the forwarded block's checks, first-party",
+            append_first_party(
+                task.token(),
+                r#"check if call("web.search"); check if time($t), $t <= 2099-01-01T00:00:00Z;"#,
+            ),
+        ),
+        (
+            "a first-party forwarded fact",
+            append_first_party(task.token(), r#"forwarded("web.search");"#),
+        ),
+        (
+            "a first-party rule deriving forwarded",
+            append_first_party(task.token(), "forwarded($t) <- call($t);"),
+        ),
+        (
+            "a forwarded fact in a third-party block signed by the agent's own key",
+            append_third_party(
+                task.token(),
+                root,
+                &biscuit_auth::KeyPair::new(),
+                r#"forwarded("web.search"); check if call("web.search");"#,
+            ),
+        ),
+    ];
+    for (what, copy) in &copies {
+        assert_refused(
+            &tool.call("/search", copy, json!({"q": 4})).await,
+            403,
+            "capability_denied",
+            what,
+        );
+    }
+
+    // The forwarded block cut out and put on another token (another task's, or this
+    // task's token attenuated): its signature covers the block it was signed after.
+    for (what, target) in [
+        ("another task's token", other.token().to_string()),
+        (
+            "the same task's token, attenuated",
+            task.attenuate(&[r#"check if call("web.search")"#]).unwrap(),
+        ),
+    ] {
+        assert_refused(
+            &tool
+                .call(
+                    "/search",
+                    &transplant_last_block(&forwarded, &target),
+                    json!({"q": 5}),
+                )
+                .await,
+            401,
+            "token_invalid",
+            what,
+        );
+    }
+
+    // Replayed for another tool of the same task: its block names web.search only.
+    let replayed = tool.call("/read", &forwarded, json!({"path": "/x"})).await;
+    assert_refused(&replayed, 403, "capability_denied", "replayed for fs.read");
+    assert!(
+        replayed.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("call(\"web.search\")"),
+        "{}",
+        replayed.1
+    );
+
+    // Its holder can still narrow it, never widen it.
+    let narrowed = append_first_party(&forwarded, r#"check if arg("q", $q), $q == 6;"#);
+    assert_eq!(
+        tool.call("/search", &narrowed, json!({"q": 6})).await.0,
+        200
+    );
+    assert_refused(
+        &tool.call("/search", &narrowed, json!({"q": 7})).await,
+        403,
+        "capability_denied",
+        "a narrowed forwarded capability",
+    );
+
+    // Opting in: a route, or a whole verifier, that accepts raw task tokens.
+    assert_eq!(
+        tool.call("/search-raw", task.token(), json!({"q": 8}))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        tool.call("/search-raw", &forwarded, json!({"q": 9}))
+            .await
+            .0,
+        200
+    );
+    let mut config = VerifierConfig::new(&broker.url);
+    config.accept_raw_task_tokens = true;
+    let lenient = Verifier::connect_with(config).await.unwrap();
+    let verified = lenient
+        .verify(task.token(), "web.search", &json!({}))
+        .await
+        .unwrap();
+    assert!(!verified.forwarded, "a raw token is marked as such");
+    assert!(
+        verifier
+            .verify(task.token(), "web.search", &json!({}))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_verifier_refuses_everything_when_the_broker_publishes_no_forwarding_key() {
+    let (broker, tool, _verifier) = setup().await;
+    let payer = Broker::new(&broker.url, broker.agent("payer").await);
+    let task = payer
+        .start_task(TaskRequest::new("search", ["web.search"]))
+        .await
+        .unwrap();
+    task.call("web.search", json!({})).await.unwrap();
+    let forwarded = tool.admitted.lock().unwrap().last().cloned().unwrap();
+
+    // An older broker: root keys only, and an empty revocation feed.
+    let mut keys = broker.get("/.well-known/leash/keys", None).await.body;
+    keys.as_object_mut().unwrap().remove("forwarding_key");
+    let app = Router::new()
+        .route(
+            "/.well-known/leash/keys",
+            axum::routing::get(move || {
+                let keys = keys.clone();
+                async move { axum::Json(keys) }
+            }),
+        )
+        .route(
+            "/v1/revocations",
+            axum::routing::get(|| async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                axum::Json(json!({"revocations": [], "next": 0}))
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let old = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+
+    let verifier = Verifier::connect(&old).await.unwrap();
+    let err = verifier
+        .verify(&forwarded, "web.search", &json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), 403, "{err}");
+    assert!(err.to_string().contains("no forwarding key"), "{err}");
+    // Opted in, the tool server still takes task tokens it can check with the root key.
+    let mut config = VerifierConfig::new(&old);
+    config.accept_raw_task_tokens = true;
+    let lenient = Verifier::connect_with(config).await.unwrap();
+    lenient
+        .verify(task.token(), "web.search", &json!({}))
+        .await
+        .unwrap();
 }

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Verifies Leash tokens with biscuit-python, a Biscuit implementation nobody here wrote.
 
-Only public material is used: the root keys are fetched from the broker's
-/.well-known/leash/keys. For each token it checks the signature, then runs an authorizer
-with the facts Leash's verifier supplies (time, call, one arg per argument) and Leash's
-one policy, `allow if call($t), tool($t)`. Prints one JSON object.
+Only public material is used: the root keys and the forwarding key are fetched from the
+broker's /.well-known/leash/keys. For each token it checks the signature, then runs an
+authorizer with the facts Leash's verifier supplies (time, call, one arg per argument) and
+Leash's one policy, `allow if call($t), tool($t)`; and once more with the check a tool
+server adds to accept only forwarded capabilities,
+`check if forwarded($t), call($t) trusting <forwarding key>`. Prints one JSON object.
 
 Usage: verify_tokens.py BROKER_URL TASK_TOKEN CAPABILITY TOOL OTHER_TOOL ARGS_JSON
 """
@@ -16,8 +18,10 @@ from biscuit_auth import AuthorizerBuilder, Biscuit, Fact, PublicKey
 
 url, task_token, capability, tool, other_tool, args_json = sys.argv[1:7]
 args = json.loads(args_json)
-keys = json.load(urllib.request.urlopen(url + "/.well-known/leash/keys"))["keys"]
-by_kid = {key["kid"]: PublicKey(key["public_key"]) for key in keys}
+key_set = json.load(urllib.request.urlopen(url + "/.well-known/leash/keys"))
+by_kid = {key["kid"]: PublicKey(key["public_key"]) for key in key_set["keys"]}
+forwarding_text = key_set.get("forwarding_key")
+forwarding = PublicKey(forwarding_text) if forwarding_text else None
 
 
 def root(kid):
@@ -26,8 +30,13 @@ def root(kid):
     return by_kid[kid]
 
 
-def authorize(token, called):
-    builder = AuthorizerBuilder("call({tool}); allow if call($t), tool($t);", {"tool": called})
+def authorize(token, called, forwarded_only=False):
+    source = "call({tool}); allow if call($t), tool($t);"
+    scopes = {}
+    if forwarded_only:
+        source += " check if forwarded($t), call($t) trusting {forwarding};"
+        scopes = {"forwarding": forwarding}
+    builder = AuthorizerBuilder(source, {"tool": called}, scopes)
     builder.set_time()
     for name, value in args.items():
         builder.add_fact(Fact("arg({name}, {value})", {"name": name, "value": value}))
@@ -38,6 +47,12 @@ def authorize(token, called):
         return "denied: %s" % err
 
 
+def external_key(token, index):
+    """The key that signed block `index` as a third party, in Biscuit's textual form."""
+    key = token.block_external_key(index)
+    return None if key is None else str(key)
+
+
 def report(text):
     token = Biscuit.from_base64(text, root)
     return {
@@ -45,8 +60,12 @@ def report(text):
         "blocks": token.block_count(),
         "revocation_ids": [rid.hex() if isinstance(rid, bytes) else str(rid) for rid in token.revocation_ids],
         "authority": token.block_source(0),
+        "last_block": token.block_source(token.block_count() - 1),
         "call": authorize(token, tool),
         "other_tool": authorize(token, other_tool),
+        "external_keys": [external_key(token, i) for i in range(token.block_count())],
+        "forwarded_call": authorize(token, tool, True) if forwarding else "no forwarding key",
+        "forwarded_other_tool": authorize(token, other_tool, True) if forwarding else "no forwarding key",
     }
 
 
@@ -57,4 +76,9 @@ try:
 except Exception as err:
     forged_result = "rejected: %s" % type(err).__name__
 
-print(json.dumps({"task_token": report(task_token), "capability": report(capability), "forged": forged_result}))
+print(json.dumps({
+    "forwarding_key": forwarding_text,
+    "task_token": report(task_token),
+    "capability": report(capability),
+    "forged": forged_result,
+}))

@@ -59,9 +59,12 @@ pub async fn healthz() -> Json<Value> {
 
 /// `GET /.well-known/leash/keys`.
 #[utoipa::path(get, path = "/.well-known/leash/keys", tag = "feeds",
-    responses((status = 200, description = "Every root public key that verifies tokens", body = leash_sdk::protocol::KeySet)))]
+    responses((status = 200, description = "Every root public key that verifies tokens, and the forwarding key that signs the last block of every forwarded `Leash-Capability`", body = leash_sdk::protocol::KeySet)))]
 pub async fn keys(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({ "keys": state.keys.published() }))
+    Json(json!({
+        "keys": state.keys.published(),
+        "forwarding_key": state.forwarding.published(),
+    }))
 }
 
 /// `?after=SEQ` of the feeds.

@@ -59,6 +59,8 @@ const SCHEMA: &[&str] = &[
         signature TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS root_keys (
         kid BIGINT PRIMARY KEY, sealed TEXT NOT NULL, created_at_ms BIGINT NOT NULL, retired_at_ms BIGINT)",
+    "CREATE TABLE IF NOT EXISTS forwarding_key (
+        id SMALLINT PRIMARY KEY CHECK (id = 1), sealed TEXT NOT NULL, created_at_ms BIGINT NOT NULL)",
 ];
 
 /// Serialises audit appends across replicas (any constant will do; it is per database).
