@@ -131,6 +131,24 @@ async fn file(
     Ok(approval)
 }
 
+/// Refuses (429) an agent that already has as many undecided approvals as
+/// `max_pending_approvals_per_agent` allows, so one agent cannot bury the others'
+/// requests. Asked before anything is filed or created.
+pub async fn check_pending_cap(state: &AppState, agent: &str) -> Result<(), ApiError> {
+    let cap = state.config.max_pending_approvals_per_agent;
+    let pending = state
+        .store
+        .pending_approvals_of(agent)
+        .await
+        .map_err(ApiError::internal)?;
+    if pending >= cap {
+        return Err(ApiError::BudgetExhausted(format!(
+            "agent {agent:?} already has {pending} requests waiting for an approver (at most {cap})"
+        )));
+    }
+    Ok(())
+}
+
 /// Files a new pending approval for a task (issuance, a call, a renewal) and tells approvers.
 pub async fn request(
     state: &AppState,

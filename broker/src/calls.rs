@@ -186,6 +186,7 @@ async fn checked_call(
             },
             None => {
                 // Not a call yet: the slot is given back when it drops.
+                crate::approvals::check_pending_cap(state, &task.runtime.agent).await?;
                 let record = state
                     .store
                     .get_task(task_id)

@@ -90,6 +90,14 @@ pub struct ServeArgs {
     /// Burst size of the per-agent rate limit.
     #[arg(long, env = "LEASH_RATE_BURST", default_value_t = 2000)]
     pub rate_burst: u32,
+    /// Undecided approvals one agent may have waiting (tasks, renewals, calls); past
+    /// that its requests get 429 until approvers catch up.
+    #[arg(
+        long,
+        env = "LEASH_MAX_PENDING_APPROVALS_PER_AGENT",
+        default_value_t = 20
+    )]
+    pub max_pending_approvals_per_agent: i64,
     /// Tokens of one task that may be revoked one at a time (`POST /v1/tokens/revoke`);
     /// past that the task itself must be revoked or completed.
     #[arg(
@@ -164,6 +172,7 @@ impl ServeArgs {
             rate_limit: self.rate_limit,
             rate_burst: self.rate_burst,
             max_revoked_tokens_per_task: self.max_revoked_tokens_per_task,
+            max_pending_approvals_per_agent: self.max_pending_approvals_per_agent,
             mcp_allowed_hosts: self
                 .mcp_allowed_hosts
                 .iter()

@@ -56,6 +56,8 @@ pub struct ServeConfig {
     pub rate_burst: u32,
     /// Tokens of one task that may be revoked one at a time.
     pub max_revoked_tokens_per_task: i64,
+    /// Undecided approvals one agent may have waiting.
+    pub max_pending_approvals_per_agent: i64,
     /// Extra host names `/mcp` answers to (besides loopback and the listen address).
     pub mcp_allowed_hosts: Vec<String>,
     /// How often upstream MCP servers' tool lists are re-read (besides on list_changed).
@@ -102,6 +104,7 @@ impl ServeConfig {
             rate_limit: 1000,
             rate_burst: 2000,
             max_revoked_tokens_per_task: 1000,
+            max_pending_approvals_per_agent: 20,
             mcp_allowed_hosts: Vec::new(),
             mcp_refresh: Duration::from_secs(30),
             database_schema: "leash".into(),

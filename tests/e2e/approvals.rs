@@ -464,8 +464,8 @@ async fn decisions_racing_revokes_never_leave_a_usable_token() {
             .get(&format!("/v1/tasks/{task_id}"), Some(&agent))
             .await;
         assert_eq!(shown.body["state"], "revoked", "{shown:?}");
-        // Whatever token the approval minted is dead.
-        if let Some(token) = broker
+        // Whatever token the approval minted is dead (the store keeps it sealed).
+        if let Some(sealed) = broker
             .state
             .store
             .get_task(&task_id)
@@ -474,6 +474,11 @@ async fn decisions_racing_revokes_never_leave_a_usable_token() {
             .unwrap()
             .token
         {
+            let token = broker
+                .state
+                .sealer
+                .open(leash_broker::seal::TASK_TOKEN, &task_id, &sealed)
+                .unwrap();
             let reply = broker.call(&token, "web.search", json!({})).await;
             assert_eq!(
                 (reply.status, reply.code()),

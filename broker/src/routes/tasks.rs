@@ -97,6 +97,9 @@ pub async fn create(
     let task_id = new_task_id();
     let ttl_ms = ttl * 1000;
     let needs_approval = grant.approval == GrantApproval::Issuance;
+    if needs_approval {
+        approvals::check_pending_cap(&state, &agent).await?;
+    }
     let issued = if needs_approval {
         None
     } else {
@@ -469,6 +472,7 @@ pub async fn renew(
         .ok_or_else(|| ApiError::NotFound(format!("no task {id}")))?;
     state.tasks.check_active(&runtime).await?;
     if grant.approval == GrantApproval::Issuance {
+        approvals::check_pending_cap(&state, &record.agent).await?;
         let approval = approvals::request(
             &state,
             ApprovalKind::Renewal,

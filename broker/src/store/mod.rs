@@ -443,6 +443,8 @@ pub trait Store: Send + Sync + 'static {
     async fn token_calls(&self, revocation_id: &str) -> StoreResult<u64>;
     /// Inserts a pending approval.
     async fn insert_approval(&self, approval: &ApprovalRecord) -> StoreResult<()>;
+    /// How many approvals an agent has waiting for a decision.
+    async fn pending_approvals_of(&self, agent: &str) -> StoreResult<i64>;
     /// Reads an approval.
     async fn get_approval(&self, approval_id: &str) -> StoreResult<Option<ApprovalRecord>>;
     /// Lists approvals, oldest first, optionally in one state.

@@ -589,6 +589,16 @@ impl Store for PgStore {
         row.as_ref().map(approval_from_row).transpose()
     }
 
+    async fn pending_approvals_of(&self, agent: &str) -> StoreResult<i64> {
+        Ok(sqlx::query(
+            "SELECT COUNT(*) AS n FROM approvals WHERE agent = $1 AND state = 'pending'",
+        )
+        .bind(agent)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("n")?)
+    }
+
     async fn list_approvals(
         &self,
         state: Option<ApprovalState>,

@@ -585,6 +585,18 @@ impl Store for SqliteStore {
         row.as_ref().map(approval_from_row).transpose()
     }
 
+    async fn pending_approvals_of(&self, agent: &str) -> StoreResult<i64> {
+        Ok(
+            sqlx::query(
+                "SELECT COUNT(*) AS n FROM approvals WHERE agent = ? AND state = 'pending'",
+            )
+            .bind(agent)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?,
+        )
+    }
+
     async fn list_approvals(
         &self,
         state: Option<ApprovalState>,
