@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the broker.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Work with policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -120,6 +120,16 @@ pub struct ServeArgs {
     /// past that, its requests with a credential get 429 without being checked. 0 = no limit.
     #[arg(long, env = "LEASH_AUTH_FAILURE_LIMIT", default_value_t = 20)]
     pub auth_failure_limit: u32,
+    /// PEM file of extra CA certificates trusted (besides the system's roots) by every
+    /// outbound connection: HTTP tools, MCP upstreams, the webhook, PostgreSQL.
+    #[arg(long, env = "LEASH_CA_BUNDLE")]
+    pub ca_bundle: Option<PathBuf>,
+    /// Serve HTTPS with this PEM certificate chain (leaf first); needs --tls-key.
+    #[arg(long, env = "LEASH_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "LEASH_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -158,6 +168,9 @@ impl ServeArgs {
             auth_failure_limit: self.auth_failure_limit,
             // From the environment only (main.rs), like the admin token.
             metrics_token: None,
+            ca_bundle: self.ca_bundle,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
         }
     }
 }

@@ -12,6 +12,8 @@ use tokio::net::TcpListener;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Leash's clients carry their own provider (ring); this covers any other client.
+    leash_sdk::tls::install_default_provider();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LEASH_LOG")
@@ -47,7 +49,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let admin_token = env("LEASH_ADMIN_TOKEN").filter(|t| !t.is_empty());
             let generated = admin_token.is_none();
             let master_key = env("LEASH_MASTER_KEY").filter(|t| !t.is_empty());
-            let mut config = args.into_config(admin_token, master_key);
+            let mut config = (*args).into_config(admin_token, master_key);
             config.metrics_token = env("LEASH_METRICS_TOKEN").filter(|t| !t.is_empty());
             let state = leash_broker::prepare(config.clone(), &env).await?;
             let listener = TcpListener::bind(config.listen).await?;

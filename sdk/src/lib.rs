@@ -8,6 +8,8 @@
 //!   when stale) and protect a route in one line with [`RequireCapability`].
 //! - [`protocol`] holds the wire types the broker itself uses; [`capability`] the
 //!   vocabulary (facts, policy, limits) evaluated identically on both sides.
+//! - [`tls`] is the one TLS and client hardening rule (rustls + ring, platform roots plus
+//!   extra CA certificates, no redirects, no environment proxies) of every client.
 //!
 //! Narrowing a token needs nothing but the token:
 //!
@@ -35,6 +37,7 @@ pub mod error;
 pub mod facts;
 pub mod layer;
 pub mod protocol;
+pub mod tls;
 pub mod verifier;
 
 pub use agent::{Broker, Task, TaskGuard};

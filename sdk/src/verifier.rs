@@ -17,8 +17,11 @@ use biscuit_auth::{Biscuit, PublicKey, UnverifiedBiscuit};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use rustls_pki_types::CertificateDer;
+
 use crate::capability::{CallFacts, evaluate, explain};
 use crate::protocol::{KeySet, RevocationPage};
+use crate::tls::describe;
 
 /// Settings of a [`Verifier`].
 #[derive(Debug, Clone)]
@@ -30,6 +33,9 @@ pub struct VerifierConfig {
     /// Pause between reads of the feed after an error. Reads are long-polls (the broker
     /// answers as soon as something is revoked), each held at most `max_staleness / 2`.
     pub poll_interval: Duration,
+    /// CA certificates (DER) trusted besides the platform's roots, for a broker whose
+    /// certificate a private CA signed ([`crate::tls::load_ca_bundle`] reads a PEM file).
+    pub ca_certificates: Vec<CertificateDer<'static>>,
 }
 
 impl VerifierConfig {
@@ -39,7 +45,14 @@ impl VerifierConfig {
             broker_url: broker_url.as_ref().trim_end_matches('/').to_string(),
             max_staleness: Duration::from_secs(5),
             poll_interval: Duration::from_millis(500),
+            ca_certificates: Vec::new(),
         }
+    }
+
+    /// Trusts these CA certificates too, besides the platform's roots.
+    pub fn with_ca_certificates(mut self, certificates: Vec<CertificateDer<'static>>) -> Self {
+        self.ca_certificates = certificates;
+        self
     }
 }
 
@@ -122,7 +135,11 @@ impl Verifier {
     /// background for as long as a clone of this verifier lives.
     pub async fn connect_with(config: VerifierConfig) -> Result<Verifier, String> {
         // Long enough for the longest long-poll, plus a margin.
-        let http = reqwest::Client::builder()
+        // https with the platform's roots plus the configured CA certificates; no
+        // redirects, no environment proxies: a proxy or a redirect could swap the keys or
+        // hide revocations.
+        let http = crate::tls::client_builder(&config.ca_certificates)
+            .map_err(|e| e.to_string())?
             .timeout(config.max_staleness / 2 + Duration::from_secs(5))
             .build()
             .map_err(|e| e.to_string())?;
@@ -279,7 +296,7 @@ impl Inner {
             .send()
             .await
             .and_then(|r| r.error_for_status())
-            .map_err(|e| format!("cannot fetch the broker's keys: {e}"))?
+            .map_err(|e| format!("cannot fetch the broker's keys: {}", describe(&e)))?
             .json()
             .await
             .map_err(|e| format!("bad key document: {e}"))?;
@@ -336,7 +353,7 @@ impl Inner {
                 .send()
                 .await
                 .and_then(|r| r.error_for_status())
-                .map_err(|e| format!("cannot read the revocation feed: {e}"))?
+                .map_err(|e| format!("cannot read the revocation feed: {}", describe(&e)))?
                 .json()
                 .await
                 .map_err(|e| format!("bad revocation page: {e}"))?;
