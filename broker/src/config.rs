@@ -46,6 +46,9 @@ pub struct DatabaseArgs {
     /// The deployment's schema.
     #[arg(long, env = "LEASH_DATABASE_SCHEMA", default_value = "leash")]
     pub database_schema: String,
+    /// PEM file of extra CA certificates for the database's TLS (`sslmode` in the URL).
+    #[arg(long, env = "LEASH_CA_BUNDLE")]
+    pub ca_bundle: Option<PathBuf>,
 }
 
 /// `leash keys …`.

@@ -166,7 +166,17 @@ async fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
     )?;
     let open = |db: &DatabaseArgs| {
         let (url, schema) = (db.database_url.clone(), db.database_schema.clone());
-        async move { leash_broker::store::PgStore::open(&url, &schema).await }
+        let ca_bundle = db.ca_bundle.clone();
+        async move {
+            if let Some(bundle) = &ca_bundle {
+                // The same check as `leash serve`: a bad bundle is named, not ignored.
+                leash_broker::tls::ca_bundle(Some(bundle))?;
+            }
+            Ok::<_, anyhow::Error>(
+                leash_broker::store::PgStore::open_with_ca(&url, &schema, ca_bundle.as_deref())
+                    .await?,
+            )
+        }
     };
     let now = leash_broker::clock::Clock::default().now_ms();
     match command {
