@@ -56,6 +56,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let address = listener.local_addr()?;
             tracing::info!(
                 %address,
+                https = state.server_tls.is_some(),
                 policies = %config.policies.display(),
                 data = %config.data.display(),
                 tools = state.policy.tools.len(),

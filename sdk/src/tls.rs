@@ -255,6 +255,39 @@ mod tests {
         std::fs::remove_dir_all(&dir).ok();
     }
 
+    #[tokio::test]
+    async fn a_redirect_is_answered_not_followed() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let followed = Arc::new(AtomicUsize::new(0));
+        let seen = followed.clone();
+        let app = axum::Router::new()
+            .route(
+                "/from",
+                axum::routing::get(|| async {
+                    (axum::http::StatusCode::FOUND, [("location", "/to")], "")
+                }),
+            )
+            .route(
+                "/to",
+                axum::routing::get(move || {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    async { "followed" }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = client_builder(&[]).unwrap().build().unwrap();
+        let answer = client
+            .get(format!("http://{addr}/from"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 302);
+        assert_eq!(followed.load(Ordering::SeqCst), 0);
+        server.abort();
+    }
+
     #[test]
     fn the_platform_config_builds() {
         let config = client_config(&[]).unwrap();

@@ -983,7 +983,8 @@ async fn ssl_in_use(store: &leash_broker::store::PgStore) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_sslmode_is_honoured_and_never_falls_back() {
     use leash_broker::store::PgStore;
-    let schema = format!("tls_{}", std::process::id());
+    // `suite_` schemas left by a killed run are cleared by scripts/test.sh.
+    let schema = format!("suite_tls_{}", std::process::id());
 
     let store = PgStore::open(&format!("{DATABASE}?sslmode=require"), &schema)
         .await
