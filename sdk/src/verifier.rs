@@ -14,10 +14,9 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use biscuit_auth::{Biscuit, PublicKey, UnverifiedBiscuit};
+use rustls_pki_types::CertificateDer;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-
-use rustls_pki_types::CertificateDer;
 
 use crate::capability::{CallFacts, evaluate, explain};
 use crate::protocol::{KeySet, RevocationPage};
