@@ -22,7 +22,8 @@ pub async fn agent_credential(url: &str, agent: &str) -> anyhow::Result<String> 
             .trim()
             .to_string(),
     };
-    let reply: serde_json::Value = reqwest::Client::new()
+    let reply: serde_json::Value = leash_sdk::tls::client_builder(&[])?
+        .build()?
         .post(format!("{url}/v1/agents/{agent}/credentials"))
         .bearer_auth(admin)
         .send()

@@ -375,6 +375,7 @@ max_calls = 1000000000
     std::fs::create_dir_all(&nginx_dir).unwrap();
     let nginx = start_nginx(&nginx_dir, up_port);
 
+    leash_sdk::tls::install_default_provider();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(CONCURRENCY * 2)
         .build()

@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the broker.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Work with policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -46,6 +46,9 @@ pub struct DatabaseArgs {
     /// The deployment's schema.
     #[arg(long, env = "LEASH_DATABASE_SCHEMA", default_value = "leash")]
     pub database_schema: String,
+    /// PEM file of extra CA certificates for the database's TLS (`sslmode` in the URL).
+    #[arg(long, env = "LEASH_CA_BUNDLE")]
+    pub ca_bundle: Option<PathBuf>,
 }
 
 /// `leash keys …`.
@@ -148,6 +151,16 @@ pub struct ServeArgs {
     /// database so that database access alone cannot remove them.
     #[arg(long, env = "LEASH_AUDIT_CHECKPOINT_FILE")]
     pub audit_checkpoint_file: Option<PathBuf>,
+    /// PEM file of extra CA certificates trusted (besides the system's roots) by every
+    /// outbound connection: HTTP tools, MCP upstreams, the webhook, PostgreSQL.
+    #[arg(long, env = "LEASH_CA_BUNDLE")]
+    pub ca_bundle: Option<PathBuf>,
+    /// Serve HTTPS with this PEM certificate chain (leaf first); needs --tls-key.
+    #[arg(long, env = "LEASH_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "LEASH_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -191,6 +204,9 @@ impl ServeArgs {
             audit_checkpoint_events: self.audit_checkpoint_events,
             audit_checkpoint_interval: Duration::from_secs(self.audit_checkpoint_seconds),
             audit_checkpoint_file: self.audit_checkpoint_file,
+            ca_bundle: self.ca_bundle,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
         }
     }
 }

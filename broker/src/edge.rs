@@ -1,10 +1,13 @@
-//! The connection edge: accepts TCP connections up to a cap, serves HTTP/1 on each with a
-//! bounded request head and a header-read timeout, stamps every request with its peer
-//! address, and drains connections on shutdown.
+//! The connection edge: accepts TCP connections up to a cap, completes the TLS handshake
+//! when the broker serves HTTPS itself (`--tls-cert`/`--tls-key`), serves HTTP/1 on each
+//! with a bounded request head and a header-read timeout, stamps every request with its
+//! peer address, and drains connections on shutdown.
 //!
 //! The cap is enforced before `accept`: connections past it wait in the kernel's listen
 //! queue instead of costing memory here. A client that opens connections and sends
-//! nothing (slowloris) is cut off after the client timeout, so it cannot hold the cap.
+//! nothing (slowloris) is cut off after the client timeout, so it cannot hold the cap —
+//! the TLS handshake included: it runs on the connection's own task, under the same
+//! client timeout, holding the connection's slot.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,9 +18,11 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::server::ServeConfig;
@@ -26,13 +31,16 @@ use crate::server::ServeConfig;
 /// drops them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves `app` on `listener` until `shutdown` resolves, then drains.
+/// Serves `app` on `listener` until `shutdown` resolves, then drains. With `tls`, every
+/// connection is HTTPS (a client speaking plain HTTP fails the handshake).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     config: &ServeConfig,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    let acceptor = tls.map(TlsAcceptor::from);
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let graceful = GracefulShutdown::new();
     // hyper answers a bare 431 past its buffer; the router's own check (routes::limits)
@@ -58,23 +66,34 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(request)
-        });
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(config.client_timeout)
-            .max_buf_size(buffer)
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(peer = %peer, error = %err, "connection ended with an error");
+        let edge = Edge {
+            app: app.clone(),
+            peer,
+            client_timeout: config.client_timeout,
+            buffer,
+            watcher: graceful.watcher(),
+            slot,
+        };
+        match acceptor.clone() {
+            None => {
+                tokio::spawn(edge.serve(stream));
             }
-            drop(slot);
-        });
+            Some(acceptor) => {
+                tokio::spawn(async move {
+                    // Bounded like the request head: a client that connects and never
+                    // completes a handshake gives its slot back after the client timeout.
+                    match tokio::time::timeout(edge.client_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => edge.serve(tls).await,
+                        Ok(Err(err)) => {
+                            tracing::debug!(peer = %edge.peer, error = %err, "TLS handshake failed")
+                        }
+                        Err(_) => {
+                            tracing::debug!(peer = %edge.peer, "TLS handshake timed out")
+                        }
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
@@ -82,6 +101,47 @@ pub async fn serve(
         .is_err()
     {
         tracing::info!("shutdown: dropped requests still open after {DRAIN_TIMEOUT:?}");
+    }
+}
+
+/// One accepted connection: what serving it needs, and its slot under the cap (given
+/// back when the connection ends).
+struct Edge {
+    app: Router,
+    peer: SocketAddr,
+    client_timeout: Duration,
+    buffer: usize,
+    watcher: Watcher,
+    slot: OwnedSemaphorePermit,
+}
+
+impl Edge {
+    /// Serves HTTP/1 on `io` (TCP or TLS) until the connection ends.
+    async fn serve<IO>(self, io: IO)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Edge {
+            app,
+            peer,
+            client_timeout,
+            buffer,
+            watcher,
+            slot,
+        } = self;
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(request)
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(client_timeout)
+            .max_buf_size(buffer)
+            .serve_connection(TokioIo::new(io), service);
+        if let Err(err) = watcher.watch(connection).await {
+            tracing::debug!(peer = %peer, error = %err, "connection ended with an error");
+        }
+        drop(slot);
     }
 }
 

@@ -7,7 +7,8 @@
 //!
 //! Map of the crate (see also ARCHITECTURE.md):
 //! - [`config`] the command line; [`server`] assembles and runs a broker; [`edge`] accepts
-//!   connections (cap, header limits, slow-client timeouts);
+//!   connections (cap, TLS handshake, header limits, slow-client timeouts); [`tls`] reads
+//!   the server certificate and the CA bundle;
 //! - [`policy`] loads and checks policy files; [`schema`] compiles input schemas;
 //! - [`keys`] and [`datadir`] own root keys and the data folder;
 //! - [`mint`] is the only place that writes issuance Datalog; [`verify`] reads tokens;
@@ -52,6 +53,7 @@ pub mod sealed_keys;
 pub mod server;
 pub mod store;
 pub mod tasks;
+pub mod tls;
 pub mod verify;
 pub mod webhook;
 

@@ -13,6 +13,8 @@ use tokio::net::TcpListener;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Leash's clients carry their own provider (ring); this covers any other client.
+    leash_sdk::tls::install_default_provider();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LEASH_LOG")
@@ -50,13 +52,14 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let admin_token = env("LEASH_ADMIN_TOKEN").filter(|t| !t.is_empty());
             let generated = admin_token.is_none();
             let master_key = env("LEASH_MASTER_KEY").filter(|t| !t.is_empty());
-            let mut config = args.into_config(admin_token, master_key);
+            let mut config = (*args).into_config(admin_token, master_key);
             config.metrics_token = env("LEASH_METRICS_TOKEN").filter(|t| !t.is_empty());
             let state = leash_broker::prepare(config.clone(), &env).await?;
             let listener = TcpListener::bind(config.listen).await?;
             let address = listener.local_addr()?;
             tracing::info!(
                 %address,
+                https = state.server_tls.is_some(),
                 policies = %config.policies.display(),
                 data = %config.data.display(),
                 tools = state.policy.tools.len(),
@@ -221,7 +224,17 @@ async fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
     )?;
     let open = |db: &DatabaseArgs| {
         let (url, schema) = (db.database_url.clone(), db.database_schema.clone());
-        async move { leash_broker::store::PgStore::open(&url, &schema).await }
+        let ca_bundle = db.ca_bundle.clone();
+        async move {
+            if let Some(bundle) = &ca_bundle {
+                // The same check as `leash serve`: a bad bundle is named, not ignored.
+                leash_broker::tls::ca_bundle(Some(bundle))?;
+            }
+            Ok::<_, anyhow::Error>(
+                leash_broker::store::PgStore::open_with_ca(&url, &schema, ca_bundle.as_deref())
+                    .await?,
+            )
+        }
     };
     let now = leash_broker::clock::Clock::default().now_ms();
     match command {

@@ -1,9 +1,12 @@
 //! The only code that talks to upstream tools: POST the arguments as JSON to the
 //! configured URL with the configured headers, and read back a bounded JSON answer.
 //!
-//! Connections are pooled and reused. Redirects are never followed and environment
-//! proxies are ignored: an upstream must not be able to send a call (and its injected
-//! credentials) somewhere else.
+//! Its client is **the one upstream client** of the broker, hardened once and shared by
+//! HTTP tools, MCP upstreams ([`crate::mcp::upstream`] hands it to rmcp) and the webhook:
+//! `https://` with rustls (the platform's roots plus `LEASH_CA_BUNDLE`), connections
+//! pooled and reused, a connect timeout, redirects never followed and environment
+//! proxies ignored — an upstream must not be able to send a call (and its injected
+//! credentials) somewhere else, and neither must a stray `HTTP_PROXY`.
 
 use std::time::Duration;
 
@@ -32,6 +35,15 @@ pub enum UpstreamFailure {
         /// The tool.
         tool: String,
     },
+    /// The TLS handshake with the upstream failed (an untrusted or mismatched
+    /// certificate, an unsupported protocol): nothing was sent.
+    #[error("tool {tool:?} failed the TLS handshake: {problem}")]
+    Tls {
+        /// The tool.
+        tool: String,
+        /// The certificate or handshake problem, as rustls names it.
+        problem: String,
+    },
     /// The upstream answered, but not with a usable JSON answer.
     #[error("tool {tool:?} {problem}")]
     BadAnswer {
@@ -47,10 +59,16 @@ impl UpstreamFailure {
     pub fn not_performed(&self) -> bool {
         matches!(
             self,
-            UpstreamFailure::Timeout { .. } | UpstreamFailure::Unreachable { .. }
+            UpstreamFailure::Timeout { .. }
+                | UpstreamFailure::Unreachable { .. }
+                | UpstreamFailure::Tls { .. }
         )
     }
 }
+
+/// Time allowed to open a TCP connection to an upstream (the TLS handshake is bounded by
+/// each call's own timeout).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The upstream HTTP client.
 #[derive(Clone)]
@@ -59,20 +77,28 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// A client with pooled connections and no redirects.
-    pub fn new() -> anyhow::Result<Self> {
+    /// The one upstream client: `leash_sdk::tls` rules (rustls + ring, the platform's
+    /// roots plus `extra_roots`, no redirects, no environment proxies), pooled
+    /// connections, a connect timeout and no overall timeout (MCP event streams are
+    /// long-lived; each use sets its own deadline).
+    pub fn new(extra_roots: &[rustls_pki_types::CertificateDer<'static>]) -> anyhow::Result<Self> {
         // No environment proxies: upstreams are configured by policy only, and a stray
         // HTTP_PROXY must not reroute calls that carry injected credentials (the profile
         // also showed the per-request proxy matching).
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
+        // Other reqwest clients in this process (none of Leash's) need a default provider.
+        leash_sdk::tls::install_default_provider();
+        let client = leash_sdk::tls::client_builder(extra_roots)?
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(5))
+            .connect_timeout(CONNECT_TIMEOUT)
             .build()?;
         Ok(Proxy { client })
+    }
+
+    /// The shared client, for MCP upstreams and the webhook (cheap to clone: one pool).
+    pub fn client(&self) -> reqwest::Client {
+        self.client.clone()
     }
 
     /// Forwards one call; returns the upstream's JSON answer.
@@ -97,10 +123,7 @@ impl Proxy {
             for (header_name, value) in extra_headers {
                 request = request.header(*header_name, value);
             }
-            let mut response = request.send().await.map_err(|err| {
-                tracing::warn!(tool = %name, error = %err.without_url(), "upstream unreachable");
-                UpstreamFailure::Unreachable { tool: name.clone() }
-            })?;
+            let mut response = request.send().await.map_err(|err| failed(&name, &err))?;
             let status = response.status();
             if response
                 .content_length()
@@ -144,6 +167,22 @@ impl Proxy {
                 timeout_ms: timeout.as_millis(),
             }),
         }
+    }
+}
+
+/// Classifies a request that got no answer; logs it without the URL (it may hold a
+/// secret expanded from the environment) and without any header.
+pub fn failed(tool: &str, err: &reqwest::Error) -> UpstreamFailure {
+    let problem = leash_sdk::tls::describe(err);
+    tracing::warn!(tool = %tool, error = %problem, "upstream unreachable");
+    match problem.strip_prefix("TLS: ") {
+        Some(tls) => UpstreamFailure::Tls {
+            tool: tool.to_string(),
+            problem: tls.to_string(),
+        },
+        None => UpstreamFailure::Unreachable {
+            tool: tool.to_string(),
+        },
     }
 }
 

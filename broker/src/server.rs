@@ -86,6 +86,13 @@ pub struct ServeConfig {
     /// Also append every checkpoint this broker signs to this file (JSON lines, fsynced),
     /// outside the database.
     pub audit_checkpoint_file: Option<PathBuf>,
+    /// PEM file of extra CA certificates every outbound connection trusts, besides the
+    /// platform's roots (`LEASH_CA_BUNDLE`).
+    pub ca_bundle: Option<PathBuf>,
+    /// Serve HTTPS with this PEM certificate chain (with `tls_key`; both or neither).
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ServeConfig {
@@ -118,6 +125,9 @@ impl ServeConfig {
             audit_checkpoint_events: 100,
             audit_checkpoint_interval: Duration::from_secs(5),
             audit_checkpoint_file: None,
+            ca_bundle: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -141,8 +151,11 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// The audit writer.
     pub audit: Audit,
-    /// The upstream client.
+    /// The upstream client: HTTP tools, MCP upstreams and the webhook all use its one
+    /// hardened connection pool.
     pub proxy: Proxy,
+    /// The HTTPS configuration when `leash serve` terminates TLS itself.
+    pub server_tls: Option<Arc<rustls::ServerConfig>>,
     /// Approval and task events (event stream, webhook, long-polls).
     pub events: Events,
     /// Every callable tool.
@@ -186,6 +199,15 @@ pub async fn prepare(
     let policy = policy::load_dir(&config.policies, env)
         .map_err(|errors| anyhow::anyhow!("invalid policy:\n{errors}"))?;
     crate::logging::register_secrets(policy.secrets.0.iter().map(String::as_str));
+    // TLS first: a bad certificate, key or CA bundle stops the start before anything
+    // is opened, and nothing is ever served or fetched with weaker settings instead.
+    let server_tls =
+        match crate::tls::server_pair(config.tls_cert.as_deref(), config.tls_key.as_deref())? {
+            Some((cert, key)) => Some(crate::tls::server_config(&cert, &key)?),
+            None => None,
+        };
+    let extra_roots = crate::tls::ca_bundle(config.ca_bundle.as_deref())?;
+    let proxy = Proxy::new(&extra_roots)?;
     datadir::ensure_dir(&config.data)?;
     let on_postgres = config
         .database_url
@@ -232,6 +254,7 @@ pub async fn prepare(
     if let Some(url) = policy.approvals.webhook.clone() {
         crate::webhook::start(
             &events,
+            proxy.client(),
             clock.clone(),
             url,
             policy.approvals.webhook_secret.clone(),
@@ -253,7 +276,7 @@ pub async fn prepare(
         FeedHealth::single(clock.clone())
     });
     let catalog = Arc::new(Catalog::new(&policy));
-    let upstreams = Upstreams::new(&policy.mcp_servers);
+    let upstreams = Upstreams::new(&policy.mcp_servers, proxy.client());
     Ok(AppState {
         policy: Arc::new(policy),
         verifier: Arc::new(TokenVerifier::new(keys.clone())),
@@ -263,7 +286,8 @@ pub async fn prepare(
         tasks,
         store,
         audit,
-        proxy: Proxy::new()?,
+        proxy,
+        server_tls,
         events,
         catalog,
         upstreams,
@@ -363,9 +387,10 @@ async fn open_store(
                 bail!("LEASH_ADMIN_TOKEN is required with PostgreSQL: every replica must share it");
             }
             let master = Arc::new(MasterKey::parse(master)?);
-            let store = PgStore::open(url, &config.database_schema)
-                .await
-                .context("cannot open the PostgreSQL database")?;
+            let store =
+                PgStore::open_with_ca(url, &config.database_schema, config.ca_bundle.as_deref())
+                    .await
+                    .context("cannot open the PostgreSQL database")?;
             let keys =
                 crate::sealed_keys::load_or_create(store.pool(), &master, clock.now_ms()).await?;
             let forwarding = crate::sealed_keys::load_or_create_forwarding(
@@ -399,7 +424,14 @@ pub async fn run(
         crate::fanout::start(state.clone(), pg, state.revocations_loaded_to);
     }
     let app = crate::routes::router(state.clone());
-    crate::edge::serve(listener, app, &state.config, shutdown).await;
+    crate::edge::serve(
+        listener,
+        app,
+        &state.config,
+        state.server_tls.clone(),
+        shutdown,
+    )
+    .await;
     sweeper.abort();
     checkpoints.abort();
     state.tasks.flush().await;

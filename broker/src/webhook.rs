@@ -4,6 +4,8 @@
 //!
 //! Each delivery runs on its own task (at most [`PARALLEL`] at once), so one hanging
 //! receiver delays nothing else. Decisions are in the store whatever the webhook does.
+//! Deliveries use the broker's one upstream client ([`crate::proxy::Proxy::client`]):
+//! `https://` with the same trust, no redirects, no environment proxies.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,26 +35,17 @@ pub fn signature(secret: &str, timestamp: i64, body: &str) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// Starts forwarding approval events to `url`. `first_retry` is the first backoff step.
+/// Starts forwarding approval events to `url` with `client` (the upstream client).
+/// `first_retry` is the first backoff step.
 pub fn start(
     events: &Events,
+    client: reqwest::Client,
     clock: Clock,
     url: reqwest::Url,
     secret: Option<String>,
     first_retry: Duration,
 ) {
     let mut rx = events.subscribe();
-    let client = match reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(ATTEMPT_TIMEOUT)
-        .build()
-    {
-        Ok(client) => client,
-        Err(err) => {
-            tracing::error!(error = %err, "cannot build the webhook client; webhook disabled");
-            return;
-        }
-    };
     let slots = Arc::new(Semaphore::new(PARALLEL));
     tokio::spawn(async move {
         loop {
@@ -100,6 +93,7 @@ async fn deliver(
             .post(url.clone())
             .header("content-type", "application/json")
             .header("leash-timestamp", timestamp.to_string())
+            .timeout(ATTEMPT_TIMEOUT)
             .body(body.to_string());
         if let Some(secret) = secret {
             request = request.header("leash-signature", signature(secret, timestamp, body));
@@ -114,7 +108,7 @@ async fn deliver(
                 )
             }
             Err(err) => {
-                tracing::warn!(attempt, error = %err.without_url(), "webhook unreachable; will retry")
+                tracing::warn!(attempt, error = %leash_sdk::tls::describe(&err), "webhook unreachable; will retry")
             }
         }
         if attempt < ATTEMPTS {

@@ -18,6 +18,7 @@ use std::ops::Deref;
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
+use rustls_pki_types::CertificateDer;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -25,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::protocol::{
     APPROVAL_HEADER, CallResult, ErrorBody, PendingApproval, TaskRequest, TaskView,
 };
+use crate::tls::TlsError;
 
 /// How long to wait for a human approval by default.
 pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(300);
@@ -67,11 +69,23 @@ struct Client {
 }
 
 impl Client {
-    fn new(url: &str) -> Self {
-        Client {
+    /// Speaks `https://` with the platform's roots plus `ca_certificates`, follows no
+    /// redirect and ignores environment proxies ([`crate::tls`]).
+    fn new(url: &str, ca_certificates: &[CertificateDer<'static>]) -> Result<Self, TlsError> {
+        let http = crate::tls::client_builder(ca_certificates)?
+            .build()
+            .map_err(|e| TlsError(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Client {
             base: url.trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
-        }
+            http,
+        })
+    }
+
+    /// [`Client::new`] with the platform's roots only. Like `reqwest::Client::new`, it
+    /// panics only if no client can be built at all (no TLS configuration), which does
+    /// not depend on any input.
+    fn platform(url: &str) -> Self {
+        Self::new(url, &[]).expect("an HTTP client with the platform's roots builds")
     }
 
     fn request(&self, method: Method, path: &str, bearer: &str) -> reqwest::RequestBuilder {
@@ -112,10 +126,21 @@ impl Broker {
     /// A broker at `url` (e.g. `http://127.0.0.1:7070`) for the agent holding `credential`.
     pub fn new(url: impl AsRef<str>, credential: impl Into<String>) -> Self {
         Broker {
-            client: Client::new(url.as_ref()),
+            client: Client::platform(url.as_ref()),
             credential: credential.into(),
             approval_timeout: DEFAULT_APPROVAL_TIMEOUT,
         }
+    }
+
+    /// Trusts these CA certificates (DER) too, besides the platform's roots: for a broker
+    /// whose certificate a private CA signed. Read a PEM file with
+    /// [`crate::tls::load_ca_bundle`].
+    pub fn with_ca_certificates(
+        mut self,
+        certificates: &[CertificateDer<'static>],
+    ) -> Result<Self> {
+        self.client = Client::new(&self.client.base, certificates)?;
+        Ok(self)
     }
 
     /// How long [`Broker::start_task`], [`Task::call`] and [`Task::renew`] wait for a
@@ -213,13 +238,23 @@ impl Task {
         let token = token.into();
         let task_id = task_id_of(&token)?;
         Ok(Task {
-            client: Client::new(url.as_ref()),
+            client: Client::platform(url.as_ref()),
             credential: None,
             task_id,
             token,
             expires_at: None,
             approval_timeout: DEFAULT_APPROVAL_TIMEOUT,
         })
+    }
+
+    /// Trusts these CA certificates (DER) too, besides the platform's roots (see
+    /// [`Broker::with_ca_certificates`]).
+    pub fn with_ca_certificates(
+        mut self,
+        certificates: &[CertificateDer<'static>],
+    ) -> Result<Self> {
+        self.client = Client::new(&self.client.base, certificates)?;
+        Ok(self)
     }
 
     /// The task id.

@@ -16,8 +16,11 @@ pub enum Error {
         message: String,
     },
     /// The broker could not be reached or the connection broke.
-    #[error("cannot reach the broker: {0}")]
+    #[error("cannot reach the broker: {}", crate::tls::describe(.0))]
     Transport(#[from] reqwest::Error),
+    /// The client's TLS set-up failed (an unusable CA certificate).
+    #[error("TLS set-up: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// The broker answered something that is not the protocol.
     #[error("unexpected answer from the broker: {0}")]
     Protocol(String),

@@ -10,6 +10,8 @@
 //!   tool server opts in to raw task tokens.
 //! - [`protocol`] holds the wire types the broker itself uses; [`capability`] the
 //!   vocabulary (facts, policy, limits) evaluated identically on both sides.
+//! - [`tls`] is the one TLS and client hardening rule (rustls + ring, platform roots plus
+//!   extra CA certificates, no redirects, no environment proxies) of every client.
 //!
 //! Narrowing a token needs nothing but the token:
 //!
@@ -37,6 +39,7 @@ pub mod error;
 pub mod facts;
 pub mod layer;
 pub mod protocol;
+pub mod tls;
 pub mod verifier;
 
 pub use agent::{Broker, Task, TaskGuard};

@@ -21,11 +21,13 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use biscuit_auth::{Biscuit, PublicKey, UnverifiedBiscuit};
+use rustls_pki_types::CertificateDer;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::capability::{CallFacts, evaluate, evaluate_forwarded, explain, is_forwarded_by};
 use crate::protocol::{KeySet, RevocationPage};
+use crate::tls::describe;
 
 /// Settings of a [`Verifier`].
 #[derive(Debug, Clone)]
@@ -41,6 +43,9 @@ pub struct VerifierConfig {
     /// Such calls skip the broker's approvals, schema checks, budgets and audit; opt in
     /// only for a tool server that agents may call directly on purpose.
     pub accept_raw_task_tokens: bool,
+    /// CA certificates (DER) trusted besides the platform's roots, for a broker whose
+    /// certificate a private CA signed ([`crate::tls::load_ca_bundle`] reads a PEM file).
+    pub ca_certificates: Vec<CertificateDer<'static>>,
 }
 
 impl VerifierConfig {
@@ -52,7 +57,14 @@ impl VerifierConfig {
             max_staleness: Duration::from_secs(5),
             poll_interval: Duration::from_millis(500),
             accept_raw_task_tokens: false,
+            ca_certificates: Vec::new(),
         }
+    }
+
+    /// Trusts these CA certificates too, besides the platform's roots.
+    pub fn with_ca_certificates(mut self, certificates: Vec<CertificateDer<'static>>) -> Self {
+        self.ca_certificates = certificates;
+        self
     }
 }
 
@@ -140,7 +152,11 @@ impl Verifier {
     /// background for as long as a clone of this verifier lives.
     pub async fn connect_with(config: VerifierConfig) -> Result<Verifier, String> {
         // Long enough for the longest long-poll, plus a margin.
-        let http = reqwest::Client::builder()
+        // https with the platform's roots plus the configured CA certificates; no
+        // redirects, no environment proxies: a proxy or a redirect could swap the keys or
+        // hide revocations.
+        let http = crate::tls::client_builder(&config.ca_certificates)
+            .map_err(|e| e.to_string())?
             .timeout(config.max_staleness / 2 + Duration::from_secs(5))
             .build()
             .map_err(|e| e.to_string())?;
@@ -346,7 +362,7 @@ impl Inner {
             .send()
             .await
             .and_then(|r| r.error_for_status())
-            .map_err(|e| format!("cannot fetch the broker's keys: {e}"))?
+            .map_err(|e| format!("cannot fetch the broker's keys: {}", describe(&e)))?
             .json()
             .await
             .map_err(|e| format!("bad key document: {e}"))?;
@@ -413,7 +429,7 @@ impl Inner {
                 .send()
                 .await
                 .and_then(|r| r.error_for_status())
-                .map_err(|e| format!("cannot read the revocation feed: {e}"))?
+                .map_err(|e| format!("cannot read the revocation feed: {}", describe(&e)))?
                 .json()
                 .await
                 .map_err(|e| format!("bad revocation page: {e}"))?;

@@ -82,6 +82,9 @@ async fn upstream(
 
 impl ToolServer {
     pub async fn spawn() -> ToolServer {
+        // reqwest is built without a crypto provider (Leash's clients bring their own):
+        // tests that use plain `reqwest::Client::new()` get ring as the default.
+        leash_sdk::tls::install_default_provider();
         let received = Arc::new(Mutex::new(Vec::new()));
         let app = Router::new()
             .route("/{*path}", post(upstream))
@@ -431,6 +434,8 @@ impl BrokerProcess {
         env: &[(&str, String)],
         log: Option<&Path>,
     ) -> BrokerProcess {
+        // reqwest is built without a crypto provider (Leash's clients bring their own).
+        leash_sdk::tls::install_default_provider();
         let port = free_port();
         let mut command = Command::new(leash_binary());
         command
@@ -523,6 +528,7 @@ pub fn free_port() -> u16 {
 
 /// Simple HTTP helpers against any base URL.
 pub async fn post_json(url: &str, bearer: Option<&str>, body: Value) -> Reply {
+    leash_sdk::tls::install_default_provider();
     let mut request = reqwest::Client::new().post(url).json(&body);
     if let Some(token) = bearer {
         request = request.bearer_auth(token);

@@ -20,3 +20,4 @@ mod replicas;
 mod revocation;
 mod sdk;
 mod security;
+mod tls;

@@ -53,6 +53,7 @@ struct Upstream {
 
 impl Upstream {
     async fn start() -> Upstream {
+        leash_sdk::tls::install_default_provider();
         let port = free_port();
         let child = Command::new(python())
             .arg(script("mcp_upstream.py"))

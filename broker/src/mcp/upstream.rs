@@ -3,6 +3,11 @@
 //! `notifications/tools/list_changed`, and every `mcp_refresh`), pinned, and published in
 //! the [`crate::catalog::Catalog`] as `NAME.tool`. A server that is down only loses its own
 //! tools; the others are unaffected.
+//!
+//! The connections use the broker's one upstream client ([`crate::proxy::Proxy::client`]),
+//! handed to rmcp's streamable-HTTP transport: rmcp's own default client would follow
+//! redirects and honour `HTTP_PROXY`, sending the server's configured credential headers
+//! wherever they point.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -57,12 +62,15 @@ struct Upstream {
 /// Every upstream MCP server.
 pub struct Upstreams {
     servers: BTreeMap<String, Arc<Upstream>>,
+    http: reqwest::Client,
 }
 
 impl Upstreams {
-    /// The configured servers, not connected yet (see [`Upstreams::start`]).
-    pub fn new(servers: &BTreeMap<String, Arc<McpServerDef>>) -> Arc<Self> {
+    /// The configured servers, not connected yet (see [`Upstreams::start`]), reached with
+    /// `http` (the broker's upstream client).
+    pub fn new(servers: &BTreeMap<String, Arc<McpServerDef>>, http: reqwest::Client) -> Arc<Self> {
         Arc::new(Upstreams {
+            http,
             servers: servers
                 .iter()
                 .map(|(name, def)| {
@@ -81,7 +89,7 @@ impl Upstreams {
     /// Connects to every server in the background and keeps the catalog current.
     pub fn start(&self, state: &AppState) {
         for upstream in self.servers.values() {
-            tokio::spawn(maintain(upstream.clone(), state.clone()));
+            tokio::spawn(maintain(upstream.clone(), self.http.clone(), state.clone()));
         }
     }
 
@@ -132,12 +140,16 @@ impl Upstreams {
 
 async fn connect(
     def: &McpServerDef,
+    http: &reqwest::Client,
     listener: Listener,
 ) -> Result<RunningService<RoleClient, Listener>, String> {
     let headers = def.headers.iter().cloned().collect();
-    let config =
-        StreamableHttpClientTransportConfig::with_uri(def.url.as_str()).custom_headers(headers);
-    let transport = StreamableHttpClientTransport::from_config(config);
+    // Answers bounded like HTTP tools' (rmcp enforces these for a reqwest client).
+    let config = StreamableHttpClientTransportConfig::with_uri(def.url.as_str())
+        .custom_headers(headers)
+        .max_json_response_size(crate::proxy::MAX_RESPONSE_BYTES)
+        .max_sse_event_size(crate::proxy::MAX_RESPONSE_BYTES);
+    let transport = StreamableHttpClientTransport::with_client(http.clone(), config);
     let lifecycle = ClientLifecycleMode::Auto {
         preferred_versions: vec![ProtocolVersion::V_2026_07_28],
         legacy_version: Some(ProtocolVersion::V_2025_11_25),
@@ -153,13 +165,14 @@ async fn connect(
 }
 
 /// Keeps one server connected and its tools published, forever.
-async fn maintain(upstream: Arc<Upstream>, state: AppState) {
+async fn maintain(upstream: Arc<Upstream>, http: reqwest::Client, state: AppState) {
     let name = upstream.def.name.clone();
     let mut backoff = Duration::from_millis(250);
     loop {
         let (changed_tx, mut changed_rx) = mpsc::unbounded_channel();
         match connect(
             &upstream.def,
+            &http,
             Listener {
                 changed: changed_tx.clone(),
             },

@@ -90,12 +90,30 @@ pub fn is_schema_name(schema: &str) -> bool {
 impl PgStore {
     /// Connects to `url`, creates `schema` and its tables if needed.
     pub async fn open(url: &str, schema: &str) -> StoreResult<Self> {
+        Self::open_with_ca(url, schema, None).await
+    }
+
+    /// [`PgStore::open`], trusting the CA certificates in `ca_bundle` (PEM) too when the
+    /// URL names no `sslrootcert` of its own. TLS follows the URL's `sslmode` (as libpq:
+    /// `require` encrypts, `verify-ca`/`verify-full` also check the server's certificate
+    /// against the system's roots plus this bundle); `require` and stricter never fall
+    /// back to plain text.
+    pub async fn open_with_ca(
+        url: &str,
+        schema: &str,
+        ca_bundle: Option<&std::path::Path>,
+    ) -> StoreResult<Self> {
         if !is_schema_name(schema) {
             return Err(StoreError::Corrupt(format!(
                 "{schema:?} is not a valid schema name (a-z, 0-9, _)"
             )));
         }
-        let base = PgConnectOptions::from_str(url)?;
+        let mut base = PgConnectOptions::from_str(url)?;
+        if let Some(bundle) = ca_bundle
+            && !url.contains("sslrootcert=")
+        {
+            base = base.ssl_root_cert(bundle);
+        }
         let bootstrap = PgPoolOptions::new()
             .max_connections(1)
             .connect_with(base.clone())
