@@ -138,16 +138,29 @@ async fn checked_call(
         .tasks
         .take_slot(&task.runtime, &task.token.revocation_ids)
         .await?;
-    let now_ms = state.clock.now_ms();
-    let facts = CallFacts {
-        tool: tool_name,
-        args: arguments,
-        now_secs: now_ms.div_euclid(1000),
-        task_calls: slot.task_calls,
-        prefix_calls: &slot.prefix_calls,
-        budget_blocks: &task.token.budget_blocks,
-    };
-    authorize_call(&task.token.biscuit, &facts).map_err(|denial| match denial {
+    let now_secs = state.clock.now_ms().div_euclid(1000);
+    let decision = off_the_reactor_if_attenuated(&task.token, {
+        let token = task.token.clone();
+        let tool = tool_name.to_string();
+        let args = arguments.clone();
+        let prefix_calls = slot.prefix_calls.clone();
+        let task_calls = slot.task_calls;
+        move || {
+            authorize_call(
+                &token.biscuit,
+                &CallFacts {
+                    tool: &tool,
+                    args: &args,
+                    now_secs,
+                    task_calls,
+                    prefix_calls: &prefix_calls,
+                    budget_blocks: &token.budget_blocks,
+                },
+            )
+        }
+    })
+    .await?;
+    decision.map_err(|denial| match denial {
         Denial::Capability(why) => ApiError::CapabilityDenied(why),
         Denial::Budget(why) => ApiError::BudgetExhausted(why),
     })?;
@@ -290,26 +303,54 @@ pub fn lookup_tool(state: &AppState, name: &str) -> Result<Arc<ToolDef>, ApiErro
     }
 }
 
+/// Runs `work` (an authorizer run) on the blocking pool when the token carries blocks
+/// appended by a holder: their Datalog is the caller's, and a heavy check (regexes, many
+/// rules) may take up to the authorizer's time limit, which must not stall the async
+/// workers every other request runs on. Broker-minted tokens (authority only) run inline.
+async fn off_the_reactor_if_attenuated<T: Send + 'static>(
+    token: &VerifiedToken,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    if token.biscuit.block_count() <= 1 {
+        return Ok(work());
+    }
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("the authorizer task failed: {e}")))
+}
+
 /// The tools this token may call: its authority tools that exist, minus those its own
 /// checks rule out whatever the arguments (checks about `arg` are left to call time).
-pub fn callable_tools(state: &AppState, task: &TaskContext) -> Vec<Arc<ToolDef>> {
+pub async fn callable_tools(
+    state: &AppState,
+    task: &TaskContext,
+) -> Result<Vec<Arc<ToolDef>>, ApiError> {
     let now_secs = state.clock.now_ms().div_euclid(1000);
-    let no_args = serde_json::Map::new();
-    let no_calls = vec![0; task.token.revocation_ids.len()];
-    task.token
+    let candidates: Vec<Arc<ToolDef>> = task
+        .token
         .tools
         .iter()
         .filter_map(|name| state.catalog.get(name))
-        .filter(|tool| {
-            let facts = CallFacts {
-                tool: &tool.name,
-                args: &no_args,
-                now_secs,
-                task_calls: task.runtime.calls(),
-                prefix_calls: &no_calls,
-                budget_blocks: &task.token.budget_blocks,
-            };
-            listable(&task.token.biscuit, &facts)
-        })
-        .collect()
+        .collect();
+    let token = task.token.clone();
+    let task_calls = task.runtime.calls();
+    off_the_reactor_if_attenuated(&task.token, move || {
+        let no_args = serde_json::Map::new();
+        let no_calls = vec![0; token.revocation_ids.len()];
+        candidates
+            .into_iter()
+            .filter(|tool| {
+                let facts = CallFacts {
+                    tool: &tool.name,
+                    args: &no_args,
+                    now_secs,
+                    task_calls,
+                    prefix_calls: &no_calls,
+                    budget_blocks: &token.budget_blocks,
+                };
+                listable(&token.biscuit, &facts)
+            })
+            .collect()
+    })
+    .await
 }

@@ -818,3 +818,60 @@ async fn a_sealed_token_is_refused_before_its_approval_is_spent() {
     assert_eq!(done.status, 200, "{done:?}");
     assert_eq!(broker.upstream.count(), 1);
 }
+
+#[tokio::test]
+async fn one_agent_cannot_bury_the_approvers_in_requests() {
+    let addr = spawn_hook(Hook::default()).await;
+    let broker = TestBroker::spawn_tuned(&POLICY.replace("{HOOK}", &addr), |config| {
+        config.max_pending_approvals_per_agent = 2;
+    })
+    .await;
+    let careful = broker.agent("careful").await;
+    let payer = broker.agent("payer").await;
+    let approver = broker.approver("ann").await;
+    let first = open(&broker, &careful).await;
+    assert_eq!(open(&broker, &careful).await.status, 202);
+    let over = open(&broker, &careful).await;
+    assert_eq!(
+        (over.status, over.code()),
+        (429, "budget_exhausted"),
+        "{over:?}"
+    );
+    // Nothing was created for the refused request.
+    let tasks = broker
+        .get("/v1/tasks?state=pending_approval", Some(&approver))
+        .await;
+    assert_eq!(
+        tasks.body["tasks"].as_array().unwrap().len(),
+        2,
+        "{tasks:?}"
+    );
+    // Another agent's requests still reach the approvers, up to its own cap.
+    let (_, token) = broker.task(&payer, &["payments.send"]).await;
+    for amount in [1, 2] {
+        let held = broker
+            .call(&token, "payments.send", json!({"amount": amount}))
+            .await;
+        assert_eq!(held.status, 202, "{held:?}");
+    }
+    let over = broker
+        .call(&token, "payments.send", json!({"amount": 3}))
+        .await;
+    assert_eq!(
+        (over.status, over.code()),
+        (429, "budget_exhausted"),
+        "{over:?}"
+    );
+    assert_eq!(broker.upstream.count(), 0);
+    // Once an approver decides, there is room again.
+    let approval_id = first.body["approval_id"].as_str().unwrap();
+    let decided = broker
+        .post(
+            &format!("/v1/approvals/{approval_id}/deny"),
+            Some(&approver),
+            json!({}),
+        )
+        .await;
+    assert_eq!(decided.status, 200, "{decided:?}");
+    assert_eq!(open(&broker, &careful).await.status, 202);
+}

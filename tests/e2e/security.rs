@@ -1070,3 +1070,62 @@ max_ttl_seconds = 60
     assert!(text.contains("cannot connect to MCP upstream"), "{text}");
     assert!(!text.contains(secret), "a secret reached the log: {text}");
 }
+
+/// A block of `n` regex checks: each `.matches()` compiles its pattern again, so
+/// evaluating it costs the authorizer up to its time limit.
+fn heavy_checks(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                r#"check if arg("query", $q), $q.matches("^(a{{1,{}}}|b{{1,80}}|[c-z0-9]{{2,90}}){{1,60}}x?$")"#,
+                40 + i % 50
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(";\n")
+}
+
+#[tokio::test]
+async fn heavy_attenuations_do_not_stall_other_requests() {
+    let (broker, _, _, token) = setup().await;
+    let heavy = append_block(&broker, &token, &heavy_checks(150)).await;
+    // How long one heavy call takes (the authorizer stops it at its time limit).
+    let started = Instant::now();
+    let reply = broker
+        .call(&heavy, "web.search", json!({"query": "aaaa"}))
+        .await;
+    let one = started.elapsed();
+    println!("one heavy call: {one:?}, {:?}", reply.status);
+    // Eight at once, and a health check in the middle of them: the health check must
+    // not wait for the heavy evaluations (this test runs the broker on one thread).
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let (http, url, heavy) = (broker.http.clone(), broker.url.clone(), heavy.clone());
+            tokio::spawn(async move {
+                http.post(format!("{url}/v1/tools/web.search/call"))
+                    .bearer_auth(heavy)
+                    .json(&json!({"query": "aaaa"}))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let started = Instant::now();
+    let health = broker.get("/healthz", None).await;
+    let health_took = started.elapsed();
+    let all = Instant::now();
+    for call in calls {
+        let _ = call.await.unwrap();
+    }
+    println!(
+        "health {health_took:?} while heavy calls ran; the rest took {:?}",
+        all.elapsed()
+    );
+    assert_eq!(health.status, 200);
+    assert!(
+        health_took < one * 4,
+        "a health check waited {health_took:?} behind heavy evaluations of {one:?} each"
+    );
+}

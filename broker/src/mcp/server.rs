@@ -92,6 +92,8 @@ impl ServerHandler for LeashMcp {
             .await
             .map_err(|e| ErrorData::invalid_request(e.to_string(), None))?;
         let tools = callable_tools(&self.state, &task)
+            .await
+            .map_err(|e| ErrorData::internal_error(e.to_string(), None))?
             .into_iter()
             .map(|tool| {
                 let schema = match &tool.input_schema {

@@ -19,6 +19,7 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> ApiResul
     let token = task_token(&state, &headers)?;
     let task = active_task(&state, token).await?;
     let tools: Vec<Value> = callable_tools(&state, &task)
+        .await?
         .iter()
         .map(|tool| {
             json!({
