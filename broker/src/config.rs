@@ -128,6 +128,16 @@ pub struct ServeArgs {
     /// Most client connections served at once; further ones wait in the listen queue.
     #[arg(long, env = "LEASH_MAX_CONNECTIONS", default_value_t = 2048)]
     pub max_connections: usize,
+    /// Most connections one client address may hold at once; past that its new
+    /// connections get 429 and are closed. 0 = no per-address cap.
+    #[arg(long, env = "LEASH_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 512)]
+    pub max_connections_per_address: usize,
+    /// Most long-held requests (`?wait=` long-polls, `/v1/events`) one client address may
+    /// hold at once; past that they get 429. 0 = no per-address cap. All addresses
+    /// together may hold at most three quarters of --max-connections, so a quarter is
+    /// always left for short requests (health checks, revokes, calls).
+    #[arg(long, env = "LEASH_MAX_LONG_POLLS_PER_ADDRESS", default_value_t = 64)]
+    pub max_long_polls_per_address: usize,
     /// Largest request head (request line and headers), in bytes; larger ones get 431.
     #[arg(long, env = "LEASH_MAX_HEADER_BYTES", default_value_t = 96 * 1024)]
     pub max_header_bytes: usize,
@@ -196,6 +206,8 @@ impl ServeArgs {
             master_key,
             feed_staleness: Duration::from_millis(self.feed_staleness_ms.max(250)),
             max_connections: self.max_connections.max(1),
+            max_connections_per_address: self.max_connections_per_address,
+            max_long_polls_per_address: self.max_long_polls_per_address,
             max_header_bytes: self.max_header_bytes.clamp(8 * 1024, 1024 * 1024),
             client_timeout: Duration::from_secs(self.client_timeout_seconds.clamp(1, 600)),
             auth_failure_limit: self.auth_failure_limit,

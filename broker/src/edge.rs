@@ -42,6 +42,7 @@ pub async fn serve(
 ) {
     let acceptor = tls.map(TlsAcceptor::from);
     let slots = Arc::new(Semaphore::new(config.max_connections));
+    let per_address = crate::slots::Slots::new(config.max_connections_per_address, 0);
     let graceful = GracefulShutdown::new();
     // hyper answers a bare 431 past its buffer; the router's own check (routes::limits)
     // answers in the API's error format below it, so hyper's is only a backstop.
@@ -66,6 +67,14 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        // One address may not hold every connection: past its share, a short refusal.
+        let Some(address_slot) = per_address.try_take(peer.ip()) else {
+            drop(slot);
+            if acceptor.is_none() {
+                tokio::spawn(refuse_busy(stream, config.client_timeout));
+            }
+            continue;
+        };
         let edge = Edge {
             app: app.clone(),
             peer,
@@ -73,6 +82,7 @@ pub async fn serve(
             buffer,
             watcher: graceful.watcher(),
             slot,
+            address_slot,
         };
         match acceptor.clone() {
             None => {
@@ -113,6 +123,7 @@ struct Edge {
     buffer: usize,
     watcher: Watcher,
     slot: OwnedSemaphorePermit,
+    address_slot: crate::slots::Slot,
 }
 
 impl Edge {
@@ -128,6 +139,7 @@ impl Edge {
             buffer,
             watcher,
             slot,
+            address_slot,
         } = self;
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
@@ -142,7 +154,24 @@ impl Edge {
             tracing::debug!(peer = %peer, error = %err, "connection ended with an error");
         }
         drop(slot);
+        drop(address_slot);
     }
+}
+
+/// Answers a connection over its address's share with a 429 in the error format (plain
+/// HTTP only; a TLS client just sees the connection close) and closes it.
+async fn refuse_busy(mut stream: tokio::net::TcpStream, client_timeout: Duration) {
+    use tokio::io::AsyncWriteExt;
+    let body = r#"{"error":{"code":"budget_exhausted","message":"too many connections from this address; close some and retry"}}"#;
+    let answer = format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(client_timeout, async {
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
 /// The peer address of a request, when it came through [`serve`].

@@ -51,6 +51,7 @@ pub mod schema;
 pub mod seal;
 pub mod sealed_keys;
 pub mod server;
+pub mod slots;
 pub mod store;
 pub mod tasks;
 pub mod tls;

@@ -70,6 +70,11 @@ pub struct ServeConfig {
     pub feed_staleness: Duration,
     /// Most client connections served at once.
     pub max_connections: usize,
+    /// Most connections one client address may hold (0: no per-address cap).
+    pub max_connections_per_address: usize,
+    /// Most long-polls and event streams one client address may hold (0: no cap); all
+    /// together hold at most three quarters of `max_connections`.
+    pub max_long_polls_per_address: usize,
     /// Largest request head (request line and headers), in bytes.
     pub max_header_bytes: usize,
     /// Time a client has to send a request's headers, and then its body.
@@ -118,6 +123,8 @@ impl ServeConfig {
             master_key: None,
             feed_staleness: Duration::from_secs(2),
             max_connections: 2048,
+            max_connections_per_address: 512,
+            max_long_polls_per_address: 64,
             max_header_bytes: 96 * 1024,
             client_timeout: Duration::from_secs(10),
             auth_failure_limit: 20,
@@ -172,6 +179,8 @@ pub struct AppState {
     pub master_key: Option<Arc<MasterKey>>,
     /// The per-agent rate limit.
     pub rate_limiter: Arc<crate::ratelimit::RateLimiter>,
+    /// Long-polls and event streams held, per address and overall.
+    pub long_polls: Arc<crate::slots::Slots>,
     /// Failed authentications per client address.
     pub auth_failures: Arc<crate::ratelimit::AuthFailureLimiter>,
     /// The `/metrics` registry.
@@ -305,6 +314,10 @@ pub async fn prepare(
             .metrics_token
             .as_deref()
             .map(|token| Sha256::digest(token.as_bytes()).into()),
+        long_polls: crate::slots::Slots::new(
+            config.max_long_polls_per_address,
+            (config.max_connections * 3 / 4).max(1),
+        ),
         auth_failures: Arc::new(crate::ratelimit::AuthFailureLimiter::new(
             config.auth_failure_limit,
             clock.clone(),

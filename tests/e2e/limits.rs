@@ -276,3 +276,138 @@ async fn repeated_bad_credentials_are_throttled_and_logged_without_the_secret() 
         assert!(!text.contains(secret), "the log holds a secret: {secret}");
     }
 }
+
+/// A client whose connections come from `source` (any 127.x.y.z is this machine).
+fn client_from(source: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(source.parse::<std::net::IpAddr>().unwrap())
+        .timeout(Duration::from_secs(40))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn long_polls_cannot_take_the_connections_health_checks_and_revokes_need() {
+    let broker = TestBroker::spawn_tuned(POLICY, |c| {
+        c.max_connections = 8;
+        c.max_long_polls_per_address = 4;
+    })
+    .await;
+    let agent = broker.agent("bot").await;
+    let approver = broker.approver("ann").await;
+    let (task_id, _) = broker.task(&agent, &["web.search"]).await;
+    let url = broker.url.replace("localhost", "127.0.0.1");
+    // Eight anonymous 30-second long-polls from one address.
+    let attacker = client_from("127.0.0.2");
+    let polls: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, url) = (attacker.clone(), url.clone());
+            tokio::spawn(async move {
+                client
+                    .get(format!("{url}/v1/revocations?after=999999&wait=30"))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // At most four are held; the others were refused at once with 429.
+    assert_eq!(broker.state.long_polls.held(), 4);
+    let mut refused = 0;
+    for poll in &polls {
+        if poll.is_finished() {
+            refused += 1;
+        }
+    }
+    assert_eq!(
+        refused, 4,
+        "the long-polls past the address's share are refused"
+    );
+    // Health checks and revokes from elsewhere are still served, promptly.
+    let health = tokio::time::timeout(
+        Duration::from_secs(3),
+        client_from("127.0.0.1")
+            .get(format!("{url}/healthz"))
+            .send(),
+    )
+    .await
+    .expect("a health check is served while long-polls are held")
+    .unwrap();
+    assert_eq!(health.status(), 200);
+    // Another address may long-poll too, but only up to the overall cap (three quarters
+    // of the connections): a quarter stays for short requests.
+    let other = client_from("127.0.0.3");
+    let more: Vec<_> = (0..3)
+        .map(|_| {
+            let (client, url) = (other.clone(), url.clone());
+            tokio::spawn(async move {
+                client
+                    .get(format!("{url}/v1/revocations?after=999999&wait=30"))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        broker.state.long_polls.held() <= 6,
+        "overall cap of 6 (of 8)"
+    );
+    let revoked = tokio::time::timeout(
+        Duration::from_secs(3),
+        client_from("127.0.0.1")
+            .post(format!("{url}/v1/tasks/{task_id}/revoke"))
+            .bearer_auth(&approver)
+            .json(&json!({}))
+            .send(),
+    )
+    .await
+    .expect("a revoke is served while long-polls are held")
+    .unwrap();
+    assert_eq!(revoked.status(), 200);
+    for poll in polls.into_iter().chain(more) {
+        poll.abort();
+    }
+}
+
+#[tokio::test]
+async fn one_address_cannot_hold_every_connection() {
+    let broker = TestBroker::spawn_tuned(POLICY, |c| {
+        c.max_connections = 16;
+        c.max_connections_per_address = 3;
+    })
+    .await;
+    let addr = broker.url.trim_start_matches("http://").to_string();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.4:0".parse().unwrap()).unwrap();
+        held.push(socket.connect(addr.parse().unwrap()).await.unwrap());
+    }
+    // The fourth from that address is answered 429 in the error format and closed.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.4:0".parse().unwrap()).unwrap();
+    let mut fourth = socket.connect(addr.parse().unwrap()).await.unwrap();
+    let answer = read_until_closed(&mut fourth, Duration::from_secs(3))
+        .await
+        .expect("answered and closed");
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(answer.contains("budget_exhausted"), "{answer}");
+    // Others are served; once one of the three closes, the address may connect again.
+    assert_eq!(broker.get("/healthz", None).await.status, 200);
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.4:0".parse().unwrap()).unwrap();
+    let mut again = socket.connect(addr.parse().unwrap()).await.unwrap();
+    again
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut again, Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

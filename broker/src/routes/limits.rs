@@ -27,6 +27,79 @@ use sha2::{Digest, Sha256};
 use crate::error::ApiError;
 use crate::server::AppState;
 
+/// Long-held requests (`?wait=` long-polls, `/v1/events`) take a slot of their
+/// address's share and of the overall long-poll cap for as long as their answer streams;
+/// past either, 429 with `Connection: close` (so the refused connection is freed too).
+pub async fn long_poll_slots(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(peer) = crate::edge::peer_of(&request) else {
+        return next.run(request).await;
+    };
+    if !is_long_held(&request) {
+        return next.run(request).await;
+    }
+    let Some(slot) = state.long_polls.try_take(peer.ip()) else {
+        let mut refusal = ApiError::RateLimited {
+            message: "too many long-polls or event streams are open (from this address, or in all); retry shortly".into(),
+            retry_after_secs: 1,
+        }
+        .into_response();
+        refusal.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        return refusal;
+    };
+    let (parts, body) = next.run(request).await.into_parts();
+    Response::from_parts(
+        parts,
+        Body::new(Holding {
+            inner: body,
+            _slot: slot,
+        }),
+    )
+}
+
+/// Whether a request may be held open: the event stream, or a `wait=` other than 0.
+fn is_long_held(request: &Request) -> bool {
+    request.uri().path() == "/v1/events"
+        || request.uri().query().is_some_and(|query| {
+            query.split('&').any(|pair| {
+                pair.strip_prefix("wait=")
+                    .is_some_and(|value| value.trim_start_matches('0') != "")
+            })
+        })
+}
+
+/// A response body that holds a long-poll slot until it is dropped.
+struct Holding {
+    inner: Body,
+    _slot: crate::slots::Slot,
+}
+
+impl http_body::Body for Holding {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// The body did not arrive in time (found by the body extractors in the error chain).
 #[derive(Debug, thiserror::Error)]
 #[error("the request body did not arrive in time")]

@@ -66,6 +66,11 @@ pub fn router(state: AppState) -> Router {
         .with_state(state.clone())
         // The MCP gateway has its own edge (Host/Origin, bearer) and body limit.
         .merge(crate::mcp::routes(state.clone()))
+        // Long-polls and event streams hold a slot of their address's share.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::long_poll_slots,
+        ))
         // Outermost of all: head size, body deadline, failed-authentication throttle.
         .layer(axum::middleware::from_fn_with_state(state, limits::guard))
 }
