@@ -69,7 +69,7 @@ fn is_long_held(request: &Request) -> bool {
         || request.uri().query().is_some_and(|query| {
             query.split('&').any(|pair| {
                 pair.strip_prefix("wait=")
-                    .is_some_and(|value| value.trim_start_matches('0') != "")
+                    .is_some_and(|value| !value.trim_start_matches('0').is_empty())
             })
         })
 }
