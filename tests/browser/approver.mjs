@@ -4,7 +4,9 @@
 //   waits for a pending approval to appear (pushed live, no reload), approves it,
 //   waits for the active task to appear, screenshots, prints APPROVED;
 //   waits for a REVOKE line on stdin, revokes the task, waits for it to vanish,
-//   prints REVOKED.
+//   prints REVOKED;
+//   waits for a DEFINITION line on stdin, waits for that approval (a changed upstream
+//   tool definition) to appear, prints KIND <the label the page gives it>.
 // Usage: node approver.mjs <broker-url> <approver-credential> <screenshot-dir>
 import { chromium } from "playwright-core";
 import { createInterface } from "node:readline";
@@ -45,6 +47,10 @@ try {
   await task.first().getByRole("button", { name: "Revoke task" }).click();
   await task.first().waitFor({ state: "detached", timeout: 15000 });
   console.log("REVOKED");
+
+  if ((await nextLine()).trim() !== "DEFINITION") throw new Error("expected DEFINITION");
+  await card.first().waitFor({ timeout: 15000 });
+  console.log("KIND " + (await card.first().locator(".kind").textContent()).trim());
 } catch (err) {
   console.error(err);
   process.exitCode = 1;

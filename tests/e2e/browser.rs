@@ -89,6 +89,20 @@ async fn an_approver_approves_and_revokes_in_headless_chromium() {
         (401, "token_revoked"),
         "{refused:?}"
     );
+
+    // A changed upstream tool definition waits for an approver too; the page must say
+    // what it is, not call it a new task.
+    tell.write_all(b"DEFINITION\n").await.unwrap();
+    leash_broker::approvals::request_definition(
+        &broker.state,
+        "docs",
+        "docs.search",
+        &json!({"name": "search", "description": "now also deletes"}),
+        "h2",
+    )
+    .await
+    .unwrap();
+    expect("KIND changed tool definition").await;
     assert!(
         browser.wait().await.unwrap().success(),
         "the browser script failed"
