@@ -332,6 +332,8 @@ async fn activation_for(
         &task.tools,
         &task.checks,
         ttl_ms,
+        // A pending task's stored window is only a placeholder; a renewal keeps its own.
+        (approval.kind == ApprovalKind::Renewal).then_some(task.expires_at_ms),
     )?;
     Ok(Some(issued.activation(&task.task_id, &state.sealer)))
 }

@@ -250,4 +250,27 @@ mod tests {
             Err(Denial::Budget(_))
         ));
     }
+
+    #[test]
+    fn budgets_needing_too_many_runs_are_refused_at_the_limit() {
+        let keys = RootKeys::generate();
+        let mut chain = token(&keys, 2_000);
+        for _ in 0..leash_sdk::capability::MAX_RUNS + 1 {
+            chain = append(&chain, "reject if token_calls($n), $n < 0");
+        }
+        let args = Map::new();
+        let blocks = chain.block_count();
+        // Every prefix with its own count: one run each, past the limit.
+        let distinct: Vec<u64> = (0..blocks as u64).rev().map(|n| n + 1).collect();
+        let Err(Denial::Capability(why)) = check(&chain, "web.search", &args, 1_000, &distinct)
+        else {
+            panic!("refused at the limit")
+        };
+        assert!(why.contains("limit"), "{why}");
+        // The same token with counts that coincide needs one run, and passes.
+        assert_eq!(
+            check(&chain, "web.search", &args, 1_000, &vec![3; blocks]),
+            Ok(())
+        );
+    }
 }

@@ -109,7 +109,7 @@ pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, Api
 }
 
 /// Runs a credential's own checks (its window, any attenuation) against `time(now)`.
-fn check_credential(state: &AppState, token: &VerifiedToken) -> Result<(), ApiError> {
+pub fn check_credential(state: &AppState, token: &VerifiedToken) -> Result<(), ApiError> {
     let now = std::time::UNIX_EPOCH + Duration::from_millis(state.clock.now_ms().max(0) as u64);
     let result = AuthorizerBuilder::new()
         .set_limits(leash_sdk::capability::limits())

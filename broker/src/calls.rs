@@ -136,10 +136,14 @@ async fn checked_call(
     }
     let slot = state
         .tasks
-        .take_slot(&task.runtime, &task.token.revocation_ids)
+        .take_slot(
+            &task.runtime,
+            &task.token.revocation_ids,
+            &task.token.budget_blocks,
+        )
         .await?;
     let now_secs = state.clock.now_ms().div_euclid(1000);
-    let decision = off_the_reactor_if_attenuated(&task.token, {
+    let decision = off_the_reactor_if_costly(&task.token, {
         let token = task.token.clone();
         let tool = tool_name.to_string();
         let args = arguments.clone();
@@ -303,15 +307,15 @@ pub fn lookup_tool(state: &AppState, name: &str) -> Result<Arc<ToolDef>, ApiErro
     }
 }
 
-/// Runs `work` (an authorizer run) on the blocking pool when the token carries blocks
-/// appended by a holder: their Datalog is the caller's, and a heavy check (regexes, many
-/// rules) may take up to the authorizer's time limit, which must not stall the async
-/// workers every other request runs on. Broker-minted tokens (authority only) run inline.
-async fn off_the_reactor_if_attenuated<T: Send + 'static>(
+/// Runs `work` (an authorizer run) on the blocking pool when the token's Datalog may be
+/// costly ([`VerifiedToken::costly`]: blocks a holder appended, an agent's own regex
+/// checks): a heavy check may take up to the authorizer's time limit, which must not
+/// stall the async workers every other request runs on. Plain tokens run inline.
+async fn off_the_reactor_if_costly<T: Send + 'static>(
     token: &VerifiedToken,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
-    if token.biscuit.block_count() <= 1 {
+    if !token.costly {
         return Ok(work());
     }
     tokio::task::spawn_blocking(work)
@@ -334,7 +338,7 @@ pub async fn callable_tools(
         .collect();
     let token = task.token.clone();
     let task_calls = task.runtime.calls();
-    off_the_reactor_if_attenuated(&task.token, move || {
+    off_the_reactor_if_costly(&task.token, move || {
         let no_args = serde_json::Map::new();
         let no_calls = vec![0; token.revocation_ids.len()];
         candidates

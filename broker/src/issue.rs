@@ -35,7 +35,11 @@ impl Issued {
     }
 }
 
-/// Mints a token for a task of `grant` that ends `ttl_ms` from now.
+/// Mints a token for a task of `grant` that ends `ttl_ms` from now — or, for a renewal,
+/// at `current_end_ms` (the task's window now) if that is later: a renewal never
+/// shortens a window, since tokens minted earlier keep theirs, and revocation ids are
+/// kept until the task's window ends (to end sooner, complete or revoke the task). The
+/// grant's `max_ttl` from now still bounds it.
 pub fn issue(
     state: &AppState,
     task_id: &str,
@@ -43,6 +47,7 @@ pub fn issue(
     tools: &[String],
     agent_checks: &[String],
     ttl_ms: i64,
+    current_end_ms: Option<i64>,
 ) -> Result<Issued, ApiError> {
     let tools: Vec<String> = tools
         .iter()
@@ -55,7 +60,10 @@ pub fn issue(
             grant.agent
         )));
     }
-    let expires_secs = state.clock.now_ms().div_euclid(1000) + ttl_ms.div_euclid(1000);
+    let now_secs = state.clock.now_ms().div_euclid(1000);
+    let longest = now_secs + grant.max_ttl.as_secs() as i64;
+    let kept = current_end_ms.map_or(0, |ms| ms.div_euclid(1000).min(longest));
+    let expires_secs = (now_secs + ttl_ms.div_euclid(1000)).max(kept);
     let checks: Vec<String> = grant.checks.iter().chain(agent_checks).cloned().collect();
     let biscuit = task_token(
         &state.keys,

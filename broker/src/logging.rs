@@ -21,7 +21,8 @@ pub fn register_secrets<'a>(secrets: impl IntoIterator<Item = &'a str>) {
         return;
     };
     for secret in secrets {
-        for spelling in [secret.to_string(), url_encoded(secret)] {
+        let encoded = url_encoded(secret);
+        for spelling in [secret.to_string(), encoded.to_lowercase_hex(), encoded] {
             if spelling.len() >= MIN_SECRET_LEN && !known.contains(&spelling) {
                 known.push(spelling);
             }
@@ -42,6 +43,26 @@ pub fn scrub(text: &str) -> String {
         }
     }
     out
+}
+
+/// `%2F` spelt `%2f`, as some clients encode.
+trait LowercaseHex {
+    fn to_lowercase_hex(&self) -> String;
+}
+
+impl LowercaseHex for String {
+    fn to_lowercase_hex(&self) -> String {
+        let mut out = String::with_capacity(self.len());
+        let mut rest = self.as_str();
+        while let Some(at) = rest.find('%') {
+            out.push_str(&rest[..at]);
+            let escape = rest.get(at..at + 3).unwrap_or(&rest[at..]);
+            out.push_str(&escape.to_ascii_lowercase());
+            rest = &rest[at + escape.len()..];
+        }
+        out.push_str(rest);
+        out
+    }
 }
 
 fn url_encoded(text: &str) -> String {
@@ -99,7 +120,10 @@ mod tests {
     #[test]
     fn registered_secrets_are_scrubbed_in_every_spelling() {
         register_secrets(["p@ss/w0rd-xyz", "abc"]);
-        let line = scrub("url http://u:p%40ss%2Fw0rd-xyz@h/?k=p@ss/w0rd-xyz abc");
-        assert_eq!(line, "url http://u:[redacted]@h/?k=[redacted] abc");
+        let line = scrub("url http://u:p%40ss%2Fw0rd-xyz@h/?k=p@ss/w0rd-xyz abc p%40ss%2fw0rd-xyz");
+        assert_eq!(
+            line,
+            "url http://u:[redacted]@h/?k=[redacted] abc [redacted]"
+        );
     }
 }

@@ -19,9 +19,13 @@ use std::sync::RwLock;
 use crate::error::ApiError;
 use crate::store::Revocation;
 
-/// How long after its window an id is still kept: covers clocks of verifiers that run
-/// behind the broker's.
+/// How long after its window an id is still kept in memory: covers clocks of verifiers
+/// that run behind the broker's.
 pub const PRUNE_MARGIN_MS: i64 = 5 * 60 * 1000;
+
+/// How long after its window an id stays on the feed (the table): a day, so a verifier
+/// that starts late, or a replica whose clock ran ahead for a while, loses nothing.
+pub const FEED_RETENTION_MS: i64 = 24 * 3600 * 1000;
 
 /// One revoked id: why, and until when it matters (seconds since the epoch; `u32::MAX`
 /// for ever). Eight bytes, so a million ids stay small.

@@ -235,20 +235,36 @@ pub async fn prepare(
     seal_stored_tokens(store.as_ref(), &sealer).await?;
     let admin_token =
         datadir::load_or_create_admin_token(&config.data, config.admin_token.as_deref())?;
+    // The deployment's own secrets are scrubbed from the log like the policy's.
+    crate::logging::register_secrets(
+        [
+            Some(admin_token.as_str()),
+            config.metrics_token.as_deref(),
+            config.master_key.as_deref(),
+        ]
+        .into_iter()
+        .flatten(),
+    );
     // Ids past their windows are not worth a byte of memory: forget them before loading.
     store
-        .prune_revocations(clock.now_ms() - crate::revocation::PRUNE_MARGIN_MS)
+        .prune_revocations(clock.now_ms() - crate::revocation::FEED_RETENTION_MS)
         .await?;
     let revoked = Arc::new(RevocationSet::default());
     // Paged, so a million revoked ids never sit in memory as rows at once; the set is
     // sized once up front, so it never holds two tables while growing.
-    revoked.reserve(store.revocation_count().await? as usize);
+    // Ids already past their window and the margin stay on the feed a while, but are
+    // not worth memory.
+    let still_matters = clock.now_ms() - crate::revocation::PRUNE_MARGIN_MS;
+    revoked.reserve(store.live_revocation_count(still_matters).await? as usize);
     let mut after = 0;
     loop {
         let page = store.revocations_after(after, 10_000).await?;
         let Some(last) = page.last() else { break };
         after = last.seq;
-        revoked.extend(&page);
+        revoked.extend(
+            page.iter()
+                .filter(|r| r.expires_at_ms.is_none_or(|end| end >= still_matters)),
+        );
     }
     if let Some(path) = &config.audit_checkpoint_file {
         crate::checkpoint::open_for_append(path).with_context(|| {
@@ -464,8 +480,10 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// it could do comes back; the set stops growing with old revocations.
 pub async fn prune_revocations(state: &AppState) -> anyhow::Result<(u64, usize)> {
     let now = state.clock.now_ms();
-    let horizon = now - crate::revocation::PRUNE_MARGIN_MS;
-    let from_feed = state.store.prune_revocations(horizon).await?;
+    let from_feed = state
+        .store
+        .prune_revocations(now - crate::revocation::FEED_RETENTION_MS)
+        .await?;
     let from_memory = state.revoked.prune(now);
     Ok((from_feed, from_memory))
 }

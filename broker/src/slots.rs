@@ -45,7 +45,9 @@ impl Slots {
     }
 
     /// Takes a slot for `address`, or `None` when it (or everyone) holds the maximum.
+    /// IPv6 addresses count per /64: one host usually has a whole /64 to pick from.
     pub fn try_take(self: &Arc<Self>, address: IpAddr) -> Option<Slot> {
+        let address = client_of(address);
         let mut held = self.held.lock().ok()?;
         let mine = held.by_address.get(&address).copied().unwrap_or(0);
         if mine >= self.per_address || held.total >= self.overall {
@@ -62,6 +64,17 @@ impl Slots {
     /// How many slots are held now.
     pub fn held(&self) -> usize {
         self.held.lock().map(|h| h.total).unwrap_or(0)
+    }
+}
+
+/// The client an address stands for: itself for IPv4, its /64 for IPv6.
+fn client_of(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+        v4 => v4,
     }
 }
 
@@ -95,5 +108,10 @@ mod tests {
         drop(a1);
         assert!(slots.try_take(b).is_some(), "given back");
         assert!(Slots::new(0, 0).try_take(a).is_some(), "0 means no cap");
+        // One IPv6 /64 is one client.
+        let v6 = Slots::new(1, 0);
+        let _first = v6.try_take("2001:db8::1".parse().unwrap()).unwrap();
+        assert!(v6.try_take("2001:db8::ffff:1".parse().unwrap()).is_none());
+        assert!(v6.try_take("2001:db8:0:1::1".parse().unwrap()).is_some());
     }
 }

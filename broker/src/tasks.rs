@@ -153,7 +153,8 @@ pub struct CallSlot {
     /// Calls admitted in the task before this one.
     pub task_calls: u64,
     /// Per block of the token, authority first: calls admitted before this one with the
-    /// token ending at that block and everything attenuated from it.
+    /// token ending at that block and everything attenuated from it (counted for budget
+    /// blocks only; 0 for the others, whose checks never read it).
     pub prefix_calls: Vec<u64>,
     committed: bool,
     usage: mpsc::UnboundedSender<Flush>,
@@ -499,22 +500,29 @@ impl Tasks {
         Err(inactive(&runtime.task_id, runtime.state()))
     }
 
-    /// Takes a call slot for the task and for every prefix of the presented token
-    /// (`revocation_ids`, authority first).
+    /// Takes a call slot for the task and for every prefix of the presented token that
+    /// ends at a budget block (`budget_blocks`, indices into `revocation_ids`, authority
+    /// first): only those prefixes' counts are ever read by a check.
     pub async fn take_slot(
         &self,
         runtime: &Arc<TaskRuntime>,
         revocation_ids: &[String],
+        budget_blocks: &[usize],
     ) -> Result<CallSlot, ApiError> {
-        let mut counters = Vec::with_capacity(revocation_ids.len());
-        for id in revocation_ids {
-            counters.push((id.clone(), self.prefix_counter(id).await?));
+        let mut counters = Vec::with_capacity(budget_blocks.len());
+        for &block in budget_blocks {
+            if let Some(id) = revocation_ids.get(block) {
+                counters.push((block, id.clone(), self.prefix_counter(id).await?));
+            }
         }
         let task_calls = runtime.calls.fetch_add(1, Ordering::SeqCst);
-        let prefix_calls = counters.iter().map(|(_, c)| c.take()).collect();
+        let mut prefix_calls = vec![0; revocation_ids.len()];
+        for (block, _, counter) in &counters {
+            prefix_calls[*block] = counter.take();
+        }
         Ok(CallSlot {
             runtime: runtime.clone(),
-            prefixes: counters,
+            prefixes: counters.into_iter().map(|(_, id, c)| (id, c)).collect(),
             task_calls,
             prefix_calls,
             committed: false,
@@ -606,7 +614,9 @@ pub fn inactive(task_id: &str, state: TaskState) -> ApiError {
 /// Writes counters behind the hot path, coalescing per task and per token prefix.
 async fn write_usage(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Flush>) {
     let mut tasks: HashMap<String, (u64, i64)> = HashMap::new();
-    let mut prefixes: HashMap<String, Arc<PrefixCounter>> = HashMap::new();
+    // Keyed by the counter itself: a counter evicted and loaded again meanwhile is
+    // another counter for the same id, and both deltas must be written.
+    let mut prefixes: HashMap<usize, (String, Arc<PrefixCounter>)> = HashMap::new();
     let mut waiters = Vec::new();
     let mut ticker = tokio::time::interval(FLUSH_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -618,7 +628,9 @@ async fn write_usage(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Flus
                     let entry = tasks.entry(u.task_id).or_insert((0, 0));
                     entry.0 = entry.0.max(u.calls);
                     entry.1 = entry.1.max(u.last_activity_ms);
-                    prefixes.extend(u.prefixes);
+                    for (id, counter) in u.prefixes {
+                        prefixes.insert(Arc::as_ptr(&counter) as usize, (id, counter));
+                    }
                     continue;
                 }
                 Some(Flush::Barrier(done)) => waiters.push(done),
@@ -631,7 +643,7 @@ async fn write_usage(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Flus
             // committed during the write go into the next one.
             let written: Vec<(String, Arc<PrefixCounter>, u64)> = prefixes
                 .drain()
-                .map(|(id, c)| {
+                .map(|(_, (id, c))| {
                     let delta = c.committed.swap(0, Ordering::SeqCst);
                     (id, c, delta)
                 })
@@ -663,7 +675,7 @@ async fn write_usage(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Flus
                     }
                     for (id, counter, delta) in written {
                         counter.committed.fetch_add(delta, Ordering::SeqCst);
-                        prefixes.insert(id, counter);
+                        prefixes.insert(Arc::as_ptr(&counter) as usize, (id, counter));
                     }
                 }
             }

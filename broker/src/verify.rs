@@ -18,6 +18,10 @@ use crate::keys::RootKeys;
 
 /// Largest token accepted (bytes of base64 text).
 pub const MAX_TOKEN_LEN: usize = 64 * 1024;
+/// An authority block longer than this (as Datalog text) counts as costly to evaluate.
+const COSTLY_AUTHORITY_BYTES: usize = 2048;
+/// Most blocks a token may have (an authority block and its attenuations).
+pub const MAX_BLOCKS: usize = 32;
 /// Verified tokens kept in memory.
 const CACHE_CAPACITY: u64 = 100_000;
 
@@ -51,6 +55,10 @@ pub struct VerifiedToken {
     /// The blocks holding a per-token budget (their Datalog reads `token_calls`); found
     /// once per token, so the call path does not print blocks.
     pub budget_blocks: Vec<usize>,
+    /// Whether evaluating this token may be costly: it carries blocks a holder appended,
+    /// regular expressions, or a large authority block (an agent may put up to 32
+    /// checks of its own in it). Such tokens are authorized off the async workers.
+    pub costly: bool,
 }
 
 impl VerifiedToken {
@@ -115,6 +123,13 @@ impl TokenVerifier {
             .map(hex::encode)
             .collect();
         reject_revoked(&ids, &refusal)?;
+        // Every block costs a signature check here and a counter on every call.
+        if ids.len() > MAX_BLOCKS {
+            return Err(ApiError::TokenInvalid(format!(
+                "the token has {} blocks; at most {MAX_BLOCKS} are accepted",
+                ids.len()
+            )));
+        }
         let keys = &self.keys;
         let biscuit = unverified
             .verify(|kid: Option<u32>| keys.public_for(kid))
@@ -183,12 +198,17 @@ fn read_authority(
         _ => return Err(invalid()),
     };
     let budget_blocks = leash_sdk::capability::budget_blocks(&biscuit);
+    let costly = biscuit.block_count() > 1
+        || biscuit.print_block_source(0).map_or(true, |source| {
+            source.contains(".matches(") || source.len() > COSTLY_AUTHORITY_BYTES
+        });
     Ok(VerifiedToken {
         biscuit,
         principal,
         revocation_ids,
         tools,
         budget_blocks,
+        costly,
     })
 }
 

@@ -105,7 +105,7 @@ pub fn evaluate_forwarded(
     call: &CallFacts<'_>,
     forwarding: &PublicKey,
 ) -> Result<(), error::Token> {
-    run(token, call, None, Some(forwarding))
+    run(token, call, None, Some(forwarding), deadline())
 }
 
 /// Whether some block of `token` is signed by `forwarding` as a third party (a cheap
@@ -130,8 +130,10 @@ pub fn evaluate_with_budgets(
     call: &CallFacts<'_>,
     budget_blocks: &[usize],
 ) -> Result<(), error::Token> {
+    // One time budget for the whole evaluation, however many runs it takes.
+    let deadline = deadline();
     let Some(counters) = call.counters else {
-        return run(token, call, None, None);
+        return run(token, call, None, None, deadline);
     };
     let last = token.block_count().saturating_sub(1);
     // The main run gives `token_calls` the count of the whole token and judges every
@@ -141,7 +143,7 @@ pub fn evaluate_with_budgets(
         let block = block as usize;
         budget_blocks.contains(&block) && counters.of_block(block) != main_count
     };
-    let (policy, mut failed) = outcome(run(token, call, Some(main_count), None))?;
+    let (policy, mut failed) = outcome(run(token, call, Some(main_count), None, deadline))?;
     failed.retain(
         |check| !matches!(check, error::FailedCheck::Block(b) if judged_elsewhere(b.block_id)),
     );
@@ -153,8 +155,11 @@ pub fn evaluate_with_budgets(
         .collect();
     other_counts.sort_unstable();
     other_counts.dedup();
+    if other_counts.len() >= MAX_RUNS {
+        return Err(error::Token::RunLimit(error::RunLimit::TooManyIterations));
+    }
     for n in other_counts {
-        let (_, checks) = outcome(run(token, call, Some(n), None))?;
+        let (_, checks) = outcome(run(token, call, Some(n), None, deadline))?;
         failed.extend(checks.into_iter().filter(|check| {
             matches!(check, error::FailedCheck::Block(b)
                 if budget_blocks.contains(&(b.block_id as usize)) && counters.of_block(b.block_id as usize) == n)
@@ -172,16 +177,33 @@ pub fn evaluate_with_budgets(
     }
 }
 
+/// Most authorizer runs one evaluation may take (one per distinct budget count): a token
+/// whose budgets need more is refused at the limit rather than costing more time.
+pub const MAX_RUNS: usize = 8;
+
+/// When an evaluation starting now must end: [`limits`]' time, for all its runs together.
+fn deadline() -> std::time::Instant {
+    std::time::Instant::now() + limits().max_time
+}
+
 /// One authorizer run with `token_calls` set to `token_calls` (when counting), and
-/// [`FORWARDED_CHECK`] when `forwarding` is given.
+/// [`FORWARDED_CHECK`] when `forwarding` is given, within what is left before `deadline`.
 fn run(
     token: &Biscuit,
     call: &CallFacts<'_>,
     token_calls: Option<u64>,
     forwarding: Option<&PublicKey>,
+    deadline: std::time::Instant,
 ) -> Result<(), error::Token> {
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    if left.is_zero() {
+        return Err(error::Token::RunLimit(error::RunLimit::Timeout));
+    }
     let now = UNIX_EPOCH + Duration::from_secs(call.now_secs.max(0) as u64);
-    let mut builder = AuthorizerBuilder::new().set_limits(limits());
+    let mut builder = AuthorizerBuilder::new().set_limits(AuthorizerLimits {
+        max_time: left,
+        ..limits()
+    });
     let mut facts = vec![
         fact("time", &[date(&now)]),
         fact("call", &[string(call.tool)]),

@@ -411,3 +411,38 @@ async fn one_address_cannot_hold_every_connection() {
         .unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+#[tokio::test]
+async fn a_percent_encoded_wait_still_takes_a_long_poll_slot() {
+    let broker = TestBroker::spawn_tuned(POLICY, |c| {
+        c.max_connections = 8;
+        c.max_long_polls_per_address = 2;
+    })
+    .await;
+    let url = broker.url.clone();
+    let attacker = client_from("127.0.0.2");
+    let polls: Vec<_> = ["wait=30", "%77ait=30", "w%61it=30", "%77%61%69%74=30"]
+        .into_iter()
+        .map(|query| {
+            let (client, url) = (attacker.clone(), url.clone());
+            tokio::spawn(async move {
+                client
+                    .get(format!("{url}/v1/revocations?after=999999&{query}"))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        broker.state.long_polls.held(),
+        2,
+        "every spelling of wait counts"
+    );
+    let refused = polls.iter().filter(|p| p.is_finished()).count();
+    assert_eq!(refused, 2);
+    for poll in polls {
+        poll.abort();
+    }
+}

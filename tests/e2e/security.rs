@@ -1129,3 +1129,54 @@ async fn heavy_attenuations_do_not_stall_other_requests() {
         "a health check waited {health_took:?} behind heavy evaluations of {one:?} each"
     );
 }
+
+#[tokio::test]
+async fn tokens_with_too_many_blocks_are_refused() {
+    let (broker, _, _, token) = setup().await;
+    let mut long = Biscuit::from_base64(&token, broker.public_key().await).unwrap();
+    for _ in 0..leash_broker::verify::MAX_BLOCKS {
+        long = long
+            .append(BlockBuilder::new().code("check if true").unwrap())
+            .unwrap();
+    }
+    let reply = broker
+        .call(
+            &long.to_base64().unwrap(),
+            "web.search",
+            json!({"query": "x"}),
+        )
+        .await;
+    assert_refused(&reply, 401, "token_invalid", "33 blocks");
+    assert!(reply.message().contains("blocks"), "{reply:?}");
+    assert_eq!(broker.upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn an_approvers_event_stream_ends_when_its_credential_expires() {
+    let broker = TestBroker::spawn().await;
+    let issued = broker
+        .post(
+            "/v1/approvers/ann/credentials",
+            Some(ADMIN),
+            json!({"ttl_seconds": 60}),
+        )
+        .await;
+    let approver = issued.body["credential"].as_str().unwrap().to_string();
+    let mut stream = broker
+        .http
+        .get(format!("{}/v1/events", broker.url))
+        .bearer_auth(&approver)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    broker.state.clock.advance(Duration::from_secs(61));
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the stream of an expired credential must end"
+    );
+}

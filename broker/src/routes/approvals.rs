@@ -20,6 +20,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::server::AppState;
 use crate::store::ApprovalState;
 
+/// How often an open event stream re-checks its approver credential's window.
+const CREDENTIAL_RECHECK: Duration = Duration::from_secs(5);
+
 /// `GET /v1/approvals?state=pending` (approver, admin). `state=all` lists every state.
 #[utoipa::path(get, path = "/v1/approvals", tag = "approvals", params(ListQuery),
     security(("approver" = []), ("admin" = [])),
@@ -131,26 +134,30 @@ pub async fn events(
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
     let caller = authenticate(&state, &headers)?;
     caller.require_approver_or_admin()?;
-    // An approver's stream ends the moment its credential is revoked.
-    let credential_ids = match caller {
-        Caller::Admin => Vec::new(),
-        _ => state
-            .verifier
-            .verify(bearer(&headers)?, |_| None)?
-            .revocation_ids
-            .clone(),
+    // An approver's stream ends the moment its credential is revoked, and soon after it
+    // expires (checked every few seconds).
+    let credential = match caller {
+        Caller::Admin => None,
+        _ => Some(state.verifier.verify(bearer(&headers)?, |_| None)?),
     };
-    let revoked = state.revoked.clone();
+    let watcher = state.clone();
     let cut_off = async move {
-        if credential_ids.is_empty() {
+        let Some(credential) = credential else {
             return std::future::pending().await;
-        }
+        };
         loop {
-            let next = revoked.next_publication();
-            if credential_ids.iter().any(|id| revoked.contains(id)) {
+            let next = watcher.revoked.next_publication();
+            let revoked = credential
+                .revocation_ids
+                .iter()
+                .any(|id| watcher.revoked.contains(id));
+            if revoked || crate::caller::check_credential(&watcher, &credential).is_err() {
                 return;
             }
-            next.await;
+            tokio::select! {
+                () = next => {}
+                () = tokio::time::sleep(CREDENTIAL_RECHECK) => {}
+            }
         }
     };
     let stream = BroadcastStream::new(state.events.subscribe()).map(|item| {

@@ -63,15 +63,22 @@ pub async fn long_poll_slots(
     )
 }
 
-/// Whether a request may be held open: the event stream, or a `wait=` other than 0.
+/// Whether a request may be held open: the event stream, or a `wait` other than 0 —
+/// read from the decoded query exactly as the handlers read it (`%77ait=30` is `wait`).
 fn is_long_held(request: &Request) -> bool {
-    request.uri().path() == "/v1/events"
-        || request.uri().query().is_some_and(|query| {
-            query.split('&').any(|pair| {
-                pair.strip_prefix("wait=")
-                    .is_some_and(|value| !value.trim_start_matches('0').is_empty())
-            })
-        })
+    if request.uri().path() == "/v1/events" {
+        return true;
+    }
+    if request.uri().query().is_none() {
+        return false;
+    }
+    match axum::extract::Query::<Vec<(String, String)>>::try_from_uri(request.uri()) {
+        Ok(axum::extract::Query(pairs)) => pairs
+            .iter()
+            .any(|(key, value)| key == "wait" && value.trim().parse::<u64>() != Ok(0)),
+        // The handler refuses a query it cannot read (400) without waiting.
+        Err(_) => false,
+    }
 }
 
 /// A response body that holds a long-poll slot until it is dropped.

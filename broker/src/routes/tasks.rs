@@ -110,6 +110,7 @@ pub async fn create(
             &tools,
             &body.checks,
             ttl_ms,
+            None,
         )?)
     };
     let record = TaskRecord {
@@ -495,6 +496,7 @@ pub async fn renew(
         &record.tools,
         &record.checks,
         ttl * 1000,
+        Some(runtime.expires_at_ms()),
     )?;
     if !state
         .tasks

@@ -128,9 +128,10 @@ pub struct Revocation {
     /// When (ms since epoch).
     pub at_ms: i64,
     /// When every token carrying this id is past its own window anyway (ms since
-    /// epoch): the task's window, or the credential's expiry. After that (and a margin
-    /// for clocks) the id may be forgotten: the token is refused as expired. `None`:
-    /// kept for ever (a credential minted without expiry).
+    /// epoch): the task's window. After that (and a margin for clocks) the id may be
+    /// forgotten: the token is refused as expired, and the broker refuses it by its
+    /// task's state anyway. `None`: kept for ever — credentials, whose only record of
+    /// being revoked is this id (a clock that jumps ahead must not resurrect them).
     pub expires_at_ms: Option<i64>,
 }
 
@@ -434,6 +435,9 @@ pub trait Store: Send + Sync + 'static {
     async fn revocations_after(&self, seq: i64, limit: i64) -> StoreResult<Vec<Revocation>>;
     /// How many ids the feed holds.
     async fn revocation_count(&self) -> StoreResult<i64>;
+    /// How many feed entries still matter at `since_ms` (no window, or a window ending
+    /// at or after it).
+    async fn live_revocation_count(&self, since_ms: i64) -> StoreResult<i64>;
     /// Every revoked id with its reason (loaded once at start).
     async fn all_revoked_ids(&self) -> StoreResult<Vec<(String, String)>>;
     /// Writes counters; answers the new total of each entry of `batch.tokens`, in order.

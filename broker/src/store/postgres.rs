@@ -194,8 +194,7 @@ async fn publish(
     for id in ids {
         let row = sqlx::query(
             "INSERT INTO revocations (revocation_id, task_id, reason, at_ms, expires_at_ms)
-             VALUES ($1, $2, $3, $4, COALESCE((SELECT expires_at_ms FROM tasks WHERE task_id = $2),
-                                              (SELECT expires_at_ms FROM credentials WHERE revocation_id = $1)))
+             VALUES ($1, $2, $3, $4, (SELECT expires_at_ms FROM tasks WHERE task_id = $2))
              ON CONFLICT (revocation_id) DO NOTHING
              RETURNING seq, revocation_id, task_id, reason, at_ms, expires_at_ms",
         )
@@ -510,6 +509,16 @@ impl Store for PgStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(revocation_from_row).collect()
+    }
+
+    async fn live_revocation_count(&self, since_ms: i64) -> StoreResult<i64> {
+        Ok(sqlx::query(
+            "SELECT COUNT(*) AS n FROM revocations WHERE expires_at_ms IS NULL OR expires_at_ms >= $1",
+        )
+        .bind(since_ms)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("n")?)
     }
 
     async fn revocation_count(&self) -> StoreResult<i64> {

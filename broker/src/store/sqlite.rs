@@ -179,8 +179,7 @@ async fn publish(
     for id in ids {
         let row = sqlx::query(
             "INSERT INTO revocations (revocation_id, task_id, reason, at_ms, expires_at_ms)
-             VALUES (?, ?, ?, ?, COALESCE((SELECT expires_at_ms FROM tasks WHERE task_id = ?),
-                                          (SELECT expires_at_ms FROM credentials WHERE revocation_id = ?)))
+             VALUES (?, ?, ?, ?, (SELECT expires_at_ms FROM tasks WHERE task_id = ?))
              ON CONFLICT(revocation_id) DO NOTHING
              RETURNING seq, revocation_id, task_id, reason, at_ms, expires_at_ms",
         )
@@ -189,7 +188,6 @@ async fn publish(
         .bind(reason)
         .bind(at_ms)
         .bind(task_id)
-        .bind(id)
         .fetch_optional(&mut **tx)
         .await?;
         if let Some(row) = row {
@@ -489,6 +487,16 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(revocation_from_row).collect()
+    }
+
+    async fn live_revocation_count(&self, since_ms: i64) -> StoreResult<i64> {
+        Ok(sqlx::query(
+            "SELECT COUNT(*) AS n FROM revocations WHERE expires_at_ms IS NULL OR expires_at_ms >= ?",
+        )
+        .bind(since_ms)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("n")?)
     }
 
     async fn revocation_count(&self) -> StoreResult<i64> {
