@@ -258,13 +258,12 @@ pub async fn prepare(
     revoked.reserve(store.live_revocation_count(still_matters).await? as usize);
     let mut after = 0;
     loop {
-        let page = store.revocations_after(after, 10_000).await?;
+        let page = store
+            .live_revocations_after(after, still_matters, 10_000)
+            .await?;
         let Some(last) = page.last() else { break };
         after = last.seq;
-        revoked.extend(
-            page.iter()
-                .filter(|r| r.expires_at_ms.is_none_or(|end| end >= still_matters)),
-        );
+        revoked.extend(&page);
     }
     if let Some(path) = &config.audit_checkpoint_file {
         crate::checkpoint::open_for_append(path).with_context(|| {

@@ -435,6 +435,15 @@ pub trait Store: Send + Sync + 'static {
     async fn revocations_after(&self, seq: i64, limit: i64) -> StoreResult<Vec<Revocation>>;
     /// How many ids the feed holds.
     async fn revocation_count(&self) -> StoreResult<i64>;
+    /// The feed after `seq` without the entries that no longer matter at `since_ms`
+    /// (their window ended before it), at most `limit` entries: what a starting broker
+    /// loads into memory.
+    async fn live_revocations_after(
+        &self,
+        seq: i64,
+        since_ms: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<Revocation>>;
     /// How many feed entries still matter at `since_ms` (no window, or a window ending
     /// at or after it).
     async fn live_revocation_count(&self, since_ms: i64) -> StoreResult<i64>;

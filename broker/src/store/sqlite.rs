@@ -489,6 +489,23 @@ impl Store for SqliteStore {
         rows.iter().map(revocation_from_row).collect()
     }
 
+    async fn live_revocations_after(
+        &self,
+        seq: i64,
+        since_ms: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<Revocation>> {
+        let rows = sqlx::query(
+            "SELECT * FROM revocations WHERE seq > ? AND (expires_at_ms IS NULL OR expires_at_ms >= ?) ORDER BY seq LIMIT ?",
+        )
+        .bind(seq)
+        .bind(since_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(revocation_from_row).collect()
+    }
+
     async fn live_revocation_count(&self, since_ms: i64) -> StoreResult<i64> {
         Ok(sqlx::query(
             "SELECT COUNT(*) AS n FROM revocations WHERE expires_at_ms IS NULL OR expires_at_ms >= ?",

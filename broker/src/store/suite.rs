@@ -206,6 +206,25 @@ async fn revocations_and_credentials(store: Arc<dyn Store>) {
         .unwrap();
     let window = windowed[0].expires_at_ms.expect("the task's window");
     assert_eq!(window, 10_000);
+    let live: Vec<String> = store
+        .live_revocations_after(0, window + 1, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.revocation_id)
+        .collect();
+    assert!(
+        !live.contains(&"dd02".to_string()),
+        "past its window: not loaded"
+    );
+    assert!(
+        live.contains(&"cc01".to_string()),
+        "a credential is always loaded"
+    );
+    assert_eq!(
+        store.live_revocation_count(window + 1).await.unwrap(),
+        live.len() as i64
+    );
     assert_eq!(
         store.prune_revocations(window).await.unwrap(),
         0,
