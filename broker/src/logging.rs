@@ -21,14 +21,25 @@ pub fn register_secrets<'a>(secrets: impl IntoIterator<Item = &'a str>) {
         return;
     };
     for secret in secrets {
-        let encoded = url_encoded(secret);
-        for spelling in [secret.to_string(), encoded.to_lowercase_hex(), encoded] {
+        for spelling in spellings(secret) {
             if spelling.len() >= MIN_SECRET_LEN && !known.contains(&spelling) {
                 known.push(spelling);
             }
         }
     }
     known.sort_by_key(|s| std::cmp::Reverse(s.len()));
+}
+
+/// The ways a secret may show up in a log line or an error: as written, and
+/// percent-encoded (upper and lower case hex) or percent-decoded, as URLs quote it.
+pub fn spellings(secret: &str) -> Vec<String> {
+    let encoded = url_encoded(secret);
+    vec![
+        secret.to_string(),
+        encoded.to_lowercase_hex(),
+        encoded,
+        url_decoded(secret),
+    ]
 }
 
 /// `text` with every registered secret replaced by `[redacted]`.
@@ -63,6 +74,28 @@ impl LowercaseHex for String {
         out.push_str(rest);
         out
     }
+}
+
+fn url_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn url_encoded(text: &str) -> String {

@@ -83,56 +83,22 @@ impl McpServerDef {
             if let Ok(value) = value.to_str() {
                 secrets.push(value.to_string());
                 // `Bearer <secret>`: the secret alone may be quoted too.
-                secrets.extend(value.split_whitespace().map(str::to_string));
+                secrets.extend(value.split_whitespace().skip(1).map(str::to_string));
             }
         }
+        let mut spelled: Vec<String> = secrets
+            .iter()
+            .flat_map(|secret| crate::logging::spellings(secret))
+            .filter(|spelling| spelling.len() >= 4)
+            .collect();
         // Longest first, so a secret inside a longer one is not left half-replaced.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        spelled.sort_by_key(|s| std::cmp::Reverse(s.len()));
         let mut out = text.to_string();
-        for secret in secrets.iter().filter(|s| s.len() >= 4) {
+        for secret in &spelled {
             out = out.replace(secret.as_str(), "[redacted]");
-            // Error texts quote URLs percent-decoded or encoded; cover both spellings.
-            for spelling in [url_encoded(secret), url_decoded(secret)] {
-                if spelling.len() >= 4 {
-                    out = out.replace(&spelling, "[redacted]");
-                }
-            }
         }
         out
     }
-}
-
-fn url_decoded(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok());
-        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn url_encoded(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
 }
 
 /// One tool: an HTTP upstream with an input schema.

@@ -252,6 +252,20 @@ pub async fn revoke_approver(
     ))
 }
 
+/// The token or credential a revocation names (`field` of the body): its signature is
+/// verified, but an already revoked one is accepted, so revoking twice is fine. Not one
+/// of ours → 400 naming the field.
+fn revocation_target(
+    state: &AppState,
+    text: &str,
+    field: &str,
+) -> ApiResult<std::sync::Arc<crate::verify::VerifiedToken>> {
+    state.verifier.verify(text, |_| None).map_err(|e| match e {
+        ApiError::TokenInvalid(why) => ApiError::BadRequest(format!("{field}: {why}")),
+        other => other,
+    })
+}
+
 /// Body of `POST /v1/credentials/revoke`.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -273,14 +287,7 @@ pub async fn revoke_credential(
     JsonBody(body): JsonBody<CredentialBody>,
 ) -> ApiResult<Json<Value>> {
     let caller = authenticate(&state, &headers)?;
-    // Verify the target's signature, but accept an already revoked one (idempotent).
-    let target = state
-        .verifier
-        .verify(&body.credential, |_| None)
-        .map_err(|e| match e {
-            ApiError::TokenInvalid(why) => ApiError::BadRequest(format!("credential: {why}")),
-            other => other,
-        })?;
+    let target = revocation_target(&state, &body.credential, "credential")?;
     let (role, subject) = match &target.principal {
         Principal::Agent(agent) => (Role::Agent, agent.clone()),
         Principal::Approver(approver) => (Role::Approver, approver.clone()),
@@ -358,14 +365,7 @@ pub async fn revoke_token(
     JsonBody(body): JsonBody<TokenBody>,
 ) -> ApiResult<Json<Value>> {
     let caller = authenticate(&state, &headers)?;
-    // Verify the target's signature, but accept an already revoked one (idempotent).
-    let target = state
-        .verifier
-        .verify(&body.token, |_| None)
-        .map_err(|e| match e {
-            ApiError::TokenInvalid(why) => ApiError::BadRequest(format!("token: {why}")),
-            other => other,
-        })?;
+    let target = revocation_target(&state, &body.token, "token")?;
     let Principal::Task { task_id, agent } = &target.principal else {
         return Err(ApiError::BadRequest(
             "token: only task tokens are revoked here; revoke an agent with /v1/agents/{agent}/revoke".into(),
