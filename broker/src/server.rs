@@ -303,7 +303,9 @@ pub async fn prepare(
     let upstreams = Upstreams::new(&policy.mcp_servers, proxy.client());
     Ok(AppState {
         policy: Arc::new(policy),
-        verifier: Arc::new(TokenVerifier::new(keys.clone())),
+        verifier: Arc::new(
+            TokenVerifier::new(keys.clone()).refusing_forwarded(forwarding.pair().public()),
+        ),
         keys,
         forwarding: Arc::new(forwarding),
         revoked,

@@ -71,6 +71,9 @@ impl VerifiedToken {
 /// Verifies tokens against the root keys and caches the results.
 pub struct TokenVerifier {
     keys: Arc<RootKeys>,
+    /// The forwarding key's public half: a token carrying a block it signed is a
+    /// forwarded capability, meant for one tool server, never a bearer for Leash.
+    forwarding: Option<biscuit_auth::PublicKey>,
     cache: moka::sync::Cache<[u8; 32], Arc<VerifiedToken>>,
 }
 
@@ -79,11 +82,19 @@ impl TokenVerifier {
     pub fn new(keys: Arc<RootKeys>) -> Self {
         TokenVerifier {
             keys,
+            forwarding: None,
             cache: moka::sync::Cache::builder()
                 .max_capacity(CACHE_CAPACITY)
                 .time_to_idle(Duration::from_secs(3600))
                 .build(),
         }
+    }
+
+    /// Refuses forwarded capabilities (tokens with a block signed by `forwarding`): an
+    /// upstream that received one must not be able to call through Leash with it.
+    pub fn refusing_forwarded(mut self, forwarding: biscuit_auth::PublicKey) -> Self {
+        self.forwarding = Some(forwarding);
+        self
     }
 
     /// Whether `text` already verified here (a cache lookup: no parsing, no signature).
@@ -139,6 +150,16 @@ impl TokenVerifier {
                 }
                 _ => ApiError::TokenInvalid("the token's signature is invalid".into()),
             })?;
+        if let Some(forwarding) = &self.forwarding
+            && (1..biscuit.block_count()).any(
+                |i| matches!(biscuit.block_external_key(i), Ok(Some(key)) if key == *forwarding),
+            )
+        {
+            return Err(ApiError::TokenInvalid(
+                "this is a forwarded capability, for the tool server it was sent to; call Leash with the task token"
+                    .into(),
+            ));
+        }
         let verified = Arc::new(read_authority(biscuit, ids)?);
         self.cache.insert(key, verified.clone());
         Ok(verified)

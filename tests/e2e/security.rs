@@ -1180,3 +1180,35 @@ async fn an_approvers_event_stream_ends_when_its_credential_expires() {
         "the stream of an expired credential must end"
     );
 }
+
+#[tokio::test]
+async fn a_forwarded_capability_is_no_bearer_for_leash() {
+    let (broker, _, _, token) = setup().await;
+    assert_eq!(
+        broker
+            .call(&token, "web.search", json!({"query": "x"}))
+            .await
+            .status,
+        200
+    );
+    // What the upstream received: it must not be able to call through Leash with it.
+    let captured = broker.upstream.received.lock().unwrap()[0]
+        .capability
+        .clone()
+        .expect("a Leash-Capability header");
+    let replay = broker
+        .call(&captured, "web.search", json!({"query": "y"}))
+        .await;
+    assert_refused(
+        &replay,
+        401,
+        "token_invalid",
+        "a forwarded capability replayed to Leash",
+    );
+    assert!(replay.message().contains("forwarded"), "{replay:?}");
+    assert_eq!(
+        broker.upstream.count(),
+        1,
+        "nothing more reached the upstream"
+    );
+}
