@@ -515,14 +515,30 @@ impl Tasks {
                 counters.push((block, id.clone(), self.prefix_counter(id).await?));
             }
         }
-        let task_calls = runtime.calls.fetch_add(1, Ordering::SeqCst);
+        // Replicas count a task's calls together too, when its grant has a budget: the
+        // same delta-and-total counter, keyed by the task.
+        let task_counter = match (self.shared_store, runtime.max_calls) {
+            (true, Some(_)) => {
+                let key = format!("task:{}", runtime.task_id);
+                let counter = self.prefix_counter(&key).await?;
+                Some((key, counter))
+            }
+            _ => None,
+        };
+        let mut task_calls = runtime.calls.fetch_add(1, Ordering::SeqCst);
         let mut prefix_calls = vec![0; revocation_ids.len()];
         for (block, _, counter) in &counters {
             prefix_calls[*block] = counter.take();
         }
+        let mut prefixes: Vec<(String, Arc<PrefixCounter>)> =
+            counters.into_iter().map(|(_, id, c)| (id, c)).collect();
+        if let Some((key, counter)) = task_counter {
+            task_calls = task_calls.max(counter.take());
+            prefixes.push((key, counter));
+        }
         Ok(CallSlot {
             runtime: runtime.clone(),
-            prefixes: counters.into_iter().map(|(_, id, c)| (id, c)).collect(),
+            prefixes,
             task_calls,
             prefix_calls,
             committed: false,

@@ -291,6 +291,30 @@ async fn a_budget_spent_on_one_replica_holds_on_the_other() {
 }
 
 #[tokio::test]
+async fn a_tasks_call_budget_holds_across_replicas() {
+    let mut deployment = Deployment::new().await;
+    let a = deployment.replica().await;
+    let b = deployment.replica().await;
+    // The test policy gives agent `small` 3 calls per task.
+    let agent = credential(&a.url, "/v1/agents/small/credentials").await;
+    let (_, token) = task(&a.url, &agent).await;
+    assert_eq!(call(&a.url, &token).await.status, 200);
+    assert_eq!(call(&a.url, &token).await.status, 200);
+    // Past the write-behind bound, B knows of A's two calls.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(call(&b.url, &token).await.status, 200);
+    for url in [&b.url, &a.url] {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let over = call(url, &token).await;
+        assert_eq!(
+            (over.status, over.code()),
+            (429, "budget_exhausted"),
+            "{over:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_revoked_approver_is_refused_on_every_replica() {
     let mut deployment = Deployment::new().await;
     let a = deployment.replica().await;
