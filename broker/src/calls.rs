@@ -143,13 +143,14 @@ async fn checked_call(
         )
         .await?;
     let now_secs = state.clock.now_ms().div_euclid(1000);
-    let decision = off_the_reactor_if_costly(&task.token, {
+    let decision = if task.token.costly {
+        // Owned copies only for the blocking pool; the plain path borrows.
         let token = task.token.clone();
         let tool = tool_name.to_string();
         let args = arguments.clone();
         let prefix_calls = slot.prefix_calls.clone();
         let task_calls = slot.task_calls;
-        move || {
+        off_the_reactor_if_costly(&task.token, move || {
             authorize_call(
                 &token.biscuit,
                 &CallFacts {
@@ -161,9 +162,21 @@ async fn checked_call(
                     budget_blocks: &token.budget_blocks,
                 },
             )
-        }
-    })
-    .await?;
+        })
+        .await?
+    } else {
+        authorize_call(
+            &task.token.biscuit,
+            &CallFacts {
+                tool: tool_name,
+                args: arguments,
+                now_secs,
+                task_calls: slot.task_calls,
+                prefix_calls: &slot.prefix_calls,
+                budget_blocks: &task.token.budget_blocks,
+            },
+        )
+    };
     decision.map_err(|denial| match denial {
         Denial::Capability(why) => ApiError::CapabilityDenied(why),
         Denial::Budget(why) => ApiError::BudgetExhausted(why),
