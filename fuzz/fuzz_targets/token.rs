@@ -142,10 +142,8 @@ fn exercise(token: &Biscuit, tools: &[String]) {
 /// counts as forwarded, allows no other tool, and nothing its parent refuses.
 fn check_forwarded(parent: &Biscuit, forwarded: &str, tool: &str) {
     let forwarding = STATE.forwarding.pair().public();
-    let capability = Biscuit::from_base64(forwarded, |kid: Option<u32>| {
-        STATE.keys.public_for(kid)
-    })
-    .expect("a forwarded capability verifies with the root keys");
+    let capability = Biscuit::from_base64(forwarded, |kid: Option<u32>| STATE.keys.public_for(kid))
+        .expect("a forwarded capability verifies with the root keys");
     assert!(capability::is_forwarded_by(&capability, &forwarding));
     let args = &STATE.args;
     for other in TOOLS.iter().copied().chain(["notes.delete", tool]) {
@@ -156,7 +154,10 @@ fn check_forwarded(parent: &Biscuit, forwarded: &str, tool: &str) {
             counters: None,
         };
         if capability::evaluate_forwarded(&capability, &facts, &forwarding).is_ok() {
-            assert_eq!(other, tool, "a capability forwarded for {tool} allows {other}");
+            assert_eq!(
+                other, tool,
+                "a capability forwarded for {tool} allows {other}"
+            );
             assert!(
                 capability::evaluate(parent, &facts).is_ok(),
                 "the forwarded capability allows {other} but its parent refuses"
