@@ -17,8 +17,11 @@
 //! - [`catalog`] every callable tool (policy HTTP tools + discovered MCP tools); [`mcp`] the MCP gateway;
 //! - [`calls`] is the checked call path; [`proxy`] the only code that talks upstream;
 //! - [`approvals`] human decisions; [`events`] the event hub; [`webhook`] notifications;
-//! - [`issue`] mints a task's token; [`store`] is durable state (SQLite); [`audit`] the hash-chained log;
+//! - [`issue`] mints a task's token; [`store`] is durable state (SQLite or PostgreSQL);
+//!   [`seal`] seals the secrets it keeps; [`audit`] the hash-chained log;
 //!   [`checkpoint`] its signed checkpoints (truncation shows);
+//! - [`slots`] per-address caps (connections, long-polls); [`ratelimit`] token buckets;
+//!   [`logging`] scrubs secrets from every log line;
 //! - [`metrics`] the `/metrics` registry; [`routes`] every HTTP path; [`caller`] who is calling; [`error`] the one error type.
 
 pub mod approvals;
