@@ -508,7 +508,9 @@ impl Store for SqliteStore {
 
     async fn live_revocation_count(&self, since_ms: i64) -> StoreResult<i64> {
         Ok(sqlx::query(
-            "SELECT COUNT(*) AS n FROM revocations WHERE expires_at_ms IS NULL OR expires_at_ms >= ?",
+            // Two index counts, not one OR: SQLite would collect every matching rowid.
+            "SELECT (SELECT COUNT(*) FROM revocations WHERE expires_at_ms IS NULL)
+                  + (SELECT COUNT(*) FROM revocations WHERE expires_at_ms >= ?) AS n",
         )
         .bind(since_ms)
         .fetch_one(&self.pool)
