@@ -286,6 +286,25 @@ fn client_from(source: &str) -> reqwest::Client {
         .unwrap()
 }
 
+/// `queries.len()` anonymous long-polls of the revocation feed from `client`, one per
+/// query string, each on its own task.
+fn long_polls(
+    client: &reqwest::Client,
+    url: &str,
+    queries: &[&str],
+) -> Vec<tokio::task::JoinHandle<reqwest::Result<u16>>> {
+    queries
+        .iter()
+        .map(|query| {
+            let (client, url) = (
+                client.clone(),
+                format!("{url}/v1/revocations?after=999999&{query}"),
+            );
+            tokio::spawn(async move { client.get(url).send().await.map(|r| r.status().as_u16()) })
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn long_polls_cannot_take_the_connections_health_checks_and_revokes_need() {
     let broker = TestBroker::spawn_tuned(POLICY, |c| {
@@ -299,18 +318,7 @@ async fn long_polls_cannot_take_the_connections_health_checks_and_revokes_need()
     let url = broker.url.replace("localhost", "127.0.0.1");
     // Eight anonymous 30-second long-polls from one address.
     let attacker = client_from("127.0.0.2");
-    let polls: Vec<_> = (0..8)
-        .map(|_| {
-            let (client, url) = (attacker.clone(), url.clone());
-            tokio::spawn(async move {
-                client
-                    .get(format!("{url}/v1/revocations?after=999999&wait=30"))
-                    .send()
-                    .await
-                    .map(|r| r.status().as_u16())
-            })
-        })
-        .collect();
+    let polls = long_polls(&attacker, &url, &["wait=30"; 8]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     // At most four are held; the others were refused at once with 429.
     assert_eq!(broker.state.long_polls.held(), 4);
@@ -338,23 +346,10 @@ async fn long_polls_cannot_take_the_connections_health_checks_and_revokes_need()
     // Another address may long-poll too, but only up to the overall cap (three quarters
     // of the connections): a quarter stays for short requests.
     let other = client_from("127.0.0.3");
-    let more: Vec<_> = (0..3)
-        .map(|_| {
-            let (client, url) = (other.clone(), url.clone());
-            tokio::spawn(async move {
-                client
-                    .get(format!("{url}/v1/revocations?after=999999&wait=30"))
-                    .send()
-                    .await
-                    .map(|r| r.status().as_u16())
-            })
-        })
-        .collect();
+    let more = long_polls(&other, &url, &["wait=30"; 3]);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        broker.state.long_polls.held() <= 6,
-        "overall cap of 6 (of 8)"
-    );
+    assert_eq!(broker.state.long_polls.held(), 6, "overall cap of 6 (of 8)");
+    assert_eq!(more.iter().filter(|m| m.is_finished()).count(), 1);
     let revoked = tokio::time::timeout(
         Duration::from_secs(3),
         client_from("127.0.0.1")
@@ -421,19 +416,11 @@ async fn a_percent_encoded_wait_still_takes_a_long_poll_slot() {
     .await;
     let url = broker.url.clone();
     let attacker = client_from("127.0.0.2");
-    let polls: Vec<_> = ["wait=30", "%77ait=30", "w%61it=30", "%77%61%69%74=30"]
-        .into_iter()
-        .map(|query| {
-            let (client, url) = (attacker.clone(), url.clone());
-            tokio::spawn(async move {
-                client
-                    .get(format!("{url}/v1/revocations?after=999999&{query}"))
-                    .send()
-                    .await
-                    .map(|r| r.status().as_u16())
-            })
-        })
-        .collect();
+    let polls = long_polls(
+        &attacker,
+        &url,
+        &["wait=30", "%77ait=30", "w%61it=30", "%77%61%69%74=30"],
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         broker.state.long_polls.held(),

@@ -252,6 +252,23 @@ pub async fn revoke_approver(
     ))
 }
 
+/// Publishes one revocation id (feed, then this broker's revoked set); `true` if it was
+/// not revoked before (so the caller audits it once).
+async fn revoke_one(
+    state: &AppState,
+    id: &str,
+    task_id: Option<&str>,
+    reason: &str,
+) -> ApiResult<bool> {
+    let published = state
+        .store
+        .revoke_ids(&[id.to_string()], task_id, reason, state.clock.now_ms())
+        .await
+        .map_err(ApiError::internal)?;
+    state.revoked.extend(&published);
+    Ok(!published.is_empty())
+}
+
 /// The token or credential a revocation names (`field` of the body): its signature is
 /// verified, but an already revoked one is accepted, so revoking twice is fine. Not one
 /// of ours → 400 naming the field.
@@ -314,18 +331,7 @@ pub async fn revoke_credential(
             "only the admin or the credential's own holder may revoke it".into(),
         ));
     }
-    let published = state
-        .store
-        .revoke_ids(
-            std::slice::from_ref(&root),
-            None,
-            "credential",
-            state.clock.now_ms(),
-        )
-        .await
-        .map_err(ApiError::internal)?;
-    state.revoked.extend(&published);
-    if !published.is_empty() {
+    if revoke_one(&state, &root, None, "credential").await? {
         state
             .audit
             .record(AuditEvent {
@@ -409,18 +415,7 @@ pub async fn revoke_token(
             "task {task_id} already has {cap} tokens revoked one by one; revoke or complete the task instead"
         )));
     }
-    let published = state
-        .store
-        .revoke_ids(
-            std::slice::from_ref(&own),
-            Some(task_id),
-            "token",
-            state.clock.now_ms(),
-        )
-        .await
-        .map_err(ApiError::internal)?;
-    state.revoked.extend(&published);
-    if !published.is_empty() {
+    if revoke_one(&state, &own, Some(task_id), "token").await? {
         state
             .audit
             .record(AuditEvent {
