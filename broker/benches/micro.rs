@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use biscuit_auth::Biscuit;
 use criterion::{Criterion, criterion_group, criterion_main};
-use leash_broker::authorize::{CallFacts, authorize_call};
-use leash_broker::keys::RootKeys;
-use leash_broker::mint::{TaskClaims, task_token};
-use leash_broker::verify::TokenVerifier;
+use leash_broker::tokens::authorize::{CallFacts, authorize_call};
+use leash_broker::tokens::keys::RootKeys;
+use leash_broker::tokens::mint::{TaskClaims, task_token};
+use leash_broker::tokens::verify::TokenVerifier;
 use serde_json::json;
 
 fn token(keys: &RootKeys, blocks: usize) -> String {
@@ -99,7 +99,7 @@ fn benches(c: &mut Criterion) {
         );
     }
     let parsed = Biscuit::from_base64(&one, keys.public_for(Some(1)).unwrap()).unwrap();
-    let forwarding = leash_broker::keys::ForwardingKey::generate();
+    let forwarding = leash_broker::tokens::keys::ForwardingKey::generate();
     c.bench_function(
         "per-call capability (forwarded third-party block, upstream header)",
         |b| {
@@ -118,10 +118,14 @@ fn benches(c: &mut Criterion) {
     );
     let schema = json!({"type": "object", "required": ["query"], "additionalProperties": false,
         "properties": {"query": {"type": "string", "maxLength": 200}}});
-    let validator = leash_broker::schema::compile(&schema).unwrap();
+    let validator = leash_broker::policy::input_schema::compile(&schema).unwrap();
     let good = json!({"query": "rust"});
     c.bench_function("JSON Schema validation", |b| {
-        b.iter(|| black_box(leash_broker::schema::violations(&validator, &good)))
+        b.iter(|| {
+            black_box(leash_broker::policy::input_schema::violations(
+                &validator, &good,
+            ))
+        })
     });
 }
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 
 use crate::ids::random_hex;
-use crate::keys::{ForwardingKey, RootKeys, StoredKey};
+use crate::tokens::keys::{ForwardingKey, RootKeys, StoredKey};
 
 /// File name of the root keys inside the data folder.
 pub const ROOT_KEYS_FILE: &str = "root_keys.json";

@@ -24,41 +24,25 @@
 //!   [`logging`] scrubs secrets from every log line;
 //! - [`metrics`] the `/metrics` registry; [`routes`] every HTTP path; [`caller`] who is calling; [`error`] the one error type.
 
-pub mod approvals;
+pub mod app;
 pub mod audit;
-pub mod authorize;
-pub mod caller;
-pub mod calls;
-pub mod catalog;
-pub mod checkpoint;
+pub mod cli;
 pub mod clock;
-pub mod config;
 pub mod datadir;
-pub mod edge;
 pub mod error;
 pub mod events;
-pub mod fanout;
+pub mod http;
 pub mod ids;
-pub mod issue;
-pub mod keys;
 pub mod logging;
 pub mod mcp;
 pub mod metrics;
-pub mod mint;
 pub mod policy;
-pub mod proxy;
 pub mod ratelimit;
-pub mod revocation;
-pub mod routes;
-pub mod schema;
-pub mod seal;
-pub mod sealed_keys;
-pub mod server;
-pub mod slots;
+pub mod replica;
 pub mod store;
 pub mod tasks;
 pub mod tls;
-pub mod verify;
-pub mod webhook;
+pub mod tokens;
+pub mod upstream;
 
-pub use server::{AppState, ServeConfig, prepare, run};
+pub use app::{AppState, ServeConfig, prepare, run};

@@ -4,7 +4,7 @@ use std::io::Read;
 use std::process::ExitCode;
 
 use clap::Parser;
-use leash_broker::config::{
+use leash_broker::cli::args::{
     AuditCommand, AuditVerifyArgs, Cli, Command, DatabaseArgs, KeysCommand, PolicyCommand,
     TokenCommand,
 };
@@ -139,11 +139,11 @@ fn inspect(token: &str, data: &std::path::Path) -> anyhow::Result<ExitCode> {
 }
 
 async fn verify_audit(args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
-    use leash_broker::checkpoint::{read_file, verify_log};
+    use leash_broker::audit::checkpoint::{read_file, verify_log};
     use leash_broker::store::{PgStore, Store};
     let (store, keys): (Box<dyn Store>, _) = match args.database_url.as_deref() {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            let master = leash_broker::sealed_keys::MasterKey::parse(
+            let master = leash_broker::replica::sealed_keys::MasterKey::parse(
                 &env("LEASH_MASTER_KEY").ok_or_else(|| {
                     anyhow::anyhow!(
                         "LEASH_MASTER_KEY is required: the root keys that signed the checkpoints are sealed with it"
@@ -151,7 +151,8 @@ async fn verify_audit(args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
                 })?,
             )?;
             let store = PgStore::open_existing(url, &args.database_schema).await?;
-            let keys = leash_broker::sealed_keys::all_public_keys(store.pool(), &master).await?;
+            let keys =
+                leash_broker::replica::sealed_keys::all_public_keys(store.pool(), &master).await?;
             (Box::new(store), keys)
         }
         Some(url) if url.starts_with("sqlite:") => (
@@ -218,7 +219,7 @@ fn sqlite_public_keys(
 }
 
 async fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
-    use leash_broker::sealed_keys::{MasterKey, retire, rotate};
+    use leash_broker::replica::sealed_keys::{MasterKey, retire, rotate};
     let master = MasterKey::parse(
         &env("LEASH_MASTER_KEY").ok_or_else(|| anyhow::anyhow!("LEASH_MASTER_KEY is not set"))?,
     )?;

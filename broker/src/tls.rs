@@ -2,7 +2,7 @@
 //! `--tls-key`, for deployments without a TLS-terminating proxy) and the CA bundle
 //! (`LEASH_CA_BUNDLE`) that every outbound connection trusts besides the platform's
 //! roots — HTTP tools, MCP upstreams and the webhook through the one upstream client
-//! ([`crate::proxy`]), PostgreSQL through `sslrootcert`.
+//! ([`crate::upstream::client`]), PostgreSQL through `sslrootcert`.
 //!
 //! Every mistake (one of the pair missing, an unreadable file, a key that does not fit
 //! the certificate, a bundle without certificates) stops `leash serve` with a message

@@ -15,7 +15,7 @@ use std::sync::{Arc, LazyLock};
 
 use biscuit_auth::Biscuit;
 use biscuit_auth::builder::Term;
-use leash_broker::authorize::{CallFacts, Denial, authorize_call};
+use leash_broker::tokens::authorize::{CallFacts, Denial, authorize_call};
 use leash_broker::policy::{ToolDef, load_sources};
 use leash_sdk::facts::{MAX_DEPTH, arg_facts, depth, to_term};
 use libfuzzer_sys::fuzz_target;
@@ -38,7 +38,7 @@ static STATE: LazyLock<State> = LazyLock::new(|| {
     let keys = leash_fuzz::root_keys();
     let checks: Vec<String> = CHECKS.iter().map(|c| c.to_string()).collect();
     for check in &checks {
-        leash_broker::mint::parse_check(check).expect("the fuzz checks parse");
+        leash_broker::tokens::mint::parse_check(check).expect("the fuzz checks parse");
     }
     let token = leash_fuzz::task_token(&keys, &checks);
     let policy = load_sources(
@@ -153,7 +153,7 @@ fuzz_target!(
             );
         }
         for tool in &state.tools {
-            let _ = leash_broker::schema::violations(&tool.validator, &value);
+            let _ = leash_broker::policy::input_schema::violations(&tool.validator, &value);
         }
     }
 );

@@ -157,7 +157,7 @@ fn decode_server(body: &[u8]) {
                 }
                 let schema = Value::Object((*tool.input_schema).clone());
                 let description = tool.description.as_deref().unwrap_or("");
-                if leash_broker::schema::compile(&schema).is_err() {
+                if leash_broker::policy::input_schema::compile(&schema).is_err() {
                     continue;
                 }
                 let (definition, hash) = pins::definition(&name, description, &schema);

@@ -29,7 +29,7 @@ fn exercise(policy: &Policy) {
     for (name, tool) in &policy.tools {
         assert!(policy.tool(name).is_some());
         let _ = format!("{tool:?}");
-        let _ = leash_broker::schema::violations(&tool.validator, &serde_json::json!({}));
+        let _ = leash_broker::policy::input_schema::violations(&tool.validator, &serde_json::json!({}));
     }
     for (agent, grant) in &policy.grants {
         assert!(policy.grant(agent).is_some());
@@ -41,7 +41,7 @@ fn exercise(policy: &Policy) {
         }
         for check in &grant.checks {
             assert!(
-                leash_broker::mint::parse_check(check).is_ok(),
+                leash_broker::tokens::mint::parse_check(check).is_ok(),
                 "a loaded grant holds a check that does not parse: {check:?}"
             );
         }

@@ -15,11 +15,11 @@
 use std::sync::{Arc, LazyLock};
 
 use biscuit_auth::{Biscuit, UnverifiedBiscuit};
-use leash_broker::authorize::{self, CallFacts};
+use leash_broker::tokens::authorize::{self, CallFacts};
 use leash_broker::error::ApiError;
-use leash_broker::keys::{ForwardingKey, RootKeys};
-use leash_broker::mint;
-use leash_broker::verify::{MAX_TOKEN_LEN, Principal, TokenVerifier};
+use leash_broker::tokens::keys::{ForwardingKey, RootKeys};
+use leash_broker::tokens::mint;
+use leash_broker::tokens::verify::{MAX_TOKEN_LEN, Principal, TokenVerifier};
 use leash_fuzz::{AGENT, NOW_SECS, TASK_ID, TOOLS};
 use leash_sdk::capability;
 use libfuzzer_sys::fuzz_target;
@@ -195,7 +195,7 @@ fn verify_text(
     verifier: &TokenVerifier,
     text: &str,
     revoke_some: bool,
-) -> Option<Arc<leash_broker::verify::VerifiedToken>> {
+) -> Option<Arc<leash_broker::tokens::verify::VerifiedToken>> {
     let revoked = |id: &str| {
         (revoke_some && id.starts_with("00")).then(|| ApiError::TokenRevoked(id.to_string()))
     };

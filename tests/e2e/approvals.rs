@@ -477,7 +477,7 @@ async fn decisions_racing_revokes_never_leave_a_usable_token() {
             let token = broker
                 .state
                 .sealer
-                .open(leash_broker::seal::TASK_TOKEN, &task_id, &sealed)
+                .open(leash_broker::tokens::seal::TASK_TOKEN, &task_id, &sealed)
                 .unwrap();
             let reply = broker.call(&token, "web.search", json!({})).await;
             assert_eq!(

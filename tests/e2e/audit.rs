@@ -235,8 +235,8 @@ async fn forged_checkpoints_are_refused() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    let forged = leash_broker::checkpoint::sign(
-        &leash_broker::keys::RootKeys::generate(),
+    let forged = leash_broker::audit::checkpoint::sign(
+        &leash_broker::tokens::keys::RootKeys::generate(),
         head - 2,
         &new_head,
         1_800_000_000_000,
@@ -285,7 +285,7 @@ async fn a_rewritten_chain_does_not_match_its_checkpoint() {
         })
         .collect();
     let mut conn = open_db(data).await;
-    for row in leash_broker::audit::chain_after(None, &events) {
+    for row in leash_broker::audit::log::chain_after(None, &events) {
         sqlx::query("UPDATE audit SET actor = ?, prev_hash = ?, hash = ? WHERE seq = ?")
             .bind(&row.actor)
             .bind(&row.prev_hash)

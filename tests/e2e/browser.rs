@@ -93,7 +93,7 @@ async fn an_approver_approves_and_revokes_in_headless_chromium() {
     // A changed upstream tool definition waits for an approver too; the page must say
     // what it is, not call it a new task.
     tell.write_all(b"DEFINITION\n").await.unwrap();
-    leash_broker::approvals::request_definition(
+    leash_broker::tasks::approvals::request_definition(
         &broker.state,
         "docs",
         "docs.search",

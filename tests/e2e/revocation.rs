@@ -269,7 +269,7 @@ async fn revoked_ids_are_forgotten_after_their_window_and_stay_refused() {
         "the task's window"
     );
     // Within the window and the margin, the id is kept.
-    let (from_feed, _) = leash_broker::server::prune_revocations(&broker.state)
+    let (from_feed, _) = leash_broker::app::prune_revocations(&broker.state)
         .await
         .unwrap();
     assert_eq!(from_feed, 0);
@@ -277,7 +277,7 @@ async fn revoked_ids_are_forgotten_after_their_window_and_stay_refused() {
     // Past the task's window (600 s) and the 5-minute margin: forgotten in memory; the
     // feed keeps it a day longer, for verifiers that start late.
     broker.state.clock.advance(Duration::from_secs(600 + 301));
-    let (from_feed, from_memory) = leash_broker::server::prune_revocations(&broker.state)
+    let (from_feed, from_memory) = leash_broker::app::prune_revocations(&broker.state)
         .await
         .unwrap();
     assert_eq!(from_feed, 0);
@@ -292,7 +292,7 @@ async fn revoked_ids_are_forgotten_after_their_window_and_stay_refused() {
     };
     assert!(listed(&broker.get("/v1/revocations?after=0", None).await));
     broker.state.clock.advance(Duration::from_secs(24 * 3600));
-    let (from_feed, _) = leash_broker::server::prune_revocations(&broker.state)
+    let (from_feed, _) = leash_broker::app::prune_revocations(&broker.state)
         .await
         .unwrap();
     assert!(from_feed >= 1, "{from_feed}");
@@ -347,7 +347,7 @@ async fn a_renewal_never_shortens_a_window_so_no_id_is_forgotten_early() {
     }
     // Two seconds on (the short window would be over): nothing is forgotten.
     broker.state.clock.advance(Duration::from_secs(2 + 301));
-    leash_broker::server::prune_revocations(&broker.state)
+    leash_broker::app::prune_revocations(&broker.state)
         .await
         .unwrap();
     let first_id = hex::encode(

@@ -1134,7 +1134,7 @@ async fn heavy_attenuations_do_not_stall_other_requests() {
 async fn tokens_with_too_many_blocks_are_refused() {
     let (broker, _, _, token) = setup().await;
     let mut long = Biscuit::from_base64(&token, broker.public_key().await).unwrap();
-    for _ in 0..leash_broker::verify::MAX_BLOCKS {
+    for _ in 0..leash_broker::tokens::verify::MAX_BLOCKS {
         long = long
             .append(BlockBuilder::new().code("check if true").unwrap())
             .unwrap();

@@ -10,10 +10,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::caller::task_token;
-use crate::calls::active_task;
+use crate::app::AppState;
 use crate::error::ApiError;
-use crate::server::AppState;
+use crate::http::auth::task_token;
+use crate::tasks::calls::active_task;
 
 /// The host names `/mcp` answers to: loopback names, the listen address, and
 /// `LEASH_MCP_ALLOWED_HOSTS`.

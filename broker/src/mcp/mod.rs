@@ -9,14 +9,12 @@
 //!   bearer check, answering 401 with RFC 9728 discovery before rmcp sees the request.
 
 pub mod guard;
-pub mod pins;
 pub mod server;
-pub mod upstream;
 
 use axum::Router;
 use axum::routing::get;
 
-use crate::server::AppState;
+use crate::app::AppState;
 
 /// The routes of the gateway: `/mcp` and the protected-resource metadata.
 pub fn routes(state: AppState) -> Router {

@@ -2,7 +2,7 @@
 //! its task token, checked by [`super::guard`] and re-read here from the request parts.
 //!
 //! `tools/list` lists what the token may call; `tools/call` runs the checked call of
-//! [`crate::calls`] (caveats, schema, budgets, per-call approval). Refusals the agent can
+//! [`crate::tasks::calls`] (caveats, schema, budgets, per-call approval). Refusals the agent can
 //! act on are `isError` results that say why; an unknown tool is `invalid_params`.
 
 use std::sync::Arc;
@@ -17,10 +17,10 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::Value;
 
-use crate::calls::{CallOutcome, active_task, call_tool, callable_tools};
+use crate::app::AppState;
 use crate::error::ApiError;
-use crate::server::AppState;
-use crate::verify::VerifiedToken;
+use crate::tasks::calls::{CallOutcome, active_task, call_tool, callable_tools};
+use crate::tokens::verify::VerifiedToken;
 
 /// The MCP handler of one request.
 #[derive(Clone)]

@@ -470,7 +470,7 @@ impl<'a> FileCtx<'a> {
                     self.error(start(value), format!("{what}.input_schema: {message}"));
                     (serde_json::Value::Null, None)
                 }
-                Ok(schema) => match crate::schema::compile(&schema) {
+                Ok(schema) => match crate::policy::input_schema::compile(&schema) {
                     Ok(validator) => (schema, Some(validator)),
                     Err(message) => {
                         self.error(
@@ -665,7 +665,7 @@ impl<'a> FileCtx<'a> {
         };
         let mut checks = Vec::new();
         for (source, at) in self.strings(&fields, "checks", &what).unwrap_or_default() {
-            match crate::mint::parse_check(&source) {
+            match crate::tokens::mint::parse_check(&source) {
                 Ok(()) => checks.push(source),
                 Err(message) => self.error(at, format!("{what}.checks: {message}")),
             }

@@ -4,6 +4,7 @@
 //! immutable afterwards. Everything here is already validated: schemas compiled,
 //! Datalog checks parsed, environment references substituted.
 
+pub mod input_schema;
 mod load;
 mod toml_value;
 

@@ -1,0 +1,457 @@
+//! Signed checkpoints of the audit chain: what makes deleting the newest rows visible.
+//!
+//! The hash chain ([`crate::audit::log`]) shows an edited or a missing row *inside* the log,
+//! but a log cut short is still a valid chain. So every `N` events or `T` seconds (only
+//! when there are new events), and once more on a graceful shutdown, the broker signs
+//! the chain's head with its root key: `{seq, hash, at, kid, signature}`. A checkpoint
+//! names a row; if that row is gone, or holds another hash, the log was cut or rewritten.
+//!
+//! Checkpoints are stored in their own table (replicas share it: the seq is the key, so
+//! two replicas signing the same head store it once) and, optionally, appended as JSON
+//! lines to a file outside the database (`--audit-checkpoint-file`, fsynced), so an
+//! attacker holding only the database cannot remove them. `GET /v1/audit/checkpoints`
+//! publishes them for collectors; `leash audit verify` checks rows against them
+//! ([`verify_log`]).
+//!
+//! The signed bytes are [`signed_bytes`]: domain-separated text an external verifier can
+//! rebuild from the published JSON alone. A checkpoint holds no secret.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use biscuit_auth::PublicKey;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::app::AppState;
+use crate::audit::log::{ChainBreak, verify_chain};
+use crate::clock::rfc3339;
+use crate::store::{AuditCheckpoint, Store};
+use crate::tokens::keys::RootKeys;
+
+/// The first line of every signed checkpoint: the signature means nothing elsewhere.
+pub const DOMAIN: &str = "leash-audit-checkpoint-v1";
+
+/// The bytes a checkpoint's signature covers:
+/// `leash-audit-checkpoint-v1\n{seq}\n{hash}\n{at}`, with `seq` in decimal, `hash` the
+/// row's lowercase hex hash and `at` the RFC 3339 time exactly as published.
+pub fn signed_bytes(seq: i64, hash: &str, at_ms: i64) -> Vec<u8> {
+    format!("{DOMAIN}\n{seq}\n{hash}\n{}", rfc3339(at_ms)).into_bytes()
+}
+
+/// Signs the head `(seq, hash)` at `at_ms` with the current signing root key.
+pub fn sign(keys: &RootKeys, seq: i64, hash: &str, at_ms: i64) -> anyhow::Result<AuditCheckpoint> {
+    let (kid, pair) = keys.signing();
+    let signature = pair
+        .sign(&signed_bytes(seq, hash, at_ms))
+        .map_err(|err| anyhow::anyhow!("cannot sign the audit checkpoint: {err}"))?;
+    Ok(AuditCheckpoint {
+        seq,
+        hash: hash.to_string(),
+        at_ms,
+        kid,
+        signature: URL_SAFE_NO_PAD.encode(signature.to_bytes()),
+    })
+}
+
+/// Why a checkpoint's signature does not hold.
+pub fn check_signature(
+    checkpoint: &AuditCheckpoint,
+    keys: &BTreeMap<u32, PublicKey>,
+) -> Result<(), String> {
+    let Some(key) = keys.get(&checkpoint.kid) else {
+        return Err(format!("is signed by unknown root key {}", checkpoint.kid));
+    };
+    let key: [u8; 32] = key
+        .to_bytes()
+        .try_into()
+        .map_err(|_| format!("root key {} is not an ed25519 key", checkpoint.kid))?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&key)
+        .map_err(|_| format!("root key {} is not a valid ed25519 key", checkpoint.kid))?;
+    let signature: [u8; 64] = URL_SAFE_NO_PAD
+        .decode(&checkpoint.signature)
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or_else(|| "has a malformed signature".to_string())?;
+    key.verify_strict(
+        &signed_bytes(checkpoint.seq, &checkpoint.hash, checkpoint.at_ms),
+        &ed25519_dalek::Signature::from_bytes(&signature),
+    )
+    .map_err(|_| {
+        format!(
+            "has a signature that does not verify with root key {} (forged or altered)",
+            checkpoint.kid
+        )
+    })
+}
+
+/// A checkpoint as published (`GET /v1/audit/checkpoints`) and as a line of the file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishedCheckpoint {
+    /// The seq of the row it covers.
+    pub seq: i64,
+    /// That row's hash (hex).
+    pub hash: String,
+    /// When it was signed (RFC 3339).
+    pub at: String,
+    /// The root key id that signed it.
+    pub kid: u32,
+    /// Ed25519 signature, base64url without padding.
+    pub signature: String,
+}
+
+impl From<&AuditCheckpoint> for PublishedCheckpoint {
+    fn from(c: &AuditCheckpoint) -> Self {
+        PublishedCheckpoint {
+            seq: c.seq,
+            hash: c.hash.clone(),
+            at: rfc3339(c.at_ms),
+            kid: c.kid,
+            signature: c.signature.clone(),
+        }
+    }
+}
+
+/// The JSON of one checkpoint, as published.
+pub fn to_json(checkpoint: &AuditCheckpoint) -> Value {
+    json!(PublishedCheckpoint::from(checkpoint))
+}
+
+/// Reads one line of a checkpoint file.
+pub fn parse_line(line: &str) -> Result<AuditCheckpoint, String> {
+    let published: PublishedCheckpoint =
+        serde_json::from_str(line).map_err(|err| format!("not a checkpoint: {err}"))?;
+    let at = time::OffsetDateTime::parse(
+        &published.at,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .map_err(|_| format!("{:?} is not an RFC 3339 time", published.at))?;
+    let at_ms = i64::try_from(at.unix_timestamp_nanos() / 1_000_000)
+        .map_err(|_| "time out of range".to_string())?;
+    Ok(AuditCheckpoint {
+        seq: published.seq,
+        hash: published.hash,
+        at_ms,
+        kid: published.kid,
+        signature: published.signature,
+    })
+}
+
+/// Every checkpoint of a checkpoint file; a line that is not one is an error naming it.
+pub fn read_file(path: &Path) -> anyhow::Result<Vec<AuditCheckpoint>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| anyhow::anyhow!("cannot read {}: {err}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(index, line)| {
+            parse_line(line)
+                .map_err(|err| anyhow::anyhow!("{} line {}: {err}", path.display(), index + 1))
+        })
+        .collect()
+}
+
+/// Appends one checkpoint as a JSON line and fsyncs it.
+pub async fn append_to_file(path: &Path, checkpoint: &AuditCheckpoint) -> std::io::Result<()> {
+    let mut line = to_json(checkpoint).to_string();
+    line.push('\n');
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut file = open_for_append(&path)?;
+        // One write of a short line: with O_APPEND it lands whole, after every other line.
+        file.write_all(line.as_bytes())?;
+        file.sync_data()
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// Opens (creating) the checkpoint file for appending; `leash serve` calls it at start so
+/// an unwritable path stops the start instead of failing later.
+pub fn open_for_append(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+/// Signs the chain's head unless a checkpoint already covers it; stores it (and appends
+/// it to the file when this broker stored it). `None` when there was nothing to sign.
+pub async fn checkpoint_head(state: &AppState) -> anyhow::Result<Option<AuditCheckpoint>> {
+    state.audit.checkpoint_taken();
+    let Some((seq, hash)) = state.store.audit_head().await? else {
+        return Ok(None);
+    };
+    if let Some(latest) = state.store.latest_checkpoint().await?
+        && latest.seq >= seq
+    {
+        if latest.seq > seq {
+            tracing::error!(
+                head = seq,
+                checkpoint = latest.seq,
+                "the audit log ends before its latest checkpoint: rows were deleted (run `leash audit verify`)"
+            );
+        }
+        return Ok(None);
+    }
+    let checkpoint = sign(&state.keys, seq, &hash, state.clock.now_ms())?;
+    if !state.store.insert_checkpoint(&checkpoint).await? {
+        // Another replica signed this head first: one checkpoint per head is enough.
+        return Ok(None);
+    }
+    if let Some(path) = &state.config.audit_checkpoint_file {
+        append_to_file(path, &checkpoint).await.map_err(|err| {
+            anyhow::anyhow!(
+                "cannot append the audit checkpoint to {}: {err}",
+                path.display()
+            )
+        })?;
+    }
+    Ok(Some(checkpoint))
+}
+
+/// Signs checkpoints for as long as the broker runs: every `audit_checkpoint_interval`
+/// (0: never by time) or as soon as `audit_checkpoint_events` events were written.
+pub async fn run_forever(state: AppState) {
+    let interval = state.config.audit_checkpoint_interval;
+    loop {
+        let timer = async {
+            if interval.is_zero() {
+                std::future::pending::<()>().await
+            } else {
+                tokio::time::sleep(interval).await
+            }
+        };
+        tokio::select! {
+            _ = timer => {}
+            _ = state.audit.checkpoint_due() => {}
+        }
+        if let Err(err) = checkpoint_head(&state).await {
+            tracing::warn!(error = %err, "cannot sign an audit checkpoint; will retry");
+        }
+    }
+}
+
+/// Where a checkpoint was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The store's checkpoint table.
+    Database,
+    /// The checkpoint file (`--checkpoints`).
+    File,
+}
+
+impl Source {
+    fn name(self) -> &'static str {
+        match self {
+            Source::Database => "database",
+            Source::File => "file",
+        }
+    }
+}
+
+/// Why an audit log does not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogProblem {
+    /// A row was edited or is missing inside the chain.
+    #[error(transparent)]
+    Chain(#[from] ChainBreak),
+    /// A checkpoint is forged, or the rows up to it were rewritten.
+    #[error("checkpoint at seq {seq} (from the {from}) {reason}")]
+    Checkpoint {
+        /// The checkpoint's seq.
+        seq: i64,
+        /// Database or file.
+        from: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The log ends before a checkpoint: its newest rows were deleted.
+    #[error(
+        "truncated: rows after seq {head} are missing (checkpoint at seq {seq}, signed {at}, from the {from})"
+    )]
+    Truncated {
+        /// The last row there is (0: none).
+        head: i64,
+        /// The latest checkpoint's seq.
+        seq: i64,
+        /// When it was signed (RFC 3339).
+        at: String,
+        /// Database or file.
+        from: &'static str,
+    },
+}
+
+/// What a verified log holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The last row's seq (the number of events).
+    pub head: i64,
+    /// The last row's hash.
+    pub head_hash: String,
+    /// Distinct checkpoints checked.
+    pub checkpoints: usize,
+    /// The latest checkpoint, if any.
+    pub latest: Option<AuditCheckpoint>,
+}
+
+/// Verifies a whole audit log: every checkpoint's signature (`keys`: every root public
+/// key, retired ones included), the hash chain row by row, each checkpoint against the
+/// row at its seq, and that no row the latest checkpoint covers is missing at the end.
+/// `file` holds the checkpoints of a checkpoint file; each must also be in the store.
+/// Problems are reported in chain order: the first bad row or checkpoint is named.
+pub async fn verify_log(
+    store: &dyn Store,
+    file: &[AuditCheckpoint],
+    keys: &BTreeMap<u32, PublicKey>,
+) -> anyhow::Result<Result<Verified, LogProblem>> {
+    let mut stored = Vec::new();
+    loop {
+        let after = stored.last().map_or(0, |c: &AuditCheckpoint| c.seq);
+        let page = store.checkpoints_after(after, 5000).await?;
+        if page.is_empty() {
+            break;
+        }
+        stored.extend(page);
+    }
+    let mut by_seq: BTreeMap<i64, Vec<(&AuditCheckpoint, Source)>> = BTreeMap::new();
+    for (checkpoint, source) in stored
+        .iter()
+        .map(|c| (c, Source::Database))
+        .chain(file.iter().map(|c| (c, Source::File)))
+    {
+        let same = by_seq.entry(checkpoint.seq).or_default();
+        if !same.iter().any(|(known, _)| *known == checkpoint) {
+            same.push((checkpoint, source));
+        }
+    }
+    for (checkpoint, source) in by_seq.values().flatten() {
+        if let Err(reason) = check_signature(checkpoint, keys) {
+            return Ok(Err(LogProblem::Checkpoint {
+                seq: checkpoint.seq,
+                from: source.name(),
+                reason,
+            }));
+        }
+    }
+    let mut head: (i64, String) = (0, String::new());
+    loop {
+        let rows = store.audit_after(head.0, 5000).await?;
+        if rows.is_empty() {
+            break;
+        }
+        for row in &rows {
+            head = match verify_chain((head.0, &head.1), std::slice::from_ref(row)) {
+                Ok(next) => next,
+                Err(broken) => return Ok(Err(broken.into())),
+            };
+            for (checkpoint, source) in by_seq.get(&row.seq).into_iter().flatten() {
+                if checkpoint.hash != row.hash {
+                    return Ok(Err(LogProblem::Checkpoint {
+                        seq: checkpoint.seq,
+                        from: source.name(),
+                        reason: format!(
+                            "does not match row {}: the rows up to it were rewritten",
+                            row.seq
+                        ),
+                    }));
+                }
+            }
+        }
+    }
+    let latest = by_seq
+        .iter()
+        .next_back()
+        .and_then(|(_, all)| all.first())
+        .copied();
+    if let Some((checkpoint, source)) = latest
+        && checkpoint.seq > head.0
+    {
+        return Ok(Err(LogProblem::Truncated {
+            head: head.0,
+            seq: checkpoint.seq,
+            at: rfc3339(checkpoint.at_ms),
+            from: source.name(),
+        }));
+    }
+    for checkpoint in file {
+        if !stored.contains(checkpoint) {
+            return Ok(Err(LogProblem::Checkpoint {
+                seq: checkpoint.seq,
+                from: Source::File.name(),
+                reason: "is missing from the database: checkpoints were deleted there".into(),
+            }));
+        }
+    }
+    Ok(Ok(Verified {
+        head: head.0,
+        head_hash: head.1,
+        checkpoints: by_seq.values().map(Vec::len).sum(),
+        latest: latest.map(|(c, _)| c.clone()),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signed_bytes_are_domain_separated_text() {
+        assert_eq!(
+            String::from_utf8(signed_bytes(42, "ab12", 1_700_000_000_123)).unwrap(),
+            "leash-audit-checkpoint-v1\n42\nab12\n2023-11-14T22:13:20.123Z"
+        );
+    }
+
+    #[test]
+    fn a_signed_checkpoint_verifies_and_any_change_breaks_it() {
+        let keys = RootKeys::generate();
+        let public = keys.public_keys();
+        let good = sign(&keys, 7, "cafe", 1_000).unwrap();
+        assert_eq!(check_signature(&good, &public), Ok(()));
+        let line = to_json(&good).to_string();
+        assert_eq!(parse_line(&line).unwrap(), good, "file lines round-trip");
+        for forged in [
+            AuditCheckpoint {
+                seq: 8,
+                ..good.clone()
+            },
+            AuditCheckpoint {
+                hash: "cafd".into(),
+                ..good.clone()
+            },
+            AuditCheckpoint {
+                at_ms: 1_001,
+                ..good.clone()
+            },
+        ] {
+            assert!(
+                check_signature(&forged, &public)
+                    .unwrap_err()
+                    .contains("does not verify")
+            );
+        }
+        let unknown = AuditCheckpoint {
+            kid: 9,
+            ..good.clone()
+        };
+        assert!(
+            check_signature(&unknown, &public)
+                .unwrap_err()
+                .contains("unknown root key 9")
+        );
+        let garbled = AuditCheckpoint {
+            signature: "!!".into(),
+            ..good
+        };
+        assert!(
+            check_signature(&garbled, &public)
+                .unwrap_err()
+                .contains("malformed")
+        );
+    }
+}

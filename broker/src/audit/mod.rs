@@ -1,0 +1,6 @@
+//! The audit trail: the batched hash-chained log writer and its signed checkpoints.
+
+pub mod checkpoint;
+pub mod log;
+
+pub use log::{chain_after, verify_chain};

@@ -1,0 +1,189 @@
+//! Public and read-only endpoints: health, keys, the revocation feed, the audit log.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::extract::QueryParams;
+use crate::app::AppState;
+use crate::clock::rfc3339;
+use crate::error::{ApiError, ApiResult};
+use crate::http::auth::{Caller, authenticate};
+use crate::metrics::Sample;
+
+/// `GET /metrics` (admin token, or the scrape-only `LEASH_METRICS_TOKEN`): OpenMetrics text.
+#[utoipa::path(get, path = "/metrics", tag = "feeds",
+    security(("admin" = []), ("metrics" = [])),
+    responses((status = 200, description = "Counters and gauges in the OpenMetrics text format", content_type = "application/openmetrics-text", body = String)))]
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    let scrape_token = crate::http::auth::bearer(&headers)
+        .ok()
+        .is_some_and(|token| {
+            let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+            state
+                .metrics_digest
+                .is_some_and(|expected| bool::from(digest.ct_eq(&expected)))
+        });
+    if !scrape_token && !matches!(authenticate(&state, &headers)?, Caller::Admin) {
+        return Err(ApiError::Forbidden(
+            "metrics need the admin token or LEASH_METRICS_TOKEN".into(),
+        ));
+    }
+    let sample = Sample {
+        revoked_ids: i64::try_from(state.revoked.len()).unwrap_or(i64::MAX),
+        feed_healthy: state.health.check().is_ok(),
+        audit_writable: state.audit.check_writable().is_ok(),
+    };
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(sample),
+    )
+        .into_response())
+}
+
+/// Most feed entries in one answer.
+const PAGE: i64 = 1000;
+
+/// `GET /healthz`.
+#[utoipa::path(get, path = "/healthz", tag = "feeds",
+    responses((status = 200, description = "The broker is up", body = super::openapi::Health)))]
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /.well-known/leash/keys`.
+#[utoipa::path(get, path = "/.well-known/leash/keys", tag = "feeds",
+    responses((status = 200, description = "Every root public key that verifies tokens, and the forwarding key that signs the last block of every forwarded `Leash-Capability`", body = leash_sdk::protocol::KeySet)))]
+pub async fn keys(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({
+        "keys": state.keys.published(),
+        "forwarding_key": state.forwarding.published(),
+    }))
+}
+
+/// `?after=SEQ` of the feeds.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct After {
+    /// Answer entries after this position (default 0).
+    #[serde(default)]
+    after: i64,
+}
+
+/// `?after=SEQ&wait=SECONDS` of the revocation feed.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct FeedQuery {
+    /// Answer entries after this position (default 0).
+    #[serde(default)]
+    after: i64,
+    /// Hold an empty answer up to this many seconds (0 to 30) until something is revoked.
+    #[serde(default)]
+    #[param(maximum = 30)]
+    wait: u64,
+}
+
+/// Longest long-poll of the revocation feed.
+const MAX_FEED_WAIT_SECONDS: u64 = 30;
+
+/// `GET /v1/revocations?after=SEQ[&wait=SECONDS]`: the public revocation feed. With
+/// `wait` (at most 30), an empty answer is held until something is revoked, so
+/// followers hear of a revocation within milliseconds.
+#[utoipa::path(get, path = "/v1/revocations", tag = "feeds", params(FeedQuery),
+    responses((status = 200, description = "Revocations after the asked position", body = super::openapi::RevocationFeed)))]
+pub async fn revocations(
+    State(state): State<AppState>,
+    QueryParams(q): QueryParams<FeedQuery>,
+) -> ApiResult<Json<Value>> {
+    if q.wait > MAX_FEED_WAIT_SECONDS {
+        return Err(ApiError::BadRequest(format!(
+            "wait is at most {MAX_FEED_WAIT_SECONDS} seconds"
+        )));
+    }
+    let after = q.after.max(0);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(q.wait);
+    let entries = loop {
+        let published = state.revoked.next_publication();
+        tokio::pin!(published);
+        published.as_mut().enable();
+        let entries = state
+            .store
+            .revocations_after(after, PAGE)
+            .await
+            .map_err(ApiError::internal)?;
+        if !entries.is_empty() || tokio::time::Instant::now() >= deadline {
+            break entries;
+        }
+        if tokio::time::timeout_at(deadline, published).await.is_err() {
+            break Vec::new();
+        }
+    };
+    let next = entries.last().map_or(after, |e| e.seq);
+    let items: Vec<Value> = entries
+        .iter()
+        .map(|e| json!({ "seq": e.seq, "revocation_id": e.revocation_id, "task_id": e.task_id, "reason": e.reason, "at": rfc3339(e.at_ms), "expires_at": e.expires_at_ms.map(rfc3339) }))
+        .collect();
+    Ok(Json(json!({ "revocations": items, "next": next })))
+}
+
+/// `GET /v1/audit?after=SEQ`: hash-chained events, for approvers and the admin.
+#[utoipa::path(get, path = "/v1/audit", tag = "feeds", params(After),
+    security(("approver" = []), ("admin" = [])),
+    responses((status = 200, description = "Audit events after the asked position", body = super::openapi::AuditPage)))]
+pub async fn audit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    QueryParams(q): QueryParams<After>,
+) -> ApiResult<Json<Value>> {
+    authenticate(&state, &headers)?.require_approver_or_admin()?;
+    let rows = state
+        .store
+        .audit_after(q.after.max(0), PAGE)
+        .await
+        .map_err(ApiError::internal)?;
+    let next = rows.last().map_or(q.after.max(0), |r| r.seq);
+    let events: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "seq": r.seq, "at": rfc3339(r.at_ms), "kind": r.kind, "actor": r.actor,
+                "task_id": r.task_id, "detail": r.detail, "prev_hash": r.prev_hash, "hash": r.hash,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "events": events, "next": next })))
+}
+
+/// `GET /v1/audit/checkpoints?after=SEQ`: the signed checkpoints of the audit chain
+/// (oldest first, at most 1000), for approvers and the admin — for a collector that keeps
+/// them where the database's owner cannot reach.
+#[utoipa::path(get, path = "/v1/audit/checkpoints", tag = "feeds", params(After),
+    security(("approver" = []), ("admin" = [])),
+    responses((status = 200, description = "Checkpoints after the asked seq", body = super::openapi::CheckpointList)))]
+pub async fn audit_checkpoints(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    QueryParams(q): QueryParams<After>,
+) -> ApiResult<Json<Value>> {
+    authenticate(&state, &headers)?.require_approver_or_admin()?;
+    let checkpoints = state
+        .store
+        .checkpoints_after(q.after.max(0), PAGE)
+        .await
+        .map_err(ApiError::internal)?;
+    let items: Vec<Value> = checkpoints
+        .iter()
+        .map(crate::audit::checkpoint::to_json)
+        .collect();
+    Ok(Json(json!({ "checkpoints": items })))
+}

@@ -1,0 +1,81 @@
+//! Tool endpoints for task-token holders: list what may be called, and call it.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{Value, json};
+
+use super::extract::{PathParam, RawBody, parse_json};
+use crate::app::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::http::auth::task_token;
+use crate::policy::ToolApproval;
+use crate::tasks::calls::{CallOutcome, active_task, call_tool, callable_tools};
+
+/// `GET /v1/tools`.
+#[utoipa::path(get, path = "/v1/tools", tag = "tools", security(("task" = [])),
+    responses((status = 200, description = "The tools this token may call", body = super::openapi::ToolList)))]
+pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    let token = task_token(&state, &headers)?;
+    let task = active_task(&state, token).await?;
+    let tools: Vec<Value> = callable_tools(&state, &task)
+        .await?
+        .iter()
+        .map(|tool| {
+            json!({
+                "name": tool.name,
+                "description": tool.description,
+                "input_schema": tool.input_schema,
+                "approval": match tool.approval { ToolApproval::None => "none", ToolApproval::PerCall => "per_call" },
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "tools": tools })))
+}
+
+/// `POST /v1/tools/{tool}/call`: the body is the arguments object. The token is checked
+/// before the body is parsed, so an unauthenticated caller learns nothing from it.
+/// A `per_call` tool answers 202 with an approval id; repeat the call with
+/// `Leash-Approval: <id>` once it is approved.
+#[utoipa::path(post, path = "/v1/tools/{tool}/call", tag = "tools",
+    params(
+        ("tool" = String, Path, description = "The tool's name"),
+        ("Leash-Approval" = Option<String>, Header, description = "The approved per-call approval's id, when repeating a call"),
+    ),
+    request_body(content = Object, description = "The tool's arguments (a JSON object, checked against its input schema)"),
+    security(("task" = [])),
+    responses(
+        (status = 200, description = "The upstream's answer", body = super::openapi::CallDone),
+        (status = 202, description = "The call waits for a per-call approval", body = super::openapi::Pending),
+        (status = 403, description = "The capability or policy refuses the call, or the `Leash-Approval` is for another task, tool or arguments, already used, denied or expired", body = leash_sdk::protocol::ErrorBody),
+        (status = 422, description = "The arguments break the tool's input schema", body = leash_sdk::protocol::ErrorBody),
+        (status = 429, description = "A call budget or the agent's rate is used up", body = leash_sdk::protocol::ErrorBody),
+        (status = 502, description = "The upstream failed or answered something unusable", body = leash_sdk::protocol::ErrorBody),
+        (status = 504, description = "The upstream did not answer in time", body = leash_sdk::protocol::ErrorBody),
+    ))]
+pub async fn call(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    PathParam(tool): PathParam,
+    RawBody(body): RawBody,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let token = task_token(&state, &headers)?;
+    let args: Value = parse_json(&headers, &body, false)?;
+    let approval = match headers.get("leash-approval") {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| ApiError::BadRequest("Leash-Approval is not ASCII".into()))?
+                .trim()
+                .to_string(),
+        ),
+    };
+    match call_tool(&state, token, &tool, args, approval.as_deref()).await? {
+        CallOutcome::Done(result) => Ok((StatusCode::OK, Json(json!({ "result": result })))),
+        CallOutcome::PendingApproval(id) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "approval_id": id, "state": "pending_approval" })),
+        )),
+    }
+}

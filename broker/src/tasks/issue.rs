@@ -1,0 +1,87 @@
+//! Issuing a task token for a task: the grant's checks plus the agent's, a window, and
+//! the revocation id to record. Used by task creation, renewal and approval.
+//!
+//! Always from the *current* policy: a tool the grant no longer allows is dropped from
+//! the new token, and a task left with no tool gets none (403 `policy_denied`).
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::policy::Grant;
+use crate::tokens::mint::{TaskClaims, task_token, to_text};
+use crate::tokens::seal::{Sealer, TASK_TOKEN};
+
+/// A freshly minted task token.
+pub struct Issued {
+    /// The token text (base64).
+    pub token: String,
+    /// Hex revocation id of its authority block.
+    pub revocation_id: String,
+    /// End of its window (ms since epoch, whole seconds).
+    pub expires_at_ms: i64,
+    /// The tools it grants: those asked for that the grant still allows.
+    pub tools: Vec<String>,
+}
+
+impl Issued {
+    /// The store's record of this token for `task_id` (the token sealed).
+    pub fn activation(&self, task_id: &str, sealer: &Sealer) -> crate::store::Activation {
+        crate::store::Activation {
+            task_id: task_id.to_string(),
+            expires_at_ms: self.expires_at_ms,
+            token: sealer.seal(TASK_TOKEN, task_id, &self.token),
+            revocation_id: self.revocation_id.clone(),
+            tools: self.tools.clone(),
+        }
+    }
+}
+
+/// Mints a token for a task of `grant` that ends `ttl_ms` from now — or, for a renewal,
+/// at `current_end_ms` (the task's window now) if that is later: a renewal never
+/// shortens a window, since tokens minted earlier keep theirs, and revocation ids are
+/// kept until the task's window ends (to end sooner, complete or revoke the task). The
+/// grant's `max_ttl` from now still bounds it.
+pub fn issue(
+    state: &AppState,
+    task_id: &str,
+    grant: &Grant,
+    tools: &[String],
+    agent_checks: &[String],
+    ttl_ms: i64,
+    current_end_ms: Option<i64>,
+) -> Result<Issued, ApiError> {
+    let tools: Vec<String> = tools
+        .iter()
+        .filter(|tool| grant.allows(tool))
+        .cloned()
+        .collect();
+    if tools.is_empty() {
+        return Err(ApiError::PolicyDenied(format!(
+            "the policy no longer grants agent {:?} any of the task's tools",
+            grant.agent
+        )));
+    }
+    let now_secs = state.clock.now_ms().div_euclid(1000);
+    let longest = now_secs + grant.max_ttl.as_secs() as i64;
+    let kept = current_end_ms.map_or(0, |ms| ms.div_euclid(1000).min(longest));
+    let expires_secs = (now_secs + ttl_ms.div_euclid(1000)).max(kept);
+    let checks: Vec<String> = grant.checks.iter().chain(agent_checks).cloned().collect();
+    let biscuit = task_token(
+        &state.keys,
+        &TaskClaims {
+            task_id,
+            agent: &grant.agent,
+            tools: &tools,
+            expires_at_secs: expires_secs,
+            checks: &checks,
+        },
+    )
+    .map_err(|e| ApiError::internal(anyhow::anyhow!("minting a task token: {e}")))?;
+    let (token, revocation_id) = to_text(&biscuit)
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("encoding a task token: {e}")))?;
+    Ok(Issued {
+        token,
+        revocation_id,
+        expires_at_ms: expires_secs * 1000,
+        tools,
+    })
+}

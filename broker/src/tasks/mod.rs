@@ -1,0 +1,7 @@
+//! The task domain: live task state and counters, the checked call, issuance of task
+//! tokens, and the approvals humans decide.
+
+pub mod approvals;
+pub mod calls;
+pub mod issue;
+pub mod runtime;

@@ -1,0 +1,706 @@
+//! Tasks in memory: one shared runtime per task, loaded from the store once, changed
+//! only under the task's own lock and only after the store has committed the change.
+//!
+//! The hot path reads atomics (state, window, idle clock, counters) and never waits on
+//! the store. Counters are written behind (every [`FLUSH_EVERY`]). Runtime entries stay
+//! cached until they are idle longer than any task can live, so there is exactly one
+//! runtime per live task and a state change is seen by the very next call.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::audit::log::{Audit, AuditEvent};
+use crate::clock::{Clock, rfc3339};
+use crate::error::ApiError;
+use crate::events::hub::Events;
+use crate::store::{
+    Activation, ApprovalRecord, ApprovalState, Decided, Revocation, Store, StoreError, TaskRecord,
+    TaskState, UsageBatch,
+};
+use crate::tokens::revocation::RevocationSet;
+
+/// Why a task idled out.
+const IDLE: &str = "it was idle too long";
+
+/// How often counters are written to the store.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
+
+/// The live view of one task.
+#[derive(Debug)]
+pub struct TaskRuntime {
+    /// The task id.
+    pub task_id: String,
+    /// Owner agent.
+    pub agent: String,
+    state: AtomicU8,
+    expires_at_ms: AtomicI64,
+    idle_timeout_ms: Option<i64>,
+    /// The grant's call budget.
+    pub max_calls: Option<u64>,
+    calls: AtomicU64,
+    last_activity_ms: AtomicI64,
+    /// Serialises state changes of this task.
+    change: Mutex<()>,
+}
+
+fn state_code(state: TaskState) -> u8 {
+    TaskState::ALL.iter().position(|s| *s == state).unwrap_or(0) as u8
+}
+
+impl TaskRuntime {
+    fn from_record(record: &TaskRecord) -> Self {
+        TaskRuntime {
+            task_id: record.task_id.clone(),
+            agent: record.agent.clone(),
+            state: AtomicU8::new(state_code(record.state)),
+            expires_at_ms: AtomicI64::new(record.expires_at_ms),
+            idle_timeout_ms: record.idle_timeout_ms,
+            max_calls: record.max_calls,
+            calls: AtomicU64::new(record.calls),
+            last_activity_ms: AtomicI64::new(record.last_activity_ms),
+            change: Mutex::new(()),
+        }
+    }
+
+    /// Current state.
+    pub fn state(&self) -> TaskState {
+        TaskState::ALL[self.state.load(Ordering::SeqCst) as usize % TaskState::ALL.len()]
+    }
+
+    fn set_state(&self, state: TaskState) {
+        self.state.store(state_code(state), Ordering::SeqCst);
+    }
+
+    /// End of the window (ms since epoch).
+    pub fn expires_at_ms(&self) -> i64 {
+        self.expires_at_ms.load(Ordering::SeqCst)
+    }
+
+    /// Calls admitted so far.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Last call or renewal.
+    pub fn last_activity_ms(&self) -> i64 {
+        self.last_activity_ms.load(Ordering::SeqCst)
+    }
+
+    /// Why the task cannot be used at `now_ms`, if it cannot.
+    fn lapse(&self, now_ms: i64) -> Option<&'static str> {
+        if now_ms >= self.expires_at_ms() {
+            return Some("its window ended");
+        }
+        match self.idle_timeout_ms {
+            Some(idle) if now_ms - self.last_activity_ms() >= idle => Some(IDLE),
+            _ => None,
+        }
+    }
+}
+
+/// Calls admitted with one prefix of a token chain (one revocation id): with the token
+/// that ends at that block and with every token attenuated from it.
+///
+/// The store holds the deployment-wide total; this broker adds what it admitted since
+/// its last write. Each flush adds this broker's committed calls to the store and reads
+/// the total back, so every replica sees the others' calls within one flush.
+#[derive(Debug, Default)]
+struct PrefixCounter {
+    /// The store's total when last read or written (calls of every replica).
+    stored: AtomicU64,
+    /// Slots taken here and not yet written to the store (in flight or committed).
+    local: AtomicU64,
+    /// Calls committed here and not yet written to the store.
+    committed: AtomicU64,
+    /// When `stored` was last read from or written to the store (ms on [`mono_ms`]).
+    synced_ms: AtomicU64,
+}
+
+impl PrefixCounter {
+    fn loaded(stored: u64) -> Self {
+        PrefixCounter {
+            stored: AtomicU64::new(stored),
+            synced_ms: AtomicU64::new(mono_ms()),
+            ..PrefixCounter::default()
+        }
+    }
+
+    /// Takes a slot; answers the calls admitted before it.
+    fn take(&self) -> u64 {
+        let local = self.local.fetch_add(1, Ordering::SeqCst);
+        self.stored.load(Ordering::SeqCst) + local
+    }
+}
+
+/// Milliseconds on a monotonic clock, for counter freshness.
+fn mono_ms() -> u64 {
+    static START: std::sync::LazyLock<std::time::Instant> =
+        std::sync::LazyLock::new(std::time::Instant::now);
+    START.elapsed().as_millis() as u64
+}
+
+/// A call slot taken from the task's counter and the counter of every prefix of the
+/// presented token. Dropping it without [`CallSlot::commit`] gives the slots back (the
+/// call was not admitted or not completed).
+pub struct CallSlot {
+    runtime: Arc<TaskRuntime>,
+    prefixes: Vec<(String, Arc<PrefixCounter>)>,
+    /// Calls admitted in the task before this one.
+    pub task_calls: u64,
+    /// Per block of the token, authority first: calls admitted before this one with the
+    /// token ending at that block and everything attenuated from it (counted for budget
+    /// blocks only; 0 for the others, whose checks never read it).
+    pub prefix_calls: Vec<u64>,
+    committed: bool,
+    usage: mpsc::UnboundedSender<Flush>,
+}
+
+impl CallSlot {
+    /// Keeps the slot: the call counts.
+    pub fn commit(mut self, now_ms: i64) {
+        self.committed = true;
+        self.runtime
+            .last_activity_ms
+            .fetch_max(now_ms, Ordering::SeqCst);
+        for (_, counter) in &self.prefixes {
+            counter.committed.fetch_add(1, Ordering::SeqCst);
+        }
+        let _ = self.usage.send(Flush::Usage(Usage {
+            task_id: self.runtime.task_id.clone(),
+            calls: self.runtime.calls(),
+            last_activity_ms: self.runtime.last_activity_ms(),
+            prefixes: std::mem::take(&mut self.prefixes),
+        }));
+    }
+}
+
+impl Drop for CallSlot {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.runtime.calls.fetch_sub(1, Ordering::SeqCst);
+            for (_, counter) in &self.prefixes {
+                counter.local.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+struct Usage {
+    task_id: String,
+    calls: u64,
+    last_activity_ms: i64,
+    prefixes: Vec<(String, Arc<PrefixCounter>)>,
+}
+
+enum Flush {
+    Usage(Usage),
+    Barrier(oneshot::Sender<()>),
+}
+
+/// How a request to end a task went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndOutcome {
+    /// This request ended it.
+    Ended(Vec<Revocation>),
+    /// It had already ended in this state.
+    AlreadyEnded(TaskState),
+}
+
+/// Every task's runtime, and the lifecycle operations.
+pub struct Tasks {
+    store: Arc<dyn Store>,
+    clock: Clock,
+    audit: Audit,
+    events: Events,
+    revoked: Arc<RevocationSet>,
+    runtimes: moka::future::Cache<String, Arc<TaskRuntime>>,
+    /// Per revocation id: calls admitted with that prefix of a token chain.
+    prefix_counters: moka::future::Cache<String, Arc<PrefixCounter>>,
+    /// Whether other brokers write the same counters (replicas on one PostgreSQL): a
+    /// counter not written here for a flush interval is re-read before it is used.
+    shared_store: bool,
+    /// Counter updates and flush barriers, in one queue so a barrier follows every
+    /// update sent before it.
+    flush: mpsc::UnboundedSender<Flush>,
+}
+
+impl Tasks {
+    /// Starts the registry and its counter writer. `longest_ttl` bounds how long an
+    /// untouched runtime may stay cached.
+    pub fn start(
+        store: Arc<dyn Store>,
+        clock: Clock,
+        audit: Audit,
+        events: Events,
+        revoked: Arc<RevocationSet>,
+        longest_ttl: Duration,
+        shared_store: bool,
+    ) -> Arc<Tasks> {
+        let idle = longest_ttl + Duration::from_secs(60);
+        let (flush_tx, flush_rx) = mpsc::unbounded_channel::<Flush>();
+        tokio::spawn(write_usage(store.clone(), flush_rx));
+        Arc::new(Tasks {
+            store,
+            clock,
+            audit,
+            events,
+            revoked,
+            runtimes: moka::future::Cache::builder().time_to_idle(idle).build(),
+            prefix_counters: moka::future::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_idle(idle)
+                .build(),
+            flush: flush_tx,
+            shared_store,
+        })
+    }
+
+    /// The runtime of a task, loading it from the store on first use. `None` if unknown.
+    pub async fn runtime(&self, task_id: &str) -> Result<Option<Arc<TaskRuntime>>, ApiError> {
+        let store = self.store.clone();
+        let id = task_id.to_string();
+        let loaded = self
+            .runtimes
+            .try_get_with(task_id.to_string(), async move {
+                match store.get_task(&id).await {
+                    Ok(Some(record)) => Ok(Arc::new(TaskRuntime::from_record(&record))),
+                    Ok(None) => Err(None),
+                    Err(err) => Err(Some(err)),
+                }
+            })
+            .await;
+        match loaded {
+            Ok(runtime) => Ok(Some(runtime)),
+            Err(err) => match err.as_ref() {
+                None => Ok(None),
+                Some(store_err) => Err(ApiError::internal(anyhow::anyhow!(
+                    "loading task: {store_err}"
+                ))),
+            },
+        }
+    }
+
+    /// Stores a new task and caches its runtime.
+    /// `credential` is the revocation id of the agent credential that asks; if it is
+    /// revoked (on any replica) nothing is stored and the answer is `false`.
+    pub async fn create(
+        &self,
+        record: &TaskRecord,
+        revocation_id: Option<&str>,
+        credential: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        if !self
+            .store
+            .insert_task(record, revocation_id, credential)
+            .await?
+        {
+            return Ok(false);
+        }
+        self.runtimes
+            .insert(
+                record.task_id.clone(),
+                Arc::new(TaskRuntime::from_record(record)),
+            )
+            .await;
+        Ok(true)
+    }
+
+    /// Ends a task (complete, revoke, expire). The store commits first; then every
+    /// later call sees the new state.
+    pub async fn end(
+        &self,
+        task_id: &str,
+        state: TaskState,
+        reason: &str,
+        actor: &str,
+    ) -> Result<EndOutcome, ApiError> {
+        let Some(runtime) = self.runtime(task_id).await? else {
+            return Err(ApiError::NotFound(format!("no task {task_id}")));
+        };
+        let _guard = runtime.change.lock().await;
+        let now = self.clock.now_ms();
+        let ended = self
+            .store
+            .end_task(task_id, state, reason, now)
+            .await
+            .map_err(ApiError::internal)?;
+        match ended {
+            Some(revocations) => {
+                runtime.set_state(state);
+                self.revoked.extend(&revocations);
+                let kind = match state {
+                    TaskState::Completed => "task.completed",
+                    TaskState::Revoked => "task.revoked",
+                    TaskState::Expired => "task.expired",
+                    TaskState::Denied => "task.denied",
+                    _ => "task.ended",
+                };
+                if state != TaskState::Denied {
+                    self.events.publish(
+                        kind,
+                        Some(task_id),
+                        json!({ "task_id": task_id, "agent": runtime.agent, "state": state.as_str(), "reason": reason }),
+                    );
+                }
+                self.audit
+                    .record(AuditEvent {
+                        kind,
+                        actor: actor.to_string(),
+                        task_id: Some(task_id.to_string()),
+                        detail: json!({
+                            "reason": reason,
+                            "revocation_ids": revocations.iter().map(|r| &r.revocation_id).collect::<Vec<_>>(),
+                        }),
+                    })
+                    .await;
+                Ok(EndOutcome::Ended(revocations))
+            }
+            None => {
+                let stored = self
+                    .store
+                    .get_task(task_id)
+                    .await
+                    .map_err(ApiError::internal)?
+                    .map(|r| r.state)
+                    .unwrap_or(TaskState::Revoked);
+                runtime.set_state(stored);
+                Ok(EndOutcome::AlreadyEnded(stored))
+            }
+        }
+    }
+
+    /// Commits an approved issuance or renewal (the approval decision and the task's new
+    /// token, in one transaction) under the task's lock, then updates the live state.
+    pub async fn apply_approval(
+        &self,
+        approval: &ApprovalRecord,
+        actor: &str,
+        note: Option<&str>,
+        activation: &Activation,
+    ) -> Result<Decided, ApiError> {
+        let Some(runtime) = self.runtime(&approval.task_id).await? else {
+            return Err(ApiError::NotFound(format!("no task {}", approval.task_id)));
+        };
+        let _guard = runtime.change.lock().await;
+        let now = self.clock.now_ms();
+        let decided = self
+            .store
+            .decide_approval(
+                &approval.approval_id,
+                ApprovalState::Approved,
+                actor,
+                note,
+                now,
+                Some(activation),
+            )
+            .await
+            .map_err(ApiError::internal)?;
+        if decided == Decided::Done {
+            runtime
+                .expires_at_ms
+                .store(activation.expires_at_ms, Ordering::SeqCst);
+            runtime.last_activity_ms.fetch_max(now, Ordering::SeqCst);
+            if runtime.state() == TaskState::PendingApproval {
+                runtime.set_state(TaskState::Active);
+                self.events.publish(
+                    "task.activated",
+                    Some(&approval.task_id),
+                    json!({ "task_id": approval.task_id, "agent": runtime.agent, "expires_at": rfc3339(activation.expires_at_ms) }),
+                );
+            }
+        }
+        Ok(decided)
+    }
+
+    /// Applies a task's stored state after another replica changed it.
+    pub async fn apply_external(&self, record: &TaskRecord) {
+        if let Some(runtime) = self.runtimes.get(&record.task_id).await {
+            runtime
+                .expires_at_ms
+                .store(record.expires_at_ms, Ordering::SeqCst);
+            runtime
+                .last_activity_ms
+                .fetch_max(record.last_activity_ms, Ordering::SeqCst);
+            runtime.calls.fetch_max(record.calls, Ordering::SeqCst);
+            runtime.set_state(record.state);
+        }
+    }
+
+    /// Re-reads every cached task from the store (after a gap in the replica feed).
+    pub async fn reload_all(&self) -> Result<(), ApiError> {
+        let ids: Vec<String> = self.runtimes.iter().map(|(id, _)| (*id).clone()).collect();
+        for id in ids {
+            if let Some(record) = self.store.get_task(&id).await.map_err(ApiError::internal)? {
+                self.apply_external(&record).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives an active task a new window, token and tools.
+    pub async fn renew(
+        &self,
+        runtime: &Arc<TaskRuntime>,
+        renewal: &Activation,
+    ) -> Result<bool, ApiError> {
+        let _guard = runtime.change.lock().await;
+        let now = self.clock.now_ms();
+        let renewed = self
+            .store
+            .renew_task(renewal, now)
+            .await
+            .map_err(ApiError::internal)?;
+        if renewed {
+            runtime
+                .expires_at_ms
+                .store(renewal.expires_at_ms, Ordering::SeqCst);
+            runtime.last_activity_ms.fetch_max(now, Ordering::SeqCst);
+        }
+        Ok(renewed)
+    }
+
+    /// Refuses a task that is not active, ending it first if its window or idle time
+    /// has passed (so a call one millisecond late is refused and the state is real).
+    pub async fn check_active(&self, runtime: &Arc<TaskRuntime>) -> Result<(), ApiError> {
+        let state = runtime.state();
+        if state == TaskState::Active {
+            let now = self.clock.now_ms();
+            let Some(mut why) = runtime.lapse(now) else {
+                return Ok(());
+            };
+            if why == IDLE {
+                // Calls may have gone through other replicas: trust the stored activity too.
+                if let Some(record) = self
+                    .store
+                    .get_task(&runtime.task_id)
+                    .await
+                    .map_err(ApiError::internal)?
+                {
+                    runtime
+                        .last_activity_ms
+                        .fetch_max(record.last_activity_ms, Ordering::SeqCst);
+                }
+                match runtime.lapse(now) {
+                    Some(still) => why = still,
+                    None => return Ok(()),
+                }
+            }
+            self.end(&runtime.task_id, TaskState::Expired, why, "broker")
+                .await?;
+            return Err(ApiError::TokenExpired(format!(
+                "task {} expired: {why}",
+                runtime.task_id
+            )));
+        }
+        Err(inactive(&runtime.task_id, runtime.state()))
+    }
+
+    /// Takes a call slot for the task and for every prefix of the presented token that
+    /// ends at a budget block (`budget_blocks`, indices into `revocation_ids`, authority
+    /// first): only those prefixes' counts are ever read by a check.
+    pub async fn take_slot(
+        &self,
+        runtime: &Arc<TaskRuntime>,
+        revocation_ids: &[String],
+        budget_blocks: &[usize],
+    ) -> Result<CallSlot, ApiError> {
+        let mut counters = Vec::with_capacity(budget_blocks.len());
+        for &block in budget_blocks {
+            if let Some(id) = revocation_ids.get(block) {
+                counters.push((block, id.clone(), self.prefix_counter(id).await?));
+            }
+        }
+        // Replicas count a task's calls together too, when its grant has a budget: the
+        // same delta-and-total counter, keyed by the task.
+        let task_counter = match (self.shared_store, runtime.max_calls) {
+            (true, Some(_)) => {
+                let key = format!("task:{}", runtime.task_id);
+                let counter = self.prefix_counter(&key).await?;
+                Some((key, counter))
+            }
+            _ => None,
+        };
+        let mut task_calls = runtime.calls.fetch_add(1, Ordering::SeqCst);
+        let mut prefix_calls = vec![0; revocation_ids.len()];
+        for (block, _, counter) in &counters {
+            prefix_calls[*block] = counter.take();
+        }
+        let mut prefixes: Vec<(String, Arc<PrefixCounter>)> =
+            counters.into_iter().map(|(_, id, c)| (id, c)).collect();
+        if let Some((key, counter)) = task_counter {
+            task_calls = task_calls.max(counter.take());
+            prefixes.push((key, counter));
+        }
+        Ok(CallSlot {
+            runtime: runtime.clone(),
+            prefixes,
+            task_calls,
+            prefix_calls,
+            committed: false,
+            usage: self.flush.clone(),
+        })
+    }
+
+    /// The counter of one prefix, loaded from the store on first use and, when other
+    /// brokers share the store, re-read once it has gone a flush interval unsynced.
+    async fn prefix_counter(&self, id: &str) -> Result<Arc<PrefixCounter>, ApiError> {
+        let load_error = |e: &dyn std::fmt::Display| {
+            ApiError::internal(anyhow::anyhow!("loading token usage: {e}"))
+        };
+        let store = self.store.clone();
+        let key = id.to_string();
+        let counter = self
+            .prefix_counters
+            .try_get_with(id.to_string(), async move {
+                store
+                    .token_calls(&key)
+                    .await
+                    .map(|n| Arc::new(PrefixCounter::loaded(n)))
+            })
+            .await
+            .map_err(|e| load_error(&e))?;
+        if self.shared_store
+            && mono_ms().saturating_sub(counter.synced_ms.load(Ordering::SeqCst))
+                >= FLUSH_EVERY.as_millis() as u64
+        {
+            let total = self
+                .store
+                .token_calls(id)
+                .await
+                .map_err(|e| load_error(&e))?;
+            counter.stored.fetch_max(total, Ordering::SeqCst);
+            counter.synced_ms.store(mono_ms(), Ordering::SeqCst);
+        }
+        Ok(counter)
+    }
+
+    /// Expires every active task whose window or idle time has passed. Returns how many.
+    pub async fn sweep(&self) -> Result<usize, ApiError> {
+        let now = self.clock.now_ms();
+        let due = self
+            .store
+            .due_tasks(now)
+            .await
+            .map_err(ApiError::internal)?;
+        let mut ended = 0;
+        for record in due {
+            // The store's activity lags the runtime's by at most one flush.
+            let why = match self.runtimes.get(&record.task_id).await {
+                Some(runtime) => runtime.lapse(now),
+                None => Some(if now >= record.expires_at_ms {
+                    "its window ended"
+                } else {
+                    "it was idle too long"
+                }),
+            };
+            if let Some(why) = why
+                && let EndOutcome::Ended(_) = self
+                    .end(&record.task_id, TaskState::Expired, why, "broker")
+                    .await?
+            {
+                ended += 1;
+            }
+        }
+        Ok(ended)
+    }
+
+    /// Waits until every counter update made so far is in the store.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.flush.send(Flush::Barrier(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+/// The error for a task that is not active.
+pub fn inactive(task_id: &str, state: TaskState) -> ApiError {
+    match state {
+        TaskState::Revoked => ApiError::TokenRevoked(format!("task {task_id} was revoked")),
+        TaskState::Expired => ApiError::TokenExpired(format!("task {task_id} has expired")),
+        other => ApiError::TaskInactive(format!("task {task_id} is {}", other.as_str())),
+    }
+}
+
+/// Writes counters behind the hot path, coalescing per task and per token prefix.
+async fn write_usage(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Flush>) {
+    let mut tasks: HashMap<String, (u64, i64)> = HashMap::new();
+    // Keyed by the counter itself: a counter evicted and loaded again meanwhile is
+    // another counter for the same id, and both deltas must be written.
+    let mut prefixes: HashMap<usize, (String, Arc<PrefixCounter>)> = HashMap::new();
+    let mut waiters = Vec::new();
+    let mut ticker = tokio::time::interval(FLUSH_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut closed = false;
+        tokio::select! {
+            message = rx.recv() => match message {
+                Some(Flush::Usage(u)) => {
+                    let entry = tasks.entry(u.task_id).or_insert((0, 0));
+                    entry.0 = entry.0.max(u.calls);
+                    entry.1 = entry.1.max(u.last_activity_ms);
+                    for (id, counter) in u.prefixes {
+                        prefixes.insert(Arc::as_ptr(&counter) as usize, (id, counter));
+                    }
+                    continue;
+                }
+                Some(Flush::Barrier(done)) => waiters.push(done),
+                None => closed = true,
+            },
+            _ = ticker.tick() => {}
+        }
+        if !tasks.is_empty() || !prefixes.is_empty() {
+            // What each prefix committed since the last write; taken now, so calls
+            // committed during the write go into the next one.
+            let written: Vec<(String, Arc<PrefixCounter>, u64)> = prefixes
+                .drain()
+                .map(|(_, (id, c))| {
+                    let delta = c.committed.swap(0, Ordering::SeqCst);
+                    (id, c, delta)
+                })
+                .collect();
+            let batch = UsageBatch {
+                tasks: tasks
+                    .drain()
+                    .map(|(id, (calls, last))| (id, calls, last))
+                    .collect(),
+                tokens: written
+                    .iter()
+                    .map(|(id, _, delta)| (id.clone(), *delta))
+                    .collect(),
+            };
+            match store.record_usage(&batch).await {
+                Ok(totals) => {
+                    for ((_, counter, delta), total) in written.iter().zip(totals) {
+                        // The total first, then the local share: a call in between sees
+                        // its slot counted twice (fail closed), never not at all.
+                        counter.stored.fetch_max(total, Ordering::SeqCst);
+                        counter.local.fetch_sub(*delta, Ordering::SeqCst);
+                        counter.synced_ms.store(mono_ms(), Ordering::SeqCst);
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot write call counters; will retry");
+                    for (id, calls, last) in batch.tasks {
+                        tasks.insert(id, (calls, last));
+                    }
+                    for (id, counter, delta) in written {
+                        counter.committed.fetch_add(delta, Ordering::SeqCst);
+                        prefixes.insert(Arc::as_ptr(&counter) as usize, (id, counter));
+                    }
+                }
+            }
+        }
+        for done in waiters.drain(..) {
+            let _ = done.send(());
+        }
+        if closed {
+            break;
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! Leash as an MCP client: one connection per `[mcp_servers.NAME]`, kept alive with
+//! backoff. Each server's tools are discovered (on connect, on
+//! `notifications/tools/list_changed`, and every `mcp_refresh`), pinned, and published in
+//! the [`crate::upstream::catalog::Catalog`] as `NAME.tool`. A server that is down only loses its own
+//! tools; the others are unaffected.
+//!
+//! The connections use the broker's one upstream client ([`crate::upstream::client::Proxy::client`]),
+//! handed to rmcp's streamable-HTTP transport: rmcp's own default client would follow
+//! redirects and honour `HTTP_PROXY`, sending the server's configured credential headers
+//! wherever they point.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmcp::model::{
+    CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation, ProtocolVersion,
+    SubscriptionFilter,
+};
+use rmcp::service::{NotificationContext, RoleClient, RunningService};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::{ClientHandler, ClientLifecycleMode, ClientServiceExt};
+use serde_json::Value;
+use tokio::sync::{RwLock, mpsc};
+
+use crate::app::AppState;
+use crate::ids::is_tool_name;
+use crate::policy::{McpServerDef, ToolApproval, ToolDef};
+use crate::upstream::client::UpstreamFailure;
+
+/// Longest pause between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Receives the upstream's notifications.
+#[derive(Clone)]
+struct Listener {
+    changed: mpsc::UnboundedSender<()>,
+}
+
+impl ClientHandler for Listener {
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        let _ = self.changed.send(());
+    }
+
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("leash", env!("CARGO_PKG_VERSION")),
+        )
+    }
+}
+
+type Client = Arc<RunningService<RoleClient, Listener>>;
+
+/// One upstream server and its live connection, if any.
+struct Upstream {
+    def: Arc<McpServerDef>,
+    client: RwLock<Option<Client>>,
+}
+
+/// Every upstream MCP server.
+pub struct Upstreams {
+    servers: BTreeMap<String, Arc<Upstream>>,
+    http: reqwest::Client,
+}
+
+impl Upstreams {
+    /// The configured servers, not connected yet (see [`Upstreams::start`]), reached with
+    /// `http` (the broker's upstream client).
+    pub fn new(servers: &BTreeMap<String, Arc<McpServerDef>>, http: reqwest::Client) -> Arc<Self> {
+        Arc::new(Upstreams {
+            http,
+            servers: servers
+                .iter()
+                .map(|(name, def)| {
+                    (
+                        name.clone(),
+                        Arc::new(Upstream {
+                            def: def.clone(),
+                            client: RwLock::new(None),
+                        }),
+                    )
+                })
+                .collect(),
+        })
+    }
+
+    /// Connects to every server in the background and keeps the catalog current.
+    pub fn start(&self, state: &AppState) {
+        for upstream in self.servers.values() {
+            tokio::spawn(maintain(upstream.clone(), self.http.clone(), state.clone()));
+        }
+    }
+
+    /// Calls `tool` on `server`; the answer is the upstream's `CallToolResult` as JSON.
+    pub async fn call(
+        &self,
+        server: &str,
+        tool: &str,
+        args: &Value,
+    ) -> Result<Value, UpstreamFailure> {
+        let name = format!("{server}.{tool}");
+        let upstream = self
+            .servers
+            .get(server)
+            .ok_or(UpstreamFailure::Unreachable { tool: name.clone() })?;
+        let client = upstream
+            .client
+            .read()
+            .await
+            .clone()
+            .ok_or(UpstreamFailure::Unreachable { tool: name.clone() })?;
+        let params = CallToolRequestParams::new(tool.to_string())
+            .with_arguments(args.as_object().cloned().unwrap_or_default());
+        let timeout = upstream.def.timeout;
+        match tokio::time::timeout(timeout, client.call_tool(params)).await {
+            Err(_) => Err(UpstreamFailure::Timeout {
+                tool: name,
+                timeout_ms: timeout.as_millis(),
+            }),
+            Ok(Err(rmcp::ServiceError::McpError(err))) => Err(UpstreamFailure::BadAnswer {
+                tool: name,
+                problem: format!("answered an MCP error: {}", err.message),
+            }),
+            Ok(Err(err)) => {
+                let error = upstream.def.scrub(&err.to_string());
+                tracing::warn!(tool = %name, %error, "MCP upstream call failed");
+                Err(UpstreamFailure::Unreachable { tool: name })
+            }
+            Ok(Ok(result)) => {
+                serde_json::to_value(result).map_err(|e| UpstreamFailure::BadAnswer {
+                    tool: name,
+                    problem: e.to_string(),
+                })
+            }
+        }
+    }
+}
+
+async fn connect(
+    def: &McpServerDef,
+    http: &reqwest::Client,
+    listener: Listener,
+) -> Result<RunningService<RoleClient, Listener>, String> {
+    let headers = def.headers.iter().cloned().collect();
+    // Answers bounded like HTTP tools' (rmcp enforces these for a reqwest client).
+    let config = StreamableHttpClientTransportConfig::with_uri(def.url.as_str())
+        .custom_headers(headers)
+        .max_json_response_size(crate::upstream::client::MAX_RESPONSE_BYTES)
+        .max_sse_event_size(crate::upstream::client::MAX_RESPONSE_BYTES);
+    let transport = StreamableHttpClientTransport::with_client(http.clone(), config);
+    let lifecycle = ClientLifecycleMode::Auto {
+        preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+        legacy_version: Some(ProtocolVersion::V_2025_11_25),
+    };
+    tokio::time::timeout(
+        def.timeout,
+        listener.serve_with_lifecycle(transport, lifecycle),
+    )
+    .await
+    .map_err(|_| "timed out".to_string())?
+    // The client's errors may quote the URL or headers: never log their secrets.
+    .map_err(|e| def.scrub(&e.to_string()))
+}
+
+/// Keeps one server connected and its tools published, forever.
+async fn maintain(upstream: Arc<Upstream>, http: reqwest::Client, state: AppState) {
+    let name = upstream.def.name.clone();
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let (changed_tx, mut changed_rx) = mpsc::unbounded_channel();
+        match connect(
+            &upstream.def,
+            &http,
+            Listener {
+                changed: changed_tx.clone(),
+            },
+        )
+        .await
+        {
+            Ok(service) => {
+                let client: Client = Arc::new(service);
+                *upstream.client.write().await = Some(client.clone());
+                backoff = Duration::from_millis(250);
+                tracing::info!(server = %name, "connected to MCP upstream");
+                // Servers on 2026-07-28 send list_changed on a subscription stream.
+                if let Ok(mut subscription) = client
+                    .listen(SubscriptionFilter::builder().tools_list_changed().build())
+                    .await
+                {
+                    let tx = changed_tx.clone();
+                    tokio::spawn(async move {
+                        while let Ok(Some(_)) = subscription.next().await {
+                            if tx.send(()).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+                loop {
+                    if let Err(err) = refresh(&state, &upstream, &client).await {
+                        let error = upstream.def.scrub(&err.to_string());
+                        tracing::warn!(server = %name, %error, "MCP upstream lost; reconnecting");
+                        break;
+                    }
+                    tokio::select! {
+                        _ = changed_rx.recv() => {}
+                        _ = tokio::time::sleep(state.config.mcp_refresh) => {}
+                    }
+                }
+                *upstream.client.write().await = None;
+                state.catalog.set_server_tools(&name, Vec::new());
+            }
+            Err(err) => {
+                tracing::warn!(server = %name, error = %err, "cannot connect to MCP upstream; will retry")
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Lists the server's tools and publishes them (pinned) in the catalog.
+async fn refresh(state: &AppState, upstream: &Upstream, client: &Client) -> Result<(), String> {
+    let def = &upstream.def;
+    let tools = tokio::time::timeout(def.timeout, client.list_all_tools())
+        .await
+        .map_err(|_| "tools/list timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let mut published = Vec::new();
+    for tool in tools {
+        let name = format!("{}.{}", def.name, tool.name);
+        if !is_tool_name(&name) {
+            tracing::warn!(server = %def.name, tool = %tool.name, "skipping an upstream tool whose name Leash cannot expose");
+            continue;
+        }
+        let schema = Value::Object((*tool.input_schema).clone());
+        let description = tool.description.as_deref().unwrap_or("").to_string();
+        let validator = match crate::policy::input_schema::compile(&schema) {
+            Ok(validator) => validator,
+            Err(err) => {
+                tracing::warn!(tool = %name, error = %err, "skipping an upstream tool with an invalid input schema");
+                continue;
+            }
+        };
+        let (definition, hash) = crate::upstream::pins::definition(&name, &description, &schema);
+        let withheld = crate::upstream::pins::withheld(state, &def.name, &name, &definition, &hash)
+            .await
+            .map_err(|e| e.to_string())?;
+        published.push((
+            Arc::new(ToolDef {
+                name,
+                description,
+                upstream: def.url.clone(),
+                timeout: def.timeout,
+                approval: ToolApproval::None,
+                input_schema: schema,
+                validator,
+                upstream_headers: Vec::new(),
+                mcp: Some((def.name.clone(), tool.name.to_string())),
+            }),
+            withheld,
+            hash,
+        ));
+    }
+    state.catalog.set_server_tools(&def.name, published);
+    Ok(())
+}
