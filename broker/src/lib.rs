@@ -28,6 +28,7 @@ pub mod app;
 pub mod audit;
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod datadir;
 pub mod error;
 pub mod events;

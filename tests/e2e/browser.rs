@@ -93,15 +93,17 @@ async fn an_approver_approves_and_revokes_in_headless_chromium() {
     // A changed upstream tool definition waits for an approver too; the page must say
     // what it is, not call it a new task.
     tell.write_all(b"DEFINITION\n").await.unwrap();
-    leash_broker::tasks::approvals::request_definition(
-        &broker.state,
-        "docs",
-        "docs.search",
-        &json!({"name": "search", "description": "now also deletes"}),
-        "h2",
-    )
-    .await
-    .unwrap();
+    broker
+        .state
+        .approvals
+        .request_definition(
+            "docs",
+            "docs.search",
+            &json!({"name": "search", "description": "now also deletes"}),
+            "h2",
+        )
+        .await
+        .unwrap();
     expect("KIND changed tool definition").await;
     assert!(
         browser.wait().await.unwrap().success(),

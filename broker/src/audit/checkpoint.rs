@@ -18,7 +18,9 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -26,8 +28,8 @@ use biscuit_auth::PublicKey;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::app::AppState;
-use crate::audit::log::{ChainBreak, verify_chain};
+use crate::audit::log::{Audit, ChainBreak, verify_chain};
+use crate::clock::Clock;
 use crate::clock::rfc3339;
 use crate::store::{AuditCheckpoint, Store};
 use crate::tokens::keys::RootKeys;
@@ -179,59 +181,79 @@ pub fn open_for_append(path: &Path) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
-/// Signs the chain's head unless a checkpoint already covers it; stores it (and appends
-/// it to the file when this broker stored it). `None` when there was nothing to sign.
-pub async fn checkpoint_head(state: &AppState) -> anyhow::Result<Option<AuditCheckpoint>> {
-    state.audit.checkpoint_taken();
-    let Some((seq, hash)) = state.store.audit_head().await? else {
-        return Ok(None);
-    };
-    if let Some(latest) = state.store.latest_checkpoint().await?
-        && latest.seq >= seq
-    {
-        if latest.seq > seq {
-            tracing::error!(
-                head = seq,
-                checkpoint = latest.seq,
-                "the audit log ends before its latest checkpoint: rows were deleted (run `leash audit verify`)"
-            );
-        }
-        return Ok(None);
-    }
-    let checkpoint = sign(&state.keys, seq, &hash, state.clock.now_ms())?;
-    if !state.store.insert_checkpoint(&checkpoint).await? {
-        // Another replica signed this head first: one checkpoint per head is enough.
-        return Ok(None);
-    }
-    if let Some(path) = &state.config.audit_checkpoint_file {
-        append_to_file(path, &checkpoint).await.map_err(|err| {
-            anyhow::anyhow!(
-                "cannot append the audit checkpoint to {}: {err}",
-                path.display()
-            )
-        })?;
-    }
-    Ok(Some(checkpoint))
+/// Signs audit checkpoints: the audit writer (which says when one is due), the store,
+/// the root keys, the clock, and the optional file outside the database.
+#[derive(Clone)]
+pub struct Checkpoints {
+    /// The audit writer.
+    pub audit: Audit,
+    /// Where the chain and its checkpoints live.
+    pub store: Arc<dyn Store>,
+    /// The root keys that sign.
+    pub keys: Arc<RootKeys>,
+    /// The clock.
+    pub clock: Clock,
+    /// Also append every checkpoint this broker signs here.
+    pub file: Option<PathBuf>,
+    /// Sign this often when there are new events (0: not by time).
+    pub interval: Duration,
 }
 
-/// Signs checkpoints for as long as the broker runs: every `audit_checkpoint_interval`
-/// (0: never by time) or as soon as `audit_checkpoint_events` events were written.
-pub async fn run_forever(state: AppState) {
-    let interval = state.config.audit_checkpoint_interval;
-    loop {
-        let timer = async {
-            if interval.is_zero() {
-                std::future::pending::<()>().await
-            } else {
-                tokio::time::sleep(interval).await
-            }
+impl Checkpoints {
+    /// Signs the chain's head unless a checkpoint already covers it; stores it (and appends
+    /// it to the file when this broker stored it). `None` when there was nothing to sign.
+    pub async fn checkpoint_head(&self) -> anyhow::Result<Option<AuditCheckpoint>> {
+        self.audit.checkpoint_taken();
+        let Some((seq, hash)) = self.store.audit_head().await? else {
+            return Ok(None);
         };
-        tokio::select! {
-            _ = timer => {}
-            _ = state.audit.checkpoint_due() => {}
+        if let Some(latest) = self.store.latest_checkpoint().await?
+            && latest.seq >= seq
+        {
+            if latest.seq > seq {
+                tracing::error!(
+                    head = seq,
+                    checkpoint = latest.seq,
+                    "the audit log ends before its latest checkpoint: rows were deleted (run `leash audit verify`)"
+                );
+            }
+            return Ok(None);
         }
-        if let Err(err) = checkpoint_head(&state).await {
-            tracing::warn!(error = %err, "cannot sign an audit checkpoint; will retry");
+        let checkpoint = sign(&self.keys, seq, &hash, self.clock.now_ms())?;
+        if !self.store.insert_checkpoint(&checkpoint).await? {
+            // Another replica signed this head first: one checkpoint per head is enough.
+            return Ok(None);
+        }
+        if let Some(path) = &self.file {
+            append_to_file(path, &checkpoint).await.map_err(|err| {
+                anyhow::anyhow!(
+                    "cannot append the audit checkpoint to {}: {err}",
+                    path.display()
+                )
+            })?;
+        }
+        Ok(Some(checkpoint))
+    }
+
+    /// Signs checkpoints for as long as the broker runs: every `audit_checkpoint_interval`
+    /// (0: never by time) or as soon as `audit_checkpoint_events` events were written.
+    pub async fn run_forever(self) {
+        let interval = self.interval;
+        loop {
+            let timer = async {
+                if interval.is_zero() {
+                    std::future::pending::<()>().await
+                } else {
+                    tokio::time::sleep(interval).await
+                }
+            };
+            tokio::select! {
+                _ = timer => {}
+                _ = self.audit.checkpoint_due() => {}
+            }
+            if let Err(err) = self.checkpoint_head().await {
+                tracing::warn!(error = %err, "cannot sign an audit checkpoint; will retry");
+            }
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::app::ServeConfig;
+use crate::config::ServeConfig;
 
 /// Leash: task-bound capabilities for AI agents' tool calls.
 #[derive(Parser, Debug)]

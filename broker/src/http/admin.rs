@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::extract::{JsonBody, OptionalJson, PathParam};
-use crate::app::AppState;
+use crate::app::state::AppState;
 use crate::audit::log::AuditEvent;
 use crate::error::{ApiError, ApiResult};
 use crate::http::auth::{Caller, authenticate, bearer};

@@ -14,11 +14,11 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
 use super::extract::{ListQuery, OptionalJson, PathParam, QueryParams};
-use crate::app::AppState;
+use crate::app::state::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::http::auth::{Caller, authenticate, bearer};
 use crate::store::ApprovalState;
-use crate::tasks::approvals::{decide, view};
+use crate::tasks::approvals::view;
 
 /// How often an open event stream re-checks its approver credential's window.
 const CREDENTIAL_RECHECK: Duration = Duration::from_secs(5);
@@ -42,7 +42,7 @@ pub async fn list(
         })?),
     };
     // Undecided approvals past their time are expired before anyone sees them.
-    crate::tasks::approvals::expire_due(&state).await?;
+    state.approvals.expire_due().await?;
     let limit = q.limit();
     let records = state
         .store
@@ -117,7 +117,10 @@ async fn decision(
             "note must be at most 1000 printable characters".into(),
         ));
     }
-    let decided = decide(&state, &id, approve, &caller.actor(), body.note.as_deref()).await?;
+    let decided = state
+        .approvals
+        .decide(&id, approve, &caller.actor(), body.note.as_deref())
+        .await?;
     Ok(Json(
         json!({ "approval_id": decided.approval_id, "state": decided.state.as_str() }),
     ))

@@ -9,7 +9,7 @@ use biscuit_auth::builder::{AuthorizerBuilder, fact};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::app::AppState;
+use crate::app::state::AppState;
 use crate::error::ApiError;
 use crate::tokens::verify::{Principal, VerifiedToken};
 

@@ -25,7 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use crate::app::ServeConfig;
+use crate::config::ServeConfig;
 
 /// How long shutdown waits for open requests (long-polls, event streams) before it
 /// drops them.

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::extract::QueryParams;
-use crate::app::AppState;
+use crate::app::state::AppState;
 use crate::clock::rfc3339;
 use crate::error::{ApiError, ApiResult};
 use crate::http::auth::{Caller, authenticate};

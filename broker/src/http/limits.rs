@@ -24,7 +24,7 @@ use http_body::{Frame, SizeHint};
 use leash_sdk::protocol::ErrorCode;
 use sha2::{Digest, Sha256};
 
-use crate::app::AppState;
+use crate::app::state::AppState;
 use crate::error::ApiError;
 
 /// Long-held requests (`?wait=` long-polls, `/v1/events`) take a slot of their

@@ -20,7 +20,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
 use axum::routing::{get, post};
 
-use crate::app::AppState;
+use crate::app::state::AppState;
 use crate::error::ApiError;
 
 /// The router of the whole API.

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::admin::{ReasonBody, reason_text};
 use super::extract::{JsonBody, ListQuery, OptionalJson, PathParam, QueryParams};
-use crate::app::AppState;
+use crate::app::state::AppState;
 use crate::audit::log::AuditEvent;
 use crate::clock::rfc3339;
 use crate::error::{ApiError, ApiResult};
@@ -18,8 +18,6 @@ use crate::http::auth::{Caller, authenticate};
 use crate::ids::{is_task_id, new_task_id};
 use crate::policy::{Grant, GrantApproval, ToolPattern};
 use crate::store::{ApprovalKind, TaskRecord, TaskState};
-use crate::tasks::approvals;
-use crate::tasks::issue::issue;
 use crate::tasks::runtime::EndOutcome;
 use crate::tokens::mint::parse_check;
 use crate::tokens::seal::TASK_TOKEN;
@@ -98,20 +96,16 @@ pub async fn create(
     let ttl_ms = ttl * 1000;
     let needs_approval = grant.approval == GrantApproval::Issuance;
     if needs_approval {
-        approvals::check_pending_cap(&state, &agent).await?;
+        state.approvals.check_pending_cap(&agent).await?;
     }
     let issued = if needs_approval {
         None
     } else {
-        Some(issue(
-            &state,
-            &task_id,
-            &grant,
-            &tools,
-            &body.checks,
-            ttl_ms,
-            None,
-        )?)
+        Some(
+            state
+                .issuer
+                .issue(&task_id, &grant, &tools, &body.checks, ttl_ms, None)?,
+        )
     };
     let record = TaskRecord {
         task_id: task_id.clone(),
@@ -196,8 +190,10 @@ pub async fn create(
         return Err(refusal);
     }
     let Some(issued) = issued else {
-        let approval =
-            approvals::request(&state, ApprovalKind::Issuance, &record, None, Some(ttl_ms)).await?;
+        let approval = state
+            .approvals
+            .request(ApprovalKind::Issuance, &record, None, Some(ttl_ms))
+            .await?;
         return Ok((
             StatusCode::ACCEPTED,
             Json(
@@ -473,15 +469,11 @@ pub async fn renew(
         .ok_or_else(|| ApiError::NotFound(format!("no task {id}")))?;
     state.tasks.check_active(&runtime).await?;
     if grant.approval == GrantApproval::Issuance {
-        approvals::check_pending_cap(&state, &record.agent).await?;
-        let approval = approvals::request(
-            &state,
-            ApprovalKind::Renewal,
-            &record,
-            None,
-            Some(ttl * 1000),
-        )
-        .await?;
+        state.approvals.check_pending_cap(&record.agent).await?;
+        let approval = state
+            .approvals
+            .request(ApprovalKind::Renewal, &record, None, Some(ttl * 1000))
+            .await?;
         return Ok((
             StatusCode::ACCEPTED,
             Json(
@@ -489,8 +481,7 @@ pub async fn renew(
             ),
         ));
     }
-    let issued = issue(
-        &state,
+    let issued = state.issuer.issue(
         id,
         &grant,
         &record.tools,

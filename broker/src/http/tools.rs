@@ -6,19 +6,19 @@ use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
 use super::extract::{PathParam, RawBody, parse_json};
-use crate::app::AppState;
+use crate::app::state::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::http::auth::task_token;
 use crate::policy::ToolApproval;
-use crate::tasks::calls::{CallOutcome, active_task, call_tool, callable_tools};
+use crate::tasks::calls::CallOutcome;
 
 /// `GET /v1/tools`.
 #[utoipa::path(get, path = "/v1/tools", tag = "tools", security(("task" = [])),
     responses((status = 200, description = "The tools this token may call", body = super::openapi::ToolList)))]
 pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Value>> {
     let token = task_token(&state, &headers)?;
-    let task = active_task(&state, token).await?;
-    let tools: Vec<Value> = callable_tools(&state, &task)
+    let task = state.calls.active_task(token).await?;
+    let tools: Vec<Value> = state.calls.callable_tools(&task)
         .await?
         .iter()
         .map(|tool| {
@@ -71,7 +71,11 @@ pub async fn call(
                 .to_string(),
         ),
     };
-    match call_tool(&state, token, &tool, args, approval.as_deref()).await? {
+    match state
+        .calls
+        .call_tool(token, &tool, args, approval.as_deref())
+        .await?
+    {
         CallOutcome::Done(result) => Ok((StatusCode::OK, Json(json!({ "result": result })))),
         CallOutcome::PendingApproval(id) => Ok((
             StatusCode::ACCEPTED,

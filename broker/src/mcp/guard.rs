@@ -10,10 +10,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::app::AppState;
+use crate::app::state::AppState;
 use crate::error::ApiError;
 use crate::http::auth::task_token;
-use crate::tasks::calls::active_task;
 
 /// The host names `/mcp` answers to: loopback names, the listen address, and
 /// `LEASH_MCP_ALLOWED_HOSTS`.
@@ -101,7 +100,7 @@ pub async fn require_task_token(
         Ok(token) => token,
         Err(err) => return unauthorized(&host, err),
     };
-    if let Err(err) = active_task(&state, token.clone()).await {
+    if let Err(err) = state.calls.active_task(token.clone()).await {
         let (status, _) = err.status_and_code();
         return if status == StatusCode::UNAUTHORIZED {
             unauthorized(&host, err)

@@ -14,7 +14,7 @@ pub mod server;
 use axum::Router;
 use axum::routing::get;
 
-use crate::app::AppState;
+use crate::app::state::AppState;
 
 /// The routes of the gateway: `/mcp` and the protected-resource metadata.
 pub fn routes(state: AppState) -> Router {

@@ -17,9 +17,9 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::Value;
 
-use crate::app::AppState;
+use crate::app::state::AppState;
 use crate::error::ApiError;
-use crate::tasks::calls::{CallOutcome, active_task, call_tool, callable_tools};
+use crate::tasks::calls::CallOutcome;
 use crate::tokens::verify::VerifiedToken;
 
 /// The MCP handler of one request.
@@ -88,10 +88,16 @@ impl ServerHandler for LeashMcp {
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         let token = token_of(&context)?;
-        let task = active_task(&self.state, token)
+        let task = self
+            .state
+            .calls
+            .active_task(token)
             .await
             .map_err(|e| ErrorData::invalid_request(e.to_string(), None))?;
-        let tools = callable_tools(&self.state, &task)
+        let tools = self
+            .state
+            .calls
+            .callable_tools(&task)
             .await
             .map_err(|e| ErrorData::internal_error(e.to_string(), None))?
             .into_iter()
@@ -124,7 +130,12 @@ impl ServerHandler for LeashMcp {
             .catalog
             .get(&name)
             .is_some_and(|t| t.mcp.is_some());
-        match call_tool(&self.state, token, &name, args, approval.as_deref()).await {
+        match self
+            .state
+            .calls
+            .call_tool(token, &name, args, approval.as_deref())
+            .await
+        {
             Ok(CallOutcome::Done(value)) => {
                 if is_mcp_tool
                     && let Ok(result) = serde_json::from_value::<CallToolResult>(value.clone())

@@ -2,4 +2,5 @@
 //! its caches, its proven health, and the root keys sealed in the database.
 
 pub mod feed;
+pub mod health;
 pub mod sealed_keys;

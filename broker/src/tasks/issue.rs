@@ -4,9 +4,12 @@
 //! Always from the *current* policy: a tool the grant no longer allows is dropped from
 //! the new token, and a task left with no tool gets none (403 `policy_denied`).
 
-use crate::app::AppState;
+use std::sync::Arc;
+
+use crate::clock::Clock;
 use crate::error::ApiError;
 use crate::policy::Grant;
+use crate::tokens::keys::RootKeys;
 use crate::tokens::mint::{TaskClaims, task_token, to_text};
 use crate::tokens::seal::{Sealer, TASK_TOKEN};
 
@@ -35,53 +38,67 @@ impl Issued {
     }
 }
 
-/// Mints a token for a task of `grant` that ends `ttl_ms` from now — or, for a renewal,
-/// at `current_end_ms` (the task's window now) if that is later: a renewal never
-/// shortens a window, since tokens minted earlier keep theirs, and revocation ids are
-/// kept until the task's window ends (to end sooner, complete or revoke the task). The
-/// grant's `max_ttl` from now still bounds it.
-pub fn issue(
-    state: &AppState,
-    task_id: &str,
-    grant: &Grant,
-    tools: &[String],
-    agent_checks: &[String],
-    ttl_ms: i64,
-    current_end_ms: Option<i64>,
-) -> Result<Issued, ApiError> {
-    let tools: Vec<String> = tools
-        .iter()
-        .filter(|tool| grant.allows(tool))
-        .cloned()
-        .collect();
-    if tools.is_empty() {
-        return Err(ApiError::PolicyDenied(format!(
-            "the policy no longer grants agent {:?} any of the task's tools",
-            grant.agent
-        )));
+/// Mints task tokens: the root keys and the clock, nothing else.
+#[derive(Clone)]
+pub struct Issuer {
+    keys: Arc<RootKeys>,
+    clock: Clock,
+}
+
+impl Issuer {
+    /// An issuer signing with `keys` (the current root key) at `clock`'s time.
+    pub fn new(keys: Arc<RootKeys>, clock: Clock) -> Self {
+        Issuer { keys, clock }
     }
-    let now_secs = state.clock.now_ms().div_euclid(1000);
-    let longest = now_secs + grant.max_ttl.as_secs() as i64;
-    let kept = current_end_ms.map_or(0, |ms| ms.div_euclid(1000).min(longest));
-    let expires_secs = (now_secs + ttl_ms.div_euclid(1000)).max(kept);
-    let checks: Vec<String> = grant.checks.iter().chain(agent_checks).cloned().collect();
-    let biscuit = task_token(
-        &state.keys,
-        &TaskClaims {
-            task_id,
-            agent: &grant.agent,
-            tools: &tools,
-            expires_at_secs: expires_secs,
-            checks: &checks,
-        },
-    )
-    .map_err(|e| ApiError::internal(anyhow::anyhow!("minting a task token: {e}")))?;
-    let (token, revocation_id) = to_text(&biscuit)
-        .map_err(|e| ApiError::internal(anyhow::anyhow!("encoding a task token: {e}")))?;
-    Ok(Issued {
-        token,
-        revocation_id,
-        expires_at_ms: expires_secs * 1000,
-        tools,
-    })
+
+    /// Mints a token for a task of `grant` that ends `ttl_ms` from now — or, for a renewal,
+    /// at `current_end_ms` (the task's window now) if that is later: a renewal never
+    /// shortens a window, since tokens minted earlier keep theirs, and revocation ids are
+    /// kept until the task's window ends (to end sooner, complete or revoke the task). The
+    /// grant's `max_ttl` from now still bounds it.
+    pub fn issue(
+        &self,
+        task_id: &str,
+        grant: &Grant,
+        tools: &[String],
+        agent_checks: &[String],
+        ttl_ms: i64,
+        current_end_ms: Option<i64>,
+    ) -> Result<Issued, ApiError> {
+        let tools: Vec<String> = tools
+            .iter()
+            .filter(|tool| grant.allows(tool))
+            .cloned()
+            .collect();
+        if tools.is_empty() {
+            return Err(ApiError::PolicyDenied(format!(
+                "the policy no longer grants agent {:?} any of the task's tools",
+                grant.agent
+            )));
+        }
+        let now_secs = self.clock.now_ms().div_euclid(1000);
+        let longest = now_secs + grant.max_ttl.as_secs() as i64;
+        let kept = current_end_ms.map_or(0, |ms| ms.div_euclid(1000).min(longest));
+        let expires_secs = (now_secs + ttl_ms.div_euclid(1000)).max(kept);
+        let checks: Vec<String> = grant.checks.iter().chain(agent_checks).cloned().collect();
+        let biscuit = task_token(
+            &self.keys,
+            &TaskClaims {
+                task_id,
+                agent: &grant.agent,
+                tools: &tools,
+                expires_at_secs: expires_secs,
+                checks: &checks,
+            },
+        )
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("minting a task token: {e}")))?;
+        let (token, revocation_id) = to_text(&biscuit)
+            .map_err(|e| ApiError::internal(anyhow::anyhow!("encoding a task token: {e}")))?;
+        Ok(Issued {
+            token,
+            revocation_id,
+            expires_at_ms: expires_secs * 1000,
+            tools,
+        })
+    }
 }

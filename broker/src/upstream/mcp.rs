@@ -24,10 +24,12 @@ use rmcp::{ClientHandler, ClientLifecycleMode, ClientServiceExt};
 use serde_json::Value;
 use tokio::sync::{RwLock, mpsc};
 
-use crate::app::AppState;
 use crate::ids::is_tool_name;
 use crate::policy::{McpServerDef, ToolApproval, ToolDef};
+use crate::store::Store;
+use crate::upstream::catalog::Catalog;
 use crate::upstream::client::UpstreamFailure;
+use crate::upstream::pins::DefinitionReview;
 
 /// Longest pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -59,17 +61,31 @@ struct Upstream {
     client: RwLock<Option<Client>>,
 }
 
+/// What discovery needs: where pins live, where tools are published, who reviews a
+/// changed definition, and how often lists are re-read besides on `list_changed`.
+#[derive(Clone)]
+pub struct Discovery {
+    /// Where pins are kept.
+    pub store: Arc<dyn Store>,
+    /// Where discovered tools are published.
+    pub catalog: Arc<Catalog>,
+    /// Files a review of a changed definition.
+    pub review: Arc<dyn DefinitionReview>,
+    /// How often each server's tool list is re-read.
+    pub refresh_every: Duration,
+}
+
 /// Every upstream MCP server.
-pub struct Upstreams {
+pub struct McpServers {
     servers: BTreeMap<String, Arc<Upstream>>,
     http: reqwest::Client,
 }
 
-impl Upstreams {
-    /// The configured servers, not connected yet (see [`Upstreams::start`]), reached with
+impl McpServers {
+    /// The configured servers, not connected yet (see [`McpServers::start`]), reached with
     /// `http` (the broker's upstream client).
     pub fn new(servers: &BTreeMap<String, Arc<McpServerDef>>, http: reqwest::Client) -> Arc<Self> {
-        Arc::new(Upstreams {
+        Arc::new(McpServers {
             http,
             servers: servers
                 .iter()
@@ -87,9 +103,13 @@ impl Upstreams {
     }
 
     /// Connects to every server in the background and keeps the catalog current.
-    pub fn start(&self, state: &AppState) {
+    pub fn start(&self, discovery: &Discovery) {
         for upstream in self.servers.values() {
-            tokio::spawn(maintain(upstream.clone(), self.http.clone(), state.clone()));
+            tokio::spawn(maintain(
+                upstream.clone(),
+                self.http.clone(),
+                discovery.clone(),
+            ));
         }
     }
 
@@ -165,7 +185,7 @@ async fn connect(
 }
 
 /// Keeps one server connected and its tools published, forever.
-async fn maintain(upstream: Arc<Upstream>, http: reqwest::Client, state: AppState) {
+async fn maintain(upstream: Arc<Upstream>, http: reqwest::Client, discovery: Discovery) {
     let name = upstream.def.name.clone();
     let mut backoff = Duration::from_millis(250);
     loop {
@@ -199,18 +219,18 @@ async fn maintain(upstream: Arc<Upstream>, http: reqwest::Client, state: AppStat
                     });
                 }
                 loop {
-                    if let Err(err) = refresh(&state, &upstream, &client).await {
+                    if let Err(err) = refresh(&discovery, &upstream, &client).await {
                         let error = upstream.def.scrub(&err.to_string());
                         tracing::warn!(server = %name, %error, "MCP upstream lost; reconnecting");
                         break;
                     }
                     tokio::select! {
                         _ = changed_rx.recv() => {}
-                        _ = tokio::time::sleep(state.config.mcp_refresh) => {}
+                        _ = tokio::time::sleep(discovery.refresh_every) => {}
                     }
                 }
                 *upstream.client.write().await = None;
-                state.catalog.set_server_tools(&name, Vec::new());
+                discovery.catalog.set_server_tools(&name, Vec::new());
             }
             Err(err) => {
                 tracing::warn!(server = %name, error = %err, "cannot connect to MCP upstream; will retry")
@@ -222,7 +242,11 @@ async fn maintain(upstream: Arc<Upstream>, http: reqwest::Client, state: AppStat
 }
 
 /// Lists the server's tools and publishes them (pinned) in the catalog.
-async fn refresh(state: &AppState, upstream: &Upstream, client: &Client) -> Result<(), String> {
+async fn refresh(
+    discovery: &Discovery,
+    upstream: &Upstream,
+    client: &Client,
+) -> Result<(), String> {
     let def = &upstream.def;
     let tools = tokio::time::timeout(def.timeout, client.list_all_tools())
         .await
@@ -245,9 +269,16 @@ async fn refresh(state: &AppState, upstream: &Upstream, client: &Client) -> Resu
             }
         };
         let (definition, hash) = crate::upstream::pins::definition(&name, &description, &schema);
-        let withheld = crate::upstream::pins::withheld(state, &def.name, &name, &definition, &hash)
-            .await
-            .map_err(|e| e.to_string())?;
+        let withheld = crate::upstream::pins::withheld(
+            discovery.store.as_ref(),
+            discovery.review.as_ref(),
+            &def.name,
+            &name,
+            &definition,
+            &hash,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         published.push((
             Arc::new(ToolDef {
                 name,
@@ -264,6 +295,6 @@ async fn refresh(state: &AppState, upstream: &Upstream, client: &Client) -> Resu
             hash,
         ));
     }
-    state.catalog.set_server_tools(&def.name, published);
+    discovery.catalog.set_server_tools(&def.name, published);
     Ok(())
 }

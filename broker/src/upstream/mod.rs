@@ -4,5 +4,6 @@
 
 pub mod catalog;
 pub mod client;
+pub mod dispatch;
 pub mod mcp;
 pub mod pins;

@@ -5,10 +5,26 @@
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::app::AppState;
+use async_trait::async_trait;
+
 use crate::error::ApiError;
-use crate::store::ToolPin;
-use crate::tasks::approvals;
+use crate::store::{Store, ToolPin};
+use crate::upstream::catalog::Catalog;
+
+/// Who decides whether a changed definition may be used: files a request for a human
+/// and returns its id. Implemented by the approvals service above this layer, so that
+/// upstream discovery does not depend on it.
+#[async_trait]
+pub trait DefinitionReview: Send + Sync {
+    /// Files a review of `tool`'s new `definition` (`hash`) on `server`; its id.
+    async fn file(
+        &self,
+        server: &str,
+        tool: &str,
+        definition: &Value,
+        hash: &str,
+    ) -> Result<String, ApiError>;
+}
 
 /// The definition that is pinned, and its hash.
 pub fn definition(name: &str, description: &str, input_schema: &Value) -> (Value, String) {
@@ -21,17 +37,14 @@ pub fn definition(name: &str, description: &str, input_schema: &Value) -> (Value
 /// Whether the tool must be withheld. Pins a first sight; files an approval for a change
 /// (once: not again while one is pending).
 pub async fn withheld(
-    state: &AppState,
+    store: &dyn Store,
+    review: &dyn DefinitionReview,
     server: &str,
     name: &str,
     definition: &Value,
     hash: &str,
 ) -> Result<bool, ApiError> {
-    let pin = state
-        .store
-        .get_pin(name)
-        .await
-        .map_err(ApiError::internal)?;
+    let pin = store.get_pin(name).await.map_err(ApiError::internal)?;
     let Some(mut pin) = pin else {
         let first = ToolPin {
             name: name.to_string(),
@@ -39,11 +52,7 @@ pub async fn withheld(
             pending_hash: None,
             approval_id: None,
         };
-        state
-            .store
-            .put_pin(&first)
-            .await
-            .map_err(ApiError::internal)?;
+        store.put_pin(&first).await.map_err(ApiError::internal)?;
         return Ok(false);
     };
     if pin.hash == hash {
@@ -53,14 +62,10 @@ pub async fn withheld(
     // the upstream changes it again) — never refiled on every refresh.
     let asked = matches!((&pin.pending_hash, &pin.approval_id), (Some(pending), Some(_)) if pending == hash);
     if !asked {
-        let approval = approvals::request_definition(state, server, name, definition, hash).await?;
+        let approval_id = review.file(server, name, definition, hash).await?;
         pin.pending_hash = Some(hash.to_string());
-        pin.approval_id = Some(approval.approval_id);
-        state
-            .store
-            .put_pin(&pin)
-            .await
-            .map_err(ApiError::internal)?;
+        pin.approval_id = Some(approval_id);
+        store.put_pin(&pin).await.map_err(ApiError::internal)?;
         tracing::warn!(
             tool = name,
             "an upstream tool definition changed; withheld until an approver accepts it"
@@ -70,18 +75,19 @@ pub async fn withheld(
 }
 
 /// Accepts the definition an approved approval names, and releases the tool.
-pub async fn accept(state: &AppState, name: &str, hash: &str) -> Result<(), ApiError> {
+pub async fn accept(
+    store: &dyn Store,
+    catalog: &Catalog,
+    name: &str,
+    hash: &str,
+) -> Result<(), ApiError> {
     let pin = ToolPin {
         name: name.to_string(),
         hash: hash.to_string(),
         pending_hash: None,
         approval_id: None,
     };
-    state
-        .store
-        .put_pin(&pin)
-        .await
-        .map_err(ApiError::internal)?;
-    state.catalog.release(name, hash);
+    store.put_pin(&pin).await.map_err(ApiError::internal)?;
+    catalog.release(name, hash);
     Ok(())
 }

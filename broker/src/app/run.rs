@@ -1,0 +1,121 @@
+//! Running a broker: the background work (sweeps, checkpoints, MCP discovery, the
+//! replica feed) and the server, handed its listener and a shutdown future (as in
+//! mini-redis), so tests bind `127.0.0.1:0` and run the real thing in-process.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::app::state::AppState;
+use crate::audit::checkpoint::Checkpoints;
+use crate::replica::feed::Feed;
+use crate::upstream::mcp::Discovery;
+
+/// The checkpoint signer of this broker.
+fn checkpoints(state: &AppState) -> Checkpoints {
+    Checkpoints {
+        audit: state.audit.clone(),
+        store: state.store.clone(),
+        keys: state.keys.clone(),
+        clock: state.clock.clone(),
+        file: state.config.audit_checkpoint_file.clone(),
+        interval: state.config.audit_checkpoint_interval,
+    }
+}
+
+/// Serves until `shutdown` resolves, then drains requests, flushes counters and audit,
+/// and signs a last audit checkpoint.
+pub async fn run(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let sweeper = tokio::spawn(sweep_forever(state.clone()));
+    let checkpointer = checkpoints(&state);
+    let checkpoints = tokio::spawn(checkpointer.clone().run_forever());
+    state.upstreams.start(&Discovery {
+        store: state.store.clone(),
+        catalog: state.catalog.clone(),
+        review: state.approvals.clone(),
+        refresh_every: state.config.mcp_refresh,
+    });
+    if let (Some(pg), Some(master_key)) = (state.pg.clone(), state.master_key.clone()) {
+        let feed = Feed {
+            store: pg,
+            tasks: state.tasks.clone(),
+            catalog: state.catalog.clone(),
+            revoked: state.revoked.clone(),
+            keys: state.keys.clone(),
+            verifier: state.verifier.clone(),
+            health: state.health.clone(),
+            master_key,
+        };
+        crate::replica::feed::start(feed, state.revocations_loaded_to);
+    }
+    let app = crate::http::router(state.clone());
+    crate::http::edge::serve(
+        listener,
+        app,
+        &state.config,
+        state.server_tls.clone(),
+        shutdown,
+    )
+    .await;
+    sweeper.abort();
+    checkpoints.abort();
+    state.tasks.flush().await;
+    state.audit.flush().await;
+    // A clean stop leaves the head covered: nothing after it can vanish unnoticed.
+    if let Err(err) = checkpointer.checkpoint_head().await {
+        tracing::warn!(error = %err, "cannot sign the final audit checkpoint");
+    }
+    Ok(())
+}
+
+/// How often revoked ids past their window are forgotten.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Forgets revoked ids whose tokens are past their windows (plus the clock margin), in
+/// the feed and in memory. Such a token is refused by its own expiry check, so nothing
+/// it could do comes back; the set stops growing with old revocations.
+pub async fn prune_revocations(state: &AppState) -> anyhow::Result<(u64, usize)> {
+    let now = state.clock.now_ms();
+    let from_feed = state
+        .store
+        .prune_revocations(now - crate::tokens::revocation::FEED_RETENTION_MS)
+        .await?;
+    let from_memory = state.revoked.prune(now);
+    Ok((from_feed, from_memory))
+}
+
+/// Ends expired and idle tasks, every `sweep_interval`; prunes revoked ids every
+/// [`PRUNE_EVERY`].
+async fn sweep_forever(state: AppState) {
+    let mut ticker = tokio::time::interval(state.config.sweep_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_prune = tokio::time::Instant::now();
+    loop {
+        ticker.tick().await;
+        if last_prune.elapsed() >= PRUNE_EVERY {
+            last_prune = tokio::time::Instant::now();
+            match prune_revocations(&state).await {
+                Ok((0, 0)) => {}
+                Ok((feed, memory)) => {
+                    tracing::info!(feed, memory, "forgot revoked ids past their windows")
+                }
+                Err(err) => tracing::warn!(error = %err, "pruning revoked ids failed; will retry"),
+            }
+        }
+        match state.tasks.sweep().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "swept expired tasks"),
+            Err(err) => tracing::warn!(error = %err, "sweep failed; will retry"),
+        }
+        match state.approvals.expire_due().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "expired undecided approvals"),
+            Err(err) => tracing::warn!(error = %err, "approval sweep failed; will retry"),
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! One call for every kind of upstream: a tool is either an HTTP endpoint or a tool on
+//! an upstream MCP server, and this is the only place that tells them apart.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::policy::ToolDef;
+use crate::upstream::client::{Proxy, UpstreamFailure};
+use crate::upstream::mcp::{Discovery, McpServers};
+
+/// Where a tool's calls go.
+pub enum Upstream<'a> {
+    /// An HTTP tool of the policy: its URL, headers and timeout.
+    Http(&'a ToolDef),
+    /// A tool discovered on `[mcp_servers.server]`, named `tool` there.
+    Mcp {
+        /// The `[mcp_servers]` entry.
+        server: &'a str,
+        /// The tool's name on that server.
+        tool: &'a str,
+    },
+}
+
+impl<'a> Upstream<'a> {
+    /// Where `tool`'s calls go.
+    pub fn of(tool: &'a ToolDef) -> Self {
+        match &tool.mcp {
+            Some((server, upstream_tool)) => Upstream::Mcp {
+                server,
+                tool: upstream_tool,
+            },
+            None => Upstream::Http(tool),
+        }
+    }
+
+    /// Whether calls carry a per-call `Leash-Capability` header: HTTP tools verify it;
+    /// MCP servers are reached over one shared session that carries the server's own
+    /// configured credentials.
+    pub fn carries_capability(&self) -> bool {
+        matches!(self, Upstream::Http(_))
+    }
+}
+
+/// Every upstream: the hardened HTTP client for HTTP tools and the connections to
+/// upstream MCP servers (which use that same client).
+pub struct Upstreams {
+    http: Proxy,
+    mcp: Arc<McpServers>,
+}
+
+impl Upstreams {
+    /// The upstreams reached through `http` (the broker's one outbound client).
+    pub fn new(http: Proxy, mcp: Arc<McpServers>) -> Self {
+        Upstreams { http, mcp }
+    }
+
+    /// Connects to the MCP servers in the background and keeps the catalog current.
+    pub fn start(&self, discovery: &Discovery) {
+        self.mcp.start(discovery);
+    }
+
+    /// Forwards one checked call to wherever `tool` lives; `capability` is sent as
+    /// `Leash-Capability` to HTTP tools ([`Upstream::carries_capability`]).
+    pub async fn call(
+        &self,
+        tool: &ToolDef,
+        args: &Value,
+        capability: Option<String>,
+    ) -> Result<Value, UpstreamFailure> {
+        match Upstream::of(tool) {
+            Upstream::Mcp { server, tool } => self.mcp.call(server, tool, args).await,
+            Upstream::Http(tool) => {
+                let headers: Vec<(&str, String)> = capability
+                    .map(|c| (leash_sdk::protocol::CAPABILITY_HEADER, c))
+                    .into_iter()
+                    .collect();
+                self.http.forward(tool, args, &headers).await
+            }
+        }
+    }
+}
