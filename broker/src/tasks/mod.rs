@@ -4,4 +4,5 @@
 pub mod approvals;
 pub mod calls;
 pub mod issue;
+pub mod live;
 pub mod runtime;
