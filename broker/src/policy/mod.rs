@@ -4,8 +4,10 @@
 //! immutable afterwards. Everything here is already validated: schemas compiled,
 //! Datalog checks parsed, environment references substituted.
 
+mod fields;
 pub mod input_schema;
 mod load;
+mod sections;
 mod toml_value;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,350 @@
+//! The sections of a policy file — `[tools]`, `[mcp_servers]`, `[agents]`, `[approvals]`
+//! — each checked field by field into the policy's types.
+
+use std::time::Duration;
+
+use axum::http::{HeaderName, HeaderValue};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::toml_value::{start, to_json};
+use super::{
+    ApprovalSettings, Grant, GrantApproval, McpServerDef, ToolApproval, ToolDef, ToolPattern,
+};
+use crate::ids::{is_principal_name, is_tool_name};
+
+use super::fields::FileCtx;
+use super::load::{MAX_TIMEOUT_MS, MAX_TTL_SECONDS, PlacedPatterns};
+
+impl<'a> FileCtx<'a> {
+    pub(super) fn tool(
+        &mut self,
+        name: &str,
+        offset: usize,
+        table: &DeTable<'_>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<ToolDef> {
+        let what = format!("tools.{name:?}");
+        let before = self.diagnostics.len();
+        if !is_tool_name(name) {
+            self.error(offset, format!("{name:?} is not a valid tool name (dot-separated ASCII letters, digits, - and _)"));
+        }
+        let fields = self.fields(
+            table,
+            &[
+                "description",
+                "upstream",
+                "timeout_ms",
+                "approval",
+                "input_schema",
+                "upstream_headers",
+            ],
+            &what,
+        );
+        let description = self
+            .string(&fields, "description", &what)
+            .map(|(s, _)| s)
+            .unwrap_or_default();
+        let upstream = match self.string(&fields, "upstream", &what) {
+            Some((url, at)) => match reqwest::Url::parse(&url) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+                    Some(url)
+                }
+                _ => {
+                    self.error(
+                        at,
+                        format!("{what}.upstream must be an http:// or https:// URL"),
+                    );
+                    None
+                }
+            },
+            None => {
+                if !fields.contains_key("upstream") {
+                    self.error(offset, format!("{what} has no upstream"));
+                }
+                None
+            }
+        };
+        let timeout_ms = self
+            .integer(&fields, "timeout_ms", &what, 1, MAX_TIMEOUT_MS)
+            .unwrap_or(10_000);
+        let approval = match self.string(&fields, "approval", &what) {
+            None => ToolApproval::None,
+            Some((s, _)) if s == "none" => ToolApproval::None,
+            Some((s, _)) if s == "per_call" => ToolApproval::PerCall,
+            Some((_, at)) => {
+                self.error(
+                    at,
+                    format!("{what}.approval must be \"none\" or \"per_call\""),
+                );
+                ToolApproval::None
+            }
+        };
+        let (input_schema, validator) = match fields.get("input_schema") {
+            None => {
+                self.error(offset, format!("{what} has no input_schema"));
+                (serde_json::Value::Null, None)
+            }
+            Some(value) => match to_json(value.get_ref()) {
+                Err(message) => {
+                    self.error(start(value), format!("{what}.input_schema: {message}"));
+                    (serde_json::Value::Null, None)
+                }
+                Ok(schema) => match crate::policy::input_schema::compile(&schema) {
+                    Ok(validator) => (schema, Some(validator)),
+                    Err(message) => {
+                        self.error(
+                            start(value),
+                            format!("{what}.input_schema is not a valid JSON Schema: {message}"),
+                        );
+                        (schema, None)
+                    }
+                },
+            },
+        };
+        let upstream_headers = match fields.get("upstream_headers") {
+            Some(value) => self.header_table(value, &format!("{what}.upstream_headers"), env),
+            None => Vec::new(),
+        };
+        if self.diagnostics.len() > before {
+            return None;
+        }
+        Some(ToolDef {
+            name: name.to_string(),
+            description,
+            upstream: upstream?,
+            timeout: Duration::from_millis(timeout_ms as u64),
+            approval,
+            input_schema,
+            validator: validator?,
+            upstream_headers,
+            mcp: None,
+        })
+    }
+
+    /// A table of header name → value (with `${ENV}`), values marked sensitive and never echoed.
+    pub(super) fn header_table(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+        what: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Vec<(HeaderName, HeaderValue)> {
+        let mut out = Vec::new();
+        let Some(headers) = value.get_ref().as_table() else {
+            self.error(start(value), format!("{what} must be a table of strings"));
+            return out;
+        };
+        for (header, content) in headers.iter() {
+            let at = start(content);
+            let Ok(header_name) = HeaderName::try_from(header.get_ref().as_ref()) else {
+                self.error(
+                    start(header),
+                    format!("{:?} is not a valid HTTP header name", header.get_ref()),
+                );
+                continue;
+            };
+            let Some(text) = content.get_ref().as_str() else {
+                self.error(at, format!("{what}.{header_name} must be a string"));
+                continue;
+            };
+            let Some(text) = self.substitute(text, at, env) else {
+                continue;
+            };
+            match HeaderValue::try_from(text) {
+                Ok(mut header_value) => {
+                    header_value.set_sensitive(true);
+                    out.push((header_name, header_value));
+                }
+                // The value may hold a secret: never echo it.
+                Err(_) => self.error(
+                    at,
+                    format!("{what}.{header_name} is not a valid header value"),
+                ),
+            }
+        }
+        out
+    }
+
+    pub(super) fn mcp_server(
+        &mut self,
+        name: &str,
+        offset: usize,
+        table: &DeTable<'_>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<McpServerDef> {
+        let what = format!("mcp_servers.{name:?}");
+        let before = self.diagnostics.len();
+        if !is_principal_name(name) || name.contains('.') {
+            self.error(
+                offset,
+                format!("{name:?} is not a valid MCP server name (ASCII letters, digits, - and _)"),
+            );
+        }
+        let fields = self.fields(table, &["url", "headers", "timeout_ms"], &what);
+        let url = match self.string(&fields, "url", &what) {
+            Some((text, at)) => match self
+                .substitute(&text, at, env)
+                .map(|u| reqwest::Url::parse(&u))
+            {
+                Some(Ok(url))
+                    if matches!(url.scheme(), "http" | "https") && url.host().is_some() =>
+                {
+                    Some(url)
+                }
+                Some(_) => {
+                    self.error(at, format!("{what}.url must be an http:// or https:// URL"));
+                    None
+                }
+                None => None,
+            },
+            None => {
+                if !fields.contains_key("url") {
+                    self.error(offset, format!("{what} has no url"));
+                }
+                None
+            }
+        };
+        let timeout_ms = self
+            .integer(&fields, "timeout_ms", &what, 1, MAX_TIMEOUT_MS)
+            .unwrap_or(30_000);
+        let headers = match fields.get("headers") {
+            Some(value) => self.header_table(value, &format!("{what}.headers"), env),
+            None => Vec::new(),
+        };
+        if self.diagnostics.len() > before {
+            return None;
+        }
+        Some(McpServerDef {
+            name: name.to_string(),
+            url: url?,
+            headers,
+            timeout: Duration::from_millis(timeout_ms as u64),
+        })
+    }
+
+    pub(super) fn grant(
+        &mut self,
+        agent: &str,
+        offset: usize,
+        table: &DeTable<'_>,
+    ) -> Option<(Grant, PlacedPatterns)> {
+        let what = format!("agents.{agent:?}");
+        let before = self.diagnostics.len();
+        if !is_principal_name(agent) {
+            self.error(offset, format!("{agent:?} is not a valid agent id (ASCII letters, digits, -, _ and ., at most 64)"));
+        }
+        let fields = self.fields(
+            table,
+            &[
+                "tools",
+                "max_ttl_seconds",
+                "idle_timeout_seconds",
+                "max_calls",
+                "approval",
+                "checks",
+            ],
+            &what,
+        );
+        let mut patterns = Vec::new();
+        match self.strings(&fields, "tools", &what) {
+            None if !fields.contains_key("tools") => {
+                self.error(offset, format!("{what} has no tools"))
+            }
+            None => {}
+            Some(tools) => {
+                if tools.is_empty() {
+                    self.error(offset, format!("{what}.tools is empty"));
+                }
+                for (text, at) in tools {
+                    match ToolPattern::parse(&text) {
+                        Some(pattern) => patterns.push((pattern, at)),
+                        None => self.error(
+                            at,
+                            format!("{text:?} is neither a tool name nor a \"prefix.*\" pattern"),
+                        ),
+                    }
+                }
+            }
+        }
+        let max_ttl = self
+            .integer(&fields, "max_ttl_seconds", &what, 1, MAX_TTL_SECONDS)
+            .unwrap_or(900);
+        let idle = self.integer(&fields, "idle_timeout_seconds", &what, 1, MAX_TTL_SECONDS);
+        let max_calls = self.integer(&fields, "max_calls", &what, 1, i64::MAX);
+        let approval = match self.string(&fields, "approval", &what) {
+            None => GrantApproval::None,
+            Some((s, _)) if s == "none" => GrantApproval::None,
+            Some((s, _)) if s == "issuance" => GrantApproval::Issuance,
+            Some((_, at)) => {
+                self.error(
+                    at,
+                    format!("{what}.approval must be \"none\" or \"issuance\""),
+                );
+                GrantApproval::None
+            }
+        };
+        let mut checks = Vec::new();
+        for (source, at) in self.strings(&fields, "checks", &what).unwrap_or_default() {
+            match crate::tokens::mint::parse_check(&source) {
+                Ok(()) => checks.push(source),
+                Err(message) => self.error(at, format!("{what}.checks: {message}")),
+            }
+        }
+        if self.diagnostics.len() > before {
+            return None;
+        }
+        let grant = Grant {
+            agent: agent.to_string(),
+            tools: patterns.iter().map(|(p, _)| p.clone()).collect(),
+            max_ttl: Duration::from_secs(max_ttl as u64),
+            idle_timeout: idle.map(|s| Duration::from_secs(s as u64)),
+            max_calls: max_calls.map(|n| n as u64),
+            approval,
+            checks,
+        };
+        Some((grant, patterns))
+    }
+
+    pub(super) fn approvals(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<ApprovalSettings> {
+        let Some(table) = value.get_ref().as_table() else {
+            self.error(start(value), "approvals must be a table".into());
+            return None;
+        };
+        let what = "approvals";
+        let before = self.diagnostics.len();
+        let fields = self.fields(
+            table,
+            &["expire_after_seconds", "webhook", "webhook_secret"],
+            what,
+        );
+        let mut settings = ApprovalSettings::default();
+        if let Some(seconds) =
+            self.integer(&fields, "expire_after_seconds", what, 1, MAX_TTL_SECONDS)
+        {
+            settings.expire_after = Duration::from_secs(seconds as u64);
+        }
+        if let Some((url, at)) = self.string(&fields, "webhook", what) {
+            match self
+                .substitute(&url, at, env)
+                .map(|u| reqwest::Url::parse(&u))
+            {
+                Some(Ok(url)) if matches!(url.scheme(), "http" | "https") => {
+                    settings.webhook = Some(url)
+                }
+                Some(_) => self.error(
+                    at,
+                    "approvals.webhook must be an http:// or https:// URL".into(),
+                ),
+                None => {}
+            }
+        }
+        if let Some((secret, at)) = self.string(&fields, "webhook_secret", what) {
+            settings.webhook_secret = self.substitute(&secret, at, env);
+        }
+        (self.diagnostics.len() == before).then_some(settings)
+    }
+}
