@@ -26,10 +26,10 @@ use biscuit_auth::PublicKey;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::audit::{ChainBreak, verify_chain};
 use crate::clock::rfc3339;
 use crate::keys::RootKeys;
 use crate::server::AppState;
+use crate::store::chain::{ChainBreak, verify_chain};
 use crate::store::{AuditCheckpoint, Store};
 
 /// The first line of every signed checkpoint: the signature means nothing elsewhere.
