@@ -285,7 +285,7 @@ async fn a_rewritten_chain_does_not_match_its_checkpoint() {
         })
         .collect();
     let mut conn = open_db(data).await;
-    for row in leash_broker::audit::log::chain_after(None, &events) {
+    for row in leash_broker::store::chain::chain_after(None, &events) {
         sqlx::query("UPDATE audit SET actor = ?, prev_hash = ?, hash = ? WHERE seq = ?")
             .bind(&row.actor)
             .bind(&row.prev_hash)

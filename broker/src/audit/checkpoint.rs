@@ -28,9 +28,9 @@ use biscuit_auth::PublicKey;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::audit::log::{Audit, ChainBreak, verify_chain};
-use crate::clock::Clock;
-use crate::clock::rfc3339;
+use crate::audit::log::Audit;
+use crate::clock::{Clock, rfc3339};
+use crate::store::chain::{ChainBreak, verify_chain};
 use crate::store::{AuditCheckpoint, Store};
 use crate::tokens::keys::RootKeys;
 

@@ -2,5 +2,3 @@
 
 pub mod checkpoint;
 pub mod log;
-
-pub use log::{chain_after, verify_chain};

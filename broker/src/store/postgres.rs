@@ -1,25 +1,23 @@
 //! The replicated store: PostgreSQL, shared by several `leash serve` processes.
 //!
-//! Same behaviour as [`super::SqliteStore`] (one behavioural suite runs against both).
-//! Every change other replicas must see is announced with `pg_notify` *inside* the
-//! transaction that makes it, so the notification is delivered exactly when (and only
-//! if) the change commits: `task:<id>`, `rev` (new revocations), `pin:<tool>`, `keys`.
+//! Only what is PostgreSQL's own lives here: the schema, connecting, and the dialect
+//! hooks; the statements are shared with SQLite (`sql`), and one behavioural suite runs
+//! against both. Several replicas write at once, so writers that must not interleave
+//! take advisory locks (per agent, the revocation feed, the audit chain) and a decided
+//! approval's row is read `FOR UPDATE`. Every change other replicas must see is announced
+//! with `pg_notify` *inside* the transaction that makes it, so the notification is
+//! delivered exactly when (and only if) the change commits: `task:<id>`, `rev` (new revocations), `pin:<tool>`, `keys`.
 //! The tables stay the truth; [`crate::fanout`] re-reads them after any gap.
 
 use std::str::FromStr;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgQueryResult};
+use sqlx::{PgPool, Pool, Postgres, Transaction};
 
-use super::rows::{
-    approval_from_row, checkpoint_from_row, revocation_from_row, task_from_row, to_i64,
-};
-use super::{
-    Activation, ApprovalRecord, ApprovalState, AuditCheckpoint, AuditRow, Decided, NewAuditEvent,
-    Revocation, Store, StoreError, StoreResult, TaskRecord, TaskState, ToolPin, UsageBatch,
-};
+use super::api::{StoreError, StoreResult};
+use super::dialect::{Dialect, Lock};
+use super::sql::SqlStore;
 
 /// The schema; every statement is idempotent.
 const SCHEMA: &[&str] = &[
@@ -71,10 +69,51 @@ const AUDIT_LOCK: i64 = 0x4c45_4153_4841_5544;
 const REVOCATION_LOCK: i64 = 0x4c45_4153_4852_4556;
 
 /// The PostgreSQL store of one schema.
-#[derive(Clone)]
-pub struct PgStore {
-    pool: PgPool,
+pub type PgStore = SqlStore<PgDialect>;
+
+/// PostgreSQL's hooks, for one schema.
+#[derive(Debug, Clone)]
+pub struct PgDialect {
+    /// The NOTIFY channel of the schema.
     channel: String,
+}
+
+impl Dialect for PgDialect {
+    type Db = Postgres;
+    const FOR_UPDATE: &'static str = " FOR UPDATE";
+    const PURGE: &'static [&'static str] = &["VACUUM FULL tasks"];
+
+    fn rows_affected(result: &PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
+
+    async fn begin_write(pool: &Pool<Postgres>) -> sqlx::Result<Transaction<'static, Postgres>> {
+        pool.begin().await
+    }
+
+    async fn lock(&self, tx: &mut Transaction<'_, Postgres>, lock: Lock<'_>) -> StoreResult<()> {
+        let query = match lock {
+            Lock::Subject { role, subject } => {
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                    .bind(format!("{role}:{subject}"))
+            }
+            Lock::Revocations => {
+                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(REVOCATION_LOCK)
+            }
+            Lock::Audit => sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(AUDIT_LOCK),
+        };
+        query.execute(&mut **tx).await?;
+        Ok(())
+    }
+
+    async fn notify(&self, tx: &mut Transaction<'_, Postgres>, payload: &str) -> StoreResult<()> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(&self.channel)
+            .bind(payload)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
 }
 
 /// Whether `schema` is a plain identifier we can use unquoted.
@@ -131,9 +170,11 @@ impl PgStore {
         for statement in SCHEMA {
             sqlx::query(statement).execute(&pool).await?;
         }
-        Ok(PgStore {
+        Ok(SqlStore {
             pool,
-            channel: format!("leash_{schema}"),
+            dialect: PgDialect {
+                channel: format!("leash_{schema}"),
+            },
         })
     }
 
@@ -161,731 +202,11 @@ impl PgStore {
 
     /// The NOTIFY channel of this schema.
     pub fn channel(&self) -> &str {
-        &self.channel
+        &self.dialect.channel
     }
 
     /// The pool (for the fan-out listener and key storage).
     pub fn pool(&self) -> &PgPool {
         &self.pool
-    }
-
-    async fn notify(&self, tx: &mut Transaction<'_, Postgres>, payload: &str) -> StoreResult<()> {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(&self.channel)
-            .bind(payload)
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
-    }
-}
-
-async fn publish(
-    tx: &mut Transaction<'_, Postgres>,
-    ids: &[String],
-    task_id: Option<&str>,
-    reason: &str,
-    at_ms: i64,
-) -> StoreResult<Vec<Revocation>> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(REVOCATION_LOCK)
-        .execute(&mut **tx)
-        .await?;
-    let mut out = Vec::new();
-    for id in ids {
-        let row = sqlx::query(
-            "INSERT INTO revocations (revocation_id, task_id, reason, at_ms, expires_at_ms)
-             VALUES ($1, $2, $3, $4, (SELECT expires_at_ms FROM tasks WHERE task_id = $2))
-             ON CONFLICT (revocation_id) DO NOTHING
-             RETURNING seq, revocation_id, task_id, reason, at_ms, expires_at_ms",
-        )
-        .bind(id)
-        .bind(task_id)
-        .bind(reason)
-        .bind(at_ms)
-        .fetch_optional(&mut **tx)
-        .await?;
-        if let Some(row) = row {
-            out.push(revocation_from_row(&row)?);
-        }
-    }
-    Ok(out)
-}
-
-#[async_trait]
-impl Store for PgStore {
-    async fn insert_task(
-        &self,
-        task: &TaskRecord,
-        revocation_id: Option<&str>,
-        credential: Option<&str>,
-    ) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
-        // Serialised with revoke_credentials of the same agent (same lock key).
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-            .bind(format!("agent:{}", task.agent))
-            .execute(&mut *tx)
-            .await?;
-        if let Some(credential) = credential {
-            let revoked: i64 =
-                sqlx::query("SELECT COUNT(*) AS n FROM revocations WHERE revocation_id = $1")
-                    .bind(credential)
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .try_get("n")?;
-            if revoked > 0 {
-                return Ok(false);
-            }
-        }
-        sqlx::query(
-            "INSERT INTO tasks (task_id, agent, purpose, tools, checks, state, created_at_ms, expires_at_ms,
-                idle_timeout_ms, max_calls, calls, last_activity_ms, ended_at_ms, end_reason, token)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-        )
-        .bind(&task.task_id)
-        .bind(&task.agent)
-        .bind(&task.purpose)
-        .bind(serde_json::to_string(&task.tools).unwrap_or_default())
-        .bind(serde_json::to_string(&task.checks).unwrap_or_default())
-        .bind(task.state.as_str())
-        .bind(task.created_at_ms)
-        .bind(task.expires_at_ms)
-        .bind(task.idle_timeout_ms)
-        .bind(task.max_calls.map(to_i64))
-        .bind(to_i64(task.calls))
-        .bind(task.last_activity_ms)
-        .bind(task.ended_at_ms)
-        .bind(&task.end_reason)
-        .bind(&task.token)
-        .execute(&mut *tx)
-        .await?;
-        if let Some(id) = revocation_id {
-            sqlx::query("INSERT INTO task_tokens (revocation_id, task_id, issued_at_ms) VALUES ($1, $2, $3)")
-                .bind(id)
-                .bind(&task.task_id)
-                .bind(task.created_at_ms)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    async fn get_task(&self, task_id: &str) -> StoreResult<Option<TaskRecord>> {
-        let row = sqlx::query("SELECT * FROM tasks WHERE task_id = $1")
-            .bind(task_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(task_from_row).transpose()
-    }
-
-    async fn list_tasks(
-        &self,
-        state: Option<TaskState>,
-        limit: i64,
-    ) -> StoreResult<Vec<TaskRecord>> {
-        let rows = match state {
-            Some(state) => {
-                sqlx::query(
-                    "SELECT * FROM tasks WHERE state = $1 ORDER BY created_at_ms DESC LIMIT $2",
-                )
-                .bind(state.as_str())
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?
-            }
-            None => {
-                sqlx::query("SELECT * FROM tasks ORDER BY created_at_ms DESC LIMIT $1")
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-        };
-        rows.iter().map(task_from_row).collect()
-    }
-
-    async fn live_tasks_of(&self, agent: &str) -> StoreResult<Vec<String>> {
-        let rows = sqlx::query("SELECT task_id FROM tasks WHERE agent = $1 AND state IN ('active', 'pending_approval')")
-            .bind(agent)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(|r| Ok(r.try_get("task_id")?)).collect()
-    }
-
-    async fn due_tasks(&self, now_ms: i64) -> StoreResult<Vec<TaskRecord>> {
-        let rows = sqlx::query(
-            "SELECT * FROM tasks WHERE state = 'active' AND (expires_at_ms <= $1
-                OR (idle_timeout_ms IS NOT NULL AND last_activity_ms + idle_timeout_ms <= $1))",
-        )
-        .bind(now_ms)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(task_from_row).collect()
-    }
-
-    async fn plain_tokens(&self) -> StoreResult<Vec<(String, String)>> {
-        let rows = sqlx::query(
-            "SELECT task_id, token FROM tasks WHERE token IS NOT NULL AND token NOT LIKE 'sealed:%'",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("task_id")?, r.try_get("token")?)))
-            .collect()
-    }
-
-    async fn replace_token(&self, task_id: &str, old: &str, new: &str) -> StoreResult<()> {
-        sqlx::query("UPDATE tasks SET token = $1 WHERE task_id = $2 AND token = $3")
-            .bind(new)
-            .bind(task_id)
-            .bind(old)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn purge_freed(&self) -> StoreResult<()> {
-        sqlx::query("VACUUM FULL tasks").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn renew_task(&self, renewal: &Activation, now_ms: i64) -> StoreResult<bool> {
-        let Activation {
-            task_id,
-            expires_at_ms,
-            token,
-            revocation_id,
-            tools,
-        } = renewal;
-        let mut tx = self.pool.begin().await?;
-        let changed = sqlx::query(
-            "UPDATE tasks SET expires_at_ms = $1, token = $2, last_activity_ms = GREATEST(last_activity_ms, $3),
-                tools = $5
-             WHERE task_id = $4 AND state = 'active'",
-        )
-        .bind(expires_at_ms)
-        .bind(token)
-        .bind(now_ms)
-        .bind(task_id)
-        .bind(serde_json::to_string(tools).unwrap_or_default())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if changed == 0 {
-            return Ok(false);
-        }
-        sqlx::query(
-            "INSERT INTO task_tokens (revocation_id, task_id, issued_at_ms) VALUES ($1, $2, $3)",
-        )
-        .bind(revocation_id)
-        .bind(task_id)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        self.notify(&mut tx, &format!("task:{task_id}")).await?;
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    async fn end_task(
-        &self,
-        task_id: &str,
-        state: TaskState,
-        reason: &str,
-        at_ms: i64,
-    ) -> StoreResult<Option<Vec<Revocation>>> {
-        let mut tx = self.pool.begin().await?;
-        let changed = sqlx::query(
-            "UPDATE tasks SET state = $1, ended_at_ms = $2, end_reason = $3
-             WHERE task_id = $4 AND state IN ('active', 'pending_approval')",
-        )
-        .bind(state.as_str())
-        .bind(at_ms)
-        .bind(reason)
-        .bind(task_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if changed == 0 {
-            return Ok(None);
-        }
-        let ids: Vec<String> =
-            sqlx::query("SELECT revocation_id FROM task_tokens WHERE task_id = $1")
-                .bind(task_id)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| r.try_get("revocation_id"))
-                .collect::<Result<_, _>>()?;
-        let published = publish(&mut tx, &ids, Some(task_id), state.as_str(), at_ms).await?;
-        self.notify(&mut tx, &format!("task:{task_id}")).await?;
-        self.notify(&mut tx, "rev").await?;
-        tx.commit().await?;
-        Ok(Some(published))
-    }
-
-    async fn revoke_ids(
-        &self,
-        ids: &[String],
-        task_id: Option<&str>,
-        reason: &str,
-        at_ms: i64,
-    ) -> StoreResult<Vec<Revocation>> {
-        let mut tx = self.pool.begin().await?;
-        let published = publish(&mut tx, ids, task_id, reason, at_ms).await?;
-        self.notify(&mut tx, "rev").await?;
-        tx.commit().await?;
-        Ok(published)
-    }
-
-    async fn insert_credential(
-        &self,
-        revocation_id: &str,
-        role: &str,
-        subject: &str,
-        at_ms: i64,
-        expires_at_ms: Option<i64>,
-    ) -> StoreResult<()> {
-        sqlx::query("INSERT INTO credentials (revocation_id, role, subject, issued_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4, $5)")
-            .bind(revocation_id)
-            .bind(role)
-            .bind(subject)
-            .bind(at_ms)
-            .bind(expires_at_ms)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn revoke_credentials(
-        &self,
-        role: &str,
-        subject: &str,
-        at_ms: i64,
-    ) -> StoreResult<Vec<Revocation>> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-            .bind(format!("{role}:{subject}"))
-            .execute(&mut *tx)
-            .await?;
-        let ids: Vec<String> =
-            sqlx::query("SELECT revocation_id FROM credentials WHERE role = $1 AND subject = $2")
-                .bind(role)
-                .bind(subject)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| r.try_get("revocation_id"))
-                .collect::<Result<_, _>>()?;
-        let published = publish(&mut tx, &ids, None, "credential", at_ms).await?;
-        self.notify(&mut tx, "rev").await?;
-        tx.commit().await?;
-        Ok(published)
-    }
-
-    async fn prune_revocations(&self, before_ms: i64) -> StoreResult<u64> {
-        Ok(
-            sqlx::query("DELETE FROM revocations WHERE expires_at_ms < $1")
-                .bind(before_ms)
-                .execute(&self.pool)
-                .await?
-                .rows_affected(),
-        )
-    }
-
-    async fn revoked_tokens_of(&self, task_id: &str) -> StoreResult<i64> {
-        Ok(sqlx::query(
-            "SELECT COUNT(*) AS n FROM revocations WHERE task_id = $1 AND reason = 'token'",
-        )
-        .bind(task_id)
-        .fetch_one(&self.pool)
-        .await?
-        .try_get("n")?)
-    }
-
-    async fn revocations_after(&self, seq: i64, limit: i64) -> StoreResult<Vec<Revocation>> {
-        let rows = sqlx::query("SELECT * FROM revocations WHERE seq > $1 ORDER BY seq LIMIT $2")
-            .bind(seq)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(revocation_from_row).collect()
-    }
-
-    async fn live_revocations_after(
-        &self,
-        seq: i64,
-        since_ms: i64,
-        limit: i64,
-    ) -> StoreResult<Vec<Revocation>> {
-        let rows = sqlx::query(
-            "SELECT * FROM revocations WHERE seq > $1 AND (expires_at_ms IS NULL OR expires_at_ms >= $2) ORDER BY seq LIMIT $3",
-        )
-        .bind(seq)
-        .bind(since_ms)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(revocation_from_row).collect()
-    }
-
-    async fn live_revocation_count(&self, since_ms: i64) -> StoreResult<i64> {
-        Ok(sqlx::query(
-            // Two index counts, not one OR: SQLite would collect every matching rowid.
-            "SELECT (SELECT COUNT(*) FROM revocations WHERE expires_at_ms IS NULL)
-                  + (SELECT COUNT(*) FROM revocations WHERE expires_at_ms >= $1) AS n",
-        )
-        .bind(since_ms)
-        .fetch_one(&self.pool)
-        .await?
-        .try_get("n")?)
-    }
-
-    async fn revocation_count(&self) -> StoreResult<i64> {
-        Ok(sqlx::query("SELECT COUNT(*) AS n FROM revocations")
-            .fetch_one(&self.pool)
-            .await?
-            .try_get("n")?)
-    }
-
-    async fn all_revoked_ids(&self) -> StoreResult<Vec<(String, String)>> {
-        let rows = sqlx::query("SELECT revocation_id, reason FROM revocations")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("revocation_id")?, r.try_get("reason")?)))
-            .collect()
-    }
-
-    async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<Vec<u64>> {
-        if batch.tasks.is_empty() && batch.tokens.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut tx = self.pool.begin().await?;
-        for (task_id, calls, last) in &batch.tasks {
-            sqlx::query(
-                "UPDATE tasks SET calls = GREATEST(calls, $1), last_activity_ms = GREATEST(last_activity_ms, $2)
-                 WHERE task_id = $3",
-            )
-            .bind(to_i64(*calls))
-            .bind(last)
-            .bind(task_id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let mut totals = Vec::with_capacity(batch.tokens.len());
-        for (id, calls) in &batch.tokens {
-            let row = sqlx::query(
-                "INSERT INTO token_usage (revocation_id, calls) VALUES ($1, $2)
-                 ON CONFLICT (revocation_id) DO UPDATE SET calls = token_usage.calls + excluded.calls
-                 RETURNING calls",
-            )
-            .bind(id)
-            .bind(to_i64(*calls))
-            .fetch_one(&mut *tx)
-            .await?;
-            totals.push(row.try_get::<i64, _>("calls")?.max(0) as u64);
-        }
-        tx.commit().await?;
-        Ok(totals)
-    }
-
-    async fn token_calls(&self, revocation_id: &str) -> StoreResult<u64> {
-        let row = sqlx::query("SELECT calls FROM token_usage WHERE revocation_id = $1")
-            .bind(revocation_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(match row {
-            Some(row) => row.try_get::<i64, _>("calls")?.max(0) as u64,
-            None => 0,
-        })
-    }
-
-    async fn insert_approval(&self, a: &ApprovalRecord) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO approvals (approval_id, kind, task_id, agent, purpose, tools, call_tool, call_args, args_hash,
-                ttl_ms, state, requested_at_ms, expires_at_ms, decided_at_ms, decided_by, note)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-        )
-        .bind(&a.approval_id)
-        .bind(a.kind.as_str())
-        .bind(&a.task_id)
-        .bind(&a.agent)
-        .bind(&a.purpose)
-        .bind(serde_json::to_string(&a.tools).unwrap_or_default())
-        .bind(&a.call_tool)
-        .bind(a.call_args.as_ref().map(|v| v.to_string()))
-        .bind(&a.args_hash)
-        .bind(a.ttl_ms)
-        .bind(a.state.as_str())
-        .bind(a.requested_at_ms)
-        .bind(a.expires_at_ms)
-        .bind(a.decided_at_ms)
-        .bind(&a.decided_by)
-        .bind(&a.note)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn get_approval(&self, approval_id: &str) -> StoreResult<Option<ApprovalRecord>> {
-        let row = sqlx::query("SELECT * FROM approvals WHERE approval_id = $1")
-            .bind(approval_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(approval_from_row).transpose()
-    }
-
-    async fn pending_approvals_of(&self, agent: &str) -> StoreResult<i64> {
-        Ok(sqlx::query(
-            "SELECT COUNT(*) AS n FROM approvals WHERE agent = $1 AND state = 'pending'",
-        )
-        .bind(agent)
-        .fetch_one(&self.pool)
-        .await?
-        .try_get("n")?)
-    }
-
-    async fn list_approvals(
-        &self,
-        state: Option<ApprovalState>,
-        limit: i64,
-    ) -> StoreResult<Vec<ApprovalRecord>> {
-        let rows =
-            match state {
-                Some(state) => sqlx::query(
-                    "SELECT * FROM approvals WHERE state = $1 ORDER BY requested_at_ms LIMIT $2",
-                )
-                .bind(state.as_str())
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?,
-                None => {
-                    sqlx::query("SELECT * FROM approvals ORDER BY requested_at_ms DESC LIMIT $1")
-                        .bind(limit)
-                        .fetch_all(&self.pool)
-                        .await?
-                }
-            };
-        rows.iter().map(approval_from_row).collect()
-    }
-
-    async fn due_approvals(&self, now_ms: i64) -> StoreResult<Vec<ApprovalRecord>> {
-        let rows =
-            sqlx::query("SELECT * FROM approvals WHERE state = 'pending' AND expires_at_ms <= $1")
-                .bind(now_ms)
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter().map(approval_from_row).collect()
-    }
-
-    async fn decide_approval(
-        &self,
-        approval_id: &str,
-        state: ApprovalState,
-        decided_by: &str,
-        note: Option<&str>,
-        at_ms: i64,
-        activation: Option<&Activation>,
-    ) -> StoreResult<Decided> {
-        let mut tx = self.pool.begin().await?;
-        let row =
-            sqlx::query("SELECT state, kind FROM approvals WHERE approval_id = $1 FOR UPDATE")
-                .bind(approval_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some(row) = row else {
-            return Err(StoreError::Corrupt(format!("no approval {approval_id}")));
-        };
-        let current: String = row.try_get("state")?;
-        let kind: String = row.try_get("kind")?;
-        if current != "pending" {
-            let state = ApprovalState::parse(&current)
-                .ok_or_else(|| StoreError::Corrupt(current.clone()))?;
-            return Ok(Decided::AlreadyDecided(state));
-        }
-        if let Some(a) = activation {
-            let from = if kind == "renewal" {
-                "active"
-            } else {
-                "pending_approval"
-            };
-            let changed = sqlx::query(
-                "UPDATE tasks SET state = 'active', expires_at_ms = $1, token = $2,
-                    last_activity_ms = GREATEST(last_activity_ms, $3), tools = $6
-                 WHERE task_id = $4 AND state = $5",
-            )
-            .bind(a.expires_at_ms)
-            .bind(&a.token)
-            .bind(at_ms)
-            .bind(&a.task_id)
-            .bind(from)
-            .bind(serde_json::to_string(&a.tools).unwrap_or_default())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if changed == 0 {
-                return Ok(Decided::TaskNotPending);
-            }
-            sqlx::query("INSERT INTO task_tokens (revocation_id, task_id, issued_at_ms) VALUES ($1, $2, $3)")
-                .bind(&a.revocation_id)
-                .bind(&a.task_id)
-                .bind(at_ms)
-                .execute(&mut *tx)
-                .await?;
-            self.notify(&mut tx, &format!("task:{}", a.task_id)).await?;
-        }
-        sqlx::query("UPDATE approvals SET state = $1, decided_at_ms = $2, decided_by = $3, note = $4 WHERE approval_id = $5")
-            .bind(state.as_str())
-            .bind(at_ms)
-            .bind(decided_by)
-            .bind(note)
-            .bind(approval_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(Decided::Done)
-    }
-
-    async fn use_approval(&self, approval_id: &str, at_ms: i64) -> StoreResult<bool> {
-        let changed = sqlx::query(
-            "UPDATE approvals SET state = 'used', decided_at_ms = COALESCE(decided_at_ms, $1)
-             WHERE approval_id = $2 AND state = 'approved' AND kind = 'call'",
-        )
-        .bind(at_ms)
-        .bind(approval_id)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(changed == 1)
-    }
-
-    async fn get_pin(&self, name: &str) -> StoreResult<Option<ToolPin>> {
-        let row = sqlx::query("SELECT * FROM tool_pins WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| {
-            Ok(ToolPin {
-                name: r.try_get("name")?,
-                hash: r.try_get("hash")?,
-                pending_hash: r.try_get("pending_hash")?,
-                approval_id: r.try_get("approval_id")?,
-            })
-        })
-        .transpose()
-    }
-
-    async fn put_pin(&self, pin: &ToolPin) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO tool_pins (name, hash, pending_hash, approval_id) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (name) DO UPDATE SET hash = excluded.hash, pending_hash = excluded.pending_hash,
-                approval_id = excluded.approval_id",
-        )
-        .bind(&pin.name)
-        .bind(&pin.hash)
-        .bind(&pin.pending_hash)
-        .bind(&pin.approval_id)
-        .execute(&mut *tx)
-        .await?;
-        self.notify(&mut tx, &format!("pin:{}", pin.name)).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn append_audit(&self, events: &[NewAuditEvent]) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(AUDIT_LOCK)
-            .execute(&mut *tx)
-            .await?;
-        let head = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|r| Ok::<_, sqlx::Error>((r.try_get("seq")?, r.try_get("hash")?)))
-            .transpose()?;
-        for row in crate::audit::chain_after(head, events) {
-            sqlx::query(
-                "INSERT INTO audit (seq, at_ms, kind, actor, task_id, detail, prev_hash, hash)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(row.seq)
-            .bind(row.at_ms)
-            .bind(&row.kind)
-            .bind(&row.actor)
-            .bind(&row.task_id)
-            .bind(row.detail.to_string())
-            .bind(&row.prev_hash)
-            .bind(&row.hash)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn audit_head(&self) -> StoreResult<Option<(i64, String)>> {
-        let row = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| Ok((r.try_get("seq")?, r.try_get("hash")?)))
-            .transpose()
-    }
-
-    async fn audit_after(&self, seq: i64, limit: i64) -> StoreResult<Vec<AuditRow>> {
-        let rows = sqlx::query("SELECT * FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2")
-            .bind(seq)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let detail: String = r.try_get("detail")?;
-                Ok(AuditRow {
-                    seq: r.try_get("seq")?,
-                    at_ms: r.try_get("at_ms")?,
-                    kind: r.try_get("kind")?,
-                    actor: r.try_get("actor")?,
-                    task_id: r.try_get("task_id")?,
-                    detail: serde_json::from_str(&detail)
-                        .map_err(|e| StoreError::Corrupt(format!("audit detail: {e}")))?,
-                    prev_hash: r.try_get("prev_hash")?,
-                    hash: r.try_get("hash")?,
-                })
-            })
-            .collect()
-    }
-
-    async fn insert_checkpoint(&self, c: &AuditCheckpoint) -> StoreResult<bool> {
-        let inserted = sqlx::query(
-            "INSERT INTO audit_checkpoints (seq, hash, at_ms, kid, signature) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (seq) DO NOTHING",
-        )
-        .bind(c.seq)
-        .bind(&c.hash)
-        .bind(c.at_ms)
-        .bind(i64::from(c.kid))
-        .bind(&c.signature)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(inserted == 1)
-    }
-
-    async fn checkpoints_after(&self, seq: i64, limit: i64) -> StoreResult<Vec<AuditCheckpoint>> {
-        let rows =
-            sqlx::query("SELECT * FROM audit_checkpoints WHERE seq > $1 ORDER BY seq LIMIT $2")
-                .bind(seq)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter().map(checkpoint_from_row).collect()
-    }
-
-    async fn latest_checkpoint(&self) -> StoreResult<Option<AuditCheckpoint>> {
-        let row = sqlx::query("SELECT * FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(checkpoint_from_row).transpose()
     }
 }

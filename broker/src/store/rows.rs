@@ -3,11 +3,12 @@
 
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use super::{
-    ApprovalKind, ApprovalRecord, ApprovalState, AuditCheckpoint, Revocation, StoreError,
-    StoreResult, TaskRecord, TaskState,
+use super::api::{
+    ApprovalKind, ApprovalRecord, ApprovalState, AuditCheckpoint, AuditRow, Revocation, StoreError,
+    StoreResult, TaskRecord, TaskState, ToolPin,
 };
 
+/// A `tasks` row.
 pub(super) fn task_from_row<'r, R>(row: &'r R) -> StoreResult<TaskRecord>
 where
     R: Row,
@@ -44,6 +45,7 @@ where
     })
 }
 
+/// An `approvals` row.
 pub(super) fn approval_from_row<'r, R>(row: &'r R) -> StoreResult<ApprovalRecord>
 where
     R: Row,
@@ -83,6 +85,7 @@ where
     })
 }
 
+/// A `revocations` row.
 pub(super) fn revocation_from_row<'r, R>(row: &'r R) -> StoreResult<Revocation>
 where
     R: Row,
@@ -102,10 +105,12 @@ where
     })
 }
 
+/// A count as stored (saturating: SQL integers are signed).
 pub(super) fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// An `audit_checkpoints` row.
 pub(super) fn checkpoint_from_row<'r, R>(row: &'r R) -> StoreResult<AuditCheckpoint>
 where
     R: Row,
@@ -121,5 +126,44 @@ where
         kid: u32::try_from(kid)
             .map_err(|_| StoreError::Corrupt(format!("checkpoint key id {kid}")))?,
         signature: row.try_get("signature")?,
+    })
+}
+
+/// An `audit` row.
+pub(super) fn audit_row_from_row<'r, R>(row: &'r R) -> StoreResult<AuditRow>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    Option<String>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let detail: String = row.try_get("detail")?;
+    Ok(AuditRow {
+        seq: row.try_get("seq")?,
+        at_ms: row.try_get("at_ms")?,
+        kind: row.try_get("kind")?,
+        actor: row.try_get("actor")?,
+        task_id: row.try_get("task_id")?,
+        detail: serde_json::from_str(&detail)
+            .map_err(|e| StoreError::Corrupt(format!("audit detail: {e}")))?,
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}
+
+/// A `tool_pins` row.
+pub(super) fn pin_from_row<'r, R>(row: &'r R) -> StoreResult<ToolPin>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    Option<String>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(ToolPin {
+        name: row.try_get("name")?,
+        hash: row.try_get("hash")?,
+        pending_hash: row.try_get("pending_hash")?,
+        approval_id: row.try_get("approval_id")?,
     })
 }

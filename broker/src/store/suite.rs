@@ -6,7 +6,13 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::*;
+use super::api::{
+    Activation, ApprovalKind, ApprovalRecord, ApprovalState, AuditCheckpoint, Decided,
+    NewAuditEvent, Store, TaskRecord, TaskState, ToolPin, UsageBatch,
+};
+use super::chain::verify_chain;
+use super::postgres::PgStore;
+use super::sqlite::SqliteStore;
 
 fn task(id: &str, state: TaskState) -> TaskRecord {
     TaskRecord {
@@ -357,6 +363,82 @@ async fn approvals(store: Arc<dyn Store>) {
     assert!(!store.use_approval("apr_3", 4).await.unwrap());
 }
 
+/// Files an approval of `kind` for `task_id` and approves it with a new token for the
+/// task (window 20_000).
+async fn approve_new(store: &dyn Store, id: &str, task_id: &str, kind: ApprovalKind) -> Decided {
+    store
+        .insert_approval(&approval(id, task_id, kind))
+        .await
+        .unwrap();
+    let activation = Activation {
+        task_id: task_id.into(),
+        ..renewal(
+            20_000,
+            &format!("tok_{id}"),
+            &format!("id_{id}"),
+            &["web.search"],
+        )
+    };
+    let approved = ApprovalState::Approved;
+    store
+        .decide_approval(id, approved, "x", None, 2_000, Some(&activation))
+        .await
+        .unwrap()
+}
+
+/// Which task an approved activation may change: a renewal only a task still active, an
+/// issuance only a task still waiting for it; otherwise nothing changes.
+async fn renewal_guard(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    store
+        .insert_task(&task("tsk_a", TaskState::Active), Some("aa01"), None)
+        .await
+        .unwrap();
+    store
+        .insert_task(&task("tsk_p", TaskState::PendingApproval), None, None)
+        .await
+        .unwrap();
+    let task_now = |id: &'static str| async move {
+        let t = store.get_task(id).await.unwrap().unwrap();
+        (t.state, t.expires_at_ms, t.token.unwrap_or_default())
+    };
+    let untouched = |state| (state, 10_000, "t0".to_string());
+    // A renewal does not issue a task still waiting for its issuance approval, and an
+    // issuance does not replace the token of a task already running.
+    let not_pending = Decided::TaskNotPending;
+    let renewal_of_pending = approve_new(store, "apr_r1", "tsk_p", ApprovalKind::Renewal).await;
+    assert_eq!(renewal_of_pending, not_pending, "renewal of a pending task");
+    assert_eq!(
+        task_now("tsk_p").await,
+        untouched(TaskState::PendingApproval)
+    );
+    let issuance_of_active = approve_new(store, "apr_i1", "tsk_a", ApprovalKind::Issuance).await;
+    assert_eq!(
+        issuance_of_active, not_pending,
+        "issuance of an active task"
+    );
+    assert_eq!(task_now("tsk_a").await, untouched(TaskState::Active));
+    for id in ["apr_r1", "apr_i1"] {
+        let state = store.get_approval(id).await.unwrap().unwrap().state;
+        assert_eq!(state, ApprovalState::Pending, "{id}: nothing changes");
+    }
+    // A renewal of an active task gives it the new window and token, whose id is
+    // revoked with the task; an ended task is not renewed.
+    let renewal = approve_new(store, "apr_r2", "tsk_a", ApprovalKind::Renewal).await;
+    assert_eq!(renewal, Decided::Done);
+    let renewed = (TaskState::Active, 20_000, "tok_apr_r2".to_string());
+    assert_eq!(task_now("tsk_a").await, renewed);
+    let ended = store.end_task("tsk_a", TaskState::Revoked, "r", 3_000);
+    let mut ids: Vec<String> = (ended.await.unwrap().unwrap().into_iter())
+        .map(|r| r.revocation_id)
+        .collect();
+    ids.sort();
+    assert_eq!(ids, vec!["aa01", "id_apr_r2"]);
+    let late = approve_new(store, "apr_r3", "tsk_a", ApprovalKind::Renewal).await;
+    assert_eq!(late, not_pending, "renewal of an ended task");
+    assert_eq!(task_now("tsk_a").await.0, TaskState::Revoked);
+}
+
 async fn usage_pins_and_audit(store: Arc<dyn Store>) {
     store
         .insert_task(&task("tsk_u", TaskState::Active), None, None)
@@ -408,7 +490,7 @@ async fn usage_pins_and_audit(store: Arc<dyn Store>) {
         rows.iter().map(|r| r.seq).collect::<Vec<_>>(),
         vec![1, 2, 3]
     );
-    assert_eq!(crate::audit::verify_chain((0, ""), &rows).unwrap().0, 3);
+    assert_eq!(verify_chain((0, ""), &rows).unwrap().0, 3);
     assert_eq!(store.audit_head().await.unwrap().unwrap().0, 3);
 }
 
@@ -462,6 +544,10 @@ macro_rules! suite {
         #[tokio::test]
         async fn approvals() {
             super::approvals($make.await).await
+        }
+        #[tokio::test]
+        async fn renewal_guard() {
+            super::renewal_guard($make.await).await
         }
         #[tokio::test]
         async fn usage_pins_and_audit() {

@@ -1,0 +1,379 @@
+//! The store's transactions of several statements (the one-statement operations are in
+//! `sql`), written once for every database. Each runs in one write transaction and
+//! takes the `Dialect`'s locks and notifications where replicas need them.
+
+use sqlx::{
+    ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Row, Transaction, Type,
+};
+
+use super::api::{
+    Activation, ApprovalKind, ApprovalState, Decided, NewAuditEvent, Revocation, StoreError,
+    StoreResult, TaskRecord, TaskState, UsageBatch,
+};
+use super::chain::chain_after;
+use super::dialect::{Dialect, Lock};
+use super::rows::{revocation_from_row, to_i64};
+use super::sql::{AUDIT_HEAD, SqlStore};
+
+/// Records a token issued for a task, so that ending the task revokes it.
+const INSERT_TASK_TOKEN: &str =
+    "INSERT INTO task_tokens (revocation_id, task_id, issued_at_ms) VALUES ($1, $2, $3)";
+
+// The same bounds as the `Store` impl in `sql` (see there).
+impl<D: Dialect> SqlStore<D>
+where
+    for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
+    for<'q> <D::Db as Database>::Arguments<'q>: IntoArguments<'q, D::Db>,
+    for<'q> &'q str: Encode<'q, D::Db> + Type<D::Db>,
+    for<'q> String: Encode<'q, D::Db> + Decode<'q, D::Db> + Type<D::Db>,
+    for<'q> i64: Encode<'q, D::Db> + Decode<'q, D::Db> + Type<D::Db>,
+    for<'q> Option<&'q str>: Encode<'q, D::Db>,
+    for<'q> Option<String>: Encode<'q, D::Db>,
+    for<'q> Option<i64>: Encode<'q, D::Db>,
+    for<'a> &'a str: ColumnIndex<<D::Db as Database>::Row>,
+{
+    /// [`super::api::Store::insert_task`].
+    pub(super) async fn insert_task_tx(
+        &self,
+        task: &TaskRecord,
+        revocation_id: Option<&str>,
+        credential: Option<&str>,
+    ) -> StoreResult<bool> {
+        let mut tx = D::begin_write(&self.pool).await?;
+        // Serialised with revoke_credentials of the same agent.
+        let agent = Lock::Subject {
+            role: "agent",
+            subject: &task.agent,
+        };
+        self.dialect.lock(&mut tx, agent).await?;
+        if let Some(credential) = credential {
+            let revoked: i64 =
+                sqlx::query("SELECT COUNT(*) AS n FROM revocations WHERE revocation_id = $1")
+                    .bind(credential)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("n")?;
+            if revoked > 0 {
+                return Ok(false);
+            }
+        }
+        sqlx::query(
+            "INSERT INTO tasks (task_id, agent, purpose, tools, checks, state, created_at_ms,
+                expires_at_ms, idle_timeout_ms, max_calls, calls, last_activity_ms, ended_at_ms,
+                end_reason, token)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        )
+        .bind(&task.task_id)
+        .bind(&task.agent)
+        .bind(&task.purpose)
+        .bind(serde_json::to_string(&task.tools).unwrap_or_default())
+        .bind(serde_json::to_string(&task.checks).unwrap_or_default())
+        .bind(task.state.as_str())
+        .bind(task.created_at_ms)
+        .bind(task.expires_at_ms)
+        .bind(task.idle_timeout_ms)
+        .bind(task.max_calls.map(to_i64))
+        .bind(to_i64(task.calls))
+        .bind(task.last_activity_ms)
+        .bind(task.ended_at_ms)
+        .bind(&task.end_reason)
+        .bind(&task.token)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(id) = revocation_id {
+            sqlx::query(INSERT_TASK_TOKEN)
+                .bind(id)
+                .bind(&task.task_id)
+                .bind(task.created_at_ms)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// [`super::api::Store::renew_task`].
+    pub(super) async fn renew_task_tx(
+        &self,
+        renewal: &Activation,
+        now_ms: i64,
+    ) -> StoreResult<bool> {
+        let mut tx = D::begin_write(&self.pool).await?;
+        let changed = sqlx::query(
+            "UPDATE tasks SET expires_at_ms = $1, token = $2, tools = $3,
+                last_activity_ms = CASE WHEN last_activity_ms > $4 THEN last_activity_ms ELSE $4 END
+             WHERE task_id = $5 AND state = 'active'",
+        )
+        .bind(renewal.expires_at_ms)
+        .bind(&renewal.token)
+        .bind(serde_json::to_string(&renewal.tools).unwrap_or_default())
+        .bind(now_ms)
+        .bind(&renewal.task_id)
+        .execute(&mut *tx)
+        .await?;
+        if D::rows_affected(&changed) == 0 {
+            return Ok(false);
+        }
+        sqlx::query(INSERT_TASK_TOKEN)
+            .bind(&renewal.revocation_id)
+            .bind(&renewal.task_id)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        let task = format!("task:{}", renewal.task_id);
+        self.dialect.notify(&mut tx, &task).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// [`super::api::Store::end_task`].
+    pub(super) async fn end_task_tx(
+        &self,
+        task_id: &str,
+        state: TaskState,
+        reason: &str,
+        at_ms: i64,
+    ) -> StoreResult<Option<Vec<Revocation>>> {
+        let mut tx = D::begin_write(&self.pool).await?;
+        let changed = sqlx::query(
+            "UPDATE tasks SET state = $1, ended_at_ms = $2, end_reason = $3
+             WHERE task_id = $4 AND state IN ('active', 'pending_approval')",
+        )
+        .bind(state.as_str())
+        .bind(at_ms)
+        .bind(reason)
+        .bind(task_id)
+        .execute(&mut *tx)
+        .await?;
+        if D::rows_affected(&changed) == 0 {
+            return Ok(None);
+        }
+        let ids: Vec<String> =
+            sqlx::query("SELECT revocation_id FROM task_tokens WHERE task_id = $1")
+                .bind(task_id)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get("revocation_id"))
+                .collect::<Result<_, _>>()?;
+        let published = self
+            .publish(&mut tx, &ids, Some(task_id), state.as_str(), at_ms)
+            .await?;
+        self.dialect
+            .notify(&mut tx, &format!("task:{task_id}"))
+            .await?;
+        self.dialect.notify(&mut tx, "rev").await?;
+        tx.commit().await?;
+        Ok(Some(published))
+    }
+
+    /// [`super::api::Store::revoke_credentials`].
+    pub(super) async fn revoke_credentials_tx(
+        &self,
+        role: &str,
+        subject: &str,
+        at_ms: i64,
+    ) -> StoreResult<Vec<Revocation>> {
+        let mut tx = D::begin_write(&self.pool).await?;
+        // Serialised with insert_task of the same agent.
+        self.dialect
+            .lock(&mut tx, Lock::Subject { role, subject })
+            .await?;
+        let ids: Vec<String> =
+            sqlx::query("SELECT revocation_id FROM credentials WHERE role = $1 AND subject = $2")
+                .bind(role)
+                .bind(subject)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get("revocation_id"))
+                .collect::<Result<_, _>>()?;
+        let published = self
+            .publish(&mut tx, &ids, None, "credential", at_ms)
+            .await?;
+        self.dialect.notify(&mut tx, "rev").await?;
+        tx.commit().await?;
+        Ok(published)
+    }
+
+    /// Inserts feed entries for ids not yet revoked, inside `tx`; returns the new
+    /// entries. A task's ids carry the task's window as their own.
+    pub(super) async fn publish(
+        &self,
+        tx: &mut Transaction<'static, D::Db>,
+        ids: &[String],
+        task_id: Option<&str>,
+        reason: &str,
+        at_ms: i64,
+    ) -> StoreResult<Vec<Revocation>> {
+        // Seqs are taken at insert, not at commit: without this a transaction could commit
+        // seq 101 before another commits seq 100, and feed readers that already moved past
+        // 101 would never see 100.
+        self.dialect.lock(tx, Lock::Revocations).await?;
+        let mut out = Vec::new();
+        for id in ids {
+            let row = sqlx::query(
+                "INSERT INTO revocations (revocation_id, task_id, reason, at_ms, expires_at_ms)
+                 VALUES ($1, $2, $3, $4, (SELECT expires_at_ms FROM tasks WHERE task_id = $2))
+                 ON CONFLICT (revocation_id) DO NOTHING
+                 RETURNING seq, revocation_id, task_id, reason, at_ms, expires_at_ms",
+            )
+            .bind(id)
+            .bind(task_id)
+            .bind(reason)
+            .bind(at_ms)
+            .fetch_optional(&mut **tx)
+            .await?;
+            if let Some(row) = row {
+                out.push(revocation_from_row(&row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`super::api::Store::record_usage`].
+    pub(super) async fn record_usage_tx(&self, batch: &UsageBatch) -> StoreResult<Vec<u64>> {
+        if batch.tasks.is_empty() && batch.tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = D::begin_write(&self.pool).await?;
+        for (task_id, calls, last) in &batch.tasks {
+            sqlx::query(
+                "UPDATE tasks SET calls = CASE WHEN calls > $1 THEN calls ELSE $1 END,
+                    last_activity_ms = CASE WHEN last_activity_ms > $2 THEN last_activity_ms ELSE $2 END
+                 WHERE task_id = $3",
+            )
+            .bind(to_i64(*calls))
+            .bind(last)
+            .bind(task_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let mut totals = Vec::with_capacity(batch.tokens.len());
+        for (id, calls) in &batch.tokens {
+            let row = sqlx::query(
+                "INSERT INTO token_usage (revocation_id, calls) VALUES ($1, $2)
+                 ON CONFLICT (revocation_id) DO UPDATE SET calls = token_usage.calls + excluded.calls
+                 RETURNING calls",
+            )
+            .bind(id)
+            .bind(to_i64(*calls))
+            .fetch_one(&mut *tx)
+            .await?;
+            totals.push(row.try_get::<i64, _>("calls")?.max(0) as u64);
+        }
+        tx.commit().await?;
+        Ok(totals)
+    }
+
+    /// [`super::api::Store::decide_approval`].
+    pub(super) async fn decide_approval_tx(
+        &self,
+        approval_id: &str,
+        state: ApprovalState,
+        decided_by: &str,
+        note: Option<&str>,
+        at_ms: i64,
+        activation: Option<&Activation>,
+    ) -> StoreResult<Decided> {
+        let mut tx = D::begin_write(&self.pool).await?;
+        // Locked (where rows can be) so that two replicas cannot both decide it.
+        let read = format!(
+            "SELECT state, kind FROM approvals WHERE approval_id = $1{}",
+            D::FOR_UPDATE
+        );
+        let row = sqlx::query(&read)
+            .bind(approval_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            return Err(StoreError::Corrupt(format!("no approval {approval_id}")));
+        };
+        let current: String = row.try_get("state")?;
+        let kind: String = row.try_get("kind")?;
+        if current != ApprovalState::Pending.as_str() {
+            let state = ApprovalState::parse(&current)
+                .ok_or_else(|| StoreError::Corrupt(current.clone()))?;
+            return Ok(Decided::AlreadyDecided(state));
+        }
+        if let Some(a) = activation {
+            // The renewal guard: a renewal gives a new window to a task that is still
+            // active; an issuance activates a task still waiting for it. So an ended task
+            // is never revived, a renewal never activates a task that was not yet issued,
+            // and an issuance never replaces the token of a running task.
+            let from = if kind == ApprovalKind::Renewal.as_str() {
+                TaskState::Active
+            } else {
+                TaskState::PendingApproval
+            };
+            let changed = sqlx::query(
+                "UPDATE tasks SET state = 'active', expires_at_ms = $1, token = $2, tools = $3,
+                    last_activity_ms = CASE WHEN last_activity_ms > $4 THEN last_activity_ms ELSE $4 END
+                 WHERE task_id = $5 AND state = $6",
+            )
+            .bind(a.expires_at_ms)
+            .bind(&a.token)
+            .bind(serde_json::to_string(&a.tools).unwrap_or_default())
+            .bind(at_ms)
+            .bind(&a.task_id)
+            .bind(from.as_str())
+            .execute(&mut *tx)
+            .await?;
+            if D::rows_affected(&changed) == 0 {
+                return Ok(Decided::TaskNotPending);
+            }
+            sqlx::query(INSERT_TASK_TOKEN)
+                .bind(&a.revocation_id)
+                .bind(&a.task_id)
+                .bind(at_ms)
+                .execute(&mut *tx)
+                .await?;
+            self.dialect
+                .notify(&mut tx, &format!("task:{}", a.task_id))
+                .await?;
+        }
+        sqlx::query(
+            "UPDATE approvals SET state = $1, decided_at_ms = $2, decided_by = $3, note = $4
+             WHERE approval_id = $5",
+        )
+        .bind(state.as_str())
+        .bind(at_ms)
+        .bind(decided_by)
+        .bind(note)
+        .bind(approval_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Decided::Done)
+    }
+
+    /// [`super::api::Store::append_audit`]: chained after the head read under the audit
+    /// lock, so every replica extends one chain.
+    pub(super) async fn append_audit_tx(&self, events: &[NewAuditEvent]) -> StoreResult<()> {
+        let mut tx = D::begin_write(&self.pool).await?;
+        self.dialect.lock(&mut tx, Lock::Audit).await?;
+        let head = sqlx::query(AUDIT_HEAD)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| Ok::<_, sqlx::Error>((r.try_get("seq")?, r.try_get("hash")?)))
+            .transpose()?;
+        for row in chain_after(head, events) {
+            sqlx::query(
+                "INSERT INTO audit (seq, at_ms, kind, actor, task_id, detail, prev_hash, hash)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(row.seq)
+            .bind(row.at_ms)
+            .bind(&row.kind)
+            .bind(&row.actor)
+            .bind(&row.task_id)
+            .bind(row.detail.to_string())
+            .bind(&row.prev_hash)
+            .bind(&row.hash)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
