@@ -205,16 +205,43 @@ async fn issuance_waits_for_an_approver_and_long_polls_see_it() {
     assert_eq!(decided["detail"]["note"], "invoice checked");
 }
 
-#[tokio::test]
-async fn denied_and_expired_issuance_never_mint_a_token() {
+/// The task is denied, and neither its answer nor the store holds a token for it.
+async fn assert_denied_without_a_token(broker: &TestBroker, agent: &str, task_id: &str) {
+    let shown = broker
+        .get(&format!("/v1/tasks/{task_id}"), Some(agent))
+        .await;
+    assert_eq!(shown.body["state"], "denied", "{shown:?}");
+    assert!(shown.body.get("token").is_none());
+    assert!(
+        broker
+            .state
+            .store
+            .get_task(task_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .token
+            .is_none()
+    );
+}
+
+/// Agent "careful" asks for a task that needs issuance approval: (broker, agent,
+/// approver, task id, approval id).
+async fn asked_issuance() -> (TestBroker, String, String, String, String) {
     let broker = broker_with(Hook::default()).await;
     let agent = broker.agent("careful").await;
     let approver = broker.approver("ann").await;
-    let denied = open(&broker, &agent).await;
+    let pending = open(&broker, &agent).await;
     let (task_id, approval_id) = (
-        denied.body["task_id"].as_str().unwrap().to_string(),
-        denied.body["approval_id"].as_str().unwrap().to_string(),
+        pending.body["task_id"].as_str().unwrap().to_string(),
+        pending.body["approval_id"].as_str().unwrap().to_string(),
     );
+    (broker, agent, approver, task_id, approval_id)
+}
+
+#[tokio::test]
+async fn a_denied_issuance_never_mints_a_token() {
+    let (broker, agent, approver, task_id, approval_id) = asked_issuance().await;
     let reply = broker
         .post(
             &format!("/v1/approvals/{approval_id}/deny"),
@@ -223,28 +250,12 @@ async fn denied_and_expired_issuance_never_mint_a_token() {
         )
         .await;
     assert_eq!(reply.body["state"], "denied");
-    let shown = broker
-        .get(&format!("/v1/tasks/{task_id}"), Some(&agent))
-        .await;
-    assert_eq!(shown.body["state"], "denied");
-    assert!(shown.body.get("token").is_none());
-    assert!(
-        broker
-            .state
-            .store
-            .get_task(&task_id)
-            .await
-            .unwrap()
-            .unwrap()
-            .token
-            .is_none()
-    );
+    assert_denied_without_a_token(&broker, &agent, &task_id).await;
+}
 
-    let expiring = open(&broker, &agent).await;
-    let (task_id, approval_id) = (
-        expiring.body["task_id"].as_str().unwrap().to_string(),
-        expiring.body["approval_id"].as_str().unwrap().to_string(),
-    );
+#[tokio::test]
+async fn approving_an_expired_issuance_is_409_conflict_and_mints_no_token() {
+    let (broker, agent, approver, task_id, approval_id) = asked_issuance().await;
     broker.state.clock.advance(Duration::from_secs(61));
     let late = broker
         .post(
@@ -255,22 +266,19 @@ async fn denied_and_expired_issuance_never_mint_a_token() {
         .await;
     assert_eq!((late.status, late.code()), (409, "conflict"), "{late:?}");
     assert!(late.message().contains("expired"), "{late:?}");
-    assert_eq!(
-        broker
-            .get(&format!("/v1/tasks/{task_id}"), Some(&agent))
-            .await
-            .body["state"],
-        "denied"
-    );
+    assert_denied_without_a_token(&broker, &agent, &task_id).await;
     assert!(
         broker.get("/v1/approvals", Some(&approver)).await.body["approvals"]
             .as_array()
             .unwrap()
             .is_empty()
     );
-    // The sweeper expires undecided approvals without anyone looking.
-    let third = open(&broker, &agent).await;
-    let task_id = third.body["task_id"].as_str().unwrap().to_string();
+}
+
+#[tokio::test]
+async fn the_sweeper_denies_an_undecided_issuance_once_it_expires() {
+    // Without anyone looking at the approval.
+    let (broker, agent, _, task_id, _) = asked_issuance().await;
     broker.state.clock.advance(Duration::from_secs(61));
     let mut state = Value::Null;
     for _ in 0..100 {
@@ -285,10 +293,24 @@ async fn denied_and_expired_issuance_never_mint_a_token() {
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     assert_eq!(state, "denied");
+    assert_denied_without_a_token(&broker, &agent, &task_id).await;
 }
 
-#[tokio::test]
-async fn a_per_call_approval_is_single_use_and_bound_to_task_tool_and_arguments() {
+/// A payer's task on payments.send and payments.refund, another task of the payer, an
+/// approver, and one call of payments.send held for approval.
+struct HeldCall {
+    broker: TestBroker,
+    agent: String,
+    approver: String,
+    task_id: String,
+    token: String,
+    other_token: String,
+    args: Value,
+    held: Reply,
+    approval_id: String,
+}
+
+async fn held_call() -> HeldCall {
     let broker = broker_with(Hook::default()).await;
     let agent = broker.agent("payer").await;
     let approver = broker.approver("ann").await;
@@ -297,95 +319,137 @@ async fn a_per_call_approval_is_single_use_and_bound_to_task_tool_and_arguments(
         .await;
     let (_, other_token) = broker.task(&agent, &["payments.send"]).await;
     let args = json!({"amount": 40, "to": "acme"});
-
     let held = broker.call(&token, "payments.send", args.clone()).await;
     assert_eq!(held.status, 202, "{held:?}");
-    assert_eq!(held.body["state"], "pending_approval");
     let approval_id = held.body["approval_id"].as_str().unwrap().to_string();
+    HeldCall {
+        broker,
+        agent,
+        approver,
+        task_id,
+        token,
+        other_token,
+        args,
+        held,
+        approval_id,
+    }
+}
+
+impl HeldCall {
+    async fn decide(&self, decision: &str, body: Value) {
+        let decided = self
+            .broker
+            .post(
+                &format!("/v1/approvals/{}/{decision}", self.approval_id),
+                Some(&self.approver),
+                body,
+            )
+            .await;
+        assert_eq!(decided.status, 200, "{decided:?}");
+    }
+
+    async fn calls(&self) -> Value {
+        self.broker
+            .get(&format!("/v1/tasks/{}", self.task_id), Some(&self.agent))
+            .await
+            .body["calls"]
+            .clone()
+    }
+}
+
+#[tokio::test]
+async fn a_per_call_tool_answers_202_and_holds_the_call_until_an_approver_decides() {
+    let h = held_call().await;
+    let broker = &h.broker;
+    assert_eq!(h.held.body["state"], "pending_approval");
     assert_eq!(broker.upstream.count(), 0);
-    let listed = broker.get("/v1/approvals", Some(&approver)).await;
+    let listed = broker.get("/v1/approvals", Some(&h.approver)).await;
     let item = &listed.body["approvals"][0];
     assert_eq!(item["kind"], "call");
     assert_eq!(
         item["call"],
-        json!({"tool": "payments.send", "arguments": args})
+        json!({"tool": "payments.send", "arguments": h.args})
     );
 
     // Repeating while it is pending answers 202 with the same id.
     let still = reply(call_with_approval(
-        &broker,
-        &token,
+        broker,
+        &h.token,
         "payments.send",
-        args.clone(),
-        &approval_id,
+        h.args.clone(),
+        &h.approval_id,
     ))
     .await;
     assert_eq!(
         (still.status, still.body["approval_id"].as_str()),
-        (202, Some(approval_id.as_str()))
+        (202, Some(h.approval_id.as_str()))
     );
-    broker
-        .post(
-            &format!("/v1/approvals/{approval_id}/approve"),
-            Some(&approver),
-            json!({}),
-        )
-        .await;
+    assert_eq!(broker.upstream.count(), 0);
+}
 
-    // Bound to the arguments, the tool and the task.
+#[tokio::test]
+async fn an_approval_is_bound_to_its_task_tool_and_arguments_and_ids_are_not_guessable() {
+    let h = held_call().await;
+    let broker = &h.broker;
+    h.decide("approve", json!({})).await;
     for (tok, tool, a) in [
         (
-            &token,
+            &h.token,
             "payments.send",
             json!({"amount": 4000, "to": "acme"}),
         ),
-        (&token, "payments.refund", args.clone()),
-        (&other_token, "payments.send", args.clone()),
+        (&h.token, "payments.refund", h.args.clone()),
+        (&h.other_token, "payments.send", h.args.clone()),
     ] {
-        let refused = reply(call_with_approval(&broker, tok, tool, a, &approval_id)).await;
+        let refused = reply(call_with_approval(broker, tok, tool, a, &h.approval_id)).await;
         assert_eq!(
             (refused.status, refused.code()),
             (403, "forbidden"),
             "{refused:?}"
         );
     }
-    let forged = reply(call_with_approval(
-        &broker,
-        &token,
-        "payments.send",
-        args.clone(),
-        "apr_00000000000000000000000000000000",
-    ))
-    .await;
-    assert_eq!((forged.status, forged.code()), (403, "forbidden"));
-    let garbage = reply(call_with_approval(
-        &broker,
-        &token,
-        "payments.send",
-        args.clone(),
-        "'; drop table",
-    ))
-    .await;
-    assert_eq!((garbage.status, garbage.code()), (403, "forbidden"));
+    for id in ["apr_00000000000000000000000000000000", "'; drop table"] {
+        let refused = reply(call_with_approval(
+            broker,
+            &h.token,
+            "payments.send",
+            h.args.clone(),
+            id,
+        ))
+        .await;
+        assert_eq!(
+            (refused.status, refused.code()),
+            (403, "forbidden"),
+            "{id}: {refused:?}"
+        );
+    }
+    assert_eq!(broker.upstream.count(), 0);
+    assert_eq!(h.calls().await, 0);
+}
 
+#[tokio::test]
+async fn an_approved_call_runs_once_whatever_its_key_order_and_a_replay_is_403() {
+    let h = held_call().await;
+    let broker = &h.broker;
+    h.decide("approve", json!({})).await;
     // Key order does not matter: the arguments are compared canonically.
     let reordered = json!({"to": "acme", "amount": 40});
     let done = reply(call_with_approval(
-        &broker,
-        &token,
+        broker,
+        &h.token,
         "payments.send",
         reordered,
-        &approval_id,
+        &h.approval_id,
     ))
     .await;
     assert_eq!(done.status, 200, "{done:?}");
     assert_eq!(broker.upstream.count(), 1);
     let replay = reply(call_with_approval(
-        &broker,
-        &token,
+        broker,
+        &h.token,
         "payments.send",
-        args.clone(),
-        &approval_id,
+        h.args.clone(),
+        &h.approval_id,
     ))
     .await;
     assert_eq!(
@@ -396,34 +460,24 @@ async fn a_per_call_approval_is_single_use_and_bound_to_task_tool_and_arguments(
     assert!(replay.message().contains("already used"));
     assert_eq!(broker.upstream.count(), 1);
     // Only the forwarded call counted.
-    assert_eq!(
-        broker
-            .get(&format!("/v1/tasks/{task_id}"), Some(&agent))
-            .await
-            .body["calls"],
-        1
-    );
+    assert_eq!(h.calls().await, 1);
+}
 
-    // A denied call approval is a policy denial.
-    let held = broker.call(&token, "payments.send", args.clone()).await;
-    let denied_id = held.body["approval_id"].as_str().unwrap().to_string();
-    broker
-        .post(
-            &format!("/v1/approvals/{denied_id}/deny"),
-            Some(&approver),
-            json!({"note": "not today"}),
-        )
-        .await;
+#[tokio::test]
+async fn a_denied_call_approval_is_403_policy_denied_with_the_note() {
+    let h = held_call().await;
+    h.decide("deny", json!({"note": "not today"})).await;
     let denied = reply(call_with_approval(
-        &broker,
-        &token,
+        &h.broker,
+        &h.token,
         "payments.send",
-        args,
-        &denied_id,
+        h.args.clone(),
+        &h.approval_id,
     ))
     .await;
     assert_eq!((denied.status, denied.code()), (403, "policy_denied"));
     assert!(denied.message().contains("not today"), "{denied:?}");
+    assert_eq!(h.broker.upstream.count(), 0);
 }
 
 #[tokio::test]
@@ -556,12 +610,31 @@ async fn renewals_of_an_approval_grant_wait_for_an_approver() {
     );
 }
 
-#[tokio::test]
-async fn approval_routes_refuse_bad_ids_and_the_wrong_roles() {
+/// A broker with one issuance held for approval by agent "careful", and approver ann:
+/// (broker, agent, approver, the 202 answer).
+async fn pending_issuance() -> (TestBroker, String, String, Reply) {
     let broker = broker_with(Hook::default()).await;
     let agent = broker.agent("careful").await;
     let approver = broker.approver("ann").await;
     let pending = open(&broker, &agent).await;
+    assert_eq!(pending.status, 202, "{pending:?}");
+    (broker, agent, approver, pending)
+}
+
+/// Nothing decided the approval: it is still the one pending.
+async fn assert_still_pending(broker: &TestBroker, approver: &str) {
+    assert_eq!(
+        broker.get("/v1/approvals", Some(approver)).await.body["approvals"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn an_agent_on_the_approval_routes_is_403_forbidden() {
+    let (broker, agent, approver, pending) = pending_issuance().await;
     let approval_id = pending.body["approval_id"].as_str().unwrap();
     let by_agent = broker
         .post(
@@ -573,6 +646,13 @@ async fn approval_routes_refuse_bad_ids_and_the_wrong_roles() {
     assert_eq!((by_agent.status, by_agent.code()), (403, "forbidden"));
     assert_eq!(broker.get("/v1/approvals", Some(&agent)).await.status, 403);
     assert_eq!(broker.get("/v1/events", Some(&agent)).await.status, 403);
+    assert_still_pending(&broker, &approver).await;
+}
+
+#[tokio::test]
+async fn bad_approval_ids_states_notes_and_waits_are_400_or_404() {
+    let (broker, agent, approver, pending) = pending_issuance().await;
+    let approval_id = pending.body["approval_id"].as_str().unwrap();
     let unknown = broker
         .post(
             "/v1/approvals/apr_00000000000000000000000000000000/approve",
@@ -597,14 +677,7 @@ async fn approval_routes_refuse_bad_ids_and_the_wrong_roles() {
         )
         .await;
     assert_eq!((long_note.status, long_note.code()), (400, "bad_request"));
-    // Nothing above decided it.
-    assert_eq!(
-        broker.get("/v1/approvals", Some(&approver)).await.body["approvals"]
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_still_pending(&broker, &approver).await;
     let wait = broker
         .get(
             &format!(

@@ -229,21 +229,53 @@ async fn a_spent_budget_stays_spent_across_a_restart() {
     assert_eq!(status(&broker, &token).await, ok());
 }
 
-#[tokio::test]
-async fn revoking_one_child_token_leaves_the_parent_and_revoking_the_task_kills_all() {
+/// A task's token, two children of it, and a grandchild under the first child.
+struct Family {
+    broker: TestBroker,
+    agent: String,
+    task_id: String,
+    token: String,
+    child: String,
+    sibling: String,
+    grandchild: String,
+}
+
+async fn family() -> Family {
     let broker = TestBroker::spawn().await;
     let agent = broker.agent("bot").await;
     let (task_id, token) = broker.task(&agent, &["web.search"]).await;
     let child = attenuate(&broker, &token, r#"check if call("web.search")"#).await;
     let sibling = attenuate(&broker, &token, r#"check if call("web.search")"#).await;
     let grandchild = attenuate(&broker, &child, "check if true").await;
+    Family {
+        broker,
+        agent,
+        task_id,
+        token,
+        child,
+        sibling,
+        grandchild,
+    }
+}
 
-    // An attenuation (a sub-agent's token, or a per-call capability an upstream got)
-    // can neither complete nor read its task.
+async fn assert_revoked(broker: &TestBroker, dead: &str) {
+    let reply = broker.call(dead, "web.search", json!({"query": "x"})).await;
+    assert_eq!(
+        (reply.status, reply.code()),
+        (401, "token_revoked"),
+        "{reply:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_attenuated_token_can_neither_complete_nor_read_its_task() {
+    // A sub-agent's token, or a per-call capability an upstream got.
+    let f = family().await;
+    let (broker, task_id) = (&f.broker, &f.task_id);
     let by_child = broker
         .post(
             &format!("/v1/tasks/{task_id}/complete"),
-            Some(&child),
+            Some(&f.child),
             json!({}),
         )
         .await;
@@ -253,34 +285,54 @@ async fn revoking_one_child_token_leaves_the_parent_and_revoking_the_task_kills_
         "{by_child:?}"
     );
     let read = broker
-        .get(&format!("/v1/tasks/{task_id}"), Some(&child))
+        .get(&format!("/v1/tasks/{task_id}"), Some(&f.child))
         .await;
     assert_eq!((read.status, read.code()), (404, "not_found"), "{read:?}");
+    assert_eq!(
+        broker
+            .call(&f.token, "web.search", json!({"query": "x"}))
+            .await
+            .status,
+        200
+    );
     let capability = broker
         .upstream
         .received
         .lock()
         .unwrap()
         .last()
-        .and_then(|r| r.capability.clone());
-    if let Some(capability) = capability {
-        let by_upstream = broker
-            .post(
-                &format!("/v1/tasks/{task_id}/complete"),
-                Some(&capability),
-                json!({}),
-            )
-            .await;
-        assert_eq!(by_upstream.status, 403, "{by_upstream:?}");
-    }
+        .and_then(|r| r.capability.clone())
+        .expect("Leash-Capability sent upstream");
+    let by_upstream = broker
+        .post(
+            &format!("/v1/tasks/{task_id}/complete"),
+            Some(&capability),
+            json!({}),
+        )
+        .await;
+    // A forwarded capability is no bearer for Leash at all (see
+    // security::a_forwarded_capability_is_no_bearer_for_leash): refused before any role.
+    assert_eq!(
+        (by_upstream.status, by_upstream.code()),
+        (401, "token_invalid"),
+        "{by_upstream:?}"
+    );
+    let shown = broker
+        .get(&format!("/v1/tasks/{task_id}"), Some(&f.agent))
+        .await;
+    assert_eq!(shown.body["state"], "active", "{shown:?}");
+}
 
-    // Another task's token may not revoke it.
-    let (_, stranger) = broker.task(&agent, &["web.search"]).await;
-    let refused = broker
+#[tokio::test]
+async fn another_tasks_token_may_not_revoke_a_child_token() {
+    let f = family().await;
+    let (_, stranger) = f.broker.task(&f.agent, &["web.search"]).await;
+    let refused = f
+        .broker
         .post(
             "/v1/tokens/revoke",
             Some(&stranger),
-            json!({"token": child}),
+            json!({"token": f.child}),
         )
         .await;
     assert_eq!(
@@ -288,41 +340,62 @@ async fn revoking_one_child_token_leaves_the_parent_and_revoking_the_task_kills_
         (403, "forbidden"),
         "{refused:?}"
     );
+    assert_eq!(
+        f.broker
+            .call(&f.child, "web.search", json!({"query": "x"}))
+            .await
+            .status,
+        200
+    );
+}
 
+#[tokio::test]
+async fn revoking_a_child_token_kills_its_descendants_and_leaves_the_parent_and_siblings() {
+    let f = family().await;
+    let broker = &f.broker;
     // The parent (an ancestor) revokes the child.
     let revoked = broker
-        .post("/v1/tokens/revoke", Some(&token), json!({"token": child}))
+        .post(
+            "/v1/tokens/revoke",
+            Some(&f.token),
+            json!({"token": f.child}),
+        )
         .await;
     assert_eq!(revoked.status, 200, "{revoked:?}");
-    for dead in [&child, &grandchild] {
-        let reply = broker.call(dead, "web.search", json!({"query": "x"})).await;
+    for dead in [&f.child, &f.grandchild] {
+        assert_revoked(broker, dead).await;
+    }
+    for alive in [&f.token, &f.sibling] {
         assert_eq!(
-            (reply.status, reply.code()),
-            (401, "token_revoked"),
-            "{reply:?}"
+            broker
+                .call(alive, "web.search", json!({"query": "x"}))
+                .await
+                .status,
+            200
         );
     }
-    assert_eq!(
-        broker
-            .call(&token, "web.search", json!({"query": "x"}))
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        broker
-            .call(&sibling, "web.search", json!({"query": "x"}))
-            .await
-            .status,
-        200
-    );
     let feed = broker.get("/v1/revocations?after=0", None).await;
     let entries = feed.body["revocations"].as_array().unwrap();
     assert_eq!(entries.len(), 1);
-    assert_eq!(entries[0]["task_id"], json!(task_id));
+    assert_eq!(entries[0]["task_id"], json!(f.task_id));
     assert_eq!(revoked.body["revocation_id"], entries[0]["revocation_id"]);
+}
 
-    // Revoking the task kills the parent and every child.
+#[tokio::test]
+async fn revoking_the_task_kills_every_token_after_a_child_revoke_and_ends_it_for_good() {
+    // A story: a child is revoked first, then the whole task.
+    let f = family().await;
+    let (broker, task_id) = (&f.broker, &f.task_id);
+    let revoked = broker
+        .post(
+            "/v1/tokens/revoke",
+            Some(&f.token),
+            json!({"token": f.child}),
+        )
+        .await;
+    assert_eq!(revoked.status, 200, "{revoked:?}");
+    let feed = broker.get("/v1/revocations?after=0", None).await;
+
     let approver = broker.approver("ann").await;
     let ended = broker
         .post(
@@ -332,13 +405,8 @@ async fn revoking_one_child_token_leaves_the_parent_and_revoking_the_task_kills_
         )
         .await;
     assert_eq!(ended.body, json!({"task_id": task_id, "state": "revoked"}));
-    for dead in [&token, &sibling] {
-        let reply = broker.call(dead, "web.search", json!({"query": "x"})).await;
-        assert_eq!(
-            (reply.status, reply.code()),
-            (401, "token_revoked"),
-            "{reply:?}"
-        );
+    for dead in [&f.token, &f.sibling, &f.child, &f.grandchild] {
+        assert_revoked(broker, dead).await;
     }
     let feed = broker
         .get(
@@ -355,7 +423,7 @@ async fn revoking_one_child_token_leaves_the_parent_and_revoking_the_task_kills_
     let complete = broker
         .post(
             &format!("/v1/tasks/{task_id}/complete"),
-            Some(&agent),
+            Some(&f.agent),
             json!({}),
         )
         .await;

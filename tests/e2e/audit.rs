@@ -6,8 +6,9 @@ use sqlx::sqlite::SqliteConnectOptions;
 
 use crate::common::{ADMIN, TestBroker, audit_verify, audit_verify_with};
 
-#[tokio::test]
-async fn decisions_are_chained_secret_free_and_tamper_evident() {
+/// A broker after credentials, a task, an allowed and a denied call, and a revoke by
+/// approver ann ("test over"): (broker, agent, approver, token), the audit flushed.
+async fn audited_story() -> (TestBroker, String, String, String) {
     let broker = TestBroker::spawn().await;
     let agent = broker.agent("bot").await;
     let approver = broker.approver("ann").await;
@@ -28,7 +29,12 @@ async fn decisions_are_chained_secret_free_and_tamper_evident() {
         )
         .await;
     broker.state.audit.flush().await;
+    (broker, agent, approver, token)
+}
 
+#[tokio::test]
+async fn every_decision_is_audited_with_its_actor_and_no_secret() {
+    let (broker, agent, approver, token) = audited_story().await;
     let page = broker.get("/v1/audit?after=0", Some(&approver)).await;
     let events = page.body["events"].as_array().unwrap().clone();
     let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
@@ -66,7 +72,16 @@ async fn decisions_are_chained_secret_free_and_tamper_evident() {
             .unwrap()
             .is_empty()
     );
+}
 
+#[tokio::test]
+async fn audit_verify_finds_an_edited_row_and_a_missing_row() {
+    let (broker, _, _, _) = audited_story().await;
+    let page = broker.get("/v1/audit?after=0", Some(ADMIN)).await;
+    let actor_3 = page.body["events"][2]["actor"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let folder = broker.shutdown().await;
     let data = folder.path().to_path_buf();
     let db = data.join("leash.db");
@@ -88,8 +103,9 @@ async fn decisions_are_chained_secret_free_and_tamper_evident() {
         !ok && out.contains("seq 3") && out.contains("edited"),
         "{out}"
     );
+    // Put back, the chain verifies again.
     sqlx::query("UPDATE audit SET actor = ? WHERE seq = 3")
-        .bind(events[2]["actor"].as_str().unwrap())
+        .bind(&actor_3)
         .execute(&mut conn)
         .await
         .unwrap();

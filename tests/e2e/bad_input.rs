@@ -37,89 +37,88 @@ fn assert_error(reply: &Reply, status: u16, code: &str) {
     assert!(!reply.message().is_empty(), "{reply:?}");
 }
 
-#[tokio::test]
-async fn malformed_bodies_are_400_or_413_and_change_nothing() {
+/// A broker, the bot's credential, and one active task on web.search.
+async fn one_task() -> (TestBroker, String, String, String) {
     let broker = TestBroker::spawn().await;
     let agent = broker.agent("bot").await;
     let (task_id, token) = broker.task(&agent, &["web.search"]).await;
-    let call = "/v1/tools/web.search/call";
-    let json_ct = Some("application/json");
-    assert_error(
-        &raw(
-            &broker,
-            "POST",
-            call,
-            Some(&token),
-            json_ct,
-            b"{\"query\": ".to_vec(),
-        )
-        .await,
-        400,
-        "bad_request",
+    (broker, agent, task_id, token)
+}
+
+/// The refused requests changed nothing: the task is active with no call counted,
+/// nothing went upstream, and no other task exists.
+async fn assert_nothing_changed(broker: &TestBroker, agent: &str, task_id: &str) {
+    let shown = broker
+        .get(&format!("/v1/tasks/{task_id}"), Some(agent))
+        .await;
+    assert_eq!(shown.body["calls"], 0);
+    assert_eq!(shown.body["state"], "active");
+    assert_eq!(broker.upstream.count(), 0);
+    assert_eq!(
+        broker.get("/v1/tasks", Some(ADMIN)).await.body["tasks"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
     );
-    assert_error(
-        &raw(
-            &broker,
-            "POST",
-            call,
-            Some(&token),
+}
+
+const CALL: &str = "/v1/tools/web.search/call";
+const JSON: Option<&str> = Some("application/json");
+
+#[tokio::test]
+async fn a_call_body_that_is_not_one_json_object_is_400_bad_request() {
+    let (broker, agent, task_id, token) = one_task().await;
+    let deep = format!("{{\"query\":{}1{}}}", "[".repeat(40), "]".repeat(40));
+    for (what, content_type, body) in [
+        ("truncated JSON", JSON, b"{\"query\": ".to_vec()),
+        (
+            "not a JSON content type",
             Some("text/plain"),
             b"{\"query\":\"a\"}".to_vec(),
-        )
-        .await,
-        400,
-        "bad_request",
-    );
-    assert_error(
-        &raw(
-            &broker,
-            "POST",
-            call,
-            Some(&token),
-            json_ct,
-            b"[1,2]".to_vec(),
-        )
-        .await,
-        400,
-        "bad_request",
-    );
-    assert_error(
-        &raw(&broker, "POST", call, Some(&token), json_ct, Vec::new()).await,
-        400,
-        "bad_request",
-    );
-    let deep = format!("{{\"query\":{}1{}}}", "[".repeat(40), "]".repeat(40));
-    assert_error(
-        &raw(
-            &broker,
-            "POST",
-            call,
-            Some(&token),
-            json_ct,
-            deep.into_bytes(),
-        )
-        .await,
-        400,
-        "bad_request",
-    );
+        ),
+        ("an array", JSON, b"[1,2]".to_vec()),
+        ("an empty body", JSON, Vec::new()),
+        ("nesting past the depth limit", JSON, deep.into_bytes()),
+    ] {
+        let reply = raw(&broker, "POST", CALL, Some(&token), content_type, body).await;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (400, "bad_request"),
+            "{what}: {reply:?}"
+        );
+        assert!(!reply.message().is_empty(), "{what}: {reply:?}");
+    }
+    assert_nothing_changed(&broker, &agent, &task_id).await;
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413_payload_too_large() {
+    let (broker, agent, task_id, token) = one_task().await;
     let big = vec![b' '; 2 * 1024 * 1024];
     assert_error(
-        &raw(&broker, "POST", call, Some(&token), json_ct, big.clone()).await,
+        &raw(&broker, "POST", CALL, Some(&token), JSON, big.clone()).await,
         413,
         "payload_too_large",
     );
     assert_error(
-        &raw(&broker, "POST", "/v1/tasks", Some(&agent), json_ct, big).await,
+        &raw(&broker, "POST", "/v1/tasks", Some(&agent), JSON, big).await,
         413,
         "payload_too_large",
     );
+    assert_nothing_changed(&broker, &agent, &task_id).await;
+}
+
+#[tokio::test]
+async fn a_task_request_of_the_wrong_shape_is_400_bad_request() {
+    let (broker, agent, task_id, _) = one_task().await;
     assert_error(
         &raw(
             &broker,
             "POST",
             "/v1/tasks",
             Some(&agent),
-            json_ct,
+            JSON,
             b"{\"purpose\":1}".to_vec(),
         )
         .await,
@@ -132,7 +131,13 @@ async fn malformed_bodies_are_400_or_413_and_change_nothing() {
         400,
         "bad_request",
     );
-    // Control characters in free text are refused (PostgreSQL cannot store NUL).
+    assert_nothing_changed(&broker, &agent, &task_id).await;
+}
+
+#[tokio::test]
+async fn control_characters_in_free_text_are_400_bad_request() {
+    // PostgreSQL cannot store NUL; no free text field takes control characters.
+    let (broker, agent, task_id, _) = one_task().await;
     let nul = broker
         .post(
             "/v1/tasks",
@@ -149,7 +154,12 @@ async fn malformed_bodies_are_400_or_413_and_change_nothing() {
         )
         .await;
     assert_error(&reason, 400, "bad_request");
-    // Schema violations list JSON pointers.
+    assert_nothing_changed(&broker, &agent, &task_id).await;
+}
+
+#[tokio::test]
+async fn schema_violations_are_422_invalid_arguments_listing_json_pointers() {
+    let (broker, agent, task_id, token) = one_task().await;
     let invalid = broker
         .call(
             &token,
@@ -168,73 +178,38 @@ async fn malformed_bodies_are_400_or_413_and_change_nothing() {
         pointers.contains(&"/query") && pointers.contains(&""),
         "{invalid:?}"
     );
-    // Nothing was counted or forwarded.
-    let shown = broker
-        .get(&format!("/v1/tasks/{task_id}"), Some(&agent))
-        .await;
-    assert_eq!(shown.body["calls"], 0);
-    assert_eq!(shown.body["state"], "active");
-    assert_eq!(broker.upstream.count(), 0);
-    assert_eq!(
-        broker.get("/v1/tasks", Some(ADMIN)).await.body["tasks"]
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_nothing_changed(&broker, &agent, &task_id).await;
 }
 
 #[tokio::test]
-async fn unknown_tools_paths_ids_and_methods() {
-    let broker = TestBroker::spawn().await;
-    let agent = broker.agent("bot").await;
-    let (_, token) = broker.task(&agent, &["web.search"]).await;
-    assert_error(
-        &broker.call(&token, "no.such", json!({})).await,
-        404,
-        "unknown_tool",
-    );
-    assert_error(
-        &broker.call(&token, "WEB.SEARCH", json!({})).await,
-        404,
-        "unknown_tool",
-    );
-    assert_error(
-        &broker.call(&token, "web.search%2F..", json!({})).await,
-        404,
-        "unknown_tool",
-    );
-    assert_error(
-        &broker.call(&token, "wеb.search", json!({})).await,
-        404,
-        "unknown_tool",
-    ); // Cyrillic e
+async fn an_unknown_or_misspelled_tool_name_is_404_unknown_tool() {
+    let (broker, _, _, token) = one_task().await;
+    for name in [
+        "no.such",
+        "WEB.SEARCH",
+        "web.search%2F..",
+        "wеb.search", // Cyrillic e
+    ] {
+        assert_error(
+            &broker.call(&token, name, json!({})).await,
+            404,
+            "unknown_tool",
+        );
+    }
+    assert_eq!(broker.upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn a_malformed_id_name_or_query_value_is_400_bad_request() {
+    let (broker, agent, _, _) = one_task().await;
     assert_error(
         &broker.get("/v1/tasks/not-a-task", Some(&agent)).await,
         400,
         "bad_request",
     );
     assert_error(
-        &broker
-            .get(
-                "/v1/tasks/tsk_00000000000000000000000000000000",
-                Some(&agent),
-            )
-            .await,
-        404,
-        "not_found",
-    );
-    assert_error(
         &broker.get("/v1/tasks/%00", Some(&agent)).await,
         400,
-        "bad_request",
-    );
-    assert_error(&broker.get("/v1/nothing", None).await, 404, "not_found");
-    assert_error(
-        &broker
-            .send(reqwest::Method::DELETE, "/v1/tasks", Some(ADMIN), None)
-            .await,
-        405,
         "bad_request",
     );
     assert_error(
@@ -254,6 +229,21 @@ async fn unknown_tools_paths_ids_and_methods() {
         400,
         "bad_request",
     );
+}
+
+#[tokio::test]
+async fn an_unknown_id_or_path_is_404_not_found_and_a_wrong_method_is_405() {
+    let (broker, agent, _, _) = one_task().await;
+    assert_error(
+        &broker
+            .get(
+                "/v1/tasks/tsk_00000000000000000000000000000000",
+                Some(&agent),
+            )
+            .await,
+        404,
+        "not_found",
+    );
     assert_error(
         &broker
             .post("/v1/agents/nobody/credentials", Some(ADMIN), json!({}))
@@ -261,53 +251,84 @@ async fn unknown_tools_paths_ids_and_methods() {
         404,
         "not_found",
     );
+    assert_error(&broker.get("/v1/nothing", None).await, 404, "not_found");
+    assert_error(
+        &broker
+            .send(reqwest::Method::DELETE, "/v1/tasks", Some(ADMIN), None)
+            .await,
+        405,
+        "bad_request",
+    );
+}
+
+/// The refused requests changed nothing: the task's token still calls, and exactly
+/// that one call went upstream.
+async fn assert_task_unharmed(broker: &TestBroker, token: &str) {
+    assert_eq!(
+        broker
+            .call(token, "web.search", json!({"query": "x"}))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(broker.upstream.count(), 1);
 }
 
 #[tokio::test]
-async fn garbage_truncated_foreign_and_wrong_kind_tokens() {
-    let broker = TestBroker::spawn().await;
-    let agent = broker.agent("bot").await;
-    let approver = broker.approver("ann").await;
-    let (task_id, token) = broker.task(&agent, &["web.search"]).await;
-    let args = json!({"query": "x"});
+async fn a_call_without_a_token_is_401_unauthenticated() {
+    let (broker, _, _, token) = one_task().await;
     assert_error(
         &broker
             .send(
                 reqwest::Method::POST,
-                "/v1/tools/web.search/call",
+                CALL,
                 None,
-                Some(args.clone()),
+                Some(json!({"query": "x"})),
             )
             .await,
         401,
         "unauthenticated",
     );
-    assert_error(
-        &broker.call("garbage", "web.search", args.clone()).await,
-        401,
-        "token_invalid",
-    );
-    assert_error(
-        &broker
-            .call(&token[..token.len() - 20], "web.search", args.clone())
-            .await,
-        401,
-        "token_invalid",
-    );
+    assert_task_unharmed(&broker, &token).await;
+}
+
+#[tokio::test]
+async fn a_garbage_truncated_or_altered_token_is_401_token_invalid() {
+    let (broker, agent, _, token) = one_task().await;
+    let args = json!({"query": "x"});
     let mut flipped = token.clone().into_bytes();
     let i = flipped.len() / 2;
     flipped[i] = if flipped[i] == b'A' { b'B' } else { b'A' };
+    for bad in [
+        "garbage".to_string(),
+        token[..token.len() - 20].to_string(),
+        String::from_utf8(flipped).unwrap(),
+    ] {
+        assert_error(
+            &broker.call(&bad, "web.search", args.clone()).await,
+            401,
+            "token_invalid",
+        );
+    }
+    // Asking to revoke a token that is not one is a bad request.
     assert_error(
         &broker
-            .call(
-                &String::from_utf8(flipped).unwrap(),
-                "web.search",
-                args.clone(),
+            .post(
+                "/v1/tokens/revoke",
+                Some(&agent),
+                json!({"token": "garbage"}),
             )
             .await,
-        401,
-        "token_invalid",
+        400,
+        "bad_request",
     );
+    assert_task_unharmed(&broker, &token).await;
+}
+
+#[tokio::test]
+async fn a_token_of_another_or_an_unknown_root_key_is_401_token_invalid() {
+    let (broker, _, task_id, token) = one_task().await;
+    let args = json!({"query": "x"});
     // Same facts, signed by another root key.
     let forged = biscuit_auth::Biscuit::builder()
         .fact(fact("task", &[string(&task_id)]))
@@ -335,25 +356,24 @@ async fn garbage_truncated_foreign_and_wrong_kind_tokens() {
         .unwrap()
         .to_base64()
         .unwrap();
-    let reply = broker.call(&unknown_kid, "web.search", args.clone()).await;
+    let reply = broker.call(&unknown_kid, "web.search", args).await;
     assert_error(&reply, 401, "token_invalid");
     assert!(reply.message().contains("root key id"), "{reply:?}");
-    // Credentials are not task tokens, and the reverse.
-    assert_error(
-        &broker.call(&agent, "web.search", args.clone()).await,
-        401,
-        "token_invalid",
-    );
-    assert_error(
-        &broker.call(&approver, "web.search", args.clone()).await,
-        401,
-        "token_invalid",
-    );
-    assert_error(
-        &broker.call(ADMIN, "web.search", args.clone()).await,
-        401,
-        "token_invalid",
-    );
+    assert_task_unharmed(&broker, &token).await;
+}
+
+#[tokio::test]
+async fn a_credential_is_no_task_token_and_a_task_token_no_credential_401_token_invalid() {
+    let (broker, agent, _, token) = one_task().await;
+    let approver = broker.approver("ann").await;
+    let args = json!({"query": "x"});
+    for credential in [agent.as_str(), approver.as_str(), ADMIN] {
+        assert_error(
+            &broker.call(credential, "web.search", args.clone()).await,
+            401,
+            "token_invalid",
+        );
+    }
     let open = broker
         .post(
             "/v1/tasks",
@@ -362,6 +382,14 @@ async fn garbage_truncated_foreign_and_wrong_kind_tokens() {
         )
         .await;
     assert_error(&open, 401, "token_invalid");
+    assert_task_unharmed(&broker, &token).await;
+}
+
+#[tokio::test]
+async fn a_credential_of_the_wrong_role_is_403_forbidden() {
+    let (broker, agent, task_id, token) = one_task().await;
+    let approver = broker.approver("ann").await;
+    // An approver opens no task and mints no credential.
     assert_error(
         &broker
             .post(
@@ -380,6 +408,7 @@ async fn garbage_truncated_foreign_and_wrong_kind_tokens() {
         403,
         "forbidden",
     );
+    // An agent mints no credential, revokes no task, reads no audit log.
     assert_error(
         &broker
             .post("/v1/agents/bot/credentials", Some(&agent), json!({}))
@@ -403,20 +432,7 @@ async fn garbage_truncated_foreign_and_wrong_kind_tokens() {
         403,
         "forbidden",
     );
-    assert_error(
-        &broker
-            .post(
-                "/v1/tokens/revoke",
-                Some(&agent),
-                json!({"token": "garbage"}),
-            )
-            .await,
-        400,
-        "bad_request",
-    );
-    // None of it changed the task.
-    assert_eq!(broker.call(&token, "web.search", args).await.status, 200);
-    assert_eq!(broker.upstream.count(), 1);
+    assert_task_unharmed(&broker, &token).await;
 }
 
 #[tokio::test]

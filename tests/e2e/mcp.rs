@@ -310,23 +310,39 @@ async fn a_changed_upstream_definition_is_withheld_until_approved() {
     );
 }
 
-#[tokio::test]
-async fn the_mcp_edge_discovery_host_origin_and_headers() {
+/// A broker with one task on web.search: (broker, task id, task token).
+async fn edge() -> (TestBroker, String, String) {
     let broker = TestBroker::spawn().await;
     let agent = broker.agent("bot").await;
     let (task_id, token) = broker.task(&agent, &["web.search"]).await;
-    let http = reqwest::Client::new();
-    let mcp = format!("{}/mcp", broker.url);
-    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}});
-    let post = |body: Value| {
-        http.post(&mcp)
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", "2025-11-25")
-            .json(&body)
-    };
+    (broker, task_id, token)
+}
 
+fn tools_list() -> Value {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}})
+}
+
+/// A 2025-11-25 MCP POST to the broker's `/mcp`.
+fn mcp_post(broker: &TestBroker, body: Value) -> reqwest::RequestBuilder {
+    reqwest::Client::new()
+        .post(format!("{}/mcp", broker.url))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-11-25")
+        .json(&body)
+}
+
+/// A 2026-07-28 `tools/call` of web.search.
+fn modern_call() -> Value {
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}});
+    json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "web.search", "arguments": {"query": "x"}, "_meta": meta}})
+}
+
+#[tokio::test]
+async fn an_unauthenticated_mcp_request_is_401_pointing_at_metadata_that_names_leash() {
+    let (broker, _, _) = edge().await;
     // 401 points at RFC 9728 metadata, which names Leash.
-    let unauthenticated = post(list.clone()).send().await.unwrap();
+    let unauthenticated = mcp_post(&broker, tools_list()).send().await.unwrap();
     assert_eq!(unauthenticated.status(), 401);
     let challenge = unauthenticated.headers()["www-authenticate"]
         .to_str()
@@ -347,9 +363,12 @@ async fn the_mcp_edge_discovery_host_origin_and_headers() {
     .unwrap();
     assert_eq!(metadata["resource_name"], "Leash");
     assert!(metadata["resource"].as_str().unwrap().ends_with("/mcp"));
+}
 
-    // An authenticated tools/list shows only the token's tools.
-    let listed: Value = post(list.clone())
+#[tokio::test]
+async fn mcp_tools_list_shows_only_the_tokens_tools() {
+    let (broker, _, token) = edge().await;
+    let listed: Value = mcp_post(&broker, tools_list())
         .bearer_auth(&token)
         .send()
         .await
@@ -364,56 +383,75 @@ async fn the_mcp_edge_discovery_host_origin_and_headers() {
         .map(|t| t["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, vec!["web.search"], "{listed}");
+}
 
+#[tokio::test]
+async fn a_foreign_host_or_origin_on_mcp_is_403() {
     // DNS rebinding: a foreign Host or Origin is refused before anything else.
-    let foreign_host = post(list.clone())
+    let (broker, _, token) = edge().await;
+    let foreign_host = mcp_post(&broker, tools_list())
         .bearer_auth(&token)
         .header("host", "evil.example")
         .send()
         .await
         .unwrap();
     assert_eq!(foreign_host.status(), 403);
-    let foreign_origin = post(list.clone())
+    let foreign_origin = mcp_post(&broker, tools_list())
         .bearer_auth(&token)
         .header("origin", "http://evil.example")
         .send()
         .await
         .unwrap();
     assert_eq!(foreign_origin.status(), 403);
+}
 
+#[tokio::test]
+async fn mcp_method_and_name_headers_that_disagree_with_the_body_are_400() {
     // 2026-07-28: Mcp-Method / Mcp-Name must agree with the body, or the request is refused.
-    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}});
-    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-        "params": {"name": "web.search", "arguments": {"query": "x"}, "_meta": meta}});
+    let (broker, _, token) = edge().await;
     let modern = |method: &str, name: &str| {
-        http.post(&mcp)
+        reqwest::Client::new()
+            .post(format!("{}/mcp", broker.url))
             .bearer_auth(&token)
             .header("accept", "application/json, text/event-stream")
             .header("mcp-protocol-version", "2026-07-28")
             .header("mcp-method", method)
             .header("mcp-name", name)
-            .json(&call)
+            .json(&modern_call())
     };
     let agreed = modern("tools/call", "web.search").send().await.unwrap();
     assert_eq!(agreed.status(), 200);
     let agreed: Value = agreed.json().await.unwrap();
     assert_eq!(agreed["result"]["isError"], false, "{agreed}");
+    let before = broker.upstream.count();
     let lying_name = modern("tools/call", "other.tool").send().await.unwrap();
     assert_eq!(lying_name.status(), 400);
     let lying_method = modern("tools/list", "web.search").send().await.unwrap();
     assert_eq!(lying_method.status(), 400);
+    assert_eq!(broker.upstream.count(), before);
+}
 
-    // A batch is refused as a whole; nothing inside it runs.
-    let before = broker.upstream.count();
-    let batch = post(json!([call.clone(), call.clone()]))
+#[tokio::test]
+async fn an_mcp_batch_is_refused_as_a_whole_and_nothing_in_it_runs() {
+    let (broker, _, token) = edge().await;
+    let batch = mcp_post(&broker, json!([modern_call(), modern_call()]))
         .bearer_auth(&token)
         .send()
         .await
         .unwrap();
     assert!(batch.status().is_client_error(), "{}", batch.status());
-    assert_eq!(broker.upstream.count(), before);
+    assert_eq!(broker.upstream.count(), 0);
+}
 
-    // A revoked task ends the MCP session: the next request is 401.
+#[tokio::test]
+async fn a_revoked_task_ends_its_mcp_session_with_401() {
+    let (broker, task_id, token) = edge().await;
+    let listed = mcp_post(&broker, tools_list())
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
     broker
         .post(
             &format!("/v1/tasks/{task_id}/revoke"),
@@ -422,7 +460,7 @@ async fn the_mcp_edge_discovery_host_origin_and_headers() {
         )
         .await;
     assert_eq!(
-        post(list)
+        mcp_post(&broker, tools_list())
             .bearer_auth(&token)
             .send()
             .await

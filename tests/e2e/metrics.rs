@@ -22,10 +22,28 @@ async fn scrape(broker: &TestBroker, bearer: Option<&str>) -> (u16, String, Stri
     (status, content_type, response.text().await.unwrap())
 }
 
+async fn metrics_broker() -> TestBroker {
+    TestBroker::spawn_tuned(POLICY, |c| c.metrics_token = Some(SCRAPE.to_string())).await
+}
+
 #[tokio::test]
-async fn metrics_count_calls_by_tool_and_outcome_for_operators_only() {
-    let broker =
-        TestBroker::spawn_tuned(POLICY, |c| c.metrics_token = Some(SCRAPE.to_string())).await;
+async fn metrics_answer_only_the_admin_token_or_the_scrape_token() {
+    let broker = metrics_broker().await;
+    let agent = broker.agent("bot").await;
+    assert_eq!(scrape(&broker, None).await.0, 401);
+    assert_eq!(scrape(&broker, Some(&agent)).await.0, 403);
+    assert_eq!(scrape(&broker, Some("wrong-scrape-token")).await.0, 401);
+    let (status, content_type, _) = scrape(&broker, Some(ADMIN)).await;
+    assert_eq!(status, 200);
+    assert!(content_type.starts_with("application/openmetrics-text"));
+    let (status, content_type, _) = scrape(&broker, Some(SCRAPE)).await;
+    assert_eq!(status, 200);
+    assert!(content_type.starts_with("application/openmetrics-text"));
+}
+
+#[tokio::test]
+async fn metrics_count_calls_by_tool_and_outcome_with_bounded_labels_and_no_secrets() {
+    let broker = metrics_broker().await;
     let agent = broker.agent("bot").await;
     let (task_id, token) = broker.task(&agent, &["web.search"]).await;
     assert_eq!(
@@ -53,15 +71,11 @@ async fn metrics_count_calls_by_tool_and_outcome_for_operators_only() {
         401
     );
 
-    assert_eq!(scrape(&broker, None).await.0, 401);
-    assert_eq!(scrape(&broker, Some(&agent)).await.0, 403);
-    assert_eq!(scrape(&broker, Some("wrong-scrape-token")).await.0, 401);
-    let (status, content_type, admin_view) = scrape(&broker, Some(ADMIN)).await;
-    assert_eq!(status, 200);
-    assert!(content_type.starts_with("application/openmetrics-text"));
-    let (status, _, text) = scrape(&broker, Some(SCRAPE)).await;
+    let (status, _, admin_view) = scrape(&broker, Some(ADMIN)).await;
     assert_eq!(status, 200);
     assert!(admin_view.contains("leash_calls_total"));
+    let (status, _, text) = scrape(&broker, Some(SCRAPE)).await;
+    assert_eq!(status, 200);
     for line in [
         r#"leash_calls_total{tool="web.search",outcome="allowed"} 1"#,
         r#"leash_calls_total{tool="fs.read",outcome="capability_denied"} 1"#,

@@ -547,10 +547,52 @@ fn assert_refused(reply: &(u16, Value), status: u16, code: &str, what: &str) {
     );
 }
 
-#[tokio::test]
-async fn a_tool_server_accepts_only_capabilities_the_broker_forwarded() {
+/// A tool server behind a verifier, a task on web.search and fs.read, another task on
+/// web.search, and the capability the broker forwarded for one call of the first.
+struct Forwarded {
+    broker: TestBroker,
+    tool: ProtectedTool,
+    verifier: Verifier,
+    task: Task,
+    other: Task,
+    capability: String,
+}
+
+async fn forwarded() -> Forwarded {
     let (broker, tool, verifier) = setup().await;
-    let root = broker.public_key().await;
+    let payer = Broker::new(&broker.url, broker.agent("payer").await);
+    let task = payer
+        .start_task(TaskRequest::new("search", ["web.search", "fs.read"]))
+        .await
+        .unwrap();
+    let other = payer
+        .start_task(TaskRequest::new("another", ["web.search"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        task.call("web.search", json!({"q": 1})).await.unwrap(),
+        json!({"echo": {"q": 1}})
+    );
+    let capability = tool
+        .admitted
+        .lock()
+        .unwrap()
+        .last()
+        .cloned()
+        .expect("the tool server admitted the forwarded call");
+    Forwarded {
+        broker,
+        tool,
+        verifier,
+        task,
+        other,
+        capability,
+    }
+}
+
+#[tokio::test]
+async fn the_forwarding_key_is_published_beside_the_root_keys() {
+    let (broker, _tool, _verifier) = setup().await;
     let keys = broker.get("/.well-known/leash/keys", None).await.body;
     let published = keys["forwarding_key"]
         .as_str()
@@ -561,36 +603,25 @@ async fn a_tool_server_accepts_only_capabilities_the_broker_forwarded() {
         keys["keys"][0]["public_key"].as_str().unwrap(),
         "not a root key"
     );
+}
 
-    let payer = Broker::new(&broker.url, broker.agent("payer").await);
-    let task = payer
-        .start_task(TaskRequest::new("search", ["web.search", "fs.read"]))
-        .await
-        .unwrap();
-    let other = payer
-        .start_task(TaskRequest::new("another", ["web.search"]))
-        .await
-        .unwrap();
-
-    // Through the broker: the forwarded capability passes `RequireCapability`.
-    assert_eq!(
-        task.call("web.search", json!({"q": 1})).await.unwrap(),
-        json!({"echo": {"q": 1}})
-    );
-    let forwarded = tool
-        .admitted
-        .lock()
-        .unwrap()
-        .last()
-        .cloned()
-        .expect("the tool server admitted the forwarded call");
+#[tokio::test]
+async fn a_tool_server_accepts_a_forwarded_capability_and_refuses_the_raw_task_token() {
+    let Forwarded {
+        broker: _broker,
+        tool,
+        verifier,
+        task,
+        other: _other,
+        capability,
+    } = forwarded().await;
     let verified = verifier
-        .verify(&forwarded, "web.search", &json!({}))
+        .verify(&capability, "web.search", &json!({}))
         .await
         .unwrap();
     assert!(verified.forwarded);
     assert_eq!(
-        tool.call("/search", &forwarded, json!({"q": 2})).await.0,
+        tool.call("/search", &capability, json!({"q": 2})).await.0,
         200
     );
 
@@ -606,8 +637,19 @@ async fn a_tool_server_accepts_only_capabilities_the_broker_forwarded() {
         "{}",
         raw.1
     );
+}
 
-    // Agent-made copies of a capability, from what the agent holds.
+#[tokio::test]
+async fn an_agent_made_copy_of_a_forwarded_block_is_403_capability_denied() {
+    let Forwarded {
+        broker,
+        tool,
+        verifier: _verifier,
+        task,
+        other: _other,
+        capability: _capability,
+    } = forwarded().await;
+    let root = broker.public_key().await;
     let copies = [
         (
             "the forwarded block's checks, first-party",
@@ -642,9 +684,19 @@ async fn a_tool_server_accepts_only_capabilities_the_broker_forwarded() {
             what,
         );
     }
+}
 
-    // The forwarded block cut out and put on another token (another task's, or this
-    // task's token attenuated): its signature covers the block it was signed after.
+#[tokio::test]
+async fn a_forwarded_block_moved_onto_another_token_is_401_token_invalid() {
+    // Its signature covers the block it was signed after.
+    let Forwarded {
+        broker: _broker,
+        tool,
+        verifier: _verifier,
+        task,
+        other,
+        capability,
+    } = forwarded().await;
     for (what, target) in [
         ("another task's token", other.token().to_string()),
         (
@@ -656,7 +708,7 @@ async fn a_tool_server_accepts_only_capabilities_the_broker_forwarded() {
             &tool
                 .call(
                     "/search",
-                    &transplant_last_block(&forwarded, &target),
+                    &transplant_last_block(&capability, &target),
                     json!({"q": 5}),
                 )
                 .await,
@@ -665,9 +717,20 @@ async fn a_tool_server_accepts_only_capabilities_the_broker_forwarded() {
             what,
         );
     }
+}
 
+#[tokio::test]
+async fn a_forwarded_capability_only_narrows_and_names_its_one_tool() {
+    let Forwarded {
+        broker: _broker,
+        tool,
+        verifier: _verifier,
+        task: _task,
+        other: _other,
+        capability,
+    } = forwarded().await;
     // Replayed for another tool of the same task: its block names web.search only.
-    let replayed = tool.call("/read", &forwarded, json!({"path": "/x"})).await;
+    let replayed = tool.call("/read", &capability, json!({"path": "/x"})).await;
     assert_refused(&replayed, 403, "capability_denied", "replayed for fs.read");
     assert!(
         replayed.1["error"]["message"]
@@ -679,7 +742,7 @@ async fn a_tool_server_accepts_only_capabilities_the_broker_forwarded() {
     );
 
     // Its holder can still narrow it, never widen it.
-    let narrowed = append_first_party(&forwarded, r#"check if arg("q", $q), $q == 6;"#);
+    let narrowed = append_first_party(&capability, r#"check if arg("q", $q), $q == 6;"#);
     assert_eq!(
         tool.call("/search", &narrowed, json!({"q": 6})).await.0,
         200
@@ -690,8 +753,18 @@ async fn a_tool_server_accepts_only_capabilities_the_broker_forwarded() {
         "capability_denied",
         "a narrowed forwarded capability",
     );
+}
 
-    // Opting in: a route, or a whole verifier, that accepts raw task tokens.
+#[tokio::test]
+async fn a_route_or_a_verifier_that_opts_in_accepts_raw_task_tokens() {
+    let Forwarded {
+        broker,
+        tool,
+        verifier,
+        task,
+        other: _other,
+        capability,
+    } = forwarded().await;
     assert_eq!(
         tool.call("/search-raw", task.token(), json!({"q": 8}))
             .await
@@ -699,7 +772,7 @@ async fn a_tool_server_accepts_only_capabilities_the_broker_forwarded() {
         200
     );
     assert_eq!(
-        tool.call("/search-raw", &forwarded, json!({"q": 9}))
+        tool.call("/search-raw", &capability, json!({"q": 9}))
             .await
             .0,
         200

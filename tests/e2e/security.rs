@@ -283,7 +283,7 @@ async fn tool_name_confusion() {
 }
 
 #[tokio::test]
-async fn argument_smuggling() {
+async fn smuggled_arguments_are_refused_with_400_413_or_422_and_nothing_goes_upstream() {
     let (broker, _, _, token) = setup().await;
     // web.search: {query: string, maxLength 50}, no other properties.
     let long = "x".repeat(60);
@@ -328,6 +328,12 @@ async fn argument_smuggling() {
         assert_eq!(reply.status, status, "{shown}: {reply:?}");
     }
     assert_eq!(broker.upstream.count(), 0, "no smuggled call went upstream");
+}
+
+#[tokio::test]
+async fn with_duplicate_keys_exactly_the_validated_value_goes_upstream() {
+    let (broker, _, _, token) = setup().await;
+    let long = "x".repeat(60);
     // With a bad value first and a good one last, exactly the validated value goes
     // upstream: the broker forwards what it checked, never the raw bytes.
     let reply = call_raw(
@@ -348,7 +354,12 @@ async fn argument_smuggling() {
         .body
         .clone();
     assert_eq!(received, json!({"query": "ok"}));
-    // Datalog-looking strings are data: a narrowed token still only allows its prefix.
+}
+
+#[tokio::test]
+async fn datalog_looking_arguments_are_data_to_a_narrowed_token() {
+    let (broker, _, _, token) = setup().await;
+    // A narrowed token still only allows its prefix.
     let narrowed = append_block(
         &broker,
         &token,
@@ -817,13 +828,15 @@ async fn a_revoked_approver_is_refused_on_every_approver_route_at_once() {
     assert!(published >= 2, "{feed:?}");
 }
 
+fn open_request() -> Value {
+    json!({"purpose": "p", "tools": ["web.search"]})
+}
+
 #[tokio::test]
-async fn one_credential_is_revoked_by_its_holder_or_the_admin() {
+async fn only_its_holder_or_the_admin_may_revoke_a_credential() {
     let (broker, agent, _, token) = setup().await;
-    let spare = broker.agent("bot").await;
     let ann = broker.approver("ann").await;
     let other_agent = broker.agent("small").await;
-    let open = json!({"purpose": "p", "tools": ["web.search"]});
     // Not the holder: another agent's credential, an approver, a task token.
     for (who, bearer) in [
         ("another agent", &other_agent),
@@ -839,7 +852,13 @@ async fn one_credential_is_revoked_by_its_holder_or_the_admin() {
             .await;
         assert_refused(&reply, 403, "forbidden", who);
     }
-    // Not a credential.
+    let alive = broker.post("/v1/tasks", Some(&agent), open_request()).await;
+    assert_eq!(alive.status, 201, "{alive:?}");
+}
+
+#[tokio::test]
+async fn revoking_what_is_not_a_credential_is_400_bad_request() {
+    let (broker, agent, _, token) = setup().await;
     for (what, body) in [
         ("a task token", json!({"credential": token})),
         ("garbage", json!({"credential": "not a biscuit"})),
@@ -850,7 +869,21 @@ async fn one_credential_is_revoked_by_its_holder_or_the_admin() {
             .await;
         assert_refused(&reply, 400, "bad_request", what);
     }
-    // The holder revokes its own credential; its twin goes on.
+    let alive = broker.post("/v1/tasks", Some(&agent), open_request()).await;
+    assert_eq!(alive.status, 201, "{alive:?}");
+    assert_eq!(
+        broker
+            .call(&token, "web.search", json!({"query": "x"}))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_credential_its_holder_revokes_dies_alone_and_its_tasks_go_on() {
+    let (broker, agent, _, token) = setup().await;
+    let spare = broker.agent("bot").await;
     let reply = broker
         .post(
             "/v1/credentials/revoke",
@@ -861,16 +894,30 @@ async fn one_credential_is_revoked_by_its_holder_or_the_admin() {
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(reply.body["role"], "agent");
     assert_eq!(reply.body["subject"], "bot");
-    let dead = broker.post("/v1/tasks", Some(&agent), open.clone()).await;
+    let dead = broker.post("/v1/tasks", Some(&agent), open_request()).await;
     assert_refused(&dead, 401, "token_revoked", "a revoked agent credential");
+    // Its twin goes on.
     assert_eq!(
         broker
-            .post("/v1/tasks", Some(&spare), open.clone())
+            .post("/v1/tasks", Some(&spare), open_request())
             .await
             .status,
         201
     );
-    // An attenuation of a credential dies with it; revoking twice is fine.
+    // The task the revoked credential opened goes on: a credential is not a task.
+    assert_eq!(
+        broker
+            .call(&token, "web.search", json!({"query": "x"}))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_credential_the_admin_revokes_takes_its_attenuations_and_revoking_twice_is_fine() {
+    let (broker, _, _, _) = setup().await;
+    let spare = broker.agent("bot").await;
     let narrowed = append_block(&broker, &spare, "check if true").await;
     let reply = broker
         .post(
@@ -890,7 +937,7 @@ async fn one_credential_is_revoked_by_its_holder_or_the_admin() {
     assert_eq!(again.status, 200, "{again:?}");
     for credential in [&spare, &narrowed] {
         let dead = broker
-            .post("/v1/tasks", Some(credential), open.clone())
+            .post("/v1/tasks", Some(credential), open_request())
             .await;
         assert_refused(
             &dead,
@@ -899,7 +946,12 @@ async fn one_credential_is_revoked_by_its_holder_or_the_admin() {
             "a revoked credential or its attenuation",
         );
     }
-    // An approver credential too.
+}
+
+#[tokio::test]
+async fn a_revoked_approver_credential_is_401_token_revoked() {
+    let (broker, _, _, _) = setup().await;
+    let ann = broker.approver("ann").await;
     let reply = broker
         .post(
             "/v1/credentials/revoke",
@@ -910,14 +962,6 @@ async fn one_credential_is_revoked_by_its_holder_or_the_admin() {
     assert_eq!(reply.body["role"], "approver", "{reply:?}");
     let dead = broker.get("/v1/approvals", Some(&ann)).await;
     assert_refused(&dead, 401, "token_revoked", "a revoked approver credential");
-    // The task the revoked credential opened goes on: a credential is not a task.
-    assert_eq!(
-        broker
-            .call(&token, "web.search", json!({"query": "x"}))
-            .await
-            .status,
-        200
-    );
 }
 
 #[tokio::test]
