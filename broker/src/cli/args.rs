@@ -273,3 +273,8 @@ pub struct AuditVerifyArgs {
     #[arg(long, env = "LEASH_AUDIT_CHECKPOINT_FILE")]
     pub checkpoints: Option<PathBuf>,
 }
+
+/// An environment variable, if set.
+pub fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}

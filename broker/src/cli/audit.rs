@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use crate::cli::args::AuditVerifyArgs;
-use crate::cli::env;
+use crate::cli::args::env;
 use crate::datadir;
 use crate::store::SqliteStore;
 

@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
+use crate::cli::args::env;
 use crate::cli::args::{DatabaseArgs, KeysCommand};
-use crate::cli::env;
 
 /// Rotates or retires a root key.
 pub async fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {

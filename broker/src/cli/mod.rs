@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::args::{AuditCommand, Cli, Command, PolicyCommand, TokenCommand};
+use crate::cli::args::{AuditCommand, Cli, Command, PolicyCommand, TokenCommand, env};
 
 /// The whole `leash` command: parses the command line, sets up logging, runs the command.
 pub fn main() -> ExitCode {
@@ -45,11 +45,6 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// An environment variable, if set.
-pub(crate) fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok()
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use tokio::net::TcpListener;
 
 use crate::cli::args::ServeArgs;
-use crate::cli::env;
+use crate::cli::args::env;
 use crate::datadir;
 
 /// Starts the broker and serves until a shutdown signal.

@@ -7,7 +7,7 @@ use std::path::Path;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::Diagnostic;
+use super::model::Diagnostic;
 use super::toml_value::{line_col, start};
 
 /// One file being read: its text, for positions, and the shared list of mistakes.

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use toml::de::DeTable;
 
 use super::fields::FileCtx;
+use super::model::{Diagnostic, Policy, PolicyErrors, Secrets, ToolPattern};
 use super::toml_value::start;
-use super::{Diagnostic, Policy, PolicyErrors, Secrets, ToolPattern};
 
 /// Longest upstream timeout a tool may configure (5 minutes).
 pub(super) const MAX_TIMEOUT_MS: i64 = 300_000;

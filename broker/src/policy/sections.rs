@@ -7,10 +7,10 @@ use axum::http::{HeaderName, HeaderValue};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::toml_value::{start, to_json};
-use super::{
+use super::model::{
     ApprovalSettings, Grant, GrantApproval, McpServerDef, ToolApproval, ToolDef, ToolPattern,
 };
+use super::toml_value::{start, to_json};
 use crate::ids::{is_principal_name, is_tool_name};
 
 use super::fields::FileCtx;

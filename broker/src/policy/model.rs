@@ -1,0 +1,344 @@
+//! The policy's types: tools, MCP servers, grants, approval settings, and the
+//! diagnostics a policy folder can earn.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderName, HeaderValue};
+
+/// The merged policy of a policy folder.
+#[derive(Debug, Default)]
+pub struct Policy {
+    /// Every configured tool, by name.
+    pub tools: BTreeMap<String, Arc<ToolDef>>,
+    /// Every agent's grant, by agent id.
+    pub grants: BTreeMap<String, Arc<Grant>>,
+    /// Settings of human approval.
+    pub approvals: ApprovalSettings,
+    /// Upstream MCP servers, by name; their tools appear as `NAME.tool`.
+    pub mcp_servers: BTreeMap<String, Arc<McpServerDef>>,
+    /// Every value a `${ENV}` reference expanded to: scrubbed from every log line.
+    pub secrets: Secrets,
+}
+
+/// Values that must never be shown; `Debug` prints only how many there are.
+#[derive(Default, Clone)]
+pub struct Secrets(pub Vec<String>);
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secrets({} values)", self.0.len())
+    }
+}
+
+/// An upstream MCP server (`[mcp_servers.NAME]`).
+pub struct McpServerDef {
+    /// The name, and the prefix of its tools (`NAME.tool`).
+    pub name: String,
+    /// Its Streamable HTTP endpoint.
+    pub url: reqwest::Url,
+    /// Headers sent on every request to it (credentials the agent never sees).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// How long one call may take.
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for McpServerDef {
+    /// Never prints header values.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("McpServerDef")
+            .field("name", &self.name)
+            .field("url", &self.url.as_str())
+            .field(
+                "headers",
+                &self.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl McpServerDef {
+    /// `text` (an error from the MCP client, which may quote the request) with every
+    /// secret this server's definition holds replaced: its URL's user, password and
+    /// query, and its header values — where `${ENV}` secrets end up after expansion.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut secrets: Vec<String> = Vec::new();
+        if !self.url.username().is_empty() {
+            secrets.push(self.url.username().to_string());
+        }
+        secrets.extend(self.url.password().map(str::to_string));
+        secrets.extend(self.url.query().map(str::to_string));
+        for (_, value) in &self.headers {
+            if let Ok(value) = value.to_str() {
+                secrets.push(value.to_string());
+                // `Bearer <secret>`: the secret alone may be quoted too.
+                secrets.extend(value.split_whitespace().skip(1).map(str::to_string));
+            }
+        }
+        let mut spelled: Vec<String> = secrets
+            .iter()
+            .flat_map(|secret| crate::logging::spellings(secret))
+            .filter(|spelling| spelling.len() >= 4)
+            .collect();
+        // Longest first, so a secret inside a longer one is not left half-replaced.
+        spelled.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        let mut out = text.to_string();
+        for secret in &spelled {
+            out = out.replace(secret.as_str(), "[redacted]");
+        }
+        out
+    }
+}
+
+/// One tool: an HTTP upstream with an input schema.
+pub struct ToolDef {
+    /// The tool's name (`web.search`).
+    pub name: String,
+    /// Human description, shown to agents.
+    pub description: String,
+    /// Where Leash POSTs the arguments. Agents never choose it.
+    pub upstream: reqwest::Url,
+    /// How long the upstream may take before the call fails with 504.
+    pub timeout: Duration,
+    /// Whether each call needs a human approval.
+    pub approval: ToolApproval,
+    /// The input JSON Schema as written.
+    pub input_schema: serde_json::Value,
+    /// The compiled schema.
+    pub validator: jsonschema::Validator,
+    /// Headers added to the upstream request (credentials the agent never sees).
+    pub upstream_headers: Vec<(HeaderName, HeaderValue)>,
+    /// For a tool of an upstream MCP server: `(server, tool name on that server)`.
+    pub mcp: Option<(String, String)>,
+}
+
+impl fmt::Debug for ToolDef {
+    /// Never prints header values: they hold upstream credentials.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ToolDef")
+            .field("name", &self.name)
+            .field("upstream", &self.upstream.as_str())
+            .field("timeout", &self.timeout)
+            .field("approval", &self.approval)
+            .field(
+                "upstream_headers",
+                &self
+                    .upstream_headers
+                    .iter()
+                    .map(|(n, _)| n)
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// Whether calls of a tool need approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolApproval {
+    /// Calls go straight through (after the checks).
+    None,
+    /// Every call waits for a human approval.
+    PerCall,
+}
+
+/// Whether tasks of a grant need approval before issuance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantApproval {
+    /// Tasks are issued at once.
+    None,
+    /// A human approves each task before its token exists.
+    Issuance,
+}
+
+/// What one agent may be granted.
+#[derive(Debug)]
+pub struct Grant {
+    /// The agent id.
+    pub agent: String,
+    /// Tool names and `prefix.*` patterns.
+    pub tools: Vec<ToolPattern>,
+    /// Longest window a task may have.
+    pub max_ttl: Duration,
+    /// A task with no call for this long expires.
+    pub idle_timeout: Option<Duration>,
+    /// Most calls one task may make.
+    pub max_calls: Option<u64>,
+    /// Whether tasks need approval before issuance.
+    pub approval: GrantApproval,
+    /// Extra Datalog checks copied verbatim into every task token (already parsed once).
+    pub checks: Vec<String>,
+}
+
+/// An entry of a grant's `tools`: an exact name or a `prefix.*` wildcard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolPattern {
+    /// Exactly this tool.
+    Exact(String),
+    /// Every tool whose name starts with this prefix followed by a dot.
+    Prefix(String),
+}
+
+impl ToolPattern {
+    /// Parses `name` or `prefix.*`; `None` if it is neither.
+    pub fn parse(text: &str) -> Option<ToolPattern> {
+        if let Some(prefix) = text.strip_suffix(".*") {
+            crate::ids::is_tool_name(prefix).then(|| ToolPattern::Prefix(prefix.to_string()))
+        } else {
+            crate::ids::is_tool_name(text).then(|| ToolPattern::Exact(text.to_string()))
+        }
+    }
+
+    /// Whether this pattern covers `tool`.
+    pub fn matches(&self, tool: &str) -> bool {
+        match self {
+            ToolPattern::Exact(name) => name == tool,
+            ToolPattern::Prefix(prefix) => tool
+                .strip_prefix(prefix.as_str())
+                .is_some_and(|rest| rest.starts_with('.') && rest.len() > 1),
+        }
+    }
+}
+
+impl Grant {
+    /// Whether this grant covers `tool`.
+    pub fn allows(&self, tool: &str) -> bool {
+        self.tools.iter().any(|pattern| pattern.matches(tool))
+    }
+}
+
+/// The `[approvals]` section.
+#[derive(Debug, Clone)]
+pub struct ApprovalSettings {
+    /// An undecided approval counts as denied after this.
+    pub expire_after: Duration,
+    /// Where approval requests and decisions are POSTed.
+    pub webhook: Option<reqwest::Url>,
+    /// HMAC key of the webhook signature.
+    pub webhook_secret: Option<String>,
+}
+
+impl Default for ApprovalSettings {
+    fn default() -> Self {
+        ApprovalSettings {
+            expire_after: Duration::from_secs(900),
+            webhook: None,
+            webhook_secret: None,
+        }
+    }
+}
+
+impl Policy {
+    /// The tool of that exact name.
+    pub fn tool(&self, name: &str) -> Option<&Arc<ToolDef>> {
+        self.tools.get(name)
+    }
+
+    /// The grant of that agent.
+    pub fn grant(&self, agent: &str) -> Option<&Arc<Grant>> {
+        self.grants.get(agent)
+    }
+
+    /// Whether `pattern` can only be checked when an MCP server's tools are discovered.
+    pub fn names_mcp_server(&self, pattern: &ToolPattern) -> bool {
+        let name = match pattern {
+            ToolPattern::Exact(name) => name
+                .split_once('.')
+                .map_or(name.as_str(), |(server, _)| server),
+            ToolPattern::Prefix(prefix) => prefix.split('.').next().unwrap_or(prefix),
+        };
+        self.mcp_servers.contains_key(name)
+    }
+
+    /// The longest window of any grant: nothing a task does can outlast it.
+    pub fn longest_ttl(&self) -> Duration {
+        self.grants
+            .values()
+            .map(|grant| grant.max_ttl)
+            .max()
+            .unwrap_or(Duration::from_secs(3600))
+    }
+}
+
+/// One mistake in a policy file, with its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+/// Every mistake found in a policy folder.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct PolicyErrors(pub Vec<Diagnostic>);
+
+impl fmt::Display for PolicyErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, diagnostic) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{diagnostic}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrub_removes_every_secret_of_an_mcp_server_definition() {
+        let def = McpServerDef {
+            name: "vault".into(),
+            url: reqwest::Url::parse("http://svc:pa%2Fss-w0rd@127.0.0.1:9/mcp?key=s3cr3t-key")
+                .unwrap(),
+            headers: vec![(
+                HeaderName::from_static("authorization"),
+                HeaderValue::from_static("Bearer tok-123456"),
+            )],
+            timeout: Duration::from_secs(1),
+        };
+        let error = format!(
+            "error sending request for url ({}): header Bearer tok-123456; token tok-123456; pass pa/ss-w0rd",
+            def.url
+        );
+        let clean = def.scrub(&error);
+        for secret in ["pa%2Fss-w0rd", "pa/ss-w0rd", "s3cr3t-key", "tok-123456"] {
+            assert!(!clean.contains(secret), "{secret} in {clean}");
+        }
+        assert!(clean.contains("127.0.0.1:9/mcp"), "{clean}");
+    }
+
+    #[test]
+    fn wildcards_match_whole_segments_only() {
+        let pattern = ToolPattern::parse("everything.*").unwrap();
+        assert!(pattern.matches("everything.echo"));
+        assert!(!pattern.matches("everythingelse.echo"));
+        assert!(!pattern.matches("everything."));
+        assert!(!pattern.matches("everything"));
+        assert_eq!(ToolPattern::parse("*"), None);
+        assert_eq!(ToolPattern::parse("a.*.b"), None);
+    }
+}
