@@ -12,16 +12,31 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub struct Clock {
     /// Added to the system time; only tests move it.
     offset_ms: Arc<AtomicI64>,
+    /// A clock that stands still at this time (plus the offset) instead of following
+    /// the system: unit tests of time rules.
+    fixed_ms: Option<i64>,
 }
 
 impl Clock {
     /// Milliseconds since the Unix epoch, as this broker sees them.
     pub fn now_ms(&self) -> i64 {
+        if let Some(fixed) = self.fixed_ms {
+            return fixed + self.offset_ms.load(Ordering::Relaxed);
+        }
         let system = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
         system + self.offset_ms.load(Ordering::Relaxed)
+    }
+
+    /// A clock that stands at `at_ms` until [`Clock::advance`] moves it: domain rules
+    /// about windows and idle time are tested against exact instants.
+    pub fn fixed(at_ms: i64) -> Self {
+        Clock {
+            offset_ms: Arc::default(),
+            fixed_ms: Some(at_ms),
+        }
     }
 
     /// Moves this clock (and every clone) forward: for tests of expiry and idle timeouts.

@@ -149,9 +149,31 @@ impl SqliteStore {
             .await
     }
 
+    /// A private database in memory, gone when the store is dropped: unit tests of
+    /// domain rules run against the real SQL without touching the disk. One connection
+    /// (each SQLite connection to `:memory:` is its own database), never closed.
+    pub async fn in_memory() -> StoreResult<Self> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
+        Self::connect_with(
+            options,
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None),
+        )
+        .await
+    }
+
     async fn connect(options: SqliteConnectOptions) -> StoreResult<Self> {
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+        Self::connect_with(options, SqlitePoolOptions::new().max_connections(4)).await
+    }
+
+    async fn connect_with(
+        options: SqliteConnectOptions,
+        pool: SqlitePoolOptions,
+    ) -> StoreResult<Self> {
+        let pool = pool
             .acquire_timeout(Duration::from_secs(5))
             // After SQLITE_FULL (disk full) SQLite rolls the transaction back itself; the
             // ROLLBACK sqlx then sends fails, and sqlx keeps counting the connection as

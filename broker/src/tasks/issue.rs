@@ -102,3 +102,78 @@ impl Issuer {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::error::ApiError;
+    use crate::tasks::testkit::{Kit, T0_MS, notes_policy};
+
+    fn tools(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_token_holds_only_the_tools_the_grant_still_allows() {
+        let kit = Kit::new(&notes_policy("http://127.0.0.1:9")).await;
+        let grant = kit.policy.grant("narrow").unwrap().clone();
+        let issued = kit
+            .issuer
+            .issue(
+                "tsk_1",
+                &grant,
+                &tools(&["notes.read", "notes.delete"]),
+                &[],
+                60_000,
+                None,
+            )
+            .unwrap();
+        assert_eq!(issued.tools, tools(&["notes.read"]));
+        let refused = kit.issuer.issue(
+            "tsk_1",
+            &grant,
+            &tools(&["notes.delete"]),
+            &[],
+            60_000,
+            None,
+        );
+        assert!(matches!(refused, Err(ApiError::PolicyDenied(_))));
+    }
+
+    #[tokio::test]
+    async fn the_window_starts_now_and_the_grant_bounds_it() {
+        let kit = Kit::new(&notes_policy("http://127.0.0.1:9")).await;
+        let grant = kit.policy.grant("narrow").unwrap().clone();
+        let asked = tools(&["notes.read"]);
+        let issued = kit
+            .issuer
+            .issue("tsk_1", &grant, &asked, &[], 60_000, None)
+            .unwrap();
+        assert_eq!(issued.expires_at_ms, T0_MS + 60_000);
+        // A renewal that would keep a window past the grant's max_ttl from now is cut
+        // back to it.
+        let far = T0_MS + 3_600_000;
+        let renewed = kit
+            .issuer
+            .issue("tsk_1", &grant, &asked, &[], 60_000, Some(far))
+            .unwrap();
+        assert_eq!(renewed.expires_at_ms, T0_MS + 300_000);
+    }
+
+    #[tokio::test]
+    async fn a_renewal_never_shortens_the_window() {
+        let kit = Kit::new(&notes_policy("http://127.0.0.1:9")).await;
+        let grant = kit.policy.grant("narrow").unwrap().clone();
+        let asked = tools(&["notes.read"]);
+        let current_end = T0_MS + 200_000;
+        let renewed = kit
+            .issuer
+            .issue("tsk_1", &grant, &asked, &[], 10_000, Some(current_end))
+            .unwrap();
+        assert_eq!(renewed.expires_at_ms, current_end);
+        let longer = kit
+            .issuer
+            .issue("tsk_1", &grant, &asked, &[], 250_000, Some(current_end))
+            .unwrap();
+        assert_eq!(longer.expires_at_ms, T0_MS + 250_000);
+    }
+}

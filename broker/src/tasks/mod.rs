@@ -6,3 +6,5 @@ pub mod calls;
 pub mod issue;
 pub mod live;
 pub mod runtime;
+#[cfg(test)]
+pub(crate) mod testkit;

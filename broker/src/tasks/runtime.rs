@@ -450,3 +450,77 @@ pub fn inactive(task_id: &str, state: TaskState) -> ApiError {
         other => ApiError::TaskInactive(format!("task {task_id} is {}", other.as_str())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::EndOutcome;
+    use crate::error::ApiError;
+    use crate::store::TaskState;
+    use crate::tasks::testkit::{Kit, notes_policy};
+
+    #[tokio::test]
+    async fn ending_a_task_revokes_its_token_at_once_and_only_once() {
+        let kit = Kit::new(&notes_policy("http://127.0.0.1:9")).await;
+        let (task_id, token) = kit.active_task("bot", &["notes.read"]).await;
+        kit.present(&token).unwrap();
+        let ended = kit
+            .tasks
+            .end(&task_id, TaskState::Revoked, "stop", "approver:ann")
+            .await
+            .unwrap();
+        assert!(matches!(ended, EndOutcome::Ended(ref ids) if ids.len() == 1));
+        assert!(matches!(
+            kit.present(&token),
+            Err(ApiError::TokenRevoked(_))
+        ));
+        let again = kit
+            .tasks
+            .end(&task_id, TaskState::Completed, "done", "agent:bot")
+            .await
+            .unwrap();
+        assert!(matches!(
+            again,
+            EndOutcome::AlreadyEnded(TaskState::Revoked)
+        ));
+        let stored = kit.store.get_task(&task_id).await.unwrap().unwrap();
+        assert_eq!(stored.state, TaskState::Revoked);
+        assert_eq!(stored.end_reason.as_deref(), Some("stop"));
+    }
+
+    #[tokio::test]
+    async fn the_sweeper_expires_tasks_at_the_end_of_their_window() {
+        let kit = Kit::new(&notes_policy("http://127.0.0.1:9")).await;
+        // `narrow` has a 300 s window and no idle timeout.
+        let (task_id, token) = kit.active_task("narrow", &["notes.read"]).await;
+        kit.clock.advance(Duration::from_secs(299));
+        assert_eq!(kit.tasks.sweep().await.unwrap(), 0);
+        kit.clock.advance(Duration::from_secs(1));
+        assert_eq!(kit.tasks.sweep().await.unwrap(), 1);
+        let stored = kit.store.get_task(&task_id).await.unwrap().unwrap();
+        assert_eq!(stored.state, TaskState::Expired);
+        assert!(matches!(
+            kit.present(&token),
+            Err(ApiError::TokenExpired(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_task_idle_longer_than_its_grant_allows_expires() {
+        let kit = Kit::new(&notes_policy("http://127.0.0.1:9")).await;
+        let (task_id, token) = kit.active_task("bot", &["notes.read"]).await;
+        kit.clock.advance(Duration::from_secs(59));
+        assert_eq!(kit.tasks.sweep().await.unwrap(), 0);
+        kit.clock.advance(Duration::from_secs(1));
+        assert_eq!(kit.tasks.sweep().await.unwrap(), 1);
+        let stored = kit.store.get_task(&task_id).await.unwrap().unwrap();
+        assert_eq!(stored.state, TaskState::Expired);
+        assert_eq!(stored.end_reason.as_deref(), Some(super::IDLE));
+        // Its window is far from over: only the revocation refuses the token now.
+        assert!(matches!(
+            kit.present(&token),
+            Err(ApiError::TokenExpired(_))
+        ));
+    }
+}
