@@ -180,10 +180,10 @@ async fn repeated_bad_credentials_are_throttled_and_logged_without_the_secret() 
     let admin = admin.trim().to_string();
     let url = broker.url.clone();
     // The audit log needs an approver or the admin: (status, has Retry-After).
+    // One client, so a guess costs one request and not a new connection.
+    let client = reqwest::Client::new();
     let read_audit = |bearer: &str| {
-        let request = reqwest::Client::new()
-            .get(format!("{url}/v1/audit"))
-            .bearer_auth(bearer);
+        let request = client.get(format!("{url}/v1/audit")).bearer_auth(bearer);
         async move {
             let reply = request.send().await.unwrap();
             (
@@ -223,18 +223,36 @@ async fn repeated_bad_credentials_are_throttled_and_logged_without_the_secret() 
         .await;
         assert_eq!(reply.status, 401);
     }
-    // Guesses: a forged-looking token, a wrong admin token, garbage.
-    let secrets: Vec<String> = (0..20)
-        .map(|i| format!("guess-{i}-the-admin-token-0123456789abcdef-SECRET"))
-        .collect();
-    for secret in &secrets {
-        assert_eq!(
-            read_audit(secret).await.0,
-            401,
-            "each guess alone is just refused"
-        );
-    }
-    // The 21st guess is refused before it is checked: 429 with Retry-After.
+    // Guesses (forged-looking tokens): each alone is just refused (401) until the
+    // budget — a burst of 20, refilled at 2 per second — is spent; then they are refused
+    // before they are checked: 429 with Retry-After. Counted, not timed: on a loaded
+    // machine the guesses take long enough for the bucket to refill a little.
+    let mut secrets: Vec<String> = Vec::new();
+    let guess_until_throttled = async |secrets: &mut Vec<String>| {
+        let started = std::time::Instant::now();
+        let before = secrets.len();
+        loop {
+            let secret = format!(
+                "guess-{}-the-admin-token-0123456789abcdef-SECRET",
+                secrets.len()
+            );
+            let (status, retry_after) = read_audit(&secret).await;
+            if status == 429 {
+                assert!(retry_after, "a 429 says when to retry");
+                break;
+            }
+            assert_eq!(status, 401, "each guess alone is just refused");
+            secrets.push(secret);
+            assert!(secrets.len() - before <= 200, "never throttled");
+        }
+        (secrets.len() - before, started.elapsed().as_secs_f64())
+    };
+    let (refused, took) = guess_until_throttled(&mut secrets).await;
+    let budget = 20 + (took * 2.0).ceil() as usize;
+    assert!(
+        (20..=budget).contains(&refused),
+        "{refused} guesses were checked in {took:.2} s; the budget allows 20 + 2/s"
+    );
     assert_eq!(read_audit("one-more-guess").await, (429, true));
     // Known-good credentials from the same address still work (the admin token, and a
     // token verified before): one noisy process cannot lock out its neighbours. A new,
@@ -243,6 +261,8 @@ async fn repeated_bad_credentials_are_throttled_and_logged_without_the_secret() 
     assert_eq!(read_audit(admin).await.0, 200);
     let approver = post(&url, "/v1/approvers/ann/credentials", admin, json!({})).await;
     let approver = approver.body["credential"].as_str().unwrap().to_string();
+    // Whatever refilled meanwhile is spent again first.
+    guess_until_throttled(&mut secrets).await;
     assert_eq!(
         read_audit(&approver).await,
         (429, true),
@@ -258,7 +278,8 @@ async fn repeated_bad_credentials_are_throttled_and_logged_without_the_secret() 
     let text = std::fs::read_to_string(&log).unwrap();
     let failures = text.matches("authentication failed").count();
     assert_eq!(
-        failures, 20,
+        failures,
+        secrets.len(),
         "one log line per failed guess, none for ended tokens:\n{text}"
     );
     assert!(text.contains("peer=\"127.0.0.1\""), "{text}");
