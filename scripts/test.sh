@@ -41,6 +41,8 @@ PGOPTIONS="-c client_min_messages=warning" psql -h 127.0.0.1 -U postgres -d test
   FOR s IN SELECT nspname FROM pg_namespace WHERE nspname LIKE 'suite\_%' OR nspname LIKE 'replica\_%' LOOP
     EXECUTE format('DROP SCHEMA %I CASCADE', s); END LOOP; END \$\$;" >/dev/null
 
+# The layering rule of ARCHITECTURE.md: no import circle of more than two files.
+python3 scripts/import-circles.py broker/src
 cargo build --workspace --bins --locked
 cargo test --workspace --locked
 ./scripts/fuzz-smoke.sh

@@ -5,24 +5,20 @@
 //! checks the token, validates the arguments, injects upstream credentials and forwards
 //! the call; ending a task revokes every token of it at once.
 //!
-//! Map of the crate (see also ARCHITECTURE.md):
-//! - [`config`] the command line; [`server`] assembles and runs a broker; [`edge`] accepts
-//!   connections (cap, TLS handshake, header limits, slow-client timeouts); [`tls`] reads
-//!   the server certificate and the CA bundle;
-//! - [`policy`] loads and checks policy files; [`schema`] compiles input schemas;
-//! - [`keys`] and [`datadir`] own root keys and the data folder;
-//! - [`mint`] is the only place that writes issuance Datalog; [`verify`] reads tokens;
-//!   [`authorize`] is the pure call decision (over `leash_sdk::capability`);
-//! - [`tasks`] holds live task state and counters; [`revocation`] the revoked-id set;
-//! - [`catalog`] every callable tool (policy HTTP tools + discovered MCP tools); [`mcp`] the MCP gateway;
-//! - [`calls`] is the checked call path; [`proxy`] the only code that talks upstream;
-//! - [`approvals`] human decisions; [`events`] the event hub; [`webhook`] notifications;
-//! - [`issue`] mints a task's token; [`store`] is durable state (SQLite or PostgreSQL);
-//!   [`seal`] seals the secrets it keeps; [`audit`] the hash-chained log;
-//!   [`checkpoint`] its signed checkpoints (truncation shows);
-//! - [`slots`] per-address caps (connections, long-polls); [`ratelimit`] token buckets;
-//!   [`logging`] scrubs secrets from every log line;
-//! - [`metrics`] the `/metrics` registry; [`routes`] every HTTP path; [`caller`] who is calling; [`error`] the one error type.
+//! Map of the crate, top to bottom (calls go down; see ARCHITECTURE.md):
+//! - [`cli`] the command line; [`app`] assembles a broker ([`prepare`]) and runs it
+//!   ([`run()`]) with a [`config::ServeConfig`];
+//! - [`http`] every path and layer (edge, limits, authentication extractors, handlers,
+//!   OpenAPI, the approver page); [`mcp`] the inbound MCP gateway;
+//! - [`tasks`] the domain: the checked call, task lifecycle, issuance, approvals;
+//! - [`tokens`] mint, verify, authorize, keys, revoked ids, sealing;
+//! - [`upstream`] the one outbound client, HTTP tools and MCP servers, pins, the catalog;
+//! - [`audit`] the hash-chained log and its signed checkpoints; [`events`] the event hub
+//!   and webhook; [`replica`] the PostgreSQL change feed and health;
+//! - [`store`] durable state, SQLite or PostgreSQL, one SQL text per operation;
+//!   [`policy`] policy files;
+//! - leaves: [`clock`], [`error`] (the one error type), [`ids`], [`datadir`], [`tls`],
+//!   [`metrics`], [`ratelimit`], [`logging`].
 
 pub mod app;
 pub mod audit;

@@ -3,8 +3,8 @@
 //! - [`server`]: Leash as an MCP server at `POST /mcp` (Streamable HTTP, via `rmcp`),
 //!   stateless, with the task token as bearer; `tools/list` shows only what the token may
 //!   call and `tools/call` goes through the very same checked path as `/v1/tools/…/call`.
-//! - [`upstream`]: Leash as an MCP client of each `[mcp_servers.NAME]`, whose tools it
-//!   exposes as `NAME.tool`, with definitions pinned ([`pins`]).
+//! - Leash as an MCP client of each `[mcp_servers.NAME]` lives below, in
+//!   [`crate::upstream::mcp`] (definitions pinned by [`crate::upstream::pins`]).
 //! - [`guard`]: the HTTP edge of `/mcp` — Host/Origin validation (DNS rebinding) and the
 //!   bearer check, answering 401 with RFC 9728 discovery before rmcp sees the request.
 

@@ -100,7 +100,7 @@ pub struct TaskRecord {
     pub ended_at_ms: Option<i64>,
     /// Why it ended.
     pub end_reason: Option<String>,
-    /// The newest token of the task, sealed ([`crate::seal`]); opened only to be
+    /// The newest token of the task, sealed ([`crate::tokens::seal`]); opened only to be
     /// returned to its owner.
     pub token: Option<String>,
 }
@@ -150,7 +150,7 @@ pub struct AuditRow {
 
 /// A signed statement of the audit chain's head: "the chain had `seq` rows and its last
 /// hash was `hash`". Deleting the newest rows is then visible, because a checkpoint names
-/// a row that is no longer there ([`crate::checkpoint`]).
+/// a row that is no longer there ([`crate::audit::checkpoint`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditCheckpoint {
     /// The seq of the row it covers (every row up to it).
@@ -161,7 +161,7 @@ pub struct AuditCheckpoint {
     pub at_ms: i64,
     /// The root key id that signed it.
     pub kid: u32,
-    /// Ed25519 signature (base64url, no padding) over [`crate::checkpoint::signed_bytes`].
+    /// Ed25519 signature (base64url, no padding) over [`crate::audit::checkpoint::signed_bytes`].
     pub signature: String,
 }
 
@@ -290,7 +290,7 @@ pub struct Activation {
     pub task_id: String,
     /// Its new window.
     pub expires_at_ms: i64,
-    /// The new token, sealed ([`crate::seal`]).
+    /// The new token, sealed ([`crate::tokens::seal`]).
     pub token: String,
     /// Its revocation id.
     pub revocation_id: String,
