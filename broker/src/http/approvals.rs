@@ -188,3 +188,49 @@ pub async fn events(
     let stream = futures_util::StreamExt::take_until(stream, cut_off);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::approval_view;
+    use crate::store::{ApprovalKind, ApprovalRecord, ApprovalState};
+
+    fn record() -> ApprovalRecord {
+        ApprovalRecord {
+            approval_id: "apr_1".into(),
+            kind: ApprovalKind::Call,
+            task_id: "tsk_1".into(),
+            agent: "bot".into(),
+            purpose: "p".into(),
+            tools: vec!["web.search".into()],
+            call_tool: Some("web.search".into()),
+            call_args: None,
+            args_hash: None,
+            ttl_ms: None,
+            state: ApprovalState::Pending,
+            requested_at_ms: 1_000,
+            expires_at_ms: 2_000,
+            decided_at_ms: None,
+            decided_by: None,
+            note: None,
+        }
+    }
+
+    /// The list shows an approval exactly as the events (`tasks::approvals::view`) do:
+    /// the same fields, absent or null alike.
+    #[test]
+    fn the_list_and_the_events_show_the_same_approval() {
+        let pending = record();
+        let mut decided = record();
+        decided.task_id = String::new();
+        decided.kind = ApprovalKind::Renewal;
+        decided.call_tool = None;
+        decided.ttl_ms = Some(60_000);
+        decided.state = ApprovalState::Denied;
+        decided.decided_at_ms = Some(1_500);
+        decided.decided_by = Some("approver:ann".into());
+        for a in [pending, decided] {
+            let typed = serde_json::to_value(approval_view(&a)).unwrap();
+            assert_eq!(typed, crate::tasks::approvals::view(&a));
+        }
+    }
+}
