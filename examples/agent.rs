@@ -27,12 +27,7 @@ async fn main() -> anyhow::Result<()> {
         task.id(),
         task.expires_at().unwrap_or("?")
     );
-    let names: Vec<String> = task
-        .tools()
-        .await?
-        .iter()
-        .filter_map(|t| t["name"].as_str().map(String::from))
-        .collect();
+    let names: Vec<String> = task.tools().await?.iter().map(|t| t.name.clone()).collect();
     println!("may call: {}", names.join(", "));
 
     let hits = task

@@ -4,44 +4,36 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use axum::http::StatusCode;
+use leash_sdk::protocol::{
+    AgentCredential, AgentRevoked, ApproverCredential, ApproverRevoked, CredentialBody,
+    CredentialRequest, CredentialRevoked, ReasonBody, TokenBody, TokenRevoked,
+};
+use serde_json::json;
 
 use super::extract::{JsonBody, OptionalJson, PathParam};
 use crate::app::state::AppState;
 use crate::audit::log::AuditEvent;
 use crate::error::{ApiError, ApiResult};
-use crate::http::auth::{Caller, authenticate, bearer};
+use crate::http::auth::{Admin, ApproverOrAdmin, Caller};
 use crate::ids::is_principal_name;
 use crate::store::TaskState;
 use crate::tasks::runtime::EndOutcome;
 use crate::tokens::mint::{Role, credential, to_text};
 use crate::tokens::verify::Principal;
 
-/// Body of a credential request.
-#[derive(Deserialize, Default, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CredentialRequest {
-    /// Lifetime of the credential (1 to 31622400 s); default 90 days. A credential
-    /// also ends when it, its agent or its approver is revoked.
-    #[schema(minimum = 1, maximum = 31622400)]
-    ttl_seconds: Option<i64>,
-}
-
 /// `POST /v1/agents/{agent}/credentials`.
 #[utoipa::path(post, path = "/v1/agents/{agent}/credentials", tag = "admin",
     params(("agent" = String, Path, description = "An agent id the policy has a grant for", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")),
     request_body(content = Option<CredentialRequest>, description = "May be empty"),
     security(("admin" = [])),
-    responses((status = 201, description = "The credential, shown once", body = super::openapi::AgentCredential)))]
+    responses((status = 201, description = "The credential, shown once", body = AgentCredential)))]
 pub async fn agent_credential(
+    _: Admin,
     State(state): State<AppState>,
-    headers: HeaderMap,
     PathParam(agent): PathParam,
     OptionalJson(body): OptionalJson<CredentialRequest>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
-    require_admin(&state, &headers)?;
+) -> ApiResult<(StatusCode, Json<AgentCredential>)> {
     if !is_principal_name(&agent) {
         return Err(ApiError::BadRequest(format!(
             "{agent:?} is not a valid agent id"
@@ -55,7 +47,10 @@ pub async fn agent_credential(
     let token = mint_credential(&state, Role::Agent, &agent, body.ttl_seconds).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "agent": agent, "credential": token })),
+        Json(AgentCredential {
+            agent,
+            credential: token,
+        }),
     ))
 }
 
@@ -64,14 +59,13 @@ pub async fn agent_credential(
     params(("approver" = String, Path, description = "The approver's id", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")),
     request_body(content = Option<CredentialRequest>, description = "May be empty"),
     security(("admin" = [])),
-    responses((status = 201, description = "The credential, shown once", body = super::openapi::ApproverCredential)))]
+    responses((status = 201, description = "The credential, shown once", body = ApproverCredential)))]
 pub async fn approver_credential(
+    _: Admin,
     State(state): State<AppState>,
-    headers: HeaderMap,
     PathParam(approver): PathParam,
     OptionalJson(body): OptionalJson<CredentialRequest>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
-    require_admin(&state, &headers)?;
+) -> ApiResult<(StatusCode, Json<ApproverCredential>)> {
     if !is_principal_name(&approver) {
         return Err(ApiError::BadRequest(format!(
             "{approver:?} is not a valid approver id"
@@ -80,19 +74,15 @@ pub async fn approver_credential(
     let token = mint_credential(&state, Role::Approver, &approver, body.ttl_seconds).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "approver": approver, "credential": token })),
+        Json(ApproverCredential {
+            approver,
+            credential: token,
+        }),
     ))
 }
 
 /// How long a credential lives when the request names no `ttl_seconds`: 90 days.
 pub const DEFAULT_CREDENTIAL_TTL_SECONDS: i64 = 90 * 24 * 3600;
-
-fn require_admin(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
-    match authenticate(state, headers)? {
-        Caller::Admin => Ok(()),
-        _ => Err(ApiError::Forbidden("this needs the admin token".into())),
-    }
-}
 
 async fn mint_credential(
     state: &AppState,
@@ -136,15 +126,6 @@ async fn mint_credential(
     Ok(text)
 }
 
-/// Body of a revocation.
-#[derive(Deserialize, Default, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ReasonBody {
-    /// Why, for the audit log.
-    #[serde(default)]
-    pub reason: Option<String>,
-}
-
 /// Limits and defaults a revocation reason.
 pub fn reason_text(reason: Option<String>) -> ApiResult<String> {
     let reason = reason.unwrap_or_else(|| "revoked".into());
@@ -161,15 +142,13 @@ pub fn reason_text(reason: Option<String>) -> ApiResult<String> {
     params(("agent" = String, Path, description = "The agent to cut off", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")),
     request_body(content = Option<ReasonBody>, description = "May be empty"),
     security(("approver" = []), ("admin" = [])),
-    responses((status = 200, description = "The agent's tasks and credentials are revoked", body = super::openapi::AgentRevoked)))]
+    responses((status = 200, description = "The agent's tasks and credentials are revoked", body = AgentRevoked)))]
 pub async fn revoke_agent(
+    caller: ApproverOrAdmin,
     State(state): State<AppState>,
-    headers: HeaderMap,
     PathParam(agent): PathParam,
     OptionalJson(body): OptionalJson<ReasonBody>,
-) -> ApiResult<Json<Value>> {
-    let caller = authenticate(&state, &headers)?;
-    caller.require_approver_or_admin()?;
+) -> ApiResult<Json<AgentRevoked>> {
     if !is_principal_name(&agent) {
         return Err(ApiError::BadRequest(format!(
             "{agent:?} is not a valid agent id"
@@ -185,7 +164,7 @@ pub async fn revoke_agent(
         .await
         .map_err(ApiError::internal)?;
     state.revoked.extend(&credentials);
-    let mut revoked_tasks = 0;
+    let mut revoked_tasks: u64 = 0;
     for task_id in state
         .store
         .live_tasks_of(&agent)
@@ -209,7 +188,7 @@ pub async fn revoke_agent(
             detail: json!({ "agent": agent, "reason": reason, "revoked_tasks": revoked_tasks, "revoked_credentials": credentials.len() }),
         })
         .await;
-    Ok(Json(json!({ "revoked_tasks": revoked_tasks })))
+    Ok(Json(AgentRevoked { revoked_tasks }))
 }
 
 /// `POST /v1/approvers/{approver}/revoke`: every credential of the approver dies at once
@@ -218,14 +197,13 @@ pub async fn revoke_agent(
     params(("approver" = String, Path, description = "The approver to cut off", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")),
     request_body(content = Option<ReasonBody>, description = "May be empty"),
     security(("admin" = [])),
-    responses((status = 200, description = "Every credential of the approver is revoked", body = super::openapi::ApproverRevoked)))]
+    responses((status = 200, description = "Every credential of the approver is revoked", body = ApproverRevoked)))]
 pub async fn revoke_approver(
+    _: Admin,
     State(state): State<AppState>,
-    headers: HeaderMap,
     PathParam(approver): PathParam,
     OptionalJson(body): OptionalJson<ReasonBody>,
-) -> ApiResult<Json<Value>> {
-    require_admin(&state, &headers)?;
+) -> ApiResult<Json<ApproverRevoked>> {
     if !is_principal_name(&approver) {
         return Err(ApiError::BadRequest(format!(
             "{approver:?} is not a valid approver id"
@@ -247,9 +225,10 @@ pub async fn revoke_approver(
             detail: json!({ "approver": approver, "reason": reason, "revoked_credentials": credentials.len() }),
         })
         .await;
-    Ok(Json(
-        json!({ "approver": approver, "revoked_credentials": credentials.len() }),
-    ))
+    Ok(Json(ApproverRevoked {
+        approver,
+        revoked_credentials: credentials.len() as u64,
+    }))
 }
 
 /// Publishes one revocation id (feed, then this broker's revoked set); `true` if it was
@@ -283,27 +262,18 @@ fn revocation_target(
     })
 }
 
-/// Body of `POST /v1/credentials/revoke`.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CredentialBody {
-    /// The agent or approver credential to revoke.
-    credential: String,
-}
-
 /// `POST /v1/credentials/revoke`: one agent or approver credential (and anything
 /// attenuated from it) dies; the subject's other credentials and tasks go on. For the
 /// admin, or the credential's own holder.
 #[utoipa::path(post, path = "/v1/credentials/revoke", tag = "admin",
     request_body = CredentialBody,
     security(("admin" = []), ("agent" = []), ("approver" = [])),
-    responses((status = 200, description = "The credential is revoked", body = super::openapi::CredentialRevoked)))]
+    responses((status = 200, description = "The credential is revoked", body = CredentialRevoked)))]
 pub async fn revoke_credential(
+    caller: Caller,
     State(state): State<AppState>,
-    headers: HeaderMap,
     JsonBody(body): JsonBody<CredentialBody>,
-) -> ApiResult<Json<Value>> {
-    let caller = authenticate(&state, &headers)?;
+) -> ApiResult<Json<CredentialRevoked>> {
     let target = revocation_target(&state, &body.credential, "credential")?;
     let (role, subject) = match &target.principal {
         Principal::Agent(agent) => (Role::Agent, agent.clone()),
@@ -320,9 +290,8 @@ pub async fn revoke_credential(
     };
     let allowed = match &caller {
         Caller::Admin => true,
-        Caller::Agent(_) | Caller::Approver(_) => {
-            let presented = state.verifier.verify(bearer(&headers)?, |_| None)?;
-            presented.revocation_ids.first() == Some(&root)
+        Caller::Agent(holder) | Caller::Approver(holder) => {
+            holder.token.revocation_ids.first() == Some(&root)
         }
         Caller::Task(_) => false,
     };
@@ -342,20 +311,12 @@ pub async fn revoke_credential(
             })
             .await;
     }
-    Ok(Json(json!({
-        "role": role.as_str(),
-        "subject": subject,
-        "revocation_id": root,
-        "state": "revoked",
-    })))
-}
-
-/// Body of `POST /v1/tokens/revoke`.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TokenBody {
-    /// The token to revoke.
-    token: String,
+    Ok(Json(CredentialRevoked {
+        role: role.as_str().into(),
+        subject,
+        revocation_id: root,
+        state: "revoked".into(),
+    }))
 }
 
 /// `POST /v1/tokens/revoke`: one (attenuated) token and everything derived from it;
@@ -364,13 +325,12 @@ pub struct TokenBody {
 #[utoipa::path(post, path = "/v1/tokens/revoke", tag = "admin",
     request_body = TokenBody,
     security(("task" = []), ("agent" = []), ("approver" = []), ("admin" = [])),
-    responses((status = 200, description = "The token and everything attenuated from it are revoked", body = super::openapi::TokenRevoked)))]
+    responses((status = 200, description = "The token and everything attenuated from it are revoked", body = TokenRevoked)))]
 pub async fn revoke_token(
+    caller: Caller,
     State(state): State<AppState>,
-    headers: HeaderMap,
     JsonBody(body): JsonBody<TokenBody>,
-) -> ApiResult<Json<Value>> {
-    let caller = authenticate(&state, &headers)?;
+) -> ApiResult<Json<TokenRevoked>> {
     let target = revocation_target(&state, &body.token, "token")?;
     let Principal::Task { task_id, agent } = &target.principal else {
         return Err(ApiError::BadRequest(
@@ -379,7 +339,7 @@ pub async fn revoke_token(
     };
     let allowed = match &caller {
         Caller::Admin | Caller::Approver(_) => true,
-        Caller::Agent(owner) => owner == agent,
+        Caller::Agent(owner) => owner.id == *agent,
         Caller::Task(holder) => {
             holder.revocation_ids.len() <= target.revocation_ids.len()
                 && target.revocation_ids.starts_with(&holder.revocation_ids)
@@ -393,7 +353,7 @@ pub async fn revoke_token(
     // What a token holder can publish is bounded: every revoked id is kept by the broker
     // and by every verifier until its window ends.
     match &caller {
-        Caller::Agent(agent) => state.rate_limiter.check(agent)?,
+        Caller::Agent(agent) => state.rate_limiter.check(&agent.id)?,
         Caller::Task(holder) => {
             if let Principal::Task { agent, .. } = &holder.principal {
                 state.rate_limiter.check(agent)?;
@@ -426,7 +386,9 @@ pub async fn revoke_token(
             })
             .await;
     }
-    Ok(Json(
-        json!({ "task_id": task_id, "revocation_id": own, "state": "revoked" }),
-    ))
+    Ok(Json(TokenRevoked {
+        task_id: task_id.clone(),
+        revocation_id: own,
+        state: "revoked".into(),
+    }))
 }

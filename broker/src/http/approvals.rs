@@ -5,20 +5,21 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::Stream;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use leash_sdk::protocol::{
+    ApprovalCall, ApprovalDecided, ApprovalList, ApprovalView, DecisionBody, EventMessage,
+};
+use serde_json::Value;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
 use super::extract::{ListQuery, OptionalJson, PathParam, QueryParams};
 use crate::app::state::AppState;
+use crate::clock::rfc3339;
 use crate::error::{ApiError, ApiResult};
-use crate::http::auth::{Caller, authenticate, bearer};
-use crate::store::ApprovalState;
-use crate::tasks::approvals::view;
+use crate::http::auth::{ApproverOrAdmin, Authenticator};
+use crate::store::{ApprovalRecord, ApprovalState};
 
 /// How often an open event stream re-checks its approver credential's window.
 const CREDENTIAL_RECHECK: Duration = Duration::from_secs(5);
@@ -26,13 +27,12 @@ const CREDENTIAL_RECHECK: Duration = Duration::from_secs(5);
 /// `GET /v1/approvals?state=pending` (approver, admin). `state=all` lists every state.
 #[utoipa::path(get, path = "/v1/approvals", tag = "approvals", params(ListQuery),
     security(("approver" = []), ("admin" = [])),
-    responses((status = 200, description = "Approvals in the asked state (default `pending`)", body = super::openapi::ApprovalList)))]
+    responses((status = 200, description = "Approvals in the asked state (default `pending`)", body = ApprovalList)))]
 pub async fn list(
+    _: ApproverOrAdmin,
     State(state): State<AppState>,
-    headers: HeaderMap,
     QueryParams(q): QueryParams<ListQuery>,
-) -> ApiResult<Json<Value>> {
-    authenticate(&state, &headers)?.require_approver_or_admin()?;
+) -> ApiResult<Json<ApprovalList>> {
     let filter = match q.state.as_deref().unwrap_or("pending") {
         "all" => None,
         text => Some(ApprovalState::parse(text).ok_or_else(|| {
@@ -49,18 +49,33 @@ pub async fn list(
         .list_approvals(filter, limit)
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(
-        json!({ "approvals": records.iter().map(view).collect::<Vec<_>>() }),
-    ))
+    Ok(Json(ApprovalList {
+        approvals: records.iter().map(approval_view).collect(),
+    }))
 }
 
-/// Body of a decision.
-#[derive(Deserialize, Default, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DecisionBody {
-    /// Why, for the audit log and the agent (at most 1000 printable characters).
-    #[serde(default)]
-    note: Option<String>,
+/// An approval as the API shows it (the same shape as the events' `data`).
+fn approval_view(a: &ApprovalRecord) -> ApprovalView {
+    let decided = a.decided_at_ms.is_some();
+    ApprovalView {
+        approval_id: a.approval_id.clone(),
+        task_id: (!a.task_id.is_empty()).then(|| a.task_id.clone()),
+        agent: a.agent.clone(),
+        kind: a.kind.as_str().into(),
+        purpose: a.purpose.clone(),
+        tools: a.tools.clone(),
+        state: a.state.as_str().into(),
+        requested_at: rfc3339(a.requested_at_ms),
+        expires_at: rfc3339(a.expires_at_ms),
+        call: a.call_tool.as_ref().map(|tool| ApprovalCall {
+            tool: tool.clone(),
+            arguments: a.call_args.clone().unwrap_or(Value::Null),
+        }),
+        ttl_seconds: a.ttl_ms.map(|ttl| ttl / 1000),
+        decided_at: a.decided_at_ms.map(rfc3339),
+        decided_by: decided.then(|| a.decided_by.clone()),
+        note: decided.then(|| a.note.clone()),
+    }
 }
 
 /// `POST /v1/approvals/{id}/approve`.
@@ -69,16 +84,16 @@ pub struct DecisionBody {
     request_body(content = Option<DecisionBody>, description = "May be empty"),
     security(("approver" = []), ("admin" = [])),
     responses(
-        (status = 200, description = "The approval is approved", body = super::openapi::Decided),
+        (status = 200, description = "The approval is approved", body = ApprovalDecided),
         (status = 409, description = "It was already decided, or expired", body = leash_sdk::protocol::ErrorBody),
     ))]
 pub async fn approve(
+    caller: ApproverOrAdmin,
     state: State<AppState>,
-    headers: HeaderMap,
     id: PathParam,
     body: OptionalJson<DecisionBody>,
-) -> ApiResult<Json<Value>> {
-    decision(state, headers, id, body, true).await
+) -> ApiResult<Json<ApprovalDecided>> {
+    decision(caller, state, id, body, true).await
 }
 
 /// `POST /v1/approvals/{id}/deny`.
@@ -87,27 +102,25 @@ pub async fn approve(
     request_body(content = Option<DecisionBody>, description = "May be empty"),
     security(("approver" = []), ("admin" = [])),
     responses(
-        (status = 200, description = "The approval is denied", body = super::openapi::Decided),
+        (status = 200, description = "The approval is denied", body = ApprovalDecided),
         (status = 409, description = "It was already decided, or expired", body = leash_sdk::protocol::ErrorBody),
     ))]
 pub async fn deny(
+    caller: ApproverOrAdmin,
     state: State<AppState>,
-    headers: HeaderMap,
     id: PathParam,
     body: OptionalJson<DecisionBody>,
-) -> ApiResult<Json<Value>> {
-    decision(state, headers, id, body, false).await
+) -> ApiResult<Json<ApprovalDecided>> {
+    decision(caller, state, id, body, false).await
 }
 
 async fn decision(
+    caller: ApproverOrAdmin,
     State(state): State<AppState>,
-    headers: HeaderMap,
     PathParam(id): PathParam,
     OptionalJson(body): OptionalJson<DecisionBody>,
     approve: bool,
-) -> ApiResult<Json<Value>> {
-    let caller = authenticate(&state, &headers)?;
-    caller.require_approver_or_admin()?;
+) -> ApiResult<Json<ApprovalDecided>> {
     if body
         .note
         .as_ref()
@@ -117,13 +130,11 @@ async fn decision(
             "note must be at most 1000 printable characters".into(),
         ));
     }
-    let decided = state
-        .approvals
-        .decide(&id, approve, &caller.actor(), body.note.as_deref())
-        .await?;
-    Ok(Json(
-        json!({ "approval_id": decided.approval_id, "state": decided.state.as_str() }),
-    ))
+    let decided = state.approvals.decide(&id, approve, &caller.actor(), body.note.as_deref()).await?;
+    Ok(Json(ApprovalDecided {
+        approval_id: decided.approval_id,
+        state: decided.state.as_str().into(),
+    }))
 }
 
 /// `GET /v1/events` (approver, admin): Server-Sent Events `approval.requested`,
@@ -132,17 +143,13 @@ async fn decision(
     security(("approver" = []), ("admin" = [])),
     responses((status = 200, description = "An endless stream of events; each `data` is `{\"kind\", \"task_id\", \"data\"}`", content_type = "text/event-stream", body = String)))]
 pub async fn events(
+    caller: ApproverOrAdmin,
     State(state): State<AppState>,
-    headers: HeaderMap,
+    State(auth): State<Authenticator>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
-    let caller = authenticate(&state, &headers)?;
-    caller.require_approver_or_admin()?;
     // An approver's stream ends the moment its credential is revoked, and soon after it
     // expires (checked every few seconds).
-    let credential = match caller {
-        Caller::Admin => None,
-        _ => Some(state.verifier.verify(bearer(&headers)?, |_| None)?),
-    };
+    let credential = caller.credential().cloned();
     let watcher = state.clone();
     let cut_off = async move {
         let Some(credential) = credential else {
@@ -150,11 +157,7 @@ pub async fn events(
         };
         loop {
             let next = watcher.revoked.next_publication();
-            let revoked = credential
-                .revocation_ids
-                .iter()
-                .any(|id| watcher.revoked.contains(id));
-            if revoked || crate::http::auth::check_credential(&watcher, &credential).is_err() {
+            if auth.is_revoked(&credential) || auth.check_credential(&credential).is_err() {
                 return;
             }
             tokio::select! {
@@ -165,14 +168,68 @@ pub async fn events(
     };
     let stream = BroadcastStream::new(state.events.subscribe()).map(|item| {
         Ok(match item {
-            Ok(event) => SseEvent::default().event(event.kind).data(
-                json!({ "kind": event.kind, "task_id": event.task_id, "data": event.data })
-                    .to_string(),
-            ),
+            Ok(event) => {
+                let message = EventMessage {
+                    kind: event.kind.into(),
+                    task_id: event.task_id,
+                    data: event.data,
+                };
+                SseEvent::default()
+                    .event(event.kind)
+                    .json_data(message)
+                    // Cannot fail (strings and JSON values); should it, re-read.
+                    .unwrap_or_else(|_| SseEvent::default().event("resync").data("{}"))
+            }
             // The subscriber fell behind: tell it to re-read instead of guessing.
             Err(_) => SseEvent::default().event("resync").data("{}"),
         })
     });
     let stream = futures_util::StreamExt::take_until(stream, cut_off);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::approval_view;
+    use crate::store::{ApprovalKind, ApprovalRecord, ApprovalState};
+
+    fn record() -> ApprovalRecord {
+        ApprovalRecord {
+            approval_id: "apr_1".into(),
+            kind: ApprovalKind::Call,
+            task_id: "tsk_1".into(),
+            agent: "bot".into(),
+            purpose: "p".into(),
+            tools: vec!["web.search".into()],
+            call_tool: Some("web.search".into()),
+            call_args: None,
+            args_hash: None,
+            ttl_ms: None,
+            state: ApprovalState::Pending,
+            requested_at_ms: 1_000,
+            expires_at_ms: 2_000,
+            decided_at_ms: None,
+            decided_by: None,
+            note: None,
+        }
+    }
+
+    /// The list shows an approval exactly as the events (`tasks::approvals::view`) do:
+    /// the same fields, absent or null alike.
+    #[test]
+    fn the_list_and_the_events_show_the_same_approval() {
+        let pending = record();
+        let mut decided = record();
+        decided.task_id = String::new();
+        decided.kind = ApprovalKind::Renewal;
+        decided.call_tool = None;
+        decided.ttl_ms = Some(60_000);
+        decided.state = ApprovalState::Denied;
+        decided.decided_at_ms = Some(1_500);
+        decided.decided_by = Some("approver:ann".into());
+        for a in [pending, decided] {
+            let typed = serde_json::to_value(approval_view(&a)).unwrap();
+            assert_eq!(typed, crate::tasks::approvals::view(&a));
+        }
+    }
 }

@@ -2,38 +2,26 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use leash_sdk::protocol::{
+    AuditEntry, AuditPage, CheckpointEntry, CheckpointList, Health, KeySet, PublishedKey,
+    RevocationEntry, RevocationPage,
+};
 use serde::Deserialize;
-use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use super::extract::QueryParams;
 use crate::app::state::AppState;
 use crate::clock::rfc3339;
 use crate::error::{ApiError, ApiResult};
-use crate::http::auth::{Caller, authenticate};
+use crate::http::auth::{ApproverOrAdmin, MetricsReader};
 use crate::metrics::Sample;
 
 /// `GET /metrics` (admin token, or the scrape-only `LEASH_METRICS_TOKEN`): OpenMetrics text.
 #[utoipa::path(get, path = "/metrics", tag = "feeds",
     security(("admin" = []), ("metrics" = [])),
     responses((status = 200, description = "Counters and gauges in the OpenMetrics text format", content_type = "application/openmetrics-text", body = String)))]
-pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
-    let scrape_token = crate::http::auth::bearer(&headers)
-        .ok()
-        .is_some_and(|token| {
-            let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-            state
-                .metrics_digest
-                .is_some_and(|expected| bool::from(digest.ct_eq(&expected)))
-        });
-    if !scrape_token && !matches!(authenticate(&state, &headers)?, Caller::Admin) {
-        return Err(ApiError::Forbidden(
-            "metrics need the admin token or LEASH_METRICS_TOKEN".into(),
-        ));
-    }
+pub async fn metrics(_: MetricsReader, State(state): State<AppState>) -> ApiResult<Response> {
     let sample = Sample {
         revoked_ids: i64::try_from(state.revoked.len()).unwrap_or(i64::MAX),
         feed_healthy: state.health.check().is_ok(),
@@ -54,19 +42,31 @@ const PAGE: i64 = 1000;
 
 /// `GET /healthz`.
 #[utoipa::path(get, path = "/healthz", tag = "feeds",
-    responses((status = 200, description = "The broker is up", body = super::openapi::Health)))]
-pub async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+    responses((status = 200, description = "The broker is up", body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
 }
 
 /// `GET /.well-known/leash/keys`.
 #[utoipa::path(get, path = "/.well-known/leash/keys", tag = "feeds",
-    responses((status = 200, description = "Every root public key that verifies tokens, and the forwarding key that signs the last block of every forwarded `Leash-Capability`", body = leash_sdk::protocol::KeySet)))]
-pub async fn keys(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({
-        "keys": state.keys.published(),
-        "forwarding_key": state.forwarding.published(),
-    }))
+    responses((status = 200, description = "Every root public key that verifies tokens, and the forwarding key that signs the last block of every forwarded `Leash-Capability`", body = KeySet)))]
+pub async fn keys(State(state): State<AppState>) -> Json<KeySet> {
+    let keys = state
+        .keys
+        .published()
+        .into_iter()
+        .map(|key| PublishedKey {
+            kid: key.kid,
+            algorithm: key.algorithm.into(),
+            public_key: key.public_key,
+        })
+        .collect();
+    Json(KeySet {
+        keys,
+        forwarding_key: Some(state.forwarding.published()),
+    })
 }
 
 /// `?after=SEQ` of the feeds.
@@ -100,11 +100,11 @@ const MAX_FEED_WAIT_SECONDS: u64 = 30;
 /// `wait` (at most 30), an empty answer is held until something is revoked, so
 /// followers hear of a revocation within milliseconds.
 #[utoipa::path(get, path = "/v1/revocations", tag = "feeds", params(FeedQuery),
-    responses((status = 200, description = "Revocations after the asked position", body = super::openapi::RevocationFeed)))]
+    responses((status = 200, description = "Revocations after the asked position", body = RevocationPage)))]
 pub async fn revocations(
     State(state): State<AppState>,
     QueryParams(q): QueryParams<FeedQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<RevocationPage>> {
     if q.wait > MAX_FEED_WAIT_SECONDS {
         return Err(ApiError::BadRequest(format!(
             "wait is at most {MAX_FEED_WAIT_SECONDS} seconds"
@@ -129,39 +129,49 @@ pub async fn revocations(
         }
     };
     let next = entries.last().map_or(after, |e| e.seq);
-    let items: Vec<Value> = entries
-        .iter()
-        .map(|e| json!({ "seq": e.seq, "revocation_id": e.revocation_id, "task_id": e.task_id, "reason": e.reason, "at": rfc3339(e.at_ms), "expires_at": e.expires_at_ms.map(rfc3339) }))
+    let revocations = entries
+        .into_iter()
+        .map(|e| RevocationEntry {
+            seq: e.seq,
+            revocation_id: e.revocation_id,
+            task_id: e.task_id,
+            reason: e.reason,
+            at: rfc3339(e.at_ms),
+            expires_at: e.expires_at_ms.map(rfc3339),
+        })
         .collect();
-    Ok(Json(json!({ "revocations": items, "next": next })))
+    Ok(Json(RevocationPage { revocations, next }))
 }
 
 /// `GET /v1/audit?after=SEQ`: hash-chained events, for approvers and the admin.
 #[utoipa::path(get, path = "/v1/audit", tag = "feeds", params(After),
     security(("approver" = []), ("admin" = [])),
-    responses((status = 200, description = "Audit events after the asked position", body = super::openapi::AuditPage)))]
+    responses((status = 200, description = "Audit events after the asked position", body = AuditPage)))]
 pub async fn audit(
+    _: ApproverOrAdmin,
     State(state): State<AppState>,
-    headers: HeaderMap,
     QueryParams(q): QueryParams<After>,
-) -> ApiResult<Json<Value>> {
-    authenticate(&state, &headers)?.require_approver_or_admin()?;
+) -> ApiResult<Json<AuditPage>> {
     let rows = state
         .store
         .audit_after(q.after.max(0), PAGE)
         .await
         .map_err(ApiError::internal)?;
     let next = rows.last().map_or(q.after.max(0), |r| r.seq);
-    let events: Vec<Value> = rows
-        .iter()
-        .map(|r| {
-            json!({
-                "seq": r.seq, "at": rfc3339(r.at_ms), "kind": r.kind, "actor": r.actor,
-                "task_id": r.task_id, "detail": r.detail, "prev_hash": r.prev_hash, "hash": r.hash,
-            })
+    let events = rows
+        .into_iter()
+        .map(|r| AuditEntry {
+            seq: r.seq,
+            at: rfc3339(r.at_ms),
+            kind: r.kind,
+            actor: r.actor,
+            task_id: r.task_id,
+            detail: r.detail,
+            prev_hash: r.prev_hash,
+            hash: r.hash,
         })
         .collect();
-    Ok(Json(json!({ "events": events, "next": next })))
+    Ok(Json(AuditPage { events, next }))
 }
 
 /// `GET /v1/audit/checkpoints?after=SEQ`: the signed checkpoints of the audit chain
@@ -169,21 +179,27 @@ pub async fn audit(
 /// them where the database's owner cannot reach.
 #[utoipa::path(get, path = "/v1/audit/checkpoints", tag = "feeds", params(After),
     security(("approver" = []), ("admin" = [])),
-    responses((status = 200, description = "Checkpoints after the asked seq", body = super::openapi::CheckpointList)))]
+    responses((status = 200, description = "Checkpoints after the asked seq", body = CheckpointList)))]
 pub async fn audit_checkpoints(
+    _: ApproverOrAdmin,
     State(state): State<AppState>,
-    headers: HeaderMap,
     QueryParams(q): QueryParams<After>,
-) -> ApiResult<Json<Value>> {
-    authenticate(&state, &headers)?.require_approver_or_admin()?;
+) -> ApiResult<Json<CheckpointList>> {
     let checkpoints = state
         .store
         .checkpoints_after(q.after.max(0), PAGE)
         .await
         .map_err(ApiError::internal)?;
-    let items: Vec<Value> = checkpoints
+    let checkpoints = checkpoints
         .iter()
-        .map(crate::audit::checkpoint::to_json)
+        .map(crate::audit::checkpoint::PublishedCheckpoint::from)
+        .map(|c| CheckpointEntry {
+            seq: c.seq,
+            hash: c.hash,
+            at: c.at,
+            kid: c.kid,
+            signature: c.signature,
+        })
         .collect();
-    Ok(Json(json!({ "checkpoints": items })))
+    Ok(Json(CheckpointList { checkpoints }))
 }

@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::{FromRef, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -129,7 +129,8 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
         .map(|value| fingerprint(value.as_bytes()));
     if let (Some(peer), Some(_)) = (&peer, &credential)
         && let Err(refusal) = state.auth_failures.admit(peer)
-        && !crate::http::auth::is_known_credential(&state, request.headers())
+        && !crate::http::auth::Authenticator::from_ref(&state)
+            .is_known_credential(request.headers())
     {
         state.metrics.throttled();
         return refusal.into_response();

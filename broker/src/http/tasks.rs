@@ -4,17 +4,20 @@ use std::collections::BTreeSet;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
+use leash_sdk::protocol::{
+    ReasonBody, RenewBody, TaskEnded, TaskIssued, TaskList, TaskRequest, TaskView,
+};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use super::admin::{ReasonBody, reason_text};
+use super::admin::reason_text;
 use super::extract::{JsonBody, ListQuery, OptionalJson, PathParam, QueryParams};
 use crate::app::state::AppState;
 use crate::audit::log::AuditEvent;
 use crate::clock::rfc3339;
 use crate::error::{ApiError, ApiResult};
-use crate::http::auth::{Caller, authenticate};
+use crate::http::auth::{Agent, AgentOrTask, ApproverOrAdmin, Caller, RenewsTask};
 use crate::ids::{is_task_id, new_task_id};
 use crate::policy::{Grant, GrantApproval, ToolPattern};
 use crate::store::{ApprovalKind, TaskRecord, TaskState};
@@ -26,47 +29,20 @@ use crate::tokens::verify::Principal;
 /// Most checks an agent may add to a task.
 const MAX_CHECKS: usize = 32;
 
-/// Body of `POST /v1/tasks`.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateTask {
-    /// What the task is for (shown to approvers, audited; at most 1000 printable characters).
-    purpose: String,
-    /// Tool names or `prefix.*` patterns, each within the agent's grant.
-    tools: Vec<String>,
-    /// The window in seconds (default and maximum: the grant's).
-    ttl_seconds: Option<i64>,
-    /// Extra Biscuit checks to put in the token (at most 32).
-    #[serde(default)]
-    checks: Vec<String>,
-}
-
 /// `POST /v1/tasks` (agent credential).
-#[utoipa::path(post, path = "/v1/tasks", tag = "tasks", request_body = CreateTask,
+#[utoipa::path(post, path = "/v1/tasks", tag = "tasks", request_body = TaskRequest,
     security(("agent" = [])),
     responses(
-        (status = 201, description = "The task is active; its token is in the answer", body = super::openapi::TaskIssued),
-        (status = 202, description = "The task waits for an approver (poll `GET /v1/tasks/{id}?wait=`)", body = super::openapi::TaskIssued),
+        (status = 201, description = "The task is active; its token is in the answer", body = TaskIssued),
+        (status = 202, description = "The task waits for an approver (poll `GET /v1/tasks/{id}?wait=`)", body = TaskIssued),
         (status = 429, description = "The agent's request rate is used up (see Retry-After)", body = leash_sdk::protocol::ErrorBody),
     ))]
 pub async fn create(
+    caller: Agent,
     State(state): State<AppState>,
-    headers: HeaderMap,
-    JsonBody(body): JsonBody<CreateTask>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
-    let agent = match authenticate(&state, &headers)? {
-        Caller::Agent(agent) => agent,
-        Caller::Task(_) => {
-            return Err(ApiError::TokenInvalid(
-                "a task token cannot open tasks: use the agent credential".into(),
-            ));
-        }
-        _ => {
-            return Err(ApiError::Forbidden(
-                "opening a task needs an agent credential".into(),
-            ));
-        }
-    };
+    JsonBody(body): JsonBody<TaskRequest>,
+) -> ApiResult<(StatusCode, Json<TaskIssued>)> {
+    let agent = caller.credential.id.clone();
     state.rate_limiter.check(&agent)?;
     let grant = state.policy.grant(&agent).cloned().ok_or_else(|| {
         ApiError::PolicyDenied(format!("the policy has no grant for agent {agent:?}"))
@@ -134,12 +110,7 @@ pub async fn create(
     };
     // The credential that asks, checked again inside the creating transaction: an agent
     // revoked on another replica a moment ago cannot slip a task past the revoke.
-    let credential = state
-        .verifier
-        .verify(crate::http::auth::bearer(&headers)?, |_| None)?
-        .revocation_ids
-        .first()
-        .cloned();
+    let credential = caller.credential.token.revocation_ids.first().cloned();
     let created = state
         .tasks
         .create(
@@ -172,12 +143,10 @@ pub async fn create(
         .await;
     // The agent may have been revoked while this task was being created: look again now
     // that the task exists, and end it if so (an agent revoke may have missed it).
-    if let Err(refusal) = crate::http::auth::bearer(&headers).and_then(|bearer| {
-        state
-            .verifier
-            .verify(bearer, |id| state.revoked.refusal(id))
-            .map(|_| ())
-    }) {
+    if let Err(refusal) = state
+        .verifier
+        .verify(&caller.bearer, |id| state.revoked.refusal(id))
+    {
         state
             .tasks
             .end(
@@ -196,20 +165,35 @@ pub async fn create(
             .await?;
         return Ok((
             StatusCode::ACCEPTED,
-            Json(
-                json!({ "task_id": task_id, "state": "pending_approval", "approval_id": approval.approval_id }),
-            ),
+            Json(pending_task(task_id, approval.approval_id)),
         ));
     };
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "task_id": task_id,
-            "state": "active",
-            "token": issued.token,
-            "expires_at": rfc3339(issued.expires_at_ms),
-        })),
+        Json(active_task(task_id, issued.token, issued.expires_at_ms)),
     ))
+}
+
+/// The answer for a task (or renewal) that waits for an approver.
+fn pending_task(task_id: String, approval_id: String) -> TaskIssued {
+    TaskIssued {
+        task_id,
+        state: "pending_approval".into(),
+        token: None,
+        expires_at: None,
+        approval_id: Some(approval_id),
+    }
+}
+
+/// The answer for an active task with its (new) token.
+fn active_task(task_id: String, token: String, expires_at_ms: i64) -> TaskIssued {
+    TaskIssued {
+        task_id,
+        state: "active".into(),
+        token: Some(token),
+        expires_at: Some(rfc3339(expires_at_ms)),
+        approval_id: None,
+    }
 }
 
 /// Expands requested tools (names or `prefix.*`) into granted, existing tool names.
@@ -285,37 +269,34 @@ fn task_id_of(id: &str) -> ApiResult<&str> {
 }
 
 /// A task as the API shows it, with live state and counters from memory.
-async fn view(state: &AppState, record: &TaskRecord, with_token: bool) -> ApiResult<Value> {
+async fn view(state: &AppState, record: &TaskRecord, with_token: bool) -> ApiResult<TaskView> {
     let (live_state, calls, expires) = match state.tasks.runtime(&record.task_id).await? {
         Some(rt) => (rt.state(), rt.calls(), rt.expires_at_ms()),
         None => (record.state, record.calls, record.expires_at_ms),
     };
-    let mut out = json!({
-        "task_id": record.task_id,
-        "agent": record.agent,
-        "purpose": record.purpose,
-        "state": live_state.as_str(),
-        "tools": record.tools,
-        "created_at": rfc3339(record.created_at_ms),
-        "expires_at": rfc3339(expires),
-        "calls": calls,
-        "max_calls": record.max_calls,
-    });
-    if let Some(ended) = record.ended_at_ms {
-        out["ended_at"] = json!(rfc3339(ended));
-        out["end_reason"] = json!(record.end_reason);
-    }
-    if with_token
-        && live_state == TaskState::Active
-        && let Some(sealed) = &record.token
-    {
-        let token = state
-            .sealer
-            .open(TASK_TOKEN, &record.task_id, sealed)
-            .map_err(ApiError::internal)?;
-        out["token"] = json!(token);
-    }
-    Ok(out)
+    let token = match &record.token {
+        Some(sealed) if with_token && live_state == TaskState::Active => Some(
+            state
+                .sealer
+                .open(TASK_TOKEN, &record.task_id, sealed)
+                .map_err(ApiError::internal)?,
+        ),
+        _ => None,
+    };
+    Ok(TaskView {
+        task_id: record.task_id.clone(),
+        agent: record.agent.clone(),
+        purpose: record.purpose.clone(),
+        state: live_state.as_str().into(),
+        tools: record.tools.clone(),
+        created_at: rfc3339(record.created_at_ms),
+        expires_at: rfc3339(expires),
+        calls,
+        max_calls: record.max_calls,
+        ended_at: record.ended_at_ms.map(rfc3339),
+        end_reason: record.ended_at_ms.map(|_| record.end_reason.clone()),
+        token,
+    })
 }
 
 async fn load(state: &AppState, id: &str) -> ApiResult<TaskRecord> {
@@ -345,14 +326,13 @@ const MAX_WAIT_SECONDS: u64 = 60;
 #[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks",
     params(("id" = String, Path, description = "`tsk_` and 32 hex digits", pattern = "^tsk_[0-9a-f]{32}$"), ShowQuery),
     security(("agent" = []), ("task" = []), ("approver" = []), ("admin" = [])),
-    responses((status = 200, description = "The task (its token only to the owner, while active)", body = super::openapi::TaskDetail)))]
+    responses((status = 200, description = "The task (its token only to the owner, while active)", body = TaskView)))]
 pub async fn show(
+    caller: Caller,
     State(state): State<AppState>,
-    headers: HeaderMap,
     PathParam(id): PathParam,
     QueryParams(query): QueryParams<ShowQuery>,
-) -> ApiResult<Json<Value>> {
-    let caller = authenticate(&state, &headers)?;
+) -> ApiResult<Json<TaskView>> {
     let id = task_id_of(&id)?;
     let wait = query.wait.unwrap_or(0);
     if wait > MAX_WAIT_SECONDS {
@@ -375,7 +355,7 @@ pub async fn show(
     // token must not be able to fetch its parent.
     let with_token = match &caller {
         Caller::Admin | Caller::Approver(_) => false,
-        Caller::Agent(agent) if *agent == record.agent => true,
+        Caller::Agent(agent) if agent.id == record.agent => true,
         // Only the task's own token, not an attenuation of it (a sub-agent's token, or the
         // per-call capability an upstream received).
         Caller::Task(token)
@@ -392,13 +372,12 @@ pub async fn show(
 /// `GET /v1/tasks?state=…` (approver, admin); no state, or `all`, lists every state.
 #[utoipa::path(get, path = "/v1/tasks", tag = "tasks", params(ListQuery),
     security(("approver" = []), ("admin" = [])),
-    responses((status = 200, description = "Tasks, newest first", body = super::openapi::TaskList)))]
+    responses((status = 200, description = "Tasks, newest first", body = TaskList)))]
 pub async fn list(
+    _: ApproverOrAdmin,
     State(state): State<AppState>,
-    headers: HeaderMap,
     QueryParams(q): QueryParams<ListQuery>,
-) -> ApiResult<Json<Value>> {
-    authenticate(&state, &headers)?.require_approver_or_admin()?;
+) -> ApiResult<Json<TaskList>> {
     let filter = match q.state.as_deref() {
         None | Some("all") => None,
         Some(text) => Some(TaskState::parse(text).ok_or_else(|| {
@@ -415,15 +394,7 @@ pub async fn list(
     for record in &records {
         tasks.push(view(&state, record, false).await?);
     }
-    Ok(Json(json!({ "tasks": tasks })))
-}
-
-/// Body of `POST /v1/tasks/{id}/renew`.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RenewBody {
-    /// The new window, from now, in seconds (at most the grant's).
-    ttl_seconds: i64,
+    Ok(Json(TaskList { tasks }))
 }
 
 /// `POST /v1/tasks/{id}/renew` (owner agent credential). A grant that needs approval
@@ -434,26 +405,19 @@ pub struct RenewBody {
     request_body = RenewBody,
     security(("agent" = [])),
     responses(
-        (status = 200, description = "A new token with the new window", body = super::openapi::TaskIssued),
-        (status = 202, description = "The renewal waits for an approver", body = super::openapi::Pending),
+        (status = 200, description = "A new token with the new window", body = TaskIssued),
+        (status = 202, description = "The renewal waits for an approver", body = TaskIssued),
     ))]
 pub async fn renew(
+    caller: Agent<RenewsTask>,
     State(state): State<AppState>,
-    headers: HeaderMap,
     PathParam(id): PathParam,
     JsonBody(body): JsonBody<RenewBody>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
-    let caller = authenticate(&state, &headers)?;
+) -> ApiResult<(StatusCode, Json<TaskIssued>)> {
     let id = task_id_of(&id)?;
     let record = load(&state, id).await?;
-    match &caller {
-        Caller::Agent(agent) if *agent == record.agent => {}
-        Caller::Agent(_) => return Err(ApiError::NotFound(format!("no task {id}"))),
-        _ => {
-            return Err(ApiError::Forbidden(
-                "only the owner agent's credential may renew a task".into(),
-            ));
-        }
+    if caller.credential.id != record.agent {
+        return Err(ApiError::NotFound(format!("no task {id}")));
     }
     let grant = state.policy.grant(&record.agent).cloned().ok_or_else(|| {
         ApiError::PolicyDenied(format!(
@@ -476,9 +440,7 @@ pub async fn renew(
             .await?;
         return Ok((
             StatusCode::ACCEPTED,
-            Json(
-                json!({ "task_id": id, "state": "pending_approval", "approval_id": approval.approval_id }),
-            ),
+            Json(pending_task(id.to_string(), approval.approval_id)),
         ));
     }
     let issued = state.issuer.issue(
@@ -500,19 +462,18 @@ pub async fn renew(
         .audit
         .record(AuditEvent {
             kind: "task.renewed",
-            actor: caller.actor(),
+            actor: format!("agent:{}", caller.credential.id),
             task_id: Some(id.to_string()),
             detail: json!({ "expires_at": rfc3339(issued.expires_at_ms), "revocation_id": issued.revocation_id, "tools": issued.tools }),
         })
         .await;
     Ok((
         StatusCode::OK,
-        Json(json!({
-            "task_id": id,
-            "state": "active",
-            "token": issued.token,
-            "expires_at": rfc3339(issued.expires_at_ms),
-        })),
+        Json(active_task(
+            id.to_string(),
+            issued.token,
+            issued.expires_at_ms,
+        )),
     ))
 }
 
@@ -521,24 +482,23 @@ pub async fn renew(
     params(("id" = String, Path, description = "`tsk_` and 32 hex digits", pattern = "^tsk_[0-9a-f]{32}$")),
     security(("agent" = []), ("task" = [])),
     responses(
-        (status = 200, description = "The task is completed; every token of it is revoked", body = super::openapi::TaskEnded),
+        (status = 200, description = "The task is completed; every token of it is revoked", body = TaskEnded),
         (status = 409, description = "The task already ended otherwise", body = leash_sdk::protocol::ErrorBody),
     ))]
 pub async fn complete(
+    caller: AgentOrTask,
     State(state): State<AppState>,
-    headers: HeaderMap,
     PathParam(id): PathParam,
-) -> ApiResult<Json<Value>> {
-    let caller = authenticate(&state, &headers)?;
+) -> ApiResult<Json<TaskEnded>> {
     let id = task_id_of(&id)?;
     let owner = match &caller {
-        Caller::Agent(agent) => Some(agent.clone()),
-        Caller::Task(token) if token.revocation_ids.len() > 1 => {
+        AgentOrTask::Agent(agent) => Some(agent.id.clone()),
+        AgentOrTask::Task(token) if token.revocation_ids.len() > 1 => {
             return Err(ApiError::Forbidden(
                 "an attenuated token cannot complete its task: use the task's own token or the agent credential".into(),
             ));
         }
-        Caller::Task(token) => match &token.principal {
+        AgentOrTask::Task(token) => match &token.principal {
             Principal::Task { task_id, agent } if task_id == id => Some(agent.clone()),
             _ => {
                 return Err(ApiError::Forbidden(
@@ -546,11 +506,6 @@ pub async fn complete(
                 ));
             }
         },
-        _ => {
-            return Err(ApiError::Forbidden(
-                "only the owner agent completes a task; approvers revoke".into(),
-            ));
-        }
     };
     let record = load(&state, id).await?;
     if owner.as_deref() != Some(record.agent.as_str()) {
@@ -572,17 +527,15 @@ pub async fn complete(
     request_body(content = Option<ReasonBody>, description = "May be empty"),
     security(("approver" = []), ("admin" = [])),
     responses(
-        (status = 200, description = "The task is revoked; every token of it is dead", body = super::openapi::TaskEnded),
+        (status = 200, description = "The task is revoked; every token of it is dead", body = TaskEnded),
         (status = 409, description = "The task already ended otherwise", body = leash_sdk::protocol::ErrorBody),
     ))]
 pub async fn revoke(
+    caller: ApproverOrAdmin,
     State(state): State<AppState>,
-    headers: HeaderMap,
     PathParam(id): PathParam,
     OptionalJson(body): OptionalJson<ReasonBody>,
-) -> ApiResult<Json<Value>> {
-    let caller = authenticate(&state, &headers)?;
-    caller.require_approver_or_admin()?;
+) -> ApiResult<Json<TaskEnded>> {
     let id = task_id_of(&id)?;
     let reason = reason_text(body.reason)?;
     finish(&state, id, TaskState::Revoked, &reason, &caller.actor()).await
@@ -595,7 +548,7 @@ async fn finish(
     target: TaskState,
     reason: &str,
     actor: &str,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<TaskEnded>> {
     match state.tasks.end(id, target, reason, actor).await? {
         EndOutcome::Ended(_) => {}
         EndOutcome::AlreadyEnded(current) if current == target => {}
@@ -606,5 +559,8 @@ async fn finish(
             )));
         }
     }
-    Ok(Json(json!({ "task_id": id, "state": target.as_str() })))
+    Ok(Json(TaskEnded {
+        task_id: id.to_string(),
+        state: target.as_str().into(),
+    }))
 }

@@ -3,34 +3,40 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use serde_json::{Value, json};
+use axum::response::{IntoResponse, Response};
+use leash_sdk::protocol::{CallResult, PendingApproval, ToolInfo, ToolList};
+use serde_json::Value;
 
 use super::extract::{PathParam, RawBody, parse_json};
 use crate::app::state::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::http::auth::task_token;
+use crate::http::auth::TaskToken;
 use crate::policy::ToolApproval;
 use crate::tasks::calls::CallOutcome;
 
 /// `GET /v1/tools`.
 #[utoipa::path(get, path = "/v1/tools", tag = "tools", security(("task" = [])),
-    responses((status = 200, description = "The tools this token may call", body = super::openapi::ToolList)))]
-pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Value>> {
-    let token = task_token(&state, &headers)?;
+    responses((status = 200, description = "The tools this token may call", body = ToolList)))]
+pub async fn list(
+    TaskToken(token): TaskToken,
+    State(state): State<AppState>,
+) -> ApiResult<Json<ToolList>> {
     let task = state.calls.active_task(token).await?;
-    let tools: Vec<Value> = state.calls.callable_tools(&task)
+    let tools = state.calls.callable_tools(&task)
         .await?
         .iter()
-        .map(|tool| {
-            json!({
-                "name": tool.name,
-                "description": tool.description,
-                "input_schema": tool.input_schema,
-                "approval": match tool.approval { ToolApproval::None => "none", ToolApproval::PerCall => "per_call" },
-            })
+        .map(|tool| ToolInfo {
+            name: tool.name.clone(),
+            description: tool.description.clone(),
+            input_schema: tool.input_schema.clone(),
+            approval: match tool.approval {
+                ToolApproval::None => "none",
+                ToolApproval::PerCall => "per_call",
+            }
+            .into(),
         })
         .collect();
-    Ok(Json(json!({ "tools": tools })))
+    Ok(Json(ToolList { tools }))
 }
 
 /// `POST /v1/tools/{tool}/call`: the body is the arguments object. The token is checked
@@ -45,8 +51,8 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> ApiResul
     request_body(content = Object, description = "The tool's arguments (a JSON object, checked against its input schema)"),
     security(("task" = [])),
     responses(
-        (status = 200, description = "The upstream's answer", body = super::openapi::CallDone),
-        (status = 202, description = "The call waits for a per-call approval", body = super::openapi::Pending),
+        (status = 200, description = "The upstream's answer", body = CallResult),
+        (status = 202, description = "The call waits for a per-call approval", body = PendingApproval),
         (status = 403, description = "The capability or policy refuses the call, or the `Leash-Approval` is for another task, tool or arguments, already used, denied or expired", body = leash_sdk::protocol::ErrorBody),
         (status = 422, description = "The arguments break the tool's input schema", body = leash_sdk::protocol::ErrorBody),
         (status = 429, description = "A call budget or the agent's rate is used up", body = leash_sdk::protocol::ErrorBody),
@@ -54,12 +60,12 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> ApiResul
         (status = 504, description = "The upstream did not answer in time", body = leash_sdk::protocol::ErrorBody),
     ))]
 pub async fn call(
+    TaskToken(token): TaskToken,
     State(state): State<AppState>,
     headers: HeaderMap,
     PathParam(tool): PathParam,
     RawBody(body): RawBody,
-) -> ApiResult<(StatusCode, Json<Value>)> {
-    let token = task_token(&state, &headers)?;
+) -> ApiResult<Response> {
     let args: Value = parse_json(&headers, &body, false)?;
     let approval = match headers.get("leash-approval") {
         None => None,
@@ -71,15 +77,15 @@ pub async fn call(
                 .to_string(),
         ),
     };
-    match state
-        .calls
-        .call_tool(token, &tool, args, approval.as_deref())
-        .await?
-    {
-        CallOutcome::Done(result) => Ok((StatusCode::OK, Json(json!({ "result": result })))),
-        CallOutcome::PendingApproval(id) => Ok((
+    match state.calls.call_tool(token, &tool, args, approval.as_deref()).await? {
+        CallOutcome::Done(result) => Ok(Json(CallResult { result }).into_response()),
+        CallOutcome::PendingApproval(approval_id) => Ok((
             StatusCode::ACCEPTED,
-            Json(json!({ "approval_id": id, "state": "pending_approval" })),
-        )),
+            Json(PendingApproval {
+                approval_id,
+                state: "pending_approval".into(),
+            }),
+        )
+            .into_response()),
     }
 }

@@ -4,15 +4,15 @@
 //! metadata, so MCP clients can discover how to authenticate.
 
 use axum::Json;
-use axum::extract::{Request, State};
+use axum::extract::{FromRef, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use leash_sdk::protocol::ResourceMetadata;
 
 use crate::app::state::AppState;
 use crate::error::ApiError;
-use crate::http::auth::task_token;
+use crate::http::auth::Authenticator;
 
 /// The host names `/mcp` answers to: loopback names, the listen address, and
 /// `LEASH_MCP_ALLOWED_HOSTS`.
@@ -96,7 +96,7 @@ pub async fn require_task_token(
         Ok(host) => host,
         Err(refused) => return refused.into_response(),
     };
-    let token = match task_token(&state, request.headers()) {
+    let token = match Authenticator::from_ref(&state).task_token(request.headers()) {
         Ok(token) => token,
         Err(err) => return unauthorized(&host, err),
     };
@@ -119,14 +119,14 @@ pub async fn resource_metadata(State(state): State<AppState>, headers: HeaderMap
         Ok(host) => host,
         Err(refused) => return refused.into_response(),
     };
-    let body: Value = json!({
-        "resource": format!("http://{host}/mcp"),
-        "resource_name": "Leash",
-        "authorization_servers": [],
-        "bearer_methods_supported": ["header"],
-        "resource_documentation": format!("http://{host}/ui"),
-    });
-    Json(body).into_response()
+    Json(ResourceMetadata {
+        resource: format!("http://{host}/mcp"),
+        resource_name: "Leash".into(),
+        authorization_servers: Vec::new(),
+        bearer_methods_supported: vec!["header".into()],
+        resource_documentation: format!("http://{host}/ui"),
+    })
+    .into_response()
 }
 
 #[cfg(test)]

@@ -24,7 +24,8 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::protocol::{
-    APPROVAL_HEADER, CallResult, ErrorBody, PendingApproval, TaskRequest, TaskView,
+    APPROVAL_HEADER, CallResult, ErrorBody, PendingApproval, RenewBody, TaskEnded, TaskIssued,
+    TaskRequest, TaskView, TokenBody, TokenRevoked, ToolInfo, ToolList,
 };
 use crate::tls::TlsError;
 
@@ -159,7 +160,7 @@ impl Broker {
             .json(&request)
             .send()
             .await?;
-        let (_, view): (_, TaskView) = read(response).await?;
+        let (_, view): (_, TaskIssued) = read(response).await?;
         let view = match view.state.as_str() {
             "active" => view,
             "pending_approval" => {
@@ -186,7 +187,8 @@ impl Broker {
         })
     }
 
-    async fn wait_active(&self, task_id: &str, approval_id: &str) -> Result<TaskView> {
+    /// Long-polls a pending task until it is decided; its token and window once active.
+    async fn wait_active(&self, task_id: &str, approval_id: &str) -> Result<TaskIssued> {
         let deadline = Instant::now() + self.approval_timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -208,7 +210,15 @@ impl Broker {
             let (_, view): (_, TaskView) = read(response).await?;
             match view.state.as_str() {
                 "pending_approval" => continue,
-                "active" => return Ok(view),
+                "active" => {
+                    return Ok(TaskIssued {
+                        task_id: view.task_id,
+                        state: view.state,
+                        token: view.token,
+                        expires_at: Some(view.expires_at),
+                        approval_id: None,
+                    });
+                }
                 other => {
                     return Err(Error::NotActivated {
                         task_id: task_id.to_string(),
@@ -317,14 +327,14 @@ impl Task {
     }
 
     /// The tools this token may call, with their input schemas.
-    pub async fn tools(&self) -> Result<Vec<Value>> {
+    pub async fn tools(&self) -> Result<Vec<ToolInfo>> {
         let response = self
             .client
             .request(Method::GET, "/v1/tools", &self.token)
             .send()
             .await?;
-        let (_, body): (_, Value) = read(response).await?;
-        Ok(body["tools"].as_array().cloned().unwrap_or_default())
+        let (_, list): (_, ToolList) = read(response).await?;
+        Ok(list.tools)
     }
 
     /// Renews the window (needs the owner's credential: tasks from [`Broker::start_task`]).
@@ -337,20 +347,20 @@ impl Task {
         let response = self
             .client
             .request(Method::POST, &path, &credential)
-            .json(&serde_json::json!({ "ttl_seconds": ttl_seconds }))
+            .json(&RenewBody { ttl_seconds })
             .send()
             .await?;
-        let (status, view): (_, TaskView) = read(response).await?;
-        let view = if status == StatusCode::ACCEPTED {
-            self.wait_new_token(&credential, view.approval_id.as_deref().unwrap_or(""))
-                .await?
+        let (status, issued): (_, TaskIssued) = read(response).await?;
+        let (token, expires_at) = if status == StatusCode::ACCEPTED {
+            let view = self
+                .wait_new_token(&credential, issued.approval_id.as_deref().unwrap_or(""))
+                .await?;
+            (view.token, Some(view.expires_at))
         } else {
-            view
+            (issued.token, issued.expires_at)
         };
-        self.token = view
-            .token
-            .ok_or_else(|| Error::Protocol("a renewal without a token".into()))?;
-        self.expires_at = view.expires_at;
+        self.token = token.ok_or_else(|| Error::Protocol("a renewal without a token".into()))?;
+        self.expires_at = expires_at;
         Ok(())
     }
 
@@ -391,7 +401,7 @@ impl Task {
             .request(Method::POST, &path, bearer)
             .send()
             .await?;
-        let _: (_, Value) = read(response).await?;
+        let _: (_, TaskEnded) = read(response).await?;
         Ok(())
     }
 
@@ -407,10 +417,12 @@ impl Task {
         let response = self
             .client
             .request(Method::POST, "/v1/tokens/revoke", &self.token)
-            .json(&serde_json::json!({ "token": token }))
+            .json(&TokenBody {
+                token: token.to_string(),
+            })
             .send()
             .await?;
-        let _: (_, Value) = read(response).await?;
+        let _: (_, TokenRevoked) = read(response).await?;
         Ok(())
     }
 

@@ -1,5 +1,19 @@
-//! The wire protocol of Leash's HTTP API v1 (DESIGN.md): request and response bodies
-//! and the error codes. The broker and the SDK both use these, so they cannot drift.
+//! The wire protocol of Leash's HTTP API v1 (DESIGN.md): every request and response
+//! body, and the error codes. The broker's handlers answer with these types, its
+//! `/openapi.json` is generated from them (feature `openapi`), and the SDK's clients
+//! read them, so the three cannot drift. Grouped by topic; all re-exported here.
+
+mod admin;
+mod approvals;
+mod feeds;
+mod tasks;
+mod tools;
+
+pub use admin::*;
+pub use approvals::*;
+pub use feeds::*;
+pub use tasks::*;
+pub use tools::*;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -101,109 +115,6 @@ pub struct ErrorDetail {
     /// For `invalid_arguments`: one entry per schema violation (`pointer`, `message`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub violations: Option<Vec<Value>>,
-}
-
-/// `POST /v1/tasks`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct TaskRequest {
-    /// What the task is for (shown to approvers, audited).
-    pub purpose: String,
-    /// Tool names or `prefix.*` patterns.
-    pub tools: Vec<String>,
-    /// Window in seconds (default: the grant's maximum).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ttl_seconds: Option<i64>,
-    /// Extra Biscuit checks to put in the token.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub checks: Vec<String>,
-}
-
-/// A task as the API shows it (`POST /v1/tasks`, `GET /v1/tasks/{id}`, renew).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TaskView {
-    /// `tsk_…`.
-    pub task_id: String,
-    /// `active`, `pending_approval`, `completed`, `revoked`, `expired`, `denied`.
-    pub state: String,
-    /// The task token (only for its owner, once active).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
-    /// End of the window (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<String>,
-    /// The approval to wait for, when pending.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub approval_id: Option<String>,
-    /// Calls admitted so far.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub calls: Option<u64>,
-}
-
-/// `202` of a call that waits for a per-call approval.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PendingApproval {
-    /// Repeat the call with this id in `Leash-Approval` once approved.
-    pub approval_id: String,
-    /// Always `pending_approval`.
-    pub state: String,
-}
-
-/// `200` of a call.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CallResult {
-    /// The upstream's JSON answer.
-    pub result: Value,
-}
-
-/// One root public key (`GET /.well-known/leash/keys`).
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PublishedKey {
-    /// Root key id.
-    pub kid: u32,
-    /// `ed25519`.
-    pub algorithm: String,
-    /// Biscuit's textual form, `ed25519/<hex>`.
-    pub public_key: String,
-}
-
-/// `GET /.well-known/leash/keys`.
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct KeySet {
-    /// Every key that verifies.
-    pub keys: Vec<PublishedKey>,
-    /// The key (`ed25519/<hex>`) the broker signs the third-party block of every
-    /// forwarded `Leash-Capability` with: a tool server trusts `forwarded` facts only
-    /// from blocks signed by it. Absent from brokers that predate it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub forwarding_key: Option<String>,
-}
-
-/// One entry of the revocation feed.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RevocationEntry {
-    /// Position in the feed.
-    pub seq: i64,
-    /// Hex revocation id: every token with a block of this id is dead.
-    pub revocation_id: String,
-    /// The task it belonged to.
-    #[serde(default)]
-    pub task_id: Option<String>,
-    /// When every token with this id is past its own window (RFC 3339); a verifier may
-    /// forget the id a margin after that, since such a token fails its expiry check.
-    /// Absent: keep it for ever.
-    #[serde(default)]
-    pub expires_at: Option<String>,
-}
-
-/// `GET /v1/revocations?after=SEQ`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RevocationPage {
-    /// Entries after the asked position.
-    pub revocations: Vec<RevocationEntry>,
-    /// The position to ask after next time.
-    pub next: i64,
 }
 
 #[cfg(test)]
