@@ -18,6 +18,7 @@ use crate::store::{PgStore, SqliteStore, Store};
 use crate::tasks::approvals::{Approvals, ApprovalsParts};
 use crate::tasks::calls::Calls;
 use crate::tasks::issue::Issuer;
+use crate::tasks::lifecycle::Lifecycle;
 use crate::tasks::runtime::Tasks;
 use crate::tokens::keys::{ForwardingKey, RootKeys};
 use crate::tokens::revocation::RevocationSet;
@@ -147,6 +148,17 @@ pub async fn prepare(
         catalog: catalog.clone(),
         max_pending_per_agent: config.max_pending_approvals_per_agent,
     }));
+    let lifecycle = Arc::new(Lifecycle {
+        tasks: tasks.clone(),
+        store: store.clone(),
+        policy: policy.clone(),
+        catalog: catalog.clone(),
+        issuer: issuer.clone(),
+        sealer: sealer.clone(),
+        approvals: approvals.clone(),
+        audit: audit.clone(),
+        clock: clock.clone(),
+    });
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let rate_limiter = Arc::new(crate::ratelimit::RateLimiter::new(
         config.rate_limit,
@@ -180,6 +192,7 @@ pub async fn prepare(
         forwarding,
         calls,
         approvals,
+        lifecycle,
         issuer,
         revoked,
         tasks,

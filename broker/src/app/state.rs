@@ -16,6 +16,7 @@ use crate::store::{PgStore, Store};
 use crate::tasks::approvals::Approvals;
 use crate::tasks::calls::Calls;
 use crate::tasks::issue::Issuer;
+use crate::tasks::lifecycle::Lifecycle;
 use crate::tasks::runtime::Tasks;
 use crate::tokens::keys::{ForwardingKey, RootKeys};
 use crate::tokens::revocation::RevocationSet;
@@ -58,6 +59,8 @@ pub struct AppState {
     pub calls: Arc<Calls>,
     /// Human approvals.
     pub approvals: Arc<Approvals>,
+    /// Opening, renewing and ending tasks.
+    pub lifecycle: Arc<Lifecycle>,
     /// Mints task tokens.
     pub issuer: Issuer,
     /// Whether this replica's view of other replicas' changes is fresh.

@@ -130,7 +130,10 @@ async fn decision(
             "note must be at most 1000 printable characters".into(),
         ));
     }
-    let decided = state.approvals.decide(&id, approve, &caller.actor(), body.note.as_deref()).await?;
+    let decided = state
+        .approvals
+        .decide(&id, approve, &caller.actor(), body.note.as_deref())
+        .await?;
     Ok(Json(ApprovalDecided {
         approval_id: decided.approval_id,
         state: decided.state.as_str().into(),

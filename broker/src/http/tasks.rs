@@ -1,7 +1,5 @@
 //! Task lifecycle endpoints: open, read, list, renew, complete, revoke.
 
-use std::collections::BTreeSet;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -9,25 +7,17 @@ use leash_sdk::protocol::{
     ReasonBody, RenewBody, TaskEnded, TaskIssued, TaskList, TaskRequest, TaskView,
 };
 use serde::Deserialize;
-use serde_json::json;
 
 use super::admin::reason_text;
 use super::extract::{JsonBody, ListQuery, OptionalJson, PathParam, QueryParams};
 use crate::app::state::AppState;
-use crate::audit::log::AuditEvent;
 use crate::clock::rfc3339;
 use crate::error::{ApiError, ApiResult};
 use crate::http::auth::{Agent, AgentOrTask, ApproverOrAdmin, Caller, RenewsTask};
-use crate::ids::{is_task_id, new_task_id};
-use crate::policy::{Grant, GrantApproval, ToolPattern};
-use crate::store::{ApprovalKind, TaskRecord, TaskState};
-use crate::tasks::runtime::EndOutcome;
-use crate::tokens::mint::parse_check;
-use crate::tokens::seal::TASK_TOKEN;
+use crate::ids::is_task_id;
+use crate::store::TaskState;
+use crate::tasks::lifecycle::{OpenRequest, Opened};
 use crate::tokens::verify::Principal;
-
-/// Most checks an agent may add to a task.
-const MAX_CHECKS: usize = 32;
 
 /// `POST /v1/tasks` (agent credential).
 #[utoipa::path(post, path = "/v1/tasks", tag = "tasks", request_body = TaskRequest,
@@ -42,136 +32,52 @@ pub async fn create(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<TaskRequest>,
 ) -> ApiResult<(StatusCode, Json<TaskIssued>)> {
-    let agent = caller.credential.id.clone();
-    state.rate_limiter.check(&agent)?;
-    let grant = state.policy.grant(&agent).cloned().ok_or_else(|| {
-        ApiError::PolicyDenied(format!("the policy has no grant for agent {agent:?}"))
-    })?;
-    let purpose = body.purpose.trim().to_string();
-    if purpose.is_empty() || purpose.chars().count() > 1000 || !crate::ids::is_plain_text(&purpose)
-    {
-        return Err(ApiError::BadRequest(
-            "purpose must be 1 to 1000 characters".into(),
-        ));
-    }
-    let tools = resolve_tools(&state, &grant, &body.tools)?;
-    let ttl = ttl_within(&grant, body.ttl_seconds)?;
-    if body.checks.len() > MAX_CHECKS {
-        return Err(ApiError::BadRequest(format!("at most {MAX_CHECKS} checks")));
-    }
-    for check in &body.checks {
-        if check.len() > 4096 {
-            return Err(ApiError::BadRequest(
-                "a check is longer than 4096 bytes".into(),
-            ));
-        }
-        parse_check(check).map_err(|why| ApiError::BadRequest(format!("checks: {why}")))?;
-    }
-    let now = state.clock.now_ms();
-    let task_id = new_task_id();
-    let ttl_ms = ttl * 1000;
-    let needs_approval = grant.approval == GrantApproval::Issuance;
-    if needs_approval {
-        state.approvals.check_pending_cap(&agent).await?;
-    }
-    let issued = if needs_approval {
-        None
-    } else {
-        Some(
-            state
-                .issuer
-                .issue(&task_id, &grant, &tools, &body.checks, ttl_ms, None)?,
-        )
+    let agent = caller.credential.id.as_str();
+    state.rate_limiter.check(agent)?;
+    let request = OpenRequest {
+        agent,
+        credential: caller
+            .credential
+            .token
+            .revocation_ids
+            .first()
+            .map(String::as_str),
+        purpose: &body.purpose,
+        tools: &body.tools,
+        ttl_seconds: body.ttl_seconds,
+        checks: &body.checks,
     };
-    let record = TaskRecord {
-        task_id: task_id.clone(),
-        agent: agent.clone(),
-        purpose: purpose.clone(),
-        tools: tools.clone(),
-        checks: body.checks.clone(),
-        state: if needs_approval {
-            TaskState::PendingApproval
-        } else {
-            TaskState::Active
-        },
-        created_at_ms: now,
-        // A pending task has no window yet; it starts when it is approved.
-        expires_at_ms: issued.as_ref().map_or(now + ttl_ms, |i| i.expires_at_ms),
-        idle_timeout_ms: grant.idle_timeout.map(|d| d.as_millis() as i64),
-        max_calls: grant.max_calls,
-        calls: 0,
-        last_activity_ms: now,
-        ended_at_ms: None,
-        end_reason: None,
-        // At rest the token is sealed: a dump of the database yields no bearer token.
-        token: issued
-            .as_ref()
-            .map(|i| state.sealer.seal(TASK_TOKEN, &task_id, &i.token)),
-    };
-    // The credential that asks, checked again inside the creating transaction: an agent
-    // revoked on another replica a moment ago cannot slip a task past the revoke.
-    let credential = caller.credential.token.revocation_ids.first().cloned();
-    let created = state
-        .tasks
-        .create(
-            &record,
-            issued.as_ref().map(|i| i.revocation_id.as_str()),
-            credential.as_deref(),
-        )
-        .await
-        .map_err(ApiError::internal)?;
-    if !created {
-        return Err(ApiError::TokenRevoked(
-            "the agent credential was revoked".into(),
-        ));
-    }
-    state
-        .audit
-        .record(AuditEvent {
-            kind: if needs_approval {
-                "task.requested"
-            } else {
-                "task.issued"
-            },
-            actor: format!("agent:{agent}"),
-            task_id: Some(task_id.clone()),
-            detail: json!({
-                "purpose": purpose, "tools": tools, "ttl_seconds": ttl,
-                "checks": body.checks, "revocation_id": issued.as_ref().map(|i| &i.revocation_id),
-            }),
-        })
-        .await;
-    // The agent may have been revoked while this task was being created: look again now
-    // that the task exists, and end it if so (an agent revoke may have missed it).
-    if let Err(refusal) = state
-        .verifier
-        .verify(&caller.bearer, |id| state.revoked.refusal(id))
-    {
+    // Once the task exists, the credential is looked at again (revoked meanwhile?).
+    let still_authorized = || {
         state
-            .tasks
-            .end(
-                &task_id,
-                TaskState::Revoked,
-                "its agent was revoked",
-                "broker",
-            )
-            .await?;
-        return Err(refusal);
-    }
-    let Some(issued) = issued else {
-        let approval = state
-            .approvals
-            .request(ApprovalKind::Issuance, &record, None, Some(ttl_ms))
-            .await?;
-        return Ok((
-            StatusCode::ACCEPTED,
-            Json(pending_task(task_id, approval.approval_id)),
-        ));
+            .verifier
+            .verify(&caller.bearer, |id| state.revoked.refusal(id))
+            .map(|_| ())
     };
-    Ok((
-        StatusCode::CREATED,
-        Json(active_task(task_id, issued.token, issued.expires_at_ms)),
-    ))
+    let opened = state.lifecycle.open(request, still_authorized).await?;
+    Ok(issued(opened, StatusCode::CREATED))
+}
+
+/// The answer of opening or renewing: `active` (with the token) or `pending_approval`
+/// (202, with the approval to wait for).
+fn issued(opened: Opened, active_status: StatusCode) -> (StatusCode, Json<TaskIssued>) {
+    match opened {
+        Opened::Active {
+            task_id,
+            token,
+            expires_at_ms,
+        } => (
+            active_status,
+            Json(active_task(task_id, token, expires_at_ms)),
+        ),
+        Opened::Pending {
+            task_id,
+            approval_id,
+        } => (
+            StatusCode::ACCEPTED,
+            Json(pending_task(task_id, approval_id)),
+        ),
+    }
 }
 
 /// The answer for a task (or renewal) that waits for an approver.
@@ -196,67 +102,6 @@ fn active_task(task_id: String, token: String, expires_at_ms: i64) -> TaskIssued
     }
 }
 
-/// Expands requested tools (names or `prefix.*`) into granted, existing tool names.
-fn resolve_tools(state: &AppState, grant: &Grant, requested: &[String]) -> ApiResult<Vec<String>> {
-    if requested.is_empty() || requested.len() > 256 {
-        return Err(ApiError::BadRequest(
-            "tools must list 1 to 256 tools".into(),
-        ));
-    }
-    let mut tools = BTreeSet::new();
-    for name in requested {
-        let pattern = ToolPattern::parse(name).ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "{name:?} is neither a tool name nor a \"prefix.*\" pattern"
-            ))
-        })?;
-        match &pattern {
-            ToolPattern::Exact(tool) => {
-                if state.catalog.get(tool).is_none() {
-                    return Err(ApiError::UnknownTool(format!("no tool named {tool:?}")));
-                }
-                if !grant.allows(tool) {
-                    return Err(ApiError::PolicyDenied(format!(
-                        "agent {:?} is not granted tool {tool:?}",
-                        grant.agent
-                    )));
-                }
-                tools.insert(tool.clone());
-            }
-            ToolPattern::Prefix(_) => {
-                let matched: Vec<String> = state
-                    .catalog
-                    .names()
-                    .into_iter()
-                    .filter(|tool| pattern.matches(tool) && grant.allows(tool))
-                    .collect();
-                if matched.is_empty() {
-                    return Err(ApiError::PolicyDenied(format!(
-                        "agent {:?} is granted no tool matching {name:?}",
-                        grant.agent
-                    )));
-                }
-                tools.extend(matched);
-            }
-        }
-    }
-    Ok(tools.into_iter().collect())
-}
-
-/// The window asked for, within the grant's maximum (which is also the default).
-fn ttl_within(grant: &Grant, ttl_seconds: Option<i64>) -> ApiResult<i64> {
-    let max = grant.max_ttl.as_secs() as i64;
-    match ttl_seconds {
-        None => Ok(max),
-        Some(ttl) if ttl <= 0 => Err(ApiError::BadRequest("ttl_seconds must be positive".into())),
-        Some(ttl) if ttl > max => Err(ApiError::PolicyDenied(format!(
-            "ttl_seconds {ttl} is above the grant's maximum of {max} for agent {:?}",
-            grant.agent
-        ))),
-        Some(ttl) => Ok(ttl),
-    }
-}
-
 /// Parses a task id from the path (400 if malformed).
 fn task_id_of(id: &str) -> ApiResult<&str> {
     if is_task_id(id) {
@@ -266,46 +111,6 @@ fn task_id_of(id: &str) -> ApiResult<&str> {
             "{id:?} is not a task id (tsk_ and 32 hex digits)"
         )))
     }
-}
-
-/// A task as the API shows it, with live state and counters from memory.
-async fn view(state: &AppState, record: &TaskRecord, with_token: bool) -> ApiResult<TaskView> {
-    let (live_state, calls, expires) = match state.tasks.runtime(&record.task_id).await? {
-        Some(rt) => (rt.state(), rt.calls(), rt.expires_at_ms()),
-        None => (record.state, record.calls, record.expires_at_ms),
-    };
-    let token = match &record.token {
-        Some(sealed) if with_token && live_state == TaskState::Active => Some(
-            state
-                .sealer
-                .open(TASK_TOKEN, &record.task_id, sealed)
-                .map_err(ApiError::internal)?,
-        ),
-        _ => None,
-    };
-    Ok(TaskView {
-        task_id: record.task_id.clone(),
-        agent: record.agent.clone(),
-        purpose: record.purpose.clone(),
-        state: live_state.as_str().into(),
-        tools: record.tools.clone(),
-        created_at: rfc3339(record.created_at_ms),
-        expires_at: rfc3339(expires),
-        calls,
-        max_calls: record.max_calls,
-        ended_at: record.ended_at_ms.map(rfc3339),
-        end_reason: record.ended_at_ms.map(|_| record.end_reason.clone()),
-        token,
-    })
-}
-
-async fn load(state: &AppState, id: &str) -> ApiResult<TaskRecord> {
-    state
-        .store
-        .get_task(id)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::NotFound(format!("no task {id}")))
 }
 
 /// `?wait=SECONDS` of a task read.
@@ -342,13 +147,13 @@ pub async fn show(
     }
     // Subscribe before the first read, so no change between the two is missed.
     let mut changes = state.events.subscribe();
-    let mut record = load(&state, id).await?;
+    let mut record = state.lifecycle.load(id).await?;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
     while record.state == TaskState::PendingApproval && tokio::time::Instant::now() < deadline {
         match tokio::time::timeout_at(deadline, changes.recv()).await {
             Err(_) => break,
             Ok(Ok(event)) if event.task_id.as_deref() != Some(id) => continue,
-            Ok(_) => record = load(&state, id).await?,
+            Ok(_) => record = state.lifecycle.load(id).await?,
         }
     }
     // Only the owner's credential sees the token: a sub-agent holding an attenuated
@@ -366,7 +171,7 @@ pub async fn show(
         }
         _ => return Err(ApiError::NotFound(format!("no task {id}"))),
     };
-    Ok(Json(view(&state, &record, with_token).await?))
+    Ok(Json(state.lifecycle.view(&record, with_token).await?))
 }
 
 /// `GET /v1/tasks?state=…` (approver, admin); no state, or `all`, lists every state.
@@ -392,7 +197,7 @@ pub async fn list(
         .map_err(ApiError::internal)?;
     let mut tasks = Vec::with_capacity(records.len());
     for record in &records {
-        tasks.push(view(&state, record, false).await?);
+        tasks.push(state.lifecycle.view(record, false).await?);
     }
     Ok(Json(TaskList { tasks }))
 }
@@ -415,66 +220,11 @@ pub async fn renew(
     JsonBody(body): JsonBody<RenewBody>,
 ) -> ApiResult<(StatusCode, Json<TaskIssued>)> {
     let id = task_id_of(&id)?;
-    let record = load(&state, id).await?;
-    if caller.credential.id != record.agent {
-        return Err(ApiError::NotFound(format!("no task {id}")));
-    }
-    let grant = state.policy.grant(&record.agent).cloned().ok_or_else(|| {
-        ApiError::PolicyDenied(format!(
-            "the policy no longer grants agent {:?}",
-            record.agent
-        ))
-    })?;
-    let ttl = ttl_within(&grant, Some(body.ttl_seconds))?;
-    let runtime = state
-        .tasks
-        .runtime(id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no task {id}")))?;
-    state.tasks.check_active(&runtime).await?;
-    if grant.approval == GrantApproval::Issuance {
-        state.approvals.check_pending_cap(&record.agent).await?;
-        let approval = state
-            .approvals
-            .request(ApprovalKind::Renewal, &record, None, Some(ttl * 1000))
-            .await?;
-        return Ok((
-            StatusCode::ACCEPTED,
-            Json(pending_task(id.to_string(), approval.approval_id)),
-        ));
-    }
-    let issued = state.issuer.issue(
-        id,
-        &grant,
-        &record.tools,
-        &record.checks,
-        ttl * 1000,
-        Some(runtime.expires_at_ms()),
-    )?;
-    if !state
-        .tasks
-        .renew(&runtime, &issued.activation(id, &state.sealer))
-        .await?
-    {
-        return Err(crate::tasks::runtime::inactive(id, runtime.state()));
-    }
-    state
-        .audit
-        .record(AuditEvent {
-            kind: "task.renewed",
-            actor: format!("agent:{}", caller.credential.id),
-            task_id: Some(id.to_string()),
-            detail: json!({ "expires_at": rfc3339(issued.expires_at_ms), "revocation_id": issued.revocation_id, "tools": issued.tools }),
-        })
-        .await;
-    Ok((
-        StatusCode::OK,
-        Json(active_task(
-            id.to_string(),
-            issued.token,
-            issued.expires_at_ms,
-        )),
-    ))
+    let opened = state
+        .lifecycle
+        .renew(&caller.credential.id, id, body.ttl_seconds)
+        .await?;
+    Ok(issued(opened, StatusCode::OK))
 }
 
 /// `POST /v1/tasks/{id}/complete` (owner agent credential, or a token of the task).
@@ -507,7 +257,7 @@ pub async fn complete(
             }
         },
     };
-    let record = load(&state, id).await?;
+    let record = state.lifecycle.load(id).await?;
     if owner.as_deref() != Some(record.agent.as_str()) {
         return Err(ApiError::NotFound(format!("no task {id}")));
     }
@@ -549,16 +299,7 @@ async fn finish(
     reason: &str,
     actor: &str,
 ) -> ApiResult<Json<TaskEnded>> {
-    match state.tasks.end(id, target, reason, actor).await? {
-        EndOutcome::Ended(_) => {}
-        EndOutcome::AlreadyEnded(current) if current == target => {}
-        EndOutcome::AlreadyEnded(current) => {
-            return Err(ApiError::Conflict(format!(
-                "task {id} has already ended: it is {}",
-                current.as_str()
-            )));
-        }
-    }
+    state.lifecycle.end(id, target, reason, actor).await?;
     Ok(Json(TaskEnded {
         task_id: id.to_string(),
         state: target.as_str().into(),

@@ -22,7 +22,9 @@ pub async fn list(
     State(state): State<AppState>,
 ) -> ApiResult<Json<ToolList>> {
     let task = state.calls.active_task(token).await?;
-    let tools = state.calls.callable_tools(&task)
+    let tools = state
+        .calls
+        .callable_tools(&task)
         .await?
         .iter()
         .map(|tool| ToolInfo {
@@ -77,7 +79,11 @@ pub async fn call(
                 .to_string(),
         ),
     };
-    match state.calls.call_tool(token, &tool, args, approval.as_deref()).await? {
+    match state
+        .calls
+        .call_tool(token, &tool, args, approval.as_deref())
+        .await?
+    {
         CallOutcome::Done(result) => Ok(Json(CallResult { result }).into_response()),
         CallOutcome::PendingApproval(approval_id) => Ok((
             StatusCode::ACCEPTED,

@@ -4,6 +4,7 @@
 pub mod approvals;
 pub mod calls;
 pub mod issue;
+pub mod lifecycle;
 pub mod live;
 pub mod runtime;
 #[cfg(test)]

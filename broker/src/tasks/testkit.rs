@@ -19,6 +19,7 @@ use crate::store::{SqliteStore, Store, TaskRecord, TaskState};
 use crate::tasks::approvals::{Approvals, ApprovalsParts};
 use crate::tasks::calls::Calls;
 use crate::tasks::issue::Issuer;
+use crate::tasks::lifecycle::Lifecycle;
 use crate::tasks::runtime::Tasks;
 use crate::tokens::keys::{ForwardingKey, RootKeys};
 use crate::tokens::revocation::RevocationSet;
@@ -42,6 +43,7 @@ pub struct Kit {
     pub sealer: Arc<Sealer>,
     pub approvals: Arc<Approvals>,
     pub calls: Arc<Calls>,
+    pub lifecycle: Lifecycle,
     pub verifier: TokenVerifier,
     pub revoked: Arc<RevocationSet>,
 }
@@ -92,6 +94,17 @@ impl Kit {
             catalog: catalog.clone(),
             max_pending_per_agent: 3,
         }));
+        let lifecycle = Lifecycle {
+            tasks: tasks.clone(),
+            store: store.clone(),
+            policy: policy.clone(),
+            catalog: catalog.clone(),
+            issuer: issuer.clone(),
+            sealer: sealer.clone(),
+            approvals: approvals.clone(),
+            audit: audit.clone(),
+            clock: clock.clone(),
+        };
         let calls = Arc::new(Calls {
             tasks: tasks.clone(),
             catalog,
@@ -117,6 +130,7 @@ impl Kit {
             sealer,
             approvals,
             calls,
+            lifecycle,
             revoked,
         }
     }
