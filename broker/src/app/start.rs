@@ -17,6 +17,7 @@ use crate::replica::sealed_keys::MasterKey;
 use crate::store::{PgStore, SqliteStore, Store};
 use crate::tasks::approvals::{Approvals, ApprovalsParts};
 use crate::tasks::calls::Calls;
+use crate::tasks::credentials::Credentials;
 use crate::tasks::issue::Issuer;
 use crate::tasks::lifecycle::Lifecycle;
 use crate::tasks::runtime::Tasks;
@@ -159,6 +160,18 @@ pub async fn prepare(
         audit: audit.clone(),
         clock: clock.clone(),
     });
+    let verifier =
+        Arc::new(TokenVerifier::new(keys.clone()).refusing_forwarded(forwarding.pair().public()));
+    let credentials = Arc::new(Credentials {
+        keys: keys.clone(),
+        store: store.clone(),
+        audit: audit.clone(),
+        clock: clock.clone(),
+        revoked: revoked.clone(),
+        verifier: verifier.clone(),
+        tasks: tasks.clone(),
+        max_revoked_tokens_per_task: config.max_revoked_tokens_per_task,
+    });
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let rate_limiter = Arc::new(crate::ratelimit::RateLimiter::new(
         config.rate_limit,
@@ -185,14 +198,13 @@ pub async fn prepare(
     });
     Ok(AppState {
         policy,
-        verifier: Arc::new(
-            TokenVerifier::new(keys.clone()).refusing_forwarded(forwarding.pair().public()),
-        ),
+        verifier,
         keys,
         forwarding,
         calls,
         approvals,
         lifecycle,
+        credentials,
         issuer,
         revoked,
         tasks,

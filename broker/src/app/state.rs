@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use axum::extract::FromRef;
+
 use crate::audit::log::Audit;
 use crate::config::ServeConfig;
 use crate::events::hub::Events;
@@ -15,6 +17,7 @@ use crate::replica::sealed_keys::MasterKey;
 use crate::store::{PgStore, Store};
 use crate::tasks::approvals::Approvals;
 use crate::tasks::calls::Calls;
+use crate::tasks::credentials::Credentials;
 use crate::tasks::issue::Issuer;
 use crate::tasks::lifecycle::Lifecycle;
 use crate::tasks::runtime::Tasks;
@@ -26,7 +29,7 @@ use crate::upstream::client::Proxy;
 use crate::upstream::dispatch::Upstreams;
 
 /// The shared state of every request. Cloning is cheap (all `Arc`s).
-#[derive(Clone)]
+#[derive(Clone, FromRef)]
 pub struct AppState {
     /// The loaded policy.
     pub policy: Arc<Policy>,
@@ -48,6 +51,7 @@ pub struct AppState {
     /// hardened connection pool.
     pub proxy: Proxy,
     /// The HTTPS configuration when `leash serve` terminates TLS itself.
+    #[from_ref(skip)]
     pub server_tls: Option<Arc<rustls::ServerConfig>>,
     /// Approval and task events (event stream, webhook, long-polls).
     pub events: Events,
@@ -61,15 +65,19 @@ pub struct AppState {
     pub approvals: Arc<Approvals>,
     /// Opening, renewing and ending tasks.
     pub lifecycle: Arc<Lifecycle>,
+    /// Minting and revoking credentials; revoking tokens.
+    pub credentials: Arc<Credentials>,
     /// Mints task tokens.
     pub issuer: Issuer,
     /// Whether this replica's view of other replicas' changes is fresh.
     pub health: Arc<FeedHealth>,
     /// The PostgreSQL store, when replicated.
+    #[from_ref(skip)]
     pub pg: Option<PgStore>,
     /// Seals the secrets the store keeps (task tokens).
     pub sealer: Arc<crate::tokens::seal::Sealer>,
     /// The key-encryption key of the root keys (PostgreSQL only).
+    #[from_ref(skip)]
     pub master_key: Option<Arc<MasterKey>>,
     /// The per-agent rate limit.
     pub rate_limiter: Arc<RateLimiter>,
@@ -80,12 +88,15 @@ pub struct AppState {
     /// The `/metrics` registry.
     pub metrics: Arc<Metrics>,
     /// SHA-256 of the scrape-only metrics token, if one is configured.
+    #[from_ref(skip)]
     pub metrics_digest: Option<[u8; 32]>,
     /// The revocation feed position read at start; replica fan-out continues from here.
+    #[from_ref(skip)]
     pub revocations_loaded_to: i64,
     /// The clock.
     pub clock: crate::clock::Clock,
     /// SHA-256 of the admin token (compared in constant time).
+    #[from_ref(skip)]
     pub admin_digest: [u8; 32],
     /// Configuration.
     pub config: Arc<ServeConfig>,

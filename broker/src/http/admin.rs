@@ -2,6 +2,8 @@
 //! revoking an agent (approver, admin), an approver (admin), one credential (admin or
 //! its holder), one token (holder, approver, admin).
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -9,17 +11,15 @@ use leash_sdk::protocol::{
     AgentCredential, AgentRevoked, ApproverCredential, ApproverRevoked, CredentialBody,
     CredentialRequest, CredentialRevoked, ReasonBody, TokenBody, TokenRevoked,
 };
-use serde_json::json;
 
 use super::extract::{JsonBody, OptionalJson, PathParam};
-use crate::app::state::AppState;
-use crate::audit::log::AuditEvent;
 use crate::error::{ApiError, ApiResult};
 use crate::http::auth::{Admin, ApproverOrAdmin, Caller};
 use crate::ids::is_principal_name;
-use crate::store::TaskState;
-use crate::tasks::runtime::EndOutcome;
-use crate::tokens::mint::{Role, credential, to_text};
+use crate::policy::Policy;
+use crate::ratelimit::RateLimiter;
+use crate::tasks::credentials::Credentials;
+use crate::tokens::mint::Role;
 use crate::tokens::verify::Principal;
 
 /// `POST /v1/agents/{agent}/credentials`.
@@ -30,7 +30,8 @@ use crate::tokens::verify::Principal;
     responses((status = 201, description = "The credential, shown once", body = AgentCredential)))]
 pub async fn agent_credential(
     _: Admin,
-    State(state): State<AppState>,
+    State(policy): State<Arc<Policy>>,
+    State(credentials): State<Arc<Credentials>>,
     PathParam(agent): PathParam,
     OptionalJson(body): OptionalJson<CredentialRequest>,
 ) -> ApiResult<(StatusCode, Json<AgentCredential>)> {
@@ -39,12 +40,14 @@ pub async fn agent_credential(
             "{agent:?} is not a valid agent id"
         )));
     }
-    if state.policy.grant(&agent).is_none() {
+    if policy.grant(&agent).is_none() {
         return Err(ApiError::NotFound(format!(
             "the policy has no grant for agent {agent:?}"
         )));
     }
-    let token = mint_credential(&state, Role::Agent, &agent, body.ttl_seconds).await?;
+    let token = credentials
+        .mint(Role::Agent, &agent, body.ttl_seconds)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(AgentCredential {
@@ -62,7 +65,7 @@ pub async fn agent_credential(
     responses((status = 201, description = "The credential, shown once", body = ApproverCredential)))]
 pub async fn approver_credential(
     _: Admin,
-    State(state): State<AppState>,
+    State(credentials): State<Arc<Credentials>>,
     PathParam(approver): PathParam,
     OptionalJson(body): OptionalJson<CredentialRequest>,
 ) -> ApiResult<(StatusCode, Json<ApproverCredential>)> {
@@ -71,7 +74,9 @@ pub async fn approver_credential(
             "{approver:?} is not a valid approver id"
         )));
     }
-    let token = mint_credential(&state, Role::Approver, &approver, body.ttl_seconds).await?;
+    let token = credentials
+        .mint(Role::Approver, &approver, body.ttl_seconds)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(ApproverCredential {
@@ -79,51 +84,6 @@ pub async fn approver_credential(
             credential: token,
         }),
     ))
-}
-
-/// How long a credential lives when the request names no `ttl_seconds`: 90 days.
-pub const DEFAULT_CREDENTIAL_TTL_SECONDS: i64 = 90 * 24 * 3600;
-
-async fn mint_credential(
-    state: &AppState,
-    role: Role,
-    id: &str,
-    ttl_seconds: Option<i64>,
-) -> ApiResult<String> {
-    let now = state.clock.now_ms();
-    let expires = match ttl_seconds.unwrap_or(DEFAULT_CREDENTIAL_TTL_SECONDS) {
-        ttl if ttl > 0 && ttl <= 366 * 24 * 3600 => Some(now / 1000 + ttl),
-        _ => {
-            return Err(ApiError::BadRequest(
-                "ttl_seconds must be from 1 to 31622400".into(),
-            ));
-        }
-    };
-    let biscuit = credential(&state.keys, role, id, expires)
-        .map_err(|e| ApiError::internal(anyhow::anyhow!(e)))?;
-    let (text, revocation_id) =
-        to_text(&biscuit).map_err(|e| ApiError::internal(anyhow::anyhow!(e)))?;
-    state
-        .store
-        .insert_credential(
-            &revocation_id,
-            role.as_str(),
-            id,
-            now,
-            expires.map(|s| s * 1000),
-        )
-        .await
-        .map_err(ApiError::internal)?;
-    state
-        .audit
-        .record(AuditEvent {
-            kind: "credential.issued",
-            actor: "admin".into(),
-            task_id: None,
-            detail: json!({ "role": role.as_str(), "subject": id, "revocation_id": revocation_id }),
-        })
-        .await;
-    Ok(text)
 }
 
 /// Limits and defaults a revocation reason.
@@ -145,7 +105,7 @@ pub fn reason_text(reason: Option<String>) -> ApiResult<String> {
     responses((status = 200, description = "The agent's tasks and credentials are revoked", body = AgentRevoked)))]
 pub async fn revoke_agent(
     caller: ApproverOrAdmin,
-    State(state): State<AppState>,
+    State(credentials): State<Arc<Credentials>>,
     PathParam(agent): PathParam,
     OptionalJson(body): OptionalJson<ReasonBody>,
 ) -> ApiResult<Json<AgentRevoked>> {
@@ -155,39 +115,9 @@ pub async fn revoke_agent(
         )));
     }
     let reason = reason_text(body.reason)?;
-    let actor = caller.actor();
-    // Credentials first, so the agent cannot open a new task while its tasks are ended.
-    let now = state.clock.now_ms();
-    let credentials = state
-        .store
-        .revoke_credentials(Role::Agent.as_str(), &agent, now)
-        .await
-        .map_err(ApiError::internal)?;
-    state.revoked.extend(&credentials);
-    let mut revoked_tasks: u64 = 0;
-    for task_id in state
-        .store
-        .live_tasks_of(&agent)
-        .await
-        .map_err(ApiError::internal)?
-    {
-        if let EndOutcome::Ended(_) = state
-            .tasks
-            .end(&task_id, TaskState::Revoked, &reason, &actor)
-            .await?
-        {
-            revoked_tasks += 1;
-        }
-    }
-    state
-        .audit
-        .record(AuditEvent {
-            kind: "agent.revoked",
-            actor,
-            task_id: None,
-            detail: json!({ "agent": agent, "reason": reason, "revoked_tasks": revoked_tasks, "revoked_credentials": credentials.len() }),
-        })
-        .await;
+    let revoked_tasks = credentials
+        .revoke_agent(&agent, &reason, &caller.actor())
+        .await?;
     Ok(Json(AgentRevoked { revoked_tasks }))
 }
 
@@ -200,7 +130,7 @@ pub async fn revoke_agent(
     responses((status = 200, description = "Every credential of the approver is revoked", body = ApproverRevoked)))]
 pub async fn revoke_approver(
     _: Admin,
-    State(state): State<AppState>,
+    State(credentials): State<Arc<Credentials>>,
     PathParam(approver): PathParam,
     OptionalJson(body): OptionalJson<ReasonBody>,
 ) -> ApiResult<Json<ApproverRevoked>> {
@@ -210,56 +140,11 @@ pub async fn revoke_approver(
         )));
     }
     let reason = reason_text(body.reason)?;
-    let credentials = state
-        .store
-        .revoke_credentials(Role::Approver.as_str(), &approver, state.clock.now_ms())
-        .await
-        .map_err(ApiError::internal)?;
-    state.revoked.extend(&credentials);
-    state
-        .audit
-        .record(AuditEvent {
-            kind: "approver.revoked",
-            actor: "admin".into(),
-            task_id: None,
-            detail: json!({ "approver": approver, "reason": reason, "revoked_credentials": credentials.len() }),
-        })
-        .await;
+    let revoked_credentials = credentials.revoke_approver(&approver, &reason).await?;
     Ok(Json(ApproverRevoked {
         approver,
-        revoked_credentials: credentials.len() as u64,
+        revoked_credentials,
     }))
-}
-
-/// Publishes one revocation id (feed, then this broker's revoked set); `true` if it was
-/// not revoked before (so the caller audits it once).
-async fn revoke_one(
-    state: &AppState,
-    id: &str,
-    task_id: Option<&str>,
-    reason: &str,
-) -> ApiResult<bool> {
-    let published = state
-        .store
-        .revoke_ids(&[id.to_string()], task_id, reason, state.clock.now_ms())
-        .await
-        .map_err(ApiError::internal)?;
-    state.revoked.extend(&published);
-    Ok(!published.is_empty())
-}
-
-/// The token or credential a revocation names (`field` of the body): its signature is
-/// verified, but an already revoked one is accepted, so revoking twice is fine. Not one
-/// of ours → 400 naming the field.
-fn revocation_target(
-    state: &AppState,
-    text: &str,
-    field: &str,
-) -> ApiResult<std::sync::Arc<crate::tokens::verify::VerifiedToken>> {
-    state.verifier.verify(text, |_| None).map_err(|e| match e {
-        ApiError::TokenInvalid(why) => ApiError::BadRequest(format!("{field}: {why}")),
-        other => other,
-    })
 }
 
 /// `POST /v1/credentials/revoke`: one agent or approver credential (and anything
@@ -271,10 +156,10 @@ fn revocation_target(
     responses((status = 200, description = "The credential is revoked", body = CredentialRevoked)))]
 pub async fn revoke_credential(
     caller: Caller,
-    State(state): State<AppState>,
+    State(credentials): State<Arc<Credentials>>,
     JsonBody(body): JsonBody<CredentialBody>,
 ) -> ApiResult<Json<CredentialRevoked>> {
-    let target = revocation_target(&state, &body.credential, "credential")?;
+    let target = credentials.target(&body.credential, "credential")?;
     let (role, subject) = match &target.principal {
         Principal::Agent(agent) => (Role::Agent, agent.clone()),
         Principal::Approver(approver) => (Role::Approver, approver.clone()),
@@ -300,17 +185,9 @@ pub async fn revoke_credential(
             "only the admin or the credential's own holder may revoke it".into(),
         ));
     }
-    if revoke_one(&state, &root, None, "credential").await? {
-        state
-            .audit
-            .record(AuditEvent {
-                kind: "credential.revoked",
-                actor: caller.actor(),
-                task_id: None,
-                detail: json!({ "role": role.as_str(), "subject": subject, "revocation_id": root }),
-            })
-            .await;
-    }
+    credentials
+        .revoke_credential(&root, role, &subject, &caller.actor())
+        .await?;
     Ok(Json(CredentialRevoked {
         role: role.as_str().into(),
         subject,
@@ -328,10 +205,11 @@ pub async fn revoke_credential(
     responses((status = 200, description = "The token and everything attenuated from it are revoked", body = TokenRevoked)))]
 pub async fn revoke_token(
     caller: Caller,
-    State(state): State<AppState>,
+    State(credentials): State<Arc<Credentials>>,
+    State(rate_limiter): State<Arc<RateLimiter>>,
     JsonBody(body): JsonBody<TokenBody>,
 ) -> ApiResult<Json<TokenRevoked>> {
-    let target = revocation_target(&state, &body.token, "token")?;
+    let target = credentials.target(&body.token, "token")?;
     let Principal::Task { task_id, agent } = &target.principal else {
         return Err(ApiError::BadRequest(
             "token: only task tokens are revoked here; revoke an agent with /v1/agents/{agent}/revoke".into(),
@@ -353,39 +231,17 @@ pub async fn revoke_token(
     // What a token holder can publish is bounded: every revoked id is kept by the broker
     // and by every verifier until its window ends.
     match &caller {
-        Caller::Agent(agent) => state.rate_limiter.check(&agent.id)?,
+        Caller::Agent(agent) => rate_limiter.check(&agent.id)?,
         Caller::Task(holder) => {
             if let Principal::Task { agent, .. } = &holder.principal {
-                state.rate_limiter.check(agent)?;
+                rate_limiter.check(agent)?;
             }
         }
         Caller::Admin | Caller::Approver(_) => {}
     }
-    let own = target.own_id().to_string();
-    let cap = state.config.max_revoked_tokens_per_task;
-    if !state.revoked.contains(&own)
-        && state
-            .store
-            .revoked_tokens_of(task_id)
-            .await
-            .map_err(ApiError::internal)?
-            >= cap
-    {
-        return Err(ApiError::BudgetExhausted(format!(
-            "task {task_id} already has {cap} tokens revoked one by one; revoke or complete the task instead"
-        )));
-    }
-    if revoke_one(&state, &own, Some(task_id), "token").await? {
-        state
-            .audit
-            .record(AuditEvent {
-                kind: "token.revoked",
-                actor: caller.actor(),
-                task_id: Some(task_id.clone()),
-                detail: json!({ "revocation_id": own, "blocks": target.revocation_ids.len() }),
-            })
-            .await;
-    }
+    let own = credentials
+        .revoke_token(&target, task_id, &caller.actor())
+        .await?;
     Ok(Json(TokenRevoked {
         task_id: task_id.clone(),
         revocation_id: own,

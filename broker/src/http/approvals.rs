@@ -1,25 +1,26 @@
 //! Approver endpoints: list approvals, approve, deny, and the live event stream.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::Stream;
-use leash_sdk::protocol::{
-    ApprovalCall, ApprovalDecided, ApprovalList, ApprovalView, DecisionBody, EventMessage,
-};
-use serde_json::Value;
+use leash_sdk::protocol::{ApprovalDecided, ApprovalList, DecisionBody, EventMessage};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
 use super::extract::{ListQuery, OptionalJson, PathParam, QueryParams};
-use crate::app::state::AppState;
-use crate::clock::rfc3339;
 use crate::error::{ApiError, ApiResult};
+use crate::events::hub::Events;
 use crate::http::auth::{ApproverOrAdmin, Authenticator};
-use crate::store::{ApprovalRecord, ApprovalState};
+use crate::store::ApprovalState;
+use crate::store::Store;
+use crate::tasks::approvals::Approvals;
+use crate::tasks::approvals::view;
+use crate::tokens::revocation::RevocationSet;
 
 /// How often an open event stream re-checks its approver credential's window.
 const CREDENTIAL_RECHECK: Duration = Duration::from_secs(5);
@@ -30,7 +31,8 @@ const CREDENTIAL_RECHECK: Duration = Duration::from_secs(5);
     responses((status = 200, description = "Approvals in the asked state (default `pending`)", body = ApprovalList)))]
 pub async fn list(
     _: ApproverOrAdmin,
-    State(state): State<AppState>,
+    State(approvals): State<Arc<Approvals>>,
+    State(store): State<Arc<dyn Store>>,
     QueryParams(q): QueryParams<ListQuery>,
 ) -> ApiResult<Json<ApprovalList>> {
     let filter = match q.state.as_deref().unwrap_or("pending") {
@@ -42,40 +44,15 @@ pub async fn list(
         })?),
     };
     // Undecided approvals past their time are expired before anyone sees them.
-    state.approvals.expire_due().await?;
+    approvals.expire_due().await?;
     let limit = q.limit();
-    let records = state
-        .store
+    let records = store
         .list_approvals(filter, limit)
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(ApprovalList {
-        approvals: records.iter().map(approval_view).collect(),
+        approvals: records.iter().map(view).collect(),
     }))
-}
-
-/// An approval as the API shows it (the same shape as the events' `data`).
-fn approval_view(a: &ApprovalRecord) -> ApprovalView {
-    let decided = a.decided_at_ms.is_some();
-    ApprovalView {
-        approval_id: a.approval_id.clone(),
-        task_id: (!a.task_id.is_empty()).then(|| a.task_id.clone()),
-        agent: a.agent.clone(),
-        kind: a.kind.as_str().into(),
-        purpose: a.purpose.clone(),
-        tools: a.tools.clone(),
-        state: a.state.as_str().into(),
-        requested_at: rfc3339(a.requested_at_ms),
-        expires_at: rfc3339(a.expires_at_ms),
-        call: a.call_tool.as_ref().map(|tool| ApprovalCall {
-            tool: tool.clone(),
-            arguments: a.call_args.clone().unwrap_or(Value::Null),
-        }),
-        ttl_seconds: a.ttl_ms.map(|ttl| ttl / 1000),
-        decided_at: a.decided_at_ms.map(rfc3339),
-        decided_by: decided.then(|| a.decided_by.clone()),
-        note: decided.then(|| a.note.clone()),
-    }
 }
 
 /// `POST /v1/approvals/{id}/approve`.
@@ -89,11 +66,11 @@ fn approval_view(a: &ApprovalRecord) -> ApprovalView {
     ))]
 pub async fn approve(
     caller: ApproverOrAdmin,
-    state: State<AppState>,
+    approvals: State<Arc<Approvals>>,
     id: PathParam,
     body: OptionalJson<DecisionBody>,
 ) -> ApiResult<Json<ApprovalDecided>> {
-    decision(caller, state, id, body, true).await
+    decision(caller, approvals, id, body, true).await
 }
 
 /// `POST /v1/approvals/{id}/deny`.
@@ -107,16 +84,16 @@ pub async fn approve(
     ))]
 pub async fn deny(
     caller: ApproverOrAdmin,
-    state: State<AppState>,
+    approvals: State<Arc<Approvals>>,
     id: PathParam,
     body: OptionalJson<DecisionBody>,
 ) -> ApiResult<Json<ApprovalDecided>> {
-    decision(caller, state, id, body, false).await
+    decision(caller, approvals, id, body, false).await
 }
 
 async fn decision(
     caller: ApproverOrAdmin,
-    State(state): State<AppState>,
+    State(approvals): State<Arc<Approvals>>,
     PathParam(id): PathParam,
     OptionalJson(body): OptionalJson<DecisionBody>,
     approve: bool,
@@ -130,8 +107,7 @@ async fn decision(
             "note must be at most 1000 printable characters".into(),
         ));
     }
-    let decided = state
-        .approvals
+    let decided = approvals
         .decide(&id, approve, &caller.actor(), body.note.as_deref())
         .await?;
     Ok(Json(ApprovalDecided {
@@ -147,19 +123,19 @@ async fn decision(
     responses((status = 200, description = "An endless stream of events; each `data` is `{\"kind\", \"task_id\", \"data\"}`", content_type = "text/event-stream", body = String)))]
 pub async fn events(
     caller: ApproverOrAdmin,
-    State(state): State<AppState>,
+    State(events): State<Events>,
+    State(revoked): State<Arc<RevocationSet>>,
     State(auth): State<Authenticator>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
     // An approver's stream ends the moment its credential is revoked, and soon after it
     // expires (checked every few seconds).
     let credential = caller.credential().cloned();
-    let watcher = state.clone();
     let cut_off = async move {
         let Some(credential) = credential else {
             return std::future::pending().await;
         };
         loop {
-            let next = watcher.revoked.next_publication();
+            let next = revoked.next_publication();
             if auth.is_revoked(&credential) || auth.check_credential(&credential).is_err() {
                 return;
             }
@@ -169,7 +145,7 @@ pub async fn events(
             }
         }
     };
-    let stream = BroadcastStream::new(state.events.subscribe()).map(|item| {
+    let stream = BroadcastStream::new(events.subscribe()).map(|item| {
         Ok(match item {
             Ok(event) => {
                 let message = EventMessage {
@@ -189,50 +165,4 @@ pub async fn events(
     });
     let stream = futures_util::StreamExt::take_until(stream, cut_off);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::approval_view;
-    use crate::store::{ApprovalKind, ApprovalRecord, ApprovalState};
-
-    fn record() -> ApprovalRecord {
-        ApprovalRecord {
-            approval_id: "apr_1".into(),
-            kind: ApprovalKind::Call,
-            task_id: "tsk_1".into(),
-            agent: "bot".into(),
-            purpose: "p".into(),
-            tools: vec!["web.search".into()],
-            call_tool: Some("web.search".into()),
-            call_args: None,
-            args_hash: None,
-            ttl_ms: None,
-            state: ApprovalState::Pending,
-            requested_at_ms: 1_000,
-            expires_at_ms: 2_000,
-            decided_at_ms: None,
-            decided_by: None,
-            note: None,
-        }
-    }
-
-    /// The list shows an approval exactly as the events (`tasks::approvals::view`) do:
-    /// the same fields, absent or null alike.
-    #[test]
-    fn the_list_and_the_events_show_the_same_approval() {
-        let pending = record();
-        let mut decided = record();
-        decided.task_id = String::new();
-        decided.kind = ApprovalKind::Renewal;
-        decided.call_tool = None;
-        decided.ttl_ms = Some(60_000);
-        decided.state = ApprovalState::Denied;
-        decided.decided_at_ms = Some(1_500);
-        decided.decided_by = Some("approver:ann".into());
-        for a in [pending, decided] {
-            let typed = serde_json::to_value(approval_view(&a)).unwrap();
-            assert_eq!(typed, crate::tasks::approvals::view(&a));
-        }
-    }
 }

@@ -1,5 +1,7 @@
 //! Public and read-only endpoints: health, keys, the revocation feed, the audit log.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::header;
@@ -11,28 +13,38 @@ use leash_sdk::protocol::{
 use serde::Deserialize;
 
 use super::extract::QueryParams;
-use crate::app::state::AppState;
+use crate::audit::log::Audit;
 use crate::clock::rfc3339;
 use crate::error::{ApiError, ApiResult};
 use crate::http::auth::{ApproverOrAdmin, MetricsReader};
-use crate::metrics::Sample;
+use crate::metrics::{Metrics, Sample};
+use crate::replica::health::FeedHealth;
+use crate::store::Store;
+use crate::tokens::keys::{ForwardingKey, RootKeys};
+use crate::tokens::revocation::RevocationSet;
 
 /// `GET /metrics` (admin token, or the scrape-only `LEASH_METRICS_TOKEN`): OpenMetrics text.
 #[utoipa::path(get, path = "/metrics", tag = "feeds",
     security(("admin" = []), ("metrics" = [])),
     responses((status = 200, description = "Counters and gauges in the OpenMetrics text format", content_type = "application/openmetrics-text", body = String)))]
-pub async fn metrics(_: MetricsReader, State(state): State<AppState>) -> ApiResult<Response> {
+pub async fn metrics(
+    _: MetricsReader,
+    State(audit): State<Audit>,
+    State(health): State<Arc<FeedHealth>>,
+    State(metrics): State<Arc<Metrics>>,
+    State(revoked): State<Arc<RevocationSet>>,
+) -> ApiResult<Response> {
     let sample = Sample {
-        revoked_ids: i64::try_from(state.revoked.len()).unwrap_or(i64::MAX),
-        feed_healthy: state.health.check().is_ok(),
-        audit_writable: state.audit.check_writable().is_ok(),
+        revoked_ids: i64::try_from(revoked.len()).unwrap_or(i64::MAX),
+        feed_healthy: health.check().is_ok(),
+        audit_writable: audit.check_writable().is_ok(),
     };
     Ok((
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.render(sample),
+        metrics.render(sample),
     )
         .into_response())
 }
@@ -52,9 +64,11 @@ pub async fn healthz() -> Json<Health> {
 /// `GET /.well-known/leash/keys`.
 #[utoipa::path(get, path = "/.well-known/leash/keys", tag = "feeds",
     responses((status = 200, description = "Every root public key that verifies tokens, and the forwarding key that signs the last block of every forwarded `Leash-Capability`", body = KeySet)))]
-pub async fn keys(State(state): State<AppState>) -> Json<KeySet> {
-    let keys = state
-        .keys
+pub async fn keys(
+    State(forwarding): State<Arc<ForwardingKey>>,
+    State(keys): State<Arc<RootKeys>>,
+) -> Json<KeySet> {
+    let keys = keys
         .published()
         .into_iter()
         .map(|key| PublishedKey {
@@ -65,7 +79,7 @@ pub async fn keys(State(state): State<AppState>) -> Json<KeySet> {
         .collect();
     Json(KeySet {
         keys,
-        forwarding_key: Some(state.forwarding.published()),
+        forwarding_key: Some(forwarding.published()),
     })
 }
 
@@ -102,7 +116,8 @@ const MAX_FEED_WAIT_SECONDS: u64 = 30;
 #[utoipa::path(get, path = "/v1/revocations", tag = "feeds", params(FeedQuery),
     responses((status = 200, description = "Revocations after the asked position", body = RevocationPage)))]
 pub async fn revocations(
-    State(state): State<AppState>,
+    State(revoked): State<Arc<RevocationSet>>,
+    State(store): State<Arc<dyn Store>>,
     QueryParams(q): QueryParams<FeedQuery>,
 ) -> ApiResult<Json<RevocationPage>> {
     if q.wait > MAX_FEED_WAIT_SECONDS {
@@ -113,11 +128,10 @@ pub async fn revocations(
     let after = q.after.max(0);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(q.wait);
     let entries = loop {
-        let published = state.revoked.next_publication();
+        let published = revoked.next_publication();
         tokio::pin!(published);
         published.as_mut().enable();
-        let entries = state
-            .store
+        let entries = store
             .revocations_after(after, PAGE)
             .await
             .map_err(ApiError::internal)?;
@@ -149,11 +163,10 @@ pub async fn revocations(
     responses((status = 200, description = "Audit events after the asked position", body = AuditPage)))]
 pub async fn audit(
     _: ApproverOrAdmin,
-    State(state): State<AppState>,
+    State(store): State<Arc<dyn Store>>,
     QueryParams(q): QueryParams<After>,
 ) -> ApiResult<Json<AuditPage>> {
-    let rows = state
-        .store
+    let rows = store
         .audit_after(q.after.max(0), PAGE)
         .await
         .map_err(ApiError::internal)?;
@@ -182,11 +195,10 @@ pub async fn audit(
     responses((status = 200, description = "Checkpoints after the asked seq", body = CheckpointList)))]
 pub async fn audit_checkpoints(
     _: ApproverOrAdmin,
-    State(state): State<AppState>,
+    State(store): State<Arc<dyn Store>>,
     QueryParams(q): QueryParams<After>,
 ) -> ApiResult<Json<CheckpointList>> {
-    let checkpoints = state
-        .store
+    let checkpoints = store
         .checkpoints_after(q.after.max(0), PAGE)
         .await
         .map_err(ApiError::internal)?;

@@ -1,5 +1,7 @@
 //! Task lifecycle endpoints: open, read, list, renew, complete, revoke.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -10,14 +12,18 @@ use serde::Deserialize;
 
 use super::admin::reason_text;
 use super::extract::{JsonBody, ListQuery, OptionalJson, PathParam, QueryParams};
-use crate::app::state::AppState;
 use crate::clock::rfc3339;
 use crate::error::{ApiError, ApiResult};
+use crate::events::hub::Events;
 use crate::http::auth::{Agent, AgentOrTask, ApproverOrAdmin, Caller, RenewsTask};
 use crate::ids::is_task_id;
+use crate::ratelimit::RateLimiter;
+use crate::store::Store;
 use crate::store::TaskState;
-use crate::tasks::lifecycle::{OpenRequest, Opened};
+use crate::tasks::lifecycle::{Lifecycle, OpenRequest, Opened};
+use crate::tokens::revocation::RevocationSet;
 use crate::tokens::verify::Principal;
+use crate::tokens::verify::TokenVerifier;
 
 /// `POST /v1/tasks` (agent credential).
 #[utoipa::path(post, path = "/v1/tasks", tag = "tasks", request_body = TaskRequest,
@@ -29,11 +35,14 @@ use crate::tokens::verify::Principal;
     ))]
 pub async fn create(
     caller: Agent,
-    State(state): State<AppState>,
+    State(lifecycle): State<Arc<Lifecycle>>,
+    State(rate_limiter): State<Arc<RateLimiter>>,
+    State(revoked): State<Arc<RevocationSet>>,
+    State(verifier): State<Arc<TokenVerifier>>,
     JsonBody(body): JsonBody<TaskRequest>,
 ) -> ApiResult<(StatusCode, Json<TaskIssued>)> {
     let agent = caller.credential.id.as_str();
-    state.rate_limiter.check(agent)?;
+    rate_limiter.check(agent)?;
     let request = OpenRequest {
         agent,
         credential: caller
@@ -49,12 +58,11 @@ pub async fn create(
     };
     // Once the task exists, the credential is looked at again (revoked meanwhile?).
     let still_authorized = || {
-        state
-            .verifier
-            .verify(&caller.bearer, |id| state.revoked.refusal(id))
+        verifier
+            .verify(&caller.bearer, |id| revoked.refusal(id))
             .map(|_| ())
     };
-    let opened = state.lifecycle.open(request, still_authorized).await?;
+    let opened = lifecycle.open(request, still_authorized).await?;
     Ok(issued(opened, StatusCode::CREATED))
 }
 
@@ -134,7 +142,8 @@ const MAX_WAIT_SECONDS: u64 = 60;
     responses((status = 200, description = "The task (its token only to the owner, while active)", body = TaskView)))]
 pub async fn show(
     caller: Caller,
-    State(state): State<AppState>,
+    State(events): State<Events>,
+    State(lifecycle): State<Arc<Lifecycle>>,
     PathParam(id): PathParam,
     QueryParams(query): QueryParams<ShowQuery>,
 ) -> ApiResult<Json<TaskView>> {
@@ -146,14 +155,14 @@ pub async fn show(
         )));
     }
     // Subscribe before the first read, so no change between the two is missed.
-    let mut changes = state.events.subscribe();
-    let mut record = state.lifecycle.load(id).await?;
+    let mut changes = events.subscribe();
+    let mut record = lifecycle.load(id).await?;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
     while record.state == TaskState::PendingApproval && tokio::time::Instant::now() < deadline {
         match tokio::time::timeout_at(deadline, changes.recv()).await {
             Err(_) => break,
             Ok(Ok(event)) if event.task_id.as_deref() != Some(id) => continue,
-            Ok(_) => record = state.lifecycle.load(id).await?,
+            Ok(_) => record = lifecycle.load(id).await?,
         }
     }
     // Only the owner's credential sees the token: a sub-agent holding an attenuated
@@ -171,7 +180,7 @@ pub async fn show(
         }
         _ => return Err(ApiError::NotFound(format!("no task {id}"))),
     };
-    Ok(Json(state.lifecycle.view(&record, with_token).await?))
+    Ok(Json(lifecycle.view(&record, with_token).await?))
 }
 
 /// `GET /v1/tasks?state=…` (approver, admin); no state, or `all`, lists every state.
@@ -180,7 +189,8 @@ pub async fn show(
     responses((status = 200, description = "Tasks, newest first", body = TaskList)))]
 pub async fn list(
     _: ApproverOrAdmin,
-    State(state): State<AppState>,
+    State(lifecycle): State<Arc<Lifecycle>>,
+    State(store): State<Arc<dyn Store>>,
     QueryParams(q): QueryParams<ListQuery>,
 ) -> ApiResult<Json<TaskList>> {
     let filter = match q.state.as_deref() {
@@ -190,14 +200,13 @@ pub async fn list(
         })?),
     };
     let limit = q.limit();
-    let records = state
-        .store
+    let records = store
         .list_tasks(filter, limit)
         .await
         .map_err(ApiError::internal)?;
     let mut tasks = Vec::with_capacity(records.len());
     for record in &records {
-        tasks.push(state.lifecycle.view(record, false).await?);
+        tasks.push(lifecycle.view(record, false).await?);
     }
     Ok(Json(TaskList { tasks }))
 }
@@ -215,13 +224,12 @@ pub async fn list(
     ))]
 pub async fn renew(
     caller: Agent<RenewsTask>,
-    State(state): State<AppState>,
+    State(lifecycle): State<Arc<Lifecycle>>,
     PathParam(id): PathParam,
     JsonBody(body): JsonBody<RenewBody>,
 ) -> ApiResult<(StatusCode, Json<TaskIssued>)> {
     let id = task_id_of(&id)?;
-    let opened = state
-        .lifecycle
+    let opened = lifecycle
         .renew(&caller.credential.id, id, body.ttl_seconds)
         .await?;
     Ok(issued(opened, StatusCode::OK))
@@ -237,7 +245,7 @@ pub async fn renew(
     ))]
 pub async fn complete(
     caller: AgentOrTask,
-    State(state): State<AppState>,
+    State(lifecycle): State<Arc<Lifecycle>>,
     PathParam(id): PathParam,
 ) -> ApiResult<Json<TaskEnded>> {
     let id = task_id_of(&id)?;
@@ -257,12 +265,12 @@ pub async fn complete(
             }
         },
     };
-    let record = state.lifecycle.load(id).await?;
+    let record = lifecycle.load(id).await?;
     if owner.as_deref() != Some(record.agent.as_str()) {
         return Err(ApiError::NotFound(format!("no task {id}")));
     }
     finish(
-        &state,
+        &lifecycle,
         id,
         TaskState::Completed,
         "completed by its agent",
@@ -282,24 +290,24 @@ pub async fn complete(
     ))]
 pub async fn revoke(
     caller: ApproverOrAdmin,
-    State(state): State<AppState>,
+    State(lifecycle): State<Arc<Lifecycle>>,
     PathParam(id): PathParam,
     OptionalJson(body): OptionalJson<ReasonBody>,
 ) -> ApiResult<Json<TaskEnded>> {
     let id = task_id_of(&id)?;
     let reason = reason_text(body.reason)?;
-    finish(&state, id, TaskState::Revoked, &reason, &caller.actor()).await
+    finish(&lifecycle, id, TaskState::Revoked, &reason, &caller.actor()).await
 }
 
 /// Ends a task; repeating the same end is answered 200, a different one 409.
 async fn finish(
-    state: &AppState,
+    lifecycle: &Lifecycle,
     id: &str,
     target: TaskState,
     reason: &str,
     actor: &str,
 ) -> ApiResult<Json<TaskEnded>> {
-    state.lifecycle.end(id, target, reason, actor).await?;
+    lifecycle.end(id, target, reason, actor).await?;
     Ok(Json(TaskEnded {
         task_id: id.to_string(),
         state: target.as_str().into(),

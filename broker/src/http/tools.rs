@@ -1,5 +1,7 @@
 //! Tool endpoints for task-token holders: list what may be called, and call it.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -8,22 +10,20 @@ use leash_sdk::protocol::{CallResult, PendingApproval, ToolInfo, ToolList};
 use serde_json::Value;
 
 use super::extract::{PathParam, RawBody, parse_json};
-use crate::app::state::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::http::auth::TaskToken;
 use crate::policy::ToolApproval;
-use crate::tasks::calls::CallOutcome;
+use crate::tasks::calls::{CallOutcome, Calls};
 
 /// `GET /v1/tools`.
 #[utoipa::path(get, path = "/v1/tools", tag = "tools", security(("task" = [])),
     responses((status = 200, description = "The tools this token may call", body = ToolList)))]
 pub async fn list(
     TaskToken(token): TaskToken,
-    State(state): State<AppState>,
+    State(calls): State<Arc<Calls>>,
 ) -> ApiResult<Json<ToolList>> {
-    let task = state.calls.active_task(token).await?;
-    let tools = state
-        .calls
+    let task = calls.active_task(token).await?;
+    let tools = calls
         .callable_tools(&task)
         .await?
         .iter()
@@ -63,7 +63,7 @@ pub async fn list(
     ))]
 pub async fn call(
     TaskToken(token): TaskToken,
-    State(state): State<AppState>,
+    State(calls): State<Arc<Calls>>,
     headers: HeaderMap,
     PathParam(tool): PathParam,
     RawBody(body): RawBody,
@@ -79,8 +79,7 @@ pub async fn call(
                 .to_string(),
         ),
     };
-    match state
-        .calls
+    match calls
         .call_tool(token, &tool, args, approval.as_deref())
         .await?
     {

@@ -26,6 +26,7 @@ use crate::tasks::runtime::Tasks;
 use crate::tokens::seal::Sealer;
 use crate::upstream::catalog::Catalog;
 use crate::upstream::pins::{self, DefinitionReview};
+use leash_sdk::protocol::{ApprovalCall, ApprovalView};
 
 /// Prefix of approval ids.
 pub const APPROVAL_PREFIX: &str = "apr_";
@@ -54,31 +55,33 @@ pub enum CallApproval {
     Pending(String),
 }
 
-/// The approval as the API shows it.
-pub fn view(a: &ApprovalRecord) -> Value {
-    let mut out = json!({
-        "approval_id": a.approval_id,
-        "task_id": (!a.task_id.is_empty()).then_some(&a.task_id),
-        "agent": a.agent,
-        "kind": a.kind.as_str(),
-        "purpose": a.purpose,
-        "tools": a.tools,
-        "state": a.state.as_str(),
-        "requested_at": rfc3339(a.requested_at_ms),
-        "expires_at": rfc3339(a.expires_at_ms),
-    });
-    if let Some(tool) = &a.call_tool {
-        out["call"] = json!({ "tool": tool, "arguments": a.call_args });
+/// The approval as the API shows it: in lists and as the data of its events.
+pub fn view(a: &ApprovalRecord) -> ApprovalView {
+    let decided = a.decided_at_ms.is_some();
+    ApprovalView {
+        approval_id: a.approval_id.clone(),
+        task_id: (!a.task_id.is_empty()).then(|| a.task_id.clone()),
+        agent: a.agent.clone(),
+        kind: a.kind.as_str().into(),
+        purpose: a.purpose.clone(),
+        tools: a.tools.clone(),
+        state: a.state.as_str().into(),
+        requested_at: rfc3339(a.requested_at_ms),
+        expires_at: rfc3339(a.expires_at_ms),
+        call: a.call_tool.as_ref().map(|tool| ApprovalCall {
+            tool: tool.clone(),
+            arguments: a.call_args.clone().unwrap_or(Value::Null),
+        }),
+        ttl_seconds: a.ttl_ms.map(|ttl| ttl / 1000),
+        decided_at: a.decided_at_ms.map(rfc3339),
+        decided_by: decided.then(|| a.decided_by.clone()),
+        note: decided.then(|| a.note.clone()),
     }
-    if let Some(ttl) = a.ttl_ms {
-        out["ttl_seconds"] = json!(ttl / 1000);
-    }
-    if let Some(at) = a.decided_at_ms {
-        out["decided_at"] = json!(rfc3339(at));
-        out["decided_by"] = json!(a.decided_by);
-        out["note"] = json!(a.note);
-    }
-    out
+}
+
+/// [`view`] as event data.
+fn event_data(a: &ApprovalRecord) -> Value {
+    serde_json::to_value(view(a)).unwrap_or(Value::Null)
 }
 
 /// Human approvals: filing, deciding, expiring and spending them. Holds exactly the
@@ -201,8 +204,11 @@ impl Approvals {
                 detail,
             })
             .await;
-        self.events
-            .publish("approval.requested", task_id.as_deref(), view(&approval));
+        self.events.publish(
+            "approval.requested",
+            task_id.as_deref(),
+            event_data(&approval),
+        );
         Ok(approval)
     }
 
@@ -369,8 +375,11 @@ impl Approvals {
             detail: json!({ "approval_id": approval_id, "kind": approval.kind.as_str(), "note": note }),
         })
         .await;
-        self.events
-            .publish("approval.decided", Some(&approval.task_id), view(&decided));
+        self.events.publish(
+            "approval.decided",
+            Some(&approval.task_id),
+            event_data(&decided),
+        );
         Ok(decided)
     }
 
@@ -468,7 +477,7 @@ impl Approvals {
             self.events.publish(
                 "approval.decided",
                 Some(&approval.task_id),
-                view(&now_state),
+                event_data(&now_state),
             );
         }
         Ok(())

@@ -3,6 +3,7 @@
 
 pub mod approvals;
 pub mod calls;
+pub mod credentials;
 pub mod issue;
 pub mod lifecycle;
 pub mod live;

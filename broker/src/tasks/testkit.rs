@@ -18,6 +18,7 @@ use crate::replica::health::FeedHealth;
 use crate::store::{SqliteStore, Store, TaskRecord, TaskState};
 use crate::tasks::approvals::{Approvals, ApprovalsParts};
 use crate::tasks::calls::Calls;
+use crate::tasks::credentials::Credentials;
 use crate::tasks::issue::Issuer;
 use crate::tasks::lifecycle::Lifecycle;
 use crate::tasks::runtime::Tasks;
@@ -44,7 +45,8 @@ pub struct Kit {
     pub approvals: Arc<Approvals>,
     pub calls: Arc<Calls>,
     pub lifecycle: Lifecycle,
-    pub verifier: TokenVerifier,
+    pub credentials: Credentials,
+    pub verifier: Arc<TokenVerifier>,
     pub revoked: Arc<RevocationSet>,
 }
 
@@ -94,6 +96,17 @@ impl Kit {
             catalog: catalog.clone(),
             max_pending_per_agent: 3,
         }));
+        let verifier = Arc::new(TokenVerifier::new(keys.clone()));
+        let credentials = Credentials {
+            keys: keys.clone(),
+            store: store.clone(),
+            audit: audit.clone(),
+            clock: clock.clone(),
+            revoked: revoked.clone(),
+            verifier: verifier.clone(),
+            tasks: tasks.clone(),
+            max_revoked_tokens_per_task: 2,
+        };
         let lifecycle = Lifecycle {
             tasks: tasks.clone(),
             store: store.clone(),
@@ -121,7 +134,7 @@ impl Kit {
             capability_ttl: Duration::from_secs(30),
         });
         Kit {
-            verifier: TokenVerifier::new(keys.clone()),
+            verifier,
             clock,
             store,
             policy,
@@ -131,6 +144,7 @@ impl Kit {
             approvals,
             calls,
             lifecycle,
+            credentials,
             revoked,
         }
     }
