@@ -11,12 +11,14 @@
 //!   `task_inactive`) are not guesses: they are neither throttled nor logged above debug,
 //!   so an agent that keeps using a revoked token cannot lock its neighbours out.
 
+use std::sync::Arc;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRef, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -24,14 +26,17 @@ use http_body::{Frame, SizeHint};
 use leash_sdk::protocol::ErrorCode;
 use sha2::{Digest, Sha256};
 
-use crate::app::state::AppState;
+use crate::config::ServeConfig;
 use crate::error::ApiError;
+use crate::http::slots::Slots;
+use crate::metrics::Metrics;
+use crate::ratelimit::AuthFailureLimiter;
 
 /// Long-held requests (`?wait=` long-polls, `/v1/events`) take a slot of their
 /// address's share and of the overall long-poll cap for as long as their answer streams;
 /// past either, 429 with `Connection: close` (so the refused connection is freed too).
 pub async fn long_poll_slots(
-    State(state): State<AppState>,
+    State(long_polls): State<Arc<Slots>>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -41,7 +46,7 @@ pub async fn long_poll_slots(
     if !is_long_held(&request) {
         return next.run(request).await;
     }
-    let Some(slot) = state.long_polls.try_take(peer.ip()) else {
+    let Some(slot) = long_polls.try_take(peer.ip()) else {
         let mut refusal = ApiError::RateLimited {
             message: "too many long-polls or event streams are open (from this address, or in all); retry shortly".into(),
             retry_after_secs: 1,
@@ -113,12 +118,19 @@ impl http_body::Body for Holding {
 pub struct BodyTimedOut;
 
 /// The middleware; see the module documentation.
-pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn guard(
+    State(auth_failures): State<Arc<AuthFailureLimiter>>,
+    State(config): State<Arc<ServeConfig>>,
+    State(metrics): State<Arc<Metrics>>,
+    State(auth): State<crate::http::auth::Authenticator>,
+    request: Request,
+    next: Next,
+) -> Response {
     let head = head_size(&request);
-    if head > state.config.max_header_bytes {
+    if head > config.max_header_bytes {
         return ApiError::HeadersTooLarge(format!(
             "the request line and headers take {head} bytes; at most {} are allowed",
-            state.config.max_header_bytes
+            config.max_header_bytes
         ))
         .into_response();
     }
@@ -128,11 +140,10 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
         .get(header::AUTHORIZATION)
         .map(|value| fingerprint(value.as_bytes()));
     if let (Some(peer), Some(_)) = (&peer, &credential)
-        && let Err(refusal) = state.auth_failures.admit(peer)
-        && !crate::http::auth::Authenticator::from_ref(&state)
-            .is_known_credential(request.headers())
+        && let Err(refusal) = auth_failures.admit(peer)
+        && !auth.is_known_credential(request.headers())
     {
-        state.metrics.throttled();
+        metrics.throttled();
         return refusal.into_response();
     }
     let method = request.method().clone();
@@ -144,7 +155,7 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
     } else {
         Body::new(DeadlineBody {
             inner: body,
-            deadline: Box::pin(tokio::time::sleep(state.config.client_timeout)),
+            deadline: Box::pin(tokio::time::sleep(config.client_timeout)),
         })
     };
     let response = next.run(Request::from_parts(parts, body)).await;
@@ -159,9 +170,9 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
         let peer_text = peer.as_deref().unwrap_or("unknown");
         if matches!(code, ErrorCode::TokenInvalid | ErrorCode::Unauthenticated) {
             if let Some(peer) = &peer {
-                state.auth_failures.record_failure(peer);
+                auth_failures.record_failure(peer);
             }
-            state.metrics.invalid_credential();
+            metrics.invalid_credential();
             tracing::warn!(
                 peer = peer_text,
                 %method,

@@ -3,30 +3,33 @@
 //! Refusals are plain HTTP: 401 carries `WWW-Authenticate` pointing at the RFC 9728
 //! metadata, so MCP clients can discover how to authenticate.
 
+use std::sync::Arc;
+
 use axum::Json;
-use axum::extract::{FromRef, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use leash_sdk::protocol::ResourceMetadata;
 
-use crate::app::state::AppState;
+use crate::config::ServeConfig;
 use crate::error::ApiError;
 use crate::http::auth::Authenticator;
+use crate::tasks::calls::Calls;
 
 /// The host names `/mcp` answers to: loopback names, the listen address, and
 /// `LEASH_MCP_ALLOWED_HOSTS`.
-pub fn allowed_hosts(state: &AppState) -> Vec<String> {
+pub fn allowed_hosts(config: &ServeConfig) -> Vec<String> {
     let mut hosts = vec![
         "localhost".to_string(),
         "127.0.0.1".to_string(),
         "::1".to_string(),
     ];
-    let listen = state.config.listen.ip().to_string();
-    if !state.config.listen.ip().is_unspecified() && !hosts.contains(&listen) {
+    let listen = config.listen.ip().to_string();
+    if !config.listen.ip().is_unspecified() && !hosts.contains(&listen) {
         hosts.push(listen);
     }
-    hosts.extend(state.config.mcp_allowed_hosts.iter().cloned());
+    hosts.extend(config.mcp_allowed_hosts.iter().cloned());
     hosts
 }
 
@@ -48,13 +51,16 @@ pub fn host_only(value: &str) -> String {
 }
 
 /// Refuses a request whose Host or Origin is not this broker's.
-pub fn check_host_and_origin(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+pub fn check_host_and_origin(
+    config: &ServeConfig,
+    headers: &HeaderMap,
+) -> Result<String, ApiError> {
     let forbidden = |why: &str| ApiError::Forbidden(why.to_string());
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| forbidden("a Host header is required"))?;
-    let allowed = allowed_hosts(state);
+    let allowed = allowed_hosts(config);
     if !allowed.contains(&host_only(host)) {
         return Err(forbidden("the Host header does not name this broker"));
     }
@@ -88,19 +94,21 @@ fn unauthorized(host: &str, err: ApiError) -> Response {
 /// put in the request extensions for the MCP handler. A revoked or completed task ends
 /// the MCP session: every later request is 401.
 pub async fn require_task_token(
-    State(state): State<AppState>,
+    State(config): State<Arc<ServeConfig>>,
+    State(calls): State<Arc<Calls>>,
+    State(auth): State<Authenticator>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let host = match check_host_and_origin(&state, request.headers()) {
+    let host = match check_host_and_origin(&config, request.headers()) {
         Ok(host) => host,
         Err(refused) => return refused.into_response(),
     };
-    let token = match Authenticator::from_ref(&state).task_token(request.headers()) {
+    let token = match auth.task_token(request.headers()) {
         Ok(token) => token,
         Err(err) => return unauthorized(&host, err),
     };
-    if let Err(err) = state.calls.active_task(token.clone()).await {
+    if let Err(err) = calls.active_task(token.clone()).await {
         let (status, _) = err.status_and_code();
         return if status == StatusCode::UNAUTHORIZED {
             unauthorized(&host, err)
@@ -114,8 +122,11 @@ pub async fn require_task_token(
 
 /// `GET /.well-known/oauth-protected-resource`: RFC 9728 metadata naming Leash. Task
 /// tokens come from Leash's own task API (`POST /v1/tasks`), not from an OAuth server.
-pub async fn resource_metadata(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let host = match check_host_and_origin(&state, &headers) {
+pub async fn resource_metadata(
+    State(config): State<Arc<ServeConfig>>,
+    headers: HeaderMap,
+) -> Response {
+    let host = match check_host_and_origin(&config, &headers) {
         Ok(host) => host,
         Err(refused) => return refused.into_response(),
     };

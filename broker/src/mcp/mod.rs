@@ -18,7 +18,7 @@ use crate::app::state::AppState;
 
 /// The routes of the gateway: `/mcp` and the protected-resource metadata.
 pub fn routes(state: AppState) -> Router {
-    let service = server::service(state.clone());
+    let service = server::service(state.calls.clone(), &state.config);
     Router::new()
         .route_service("/mcp", service)
         .route_layer(axum::middleware::from_fn_with_state(

@@ -17,28 +17,32 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::Value;
 
-use crate::app::state::AppState;
+use crate::config::ServeConfig;
 use crate::error::ApiError;
-use crate::tasks::calls::CallOutcome;
+use crate::tasks::calls::{CallOutcome, Calls};
 use crate::tokens::verify::VerifiedToken;
+use crate::upstream::dispatch::Upstream;
 
 /// The MCP handler of one request.
 #[derive(Clone)]
 pub struct LeashMcp {
-    state: AppState,
+    calls: Arc<Calls>,
 }
 
 /// The `/mcp` service: stateless Streamable HTTP, with the broker's Host allow-list.
-pub fn service(state: AppState) -> StreamableHttpService<LeashMcp, NeverSessionManager> {
+pub fn service(
+    calls: Arc<Calls>,
+    config: &ServeConfig,
+) -> StreamableHttpService<LeashMcp, NeverSessionManager> {
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         .with_json_response(true)
-        .with_allowed_hosts(super::guard::allowed_hosts(&state))
-        .with_max_request_body_bytes(state.config.body_limit);
+        .with_allowed_hosts(super::guard::allowed_hosts(config))
+        .with_max_request_body_bytes(config.body_limit);
     StreamableHttpService::new(
         move || {
             Ok(LeashMcp {
-                state: state.clone(),
+                calls: calls.clone(),
             })
         },
         Arc::new(NeverSessionManager::default()),
@@ -89,13 +93,11 @@ impl ServerHandler for LeashMcp {
     ) -> Result<ListToolsResult, ErrorData> {
         let token = token_of(&context)?;
         let task = self
-            .state
             .calls
             .active_task(token)
             .await
             .map_err(|e| ErrorData::invalid_request(e.to_string(), None))?;
         let tools = self
-            .state
             .calls
             .callable_tools(&task)
             .await
@@ -125,13 +127,13 @@ impl ServerHandler for LeashMcp {
         let args = Value::Object(request.arguments.clone().unwrap_or_default());
         let approval = approval_of(&context);
         let name = request.name.to_string();
+        // An MCP upstream's answer is already a `CallToolResult`: passed on as it is.
         let is_mcp_tool = self
-            .state
+            .calls
             .catalog
             .get(&name)
-            .is_some_and(|t| t.mcp.is_some());
+            .is_some_and(|t| matches!(Upstream::of(&t), Upstream::Mcp { .. }));
         match self
-            .state
             .calls
             .call_tool(token, &name, args, approval.as_deref())
             .await
