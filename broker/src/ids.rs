@@ -52,14 +52,6 @@ pub fn is_tool_name(name: &str) -> bool {
         })
 }
 
-/// Whether free text (a purpose, reason or note) is printable: no control characters
-/// but newline and tab. (PostgreSQL refuses NUL; terminals and logs mis-show the rest.)
-pub fn is_plain_text(text: &str) -> bool {
-    !text
-        .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\t')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

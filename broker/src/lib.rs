@@ -17,7 +17,7 @@
 //!   and webhook; [`replica`] the PostgreSQL change feed and health;
 //! - [`store`] durable state, SQLite or PostgreSQL, one SQL text per operation;
 //!   [`policy`] policy files;
-//! - leaves: [`clock`], [`error`] (the one error type), [`ids`], [`datadir`], [`tls`],
+//! - leaves: [`clock`], [`error`] (the one error type), [`ids`], [`text`], [`datadir`], [`tls`],
 //!   [`metrics`], [`ratelimit`], [`logging`].
 
 pub mod app;
@@ -38,6 +38,7 @@ pub mod ratelimit;
 pub mod replica;
 pub mod store;
 pub mod tasks;
+pub mod text;
 pub mod tls;
 pub mod tokens;
 pub mod upstream;

@@ -7,7 +7,7 @@
 //!   `tools/call` the gateway's own steps: tool-name shape, arguments object, depth,
 //!   argument facts;
 //! - as `ServerJsonRpcMessage` (what upstream MCP servers answer), and for `tools/list`
-//!   results the discovery steps of `mcp::upstream::refresh`: `NAME.tool` name check,
+//!   results the discovery steps of `upstream::mcp::refresh`: `NAME.tool` name check,
 //!   schema compilation, definition pin hash; and as the `CallToolResult` the gateway
 //!   reads back from an upstream;
 //! - through rmcp's `StreamableHttpService` configured as `mcp::server::service` does
@@ -26,7 +26,8 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, Method, Request, header};
 use leash_broker::ids::is_tool_name;
-use leash_broker::mcp::{guard, pins};
+use leash_broker::mcp::guard;
+use leash_broker::upstream::pins;
 use leash_sdk::facts::{MAX_DEPTH, arg_facts, depth};
 use libfuzzer_sys::fuzz_target;
 use rmcp::model::{

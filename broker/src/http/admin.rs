@@ -89,7 +89,7 @@ pub async fn approver_credential(
 /// Limits and defaults a revocation reason.
 pub fn reason_text(reason: Option<String>) -> ApiResult<String> {
     let reason = reason.unwrap_or_else(|| "revoked".into());
-    if reason.chars().count() > 1000 || !crate::ids::is_plain_text(&reason) {
+    if !crate::text::is_free_text(&reason) {
         return Err(ApiError::BadRequest(
             "reason must be at most 1000 printable characters".into(),
         ));

@@ -101,7 +101,7 @@ async fn decision(
     if body
         .note
         .as_ref()
-        .is_some_and(|n| n.chars().count() > 1000 || !crate::ids::is_plain_text(n))
+        .is_some_and(|n| !crate::text::is_free_text(n))
     {
         return Err(ApiError::BadRequest(
             "note must be at most 1000 printable characters".into(),

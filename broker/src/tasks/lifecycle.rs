@@ -28,8 +28,6 @@ pub const MAX_CHECKS: usize = 32;
 pub const MAX_CHECK_BYTES: usize = 4096;
 /// Most tools (names or patterns) one request may list.
 pub const MAX_TOOLS: usize = 256;
-/// Longest purpose, in characters.
-pub const MAX_PURPOSE_CHARS: usize = 1000;
 
 /// What an agent asks for when it opens a task.
 pub struct OpenRequest<'a> {
@@ -102,10 +100,7 @@ impl Lifecycle {
         let agent = request.agent;
         let grant = self.grant(agent, "has no grant for")?;
         let purpose = request.purpose.trim();
-        if purpose.is_empty()
-            || purpose.chars().count() > MAX_PURPOSE_CHARS
-            || !crate::ids::is_plain_text(purpose)
-        {
+        if purpose.is_empty() || !crate::text::is_free_text(purpose) {
             return Err(ApiError::BadRequest(
                 "purpose must be 1 to 1000 characters".into(),
             ));
