@@ -76,3 +76,32 @@ impl FeedHealth {
             .store(self.clock.now_ms(), Ordering::SeqCst);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_single_broker_is_always_fresh() {
+        let clock = Clock::fixed(1_000_000);
+        let health = FeedHealth::single(clock.clone());
+        clock.advance(Duration::from_secs(3600));
+        health.check().unwrap();
+    }
+
+    #[test]
+    fn a_replica_is_fresh_only_while_it_hears_its_own_ping_and_has_caught_up() {
+        let clock = Clock::fixed(1_000_000);
+        let health = FeedHealth::replicated(clock.clone(), Duration::from_secs(2));
+        health.check().unwrap();
+        clock.advance(Duration::from_millis(2001));
+        assert!(matches!(health.check(), Err(ApiError::Unavailable(_))));
+        health.heard_own_ping();
+        health.check().unwrap();
+        // Reconnecting: stale until the tables were read again.
+        health.set_caught_up(false);
+        assert!(matches!(health.check(), Err(ApiError::Unavailable(_))));
+        health.set_caught_up(true);
+        health.check().unwrap();
+    }
+}

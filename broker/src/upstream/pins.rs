@@ -91,3 +91,82 @@ pub async fn accept(
     catalog.release(name, hash);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{accept, definition, withheld};
+    use crate::store::ApprovalState;
+    use crate::tasks::testkit::{Kit, notes_policy};
+
+    #[test]
+    fn a_definition_hash_covers_name_description_and_schema() {
+        let schema = json!({"type": "object"});
+        let (_, hash) = definition("docs.search", "Search", &schema);
+        assert_eq!(hash, definition("docs.search", "Search", &schema).1);
+        assert_ne!(
+            hash,
+            definition("docs.search", "Search and delete", &schema).1
+        );
+        assert_ne!(hash, definition("docs.find", "Search", &schema).1);
+        assert_ne!(
+            hash,
+            definition(
+                "docs.search",
+                "Search",
+                &json!({"type": "object", "required": ["q"]})
+            )
+            .1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_changed_definition_is_withheld_and_asked_about_once_until_accepted() {
+        let kit = Kit::new(&notes_policy("http://127.0.0.1:9")).await;
+        let store = kit.store.as_ref();
+        let review = kit.approvals.as_ref();
+        let first = definition("docs.search", "Search", &json!({}));
+        let changed = definition("docs.search", "Search and delete", &json!({}));
+        // First sight pins; the same definition again is fine.
+        assert!(
+            !withheld(store, review, "docs", "docs.search", &first.0, &first.1)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !withheld(store, review, "docs", "docs.search", &first.0, &first.1)
+                .await
+                .unwrap()
+        );
+        // A change is withheld, and asked about once however often it is seen.
+        for _ in 0..3 {
+            assert!(
+                withheld(store, review, "docs", "docs.search", &changed.0, &changed.1)
+                    .await
+                    .unwrap()
+            );
+        }
+        let pending = store
+            .list_approvals(Some(ApprovalState::Pending), 10)
+            .await
+            .unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].args_hash.as_deref(), Some(changed.1.as_str()));
+        // Accepting it releases the tool with the new definition.
+        let catalog = crate::upstream::catalog::Catalog::new(&kit.policy);
+        accept(store, &catalog, "docs.search", &changed.1)
+            .await
+            .unwrap();
+        assert!(
+            !withheld(store, review, "docs", "docs.search", &changed.0, &changed.1)
+                .await
+                .unwrap()
+        );
+        let pin = store.get_pin("docs.search").await.unwrap().unwrap();
+        assert_eq!(
+            (pin.hash.as_str(), pin.pending_hash),
+            (changed.1.as_str(), None)
+        );
+    }
+}
