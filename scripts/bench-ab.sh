@@ -15,6 +15,7 @@ A=$(realpath "$1"); B=$(realpath "$2")
 SECONDS_PER_ROUND=${BENCH_SECONDS:-5}
 ROUNDS=${BENCH_ROUNDS:-3}
 CONNECTIONS=${BENCH_CONNECTIONS:-64}
+THREADS=$(( CONNECTIONS < 2 ? 1 : 2 ))
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 2; }
 command -v nginx >/dev/null || { echo "nginx is needed: apt-get install nginx-light" >&2; exit 2; }
 
@@ -59,12 +60,12 @@ upstream_headers = { Authorization = "Bearer bench-upstream-key" }
 tools = ["bench.*"]
 max_ttl_seconds = 3600
 TOML
-  LEASH_ADMIN_TOKEN=bench-admin LEASH_RATE_LIMIT=0 LEASH_LOG=warn \
+  LEASH_ADMIN_TOKEN=bench-admin-token-0123456789 LEASH_RATE_LIMIT=0 LEASH_LOG=warn \
     "$1" serve --listen "127.0.0.1:$2" --policies "$dir/policies" --data "$dir/data" \
     >"$dir/log" 2>&1 & PIDS+=($!)
   for _ in $(seq 100); do curl -sf "127.0.0.1:$2/healthz" >/dev/null && break; sleep 0.1; done
   local agent token
-  agent=$(curl -sf -X POST "127.0.0.1:$2/v1/agents/bench/credentials" -H "Authorization: Bearer bench-admin" \
+  agent=$(curl -sf -X POST "127.0.0.1:$2/v1/agents/bench/credentials" -H "Authorization: Bearer bench-admin-token-0123456789" \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["credential"])')
   token=$(curl -sf -X POST "127.0.0.1:$2/v1/tasks" -H "Authorization: Bearer $agent" -H 'Content-Type: application/json' \
     -d '{"purpose":"benchmark","tools":["bench.echo"],"ttl_seconds":3600}' \
@@ -96,7 +97,7 @@ for unit,f in (('us',1),('ms',1000),('s',1e6)):
     if v.endswith(unit) and not (unit=='s' and v.endswith(('us','ms'))): print(round(float(v[:-len(unit)])*f)); break" "$1"; }
 for round in $(seq "$ROUNDS"); do
   for target in direct nginx A B; do
-    out=$(wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_PER_ROUND}s" --latency -s "${SCRIPT[$target]}" "${URL[$target]}")
+    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${SECONDS_PER_ROUND}s" --latency -s "${SCRIPT[$target]}" "${URL[$target]}")
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
     p50=$(to_us "$(awk '$1=="50%" {print $2}' <<<"$out")")
     p99=$(to_us "$(awk '$1=="99%" {print $2}' <<<"$out")")

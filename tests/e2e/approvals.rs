@@ -948,3 +948,28 @@ async fn one_agent_cannot_bury_the_approvers_in_requests() {
     assert_eq!(decided.status, 200, "{decided:?}");
     assert_eq!(open(&broker, &careful).await.status, 202);
 }
+
+#[tokio::test]
+async fn someone_elses_pending_task_is_not_found_at_once_not_after_a_long_poll() {
+    let broker = broker_with(Hook::default()).await;
+    let owner = broker.agent("careful").await;
+    let stranger = broker.agent("payer").await;
+    let pending = open(&broker, &owner).await;
+    assert_eq!(pending.status, 202, "{pending:?}");
+    let task_id = pending.body["task_id"].as_str().unwrap();
+    // A stranger's long-poll must neither hold a slot nor learn when the task is decided:
+    // it is refused before any waiting (the whole wait is 30 s; the answer is immediate).
+    let started = std::time::Instant::now();
+    let refused = broker
+        .get(&format!("/v1/tasks/{task_id}?wait=30"), Some(&stranger))
+        .await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (404, "not_found"),
+        "{refused:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "refused only after the wait"
+    );
+}

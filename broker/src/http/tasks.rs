@@ -157,14 +157,8 @@ pub async fn show(
     // Subscribe before the first read, so no change between the two is missed.
     let mut changes = events.subscribe();
     let mut record = lifecycle.load(id).await?;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
-    while record.state == TaskState::PendingApproval && tokio::time::Instant::now() < deadline {
-        match tokio::time::timeout_at(deadline, changes.recv()).await {
-            Err(_) => break,
-            Ok(Ok(event)) if event.task_id.as_deref() != Some(id) => continue,
-            Ok(_) => record = lifecycle.load(id).await?,
-        }
-    }
+    // Who may see it is decided before any waiting: someone else's task is "not found"
+    // at once, and never holds a long-poll or tells when it was decided.
     // Only the owner's credential sees the token: a sub-agent holding an attenuated
     // token must not be able to fetch its parent.
     let with_token = match &caller {
@@ -180,6 +174,14 @@ pub async fn show(
         }
         _ => return Err(ApiError::NotFound(format!("no task {id}"))),
     };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
+    while record.state == TaskState::PendingApproval && tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout_at(deadline, changes.recv()).await {
+            Err(_) => break,
+            Ok(Ok(event)) if event.task_id.as_deref() != Some(id) => continue,
+            Ok(_) => record = lifecycle.load(id).await?,
+        }
+    }
     Ok(Json(lifecycle.view(&record, with_token).await?))
 }
 
