@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use leash_broker::keys::{ForwardingKey, RootKeys, StoredKey};
-use leash_broker::mint::{self, Role, TaskClaims};
+use leash_broker::tokens::keys::{ForwardingKey, RootKeys, StoredKey};
+use leash_broker::tokens::mint::{self, Role, TaskClaims};
 
 /// "Now" of every evaluation: 2027-01-15 (before [`EXPIRES_AT`]).
 pub const NOW_SECS: i64 = 1_800_000_000;
