@@ -16,6 +16,7 @@ mod mcp;
 mod metrics;
 mod openapi;
 mod process;
+mod python_sdk;
 mod replicas;
 mod revocation;
 mod sdk;

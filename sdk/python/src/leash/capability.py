@@ -5,7 +5,7 @@ Facts a verifier supplies for a call: ``time(now)``, ``call(tool)`` and one
 the same Biscuit terms; objects and arrays are Datalog 3.3 maps and arrays. A number with
 an integral value (``1234.0``, ``1.234e3``) is that integer; any other number that is not
 a 64-bit integer becomes the string of the number as the broker prints it (serde_json's
-shortest form, e.g. ``"1.5"``, ``"1e300"``), so a numeric comparison against it fails
+shortest form, e.g. ``"1.5"``, ``"1e+300"``), so a numeric comparison against it fails
 closed. The one policy is ``allow if call($t), tool($t)``: only the authority block's
 ``tool`` facts grant anything. A tool server keeps no counters, so budgets written as
 ``reject if token_calls($n), …`` never fire here: the broker counts.
@@ -61,9 +61,10 @@ def limits() -> Any:
 
 
 def number_text(value: float) -> str:
-    """``value`` as serde_json prints a float (Rust's ``ryu``): ``1.5``, ``1e300``,
-    ``1.2345e-7``, ``100000000000000000000.0``. Python's ``repr`` finds the same shortest
-    digits; only the layout differs."""
+    """``value`` as serde_json prints a float (its ``zmij`` formatter): ``1.5``,
+    ``1e+300``, ``1.2345e-7``, ``0.000123``, ``1234567890123456.0``. Python's ``repr``
+    finds the same shortest digits; only the layout differs: plain for a leading-digit
+    exponent in -5..=15, else ``d.ddde±x`` with the exponent unpadded."""
     text = repr(value)
     sign = ""
     if text.startswith("-"):
@@ -83,10 +84,9 @@ def number_text(value: float) -> str:
         out = digits[:kk] + "." + digits[kk:]
     elif -5 < kk <= 0:
         out = "0." + "0" * -kk + digits
-    elif length == 1:
-        out = f"{digits}e{kk - 1}"
     else:
-        out = f"{digits[0]}.{digits[1:]}e{kk - 1}"
+        point = f"{digits[0]}.{digits[1:]}" if length > 1 else digits
+        out = f"{point}e{'+' if kk >= 1 else '-'}{abs(kk - 1)}"
     return sign + out
 
 
@@ -124,10 +124,9 @@ class _Terms:
             if _I64 <= value < _U64:
                 return self.param(str(value))  # serde_json keeps a u64 exact
             try:
-                as_float = float(value)  # serde_json reads a larger literal as a float
+                value = float(value)  # serde_json reads a larger literal as a float
             except OverflowError:
                 raise ArgumentError("a number is out of range") from None
-            return self.param(number_text(as_float))
         if isinstance(value, float):
             if not math.isfinite(value):
                 raise ArgumentError("a number is out of range (JSON has no NaN or infinity)")
