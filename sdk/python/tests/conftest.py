@@ -41,8 +41,9 @@ def leash_binary() -> Path:
     return path
 
 
-def policy(upstream: str) -> str:
-    """The test policy: three tools on the example server, four agents."""
+def policy(upstream: str, black_hole: str) -> str:
+    """The test policy: three tools on the example server, one on an upstream that
+    never answers (``black_hole``), three agents."""
     schema_search = (
         '{ type = "object", required = ["query"], additionalProperties = false, '
         'properties = { query = { type = "string", minLength = 1, maxLength = 200 } } }'
@@ -77,8 +78,14 @@ def policy(upstream: str) -> str:
         input_schema = {schema_append}
         upstream_headers = {key}
 
+        [tools."slow.echo"]
+        description = "An upstream that never answers"
+        upstream = "{black_hole}/echo"
+        timeout_ms = 300
+        input_schema = {{ type = "object" }}
+
         [agents.research-bot]
-        tools = ["notes.*"]
+        tools = ["notes.*", "slow.*"]
         max_ttl_seconds = 900
         idle_timeout_seconds = 300
         max_calls = 50
@@ -106,6 +113,8 @@ class BrokerProcess:
     process: subprocess.Popen[bytes]
     data: Path
     upstream: str
+    #: The last capability Leash forwarded, per upstream path.
+    captured: dict[str, str]
     http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=30))
 
     def admin(self, method: str, path: str, body: Any = None) -> Any:
@@ -137,12 +146,20 @@ class BrokerProcess:
         return calls
 
 
+def _drain(stream: Any) -> None:
+    for _ in stream:
+        pass
+
+
 def _start_broker(policies: Path, data: Path) -> tuple[subprocess.Popen[bytes], str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEASH_")}
     env.update({"LEASH_LOG": "info", "LEASH_ADMIN_TOKEN": ADMIN, "NO_COLOR": "1"})
     process = subprocess.Popen(
-        [str(leash_binary()), "serve", "--listen", "127.0.0.1:0"]
-        + ["--policies", str(policies), "--data", str(data), "--sweep-interval-ms", "200"],
+        [
+            str(leash_binary()),
+            *("serve", "--listen", "127.0.0.1:0", "--sweep-interval-ms", "200"),
+            *("--policies", str(policies), "--data", str(data)),
+        ],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -156,11 +173,25 @@ def _start_broker(policies: Path, data: Path) -> tuple[subprocess.Popen[bytes], 
         found = _LISTENING.search(line)
         if found:
             # Keep draining the log so the broker never blocks on a full pipe.
-            stream = process.stdout
-            threading.Thread(target=lambda: [None for _ in stream], daemon=True).start()
+            threading.Thread(target=_drain, args=(process.stdout,), daemon=True).start()
             return process, f"http://{found.group(1)}"
     process.kill()
     pytest.fail("the broker did not start")
+
+
+class _Recorder:
+    """ASGI wrapper in front of the example server recording the last ``Leash-Capability``
+    Leash sent per path (a test taps the wire; the example itself keeps nothing)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.captured: dict[str, str] = {}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        for name, value in scope.get("headers", []):
+            if name == b"leash-capability":
+                self.captured[scope["path"]] = value.decode()
+        await self.app(scope, receive, send)
 
 
 class _Upstream:
@@ -169,13 +200,14 @@ class _Upstream:
     def __init__(self) -> None:
         self.socket = socket.socket()
         self.socket.bind(("127.0.0.1", 0))
-        self.url = "http://127.0.0.1:%d" % self.socket.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
         self.server: uvicorn.Server | None = None
+        self.recorder: _Recorder | None = None
         self.thread: threading.Thread | None = None
 
     def start(self, verifier: leash.Verifier) -> None:
-        app = create_app(verifier, API_KEY)
-        config = uvicorn.Config(app, log_level="warning", lifespan="off")
+        self.recorder = _Recorder(create_app(verifier, API_KEY))
+        config = uvicorn.Config(self.recorder, log_level="warning", lifespan="off")
         self.server = uvicorn.Server(config)
         server, sock = self.server, self.socket
         self.thread = threading.Thread(target=lambda: server.run(sockets=[sock]), daemon=True)
@@ -193,6 +225,14 @@ class _Upstream:
         self.socket.close()
 
 
+def spawn_broker(root: Path, policy_text: str) -> tuple[subprocess.Popen[bytes], str]:
+    """Another broker (its own policy and data folder under ``root``), for tests that
+    stop it; the caller terminates it."""
+    (root / "policies").mkdir(parents=True, exist_ok=True)
+    (root / "policies" / "test.toml").write_text(policy_text)
+    return _start_broker(root / "policies", root / "data")
+
+
 @pytest.fixture(scope="session")
 def broker() -> Iterator[BrokerProcess]:
     """One broker and one example tool server for the whole session."""
@@ -200,14 +240,23 @@ def broker() -> Iterator[BrokerProcess]:
         root = Path(tmp)
         (root / "policies").mkdir()
         upstream = _Upstream()
-        (root / "policies" / "test.toml").write_text(policy(upstream.url))
+        # Accepts connections (the kernel does) and never answers one.
+        black_hole = socket.socket()
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen(64)
+        hole = f"http://127.0.0.1:{black_hole.getsockname()[1]}"
+        (root / "policies" / "test.toml").write_text(policy(upstream.url, hole))
         process, url = _start_broker(root / "policies", root / "data")
         verifier = leash.Verifier(url)
         upstream.start(verifier)
         try:
-            yield BrokerProcess(url, process, root / "data", upstream.url)
+            assert upstream.recorder is not None
+            yield BrokerProcess(
+                url, process, root / "data", upstream.url, upstream.recorder.captured
+            )
         finally:
             upstream.stop()
+            black_hole.close()
             verifier.close()
             process.terminate()
             process.wait(timeout=10)
