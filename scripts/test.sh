@@ -7,7 +7,9 @@
 #     and schemathesis for the OpenAPI contract test;
 #  2. makes sure this machine's PostgreSQL is up (store suite, replica tests) and
 #     builds the `leash` binary (the process tests start it);
-#  3. runs every unit, integration and end-to-end test of the workspace;
+#  3. checks the Python SDK (ruff, mypy --strict) and runs its tests (pytest against the
+#     built broker), then every unit, integration and end-to-end test of the workspace
+#     (the differential test there runs the Python SDK against the Rust SDK);
 #  4. replays each fuzz target's corpus and fuzzes it briefly (scripts/fuzz-smoke.sh,
 #     which installs cargo-fuzz if missing).
 set -euo pipefail
@@ -31,6 +33,15 @@ if ! "$VENV/bin/python" -c "import biscuit_auth, mcp, schemathesis" >/dev/null 2
     biscuit-python==0.4.0 mcp==2.3.0 schemathesis==4.32.5
 fi
 
+SDK_VENV=target/sdk-venv
+if ! "$SDK_VENV/bin/python" -c "import leash, langchain, langchain_core, agents, fastapi, uvicorn, pytest, pytest_asyncio, mypy, ruff" >/dev/null 2>&1; then
+  python3 -m venv "$SDK_VENV"
+  "$SDK_VENV/bin/pip" install --quiet --disable-pip-version-check -c sdk/python/constraints.txt \
+    "./sdk/python[langchain,openai-agents]" langchain fastapi uvicorn pytest pytest-asyncio ruff mypy
+fi
+# The SDK itself is reinstalled on every run, so the tests see this checkout's code.
+"$SDK_VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps --force-reinstall ./sdk/python
+
 # The PostgreSQL store and replica tests use this machine's server (127.0.0.1:5432,
 # trust auth, database `test`): start it if it is down, and clear schemas that killed
 # runs left behind.
@@ -44,5 +55,7 @@ PGOPTIONS="-c client_min_messages=warning" psql -h 127.0.0.1 -U postgres -d test
 # The layering rule of ARCHITECTURE.md: no import circle of more than two files.
 python3 scripts/import-circles.py broker/src
 cargo build --workspace --bins --locked
+(cd sdk/python && ../../$SDK_VENV/bin/ruff check . && ../../$SDK_VENV/bin/ruff format --check . \
+  && ../../$SDK_VENV/bin/mypy && ../../$SDK_VENV/bin/python -m pytest -q -p no:cacheprovider)
 cargo test --workspace --locked
 ./scripts/fuzz-smoke.sh

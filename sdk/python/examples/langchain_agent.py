@@ -21,8 +21,8 @@ from typing import Any
 from langchain.agents import create_agent
 from langchain_core.language_models import LanguageModelInput
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolCall
-from langchain_core.outputs import ChatResult
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolCall, ToolMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
@@ -32,12 +32,13 @@ import leash
 from leash.integrations import langchain as leash_langchain
 
 QUESTION = "What do my notes say about biscuits?"
-ANSWER = "Your notes say Biscuit tokens can be attenuated offline."
 
 
 class ScriptedChatModel(GenericFakeChatModel):
-    """A fake chat model that plays a script and records what the agent loop gave it: the
-    tools it was bound to (as a provider would see them) and the messages of every turn."""
+    """A fake chat model that plays a script (``messages``, see :func:`script`) until the
+    agent loop hands it a tool's result, then answers with that result (``"The notes tool
+    answered: …"``). It records what the loop gave it: the tools it was bound to (as a
+    provider would see them) and the messages of every turn (``seen``)."""
 
     bound_tools: list[dict[str, Any]] = Field(default_factory=list)
     seen: list[list[BaseMessage]] = Field(default_factory=list)
@@ -54,14 +55,17 @@ class ScriptedChatModel(GenericFakeChatModel):
 
     def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> ChatResult:
         self.seen.append(list(messages))
-        return super()._generate(messages, *args, **kwargs)
+        results = [message for message in messages if isinstance(message, ToolMessage)]
+        if not results:
+            return super()._generate(messages, *args, **kwargs)
+        answer = AIMessage(content=f"The notes tool answered: {results[-1].content}")
+        return ChatResult(generations=[ChatGeneration(message=answer)])
 
 
 def script() -> Iterator[AIMessage]:
-    """Turn one: call ``notes_search``; turn two: answer."""
+    """The model's first turn: call ``notes_search`` for "biscuit"."""
     call = ToolCall(name="notes_search", args={"query": "biscuit"}, id="call-1", type="tool_call")
     yield AIMessage(content="", tool_calls=[call])
-    yield AIMessage(content=ANSWER)
 
 
 def run_agent(
@@ -69,7 +73,8 @@ def run_agent(
 ) -> list[BaseMessage]:
     """Runs the agent loop with ``tools`` (say ``leash_langchain.tools(task)``); returns the
     run's messages."""
-    model = model or ScriptedChatModel(messages=script())
+    if model is None:
+        model = ScriptedChatModel(messages=script())
     agent = create_agent(model, list(tools))
     state = agent.invoke({"messages": [HumanMessage(QUESTION)]})
     messages: list[BaseMessage] = state["messages"]
@@ -81,7 +86,8 @@ async def arun_agent(
 ) -> list[BaseMessage]:
     """The same agent loop, run with ``ainvoke`` (for the tools of an
     :class:`leash.AsyncTask`: ``await leash_langchain.atools(task)``)."""
-    model = model or ScriptedChatModel(messages=script())
+    if model is None:
+        model = ScriptedChatModel(messages=script())
     agent = create_agent(model, list(tools))
     state = await agent.ainvoke({"messages": [HumanMessage(QUESTION)]})
     messages: list[BaseMessage] = state["messages"]

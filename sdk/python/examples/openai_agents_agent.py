@@ -118,7 +118,7 @@ async def run_agent(tools: Sequence[Tool], model: ScriptedModel | None = None) -
     agent = Agent(
         name="notes",
         instructions="Answer from the user's notes.",
-        model=model or ScriptedModel(),
+        model=ScriptedModel() if model is None else model,
         tools=list(tools),
     )
     return await Runner.run(agent, QUESTION)

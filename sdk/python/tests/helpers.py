@@ -10,13 +10,16 @@ from conftest import BrokerProcess
 
 
 class Approver:
-    """Approves (or denies) the first pending approval matching ``kind`` and ``agent``,
-    from a background thread, while the SDK under test waits."""
+    """Approves (or denies) the first pending approval of ``kind`` for a task with this
+    ``purpose``, from a background thread, while the SDK under test waits. (By purpose:
+    other tests leave approvals of the same agent pending.)"""
 
-    def __init__(self, broker: BrokerProcess, kind: str, agent: str, decision: str = "approve"):
+    def __init__(
+        self, broker: BrokerProcess, kind: str, purpose: str, decision: str = "approve"
+    ) -> None:
         self.broker = broker
         self.credential = broker.approver()
-        self.kind, self.agent, self.decision = kind, agent, decision
+        self.kind, self.purpose, self.decision = kind, purpose, decision
         self.decided: dict[str, Any] | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -34,7 +37,7 @@ class Approver:
                 self.credential, "GET", "/v1/approvals?state=pending"
             )["approvals"]
             for approval in pending:
-                if approval["kind"] == self.kind and approval["agent"] == self.agent:
+                if approval["kind"] == self.kind and approval["purpose"] == self.purpose:
                     time.sleep(0.3)  # the SDK is really waiting by now
                     path = f"/v1/approvals/{approval['approval_id']}/{self.decision}"
                     self.decided = self.broker.as_approver(self.credential, "POST", path, {})

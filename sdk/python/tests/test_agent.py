@@ -124,7 +124,7 @@ def test_renew_replaces_the_token_and_only_the_owner_may_renew(
 
 def test_issuance_approval_is_waited_for(broker: BrokerProcess) -> None:
     careful = leash.Broker(broker.url, broker.credential("careful-bot"), approval_timeout=20)
-    with Approver(broker, "issuance", "careful-bot") as approver:
+    with Approver(broker, "issuance", "needs a human") as approver:
         task = careful.start_task("needs a human", ["notes.search"])
     assert approver.decided is not None
     assert approver.decided["state"] == "approved"
@@ -135,7 +135,7 @@ def test_issuance_approval_is_waited_for(broker: BrokerProcess) -> None:
 def test_a_denied_issuance_raises_task_not_activated(broker: BrokerProcess) -> None:
     careful = leash.Broker(broker.url, broker.credential("careful-bot"), approval_timeout=20)
     with (
-        Approver(broker, "issuance", "careful-bot", "deny"),
+        Approver(broker, "issuance", "will be denied", "deny"),
         pytest.raises(leash.TaskNotActivated) as denied,
     ):
         careful.start_task("will be denied", ["notes.search"])
@@ -153,12 +153,12 @@ def test_per_call_approval_is_waited_for_and_the_call_repeated(
     broker: BrokerProcess, agent: leash.Broker
 ) -> None:
     with agent.start_task("append", ["notes.append", "notes.read"]) as task:
-        with Approver(broker, "call", "research-bot"):
+        with Approver(broker, "call", "append"):
             done = task.call("notes.append", {"path": "/notes/new", "text": "hello"})
         assert done == {"path": "/notes/new", "length": 5}
         assert task.call("notes.read", {"path": "/notes/new"})["text"] == "hello"
         with (
-            Approver(broker, "call", "research-bot", "deny"),
+            Approver(broker, "call", "append", "deny"),
             pytest.raises(leash.LeashError) as denied,
         ):
             task.call("notes.append", {"path": "/notes/new", "text": "again"})
@@ -256,3 +256,51 @@ def test_an_expired_task_is_refused(agent: leash.Broker) -> None:
     with pytest.raises(leash.LeashError) as refused:
         task.call("notes.search", {"query": "x"})
     assert (refused.value.status, refused.value.code) == (401, "token_expired")
+
+
+def test_proxies_from_the_environment_are_ignored(
+    broker: BrokerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A proxy could hide revocations or read tokens: the SDK never uses one implicitly.
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    agent = leash.Broker(broker.url, broker.credential("research-bot"))
+    with agent.start_task("no proxy", ["notes.search"]) as task:
+        assert task.call("notes.search", {"query": "leash"})["hits"]
+
+
+def test_checks_given_at_start_are_in_the_token(agent: leash.Broker) -> None:
+    checks = ['check if arg("query", $q), $q != "secret"']
+    with agent.start_task("with checks", ["notes.search"], checks=checks) as task:
+        task.call("notes.search", {"query": "leash"})
+        with pytest.raises(leash.LeashError) as refused:
+            task.call("notes.search", {"query": "secret"})
+        assert (refused.value.status, refused.value.code) == (403, "capability_denied")
+
+
+def test_a_sub_agents_with_block_does_not_end_the_parents_task(
+    broker: BrokerProcess, agent: leash.Broker
+) -> None:
+    with agent.start_task("parent", ["notes.search"]) as task:
+        child = task.attenuate(['check if call("notes.search")'])
+        with leash.Task.from_token(broker.url, child) as sub:
+            sub.call("notes.search", {"query": "leash"})
+        task.call("notes.search", {"query": "leash"})  # still alive
+        with leash.Task.from_token(broker.url, task.token, owns_task=True) as owner:
+            owner.call("notes.search", {"query": "leash"})
+        with pytest.raises(leash.LeashError) as ended:
+            task.call("notes.search", {"query": "leash"})
+        assert ended.value.code == "task_inactive"
+
+
+def test_schema_violations_are_listed_with_their_pointers(agent: leash.Broker) -> None:
+    with (
+        agent.start_task("violations", ["notes.search"]) as task,
+        pytest.raises(leash.LeashError) as invalid,
+    ):
+        task.call("notes.search", {"query": 5})
+    assert invalid.value.code == "invalid_arguments"
+    assert [v["pointer"] for v in invalid.value.violations] == ["/query"]
+    assert "5" not in invalid.value.violations[0]["message"]  # values are masked

@@ -50,13 +50,13 @@ async def test_async_with_completes_the_task_when_the_block_fails(broker: Broker
 
 async def test_async_approvals_are_waited_for(broker: BrokerProcess) -> None:
     careful = leash.AsyncBroker(broker.url, broker.credential("careful-bot"), approval_timeout=20)
-    with Approver(broker, "issuance", "careful-bot"):
+    with Approver(broker, "issuance", "async approval"):
         task = await careful.start_task("async approval", ["notes.search"])
     async with task:
         assert (await task.call("notes.search", {"query": "protocol"}))["hits"]
     agent = leash.AsyncBroker(broker.url, broker.credential("research-bot"), approval_timeout=20)
     async with await agent.start_task("held call", ["notes.append"]) as held:
-        with Approver(broker, "call", "research-bot"):
+        with Approver(broker, "call", "held call"):
             done = await held.call("notes.append", {"path": "/notes/async", "text": "hi"})
         assert done["length"] == 2
 

@@ -68,12 +68,15 @@ def test_a_raw_task_token_sent_directly_is_refused(broker: BrokerProcess, task: 
         ("/search", b"[" * 5000 + b"]" * 5000, "garbage", 400, "bad_request"),
         ("/search", b"x" * (1024 * 1024 + 1), "garbage", 413, "payload_too_large"),
         ("/not-a-tool", {}, "garbage", 403, "forbidden"),
+        ("/search", b"query=x", "garbage", 415, "bad_request"),
     ],
 )
 def test_bad_requests_get_the_apis_error_format(
     broker: BrokerProcess, path: str, body: object, capability: str | None, status: int, code: str
 ) -> None:
     headers = {"Content-Type": "application/json"}
+    if body == b"query=x":
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
     if capability is not None:
         headers["Leash-Capability"] = capability
         headers["Authorization"] = f"Bearer {API_KEY}"

@@ -54,6 +54,10 @@ class TaskCore:
         self._credential = credential
         self._approval_timeout = approval_timeout
         self._completed = False
+        #: Whether a ``with`` block ends the task: yes for a task this process opened;
+        #: a task taken over with ``from_token`` only when asked (``owns_task=True``),
+        #: so a sub-agent leaving its block does not end its parent's task.
+        self._complete_on_exit = credential is not None
 
     @staticmethod
     def task_id_from(token: str) -> str:

@@ -96,7 +96,13 @@ def read(answer: Answer, *ok: int) -> Any:
         return body
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict) and isinstance(error.get("code"), str):
-        raise LeashError(answer.status, error["code"], str(error.get("message", "")))
+        listed = error.get("violations")
+        violations = [
+            {str(k): str(v) for k, v in item.items()}
+            for item in (listed if isinstance(listed, list) else [])
+            if isinstance(item, dict)
+        ]
+        raise LeashError(answer.status, error["code"], str(error.get("message", "")), violations)
     raise LeashError(answer.status, BAD_ANSWER, f"HTTP {answer.status} without an error body")
 
 

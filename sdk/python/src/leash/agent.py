@@ -94,6 +94,8 @@ class Task(TaskCore):
     ) -> None:
         super().__init__(base, task_id, token, expires_at, credential, approval_timeout, root_keys)
         self._http = http
+        #: The client this task opened itself (``from_token``), closed with the task.
+        self._owned_http: httpx.Client | None = None
 
     @classmethod
     def from_token(
@@ -104,13 +106,19 @@ class Task(TaskCore):
         approval_timeout: float = DEFAULT_APPROVAL_TIMEOUT,
         ca_bundle: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        owns_task: bool = False,
     ) -> Task:
         """A task from a token handed over by another agent (a sub-agent's side of
-        delegation). The broker checks the token on every call."""
+        delegation). The broker checks the token on every call. Its ``with`` block closes
+        its connections; it also completes the task only with ``owns_task=True`` (a
+        sub-agent finishing its part must not end the parent's task)."""
         token = token.strip()
         task_id = cls.task_id_from(token)
         http = httpx.Client(**client_options(ca_bundle, timeout))
-        return cls(http, url.rstrip("/"), task_id, token, None, None, approval_timeout)
+        task = cls(http, url.rstrip("/"), task_id, token, None, None, approval_timeout)
+        task._owned_http = http
+        task._complete_on_exit = owns_task
+        return task
 
     def call(self, tool: str, arguments: Mapping[str, Any] | None = None) -> Any:
         """Calls ``tool`` with an arguments object and returns the upstream's JSON. A tool
@@ -155,6 +163,12 @@ class Task(TaskCore):
         its other tokens alive."""
         run(_flows.revoke_token(self._token, token), self._http, self._base)
 
+    def close(self) -> None:
+        """Closes the connections this task opened itself (``from_token``); a task from a
+        broker shares the broker's, which the broker closes."""
+        if self._owned_http is not None:
+            self._owned_http.close()
+
     def __enter__(self) -> Task:
         return self
 
@@ -164,11 +178,12 @@ class Task(TaskCore):
         error: BaseException | None,
         trace: TracebackType | None,
     ) -> None:
-        if self._completed:
-            return
         try:
-            self.complete()
+            if self._complete_on_exit and not self._completed:
+                self.complete()
         except Exception:
             if error is None:
                 raise  # the task may still be alive: the caller must know
             _log.warning("completing task %s on exit failed", self._task_id, exc_info=True)
+        finally:
+            self.close()

@@ -83,6 +83,8 @@ class AsyncTask(TaskCore):
     ) -> None:
         super().__init__(base, task_id, token, expires_at, credential, approval_timeout, root_keys)
         self._http = http
+        #: The client this task opened itself (``from_token``), closed with the task.
+        self._owned_http: httpx.AsyncClient | None = None
 
     @classmethod
     def from_token(
@@ -93,12 +95,18 @@ class AsyncTask(TaskCore):
         approval_timeout: float = DEFAULT_APPROVAL_TIMEOUT,
         ca_bundle: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        owns_task: bool = False,
     ) -> AsyncTask:
-        """A task from a token handed over by another agent."""
+        """A task from a token handed over by another agent (see
+        :meth:`leash.Task.from_token`: completes the task on exit only with
+        ``owns_task=True``)."""
         token = token.strip()
         task_id = cls.task_id_from(token)
         http = httpx.AsyncClient(**client_options(ca_bundle, timeout))
-        return cls(http, url.rstrip("/"), task_id, token, None, None, approval_timeout)
+        task = cls(http, url.rstrip("/"), task_id, token, None, None, approval_timeout)
+        task._owned_http = http
+        task._complete_on_exit = owns_task
+        return task
 
     async def call(self, tool: str, arguments: Mapping[str, Any] | None = None) -> Any:
         """Calls ``tool``; per-call approvals are waited for (see :meth:`leash.Task.call`)."""
@@ -136,6 +144,12 @@ class AsyncTask(TaskCore):
         """Revokes one token derived from this task."""
         await run_async(_flows.revoke_token(self._token, token), self._http, self._base)
 
+    async def aclose(self) -> None:
+        """Closes the connections this task opened itself (``from_token``); a task from a
+        broker shares the broker's, which the broker closes."""
+        if self._owned_http is not None:
+            await self._owned_http.aclose()
+
     async def __aenter__(self) -> AsyncTask:
         return self
 
@@ -145,11 +159,12 @@ class AsyncTask(TaskCore):
         error: BaseException | None,
         trace: TracebackType | None,
     ) -> None:
-        if self._completed:
-            return
         try:
-            await self.complete()
+            if self._complete_on_exit and not self._completed:
+                await self.complete()
         except Exception:
             if error is None:
                 raise
             _log.warning("completing task %s on exit failed", self._task_id, exc_info=True)
+        finally:
+            await self.aclose()

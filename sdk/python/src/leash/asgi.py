@@ -8,7 +8,9 @@ request's JSON body as arguments; the app then sees the body unchanged and the
 :class:`leash.VerifiedCapability` in ``request.state.leash`` (``scope["state"]["leash"]``).
 Refusals use the API's error format, ``{"error": {"code", "message"}}``: 401
 (missing, invalid, revoked), 403 (denied, not forwarded by Leash), 503 (stale revocation
-view), 400 (bad JSON), 413 (body over ``max_body``).
+view), 400 (bad JSON), 413 (body over ``max_body``), 415 (a body that is not
+``application/json``: the app must read the very arguments that were verified). Only the
+JSON body is verified: an app must not take arguments from the query string or headers.
 
 Fail closed: a path that is neither mapped to a tool nor listed in ``public`` is refused
 (403), so a route added later is not left open by accident."""
@@ -75,6 +77,11 @@ class RequireCapability:
         if tool is None:
             await _error(send, 403, "forbidden", "no tool is mapped to this path")
             return
+        if not _json_content(scope):
+            # The app must read the very arguments that were verified: a form or any other
+            # encoding could mean something else to it.
+            await _error(send, 415, "bad_request", "the body must be application/json")
+            return
         body = await self._body(receive)
         if body is None:
             await _error(send, 413, "payload_too_large", "body too large")
@@ -109,6 +116,15 @@ class RequireCapability:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _json_content(scope: Scope) -> bool:
+    """No content type (an empty body, or a client that sends none) or a JSON one."""
+    for name, value in scope.get("headers", []):
+        if name == b"content-type":
+            kind = str(value.decode("latin-1")).split(";", 1)[0].strip().lower()
+            return kind == "application/json" or kind.endswith("+json")
+    return True
 
 
 def _capability(scope: Scope) -> str:

@@ -17,11 +17,19 @@ class LeashError(Exception):
     (match on this: ``capability_denied``, ``token_revoked``, …) and ``message`` (the
     broker's words: the failed check, the schema violations, …). Never holds a secret."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        violations: list[dict[str, str]] | None = None,
+    ) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
+        #: For ``invalid_arguments``: one ``{"pointer", "message"}`` per schema violation.
+        self.violations = violations or []
 
     def __repr__(self) -> str:
         name = type(self).__name__

@@ -36,7 +36,6 @@ Needs the ``langchain`` extra: ``pip install 'leash-sdk[langchain]'`` (langchain
 from __future__ import annotations
 
 import copy
-import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,6 +44,7 @@ import anyio.to_thread
 from .. import LeashError, ToolInfo
 from ..agent import Task
 from ..aio import AsyncTask
+from ._names import model_names, refusal_text
 
 try:
     from langchain_core.tools import StructuredTool, ToolException
@@ -55,9 +55,6 @@ except ImportError as _missing:  # pragma: no cover - depends on the environment
     ) from _missing
 
 __all__ = ["LeashTool", "atools", "tools"]
-
-#: Longest tool name the model providers accept.
-MAX_NAME = 64
 
 
 class LeashTool(StructuredTool):
@@ -89,26 +86,6 @@ class LeashTool(StructuredTool):
         return await self.coroutine(*args, **arguments)
 
 
-def _model_names(names: Sequence[str]) -> list[str]:
-    """The model-facing name of each Leash tool name (see the module's docstring)."""
-    plain = [name.replace(".", "_") for name in names]
-    made = []
-    for name, simple in zip(names, plain, strict=True):
-        if len(simple) > MAX_NAME or plain.count(simple) > 1:
-            digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-            simple = f"{simple[: MAX_NAME - 9]}_{digest}"
-        made.append(simple)
-    if len(set(made)) != len(made):
-        raise ValueError(f"these tool names cannot be told apart by a model: {list(names)}")
-    return made
-
-
-def _refusal(leash_name: str, err: LeashError) -> ToolException:
-    return ToolException(
-        f"Leash did not run {leash_name}: {err.code} (status {err.status}): {err.message}"
-    )
-
-
 def _tool(task: Task | AsyncTask, info: ToolInfo, model_name: str) -> LeashTool:
     leash_name = info.name
     description = info.description or f"The Leash tool {leash_name}."
@@ -118,7 +95,7 @@ def _tool(task: Task | AsyncTask, info: ToolInfo, model_name: str) -> LeashTool:
         "description": description,
         "args_schema": schema,
         "leash_name": leash_name,
-        "handle_tool_error": False,
+        "handle_tool_error": True,
         "metadata": {"leash_tool": leash_name},
     }
     if isinstance(task, AsyncTask):
@@ -128,7 +105,7 @@ def _tool(task: Task | AsyncTask, info: ToolInfo, model_name: str) -> LeashTool:
             try:
                 return await async_task.call(leash_name, arguments)
             except LeashError as err:
-                raise _refusal(leash_name, err) from err
+                raise ToolException(refusal_text(leash_name, err)) from err
 
         return LeashTool(coroutine=call_async, **common)
 
@@ -138,7 +115,7 @@ def _tool(task: Task | AsyncTask, info: ToolInfo, model_name: str) -> LeashTool:
         try:
             return sync_task.call(leash_name, arguments)
         except LeashError as err:
-            raise _refusal(leash_name, err) from err
+            raise ToolException(refusal_text(leash_name, err)) from err
 
     return LeashTool(func=call, **common)
 
@@ -163,7 +140,7 @@ def tools(task: Task | AsyncTask, listed: Sequence[ToolInfo] | None = None) -> l
                 "or pass listed=await task.tools()"
             )
         listed = task.tools()
-    names = _model_names([info.name for info in listed])
+    names = model_names([info.name for info in listed])
     return [_tool(task, info, name) for info, name in zip(listed, names, strict=True)]
 
 

@@ -38,7 +38,6 @@ Needs the ``openai-agents`` extra: ``pip install 'leash-sdk[openai-agents]'``.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ import anyio.to_thread
 from .. import LeashError, ToolInfo
 from ..agent import Task
 from ..aio import AsyncTask
+from ._names import model_names, refusal_text
 
 try:
     from agents import FunctionTool
@@ -61,9 +61,6 @@ except ImportError as _missing:  # pragma: no cover - depends on the environment
 
 __all__ = ["LeashFunctionTool", "atools", "tools"]
 
-#: Longest tool name the model providers accept.
-MAX_NAME = 64
-
 
 @dataclass
 class LeashFunctionTool(FunctionTool):
@@ -75,24 +72,6 @@ class LeashFunctionTool(FunctionTool):
 
     leash_name: str = field(default="", kw_only=True)
     """The tool's name in Leash (``notes.search``)."""
-
-
-def _model_names(names: Sequence[str]) -> list[str]:
-    """The model-facing name of each Leash tool name (see the module's docstring)."""
-    plain = [name.replace(".", "_") for name in names]
-    made = []
-    for name, simple in zip(names, plain, strict=True):
-        if len(simple) > MAX_NAME or plain.count(simple) > 1:
-            digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-            simple = f"{simple[: MAX_NAME - 9]}_{digest}"
-        made.append(simple)
-    if len(set(made)) != len(made):
-        raise ValueError(f"these tool names cannot be told apart by a model: {list(names)}")
-    return made
-
-
-def _refusal(leash_name: str, err: LeashError) -> str:
-    return f"Leash did not run {leash_name}: {err.code} (status {err.status}): {err.message}"
 
 
 def _tool(task: Task | AsyncTask, info: ToolInfo, model_name: str) -> LeashFunctionTool:
@@ -116,7 +95,7 @@ def _tool(task: Task | AsyncTask, info: ToolInfo, model_name: str) -> LeashFunct
         try:
             result = await call(arguments)
         except LeashError as err:
-            return _refusal(leash_name, err)
+            return refusal_text(leash_name, err)
         return json.dumps(result, ensure_ascii=False)
 
     return LeashFunctionTool(
@@ -157,7 +136,7 @@ def tools(
                 "or pass listed=await task.tools()"
             )
         listed = task.tools()
-    names = _model_names([info.name for info in listed])
+    names = model_names([info.name for info in listed])
     return [_tool(task, info, name) for info, name in zip(listed, names, strict=True)]
 
 
