@@ -4,10 +4,15 @@ their fields, the offline operations, and a ``repr`` that never shows a secret."
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from . import capability
 from ._flows import DEFAULT_APPROVAL_TIMEOUT, bad_token
+from ._transport import DEFAULT_TIMEOUT, client_options
+
+#: The HTTP client type: ``httpx.Client`` or ``httpx.AsyncClient``.
+C = TypeVar("C")
+T = TypeVar("T", bound="TaskCore[Any]")
 
 
 class BrokerCore:
@@ -32,11 +37,15 @@ class BrokerCore:
         return f"{type(self).__name__}(url={self._base!r}, credential=<redacted>)"
 
 
-class TaskCore:
-    """A task's id, token and window, and what needs no broker."""
+class TaskCore(Generic[C]):
+    """A task's id, token and window, its HTTP client, and what needs no broker."""
+
+    #: Makes this kind of task's HTTP client (``httpx.Client`` or ``httpx.AsyncClient``).
+    client_class: Any
 
     def __init__(
         self,
+        http: C,
         base: str,
         task_id: str,
         token: str,
@@ -45,6 +54,9 @@ class TaskCore:
         approval_timeout: float = DEFAULT_APPROVAL_TIMEOUT,
         root_keys: dict[int, Any] | None = None,
     ) -> None:
+        self._http = http
+        #: The client this task opened itself (``from_token``), closed with the task.
+        self._owned_http: C | None = None
         self._base = base
         self._root_keys = root_keys if root_keys is not None else {}
         self._task_id = task_id
@@ -59,12 +71,31 @@ class TaskCore:
         #: so a sub-agent leaving its block does not end its parent's task.
         self._complete_on_exit = credential is not None
 
-    @staticmethod
-    def task_id_from(token: str) -> str:
+    @classmethod
+    def from_token(
+        cls: type[T],
+        url: str,
+        token: str,
+        *,
+        approval_timeout: float = DEFAULT_APPROVAL_TIMEOUT,
+        ca_bundle: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        owns_task: bool = False,
+    ) -> T:
+        """A task from a token handed over by another agent (a sub-agent's side of
+        delegation). The broker checks the token on every call. Its ``with`` block closes
+        its connections; it also completes the task only with ``owns_task=True`` (a
+        sub-agent finishing its part must not end the parent's task)."""
+        token = token.strip()
         try:
-            return capability.task_id_of(token)
+            task_id = capability.task_id_of(token)
         except ValueError as err:
             raise bad_token(str(err)) from None
+        http = cls.client_class(**client_options(ca_bundle, timeout))
+        task = cls(http, url.rstrip("/"), task_id, token, None, None, approval_timeout)
+        task._owned_http = http
+        task._complete_on_exit = owns_task
+        return task
 
     @property
     def id(self) -> str:

@@ -77,48 +77,11 @@ class Broker(BrokerCore):
         self.close()
 
 
-class Task(TaskCore):
+class Task(TaskCore[httpx.Client]):
     """A task: its id, token and window, and what can be done with them. A ``with`` block
     completes the task when it ends, also when it ends with an exception."""
 
-    def __init__(
-        self,
-        http: httpx.Client,
-        base: str,
-        task_id: str,
-        token: str,
-        expires_at: str | None,
-        credential: str | None,
-        approval_timeout: float = DEFAULT_APPROVAL_TIMEOUT,
-        root_keys: dict[int, Any] | None = None,
-    ) -> None:
-        super().__init__(base, task_id, token, expires_at, credential, approval_timeout, root_keys)
-        self._http = http
-        #: The client this task opened itself (``from_token``), closed with the task.
-        self._owned_http: httpx.Client | None = None
-
-    @classmethod
-    def from_token(
-        cls,
-        url: str,
-        token: str,
-        *,
-        approval_timeout: float = DEFAULT_APPROVAL_TIMEOUT,
-        ca_bundle: str | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        owns_task: bool = False,
-    ) -> Task:
-        """A task from a token handed over by another agent (a sub-agent's side of
-        delegation). The broker checks the token on every call. Its ``with`` block closes
-        its connections; it also completes the task only with ``owns_task=True`` (a
-        sub-agent finishing its part must not end the parent's task)."""
-        token = token.strip()
-        task_id = cls.task_id_from(token)
-        http = httpx.Client(**client_options(ca_bundle, timeout))
-        task = cls(http, url.rstrip("/"), task_id, token, None, None, approval_timeout)
-        task._owned_http = http
-        task._complete_on_exit = owns_task
-        return task
+    client_class = httpx.Client
 
     def call(self, tool: str, arguments: Mapping[str, Any] | None = None) -> Any:
         """Calls ``tool`` with an arguments object and returns the upstream's JSON. A tool

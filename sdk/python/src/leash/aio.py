@@ -67,46 +67,10 @@ class AsyncBroker(BrokerCore):
         await self.aclose()
 
 
-class AsyncTask(TaskCore):
+class AsyncTask(TaskCore[httpx.AsyncClient]):
     """A task, for asyncio; ``async with`` completes it when the block ends."""
 
-    def __init__(
-        self,
-        http: httpx.AsyncClient,
-        base: str,
-        task_id: str,
-        token: str,
-        expires_at: str | None,
-        credential: str | None,
-        approval_timeout: float = DEFAULT_APPROVAL_TIMEOUT,
-        root_keys: dict[int, Any] | None = None,
-    ) -> None:
-        super().__init__(base, task_id, token, expires_at, credential, approval_timeout, root_keys)
-        self._http = http
-        #: The client this task opened itself (``from_token``), closed with the task.
-        self._owned_http: httpx.AsyncClient | None = None
-
-    @classmethod
-    def from_token(
-        cls,
-        url: str,
-        token: str,
-        *,
-        approval_timeout: float = DEFAULT_APPROVAL_TIMEOUT,
-        ca_bundle: str | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        owns_task: bool = False,
-    ) -> AsyncTask:
-        """A task from a token handed over by another agent (see
-        :meth:`leash.Task.from_token`: completes the task on exit only with
-        ``owns_task=True``)."""
-        token = token.strip()
-        task_id = cls.task_id_from(token)
-        http = httpx.AsyncClient(**client_options(ca_bundle, timeout))
-        task = cls(http, url.rstrip("/"), task_id, token, None, None, approval_timeout)
-        task._owned_http = http
-        task._complete_on_exit = owns_task
-        return task
+    client_class = httpx.AsyncClient
 
     async def call(self, tool: str, arguments: Mapping[str, Any] | None = None) -> Any:
         """Calls ``tool``; per-call approvals are waited for (see :meth:`leash.Task.call`)."""

@@ -48,7 +48,7 @@ import anyio.to_thread
 from .. import LeashError, ToolInfo
 from ..agent import Task
 from ..aio import AsyncTask
-from ._names import model_names, refusal_text
+from ._shared import alist, named, refusal_text
 
 try:
     from agents import FunctionTool
@@ -129,21 +129,9 @@ def tools(
     Each tool returns the upstream's JSON as text, or a refusal as text the model reads
     (see the module's docstring); it never raises a :class:`leash.LeashError` into the run.
     """
-    if listed is None:
-        if isinstance(task, AsyncTask):
-            raise TypeError(
-                "an AsyncTask lists its tools with await: use `await atools(task)` "
-                "or pass listed=await task.tools()"
-            )
-        listed = task.tools()
-    names = model_names([info.name for info in listed])
-    return [_tool(task, info, name) for info, name in zip(listed, names, strict=True)]
+    return [_tool(task, info, name) for info, name in named(task, listed)]
 
 
 async def atools(task: Task | AsyncTask) -> list[LeashFunctionTool]:
     """:func:`tools` for async code: lists the task's tools without blocking the loop."""
-    if isinstance(task, AsyncTask):
-        listed = await task.tools()
-    else:
-        listed = await anyio.to_thread.run_sync(task.tools)
-    return tools(task, listed)
+    return tools(task, await alist(task))

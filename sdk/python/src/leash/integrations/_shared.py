@@ -1,5 +1,5 @@
-"""What both framework integrations share: the model-facing tool names, and the text a
-model reads when Leash refuses a call.
+"""What both framework integrations share: listing a task's tools, the model-facing tool
+names, and the text a model reads when Leash refuses a call.
 
 Leash names tools with dots (``notes.search``); LangChain, the Agents SDK and the model
 providers accept only ``^[a-zA-Z0-9_-]{1,64}$``. Every ``.`` becomes ``_``; when two tools
@@ -12,6 +12,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+import anyio.to_thread
+
+from .._flows import ToolInfo
+from ..agent import Task
+from ..aio import AsyncTask
 from ..errors import LeashError
 
 #: Longest tool name the model providers accept.
@@ -39,3 +44,23 @@ def refusal_text(leash_name: str, err: LeashError) -> str:
     for violation in err.violations:
         text += f"\n- {violation.get('pointer') or '/'}: {violation.get('message', '')}"
     return text
+
+
+def named(task: Task | AsyncTask, listed: Sequence[ToolInfo] | None) -> list[tuple[ToolInfo, str]]:
+    """Each listed tool with its model-facing name; a ``Task``'s tools are listed when not
+    given (an ``AsyncTask`` must list them with ``await``: see :func:`alist`)."""
+    if listed is None:
+        if isinstance(task, AsyncTask):
+            raise TypeError(
+                "an AsyncTask lists its tools with await: use `await atools(task)` "
+                "or pass listed=await task.tools()"
+            )
+        listed = task.tools()
+    return list(zip(listed, model_names([info.name for info in listed]), strict=True))
+
+
+async def alist(task: Task | AsyncTask) -> list[ToolInfo]:
+    """The task's tools, listed without blocking the event loop."""
+    if isinstance(task, AsyncTask):
+        return await task.tools()
+    return await anyio.to_thread.run_sync(task.tools)
