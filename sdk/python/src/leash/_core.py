@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
 
 from . import capability
-from ._flows import DEFAULT_APPROVAL_TIMEOUT, bad_token
+from ._flows import DEFAULT_APPROVAL_TIMEOUT, bad_token, task_path
 from ._transport import DEFAULT_TIMEOUT, client_options
 
 #: The HTTP client type: ``httpx.Client`` or ``httpx.AsyncClient``.
@@ -91,6 +91,7 @@ class TaskCore(Generic[C]):
             task_id = capability.task_id_of(token)
         except ValueError as err:
             raise bad_token(str(err)) from None
+        task_path(task_id)
         http = cls.client_class(**client_options(ca_bundle, timeout))
         task = cls(http, url.rstrip("/"), task_id, token, None, None, approval_timeout)
         task._owned_http = http

@@ -11,7 +11,6 @@ import time
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 from . import capability
 from .errors import BAD_ANSWER, BAD_TOKEN, ApprovalTimeout, LeashError, TaskNotActivated
@@ -28,6 +27,7 @@ CALL_APPROVAL_POLL = 0.25
 LONG_POLL = 60
 
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+_TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 T = TypeVar("T")
 
@@ -88,7 +88,7 @@ def read(answer: Answer, *ok: int) -> Any:
     otherwise."""
     try:
         body = json.loads(answer.body) if answer.body else None
-    except ValueError:
+    except (ValueError, RecursionError):
         body = None
     if answer.status in ok or (not ok and 200 <= answer.status < 300):
         if body is None:
@@ -138,6 +138,7 @@ def start_task(
         body["checks"] = list(checks)
     issued = read((yield from ask(Request("POST", "/v1/tasks", credential, body))), 201, 202)
     task_id = str(_field(issued, "task_id"))
+    task_path(task_id)
     state = _field(issued, "state")
     if state == "active":
         return Issued(task_id, str(_field(issued, "token")), issued.get("expires_at"))
@@ -150,13 +151,21 @@ def start_task(
         if left <= 0:
             raise ApprovalTimeout(approval_id)
         wait = int(min(max(left, 1), LONG_POLL))
-        path = f"/v1/tasks/{quote(task_id, safe='')}?wait={wait}"
+        path = f"{task_path(task_id)}?wait={wait}"
         view = read((yield from ask(Request("GET", path, credential, timeout=wait + 10.0))))
         state = _field(view, "state")
         if state == "active":
             return Issued(task_id, str(_field(view, "token")), view.get("expires_at"))
         if state != "pending_approval":
             raise TaskNotActivated(task_id, str(state))
+
+
+def task_path(task_id: str) -> str:
+    """``/v1/tasks/{id}``; an id that is not one (say ``..``, which would leave its path
+    segment) is refused before any request carries a credential."""
+    if not isinstance(task_id, str) or not _TASK_ID.fullmatch(task_id):
+        raise LeashError(0, BAD_ANSWER, f"{task_id!r} is not a task id")
+    return f"/v1/tasks/{task_id}"
 
 
 def check_tool_name(tool: str) -> str:
@@ -190,15 +199,20 @@ def tools(token: str) -> Flow[list[ToolInfo]]:
     listed = _field(read((yield from ask(Request("GET", "/v1/tools", token)))), "tools")
     if not isinstance(listed, list):
         raise LeashError(0, BAD_ANSWER, "tools is not a list")
-    return [
-        ToolInfo(
-            name=str(_field(t, "name")),
-            description=str(t.get("description", "")),
-            input_schema=dict(t.get("input_schema") or {"type": "object"}),
-            approval=str(t.get("approval", "none")),
+    infos = []
+    for t in listed:
+        schema = t.get("input_schema") if isinstance(t, dict) else None
+        if not isinstance(schema, dict):
+            raise LeashError(0, BAD_ANSWER, "a listed tool has no input schema object")
+        infos.append(
+            ToolInfo(
+                name=str(_field(t, "name")),
+                description=str(t.get("description", "")),
+                input_schema=schema,
+                approval=str(t.get("approval", "none")),
+            )
         )
-        for t in listed
-    ]
+    return infos
 
 
 def renew(
@@ -206,7 +220,7 @@ def renew(
 ) -> Flow[Issued]:
     """``POST /v1/tasks/{id}/renew``; a renewal that needs approval is waited for until
     the task shows a new token."""
-    base = f"/v1/tasks/{quote(task_id, safe='')}"
+    base = task_path(task_id)
     answer = yield from ask(
         Request("POST", f"{base}/renew", credential, {"ttl_seconds": ttl_seconds})
     )
@@ -229,7 +243,7 @@ def renew(
 
 def complete(bearer: str, task_id: str) -> Flow[None]:
     """``POST /v1/tasks/{id}/complete``: every token of the task dies."""
-    path = f"/v1/tasks/{quote(task_id, safe='')}/complete"
+    path = f"{task_path(task_id)}/complete"
     read((yield from ask(Request("POST", path, bearer))))
     return None
 

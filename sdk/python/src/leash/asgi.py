@@ -8,7 +8,8 @@ request's JSON body as arguments; the app then sees the body unchanged and the
 :class:`leash.VerifiedCapability` in ``request.state.leash`` (``scope["state"]["leash"]``).
 Refusals use the API's error format, ``{"error": {"code", "message"}}``: 401
 (missing, invalid, revoked), 403 (denied, not forwarded by Leash), 503 (stale revocation
-view), 400 (bad JSON), 413 (body over ``max_body``), 415 (a body that is not
+view), 400 (bad JSON), 405 (not a POST: Leash forwards every call as one), 413 (body over
+``max_body``), 415 (a body that is not
 ``application/json``: the app must read the very arguments that were verified). Only the
 JSON body is verified: an app must not take arguments from the query string or headers.
 
@@ -76,6 +77,11 @@ class RequireCapability:
         tool = self.tools.get(path)
         if tool is None:
             await _error(send, 403, "forbidden", "no tool is mapped to this path")
+            return
+        if scope.get("method") != "POST":
+            # Leash forwards every call as a POST with the arguments as the JSON body; any
+            # other method would reach the app with arguments nobody verified.
+            await _error(send, 405, "bad_request", "a tool path takes POST only")
             return
         if not _json_content(scope):
             # The app must read the very arguments that were verified: a form or any other

@@ -25,6 +25,11 @@ import biscuit_auth as _b
 
 #: Deepest nesting of arguments accepted (the broker's limit too).
 MAX_DEPTH = 32
+#: Most JSON values (scalars and containers, at any depth) in one call's arguments. The
+#: authorizer's time limit does not cover loading the facts, whose cost grows faster than
+#: linearly with the number of distinct strings (30,000 cost about 1.7 s here with the GIL
+#: held); 10,000 bound it to about 0.2 s. A verifier-side limit: the broker has none yet.
+MAX_TERMS = 10_000
 #: The check a tool server adds to accept only capabilities Leash forwarded: the called
 #: tool must be named by a ``forwarded`` fact of a block signed by the forwarding key.
 FORWARDED_CHECK = "check if forwarded($t), call($t) trusting {forwarding}"
@@ -41,7 +46,14 @@ BISCUIT_ERRORS: tuple[type[Exception], ...] = (
 #: A biscuit-python error, or a ``ValueError`` (a key callback's, a bad document's).
 TOKEN_ERRORS: tuple[type[Exception], ...] = (ValueError, *BISCUIT_ERRORS)
 #: ``TOKEN_ERRORS`` plus what reading a malformed JSON document raises.
-DOCUMENT_ERRORS: tuple[type[Exception], ...] = (KeyError, TypeError, AttributeError, *TOKEN_ERRORS)
+DOCUMENT_ERRORS: tuple[type[Exception], ...] = (
+    KeyError,
+    TypeError,
+    AttributeError,
+    OverflowError,
+    RecursionError,
+    *TOKEN_ERRORS,
+)
 _I64 = 2**63
 _U64 = 2**64
 
@@ -99,8 +111,10 @@ def _integral(value: float) -> int | None:
 class _Terms:
     """Builds Datalog text for JSON values; every string becomes a parameter."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget: list[int]) -> None:
         self.params: dict[str, Any] = {}
+        #: Values left for the whole arguments object (shared by every argument).
+        self.budget = budget
 
     def param(self, value: Any) -> str:
         name = f"p{len(self.params)}"
@@ -110,6 +124,9 @@ class _Terms:
     def term(self, value: Any, depth: int) -> str:
         if depth > MAX_DEPTH:
             raise ArgumentError(f"arguments nested deeper than {MAX_DEPTH}")
+        self.budget[0] -= 1
+        if self.budget[0] < 0:
+            raise ArgumentError(f"arguments hold more than {MAX_TERMS} values")
         if value is None:
             return "null"
         if value is True:
@@ -157,11 +174,14 @@ def _checked_text(text: str) -> str:
 
 def arg_facts(arguments: Mapping[str, Any]) -> list[Any]:
     """The ``arg(name, value)`` facts of an arguments object (biscuit-python ``Fact``s)."""
+    if len(arguments) > MAX_TERMS:
+        raise ArgumentError(f"arguments hold more than {MAX_TERMS} values")
     facts = []
+    budget = [MAX_TERMS]
     for name, value in arguments.items():
         if not isinstance(name, str):
             raise ArgumentError("argument names must be strings")
-        terms = _Terms()
+        terms = _Terms(budget)
         source = f"arg({terms.param(_checked_text(name))}, {terms.term(value, 1)})"
         facts.append(_b.Fact(source, terms.params))
     return facts

@@ -125,6 +125,9 @@ class Verifier:
         self._next = 0
         self._last_sync: float | None = None
         self._last_key_refresh: float | None = None
+        #: Bumped whenever the key set changes: a verification that began under an older
+        #: set must not cache its result (the key it used may just have been retired).
+        self._key_generation = 0
         self._cache = _LruCache(cache_size)
         self._stop = threading.Event()
         self._refresh_keys(self._http)
@@ -211,6 +214,8 @@ class Verifier:
         found = self._cache.get(key)
         if found is not None:
             return found
+        with self._lock:
+            generation = self._key_generation
         kid = unverified.root_key_id()
         if kid is not None and self._key(kid) is None:
             # A rotated key not seen yet: refresh once (rate limited).
@@ -231,7 +236,9 @@ class Verifier:
         except capability.TOKEN_ERRORS as err:
             raise _refused(401, "token_invalid", str(err)) from None
         entry = (token, task_id, agent)
-        self._cache.put(key, entry)
+        with self._lock:  # the same lock as the refresh's bump-and-clear
+            if generation == self._key_generation:
+                self._cache.put(key, entry)
         return entry
 
     # ---- state --------------------------------------------------------------------
@@ -253,8 +260,8 @@ class Verifier:
             response = http.get(self._base + path)
             response.raise_for_status()
             return response.json()
-        except (httpx.HTTPError, ValueError) as err:
-            raise LeashError(0, UNREACHABLE, f"cannot read {what}: {err}") from None
+        except (httpx.HTTPError, ValueError, RecursionError) as err:
+            raise LeashError(0, UNREACHABLE, f"cannot read {what}: {type(err).__name__}") from None
 
     def _refresh_keys(self, http: httpx.Client) -> None:
         document = self._get(http, "/.well-known/leash/keys", "the broker's keys")
@@ -271,9 +278,10 @@ class Verifier:
             self._keys = keys
             self._forwarding = forwarding
             self._last_key_refresh = time.monotonic()
-        if changed:
-            # Cached verifications may rest on a key that was just retired.
-            self._cache.clear()
+            if changed:
+                # Cached verifications may rest on a key that was just retired.
+                self._key_generation += 1
+                self._cache.clear()
 
     def _refresh_keys_limited(self) -> None:
         with self._lock:
@@ -302,8 +310,8 @@ class Verifier:
                     for r in page["revocations"]
                 ]
                 following = int(page["next"])
-            except (KeyError, TypeError, ValueError) as err:
-                raise LeashError(0, UNREACHABLE, f"bad revocation page: {err}") from None
+            except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as err:
+                raise LeashError(0, UNREACHABLE, f"bad revocation page: {err!r}") from None
             with self._lock:
                 self._revoked.update(entries)
                 self._next = following
@@ -324,8 +332,8 @@ class Verifier:
             if last is None or time.monotonic() - last >= KEY_REFRESH:
                 try:
                     self._refresh_keys(self._feed_http)
-                except LeashError as err:
-                    _log.warning("cannot refresh the broker's keys: %s", err.message)
+                except Exception as err:  # noqa: BLE001 - the follower must outlive any failure
+                    _log.warning("cannot refresh the broker's keys: %s", err)
             try:
                 self._sync(self._feed_http, self._wait)
                 failed = False

@@ -71,7 +71,7 @@ class LeashTool(StructuredTool):
     leash_name: str
     """The tool's name in Leash (``notes.search``)."""
 
-    def _run(self, *args: Any, **arguments: Any) -> Any:
+    def _run(self, /, *args: Any, **arguments: Any) -> Any:
         # Only the tool's arguments arrive here: BaseTool.run adds `run_manager` or a
         # RunnableConfig only when this signature names them, and it names neither.
         if self.func is None:
@@ -80,7 +80,7 @@ class LeashTool(StructuredTool):
             )
         return self.func(*args, **arguments)
 
-    async def _arun(self, *args: Any, **arguments: Any) -> Any:
+    async def _arun(self, /, *args: Any, **arguments: Any) -> Any:
         if self.coroutine is None:
             return await anyio.to_thread.run_sync(lambda: self._run(*args, **arguments))
         return await self.coroutine(*args, **arguments)

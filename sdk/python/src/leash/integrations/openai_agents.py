@@ -88,7 +88,7 @@ def _tool(task: Task | AsyncTask, info: ToolInfo, model_name: str) -> LeashFunct
     async def on_invoke_tool(ctx: ToolContext[Any], args_json: str) -> str:
         try:
             arguments = json.loads(args_json) if args_json.strip() else {}
-        except ValueError:
+        except (ValueError, RecursionError):
             arguments = None
         if not isinstance(arguments, dict):
             return f"{leash_name} takes a JSON object of arguments; got {args_json[:200]!r}"
