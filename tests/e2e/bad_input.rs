@@ -70,6 +70,11 @@ const JSON: Option<&str> = Some("application/json");
 async fn a_call_body_that_is_not_one_json_object_is_400_bad_request() {
     let (broker, agent, task_id, token) = one_task().await;
     let deep = format!("{{\"query\":{}1{}}}", "[".repeat(40), "]".repeat(40));
+    // One value past the limit: an array of MAX_VALUES items is MAX_VALUES + 1 values.
+    let many = format!(
+        "{{\"query\":[{}]}}",
+        vec!["\"x\""; leash_sdk::facts::MAX_VALUES].join(",")
+    );
     for (what, content_type, body) in [
         ("truncated JSON", JSON, b"{\"query\": ".to_vec()),
         (
@@ -80,6 +85,7 @@ async fn a_call_body_that_is_not_one_json_object_is_400_bad_request() {
         ("an array", JSON, b"[1,2]".to_vec()),
         ("an empty body", JSON, Vec::new()),
         ("nesting past the depth limit", JSON, deep.into_bytes()),
+        ("more values than the limit", JSON, many.into_bytes()),
     ] {
         let reply = raw(&broker, "POST", CALL, Some(&token), content_type, body).await;
         assert_eq!(

@@ -4,7 +4,8 @@
 //! cover strings (unicode, quotes, control characters), integers at the 64-bit edges,
 //! integral and other floats, null, booleans, nested objects and arrays; checks include
 //! an exact-term equality (`$x == {the Rust term}`), so any difference in how a value
-//! becomes a Biscuit term changes a decision.
+//! becomes a Biscuit term changes a decision. The limit on argument values is compared
+//! too (at it both judge, past it both refuse).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -135,9 +136,14 @@ struct Case {
 fn rust_decision(case: &Case, forwarding: &KeyPair) -> Result<(), String> {
     let args: Value = serde_json::from_str(&case.args).map_err(|e| e.to_string())?;
     let empty = Map::new();
+    let object = args.as_object().unwrap_or(&empty);
+    // The Rust verifier refuses this many values before evaluating (as the broker does).
+    if leash_sdk::facts::value_count(object) > leash_sdk::facts::MAX_VALUES {
+        return Err("too many values".into());
+    }
     let call = CallFacts {
         tool: case.tool,
-        args: args.as_object().unwrap_or(&empty),
+        args: object,
         now_secs: case.now,
         counters: None,
     };
@@ -199,6 +205,20 @@ fn cases(root: &KeyPair, forwarding: &KeyPair) -> Vec<Case> {
                 forwarded: false,
             });
         }
+    }
+    // Past the limit on argument values, both refuse; at it, both judge.
+    for n in [
+        leash_sdk::facts::MAX_VALUES - 1,
+        leash_sdk::facts::MAX_VALUES,
+    ] {
+        let args = format!(r#"{{"v": [{}]}}"#, vec!["1"; n].join(", "));
+        cases.push(Case {
+            token: base.clone(),
+            tool: "t",
+            args,
+            now: NOW,
+            forwarded: false,
+        });
     }
     // Grants, windows and forwarding.
     let plain = r#"{"v": 1}"#.to_string();

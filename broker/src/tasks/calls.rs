@@ -61,7 +61,7 @@ pub struct Calls {
     /// Window of the per-call capability.
     pub capability_ttl: std::time::Duration,
 }
-use leash_sdk::facts::{MAX_DEPTH, depth};
+use leash_sdk::facts::{MAX_DEPTH, MAX_VALUES, depth, value_count};
 
 /// A task token resolved to its live task.
 pub struct TaskContext {
@@ -168,6 +168,11 @@ impl Calls {
         if depth(args) > MAX_DEPTH {
             return Err(ApiError::BadRequest(format!(
                 "the arguments nest deeper than {MAX_DEPTH} levels"
+            )));
+        }
+        if value_count(arguments) > MAX_VALUES {
+            return Err(ApiError::BadRequest(format!(
+                "the arguments hold more than {MAX_VALUES} values"
             )));
         }
         let slot = self

@@ -16,6 +16,31 @@ use serde_json::Value;
 /// Deepest nesting of arguments accepted (deeper is a 400).
 pub const MAX_DEPTH: usize = 32;
 
+/// Most JSON values in one call's arguments (every argument's value and everything nested
+/// in it; more is a 400). The authorizer's time limit does not cover building the facts,
+/// whose cost grows faster than linearly with the number of distinct strings; this bounds
+/// it. The Python SDK applies the same limit.
+pub const MAX_VALUES: usize = 10_000;
+
+/// How many JSON values the arguments hold (each argument's value, nested ones included),
+/// counting no further than `MAX_VALUES + 1`.
+pub fn value_count(args: &serde_json::Map<String, Value>) -> usize {
+    fn count(value: &Value, left: &mut usize) {
+        if *left == 0 {
+            return;
+        }
+        *left -= 1;
+        match value {
+            Value::Array(items) => items.iter().for_each(|v| count(v, left)),
+            Value::Object(map) => map.values().for_each(|v| count(v, left)),
+            _ => {}
+        }
+    }
+    let mut left = MAX_VALUES + 1;
+    args.values().for_each(|v| count(v, &mut left));
+    MAX_VALUES + 1 - left
+}
+
 /// The `arg` facts of an argument object.
 pub fn arg_facts(args: &serde_json::Map<String, Value>) -> Vec<Fact> {
     args.iter()
@@ -117,6 +142,16 @@ mod tests {
         normalize_numbers(&mut nested);
         assert_eq!(nested, json!({"a": [1, {"b": 2}], "c": "3.0"}));
         assert_eq!(to_term(&nested["a"][0]), Term::Integer(1));
+    }
+
+    #[test]
+    fn values_are_counted_at_every_depth_up_to_one_past_the_limit() {
+        let args = json!({"a": 1, "b": [1, 2, {"c": null}], "d": {}});
+        assert_eq!(value_count(args.as_object().unwrap()), 7);
+        let many = json!({"tags": vec![0; MAX_VALUES * 3]});
+        assert_eq!(value_count(many.as_object().unwrap()), MAX_VALUES + 1);
+        let at_limit = json!({"tags": vec![0; MAX_VALUES - 1]});
+        assert_eq!(value_count(at_limit.as_object().unwrap()), MAX_VALUES);
     }
 
     #[test]

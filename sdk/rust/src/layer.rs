@@ -99,6 +99,7 @@ fn refusal(err: &VerifyError) -> Response {
         VerifyError::Invalid(_) => (StatusCode::UNAUTHORIZED, "token_invalid"),
         VerifyError::Revoked => (StatusCode::UNAUTHORIZED, "token_revoked"),
         VerifyError::Denied(_) => (StatusCode::FORBIDDEN, "capability_denied"),
+        VerifyError::BadArguments(_) => (StatusCode::BAD_REQUEST, "bad_request"),
         VerifyError::Stale { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
     };
     refuse(status, code, err.to_string())

@@ -86,6 +86,10 @@ pub enum VerifyError {
     /// Its checks refuse this call (names the check).
     #[error("capability denied: {0}")]
     Denied(String),
+    /// The arguments are outside what can be judged (more than
+    /// [`crate::facts::MAX_VALUES`] values).
+    #[error("bad arguments: {0}")]
+    BadArguments(String),
     /// The revocation view is too old to trust: fail closed.
     #[error(
         "revocation view is {age_ms} ms old (limit {limit_ms} ms); refusing until it catches up"
@@ -104,6 +108,7 @@ impl VerifyError {
         match self {
             VerifyError::Missing | VerifyError::Invalid(_) | VerifyError::Revoked => 401,
             VerifyError::Denied(_) => 403,
+            VerifyError::BadArguments(_) => 400,
             VerifyError::Stale { .. } => 503,
         }
     }
@@ -234,6 +239,12 @@ impl Verifier {
                 ));
             }
         };
+        if crate::facts::value_count(args) > crate::facts::MAX_VALUES {
+            return Err(VerifyError::BadArguments(format!(
+                "the arguments hold more than {} values",
+                crate::facts::MAX_VALUES
+            )));
+        }
         let unverified = UnverifiedBiscuit::from_base64(token)
             .map_err(|_| VerifyError::Invalid("not a Biscuit token".into()))?;
         let ids: Vec<String> = unverified

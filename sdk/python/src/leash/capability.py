@@ -28,7 +28,8 @@ MAX_DEPTH = 32
 #: Most JSON values (scalars and containers, at any depth) in one call's arguments. The
 #: authorizer's time limit does not cover loading the facts, whose cost grows faster than
 #: linearly with the number of distinct strings (30,000 cost about 1.7 s here with the GIL
-#: held); 10,000 bound it to about 0.2 s. A verifier-side limit: the broker has none yet.
+#: held); 10,000 bound it to about 0.2 s. The broker and the Rust SDK apply the same limit
+#: (``leash_sdk::facts::MAX_VALUES``).
 MAX_TERMS = 10_000
 #: The check a tool server adds to accept only capabilities Leash forwarded: the called
 #: tool must be named by a ``forwarded`` fact of a block signed by the forwarding key.
@@ -100,6 +101,22 @@ def number_text(value: float) -> str:
         point = f"{digits[0]}.{digits[1:]}" if length > 1 else digits
         out = f"{point}e{'+' if kk >= 1 else '-'}{abs(kk - 1)}"
     return sign + out
+
+
+def value_count(arguments: Mapping[str, Any]) -> int:
+    """How many JSON values the arguments hold (each argument's value, nested ones
+    included), counting no further than ``MAX_TERMS + 1`` (as the Rust SDK's
+    ``facts::value_count``)."""
+    left = MAX_TERMS + 1
+    stack = list(arguments.values())
+    while stack and left > 0:
+        value = stack.pop()
+        left -= 1
+        if isinstance(value, Mapping):
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+    return MAX_TERMS + 1 - left
 
 
 def _integral(value: float) -> int | None:

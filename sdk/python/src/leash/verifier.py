@@ -175,6 +175,11 @@ class Verifier:
             arguments = {}
         if not isinstance(arguments, Mapping):
             raise _refused(403, "capability_denied", "the arguments must be a JSON object")
+        if capability.value_count(arguments) > capability.MAX_TERMS:
+            # Before any signature work: such a call cannot be judged cheaply.
+            raise _refused(
+                400, "bad_request", f"the arguments hold more than {capability.MAX_TERMS} values"
+            )
         try:
             unverified = _b.UnverifiedBiscuit.from_base64(text)
             ids = [str(i) for i in unverified.revocation_ids]
