@@ -15,15 +15,10 @@ use crate::policy;
 use crate::replica::health::FeedHealth;
 use crate::replica::sealed_keys::MasterKey;
 use crate::store::{PgStore, SqliteStore, Store};
-use crate::tasks::approvals::{Approvals, ApprovalsParts};
-use crate::tasks::calls::Calls;
-use crate::tasks::credentials::Credentials;
-use crate::tasks::issue::Issuer;
-use crate::tasks::lifecycle::Lifecycle;
 use crate::tasks::runtime::Tasks;
+use crate::tasks::services::{ServiceParts, Services};
 use crate::tokens::keys::{ForwardingKey, RootKeys};
 use crate::tokens::revocation::RevocationSet;
-use crate::tokens::verify::TokenVerifier;
 use crate::upstream::catalog::Catalog;
 use crate::upstream::client::Proxy;
 use crate::upstream::dispatch::Upstreams;
@@ -136,64 +131,37 @@ pub async fn prepare(
     ));
     let policy = Arc::new(policy);
     let forwarding = Arc::new(forwarding);
-    let issuer = Issuer::new(keys.clone(), clock.clone());
-    let approvals = Arc::new(Approvals::new(ApprovalsParts {
-        store: store.clone(),
-        audit: audit.clone(),
-        events: events.clone(),
-        clock: clock.clone(),
-        tasks: tasks.clone(),
-        issuer: issuer.clone(),
-        sealer: sealer.clone(),
-        policy: policy.clone(),
-        catalog: catalog.clone(),
-        max_pending_per_agent: config.max_pending_approvals_per_agent,
-    }));
-    let lifecycle = Arc::new(Lifecycle {
-        tasks: tasks.clone(),
-        store: store.clone(),
-        policy: policy.clone(),
-        catalog: catalog.clone(),
-        issuer: issuer.clone(),
-        sealer: sealer.clone(),
-        approvals: approvals.clone(),
-        audit: audit.clone(),
-        clock: clock.clone(),
-    });
-    let verifier =
-        Arc::new(TokenVerifier::new(keys.clone()).refusing_forwarded(forwarding.pair().public()));
-    let credentials = Arc::new(Credentials {
-        keys: keys.clone(),
-        store: store.clone(),
-        audit: audit.clone(),
-        clock: clock.clone(),
-        revoked: revoked.clone(),
-        verifier: verifier.clone(),
-        tasks: tasks.clone(),
-        max_revoked_tokens_per_task: config.max_revoked_tokens_per_task,
-    });
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let rate_limiter = Arc::new(crate::ratelimit::RateLimiter::new(
         config.rate_limit,
         config.rate_burst,
         clock.clone(),
     ));
-    let calls = Arc::new(Calls {
-        tasks: tasks.clone(),
-        catalog: catalog.clone(),
-        upstreams: upstreams.clone(),
-        approvals: approvals.clone(),
+    let Services {
+        issuer,
+        verifier,
+        approvals,
+        lifecycle,
+        credentials,
+        calls,
+    } = Services::build(ServiceParts {
         store: store.clone(),
         audit: audit.clone(),
-        metrics: metrics.clone(),
+        events: events.clone(),
         clock: clock.clone(),
+        tasks: tasks.clone(),
+        keys: keys.clone(),
+        forwarding: forwarding.clone(),
+        sealer: sealer.clone(),
+        policy: policy.clone(),
+        catalog: catalog.clone(),
+        upstreams: upstreams.clone(),
+        revoked: revoked.clone(),
+        metrics: metrics.clone(),
         health: health.clone(),
         rate_limiter: rate_limiter.clone(),
-        capabilities: moka::sync::Cache::builder()
-            .max_capacity(100_000)
-            .time_to_live(config.capability_ttl)
-            .build(),
-        forwarding: forwarding.clone(),
+        max_pending_approvals_per_agent: config.max_pending_approvals_per_agent,
+        max_revoked_tokens_per_task: config.max_revoked_tokens_per_task,
         capability_ttl: config.capability_ttl,
     });
     Ok(AppState {

@@ -8,5 +8,6 @@ pub mod issue;
 pub mod lifecycle;
 pub mod live;
 pub mod runtime;
+pub mod services;
 #[cfg(test)]
 pub(crate) mod testkit;

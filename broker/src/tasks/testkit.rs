@@ -16,12 +16,13 @@ use crate::events::hub::Events;
 use crate::policy::Policy;
 use crate::replica::health::FeedHealth;
 use crate::store::{SqliteStore, Store, TaskRecord, TaskState};
-use crate::tasks::approvals::{Approvals, ApprovalsParts};
+use crate::tasks::approvals::Approvals;
 use crate::tasks::calls::Calls;
 use crate::tasks::credentials::Credentials;
 use crate::tasks::issue::Issuer;
 use crate::tasks::lifecycle::Lifecycle;
 use crate::tasks::runtime::Tasks;
+use crate::tasks::services::{ServiceParts, Services};
 use crate::tokens::keys::{ForwardingKey, RootKeys};
 use crate::tokens::revocation::RevocationSet;
 use crate::tokens::seal::{Sealer, TASK_TOKEN};
@@ -44,8 +45,8 @@ pub struct Kit {
     pub sealer: Arc<Sealer>,
     pub approvals: Arc<Approvals>,
     pub calls: Arc<Calls>,
-    pub lifecycle: Lifecycle,
-    pub credentials: Credentials,
+    pub lifecycle: Arc<Lifecycle>,
+    pub credentials: Arc<Credentials>,
     pub verifier: Arc<TokenVerifier>,
     pub revoked: Arc<RevocationSet>,
 }
@@ -83,54 +84,31 @@ impl Kit {
             proxy.clone(),
             McpServers::new(&policy.mcp_servers, proxy.client()),
         ));
-        let issuer = Issuer::new(keys.clone(), clock.clone());
-        let approvals = Arc::new(Approvals::new(ApprovalsParts {
+        let Services {
+            issuer,
+            verifier,
+            approvals,
+            lifecycle,
+            credentials,
+            calls,
+        } = Services::build(ServiceParts {
             store: store.clone(),
-            audit: audit.clone(),
+            audit,
             events,
             clock: clock.clone(),
             tasks: tasks.clone(),
-            issuer: issuer.clone(),
+            keys,
+            forwarding,
             sealer: sealer.clone(),
             policy: policy.clone(),
-            catalog: catalog.clone(),
-            max_pending_per_agent: 3,
-        }));
-        let verifier = Arc::new(TokenVerifier::new(keys.clone()));
-        let credentials = Credentials {
-            keys: keys.clone(),
-            store: store.clone(),
-            audit: audit.clone(),
-            clock: clock.clone(),
-            revoked: revoked.clone(),
-            verifier: verifier.clone(),
-            tasks: tasks.clone(),
-            max_revoked_tokens_per_task: 2,
-        };
-        let lifecycle = Lifecycle {
-            tasks: tasks.clone(),
-            store: store.clone(),
-            policy: policy.clone(),
-            catalog: catalog.clone(),
-            issuer: issuer.clone(),
-            sealer: sealer.clone(),
-            approvals: approvals.clone(),
-            audit: audit.clone(),
-            clock: clock.clone(),
-        };
-        let calls = Arc::new(Calls {
-            tasks: tasks.clone(),
             catalog,
             upstreams,
-            approvals: approvals.clone(),
-            store: store.clone(),
-            audit: audit.clone(),
+            revoked: revoked.clone(),
             metrics: Arc::new(crate::metrics::Metrics::new()),
-            clock: clock.clone(),
             health: Arc::new(FeedHealth::single(clock.clone())),
             rate_limiter: Arc::new(crate::ratelimit::RateLimiter::new(0, 0, clock.clone())),
-            capabilities: moka::sync::Cache::new(100),
-            forwarding,
+            max_pending_approvals_per_agent: 3,
+            max_revoked_tokens_per_task: 2,
             capability_ttl: Duration::from_secs(30),
         });
         Kit {
