@@ -43,11 +43,17 @@ function fill(node, selector, text) { node.querySelector(selector).textContent =
 
 function renderApprovals(approvals) {
   const list = $("pending");
+  // A refresh (any event) rebuilds the cards: keep the notes an approver is typing.
+  const notes = new Map();
+  for (const card of list.querySelectorAll("[data-approval-id]")) {
+    notes.set(card.dataset.approvalId, card.querySelector(".note").value);
+  }
   list.replaceChildren();
   for (const a of approvals) {
     const node = $("approval-template").content.firstElementChild.cloneNode(true);
     node.dataset.approvalId = a.approval_id;
     node.dataset.testid = "approval";
+    node.querySelector(".note").value = notes.get(a.approval_id) || "";
     const kinds = { call: "call", renewal: "renewal", issuance: "new task", definition: "changed tool definition" };
     fill(node, ".kind", kinds[a.kind] || a.kind);
     fill(node, ".agent", a.agent);

@@ -32,6 +32,8 @@ try {
   const card = page.locator("[data-approval-id]");
   await card.first().waitFor({ timeout: 15000 });
   await card.first().locator(".note").fill("checked the invoice");
+  // Any event rebuilds the cards; the note being typed must survive it.
+  await page.evaluate(() => refresh());
   await page.screenshot({ path: shots + "/approver-pending.png", fullPage: true });
   await card.first().getByRole("button", { name: "Approve" }).click();
   const task = page.locator("[data-task-id]");
