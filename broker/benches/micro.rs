@@ -19,6 +19,8 @@ fn token(keys: &RootKeys, blocks: usize) -> String {
     let claims = TaskClaims {
         task_id: "tsk_0",
         agent: "bot",
+        user: None,
+        audience: None,
         tools: &tools,
         expires_at_secs: 4_000_000_000,
         checks: &[],
@@ -42,6 +44,8 @@ fn benches(c: &mut Criterion) {
             let claims = TaskClaims {
                 task_id: "tsk_0",
                 agent: "bot",
+                user: None,
+                audience: None,
                 tools: &tools,
                 expires_at_secs: 4_000_000_000,
                 checks: &[],

@@ -75,6 +75,12 @@ pub struct ServeConfig {
     pub tls_cert: Option<PathBuf>,
     /// The private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// The URL clients reach this broker at (`LEASH_PUBLIC_URL`, no trailing slash): the
+    /// OAuth issuer, and `<public url>/mcp` the resource its access tokens are for. Unset,
+    /// each request's own (allowed) Host names it.
+    pub public_url: Option<String>,
+    /// Lifetime of an OAuth access token (a task token; never beyond its task's window).
+    pub access_token_ttl: Duration,
 }
 
 impl ServeConfig {
@@ -112,6 +118,8 @@ impl ServeConfig {
             ca_bundle: None,
             tls_cert: None,
             tls_key: None,
+            public_url: None,
+            access_token_ttl: Duration::from_secs(900),
         }
     }
 }

@@ -39,6 +39,19 @@ pub fn is_principal_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// Whether `name` is a valid user name: 1–128 ASCII letters, digits, `-`, `_`, `.`, `@`
+/// and `+`, starting with a letter or digit (`alice`, `alice@example.com`). ASCII only,
+/// like agent ids, so look-alike names cannot collide; e-mail addresses are compared as
+/// written (case included).
+pub fn is_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@' | b'+'))
+}
+
 /// Whether `name` is a valid tool name: dot-separated segments of ASCII letters, digits,
 /// `-` and `_`, at most 128 bytes (`web.search`, `everything.echo`).
 pub fn is_tool_name(name: &str) -> bool {

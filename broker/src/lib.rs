@@ -11,6 +11,8 @@
 //! - [`http`] every path and layer (edge, limits, authentication extractors, handlers,
 //!   OpenAPI, the approver page); [`mcp`] the inbound MCP gateway;
 //! - [`tasks`] the domain: the checked call, task lifecycle, issuance, approvals;
+//!   [`oauth`] the authorization server of `/mcp` (an OAuth grant is a task);
+//!   [`accounts`] local accounts and web sessions;
 //! - [`tokens`] mint, verify, authorize, keys, revoked ids, sealing;
 //! - [`upstream`] the one outbound client, HTTP tools and MCP servers, pins, the catalog;
 //! - [`audit`] the hash-chained log and its signed checkpoints; [`events`] the event hub
@@ -20,6 +22,7 @@
 //! - leaves: [`clock`], [`error`] (the one error type), [`ids`], [`text`], [`datadir`], [`tls`],
 //!   [`metrics`], [`ratelimit`], [`logging`].
 
+pub mod accounts;
 pub mod app;
 pub mod audit;
 pub mod cli;
@@ -33,6 +36,7 @@ pub mod ids;
 pub mod logging;
 pub mod mcp;
 pub mod metrics;
+pub mod oauth;
 pub mod policy;
 pub mod ratelimit;
 pub mod replica;

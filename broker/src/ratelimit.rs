@@ -3,7 +3,10 @@
 //!   is refused with 429 `budget_exhausted` and a `Retry-After`, before any work is done;
 //! - [`AuthFailureLimiter`], one bucket per client address, drained by failed
 //!   authentications: once empty, that address's requests with a credential are refused
-//!   with 429 before any signature is checked, so guessing costs the guesser, not us.
+//!   with 429 before any signature is checked, so guessing costs the guesser, not us;
+//! - [`SignInThrottle`], drained by failed password sign-ins, one bucket per account and
+//!   one per address: a password guesser gets a handful of tries per account, however
+//!   many addresses it uses, and per address, however many accounts it tries.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,9 +31,13 @@ struct Buckets {
 
 impl Buckets {
     fn new(rate: u32, burst: u32, clock: Clock) -> Self {
+        Self::per_second(f64::from(rate), burst.max(rate), clock)
+    }
+
+    fn per_second(rate: f64, burst: u32, clock: Clock) -> Self {
         Buckets {
-            rate: f64::from(rate),
-            burst: f64::from(burst.max(rate).max(1)),
+            rate,
+            burst: f64::from(burst.max(1)),
             clock,
             buckets: moka::sync::Cache::builder()
                 .max_capacity(100_000)
@@ -125,6 +132,35 @@ impl AuthFailureLimiter {
     }
 }
 
+/// Failed sign-ins per account (5, then one more a minute) and per address (20, then one
+/// more every 6 seconds). Per replica, like the other limiters.
+pub struct SignInThrottle {
+    accounts: Buckets,
+    addresses: Buckets,
+}
+
+impl SignInThrottle {
+    /// The throttle at `clock`'s time.
+    pub fn new(clock: Clock) -> Self {
+        SignInThrottle {
+            accounts: Buckets::per_second(1.0 / 60.0, 5, clock.clone()),
+            addresses: Buckets::per_second(1.0 / 6.0, 20, clock),
+        }
+    }
+
+    /// `Err(seconds to wait)` while `account` or `address` has no tries left.
+    pub fn admit(&self, account: &str, address: &str) -> Result<(), u64> {
+        self.accounts.refill_and(account, false)?;
+        self.addresses.refill_and(address, false)
+    }
+
+    /// Counts one failed sign-in of `account` from `address`.
+    pub fn record_failure(&self, account: &str, address: &str) {
+        let _ = self.accounts.refill_and(account, true);
+        let _ = self.addresses.refill_and(address, true);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +186,21 @@ mod tests {
             RateLimiter::new(0, 0, clock).check("a").is_ok(),
             "0 turns it off"
         );
+    }
+
+    #[test]
+    fn sign_in_failures_close_the_account_from_every_address() {
+        let clock = Clock::default();
+        let throttle = SignInThrottle::new(clock.clone());
+        for i in 0..5 {
+            let address = format!("10.0.0.{i}");
+            throttle.admit("alice", &address).unwrap();
+            throttle.record_failure("alice", &address);
+        }
+        assert!(throttle.admit("alice", "10.9.9.9").is_err());
+        throttle.admit("bob", "10.9.9.9").unwrap();
+        clock.advance(Duration::from_secs(60));
+        throttle.admit("alice", "10.9.9.9").unwrap();
     }
 
     #[test]

@@ -267,6 +267,8 @@ fuzz_target!(
                 &mint::TaskClaims {
                     task_id: TASK_ID,
                     agent: AGENT,
+                    user: None,
+                    audience: None,
                     tools: &TOOLS.map(String::from),
                     expires_at_secs: leash_fuzz::EXPIRES_AT,
                     checks: &[text.to_string()],

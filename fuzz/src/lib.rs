@@ -49,6 +49,8 @@ pub fn task_token(keys: &RootKeys, checks: &[String]) -> biscuit_auth::Biscuit {
         &TaskClaims {
             task_id: TASK_ID,
             agent: AGENT,
+            user: None,
+            audience: None,
             tools: &tools,
             expires_at_secs: EXPIRES_AT,
             checks,

@@ -14,6 +14,7 @@ mod lifecycle;
 mod limits;
 mod mcp;
 mod metrics;
+mod oauth;
 mod openapi;
 mod process;
 mod python_sdk;

@@ -163,8 +163,36 @@ pub async fn prepare(
         max_pending_approvals_per_agent: config.max_pending_approvals_per_agent,
         max_revoked_tokens_per_task: config.max_revoked_tokens_per_task,
         capability_ttl: config.capability_ttl,
+        access_token_ttl: config.access_token_ttl,
     });
+    let accounts = Arc::new(crate::accounts::passwords::Accounts::new(
+        store.clone(),
+        audit.clone(),
+        clock.clone(),
+    ));
+    let secure_cookies = server_tls.is_some()
+        || config
+            .public_url
+            .as_deref()
+            .is_some_and(|url| url.starts_with("https://"));
+    let sessions = Arc::new(crate::accounts::sessions::Sessions::new(
+        store.clone(),
+        audit.clone(),
+        clock.clone(),
+        secure_cookies,
+    ));
+    let oauth = Arc::new(crate::oauth::server::OAuthServer::new(
+        store.clone(),
+        lifecycle.clone(),
+        policy.clone(),
+        catalog.clone(),
+        verifier.clone(),
+        clock.clone(),
+    ));
     Ok(AppState {
+        accounts,
+        sessions,
+        oauth,
         policy,
         verifier,
         keys,

@@ -98,6 +98,12 @@ pub struct AppState {
     /// SHA-256 of the admin token (compared in constant time).
     #[from_ref(skip)]
     pub admin_digest: [u8; 32],
+    /// Local accounts and sign-in.
+    pub accounts: Arc<crate::accounts::passwords::Accounts>,
+    /// Web sessions of signed-in people.
+    pub sessions: Arc<crate::accounts::sessions::Sessions>,
+    /// The OAuth authorization server of `/mcp`.
+    pub oauth: Arc<crate::oauth::server::OAuthServer>,
     /// Configuration.
     pub config: Arc<ServeConfig>,
 }

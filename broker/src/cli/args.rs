@@ -35,6 +35,32 @@ pub enum Command {
     /// Rotate and retire root keys (PostgreSQL deployments; needs LEASH_MASTER_KEY).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Local accounts: people who sign in without an OpenID Connect provider.
+    #[command(subcommand)]
+    Users(UsersCommand),
+}
+
+/// `leash users …`.
+#[derive(Subcommand, Debug)]
+pub enum UsersCommand {
+    /// Create a local account. The password is read from standard input (its first
+    /// line), or generated and printed once when standard input is a terminal or empty.
+    Add {
+        /// The user name (also the key of its `[users."NAME"]` grant).
+        name: String,
+        /// The person may decide approvals.
+        #[arg(long)]
+        approver: bool,
+        /// The data folder holding the SQLite database.
+        #[arg(long, env = "LEASH_DATA", default_value = "./data")]
+        data: PathBuf,
+        /// A PostgreSQL deployment instead (`postgres://…`).
+        #[arg(long, env = "LEASH_DATABASE_URL")]
+        database_url: Option<String>,
+        /// The deployment's PostgreSQL schema.
+        #[arg(long, env = "LEASH_DATABASE_SCHEMA", default_value = "leash")]
+        database_schema: String,
+    },
 }
 
 /// Where a PostgreSQL deployment's keys live.
@@ -171,6 +197,14 @@ pub struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, env = "LEASH_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// The URL clients reach this broker at (the OAuth issuer; `<URL>/mcp` is the
+    /// resource MCP access tokens are for). Unset: each request's Host names it.
+    #[arg(long, env = "LEASH_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Lifetime of an OAuth access token in seconds (at most 900; never beyond its
+    /// task's window).
+    #[arg(long, env = "LEASH_ACCESS_TOKEN_SECONDS", default_value_t = 900)]
+    pub access_token_seconds: u64,
 }
 
 impl ServeArgs {
@@ -219,6 +253,10 @@ impl ServeArgs {
             ca_bundle: self.ca_bundle,
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
+            public_url: self
+                .public_url
+                .map(|url| url.trim().trim_end_matches('/').to_string()),
+            access_token_ttl: Duration::from_secs(self.access_token_seconds.clamp(1, 900)),
         }
     }
 }

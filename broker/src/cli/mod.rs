@@ -1,5 +1,6 @@
 //! The `leash` command line: [`main`] parses it and runs one command — `serve`, or one
-//! of the operator commands (`policy check`, `token inspect`, `audit verify`, `keys`).
+//! of the operator commands (`policy check`, `token inspect`, `audit verify`, `keys`,
+//! `users add`).
 //! The binary is one line calling [`main`].
 
 pub mod args;
@@ -7,6 +8,7 @@ mod audit;
 mod inspect;
 mod keys;
 mod serve;
+mod users;
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -80,5 +82,6 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Audit(AuditCommand::Verify(args)) => audit::verify_audit(args).await,
         Command::Keys(command) => keys::keys(command).await,
+        Command::Users(command) => users::users(command).await,
     }
 }

@@ -134,15 +134,39 @@ impl Authenticator {
         })
     }
 
-    /// Authenticates a request.
+    /// Authenticates a request. A token bound to an audience (an OAuth access token) is
+    /// refused: it is good only at its resource ([`Self::task_token_at`]).
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        self.authenticate_at(headers, None)
+    }
+
+    fn authenticate_at(
+        &self,
+        headers: &HeaderMap,
+        resource: Option<&str>,
+    ) -> Result<Caller, ApiError> {
         let token = bearer(headers)?;
         if self.is_admin(token) {
             return Ok(Caller::Admin);
         }
         let verified = self.verifier.verify(token, |id| self.revoked.refusal(id))?;
         match &verified.principal {
-            Principal::Task { .. } => Ok(Caller::Task(verified)),
+            Principal::Task { .. } => match verified.audience.as_deref() {
+                None => Ok(Caller::Task(verified)),
+                Some(_)
+                    if verified
+                        .expires_at_secs
+                        .is_none_or(|end| end * 1000 <= self.clock.now_ms()) =>
+                {
+                    Err(ApiError::TokenExpired(
+                        "the access token has expired; refresh it".into(),
+                    ))
+                }
+                Some(audience) if Some(audience) == resource => Ok(Caller::Task(verified)),
+                Some(audience) => Err(ApiError::TokenInvalid(format!(
+                    "this access token is for {audience} and is accepted only there"
+                ))),
+            },
             Principal::Agent(agent) => {
                 // A replica that may have missed a credential revocation trusts none.
                 self.health.check()?;
@@ -187,7 +211,17 @@ impl Authenticator {
 
     /// Authenticates a request that must carry a task token.
     pub fn task_token(&self, headers: &HeaderMap) -> Result<Arc<VerifiedToken>, ApiError> {
-        match self.authenticate(headers)? {
+        self.task_token_at(headers, None)
+    }
+
+    /// Authenticates a request to `resource` (`<public url>/mcp`) that must carry a task
+    /// token: a plain task token, or an access token whose audience is that resource.
+    pub fn task_token_at(
+        &self,
+        headers: &HeaderMap,
+        resource: Option<&str>,
+    ) -> Result<Arc<VerifiedToken>, ApiError> {
+        match self.authenticate_at(headers, resource)? {
             Caller::Task(token) => Ok(token),
             Caller::Agent(_) => Err(ApiError::TokenInvalid(
                 "this is an agent credential, not a task token: open a task with POST /v1/tasks"

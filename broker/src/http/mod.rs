@@ -9,7 +9,10 @@ pub mod edge;
 mod extract;
 mod feeds;
 pub mod limits;
+mod oauth;
 pub mod openapi;
+pub mod pages;
+mod signin;
 pub mod slots;
 mod tasks;
 mod tools;
@@ -64,6 +67,20 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/", get(ui::page))
         .route("/ui/app.js", get(ui::script))
         .route("/ui/app.css", get(ui::style))
+        .route("/signin", get(signin::form).post(signin::submit))
+        .route("/signout", post(signin::sign_out))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(oauth::metadata),
+        )
+        .route("/oauth/register", post(oauth::register))
+        .route(
+            "/oauth/authorize",
+            get(oauth::authorize).post(oauth::decide),
+        )
+        .route("/oauth/authorize/pending", get(oauth::pending))
+        .route("/oauth/token", post(oauth::token))
+        .route("/oauth/revoke", post(oauth::revoke))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Outermost: bodies above the limit are refused before any handler reads them.

@@ -55,6 +55,8 @@ pub async fn create(
         tools: &body.tools,
         ttl_seconds: body.ttl_seconds,
         checks: &body.checks,
+        user: None,
+        audience: None,
     };
     // Once the task exists, the credential is looked at again (revoked meanwhile?).
     let still_authorized = || {

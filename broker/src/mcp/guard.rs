@@ -16,6 +16,7 @@ use crate::config::ServeConfig;
 use crate::error::ApiError;
 use crate::http::auth::Authenticator;
 use crate::tasks::calls::Calls;
+use crate::upstream::catalog::Catalog;
 
 /// The host names `/mcp` answers to: loopback names, the listen address, and
 /// `LEASH_MCP_ALLOWED_HOSTS`.
@@ -77,10 +78,39 @@ pub fn check_host_and_origin(
     Ok(host.to_string())
 }
 
-fn unauthorized(host: &str, err: ApiError) -> Response {
+/// The URL clients reach this broker at: `LEASH_PUBLIC_URL`, or the scheme and the
+/// (allowed) Host of this request. The OAuth issuer; `<it>/mcp` is the resource.
+pub fn public_url(config: &ServeConfig, headers: &HeaderMap) -> Result<String, ApiError> {
+    if let Some(url) = &config.public_url {
+        return Ok(url.clone());
+    }
+    let host = check_host_and_origin(config, headers)?;
+    let scheme = if config.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    Ok(format!("{scheme}://{host}"))
+}
+
+/// The 401 of `/mcp`: RFC 6750's challenge with RFC 9728's `resource_metadata` and the
+/// scopes a client may ask for; `error="invalid_token"` when a token was sent.
+fn unauthorized(base: &str, catalog: &Catalog, sent_token: bool, err: ApiError) -> Response {
+    let scope = catalog.names().join(" ");
     let mut response = err.into_response();
+    let error = if sent_token {
+        ", error=\"invalid_token\""
+    } else {
+        ""
+    };
+    // Every tool name is a scope; a very large catalog is left to the metadata document.
+    let scope = if scope.is_empty() || scope.len() > 2048 {
+        String::new()
+    } else {
+        format!(", scope=\"{scope}\"")
+    };
     let challenge = format!(
-        "Bearer resource_metadata=\"http://{host}/.well-known/oauth-protected-resource\", error=\"invalid_token\""
+        "Bearer resource_metadata=\"{base}/.well-known/oauth-protected-resource/mcp\"{scope}{error}"
     );
     if let Ok(value) = HeaderValue::from_str(&challenge) {
         response
@@ -97,21 +127,26 @@ pub async fn require_task_token(
     State(config): State<Arc<ServeConfig>>,
     State(calls): State<Arc<Calls>>,
     State(auth): State<Authenticator>,
+    State(catalog): State<Arc<Catalog>>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let host = match check_host_and_origin(&config, request.headers()) {
-        Ok(host) => host,
+    let base = match check_host_and_origin(&config, request.headers())
+        .and_then(|_| public_url(&config, request.headers()))
+    {
+        Ok(base) => base,
         Err(refused) => return refused.into_response(),
     };
-    let token = match auth.task_token(request.headers()) {
+    let resource = format!("{base}/mcp");
+    let sent_token = request.headers().contains_key(header::AUTHORIZATION);
+    let token = match auth.task_token_at(request.headers(), Some(&resource)) {
         Ok(token) => token,
-        Err(err) => return unauthorized(&host, err),
+        Err(err) => return unauthorized(&base, &catalog, sent_token, err),
     };
     if let Err(err) = calls.active_task(token.clone()).await {
         let (status, _) = err.status_and_code();
         return if status == StatusCode::UNAUTHORIZED {
-            unauthorized(&host, err)
+            unauthorized(&base, &catalog, sent_token, err)
         } else {
             err.into_response()
         };
@@ -120,22 +155,24 @@ pub async fn require_task_token(
     next.run(request).await
 }
 
-/// `GET /.well-known/oauth-protected-resource`: RFC 9728 metadata naming Leash. Task
-/// tokens come from Leash's own task API (`POST /v1/tasks`), not from an OAuth server.
+/// `GET /.well-known/oauth-protected-resource[/mcp]`: RFC 9728 metadata. Leash is the
+/// authorization server of its own `/mcp`: an MCP client discovers it here.
 pub async fn resource_metadata(
     State(config): State<Arc<ServeConfig>>,
+    State(catalog): State<Arc<Catalog>>,
     headers: HeaderMap,
 ) -> Response {
-    let host = match check_host_and_origin(&config, &headers) {
-        Ok(host) => host,
+    let base = match public_url(&config, &headers) {
+        Ok(base) => base,
         Err(refused) => return refused.into_response(),
     };
     Json(ResourceMetadata {
-        resource: format!("http://{host}/mcp"),
+        resource: format!("{base}/mcp"),
         resource_name: "Leash".into(),
-        authorization_servers: Vec::new(),
+        authorization_servers: vec![base.clone()],
         bearer_methods_supported: vec!["header".into()],
-        resource_documentation: format!("http://{host}/ui"),
+        scopes_supported: catalog.names(),
+        resource_documentation: format!("{base}/ui"),
     })
     .into_response()
 }

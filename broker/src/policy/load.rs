@@ -8,7 +8,7 @@ use std::sync::Arc;
 use toml::de::DeTable;
 
 use super::fields::FileCtx;
-use super::model::{Diagnostic, Policy, PolicyErrors, Secrets, ToolPattern};
+use super::model::{Diagnostic, GrantHolder, Policy, PolicyErrors, Secrets, ToolPattern};
 use super::toml_value::start;
 
 /// Longest upstream timeout a tool may configure (5 minutes).
@@ -77,6 +77,7 @@ pub fn load_sources(
     let mut grant_patterns: Vec<GrantPatterns> = Vec::new();
     let mut tool_places: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let mut grant_places: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut user_places: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let mut approvals_seen = false;
 
     for (index, (path, text)) in sources.iter().enumerate() {
@@ -124,22 +125,36 @@ pub fn load_sources(
                         }
                     }
                 }
-                "agents" => {
-                    for (name, table) in file.section(value, "agents") {
+                section @ ("agents" | "users") => {
+                    let holder = if section == "agents" {
+                        GrantHolder::Agent
+                    } else {
+                        GrantHolder::User
+                    };
+                    for (name, table) in file.section(value, section) {
                         let offset = start(name);
                         let name = name.get_ref().to_string();
-                        if let Some((other, line)) = grant_places.get(&name) {
+                        let places = match holder {
+                            GrantHolder::Agent => &mut grant_places,
+                            GrantHolder::User => &mut user_places,
+                        };
+                        if let Some((other, line)) = places.get(&name) {
                             let first = sources[*other].0.display();
+                            let noun = if section == "agents" { "agent" } else { "user" };
                             file.error(
                                 offset,
-                                format!("agent {name:?} is already defined at {first}:{line}"),
+                                format!("{noun} {name:?} is already defined at {first}:{line}"),
                             );
                             continue;
                         }
-                        if let Some((grant, patterns)) = file.grant(&name, offset, table) {
-                            grant_places.insert(name.clone(), (index, file.line(offset)));
+                        if let Some((grant, patterns)) = file.grant(holder, &name, offset, table) {
+                            places.insert(name.clone(), (index, file.line(offset)));
                             grant_patterns.push((index, offset, name.clone(), patterns));
-                            policy.grants.insert(name, Arc::new(grant));
+                            let grants = match holder {
+                                GrantHolder::Agent => &mut policy.grants,
+                                GrantHolder::User => &mut policy.users,
+                            };
+                            grants.insert(name, Arc::new(grant));
                         }
                     }
                 }
@@ -175,7 +190,7 @@ pub fn load_sources(
                 other => file.error(
                     start(key),
                     format!(
-                        "unknown section {other:?} (expected tools, agents, mcp_servers, approvals)"
+                        "unknown section {other:?} (expected tools, agents, users, mcp_servers, approvals)"
                     ),
                 ),
             }
@@ -202,7 +217,14 @@ pub fn load_sources(
                 };
                 file.error(
                     *offset,
-                    format!("agent {agent:?} is granted {shown}, which is not defined"),
+                    format!(
+                        "{} {agent:?} is granted {shown}, which is not defined",
+                        if policy.grants.contains_key(agent.as_str()) {
+                            "agent"
+                        } else {
+                            "user"
+                        }
+                    ),
                 );
             }
         }

@@ -16,6 +16,9 @@ pub struct Policy {
     pub tools: BTreeMap<String, Arc<ToolDef>>,
     /// Every agent's grant, by agent id.
     pub grants: BTreeMap<String, Arc<Grant>>,
+    /// Every user's grant (`[users."name"]`), by user name: what the tasks a person
+    /// starts for an MCP client may hold.
+    pub users: BTreeMap<String, Arc<Grant>>,
     /// Settings of human approval.
     pub approvals: ApprovalSettings,
     /// Upstream MCP servers, by name; their tools appear as `NAME.tool`.
@@ -156,7 +159,7 @@ pub enum GrantApproval {
 /// What one agent may be granted.
 #[derive(Debug)]
 pub struct Grant {
-    /// The agent id.
+    /// The agent id, or the user name of a `[users]` grant.
     pub agent: String,
     /// Tool names and `prefix.*` patterns.
     pub tools: Vec<ToolPattern>,
@@ -170,6 +173,25 @@ pub struct Grant {
     pub approval: GrantApproval,
     /// Extra Datalog checks copied verbatim into every task token (already parsed once).
     pub checks: Vec<String>,
+}
+
+/// Whom a grant section is for: `[agents.ID]` or `[users."name"]` (the same fields).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantHolder {
+    /// An agent.
+    Agent,
+    /// A person signing in.
+    User,
+}
+
+impl GrantHolder {
+    /// The policy section's name.
+    pub fn section(self) -> &'static str {
+        match self {
+            GrantHolder::Agent => "agents",
+            GrantHolder::User => "users",
+        }
+    }
 }
 
 /// An entry of a grant's `tools`: an exact name or a `prefix.*` wildcard.
@@ -239,6 +261,15 @@ impl Policy {
     /// The grant of that agent.
     pub fn grant(&self, agent: &str) -> Option<&Arc<Grant>> {
         self.grants.get(agent)
+    }
+
+    /// The grant a task is issued under: its user's when a person started it for a
+    /// client, otherwise its agent's.
+    pub fn grant_for(&self, agent: &str, user: Option<&str>) -> Option<&Arc<Grant>> {
+        match user {
+            Some(user) => self.users.get(user),
+            None => self.grants.get(agent),
+        }
     }
 
     /// Whether `pattern` can only be checked when an MCP server's tools are discovered.

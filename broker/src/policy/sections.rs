@@ -1,5 +1,5 @@
-//! The sections of a policy file — `[tools]`, `[mcp_servers]`, `[agents]`, `[approvals]`
-//! — each checked field by field into the policy's types.
+//! The sections of a policy file — `[tools]`, `[mcp_servers]`, `[agents]`, `[users]`,
+//! `[approvals]` — each checked field by field into the policy's types.
 
 use std::time::Duration;
 
@@ -8,10 +8,11 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::model::{
-    ApprovalSettings, Grant, GrantApproval, McpServerDef, ToolApproval, ToolDef, ToolPattern,
+    ApprovalSettings, Grant, GrantApproval, GrantHolder, McpServerDef, ToolApproval, ToolDef,
+    ToolPattern,
 };
 use super::toml_value::{start, to_json};
-use crate::ids::{is_principal_name, is_tool_name};
+use crate::ids::{is_principal_name, is_tool_name, is_user_name};
 
 use super::fields::FileCtx;
 use super::load::{MAX_TIMEOUT_MS, MAX_TTL_SECONDS, PlacedPatterns};
@@ -224,14 +225,21 @@ impl<'a> FileCtx<'a> {
 
     pub(super) fn grant(
         &mut self,
+        holder: GrantHolder,
         agent: &str,
         offset: usize,
         table: &DeTable<'_>,
     ) -> Option<(Grant, PlacedPatterns)> {
-        let what = format!("agents.{agent:?}");
+        let what = format!("{}.{agent:?}", holder.section());
         let before = self.diagnostics.len();
-        if !is_principal_name(agent) {
-            self.error(offset, format!("{agent:?} is not a valid agent id (ASCII letters, digits, -, _ and ., at most 64)"));
+        match holder {
+            GrantHolder::Agent if !is_principal_name(agent) => {
+                self.error(offset, format!("{agent:?} is not a valid agent id (ASCII letters, digits, -, _ and ., at most 64)"));
+            }
+            GrantHolder::User if !is_user_name(agent) => {
+                self.error(offset, format!("{agent:?} is not a valid user name (ASCII letters, digits, -, _, ., @ and +, at most 128)"));
+            }
+            _ => {}
         }
         let fields = self.fields(
             table,

@@ -103,6 +103,20 @@ pub struct TaskRecord {
     /// The newest token of the task, sealed ([`crate::tokens::seal`]); opened only to be
     /// returned to its owner.
     pub token: Option<String>,
+    /// The person who started it for an MCP client (the grant is theirs), if any.
+    pub user: Option<String>,
+    /// The one resource its tokens are for (`<public url>/mcp`), if bound to one.
+    pub audience: Option<String>,
+}
+
+impl TaskRecord {
+    /// Whose grant the task is under, for messages: `user "alice"` or `agent "bot"`.
+    pub fn holder(&self) -> String {
+        match &self.user {
+            Some(user) => format!("user {user:?}"),
+            None => format!("agent {:?}", self.agent),
+        }
+    }
 }
 
 /// One entry of the public revocation feed.
@@ -349,7 +363,7 @@ pub struct UsageBatch {
 
 /// Durable state. One implementation per database; one behavioural suite for all.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: super::identity_api::IdentityStore + Send + Sync + 'static {
     /// Inserts a new task and the revocation id of its first token, unless `credential`
     /// (the revocation id of the agent credential that asks) is revoked: then nothing is
     /// inserted and the answer is `false`. Checked inside the inserting transaction and

@@ -7,12 +7,16 @@
 //! - `sql` (and `sql_writes`): its one implementation, every statement written once,
 //!   over a `dialect` that says what SQLite (`sqlite`) and PostgreSQL (`postgres`) do
 //!   differently: transactions, locks, notifications, schema;
+//! - `identity_api` and `identity`: people, web sessions, OAuth clients and grants
+//!   ([`IdentityStore`]) and their SQL;
 //! - [`chain`]: the audit hash chain;
 //! - `rows`: reading rows into records.
 
 mod api;
 pub mod chain;
 mod dialect;
+mod identity;
+mod identity_api;
 mod postgres;
 mod rows;
 mod sql;
@@ -25,6 +29,9 @@ pub use api::{
     Activation, ApprovalKind, ApprovalRecord, ApprovalState, AuditCheckpoint, AuditRow, Decided,
     NewAuditEvent, Revocation, Store, StoreError, StoreResult, TaskRecord, TaskState, ToolPin,
     UsageBatch,
+};
+pub use identity_api::{
+    IdentityStore, OAuthClient, OAuthGrant, Redeemed, Rotated, UserRecord, WebSession,
 };
 pub use postgres::{PgStore, is_schema_name};
 pub use sql::SqlStore;

@@ -26,6 +26,8 @@ const SCHEMA: &[&str] = &[
         checks TEXT NOT NULL, state TEXT NOT NULL, created_at_ms BIGINT NOT NULL, expires_at_ms BIGINT NOT NULL,
         idle_timeout_ms BIGINT, max_calls BIGINT, calls BIGINT NOT NULL DEFAULT 0, last_activity_ms BIGINT NOT NULL,
         ended_at_ms BIGINT, end_reason TEXT, token TEXT)",
+    "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS user_name TEXT",
+    "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS audience TEXT",
     "CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks(state, created_at_ms)",
     "CREATE INDEX IF NOT EXISTS tasks_by_agent ON tasks(agent, state)",
     "CREATE TABLE IF NOT EXISTS task_tokens (
@@ -55,6 +57,24 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS audit_checkpoints (
         seq BIGINT PRIMARY KEY, hash TEXT NOT NULL, at_ms BIGINT NOT NULL, kid BIGINT NOT NULL,
         signature TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS users (
+        name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, approver BIGINT NOT NULL,
+        created_at_ms BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS web_sessions (
+        id_hash TEXT PRIMARY KEY, user_name TEXT NOT NULL, approver BIGINT NOT NULL, csrf TEXT NOT NULL,
+        created_at_ms BIGINT NOT NULL, expires_at_ms BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS oauth_clients (
+        client_id TEXT PRIMARY KEY, client_name TEXT NOT NULL, redirect_uris TEXT NOT NULL,
+        created_at_ms BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS oauth_grants (
+        task_id TEXT PRIMARY KEY, client_id TEXT NOT NULL, user_name TEXT NOT NULL,
+        redirect_uri TEXT NOT NULL, code_challenge TEXT NOT NULL, resource TEXT NOT NULL, state TEXT,
+        scope TEXT NOT NULL, created_at_ms BIGINT NOT NULL, code_hash TEXT UNIQUE, code_expires_at_ms BIGINT,
+        code_used BIGINT NOT NULL DEFAULT 0)",
+    "CREATE TABLE IF NOT EXISTS oauth_refresh (
+        token_hash TEXT PRIMARY KEY, task_id TEXT NOT NULL, used BIGINT NOT NULL DEFAULT 0,
+        created_at_ms BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS oauth_refresh_by_task ON oauth_refresh(task_id)",
     "CREATE TABLE IF NOT EXISTS root_keys (
         kid BIGINT PRIMARY KEY, sealed TEXT NOT NULL, created_at_ms BIGINT NOT NULL, retired_at_ms BIGINT)",
     "CREATE TABLE IF NOT EXISTS forwarding_key (

@@ -42,6 +42,8 @@ where
         ended_at_ms: row.try_get("ended_at_ms")?,
         end_reason: row.try_get("end_reason")?,
         token: row.try_get("token")?,
+        user: row.try_get("user_name")?,
+        audience: row.try_get("audience")?,
     })
 }
 

@@ -93,6 +93,24 @@ const SCHEMA: &[&str] = &[
         detail TEXT NOT NULL,
         prev_hash TEXT NOT NULL,
         hash TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS users (
+        name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, approver INTEGER NOT NULL,
+        created_at_ms INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS web_sessions (
+        id_hash TEXT PRIMARY KEY, user_name TEXT NOT NULL, approver INTEGER NOT NULL, csrf TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL, expires_at_ms INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS oauth_clients (
+        client_id TEXT PRIMARY KEY, client_name TEXT NOT NULL, redirect_uris TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS oauth_grants (
+        task_id TEXT PRIMARY KEY, client_id TEXT NOT NULL, user_name TEXT NOT NULL,
+        redirect_uri TEXT NOT NULL, code_challenge TEXT NOT NULL, resource TEXT NOT NULL, state TEXT,
+        scope TEXT NOT NULL, created_at_ms INTEGER NOT NULL, code_hash TEXT UNIQUE, code_expires_at_ms INTEGER,
+        code_used INTEGER NOT NULL DEFAULT 0)",
+    "CREATE TABLE IF NOT EXISTS oauth_refresh (
+        token_hash TEXT PRIMARY KEY, task_id TEXT NOT NULL, used INTEGER NOT NULL DEFAULT 0,
+        created_at_ms INTEGER NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS oauth_refresh_by_task ON oauth_refresh(task_id)",
     "CREATE TABLE IF NOT EXISTS audit_checkpoints (
         seq INTEGER PRIMARY KEY,
         hash TEXT NOT NULL,
@@ -192,6 +210,8 @@ impl SqliteStore {
         for (table, column) in [
             ("credentials", "expires_at_ms INTEGER"),
             ("revocations", "expires_at_ms INTEGER"),
+            ("tasks", "user_name TEXT"),
+            ("tasks", "audience TEXT"),
         ] {
             let added = sqlx::query(&format!("ALTER TABLE {table} ADD COLUMN {column}"))
                 .execute(&pool)

@@ -11,6 +11,7 @@ use super::api::{
     NewAuditEvent, Store, TaskRecord, TaskState, ToolPin, UsageBatch,
 };
 use super::chain::verify_chain;
+use super::identity_api::{OAuthClient, OAuthGrant, Redeemed, Rotated, UserRecord, WebSession};
 use super::postgres::PgStore;
 use super::sqlite::SqliteStore;
 
@@ -31,6 +32,8 @@ fn task(id: &str, state: TaskState) -> TaskRecord {
         ended_at_ms: None,
         end_reason: None,
         token: Some("t0".into()),
+        user: None,
+        audience: None,
     }
 }
 
@@ -530,6 +533,119 @@ async fn audit_checkpoints(store: Arc<dyn Store>) {
     assert_eq!(page, vec![checkpoint(5, "h5")]);
 }
 
+async fn people_and_oauth(store: Arc<dyn Store>) {
+    let user = UserRecord {
+        name: "alice@example.com".into(),
+        password_hash: "$argon2id$x".into(),
+        approver: true,
+        created_at_ms: 1_000,
+    };
+    assert!(store.insert_user(&user).await.unwrap());
+    assert!(
+        !store.insert_user(&user).await.unwrap(),
+        "a name is taken once"
+    );
+    assert_eq!(
+        store.get_user("alice@example.com").await.unwrap(),
+        Some(user)
+    );
+    assert_eq!(store.get_user("bob").await.unwrap(), None);
+
+    let session = WebSession {
+        id_hash: "s1".into(),
+        user: "alice@example.com".into(),
+        approver: true,
+        csrf: "c1".into(),
+        created_at_ms: 1_000,
+        expires_at_ms: 5_000,
+    };
+    store.insert_session(&session).await.unwrap();
+    assert_eq!(store.get_session("s1", 4_999).await.unwrap(), Some(session));
+    assert_eq!(
+        store.get_session("s1", 5_000).await.unwrap(),
+        None,
+        "expired"
+    );
+    store.delete_session("s1", 1_000).await.unwrap();
+    assert_eq!(
+        store.get_session("s1", 2_000).await.unwrap(),
+        None,
+        "signed out"
+    );
+
+    let client = OAuthClient {
+        client_id: "lc_1".into(),
+        client_name: "Client".into(),
+        redirect_uris: vec!["http://127.0.0.1:9/cb".into()],
+        created_at_ms: 1_000,
+    };
+    store.insert_client(&client).await.unwrap();
+    assert_eq!(store.get_client("lc_1").await.unwrap(), Some(client));
+
+    let grant = OAuthGrant {
+        task_id: "tsk_a".into(),
+        client_id: "lc_1".into(),
+        user: "alice@example.com".into(),
+        redirect_uri: "http://127.0.0.1:9/cb".into(),
+        code_challenge: "ch".into(),
+        resource: "http://127.0.0.1:7070/mcp".into(),
+        state: Some("st".into()),
+        scope: "web.search".into(),
+        created_at_ms: 1_000,
+        code_expires_at_ms: None,
+        code_issued: false,
+    };
+    store.insert_grant(&grant).await.unwrap();
+    assert_eq!(store.redeem_code("c0de").await.unwrap(), Redeemed::Unknown);
+    assert!(store.set_code("tsk_a", "c0de", 61_000).await.unwrap());
+    assert!(
+        !store.set_code("tsk_a", "other", 61_000).await.unwrap(),
+        "one code per grant"
+    );
+    let issued = OAuthGrant {
+        code_expires_at_ms: Some(61_000),
+        code_issued: true,
+        ..grant
+    };
+    assert_eq!(
+        store.redeem_code("c0de").await.unwrap(),
+        Redeemed::First(issued.clone())
+    );
+    assert_eq!(
+        store.redeem_code("c0de").await.unwrap(),
+        Redeemed::Replayed(issued),
+        "a code redeems once"
+    );
+
+    store.insert_refresh("r1", "tsk_a", 2_000).await.unwrap();
+    assert_eq!(
+        store.rotate_refresh("r1", "r2", 3_000).await.unwrap(),
+        Rotated::Current("tsk_a".into())
+    );
+    assert_eq!(
+        store.rotate_refresh("r1", "r3", 4_000).await.unwrap(),
+        Rotated::Replayed("tsk_a".into()),
+        "a rotated refresh token does not rotate again"
+    );
+    assert_eq!(
+        store.rotate_refresh("r2", "r4", 4_000).await.unwrap(),
+        Rotated::Current("tsk_a".into())
+    );
+    assert_eq!(
+        store.rotate_refresh("nope", "r5", 4_000).await.unwrap(),
+        Rotated::Unknown
+    );
+    assert_eq!(
+        store.refresh_task("r1").await.unwrap().as_deref(),
+        Some("tsk_a")
+    );
+    assert_eq!(
+        store.refresh_task("r3").await.unwrap(),
+        None,
+        "a refused rotation stores nothing"
+    );
+}
+
 /// Runs every case, each on a fresh store from `make`.
 macro_rules! suite {
     ($make:expr) => {
@@ -556,6 +672,10 @@ macro_rules! suite {
         #[tokio::test]
         async fn audit_checkpoints() {
             super::audit_checkpoints($make.await).await
+        }
+        #[tokio::test]
+        async fn people_and_oauth() {
+            super::people_and_oauth($make.await).await
         }
     };
 }

@@ -21,7 +21,7 @@ use crate::policy::Policy;
 use crate::store::{
     Activation, ApprovalKind, ApprovalRecord, ApprovalState, Decided, Store, TaskRecord, TaskState,
 };
-use crate::tasks::issue::Issuer;
+use crate::tasks::issue::{Issuer, TaskIdentity};
 use crate::tasks::runtime::Tasks;
 use crate::tokens::seal::Sealer;
 use crate::upstream::catalog::Catalog;
@@ -397,15 +397,16 @@ impl Approvals {
             .await
             .map_err(ApiError::internal)?
             .ok_or_else(|| ApiError::NotFound(format!("no task {}", approval.task_id)))?;
-        let grant = self.policy.grant(&task.agent).cloned().ok_or_else(|| {
-            ApiError::PolicyDenied(format!(
-                "the policy no longer grants agent {:?}",
-                task.agent
-            ))
-        })?;
+        let grant = self
+            .policy
+            .grant_for(&task.agent, task.user.as_deref())
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::PolicyDenied(format!("the policy no longer grants {}", task.holder()))
+            })?;
         let ttl_ms = approval.ttl_ms.unwrap_or(grant.max_ttl.as_millis() as i64);
         let issued = self.issuer.issue(
-            &task.task_id,
+            &TaskIdentity::of(&task),
             &grant,
             &task.tools,
             &task.checks,

@@ -5,6 +5,7 @@
 //! the new token, and a task left with no tool gets none (403 `policy_denied`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::clock::Clock;
 use crate::error::ApiError;
@@ -13,14 +14,42 @@ use crate::tokens::keys::RootKeys;
 use crate::tokens::mint::{TaskClaims, task_token, to_text};
 use crate::tokens::seal::{Sealer, TASK_TOKEN};
 
+/// Whom a task token speaks for: the task, its agent, and — for a task a person started
+/// for an MCP client — the user and the one resource the token is for.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskIdentity<'a> {
+    /// `tsk_…`.
+    pub task_id: &'a str,
+    /// The agent (`client:<id>` for an MCP client).
+    pub agent: &'a str,
+    /// The person whose grant the task is under.
+    pub user: Option<&'a str>,
+    /// The resource (`<public url>/mcp`) the token is refused everywhere but.
+    pub audience: Option<&'a str>,
+}
+
+impl<'a> TaskIdentity<'a> {
+    /// The identity of a stored task.
+    pub fn of(record: &'a crate::store::TaskRecord) -> Self {
+        TaskIdentity {
+            task_id: &record.task_id,
+            agent: &record.agent,
+            user: record.user.as_deref(),
+            audience: record.audience.as_deref(),
+        }
+    }
+}
+
 /// A freshly minted task token.
 pub struct Issued {
     /// The token text (base64).
     pub token: String,
     /// Hex revocation id of its authority block.
     pub revocation_id: String,
-    /// End of its window (ms since epoch, whole seconds).
+    /// End of the task's window (ms since epoch, whole seconds).
     pub expires_at_ms: i64,
+    /// End of this token's own window: the task's, or sooner for an OAuth access token.
+    pub token_expires_at_ms: i64,
     /// The tools it grants: those asked for that the grant still allows.
     pub tools: Vec<String>,
 }
@@ -43,12 +72,19 @@ impl Issued {
 pub struct Issuer {
     keys: Arc<RootKeys>,
     clock: Clock,
+    /// Longest life of a token bound to an audience (an OAuth access token).
+    access_token_ttl: Duration,
 }
 
 impl Issuer {
-    /// An issuer signing with `keys` (the current root key) at `clock`'s time.
-    pub fn new(keys: Arc<RootKeys>, clock: Clock) -> Self {
-        Issuer { keys, clock }
+    /// An issuer signing with `keys` (the current root key) at `clock`'s time; tokens bound
+    /// to an audience live at most `access_token_ttl`.
+    pub fn new(keys: Arc<RootKeys>, clock: Clock, access_token_ttl: Duration) -> Self {
+        Issuer {
+            keys,
+            clock,
+            access_token_ttl,
+        }
     }
 
     /// Mints a token for a task of `grant` that ends `ttl_ms` from now — or, for a renewal,
@@ -58,7 +94,7 @@ impl Issuer {
     /// grant's `max_ttl` from now still bounds it.
     pub fn issue(
         &self,
-        task_id: &str,
+        task: &TaskIdentity<'_>,
         grant: &Grant,
         tools: &[String],
         agent_checks: &[String],
@@ -80,14 +116,20 @@ impl Issuer {
         let longest = now_secs + grant.max_ttl.as_secs() as i64;
         let kept = current_end_ms.map_or(0, |ms| ms.div_euclid(1000).min(longest));
         let expires_secs = (now_secs + ttl_ms.div_euclid(1000)).max(kept);
+        let token_expires_secs = match task.audience {
+            Some(_) => expires_secs.min(now_secs + self.access_token_ttl.as_secs() as i64),
+            None => expires_secs,
+        };
         let checks: Vec<String> = grant.checks.iter().chain(agent_checks).cloned().collect();
         let biscuit = task_token(
             &self.keys,
             &TaskClaims {
-                task_id,
-                agent: &grant.agent,
+                task_id: task.task_id,
+                agent: task.agent,
+                user: task.user,
+                audience: task.audience,
                 tools: &tools,
-                expires_at_secs: expires_secs,
+                expires_at_secs: token_expires_secs,
                 checks: &checks,
             },
         )
@@ -98,6 +140,7 @@ impl Issuer {
             token,
             revocation_id,
             expires_at_ms: expires_secs * 1000,
+            token_expires_at_ms: token_expires_secs * 1000,
             tools,
         })
     }
@@ -105,8 +148,16 @@ impl Issuer {
 
 #[cfg(test)]
 mod tests {
+    use super::TaskIdentity;
     use crate::error::ApiError;
     use crate::tasks::testkit::{Kit, T0_MS, notes_policy};
+
+    const BOT: TaskIdentity<'static> = TaskIdentity {
+        task_id: "tsk_1",
+        agent: "narrow",
+        user: None,
+        audience: None,
+    };
 
     fn tools(names: &[&str]) -> Vec<String> {
         names.iter().map(|n| n.to_string()).collect()
@@ -119,7 +170,7 @@ mod tests {
         let issued = kit
             .issuer
             .issue(
-                "tsk_1",
+                &BOT,
                 &grant,
                 &tools(&["notes.read", "notes.delete"]),
                 &[],
@@ -128,14 +179,9 @@ mod tests {
             )
             .unwrap();
         assert_eq!(issued.tools, tools(&["notes.read"]));
-        let refused = kit.issuer.issue(
-            "tsk_1",
-            &grant,
-            &tools(&["notes.delete"]),
-            &[],
-            60_000,
-            None,
-        );
+        let refused = kit
+            .issuer
+            .issue(&BOT, &grant, &tools(&["notes.delete"]), &[], 60_000, None);
         assert!(matches!(refused, Err(ApiError::PolicyDenied(_))));
     }
 
@@ -146,7 +192,7 @@ mod tests {
         let asked = tools(&["notes.read"]);
         let issued = kit
             .issuer
-            .issue("tsk_1", &grant, &asked, &[], 60_000, None)
+            .issue(&BOT, &grant, &asked, &[], 60_000, None)
             .unwrap();
         assert_eq!(issued.expires_at_ms, T0_MS + 60_000);
         // A renewal that would keep a window past the grant's max_ttl from now is cut
@@ -154,7 +200,7 @@ mod tests {
         let far = T0_MS + 3_600_000;
         let renewed = kit
             .issuer
-            .issue("tsk_1", &grant, &asked, &[], 60_000, Some(far))
+            .issue(&BOT, &grant, &asked, &[], 60_000, Some(far))
             .unwrap();
         assert_eq!(renewed.expires_at_ms, T0_MS + 300_000);
     }
@@ -167,13 +213,45 @@ mod tests {
         let current_end = T0_MS + 200_000;
         let renewed = kit
             .issuer
-            .issue("tsk_1", &grant, &asked, &[], 10_000, Some(current_end))
+            .issue(&BOT, &grant, &asked, &[], 10_000, Some(current_end))
             .unwrap();
         assert_eq!(renewed.expires_at_ms, current_end);
         let longer = kit
             .issuer
-            .issue("tsk_1", &grant, &asked, &[], 250_000, Some(current_end))
+            .issue(&BOT, &grant, &asked, &[], 250_000, Some(current_end))
             .unwrap();
         assert_eq!(longer.expires_at_ms, T0_MS + 250_000);
+    }
+
+    #[tokio::test]
+    async fn an_access_token_lives_shorter_than_its_task_and_names_its_user_and_audience() {
+        let kit = Kit::new(&notes_policy("http://127.0.0.1:9")).await;
+        let grant = kit.policy.grant("narrow").unwrap().clone();
+        let client = TaskIdentity {
+            task_id: "tsk_1",
+            agent: "client:abc",
+            user: Some("alice"),
+            audience: Some("http://127.0.0.1:7070/mcp"),
+        };
+        let issued = kit
+            .issuer
+            .issue(&client, &grant, &tools(&["notes.read"]), &[], 240_000, None)
+            .unwrap();
+        // The task keeps the window asked for; the token lives the access-token time.
+        assert_eq!(issued.expires_at_ms, T0_MS + 240_000);
+        assert_eq!(issued.token_expires_at_ms, T0_MS + 120_000);
+        let verified = kit.verifier.verify(&issued.token, |_| None).unwrap();
+        assert_eq!(
+            verified.audience.as_deref(),
+            Some("http://127.0.0.1:7070/mcp")
+        );
+        assert_eq!(verified.user.as_deref(), Some("alice"));
+        assert_eq!(verified.expires_at_secs, Some((T0_MS + 120_000) / 1000));
+        // A plain task token lives as long as its task.
+        let plain = kit
+            .issuer
+            .issue(&BOT, &grant, &tools(&["notes.read"]), &[], 240_000, None)
+            .unwrap();
+        assert_eq!(plain.token_expires_at_ms, plain.expires_at_ms);
     }
 }

@@ -16,7 +16,7 @@ use crate::ids::new_task_id;
 use crate::policy::{Grant, GrantApproval, Policy, ToolPattern};
 use crate::store::{ApprovalKind, Store, TaskRecord, TaskState};
 use crate::tasks::approvals::Approvals;
-use crate::tasks::issue::Issuer;
+use crate::tasks::issue::{Issued, Issuer, TaskIdentity};
 use crate::tasks::runtime::{EndOutcome, Tasks};
 use crate::tokens::mint::parse_check;
 use crate::tokens::seal::{Sealer, TASK_TOKEN};
@@ -43,6 +43,11 @@ pub struct OpenRequest<'a> {
     pub ttl_seconds: Option<i64>,
     /// Extra Datalog checks for the token.
     pub checks: &'a [String],
+    /// The person starting the task for a client (`agent` is then `client:<id>`): the
+    /// task is under their `[users]` grant, and the token says `user("…")`.
+    pub user: Option<&'a str>,
+    /// The one resource the task's tokens are for (an OAuth grant's `resource`).
+    pub audience: Option<&'a str>,
 }
 
 /// How opening (or renewing) went.
@@ -98,7 +103,7 @@ impl Lifecycle {
         still_authorized: impl FnOnce() -> Result<(), ApiError>,
     ) -> Result<Opened, ApiError> {
         let agent = request.agent;
-        let grant = self.grant(agent, "has no grant for")?;
+        let grant = self.grant(agent, request.user, "has no grant for")?;
         let purpose = request.purpose.trim();
         if purpose.is_empty() || !crate::text::is_free_text(purpose) {
             return Err(ApiError::BadRequest(
@@ -110,6 +115,12 @@ impl Lifecycle {
         check_agent_checks(request.checks)?;
         let now = self.clock.now_ms();
         let task_id = new_task_id();
+        let identity = TaskIdentity {
+            task_id: &task_id,
+            agent,
+            user: request.user,
+            audience: request.audience,
+        };
         let ttl_ms = ttl * 1000;
         let needs_approval = grant.approval == GrantApproval::Issuance;
         if needs_approval {
@@ -120,7 +131,7 @@ impl Lifecycle {
         } else {
             Some(
                 self.issuer
-                    .issue(&task_id, &grant, &tools, request.checks, ttl_ms, None)?,
+                    .issue(&identity, &grant, &tools, request.checks, ttl_ms, None)?,
             )
         };
         let record = TaskRecord {
@@ -147,6 +158,8 @@ impl Lifecycle {
             token: issued
                 .as_ref()
                 .map(|i| self.sealer.seal(TASK_TOKEN, &task_id, &i.token)),
+            user: request.user.map(str::to_string),
+            audience: request.audience.map(str::to_string),
         };
         // The credential is checked again inside the creating transaction: an agent
         // revoked on another replica a moment ago cannot slip a task past the revoke.
@@ -171,10 +184,13 @@ impl Lifecycle {
                 } else {
                     "task.issued"
                 },
-                actor: format!("agent:{agent}"),
+                actor: match request.user {
+                    Some(user) => format!("user:{user}"),
+                    None => format!("agent:{agent}"),
+                },
                 task_id: Some(task_id.clone()),
                 detail: json!({
-                    "purpose": purpose, "tools": tools, "ttl_seconds": ttl,
+                    "agent": agent, "purpose": purpose, "tools": tools, "ttl_seconds": ttl,
                     "checks": request.checks, "revocation_id": issued.as_ref().map(|i| &i.revocation_id),
                 }),
             })
@@ -205,8 +221,39 @@ impl Lifecycle {
         Ok(Opened::Active {
             task_id,
             token: issued.token,
-            expires_at_ms: issued.expires_at_ms,
+            expires_at_ms: issued.token_expires_at_ms,
         })
+    }
+
+    /// A new token for an active task, its window unchanged: how an OAuth client's
+    /// refresh gets a fresh access token (short-lived; the task's window bounds it). The
+    /// task's tools are re-read from the current policy.
+    pub async fn reissue(&self, task_id: &str) -> Result<Issued, ApiError> {
+        let record = self.load(task_id).await?;
+        let grant = self.grant(&record.agent, record.user.as_deref(), "no longer grants")?;
+        let runtime = self
+            .tasks
+            .runtime(task_id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("no task {task_id}")))?;
+        self.tasks.check_active(&runtime).await?;
+        let window_end = runtime.expires_at_ms();
+        let issued = self.issuer.issue(
+            &TaskIdentity::of(&record),
+            &grant,
+            &record.tools,
+            &record.checks,
+            0,
+            Some(window_end),
+        )?;
+        if !self
+            .tasks
+            .renew(&runtime, &issued.activation(task_id, &self.sealer))
+            .await?
+        {
+            return Err(crate::tasks::runtime::inactive(task_id, runtime.state()));
+        }
+        Ok(issued)
     }
 
     /// Renews an active task of `agent` for `ttl_seconds` from now (never shortening its
@@ -222,7 +269,7 @@ impl Lifecycle {
         if record.agent != agent {
             return Err(ApiError::NotFound(format!("no task {task_id}")));
         }
-        let grant = self.grant(&record.agent, "no longer grants")?;
+        let grant = self.grant(&record.agent, record.user.as_deref(), "no longer grants")?;
         let ttl = ttl_within(&grant, Some(ttl_seconds))?;
         let runtime = self
             .tasks
@@ -242,7 +289,7 @@ impl Lifecycle {
             });
         }
         let issued = self.issuer.issue(
-            task_id,
+            &TaskIdentity::of(&record),
             &grant,
             &record.tools,
             &record.checks,
@@ -267,7 +314,7 @@ impl Lifecycle {
         Ok(Opened::Active {
             task_id: task_id.to_string(),
             token: issued.token,
-            expires_at_ms: issued.expires_at_ms,
+            expires_at_ms: issued.token_expires_at_ms,
         })
     }
 
@@ -317,6 +364,7 @@ impl Lifecycle {
         Ok(TaskView {
             task_id: record.task_id.clone(),
             agent: record.agent.clone(),
+            user: record.user.clone(),
             purpose: record.purpose.clone(),
             state: live_state.as_str().into(),
             tools: record.tools.clone(),
@@ -330,11 +378,18 @@ impl Lifecycle {
         })
     }
 
-    fn grant(&self, agent: &str, wording: &str) -> Result<Arc<Grant>, ApiError> {
-        self.policy
-            .grant(agent)
-            .cloned()
-            .ok_or_else(|| ApiError::PolicyDenied(format!("the policy {wording} agent {agent:?}")))
+    fn grant(
+        &self,
+        agent: &str,
+        user: Option<&str>,
+        wording: &str,
+    ) -> Result<Arc<Grant>, ApiError> {
+        self.policy.grant_for(agent, user).cloned().ok_or_else(|| {
+            ApiError::PolicyDenied(match user {
+                Some(user) => format!("the policy {wording} user {user:?}"),
+                None => format!("the policy {wording} agent {agent:?}"),
+            })
+        })
     }
 
     /// Expands requested tools (names or `prefix.*`) into granted, existing tool names.

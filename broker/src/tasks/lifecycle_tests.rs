@@ -37,6 +37,8 @@ async fn open_with(
                 tools: &tools,
                 ttl_seconds,
                 checks: &checks,
+                user: None,
+                audience: None,
             },
             || Ok(()),
         )
@@ -236,6 +238,8 @@ async fn a_task_whose_agent_lost_its_authority_meanwhile_is_ended_not_kept() {
                 tools: &tools,
                 ttl_seconds: None,
                 checks: &[],
+                user: None,
+                audience: None,
             },
             || Err(ApiError::TokenRevoked("the agent was revoked".into())),
         )

@@ -64,6 +64,8 @@ pub struct ServiceParts {
     pub max_revoked_tokens_per_task: i64,
     /// Window of the per-call capability sent upstream.
     pub capability_ttl: Duration,
+    /// Longest life of an OAuth access token (a task token bound to `/mcp`).
+    pub access_token_ttl: Duration,
 }
 
 /// The task domain's services.
@@ -85,7 +87,11 @@ pub struct Services {
 impl Services {
     /// Builds every service from `parts`.
     pub fn build(parts: ServiceParts) -> Services {
-        let issuer = Issuer::new(parts.keys.clone(), parts.clock.clone());
+        let issuer = Issuer::new(
+            parts.keys.clone(),
+            parts.clock.clone(),
+            parts.access_token_ttl,
+        );
         let approvals = Arc::new(Approvals::new(ApprovalsParts {
             store: parts.store.clone(),
             audit: parts.audit.clone(),

@@ -110,6 +110,7 @@ impl Kit {
             max_pending_approvals_per_agent: 3,
             max_revoked_tokens_per_task: 2,
             capability_ttl: Duration::from_secs(30),
+            access_token_ttl: Duration::from_secs(120),
         });
         Kit {
             verifier,
@@ -135,7 +136,19 @@ impl Kit {
         let ttl_ms = grant.max_ttl.as_millis() as i64;
         let issued = self
             .issuer
-            .issue(&task_id, &grant, &tools, &[], ttl_ms, None)
+            .issue(
+                &crate::tasks::issue::TaskIdentity {
+                    task_id: &task_id,
+                    agent,
+                    user: None,
+                    audience: None,
+                },
+                &grant,
+                &tools,
+                &[],
+                ttl_ms,
+                None,
+            )
             .unwrap();
         let now = self.clock.now_ms();
         let record = TaskRecord {
@@ -154,6 +167,8 @@ impl Kit {
             ended_at_ms: None,
             end_reason: None,
             token: Some(self.sealer.seal(TASK_TOKEN, &task_id, &issued.token)),
+            user: None,
+            audience: None,
         };
         assert!(
             self.tasks

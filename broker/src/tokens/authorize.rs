@@ -98,6 +98,8 @@ mod tests {
             &TaskClaims {
                 task_id: "tsk_a",
                 agent: "bot",
+                user: None,
+                audience: None,
                 tools: &["web.search".to_string(), "fs.read".to_string()],
                 expires_at_secs: expires,
                 checks: &[],
@@ -236,6 +238,8 @@ mod tests {
             &TaskClaims {
                 task_id: "tsk_a",
                 agent: "bot",
+                user: None,
+                audience: None,
                 tools: &["web.search".to_string()],
                 expires_at_secs: 2_000,
                 checks: &["reject if token_calls($n), $n >= 4".to_string()],

@@ -18,6 +18,12 @@ pub struct TaskClaims<'a> {
     pub task_id: &'a str,
     /// `agent("…")`.
     pub agent: &'a str,
+    /// `user("…")`: the person who started the task for a client, if any.
+    pub user: Option<&'a str>,
+    /// `audience("…")`: the one resource this token is for, if bound to one. Such a
+    /// token (an OAuth access token) also says `expires(<seconds since the epoch>)`, so
+    /// the resource can answer an expired one with 401 before any call is tried.
+    pub audience: Option<&'a str>,
     /// One `tool("…")` per allowed tool.
     pub tools: &'a [String],
     /// End of the window, seconds since the epoch (the `time` check).
@@ -60,6 +66,22 @@ pub fn task_token(keys: &RootKeys, claims: &TaskClaims<'_>) -> Result<Biscuit, S
         .fact(fact("task", &[string(claims.task_id)]))
         .and_then(|b| b.fact(fact("agent", &[string(claims.agent)])))
         .map_err(|e| describe(&e))?;
+    if let Some(user) = claims.user {
+        builder = builder
+            .fact(fact("user", &[string(user)]))
+            .map_err(|e| describe(&e))?;
+    }
+    if let Some(audience) = claims.audience {
+        builder = builder
+            .fact(fact("audience", &[string(audience)]))
+            .and_then(|b| {
+                b.fact(fact(
+                    "expires",
+                    &[biscuit_auth::builder::int(claims.expires_at_secs)],
+                ))
+            })
+            .map_err(|e| describe(&e))?;
+    }
     for tool in claims.tools {
         builder = builder
             .fact(fact("tool", &[string(tool)]))
@@ -158,6 +180,8 @@ mod tests {
             &TaskClaims {
                 task_id: "tsk_1",
                 agent: "bot",
+                user: None,
+                audience: None,
                 tools: &tools,
                 expires_at_secs: 1_800_000_000,
                 checks: &checks,

@@ -52,6 +52,12 @@ pub struct VerifiedToken {
     pub revocation_ids: Vec<String>,
     /// The `tool` facts of the authority block.
     pub tools: Vec<String>,
+    /// The authority's `user` fact: the person who started the task for a client.
+    pub user: Option<String>,
+    /// The authority's `audience` fact: the one resource this token may be used at.
+    pub audience: Option<String>,
+    /// The authority's `expires` fact (seconds since the epoch), on audience-bound tokens.
+    pub expires_at_secs: Option<i64>,
     /// The blocks holding a per-token budget (their Datalog reads `token_calls`); found
     /// once per token, so the call path does not print blocks.
     pub budget_blocks: Vec<usize>,
@@ -192,6 +198,9 @@ fn read_authority(
         })
         .build(&biscuit)
         .map_err(|_| invalid())?;
+    let expiries: Vec<(i64,)> = authorizer
+        .query("found($x) <- expires($x)")
+        .map_err(|_| invalid())?;
     let mut strings = |name: &str| -> Result<Vec<String>, ApiError> {
         let rule = format!("found($x) <- {name}($x)");
         let rows: Vec<(String,)> = authorizer.query(rule.as_str()).map_err(|_| invalid())?;
@@ -201,6 +210,8 @@ fn read_authority(
     let agents = strings("agent")?;
     let approvers = strings("approver")?;
     let roles = strings("role")?;
+    let users = strings("user")?;
+    let audiences = strings("audience")?;
     let mut tools = strings("tool")?;
     tools.sort();
     tools.dedup();
@@ -218,6 +229,24 @@ fn read_authority(
         ([], [], [approver], [role]) if role == "approver" => Principal::Approver(approver.clone()),
         _ => return Err(invalid()),
     };
+    // At most one of each: a token naming two audiences or two users is not Leash's.
+    let single = |values: Vec<String>| -> Result<Option<String>, ApiError> {
+        match <[String; 1]>::try_from(values) {
+            Ok([value]) => Ok(Some(value)),
+            Err(values) if values.is_empty() => Ok(None),
+            Err(_) => Err(invalid()),
+        }
+    };
+    let expires_at_secs = match expiries.as_slice() {
+        [] => None,
+        [(secs,)] => Some(*secs),
+        _ => return Err(invalid()),
+    };
+    let user = single(users)?;
+    let audience = single(audiences)?;
+    if (user.is_some() || audience.is_some()) && !matches!(principal, Principal::Task { .. }) {
+        return Err(invalid());
+    }
     let budget_blocks = leash_sdk::capability::budget_blocks(&biscuit);
     let costly = biscuit.block_count() > 1
         || biscuit.print_block_source(0).map_or(true, |source| {
@@ -228,6 +257,9 @@ fn read_authority(
         principal,
         revocation_ids,
         tools,
+        user,
+        audience,
+        expires_at_secs,
         budget_blocks,
         costly,
     })
@@ -245,6 +277,8 @@ mod tests {
             &TaskClaims {
                 task_id: "tsk_a",
                 agent: "bot",
+                user: None,
+                audience: None,
                 tools: &["web.search".to_string()],
                 expires_at_secs: 4_000_000_000,
                 checks: &[],

@@ -131,14 +131,17 @@ pub struct CheckpointList {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ResourceMetadata {
-    /// The protected resource, `http://{host}/mcp`.
+    /// The protected resource, `<public url>/mcp`.
     pub resource: String,
     /// `Leash`.
     pub resource_name: String,
-    /// Empty: task tokens come from Leash's task API, not from an OAuth server.
+    /// Leash itself (its public URL): it is the authorization server of its `/mcp`.
     pub authorization_servers: Vec<String>,
     /// `["header"]`.
     pub bearer_methods_supported: Vec<String>,
+    /// The scopes a client may ask for: tool names (and `prefix.*` patterns).
+    #[serde(default)]
+    pub scopes_supported: Vec<String>,
     /// The approver page.
     pub resource_documentation: String,
 }

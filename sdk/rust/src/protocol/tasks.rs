@@ -45,8 +45,11 @@ pub struct TaskIssued {
 pub struct TaskView {
     /// `tsk_` and 32 hex digits.
     pub task_id: String,
-    /// The owner agent.
+    /// The owner agent (`client:<client_id>` for an MCP client a person connected).
     pub agent: String,
+    /// The person who started the task for an MCP client (their grant applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// What the task is for.
     pub purpose: String,
     /// `pending_approval`, `active`, `completed`, `revoked`, `expired` or `denied`.

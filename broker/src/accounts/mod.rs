@@ -1,0 +1,9 @@
+//! People: local accounts and the web sessions of those who signed in.
+//!
+//! - [`passwords`]: local accounts (`leash users add`), Argon2id, and checking a
+//!   password with throttling per account and per address;
+//! - [`sessions`]: the browser session a sign-in starts — a cookie naming a stored,
+//!   expiring session, with the CSRF token every form of it carries.
+
+pub mod passwords;
+pub mod sessions;

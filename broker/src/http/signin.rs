@@ -1,0 +1,221 @@
+//! `GET/POST /signin` and `POST /signout`: people sign in with a local account and get a
+//! session cookie; every form carries a CSRF token. After sign-in the browser goes back
+//! to `next` — only ever a path on this broker, so the sign-in page cannot be used to
+//! bounce a person to another site.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Form;
+use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use crate::accounts::passwords::{Accounts, SignInFailure};
+use crate::accounts::sessions::{CSRF_COOKIE, Sessions, cookie, same_token};
+use crate::http::pages;
+
+/// The client's address (for throttling and the audit), or `unknown`.
+pub struct ClientAddress(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddress(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or_else(|| "unknown".to_string(), |info| info.0.ip().to_string()),
+        ))
+    }
+}
+
+/// Where to go after signing in: a local path (`/…`, not `//…` or `/\…`), else `/ui`.
+pub fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(path)
+            if path.starts_with('/')
+                && !path.starts_with("//")
+                && !path.starts_with("/\\")
+                && !path.contains(['\r', '\n'])
+                && path.len() <= 4096 =>
+        {
+            path.to_string()
+        }
+        _ => "/ui".to_string(),
+    }
+}
+
+/// A 303 to `location`, setting `cookies`.
+pub fn see_other(location: &str, cookies: &[String]) -> Response {
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(location) {
+        headers.insert(header::LOCATION, value);
+    }
+    for cookie in cookies {
+        if let Ok(value) = HeaderValue::from_str(cookie) {
+            headers.append(header::SET_COOKIE, value);
+        }
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn with_cookie(mut response: Response, cookie: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(cookie) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// `?next=`.
+#[derive(Deserialize)]
+pub struct NextQuery {
+    next: Option<String>,
+}
+
+/// `GET /signin`: the form (or, already signed in, straight on).
+pub async fn form(
+    State(sessions): State<Arc<Sessions>>,
+    Query(query): Query<NextQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let next = safe_next(query.next.as_deref());
+    if let Some(session) = sessions.current(&headers).await {
+        return if query.next.is_some() {
+            see_other(&next, &[])
+        } else {
+            pages::signed_in(&session.user, &session.csrf)
+        };
+    }
+    let (csrf, csrf_cookie) = sessions.login_csrf();
+    with_cookie(
+        pages::sign_in(StatusCode::OK, &next, &csrf, None),
+        &csrf_cookie,
+    )
+}
+
+/// The sign-in form's fields.
+#[derive(Deserialize)]
+pub struct SignInForm {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    next: Option<String>,
+    #[serde(default)]
+    csrf: String,
+}
+
+/// `POST /signin`.
+pub async fn submit(
+    State(accounts): State<Arc<Accounts>>,
+    State(sessions): State<Arc<Sessions>>,
+    ClientAddress(address): ClientAddress,
+    headers: HeaderMap,
+    Form(form): Form<SignInForm>,
+) -> Response {
+    let next = safe_next(form.next.as_deref());
+    let again = |status: StatusCode, message: &str| {
+        let (csrf, csrf_cookie) = sessions.login_csrf();
+        with_cookie(
+            pages::sign_in(status, &next, &csrf, Some(message)),
+            &csrf_cookie,
+        )
+    };
+    if !cookie(&headers, CSRF_COOKIE).is_some_and(|expected| same_token(&form.csrf, expected)) {
+        return again(
+            StatusCode::FORBIDDEN,
+            "The form expired or came from another site; please sign in again.",
+        );
+    }
+    match accounts
+        .check(form.username.trim(), &form.password, &address)
+        .await
+    {
+        Ok(signed) => match sessions.start(&signed.user, signed.approver).await {
+            Ok(started) => see_other(
+                &next,
+                &[started.cookie, sessions.set_cookie(CSRF_COOKIE, "", 0)],
+            ),
+            Err(err) => {
+                tracing::error!("starting a session: {err}");
+                again(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The broker cannot sign you in right now; try again.",
+                )
+            }
+        },
+        Err(SignInFailure::Wrong) => {
+            again(StatusCode::UNAUTHORIZED, "Wrong user name or password.")
+        }
+        Err(SignInFailure::Throttled(wait)) => {
+            let mut response = again(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!("Too many failed attempts; try again in {wait} seconds."),
+            );
+            if let Ok(value) = HeaderValue::from_str(&wait.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            response
+        }
+        Err(SignInFailure::Unavailable) => again(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The broker cannot sign you in right now; try again.",
+        ),
+    }
+}
+
+/// The sign-out form's field.
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// `POST /signout`.
+pub async fn sign_out(
+    State(sessions): State<Arc<Sessions>>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let Some(session) = sessions.current(&headers).await else {
+        return see_other("/signin", &[]);
+    };
+    if !same_token(&form.csrf, &session.csrf) {
+        return pages::error(
+            StatusCode::FORBIDDEN,
+            "The form expired or came from another site.",
+        );
+    }
+    let cookie = sessions.end(&session).await;
+    see_other("/signin", &[cookie])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_next;
+
+    #[test]
+    fn next_stays_on_this_broker() {
+        assert_eq!(
+            safe_next(Some("/oauth/authorize?x=1")),
+            "/oauth/authorize?x=1"
+        );
+        for bad in [
+            "//evil.example/",
+            "https://evil.example/",
+            "/\\evil.example",
+            "evil",
+            "/a\r\nSet-Cookie: x=1",
+        ] {
+            assert_eq!(safe_next(Some(bad)), "/ui", "{bad}");
+        }
+        assert_eq!(safe_next(None), "/ui");
+    }
+}
