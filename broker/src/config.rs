@@ -81,6 +81,10 @@ pub struct ServeConfig {
     pub public_url: Option<String>,
     /// Lifetime of an OAuth access token (a task token; never beyond its task's window).
     pub access_token_ttl: Duration,
+    /// Hosts whose client ID metadata documents may be fetched although they resolve to
+    /// private or loopback addresses (`LEASH_CLIENT_METADATA_PRIVATE_HOSTS`; none by
+    /// default).
+    pub client_metadata_private_hosts: Vec<String>,
 }
 
 impl ServeConfig {
@@ -120,6 +124,7 @@ impl ServeConfig {
             tls_key: None,
             public_url: None,
             access_token_ttl: Duration::from_secs(900),
+            client_metadata_private_hosts: Vec::new(),
         }
     }
 }

@@ -1,16 +1,27 @@
 // The approver page. Everything agent-supplied (purpose, arguments, names) is written
-// with textContent, never as HTML. The credential lives in sessionStorage only.
+// with textContent, never as HTML. A person signs in at /signin (session cookie; every
+// change carries the session's CSRF token in X-Leash-CSRF); automation may paste an
+// approver credential instead, which lives in sessionStorage only.
 "use strict";
 
 const KEY = "leash.approver";
 const $ = (id) => document.getElementById(id);
 let credential = sessionStorage.getItem(KEY);
+let session = null; // {user, approver, csrf} when signed in with a session cookie
 let tasks = [];
 let refreshTimer = null;
 let stream = null;
 
+function signedIn() { return Boolean(credential || (session && session.approver)); }
+
+function authHeaders() {
+  if (credential) return { Authorization: "Bearer " + credential };
+  if (session) return { "X-Leash-CSRF": session.csrf };
+  return {};
+}
+
 async function api(method, path, body) {
-  const headers = { Authorization: "Bearer " + credential };
+  const headers = authHeaders();
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   const data = await response.json().catch(() => ({}));
@@ -88,7 +99,7 @@ function renderTasks() {
   for (const t of tasks) {
     const node = $("task-template").content.firstElementChild.cloneNode(true);
     node.dataset.taskId = t.task_id;
-    fill(node, ".agent", t.agent);
+    fill(node, ".agent", t.user ? t.user + " via " + t.agent : t.agent);
     fill(node, ".task-id", t.task_id);
     fill(node, ".purpose", t.purpose);
     fill(node, ".tools", "Tools: " + t.tools.join(", "));
@@ -136,10 +147,10 @@ function scheduleRefresh() {
 // Server-Sent Events over fetch, so the credential travels in a header, not the URL.
 async function listen() {
   let delay = 1000;
-  while (credential) {
+  while (signedIn()) {
     stream = new AbortController();
     try {
-      const response = await fetch("/v1/events", { headers: { Authorization: "Bearer " + credential }, signal: stream.signal });
+      const response = await fetch("/v1/events", { headers: authHeaders(), signal: stream.signal });
       if (!response.ok) throw new Error("event stream refused: " + response.status);
       $("live").textContent = "live";
       $("live").classList.add("on");
@@ -160,7 +171,7 @@ async function listen() {
         }
       }
     } catch (err) {
-      if (!credential) return;
+      if (!signedIn()) return;
     }
     $("live").textContent = "reconnecting…";
     $("live").classList.remove("on");
@@ -173,11 +184,18 @@ function showApp() {
   $("signin").hidden = true;
   $("app").hidden = false;
   $("session").hidden = false;
+  $("who").textContent = session ? session.user : "";
   refresh();
   listen();
 }
 
-function signOut(message) {
+async function signOut(message) {
+  if (session && !credential) {
+    // Ends the session on the server too (a plain form post would do the same).
+    const body = new URLSearchParams({ csrf: session.csrf });
+    await fetch("/signout", { method: "POST", body, redirect: "manual" }).catch(() => {});
+  }
+  session = null;
   credential = null;
   sessionStorage.removeItem(KEY);
   if (stream) stream.abort();
@@ -203,6 +221,13 @@ document.addEventListener("DOMContentLoaded", () => {
     }
   });
   $("signout").addEventListener("click", () => signOut(""));
-  setInterval(() => { if (credential) renderTasks(); }, 1000);
-  if (credential) showApp();
+  setInterval(() => { if (signedIn()) renderTasks(); }, 1000);
+  if (credential) return showApp();
+  // Signed in at /signin? The session cookie tells.
+  fetch("/v1/session").then((r) => (r.ok ? r.json() : null)).then((found) => {
+    if (!found) return;
+    session = found;
+    if (found.approver) showApp();
+    else $("signin-error").textContent = "You are signed in as " + found.user + ", who is not an approver.";
+  }).catch(() => {});
 });

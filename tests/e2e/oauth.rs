@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::common::{ADMIN, TestBroker};
 
-const POLICY: &str = r#"
+pub(crate) const POLICY: &str = r#"
 [tools."web.search"]
 description = "Search the web"
 upstream = "http://{UP}/search"
@@ -49,7 +49,7 @@ max_ttl_seconds = 3600
 approval = "issuance"
 "#;
 
-const ALICE_PASSWORD: &str = "alice-Pa55word-that-is-long";
+pub(crate) const ALICE_PASSWORD: &str = "alice-Pa55word-that-is-long";
 const BOB_PASSWORD: &str = "bob-Pa55word-that-is-long-too";
 const CLIENT_NAME: &str = "Acme Test Agent";
 /// Nothing listens here: the browser stops at the redirect and reads its query.
@@ -84,7 +84,7 @@ fn resource(broker: &TestBroker) -> String {
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters.
-fn encode(text: &str) -> String {
+pub(crate) fn encode(text: &str) -> String {
     let mut out = String::new();
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -129,7 +129,7 @@ fn decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn form_body<K: AsRef<str>, V: AsRef<str>>(fields: &[(K, V)]) -> String {
+pub(crate) fn form_body<K: AsRef<str>, V: AsRef<str>>(fields: &[(K, V)]) -> String {
     fields
         .iter()
         .map(|(k, v)| format!("{}={}", encode(k.as_ref()), encode(v.as_ref())))
@@ -138,7 +138,7 @@ fn form_body<K: AsRef<str>, V: AsRef<str>>(fields: &[(K, V)]) -> String {
 }
 
 /// The query parameters of a URL (the first value of each).
-fn query_of(url: &str) -> BTreeMap<String, String> {
+pub(crate) fn query_of(url: &str) -> BTreeMap<String, String> {
     let query = url.split_once('?').map(|(_, q)| q).unwrap_or("");
     let query = query.split('#').next().unwrap_or("");
     let mut out = BTreeMap::new();
@@ -150,13 +150,13 @@ fn query_of(url: &str) -> BTreeMap<String, String> {
 }
 
 /// Whether two path-and-query targets are the same (paths equal, queries equal decoded).
-fn same_target(a: &str, b: &str) -> bool {
+pub(crate) fn same_target(a: &str, b: &str) -> bool {
     let path = |t: &str| t.split('?').next().unwrap_or("").to_string();
     path(a) == path(b) && query_of(a) == query_of(b)
 }
 
 /// A PKCE pair: (verifier, S256 challenge).
-fn pkce() -> (String, String) {
+pub(crate) fn pkce() -> (String, String) {
     static N: AtomicU64 = AtomicU64::new(0);
     let seed = format!(
         "{}-{:?}-{}",
@@ -171,19 +171,19 @@ fn pkce() -> (String, String) {
 
 /// One HTTP answer as a browser sees it.
 #[derive(Debug)]
-struct Page {
-    status: u16,
-    location: Option<String>,
-    headers: reqwest::header::HeaderMap,
-    body: String,
+pub(crate) struct Page {
+    pub(crate) status: u16,
+    pub(crate) location: Option<String>,
+    pub(crate) headers: reqwest::header::HeaderMap,
+    pub(crate) body: String,
 }
 
 impl Page {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
-    fn set_cookies(&self) -> Vec<String> {
+    pub(crate) fn set_cookies(&self) -> Vec<String> {
         self.headers
             .get_all("set-cookie")
             .iter()
@@ -199,14 +199,14 @@ impl Page {
 }
 
 /// A user's browser: follows no redirect, keeps cookies by hand.
-struct Browser {
-    http: reqwest::Client,
+pub(crate) struct Browser {
+    pub(crate) http: reqwest::Client,
     base: String,
-    cookies: BTreeMap<String, String>,
+    pub(crate) cookies: BTreeMap<String, String>,
 }
 
 impl Browser {
-    fn new(broker: &TestBroker) -> Browser {
+    pub(crate) fn new(broker: &TestBroker) -> Browser {
         leash_sdk::tls::install_default_provider();
         Browser {
             http: reqwest::Client::builder()
@@ -245,11 +245,11 @@ impl Browser {
         }
     }
 
-    fn cookie(&self, name: &str) -> Option<&str> {
+    pub(crate) fn cookie(&self, name: &str) -> Option<&str> {
         self.cookies.get(name).map(String::as_str)
     }
 
-    async fn send(&mut self, mut request: reqwest::RequestBuilder) -> Page {
+    pub(crate) async fn send(&mut self, mut request: reqwest::RequestBuilder) -> Page {
         if !self.cookies.is_empty() {
             let header = self
                 .cookies
@@ -279,12 +279,12 @@ impl Browser {
         page
     }
 
-    async fn get(&mut self, target: &str) -> Page {
+    pub(crate) async fn get(&mut self, target: &str) -> Page {
         let request = self.http.get(self.url(target));
         self.send(request).await
     }
 
-    async fn post_form<K: AsRef<str>, V: AsRef<str>>(
+    pub(crate) async fn post_form<K: AsRef<str>, V: AsRef<str>>(
         &mut self,
         target: &str,
         fields: &[(K, V)],
@@ -313,7 +313,7 @@ impl Browser {
 }
 
 /// A browser signed in as `user`.
-async fn signed_in(broker: &TestBroker, user: &str, password: &str) -> Browser {
+pub(crate) async fn signed_in(broker: &TestBroker, user: &str, password: &str) -> Browser {
     let mut browser = Browser::new(broker);
     let answer = browser.sign_in(user, password, "/ui").await;
     assert_eq!(answer.status, 303, "signed in: {answer:?}");
@@ -335,12 +335,12 @@ struct Control {
 }
 
 #[derive(Debug, Clone, Default)]
-struct Form {
+pub(crate) struct Form {
     controls: Vec<Control>,
 }
 
 impl Form {
-    fn value(&self, name: &str) -> Option<&str> {
+    pub(crate) fn value(&self, name: &str) -> Option<&str> {
         self.controls
             .iter()
             .find(|c| {
@@ -351,7 +351,7 @@ impl Form {
             .map(|c| c.value.as_str())
     }
 
-    fn kind_of(&self, name: &str) -> Option<&str> {
+    pub(crate) fn kind_of(&self, name: &str) -> Option<&str> {
         self.controls
             .iter()
             .find(|c| c.name == name && c.tag == "input")
@@ -359,7 +359,7 @@ impl Form {
     }
 
     /// The checkboxes named `name`: (value, checked).
-    fn checkboxes(&self, name: &str) -> Vec<(String, bool)> {
+    pub(crate) fn checkboxes(&self, name: &str) -> Vec<(String, bool)> {
         self.controls
             .iter()
             .filter(|c| c.name == name && c.tag == "input" && c.kind == "checkbox")
@@ -386,7 +386,7 @@ impl Form {
     }
 
     /// What a browser submits for the form as it stands (without a button).
-    fn filled(&self) -> Vec<(String, String)> {
+    pub(crate) fn filled(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         let mut selects: Vec<(String, String, bool)> = Vec::new();
         for c in &self.controls {
@@ -427,7 +427,7 @@ fn without(fields: &[(String, String)], name: &str) -> Vec<(String, String)> {
 }
 
 /// The consent form's fields with exactly `tools` ticked and `decision` pressed.
-fn choose(form: &Form, tools: Option<&[&str]>, decision: &str) -> Vec<(String, String)> {
+pub(crate) fn choose(form: &Form, tools: Option<&[&str]>, decision: &str) -> Vec<(String, String)> {
     let mut fields = form.filled();
     if let Some(tools) = tools {
         fields.retain(|(k, _)| k != "tools");
@@ -437,7 +437,7 @@ fn choose(form: &Form, tools: Option<&[&str]>, decision: &str) -> Vec<(String, S
     fields
 }
 
-fn unescape(text: &str) -> String {
+pub(crate) fn unescape(text: &str) -> String {
     let mut out = String::new();
     let mut rest = text;
     while let Some(at) = rest.find('&') {
@@ -541,7 +541,7 @@ fn attributes(tag: &str) -> BTreeMap<String, String> {
 
 /// The controls of the form on `html` that posts to `action` (a path; an absolute action
 /// URL ending in it counts).
-fn read_form(html: &str, action: &str) -> Form {
+pub(crate) fn read_form(html: &str, action: &str) -> Form {
     find_form(html, action).unwrap_or_else(|| panic!("no form posting to {action} in: {html}"))
 }
 
@@ -648,15 +648,15 @@ fn find_form(html: &str, action: &str) -> Option<Form> {
 // ------------------------------------------------------------ the OAuth client side
 
 /// A registered public client with one PKCE pair.
-struct App {
-    id: String,
-    redirect: String,
-    verifier: String,
-    challenge: String,
+pub(crate) struct App {
+    pub(crate) id: String,
+    pub(crate) redirect: String,
+    pub(crate) verifier: String,
+    pub(crate) challenge: String,
 }
 
 impl App {
-    async fn register(broker: &TestBroker, redirect: &str) -> App {
+    pub(crate) async fn register(broker: &TestBroker, redirect: &str) -> App {
         let reply = broker
             .post(
                 "/oauth/register",
@@ -703,12 +703,17 @@ impl App {
         params
     }
 
-    fn authorize(&self, broker: &TestBroker, state: &str, scope: Option<&str>) -> String {
+    pub(crate) fn authorize(
+        &self,
+        broker: &TestBroker,
+        state: &str,
+        scope: Option<&str>,
+    ) -> String {
         authorize_path(&self.params(broker, state, scope))
     }
 
     /// `POST /oauth/token` with this client's code.
-    async fn exchange(&self, broker: &TestBroker, code: &str) -> TokenReply {
+    pub(crate) async fn exchange(&self, broker: &TestBroker, code: &str) -> TokenReply {
         let resource = resource(broker);
         token(
             broker,
@@ -742,14 +747,14 @@ fn authorize_path<K: AsRef<str>, V: AsRef<str>>(params: &[(K, V)]) -> String {
 }
 
 #[derive(Debug)]
-struct TokenReply {
-    status: u16,
-    body: Value,
+pub(crate) struct TokenReply {
+    pub(crate) status: u16,
+    pub(crate) body: Value,
     cache_control: Option<String>,
 }
 
 impl TokenReply {
-    fn access(&self) -> String {
+    pub(crate) fn access(&self) -> String {
         self.body["access_token"]
             .as_str()
             .unwrap_or_else(|| panic!("no access token: {self:?}"))
@@ -830,7 +835,7 @@ impl Consent {
 }
 
 /// The code in a 303 to the client's redirect URI, with the state sent and Leash's issuer.
-fn code_of(broker: &TestBroker, app: &App, state: &str, answer: &Page) -> String {
+pub(crate) fn code_of(broker: &TestBroker, app: &App, state: &str, answer: &Page) -> String {
     assert_eq!(answer.status, 303, "{answer:?}");
     let location = answer.location.as_deref().unwrap();
     assert!(
@@ -948,7 +953,7 @@ async fn granted(broker: &TestBroker, tools: &[&str]) -> Granted {
 }
 
 /// The task an approver sees for a client (exactly one).
-async fn task_of(broker: &TestBroker, client_id: &str) -> Value {
+pub(crate) async fn task_of(broker: &TestBroker, client_id: &str) -> Value {
     let agent = format!("client:{client_id}");
     let listed = broker.get("/v1/tasks", Some(ADMIN)).await;
     assert_eq!(listed.status, 200, "{listed:?}");
@@ -987,7 +992,7 @@ async fn mcp_list(broker: &TestBroker, token: Option<&str>) -> reqwest::Response
 }
 
 /// The tool names `token` sees at `/mcp`, sorted.
-async fn mcp_tools(broker: &TestBroker, token: &str) -> Vec<String> {
+pub(crate) async fn mcp_tools(broker: &TestBroker, token: &str) -> Vec<String> {
     let response = mcp_list(broker, Some(token)).await;
     assert_eq!(response.status(), 200, "tools/list at /mcp");
     let listed: Value = response.json().await.unwrap();
@@ -2378,7 +2383,7 @@ async fn an_access_token_lives_its_configured_lifetime_and_a_refresh_renews_it()
 /// The SDK asks for every scope Leash advertises (its challenge names every tool), which
 /// is more than alice's grant: the consent page offers only her grant (no `shell.exec`),
 /// and she ticks two of its three tools.
-const INTEROP_POLICY: &str = r#"
+pub(crate) const INTEROP_POLICY: &str = r#"
 [tools."shell.exec"]
 upstream = "http://{UP}/exec"
 input_schema = { type = "object" }

@@ -91,6 +91,7 @@ impl Sessions {
         &self,
         user: &str,
         approver: bool,
+        groups: &[String],
     ) -> Result<Started, crate::store::StoreError> {
         let id = random_hex(32);
         let now = self.clock.now_ms();
@@ -98,6 +99,7 @@ impl Sessions {
             id_hash: digest(&id),
             user: user.to_string(),
             approver,
+            groups: groups.to_vec(),
             csrf: random_hex(16),
             created_at_ms: now,
             expires_at_ms: now + SESSION_MS,
@@ -120,6 +122,14 @@ impl Sessions {
             .await
             .ok()
             .flatten()
+    }
+
+    /// Whether `session` is still live (not signed out, not expired).
+    pub async fn is_live(&self, session: &WebSession) -> bool {
+        self.store
+            .get_session(&session.id_hash, self.clock.now_ms())
+            .await
+            .is_ok_and(|found| found.is_some())
     }
 
     /// Ends `session` (sign-out); the cookie that deletes it.

@@ -182,6 +182,10 @@ pub async fn prepare(
         secure_cookies,
     ));
     let oauth = Arc::new(crate::oauth::server::OAuthServer::new(
+        crate::oauth::documents::ClientDocuments::new(
+            &extra_roots,
+            &config.client_metadata_private_hosts,
+        )?,
         store.clone(),
         lifecycle.clone(),
         policy.clone(),

@@ -205,6 +205,14 @@ pub struct ServeArgs {
     /// task's window).
     #[arg(long, env = "LEASH_ACCESS_TOKEN_SECONDS", default_value_t = 900)]
     pub access_token_seconds: u64,
+    /// Hosts whose client ID metadata documents may be fetched although they resolve to
+    /// private or loopback addresses (comma-separated; none by default).
+    #[arg(
+        long,
+        env = "LEASH_CLIENT_METADATA_PRIVATE_HOSTS",
+        value_delimiter = ','
+    )]
+    pub client_metadata_private_hosts: Vec<String>,
 }
 
 impl ServeArgs {
@@ -257,6 +265,7 @@ impl ServeArgs {
                 .public_url
                 .map(|url| url.trim().trim_end_matches('/').to_string()),
             access_token_ttl: Duration::from_secs(self.access_token_seconds.clamp(1, 900)),
+            client_metadata_private_hosts: self.client_metadata_private_hosts,
         }
     }
 }

@@ -13,6 +13,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
 use super::extract::{ListQuery, OptionalJson, PathParam, QueryParams};
+use crate::accounts::sessions::Sessions;
 use crate::error::{ApiError, ApiResult};
 use crate::events::hub::Events;
 use crate::http::auth::{ApproverOrAdmin, Authenticator};
@@ -126,11 +127,19 @@ pub async fn events(
     State(events): State<Events>,
     State(revoked): State<Arc<RevocationSet>>,
     State(auth): State<Authenticator>,
+    State(sessions): State<Arc<Sessions>>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
     // An approver's stream ends the moment its credential is revoked, and soon after it
-    // expires (checked every few seconds).
+    // expires (checked every few seconds); a signed-in person's soon after sign-out.
     let credential = caller.credential().cloned();
+    let session = caller.session().cloned();
     let cut_off = async move {
+        if let Some(session) = session {
+            while sessions.is_live(&session).await {
+                tokio::time::sleep(CREDENTIAL_RECHECK).await;
+            }
+            return;
+        }
         let Some(credential) = credential else {
             return std::future::pending().await;
         };

@@ -1,5 +1,7 @@
 //! Who is calling: the admin (bootstrap secret), an agent or approver (credentials), or
-//! the holder of a task token, read from `Authorization: Bearer …`.
+//! the holder of a task token, read from `Authorization: Bearer …` — or, for approver
+//! endpoints only, a person signed in to the approver page (session cookie, with the
+//! session's CSRF token in `X-Leash-CSRF` on anything but a read).
 //!
 //! Each kind of caller an endpoint admits is an extractor ([`Admin`], [`ApproverOrAdmin`],
 //! [`Agent`], [`AgentOrTask`], [`TaskToken`], [`MetricsReader`], or any [`Caller`]), so
@@ -14,15 +16,17 @@ use std::time::Duration;
 
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, Method, header};
 use biscuit_auth::builder::{AuthorizerBuilder, fact};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::accounts::sessions::{Sessions, same_token};
 use crate::app::state::AppState;
 use crate::clock::Clock;
 use crate::error::ApiError;
 use crate::replica::health::FeedHealth;
+use crate::store::WebSession;
 use crate::tokens::revocation::RevocationSet;
 use crate::tokens::verify::{Principal, TokenVerifier, VerifiedToken};
 
@@ -276,14 +280,20 @@ where
     }
 }
 
-/// An approver (by credential) or the admin.
+/// An approver (by credential, or signed in to the approver page) or the admin.
 #[derive(Debug, Clone)]
 pub enum ApproverOrAdmin {
     /// The holder of the admin token.
     Admin,
     /// An approver, by credential.
     Approver(Credential),
+    /// A person with the approver role, signed in (session cookie; CSRF header on every
+    /// request that changes something).
+    Person(WebSession),
 }
+
+/// The header a signed-in page sends its session's CSRF token in.
+pub const CSRF_HEADER: &str = "x-leash-csrf";
 
 impl ApproverOrAdmin {
     /// How the audit log names this caller.
@@ -291,26 +301,70 @@ impl ApproverOrAdmin {
         match self {
             ApproverOrAdmin::Admin => "admin".into(),
             ApproverOrAdmin::Approver(approver) => format!("approver:{}", approver.id),
+            ApproverOrAdmin::Person(session) => format!("user:{}", session.user),
         }
     }
 
-    /// The approver's credential (none for the admin).
+    /// The approver's credential (none for the admin or a signed-in person).
     pub fn credential(&self) -> Option<&Arc<VerifiedToken>> {
         match self {
-            ApproverOrAdmin::Admin => None,
+            ApproverOrAdmin::Admin | ApproverOrAdmin::Person(_) => None,
             ApproverOrAdmin::Approver(approver) => Some(&approver.token),
         }
     }
+
+    /// The signed-in person's session, if that is who calls.
+    pub fn session(&self) -> Option<&WebSession> {
+        match self {
+            ApproverOrAdmin::Person(session) => Some(session),
+            _ => None,
+        }
+    }
+}
+
+/// A request without `Authorization` that carries a live session cookie: the session,
+/// if it may act as an approver here (the CSRF header is required unless the method is
+/// safe).
+async fn approver_session(
+    parts: &Parts,
+    sessions: &Sessions,
+) -> Option<Result<WebSession, ApiError>> {
+    if parts.headers.contains_key(header::AUTHORIZATION) {
+        return None;
+    }
+    let session = sessions.current(&parts.headers).await?;
+    if !session.approver {
+        return Some(Err(ApiError::Forbidden(format!(
+            "you are signed in as {}, who is not an approver",
+            session.user
+        ))));
+    }
+    let safe = matches!(parts.method, Method::GET | Method::HEAD);
+    let csrf = parts
+        .headers
+        .get(CSRF_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|token| same_token(token, &session.csrf));
+    if !safe && !csrf {
+        return Some(Err(ApiError::Forbidden(
+            "a signed-in page must send its session's CSRF token (X-Leash-CSRF)".into(),
+        )));
+    }
+    Some(Ok(session))
 }
 
 impl<S> FromRequestParts<S> for ApproverOrAdmin
 where
     S: Send + Sync,
     Authenticator: FromRef<S>,
+    Arc<Sessions>: FromRef<S>,
 {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if let Some(session) = approver_session(parts, &Arc::<Sessions>::from_ref(state)).await {
+            return session.map(ApproverOrAdmin::Person);
+        }
         match caller_of(parts, state)? {
             Caller::Admin => Ok(ApproverOrAdmin::Admin),
             Caller::Approver(approver) => Ok(ApproverOrAdmin::Approver(approver)),

@@ -69,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/app.css", get(ui::style))
         .route("/signin", get(signin::form).post(signin::submit))
         .route("/signout", post(signin::sign_out))
+        .route("/v1/session", get(signin::current))
         .route(
             "/.well-known/oauth-authorization-server",
             get(oauth::metadata),

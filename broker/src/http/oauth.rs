@@ -27,7 +27,7 @@ use crate::oauth::server::{
     Allowed, Authorization, AuthorizeParams, Consent, OAuthServer, Refusal, TokenForm,
     error_redirect,
 };
-use crate::store::Store;
+use crate::store::{Store, WebSession};
 
 /// Largest body an OAuth endpoint reads.
 const MAX_FORM_BYTES: usize = 64 * 1024;
@@ -48,6 +48,7 @@ pub struct ServerMetadata {
     revocation_endpoint_auth_methods_supported: [&'static str; 1],
     scopes_supported: Vec<String>,
     authorization_response_iss_parameter_supported: bool,
+    client_id_metadata_document_supported: bool,
     service_documentation: String,
 }
 
@@ -79,6 +80,7 @@ pub async fn metadata(
         revocation_endpoint_auth_methods_supported: ["none"],
         scopes_supported: oauth.all_tools(),
         authorization_response_iss_parameter_supported: true,
+        client_id_metadata_document_supported: true,
         service_documentation: format!("{base}/ui"),
         issuer: base,
     })
@@ -211,22 +213,21 @@ pub async fn authorize(
         let location = format!("/signin?{}", target.query().unwrap_or(""));
         return see_other(&location, &[]);
     };
-    consent_page(&oauth, &session.user, &session.csrf, &request, &issuer)
+    consent_page(&oauth, &session, &request, &issuer)
 }
 
 fn consent_page(
     oauth: &OAuthServer,
-    user: &str,
-    csrf: &str,
+    session: &WebSession,
     request: &Authorization,
     issuer: &str,
 ) -> Response {
-    match oauth.choices(user, request) {
+    match oauth.choices(&session.user, &session.groups, request) {
         Some(choices) => pages::consent(
-            user,
+            &session.user,
             request,
             &choices,
-            csrf,
+            &session.csrf,
             redirect_origin(&request.redirect_uri).as_deref(),
         ),
         None => see_other(
@@ -308,7 +309,10 @@ pub async fn decide(
         tools: &tools,
         ttl_seconds,
     };
-    match oauth.allow(&session.user, &request, consent, &issuer).await {
+    match oauth
+        .allow(&session.user, &session.groups, &request, consent, &issuer)
+        .await
+    {
         Ok(Allowed::Redirect(location)) => see_other(&location, &[]),
         Ok(Allowed::Pending(task_id)) => pages::waiting(&task_id),
         Err(err) => page_refusal(err),

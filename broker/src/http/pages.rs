@@ -180,7 +180,7 @@ pub fn consent(
     let body = format!(
         "<h2>Connect {client}</h2>\
          <p><strong>{client}</strong> asks to use tools on your behalf, as <strong>{user}</strong>. \
-         It will be sent back to <code>{host}</code>.</p>\
+         It will be sent back to <code>{host}</code>.{published}</p>\
          <form method=\"post\" action=\"/oauth/authorize\">{fields}\
          <label for=\"purpose\">What is this access for?</label>\
          <input class=\"text\" id=\"purpose\" name=\"purpose\" maxlength=\"1000\" required value=\"{purpose}\">\
@@ -194,6 +194,13 @@ pub fn consent(
         user = escape(user),
         host = escape(&host),
         purpose = escape(&format!("MCP client {}", request.client.client_name)),
+        published = reqwest::Url::parse(&request.client.client_id)
+            .ok()
+            .filter(|u| u.scheme() == "https")
+            .and_then(|u| u
+                .host_str()
+                .map(|h| format!(" Its identity is published by <code>{}</code>.", escape(h))))
+            .unwrap_or_default(),
     );
     page(StatusCode::OK, "Connect a client", &body, redirect_origin)
 }

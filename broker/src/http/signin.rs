@@ -6,7 +6,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Form;
+use axum::{Form, Json};
+use leash_sdk::protocol::PageSession;
+
+use crate::error::ApiError;
 use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -70,6 +73,29 @@ fn with_cookie(mut response: Response, cookie: &str) -> Response {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
     response
+}
+
+/// `GET /v1/session`: the signed-in person of this browser (401 when nobody is), with
+/// the CSRF token the approver page sends back on every change.
+pub async fn current(
+    State(sessions): State<Arc<Sessions>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let session = sessions
+        .current(&headers)
+        .await
+        .ok_or_else(|| ApiError::Unauthenticated("nobody is signed in to this browser".into()))?;
+    // Only this origin's scripts can read it (Leash sends no CORS headers); never cached.
+    let mut answer = Json(PageSession {
+        user: session.user,
+        approver: session.approver,
+        csrf: session.csrf,
+    })
+    .into_response();
+    answer
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(answer)
 }
 
 /// `?next=`.
@@ -138,7 +164,7 @@ pub async fn submit(
         .check(form.username.trim(), &form.password, &address)
         .await
     {
-        Ok(signed) => match sessions.start(&signed.user, signed.approver).await {
+        Ok(signed) => match sessions.start(&signed.user, signed.approver, &[]).await {
             Ok(started) => see_other(
                 &next,
                 &[started.cookie, sessions.set_cookie(CSRF_COOKIE, "", 0)],

@@ -56,6 +56,7 @@ pub async fn create(
         ttl_seconds: body.ttl_seconds,
         checks: &body.checks,
         user: None,
+        user_group: None,
         audience: None,
     };
     // Once the task exists, the credential is looked at again (revoked meanwhile?).

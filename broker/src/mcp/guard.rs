@@ -51,20 +51,27 @@ pub fn host_only(value: &str) -> String {
     host.to_ascii_lowercase()
 }
 
+/// Refuses a request whose Host is not this broker's; the Host otherwise.
+pub fn check_host(config: &ServeConfig, headers: &HeaderMap) -> Result<String, ApiError> {
+    let forbidden = |why: &str| ApiError::Forbidden(why.to_string());
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| forbidden("a Host header is required"))?;
+    if !allowed_hosts(config).contains(&host_only(host)) {
+        return Err(forbidden("the Host header does not name this broker"));
+    }
+    Ok(host.to_string())
+}
+
 /// Refuses a request whose Host or Origin is not this broker's.
 pub fn check_host_and_origin(
     config: &ServeConfig,
     headers: &HeaderMap,
 ) -> Result<String, ApiError> {
     let forbidden = |why: &str| ApiError::Forbidden(why.to_string());
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| forbidden("a Host header is required"))?;
+    let host = check_host(config, headers)?;
     let allowed = allowed_hosts(config);
-    if !allowed.contains(&host_only(host)) {
-        return Err(forbidden("the Host header does not name this broker"));
-    }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
         let origin_host = origin
@@ -80,11 +87,16 @@ pub fn check_host_and_origin(
 
 /// The URL clients reach this broker at: `LEASH_PUBLIC_URL`, or the scheme and the
 /// (allowed) Host of this request. The OAuth issuer; `<it>/mcp` is the resource.
+///
+/// Only the Host is checked here, not the Origin: browsers send `Origin: null` with a
+/// form posted from a page served with `Referrer-Policy: no-referrer` (Leash's sign-in
+/// and consent pages), and those forms are protected by their CSRF tokens and
+/// SameSite cookies. `/mcp` itself checks the Origin too ([`check_host_and_origin`]).
 pub fn public_url(config: &ServeConfig, headers: &HeaderMap) -> Result<String, ApiError> {
     if let Some(url) = &config.public_url {
         return Ok(url.clone());
     }
-    let host = check_host_and_origin(config, headers)?;
+    let host = check_host(config, headers)?;
     let scheme = if config.tls_cert.is_some() {
         "https"
     } else {

@@ -5,9 +5,11 @@
 //!
 //! - [`error`]: OAuth's error format (RFC 6749 §5.2), kept apart from the API's;
 //! - [`clients`]: client registration (RFC 7591) and redirect URI rules (RFC 8252);
+//! - [`documents`]: client ID metadata documents (URL client ids), fetched SSRF-fenced;
 //! - [`server`]: authorization requests, consent, codes with PKCE, the token endpoint
 //!   with refresh rotation, and revocation (RFC 7009).
 
 pub mod clients;
+pub mod documents;
 pub mod error;
 pub mod server;

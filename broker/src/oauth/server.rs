@@ -24,6 +24,7 @@ use crate::clock::Clock;
 use crate::error::ApiError;
 use crate::ids::random_hex;
 use crate::oauth::clients::redirect_matches;
+use crate::oauth::documents::{ClientDocuments, is_document_id};
 use crate::oauth::error::OAuthError;
 use crate::policy::{Grant, Policy, ToolPattern};
 use crate::store::{OAuthClient, OAuthGrant, Redeemed, Rotated, Store, TaskState};
@@ -185,6 +186,7 @@ pub struct TokenForm {
 
 /// The authorization server.
 pub struct OAuthServer {
+    documents: ClientDocuments,
     store: Arc<dyn Store>,
     lifecycle: Arc<Lifecycle>,
     policy: Arc<Policy>,
@@ -218,6 +220,7 @@ pub fn client_agent(client_id: &str) -> String {
 impl OAuthServer {
     /// The server over these handles.
     pub fn new(
+        documents: ClientDocuments,
         store: Arc<dyn Store>,
         lifecycle: Arc<Lifecycle>,
         policy: Arc<Policy>,
@@ -226,6 +229,7 @@ impl OAuthServer {
         clock: Clock,
     ) -> Self {
         OAuthServer {
+            documents,
             store,
             lifecycle,
             policy,
@@ -262,16 +266,24 @@ impl OAuthServer {
             .as_deref()
             .filter(|id| !id.is_empty() && id.len() <= 200)
             .ok_or_else(|| Refusal::Page("the request names no client (client_id)".into()))?;
-        let client = self
-            .store
-            .get_client(client_id)
-            .await
-            .map_err(|_| Refusal::Page("the broker cannot read its clients now; try again".into()))?
-            .ok_or_else(|| {
-                Refusal::Page(format!(
-                    "no client {client_id:?} is registered with this broker"
-                ))
-            })?;
+        let client = if is_document_id(client_id) {
+            self.documents
+                .client(client_id, self.clock.now_ms())
+                .await
+                .map_err(Refusal::Page)?
+        } else {
+            self.store
+                .get_client(client_id)
+                .await
+                .map_err(|_| {
+                    Refusal::Page("the broker cannot read its clients now; try again".into())
+                })?
+                .ok_or_else(|| {
+                    Refusal::Page(format!(
+                        "no client {client_id:?} is registered with this broker"
+                    ))
+                })?
+        };
         let redirect_uri = params
             .redirect_uri
             .clone()
@@ -361,9 +373,16 @@ impl OAuthServer {
         })
     }
 
-    /// What the consent page offers `user`; `None` if the policy grants them nothing.
-    pub fn choices(&self, user: &str, request: &Authorization) -> Option<ConsentChoices> {
-        let grant = self.policy.users.get(user)?;
+    /// What the consent page offers `user` (in `groups`); `None` if the policy grants
+    /// them nothing.
+    pub fn choices(
+        &self,
+        user: &str,
+        groups: &[String],
+        request: &Authorization,
+    ) -> Option<ConsentChoices> {
+        let (_, grant) = self.policy.person_grant(user, groups)?;
+        let grant = &grant;
         let tools: Vec<(String, String, bool)> = self
             .granted_tools(grant)
             .into_iter()
@@ -395,11 +414,16 @@ impl OAuthServer {
     pub async fn allow(
         &self,
         user: &str,
+        groups: &[String],
         request: &Authorization,
         consent: Consent<'_>,
         issuer: &str,
     ) -> Result<Allowed, ApiError> {
         let agent = client_agent(&request.client.client_id);
+        let group = self
+            .policy
+            .person_grant(user, groups)
+            .and_then(|(group, _)| group);
         let opened = self
             .lifecycle
             .open(
@@ -411,6 +435,7 @@ impl OAuthServer {
                     ttl_seconds: Some(consent.ttl_seconds),
                     checks: &[],
                     user: Some(user),
+                    user_group: group.as_deref(),
                     audience: Some(&request.resource),
                 },
                 || Ok(()),

@@ -16,8 +16,8 @@ pub(super) const MAX_TIMEOUT_MS: i64 = 300_000;
 /// Longest task window a grant may allow (7 days).
 pub(super) const MAX_TTL_SECONDS: i64 = 7 * 24 * 3600;
 
-/// A grant's tool patterns with their places: (file index, offset, agent, patterns).
-pub(super) type GrantPatterns = (usize, usize, String, PlacedPatterns);
+/// A grant's tool patterns with their places: (file index, offset, holder, name, patterns).
+pub(super) type GrantPatterns = (usize, usize, GrantHolder, String, PlacedPatterns);
 /// Tool patterns with the offset each was written at.
 pub(super) type PlacedPatterns = Vec<(ToolPattern, usize)>;
 
@@ -78,6 +78,8 @@ pub fn load_sources(
     let mut tool_places: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let mut grant_places: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let mut user_places: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut group_places: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut sign_in_seen = false;
     let mut approvals_seen = false;
 
     for (index, (path, text)) in sources.iter().enumerate() {
@@ -125,11 +127,11 @@ pub fn load_sources(
                         }
                     }
                 }
-                section @ ("agents" | "users") => {
-                    let holder = if section == "agents" {
-                        GrantHolder::Agent
-                    } else {
-                        GrantHolder::User
+                section @ ("agents" | "users" | "groups") => {
+                    let holder = match section {
+                        "agents" => GrantHolder::Agent,
+                        "users" => GrantHolder::User,
+                        _ => GrantHolder::Group,
                     };
                     for (name, table) in file.section(value, section) {
                         let offset = start(name);
@@ -137,10 +139,11 @@ pub fn load_sources(
                         let places = match holder {
                             GrantHolder::Agent => &mut grant_places,
                             GrantHolder::User => &mut user_places,
+                            GrantHolder::Group => &mut group_places,
                         };
                         if let Some((other, line)) = places.get(&name) {
                             let first = sources[*other].0.display();
-                            let noun = if section == "agents" { "agent" } else { "user" };
+                            let noun = holder.noun();
                             file.error(
                                 offset,
                                 format!("{noun} {name:?} is already defined at {first}:{line}"),
@@ -149,14 +152,26 @@ pub fn load_sources(
                         }
                         if let Some((grant, patterns)) = file.grant(holder, &name, offset, table) {
                             places.insert(name.clone(), (index, file.line(offset)));
-                            grant_patterns.push((index, offset, name.clone(), patterns));
+                            grant_patterns.push((index, offset, holder, name.clone(), patterns));
                             let grants = match holder {
                                 GrantHolder::Agent => &mut policy.grants,
                                 GrantHolder::User => &mut policy.users,
+                                GrantHolder::Group => &mut policy.groups,
                             };
                             grants.insert(name, Arc::new(grant));
                         }
                     }
+                }
+                "sign_in" => {
+                    if sign_in_seen {
+                        file.error(
+                            start(key),
+                            "[sign_in] is already defined in another file".into(),
+                        );
+                    } else if let Some(oidc) = file.sign_in(value, env) {
+                        policy.oidc = Some(Arc::new(oidc));
+                    }
+                    sign_in_seen = true;
                 }
                 "approvals" => {
                     if approvals_seen {
@@ -190,7 +205,7 @@ pub fn load_sources(
                 other => file.error(
                     start(key),
                     format!(
-                        "unknown section {other:?} (expected tools, agents, users, mcp_servers, approvals)"
+                        "unknown section {other:?} (expected tools, agents, users, groups, sign_in, mcp_servers, approvals)"
                     ),
                 ),
             }
@@ -198,7 +213,7 @@ pub fn load_sources(
     }
 
     // Every grant must name tools that exist.
-    for (index, _, agent, patterns) in &grant_patterns {
+    for (index, _, holder, agent, patterns) in &grant_patterns {
         let (path, text) = &sources[*index];
         let mut file = FileCtx {
             path,
@@ -219,11 +234,7 @@ pub fn load_sources(
                     *offset,
                     format!(
                         "{} {agent:?} is granted {shown}, which is not defined",
-                        if policy.grants.contains_key(agent.as_str()) {
-                            "agent"
-                        } else {
-                            "user"
-                        }
+                        holder.noun()
                     ),
                 );
             }

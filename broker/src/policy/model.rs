@@ -19,6 +19,11 @@ pub struct Policy {
     /// Every user's grant (`[users."name"]`), by user name: what the tasks a person
     /// starts for an MCP client may hold.
     pub users: BTreeMap<String, Arc<Grant>>,
+    /// Grants by OpenID Connect group (`[groups.NAME]`), for people without a
+    /// `[users]` grant of their own.
+    pub groups: BTreeMap<String, Arc<Grant>>,
+    /// `[sign_in.oidc]`: the deployment's OpenID provider, if people sign in through one.
+    pub oidc: Option<Arc<OidcSettings>>,
     /// Settings of human approval.
     pub approvals: ApprovalSettings,
     /// Upstream MCP servers, by name; their tools appear as `NAME.tool`.
@@ -175,13 +180,16 @@ pub struct Grant {
     pub checks: Vec<String>,
 }
 
-/// Whom a grant section is for: `[agents.ID]` or `[users."name"]` (the same fields).
+/// Whom a grant section is for: `[agents.ID]`, `[users."name"]` or `[groups.NAME]` (the
+/// same fields).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GrantHolder {
     /// An agent.
     Agent,
     /// A person signing in.
     User,
+    /// Everyone in an OpenID Connect group.
+    Group,
 }
 
 impl GrantHolder {
@@ -190,7 +198,46 @@ impl GrantHolder {
         match self {
             GrantHolder::Agent => "agents",
             GrantHolder::User => "users",
+            GrantHolder::Group => "groups",
         }
+    }
+
+    /// What one of them is called in messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            GrantHolder::Agent => "agent",
+            GrantHolder::User => "user",
+            GrantHolder::Group => "group",
+        }
+    }
+}
+
+/// `[sign_in.oidc]`: people sign in through the deployment's OpenID provider.
+pub struct OidcSettings {
+    /// The issuer (discovery at `<issuer>/.well-known/openid-configuration`).
+    pub issuer: String,
+    /// Leash's client id at the provider.
+    pub client_id: String,
+    /// Leash's client secret (usually `${ENV}`; a secret, never printed).
+    pub client_secret: Option<String>,
+    /// Groups whose members are approvers.
+    pub approver_groups: Vec<String>,
+    /// The ID token claim listing a person's groups (default `groups`).
+    pub groups_claim: String,
+    /// The ID token claim that is the user name (default `email`).
+    pub username_claim: String,
+    /// Scopes asked for (default `openid email profile`).
+    pub scopes: Vec<String>,
+}
+
+impl fmt::Debug for OidcSettings {
+    /// Never prints the client secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OidcSettings")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("approver_groups", &self.approver_groups)
+            .finish_non_exhaustive()
     }
 }
 
@@ -264,12 +311,36 @@ impl Policy {
     }
 
     /// The grant a task is issued under: its user's when a person started it for a
-    /// client, otherwise its agent's.
-    pub fn grant_for(&self, agent: &str, user: Option<&str>) -> Option<&Arc<Grant>> {
-        match user {
-            Some(user) => self.users.get(user),
-            None => self.grants.get(agent),
+    /// client (their `[users]` grant, or that of the group recorded for the task),
+    /// otherwise its agent's.
+    pub fn grant_for(
+        &self,
+        agent: &str,
+        user: Option<&str>,
+        group: Option<&str>,
+    ) -> Option<&Arc<Grant>> {
+        match (user, group) {
+            (Some(_), Some(group)) => self.groups.get(group),
+            (Some(user), None) => self.users.get(user),
+            (None, _) => self.grants.get(agent),
         }
+    }
+
+    /// A person's grant: their own `[users."name"]` if there is one, else that of the
+    /// first of their `groups` (in the policy's alphabetical order) with a
+    /// `[groups.NAME]` grant — with that group's name.
+    pub fn person_grant(
+        &self,
+        user: &str,
+        groups: &[String],
+    ) -> Option<(Option<String>, Arc<Grant>)> {
+        if let Some(grant) = self.users.get(user) {
+            return Some((None, grant.clone()));
+        }
+        self.groups
+            .iter()
+            .find(|(name, _)| groups.contains(name))
+            .map(|(name, grant)| (Some(name.clone()), grant.clone()))
     }
 
     /// Whether `pattern` can only be checked when an MCP server's tools are discovered.

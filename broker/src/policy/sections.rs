@@ -8,8 +8,8 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::model::{
-    ApprovalSettings, Grant, GrantApproval, GrantHolder, McpServerDef, ToolApproval, ToolDef,
-    ToolPattern,
+    ApprovalSettings, Grant, GrantApproval, GrantHolder, McpServerDef, OidcSettings, ToolApproval,
+    ToolDef, ToolPattern,
 };
 use super::toml_value::{start, to_json};
 use crate::ids::{is_principal_name, is_tool_name, is_user_name};
@@ -239,6 +239,14 @@ impl<'a> FileCtx<'a> {
             GrantHolder::User if !is_user_name(agent) => {
                 self.error(offset, format!("{agent:?} is not a valid user name (ASCII letters, digits, -, _, ., @ and +, at most 128)"));
             }
+            GrantHolder::Group
+                if agent.is_empty() || agent.len() > 256 || agent.chars().any(char::is_control) =>
+            {
+                self.error(
+                    offset,
+                    format!("{agent:?} is not a valid group name (1 to 256 characters)"),
+                );
+            }
             _ => {}
         }
         let fields = self.fields(
@@ -311,6 +319,93 @@ impl<'a> FileCtx<'a> {
             checks,
         };
         Some((grant, patterns))
+    }
+
+    /// `[sign_in]`, holding `[sign_in.oidc]`.
+    pub(super) fn sign_in(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<OidcSettings> {
+        let Some(table) = value.get_ref().as_table() else {
+            self.error(start(value), "sign_in must be a table".into());
+            return None;
+        };
+        let outer = self.fields(table, &["oidc"], "sign_in");
+        let oidc = outer.get("oidc")?;
+        let Some(table) = oidc.get_ref().as_table() else {
+            self.error(start(oidc), "sign_in.oidc must be a table".into());
+            return None;
+        };
+        let what = "sign_in.oidc";
+        let before = self.diagnostics.len();
+        let fields = self.fields(
+            table,
+            &[
+                "issuer",
+                "client_id",
+                "client_secret",
+                "approver_groups",
+                "groups_claim",
+                "username_claim",
+                "scopes",
+            ],
+            what,
+        );
+        let text = |this: &mut Self, key: &str| -> Option<String> {
+            let (value, at) = this.string(&fields, key, what)?;
+            this.substitute(&value, at, env)
+        };
+        let issuer = text(self, "issuer");
+        let client_id = text(self, "client_id");
+        let client_secret = text(self, "client_secret");
+        let groups_claim = text(self, "groups_claim").unwrap_or_else(|| "groups".into());
+        let username_claim = text(self, "username_claim").unwrap_or_else(|| "email".into());
+        let list = |this: &mut Self, key: &str| -> Vec<String> {
+            this.strings(&fields, key, what)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(s, _)| s)
+                .collect()
+        };
+        let approver_groups = list(self, "approver_groups");
+        let mut scopes = list(self, "scopes");
+        if scopes.is_empty() {
+            scopes = vec!["openid".into(), "email".into(), "profile".into()];
+        }
+        let at = start(oidc);
+        let issuer = match issuer.map(|i| i.trim_end_matches('/').to_string()) {
+            Some(issuer)
+                if reqwest::Url::parse(&issuer)
+                    .is_ok_and(|u| matches!(u.scheme(), "https" | "http")) =>
+            {
+                issuer
+            }
+            Some(_) => {
+                self.error(at, "sign_in.oidc.issuer must be an https:// URL".into());
+                return None;
+            }
+            None => {
+                self.error(at, "sign_in.oidc needs issuer".into());
+                return None;
+            }
+        };
+        let Some(client_id) = client_id else {
+            self.error(at, "sign_in.oidc needs client_id".into());
+            return None;
+        };
+        if !scopes.iter().any(|s| s == "openid") {
+            self.error(at, "sign_in.oidc.scopes must include openid".into());
+        }
+        (self.diagnostics.len() == before).then_some(OidcSettings {
+            issuer,
+            client_id,
+            client_secret,
+            approver_groups,
+            groups_claim,
+            username_claim,
+            scopes,
+        })
     }
 
     pub(super) fn approvals(

@@ -105,6 +105,9 @@ pub struct TaskRecord {
     pub token: Option<String>,
     /// The person who started it for an MCP client (the grant is theirs), if any.
     pub user: Option<String>,
+    /// The OpenID Connect group whose `[groups]` grant applies to that person (none: their
+    /// own `[users]` grant).
+    pub user_group: Option<String>,
     /// The one resource its tokens are for (`<public url>/mcp`), if bound to one.
     pub audience: Option<String>,
 }

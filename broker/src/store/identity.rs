@@ -89,8 +89,9 @@ where
 
     async fn insert_session(&self, session: &WebSession) -> StoreResult<()> {
         sqlx::query(
-            "INSERT INTO web_sessions (id_hash, user_name, approver, csrf, created_at_ms, expires_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO web_sessions (id_hash, user_name, approver, groups, csrf, created_at_ms,
+                expires_at_ms)
+             VALUES ($1, $2, $3, $7, $4, $5, $6)",
         )
         .bind(&session.id_hash)
         .bind(&session.user)
@@ -98,6 +99,7 @@ where
         .bind(&session.csrf)
         .bind(session.created_at_ms)
         .bind(session.expires_at_ms)
+        .bind(serde_json::to_string(&session.groups).unwrap_or_else(|_| "[]".into()))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -111,10 +113,13 @@ where
                 .fetch_optional(&self.pool)
                 .await?;
         row.map(|row| {
+            let groups: String = row.try_get("groups")?;
             Ok(WebSession {
                 id_hash: row.try_get("id_hash")?,
                 user: row.try_get("user_name")?,
                 approver: row.try_get::<i64, _>("approver")? != 0,
+                groups: serde_json::from_str(&groups)
+                    .map_err(|e| StoreError::Corrupt(format!("session groups: {e}")))?,
                 csrf: row.try_get("csrf")?,
                 created_at_ms: row.try_get("created_at_ms")?,
                 expires_at_ms: row.try_get("expires_at_ms")?,

@@ -28,6 +28,8 @@ pub struct WebSession {
     pub user: String,
     /// Whether they may decide approvals (read at sign-in).
     pub approver: bool,
+    /// Their OpenID Connect groups (read at sign-in; none for local accounts).
+    pub groups: Vec<String>,
     /// The CSRF token every form of this session carries.
     pub csrf: String,
     /// Sign-in time (ms since epoch).

@@ -28,6 +28,7 @@ const SCHEMA: &[&str] = &[
         ended_at_ms BIGINT, end_reason TEXT, token TEXT)",
     "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS user_name TEXT",
     "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS audience TEXT",
+    "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS user_group TEXT",
     "CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks(state, created_at_ms)",
     "CREATE INDEX IF NOT EXISTS tasks_by_agent ON tasks(agent, state)",
     "CREATE TABLE IF NOT EXISTS task_tokens (
@@ -62,6 +63,7 @@ const SCHEMA: &[&str] = &[
         created_at_ms BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS web_sessions (
         id_hash TEXT PRIMARY KEY, user_name TEXT NOT NULL, approver BIGINT NOT NULL, csrf TEXT NOT NULL,
+        groups TEXT NOT NULL DEFAULT '[]',
         created_at_ms BIGINT NOT NULL, expires_at_ms BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS oauth_clients (
         client_id TEXT PRIMARY KEY, client_name TEXT NOT NULL, redirect_uris TEXT NOT NULL,

@@ -43,6 +43,7 @@ where
         end_reason: row.try_get("end_reason")?,
         token: row.try_get("token")?,
         user: row.try_get("user_name")?,
+        user_group: row.try_get("user_group")?,
         audience: row.try_get("audience")?,
     })
 }

@@ -60,8 +60,9 @@ where
         sqlx::query(
             "INSERT INTO tasks (task_id, agent, purpose, tools, checks, state, created_at_ms,
                 expires_at_ms, idle_timeout_ms, max_calls, calls, last_activity_ms, ended_at_ms,
-                end_reason, token, user_name, audience)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+                end_reason, token, user_name, audience, user_group)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                $18)",
         )
         .bind(&task.task_id)
         .bind(&task.agent)
@@ -80,6 +81,7 @@ where
         .bind(&task.token)
         .bind(&task.user)
         .bind(&task.audience)
+        .bind(&task.user_group)
         .execute(&mut *tx)
         .await?;
         if let Some(id) = revocation_id {

@@ -98,6 +98,7 @@ const SCHEMA: &[&str] = &[
         created_at_ms INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS web_sessions (
         id_hash TEXT PRIMARY KEY, user_name TEXT NOT NULL, approver INTEGER NOT NULL, csrf TEXT NOT NULL,
+        groups TEXT NOT NULL DEFAULT '[]',
         created_at_ms INTEGER NOT NULL, expires_at_ms INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS oauth_clients (
         client_id TEXT PRIMARY KEY, client_name TEXT NOT NULL, redirect_uris TEXT NOT NULL,
@@ -212,6 +213,7 @@ impl SqliteStore {
             ("revocations", "expires_at_ms INTEGER"),
             ("tasks", "user_name TEXT"),
             ("tasks", "audience TEXT"),
+            ("tasks", "user_group TEXT"),
         ] {
             let added = sqlx::query(&format!("ALTER TABLE {table} ADD COLUMN {column}"))
                 .execute(&pool)

@@ -33,6 +33,7 @@ fn task(id: &str, state: TaskState) -> TaskRecord {
         end_reason: None,
         token: Some("t0".into()),
         user: None,
+        user_group: None,
         audience: None,
     }
 }
@@ -555,6 +556,7 @@ async fn people_and_oauth(store: Arc<dyn Store>) {
         id_hash: "s1".into(),
         user: "alice@example.com".into(),
         approver: true,
+        groups: vec!["security".into()],
         csrf: "c1".into(),
         created_at_ms: 1_000,
         expires_at_ms: 5_000,

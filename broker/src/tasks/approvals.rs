@@ -399,7 +399,11 @@ impl Approvals {
             .ok_or_else(|| ApiError::NotFound(format!("no task {}", approval.task_id)))?;
         let grant = self
             .policy
-            .grant_for(&task.agent, task.user.as_deref())
+            .grant_for(
+                &task.agent,
+                task.user.as_deref(),
+                task.user_group.as_deref(),
+            )
             .cloned()
             .ok_or_else(|| {
                 ApiError::PolicyDenied(format!("the policy no longer grants {}", task.holder()))

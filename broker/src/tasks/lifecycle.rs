@@ -46,6 +46,8 @@ pub struct OpenRequest<'a> {
     /// The person starting the task for a client (`agent` is then `client:<id>`): the
     /// task is under their `[users]` grant, and the token says `user("…")`.
     pub user: Option<&'a str>,
+    /// The group whose `[groups]` grant applies to `user` (none: their `[users]` grant).
+    pub user_group: Option<&'a str>,
     /// The one resource the task's tokens are for (an OAuth grant's `resource`).
     pub audience: Option<&'a str>,
 }
@@ -103,7 +105,7 @@ impl Lifecycle {
         still_authorized: impl FnOnce() -> Result<(), ApiError>,
     ) -> Result<Opened, ApiError> {
         let agent = request.agent;
-        let grant = self.grant(agent, request.user, "has no grant for")?;
+        let grant = self.grant(agent, request.user, request.user_group, "has no grant for")?;
         let purpose = request.purpose.trim();
         if purpose.is_empty() || !crate::text::is_free_text(purpose) {
             return Err(ApiError::BadRequest(
@@ -159,6 +161,7 @@ impl Lifecycle {
                 .as_ref()
                 .map(|i| self.sealer.seal(TASK_TOKEN, &task_id, &i.token)),
             user: request.user.map(str::to_string),
+            user_group: request.user_group.map(str::to_string),
             audience: request.audience.map(str::to_string),
         };
         // The credential is checked again inside the creating transaction: an agent
@@ -230,7 +233,12 @@ impl Lifecycle {
     /// task's tools are re-read from the current policy.
     pub async fn reissue(&self, task_id: &str) -> Result<Issued, ApiError> {
         let record = self.load(task_id).await?;
-        let grant = self.grant(&record.agent, record.user.as_deref(), "no longer grants")?;
+        let grant = self.grant(
+            &record.agent,
+            record.user.as_deref(),
+            record.user_group.as_deref(),
+            "no longer grants",
+        )?;
         let runtime = self
             .tasks
             .runtime(task_id)
@@ -269,7 +277,12 @@ impl Lifecycle {
         if record.agent != agent {
             return Err(ApiError::NotFound(format!("no task {task_id}")));
         }
-        let grant = self.grant(&record.agent, record.user.as_deref(), "no longer grants")?;
+        let grant = self.grant(
+            &record.agent,
+            record.user.as_deref(),
+            record.user_group.as_deref(),
+            "no longer grants",
+        )?;
         let ttl = ttl_within(&grant, Some(ttl_seconds))?;
         let runtime = self
             .tasks
@@ -382,14 +395,18 @@ impl Lifecycle {
         &self,
         agent: &str,
         user: Option<&str>,
+        group: Option<&str>,
         wording: &str,
     ) -> Result<Arc<Grant>, ApiError> {
-        self.policy.grant_for(agent, user).cloned().ok_or_else(|| {
-            ApiError::PolicyDenied(match user {
-                Some(user) => format!("the policy {wording} user {user:?}"),
-                None => format!("the policy {wording} agent {agent:?}"),
+        self.policy
+            .grant_for(agent, user, group)
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::PolicyDenied(match user {
+                    Some(user) => format!("the policy {wording} user {user:?}"),
+                    None => format!("the policy {wording} agent {agent:?}"),
+                })
             })
-        })
     }
 
     /// Expands requested tools (names or `prefix.*`) into granted, existing tool names.

@@ -168,6 +168,7 @@ impl Kit {
             end_reason: None,
             token: Some(self.sealer.seal(TASK_TOKEN, &task_id, &issued.token)),
             user: None,
+            user_group: None,
             audience: None,
         };
         assert!(

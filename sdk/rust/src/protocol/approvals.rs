@@ -96,3 +96,15 @@ pub struct EventMessage {
     /// What happened (for approvals: the approval as the list shows it).
     pub data: Value,
 }
+
+/// `GET /v1/session`: who is signed in to this browser (the approver page reads it).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PageSession {
+    /// The signed-in user.
+    pub user: String,
+    /// Whether they may decide approvals.
+    pub approver: bool,
+    /// The session's CSRF token: sent back in `X-Leash-CSRF` on every change.
+    pub csrf: String,
+}
