@@ -58,6 +58,8 @@ pub struct SignedIn {
     pub user: String,
     /// Whether they may decide approvals.
     pub approver: bool,
+    /// Their OpenID Connect groups (none for a local account).
+    pub groups: Vec<String>,
 }
 
 /// Local accounts.
@@ -172,6 +174,7 @@ impl Accounts {
                 Ok(SignedIn {
                     user: user.name,
                     approver: user.approver,
+                    groups: Vec::new(),
                 })
             }
             _ => {

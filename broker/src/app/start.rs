@@ -193,8 +193,18 @@ pub async fn prepare(
         verifier.clone(),
         clock.clone(),
     ));
+    let oidc = policy.oidc.clone().map(|settings| {
+        Arc::new(crate::accounts::oidc::OidcSignIn::new(
+            settings,
+            proxy.client(),
+            sealer.clone(),
+            audit.clone(),
+            clock.clone(),
+        ))
+    });
     Ok(AppState {
         accounts,
+        oidc,
         sessions,
         oauth,
         policy,

@@ -100,6 +100,8 @@ pub struct AppState {
     pub admin_digest: [u8; 32],
     /// Local accounts and sign-in.
     pub accounts: Arc<crate::accounts::passwords::Accounts>,
+    /// Sign-in through the OpenID provider, when `[sign_in.oidc]` names one.
+    pub oidc: Option<Arc<crate::accounts::oidc::OidcSignIn>>,
     /// Web sessions of signed-in people.
     pub sessions: Arc<crate::accounts::sessions::Sessions>,
     /// The OAuth authorization server of `/mcp`.

@@ -69,6 +69,8 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/app.css", get(ui::style))
         .route("/signin", get(signin::form).post(signin::submit))
         .route("/signout", post(signin::sign_out))
+        .route("/signin/oidc", get(signin::oidc_start))
+        .route("/signin/oidc/callback", get(signin::oidc_callback))
         .route("/v1/session", get(signin::current))
         .route(
             "/.well-known/oauth-authorization-server",

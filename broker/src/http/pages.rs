@@ -84,13 +84,31 @@ fn hidden(name: &str, value: &str) -> String {
     )
 }
 
-/// The sign-in form.
-pub fn sign_in(status: StatusCode, next: &str, csrf: &str, message: Option<&str>) -> Response {
+/// The sign-in form, and the link to the OpenID provider (`provider`) when there is one.
+pub fn sign_in(
+    status: StatusCode,
+    next: &str,
+    csrf: &str,
+    message: Option<&str>,
+    provider: Option<&str>,
+) -> Response {
     let notice = message
         .map(|m| format!("<p class=\"error\">{}</p>", escape(m)))
         .unwrap_or_default();
+    let oidc = provider
+        .map(|name| {
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            query.append_pair("next", next);
+            format!(
+                "<p><a class=\"primary\" href=\"/signin/oidc?{}\">Sign in with {}</a></p>\
+                 <p class=\"muted\">Or with a local account:</p>",
+                escape(&query.finish()),
+                escape(name)
+            )
+        })
+        .unwrap_or_default();
     let body = format!(
-        "<h2>Sign in</h2>{notice}<form method=\"post\" action=\"/signin\">\
+        "<h2>Sign in</h2>{notice}{oidc}<form method=\"post\" action=\"/signin\">\
          <label for=\"username\">User name</label>\
          <input class=\"text\" id=\"username\" name=\"username\" autocomplete=\"username\" required autofocus>\
          <label for=\"password\">Password</label>\

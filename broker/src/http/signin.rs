@@ -6,19 +6,21 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::{Form, Json};
-use leash_sdk::protocol::PageSession;
-
-use crate::error::ApiError;
 use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Form, Json};
+use leash_sdk::protocol::PageSession;
 use serde::Deserialize;
 
+use crate::accounts::oidc::{Callback, LOGIN_MS, OIDC_COOKIE, OidcFailure, OidcSignIn};
 use crate::accounts::passwords::{Accounts, SignInFailure};
 use crate::accounts::sessions::{CSRF_COOKIE, Sessions, cookie, same_token};
+use crate::config::ServeConfig;
+use crate::error::ApiError;
 use crate::http::pages;
+use crate::mcp::guard::public_url;
 
 /// The client's address (for throttling and the audit), or `unknown`.
 pub struct ClientAddress(pub String);
@@ -104,9 +106,14 @@ pub struct NextQuery {
     next: Option<String>,
 }
 
+fn provider_name(oidc: &Option<Arc<OidcSignIn>>) -> Option<String> {
+    oidc.as_ref().map(|o| o.provider_name())
+}
+
 /// `GET /signin`: the form (or, already signed in, straight on).
 pub async fn form(
     State(sessions): State<Arc<Sessions>>,
+    State(oidc): State<Option<Arc<OidcSignIn>>>,
     Query(query): Query<NextQuery>,
     headers: HeaderMap,
 ) -> Response {
@@ -119,8 +126,9 @@ pub async fn form(
         };
     }
     let (csrf, csrf_cookie) = sessions.login_csrf();
+    let provider = provider_name(&oidc);
     with_cookie(
-        pages::sign_in(StatusCode::OK, &next, &csrf, None),
+        pages::sign_in(StatusCode::OK, &next, &csrf, None, provider.as_deref()),
         &csrf_cookie,
     )
 }
@@ -142,15 +150,17 @@ pub struct SignInForm {
 pub async fn submit(
     State(accounts): State<Arc<Accounts>>,
     State(sessions): State<Arc<Sessions>>,
+    State(oidc): State<Option<Arc<OidcSignIn>>>,
     ClientAddress(address): ClientAddress,
     headers: HeaderMap,
     Form(form): Form<SignInForm>,
 ) -> Response {
     let next = safe_next(form.next.as_deref());
+    let provider = provider_name(&oidc);
     let again = |status: StatusCode, message: &str| {
         let (csrf, csrf_cookie) = sessions.login_csrf();
         with_cookie(
-            pages::sign_in(status, &next, &csrf, Some(message)),
+            pages::sign_in(status, &next, &csrf, Some(message), provider.as_deref()),
             &csrf_cookie,
         )
     };
@@ -164,7 +174,10 @@ pub async fn submit(
         .check(form.username.trim(), &form.password, &address)
         .await
     {
-        Ok(signed) => match sessions.start(&signed.user, signed.approver, &[]).await {
+        Ok(signed) => match sessions
+            .start(&signed.user, signed.approver, &signed.groups)
+            .await
+        {
             Ok(started) => see_other(
                 &next,
                 &[started.cookie, sessions.set_cookie(CSRF_COOKIE, "", 0)],
@@ -194,6 +207,86 @@ pub async fn submit(
             StatusCode::SERVICE_UNAVAILABLE,
             "The broker cannot sign you in right now; try again.",
         ),
+    }
+}
+
+/// `GET /signin/oidc?next=…`: off to the OpenID provider.
+pub async fn oidc_start(
+    State(config): State<Arc<ServeConfig>>,
+    State(sessions): State<Arc<Sessions>>,
+    State(oidc): State<Option<Arc<OidcSignIn>>>,
+    Query(query): Query<NextQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(oidc) = oidc else {
+        return pages::error(
+            StatusCode::NOT_FOUND,
+            "this broker has no OpenID provider configured ([sign_in.oidc])",
+        );
+    };
+    let base = match public_url(&config, &headers) {
+        Ok(base) => base,
+        Err(err) => return pages::error(StatusCode::FORBIDDEN, &err.to_string()),
+    };
+    let next = safe_next(query.next.as_deref());
+    match oidc
+        .start(&next, &format!("{base}/signin/oidc/callback"))
+        .await
+    {
+        Ok(started) => see_other(
+            &started.location,
+            &[sessions.set_cookie(OIDC_COOKIE, &started.cookie_value, LOGIN_MS / 1000)],
+        ),
+        Err(failure) => oidc_failure(&failure),
+    }
+}
+
+fn oidc_failure(failure: &OidcFailure) -> Response {
+    let status = match failure {
+        OidcFailure::Unreachable(_) => StatusCode::BAD_GATEWAY,
+        OidcFailure::Declined(_) => StatusCode::FORBIDDEN,
+        OidcFailure::Refused(_) => StatusCode::BAD_REQUEST,
+    };
+    pages::error(status, &failure.to_string())
+}
+
+/// `GET /signin/oidc/callback`: back from the provider.
+pub async fn oidc_callback(
+    State(sessions): State<Arc<Sessions>>,
+    State(oidc): State<Option<Arc<OidcSignIn>>>,
+    ClientAddress(address): ClientAddress,
+    Query(callback): Query<Callback>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(oidc) = oidc else {
+        return pages::error(
+            StatusCode::NOT_FOUND,
+            "this broker has no OpenID provider configured ([sign_in.oidc])",
+        );
+    };
+    // The sign-in in progress is used up either way.
+    let forget = sessions.set_cookie(OIDC_COOKIE, "", 0);
+    let outcome = oidc
+        .finish_audited(&callback, cookie(&headers, OIDC_COOKIE), &address)
+        .await;
+    match outcome {
+        Ok((signed, next)) => match sessions
+            .start(&signed.user, signed.approver, &signed.groups)
+            .await
+        {
+            Ok(started) => see_other(&safe_next(Some(&next)), &[started.cookie, forget]),
+            Err(err) => {
+                tracing::error!("starting a session: {err}");
+                with_cookie(
+                    pages::error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "The broker cannot sign you in right now; try again.",
+                    ),
+                    &forget,
+                )
+            }
+        },
+        Err(failure) => with_cookie(oidc_failure(&failure), &forget),
     }
 }
 
