@@ -111,6 +111,9 @@ function renderTasks() {
       catch (err) { showError(err.message); }
       refresh();
     });
+    // An MCP client's task belongs to a person's grant, not to an agent credential:
+    // revoking the task is the way to end it.
+    if (t.user) node.querySelector(".revoke-agent").hidden = true;
     node.querySelector(".revoke-agent").addEventListener("click", async (event) => {
       if (!confirm("Revoke every task and credential of agent " + t.agent + "?")) return;
       event.target.disabled = true;

@@ -2378,6 +2378,33 @@ async fn an_access_token_lives_its_configured_lifetime_and_a_refresh_renews_it()
     );
 }
 
+#[tokio::test]
+async fn an_allowed_grant_whose_code_is_never_redeemed_ends_its_task() {
+    // Allow opens the task at once; a client that never comes back for its code must
+    // not leave a live task behind.
+    let broker = broker().await;
+    let mut consent = consent(&broker, "alice", ALICE_PASSWORD, Some("web.search")).await;
+    let code = consent.allow(&broker, None).await;
+    let task = task_of(&broker, &consent.app.id).await;
+    let task_id = task["task_id"].as_str().unwrap().to_string();
+    assert_eq!(task["state"], "active");
+    broker.state.clock.advance(Duration::from_secs(61));
+    let mut state = Value::Null;
+    for _ in 0..100 {
+        state = task_state(&broker, &task_id).await["state"].clone();
+        if state == "revoked" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, "revoked", "the sweeper ended the task");
+    consent
+        .app
+        .exchange(&broker, &code)
+        .await
+        .assert_error("invalid_grant", "a code past its minute");
+}
+
 // ----------------------------------------------------- the official MCP Python SDK
 
 /// The SDK asks for every scope Leash advertises (its challenge names every tool), which

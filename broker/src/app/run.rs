@@ -117,5 +117,10 @@ async fn sweep_forever(state: AppState) {
             Ok(n) => tracing::info!(expired = n, "expired undecided approvals"),
             Err(err) => tracing::warn!(error = %err, "approval sweep failed; will retry"),
         }
+        match state.oauth.expire_unredeemed().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(ended = n, "ended tasks whose OAuth code was never redeemed"),
+            Err(err) => tracing::warn!(error = %err, "OAuth code sweep failed; will retry"),
+        }
     }
 }

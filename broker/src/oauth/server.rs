@@ -593,6 +593,9 @@ impl OAuthServer {
                     "the code was already used; the access it gave is revoked",
                 ));
             }
+            Redeemed::Expired(_) => {
+                return Err(OAuthError::invalid_grant("the code has expired"));
+            }
             Redeemed::Unknown => {
                 return Err(OAuthError::invalid_grant("the code is not valid"));
             }
@@ -731,6 +734,17 @@ impl OAuthServer {
             self.end(&task_id, "the client revoked its token").await;
         }
         Ok(())
+    }
+
+    /// Ends the tasks whose code expired unredeemed: an Allow nobody completed leaves no
+    /// live task behind. Run by the sweeper; the number ended.
+    pub async fn expire_unredeemed(&self) -> Result<usize, crate::store::StoreError> {
+        let tasks = self.store.expire_codes(self.clock.now_ms()).await?;
+        for task_id in &tasks {
+            self.end(task_id, "its authorization code was never redeemed")
+                .await;
+        }
+        Ok(tasks.len())
     }
 
     async fn end(&self, task_id: &str, reason: &str) {

@@ -231,12 +231,27 @@ where
         let Some(row) = row else {
             return Ok(Redeemed::Unknown);
         };
+        let used: i64 = row.try_get("code_used")?;
         let grant = grant_from_row(&row)?;
-        Ok(if D::rows_affected(&first) == 1 {
-            Redeemed::First(grant)
-        } else {
-            Redeemed::Replayed(grant)
+        Ok(match (D::rows_affected(&first), used) {
+            (1, _) => Redeemed::First(grant),
+            (_, 2) => Redeemed::Expired(grant),
+            _ => Redeemed::Replayed(grant),
         })
+    }
+
+    async fn expire_codes(&self, now_ms: i64) -> StoreResult<Vec<String>> {
+        let rows = sqlx::query(
+            "UPDATE oauth_grants SET code_used = 2
+             WHERE code_used = 0 AND code_hash IS NOT NULL AND code_expires_at_ms <= $1
+             RETURNING task_id",
+        )
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| row.try_get("task_id").map_err(Into::into))
+            .collect()
     }
 
     async fn insert_refresh(

@@ -86,6 +86,8 @@ pub enum Redeemed {
     First(OAuthGrant),
     /// The code was redeemed before: a replay (its task must end).
     Replayed(OAuthGrant),
+    /// The code expired unredeemed (its task was ended then).
+    Expired(OAuthGrant),
     /// No such code.
     Unknown,
 }
@@ -131,6 +133,8 @@ pub trait IdentityStore: Send + Sync + 'static {
     ) -> StoreResult<bool>;
     /// Redeems a code by its digest, once.
     async fn redeem_code(&self, code_hash: &str) -> StoreResult<Redeemed>;
+    /// Marks every code that expired unredeemed by `now_ms`; the tasks they were for.
+    async fn expire_codes(&self, now_ms: i64) -> StoreResult<Vec<String>>;
     /// Records the first refresh token of a task.
     async fn insert_refresh(&self, token_hash: &str, task_id: &str, now_ms: i64)
     -> StoreResult<()>;

@@ -619,6 +619,35 @@ async fn people_and_oauth(store: Arc<dyn Store>) {
         "a code redeems once"
     );
 
+    assert_eq!(
+        store.expire_codes(70_000).await.unwrap(),
+        Vec::<String>::new(),
+        "a redeemed code does not expire"
+    );
+    let unredeemed = OAuthGrant {
+        task_id: "tsk_b".into(),
+        ..store.get_grant("tsk_a").await.unwrap().unwrap()
+    };
+    store.insert_grant(&unredeemed).await.unwrap();
+    assert!(store.set_code("tsk_b", "c0de-b", 61_000).await.unwrap());
+    assert_eq!(
+        store.expire_codes(60_999).await.unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        store.expire_codes(61_000).await.unwrap(),
+        vec!["tsk_b".to_string()]
+    );
+    assert_eq!(
+        store.expire_codes(62_000).await.unwrap(),
+        Vec::<String>::new(),
+        "once"
+    );
+    assert!(matches!(
+        store.redeem_code("c0de-b").await.unwrap(),
+        Redeemed::Expired(_)
+    ));
+
     store.insert_refresh("r1", "tsk_a", 2_000).await.unwrap();
     assert_eq!(
         store.rotate_refresh("r1", "r2", 3_000).await.unwrap(),
