@@ -4,6 +4,7 @@
 //! - [`AuthFailureLimiter`], one bucket per client address, drained by failed
 //!   authentications: once empty, that address's requests with a credential are refused
 //!   with 429 before any signature is checked, so guessing costs the guesser, not us;
+//! - [`RegistrationLimiter`], one bucket per address, for OAuth client registration;
 //! - [`SignInThrottle`], drained by failed password sign-ins, one bucket per account and
 //!   one per address: a password guesser gets a handful of tries per account, however
 //!   many addresses it uses, and per address, however many accounts it tries.
@@ -73,6 +74,15 @@ impl Buckets {
             return Ok(());
         }
         Err(((1.0 - bucket.tokens) / self.rate).ceil().max(1.0) as u64)
+    }
+
+    /// Returns one token to `key`'s bucket (never above the burst).
+    fn give_back(&self, key: &str) {
+        if let Some(bucket) = self.buckets.get(key)
+            && let Ok(mut bucket) = bucket.lock()
+        {
+            bucket.tokens = (bucket.tokens + 1.0).min(self.burst);
+        }
     }
 }
 
@@ -148,16 +158,44 @@ impl SignInThrottle {
         }
     }
 
-    /// `Err(seconds to wait)` while `account` or `address` has no tries left.
-    pub fn admit(&self, account: &str, address: &str) -> Result<(), u64> {
+    /// Takes one try of `account` and one of `address` before the password is checked
+    /// (so concurrent attempts cannot all slip past the count), or `Err(seconds to
+    /// wait)` while either has none left (then nothing is taken).
+    pub fn take(&self, account: &str, address: &str) -> Result<(), u64> {
         self.accounts.refill_and(account, false)?;
-        self.addresses.refill_and(address, false)
+        self.addresses.refill_and(address, false)?;
+        self.accounts.refill_and(account, true)?;
+        if let Err(wait) = self.addresses.refill_and(address, true) {
+            self.accounts.give_back(account);
+            return Err(wait);
+        }
+        Ok(())
     }
 
-    /// Counts one failed sign-in of `account` from `address`.
-    pub fn record_failure(&self, account: &str, address: &str) {
-        let _ = self.accounts.refill_and(account, true);
-        let _ = self.addresses.refill_and(address, true);
+    /// Returns the tries a successful sign-in took: only failures count.
+    pub fn give_back(&self, account: &str, address: &str) {
+        self.accounts.give_back(account);
+        self.addresses.give_back(address);
+    }
+}
+
+/// OAuth client registrations per address (20, then one a minute): registering costs
+/// storage, and anyone may do it.
+pub struct RegistrationLimiter {
+    buckets: Buckets,
+}
+
+impl RegistrationLimiter {
+    /// The limiter at `clock`'s time.
+    pub fn new(clock: Clock) -> Self {
+        RegistrationLimiter {
+            buckets: Buckets::per_second(1.0 / 60.0, 20, clock),
+        }
+    }
+
+    /// Takes one registration of `address`, or `Err(seconds to wait)`.
+    pub fn take(&self, address: &str) -> Result<(), u64> {
+        self.buckets.refill_and(address, true)
     }
 }
 
@@ -193,14 +231,18 @@ mod tests {
         let clock = Clock::default();
         let throttle = SignInThrottle::new(clock.clone());
         for i in 0..5 {
-            let address = format!("10.0.0.{i}");
-            throttle.admit("alice", &address).unwrap();
-            throttle.record_failure("alice", &address);
+            throttle.take("alice", &format!("10.0.0.{i}")).unwrap();
         }
-        assert!(throttle.admit("alice", "10.9.9.9").is_err());
-        throttle.admit("bob", "10.9.9.9").unwrap();
+        assert!(throttle.take("alice", "10.9.9.9").is_err());
+        throttle.take("bob", "10.9.9.9").unwrap();
+        throttle.give_back("bob", "10.9.9.9");
         clock.advance(Duration::from_secs(60));
-        throttle.admit("alice", "10.9.9.9").unwrap();
+        throttle.take("alice", "10.9.9.9").unwrap();
+        // A success gives its try back: signing in often never locks anyone out.
+        for _ in 0..10 {
+            throttle.take("carol", "10.1.1.1").unwrap();
+            throttle.give_back("carol", "10.1.1.1");
+        }
     }
 
     #[test]

@@ -67,7 +67,7 @@ function renderApprovals(approvals) {
     node.querySelector(".note").value = notes.get(a.approval_id) || "";
     const kinds = { call: "call", renewal: "renewal", issuance: "new task", definition: "changed tool definition" };
     fill(node, ".kind", kinds[a.kind] || a.kind);
-    fill(node, ".agent", a.agent);
+    fill(node, ".agent", a.user ? a.user + " via " + a.agent : a.agent);
     fill(node, ".ago", ago(a.requested_at));
     fill(node, ".purpose", a.purpose);
     fill(node, ".tools", "Tools: " + a.tools.join(", "));

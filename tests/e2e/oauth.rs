@@ -1600,6 +1600,9 @@ async fn a_wrong_pkce_verifier_is_invalid_grant() {
     .await;
     reply.assert_error("invalid_grant", "a wrong code_verifier");
     assert!(reply.body.get("access_token").is_none());
+    // The code is spent: its task cannot be reached any more, so it ends.
+    let task = task_of(&broker, &consent.app.id).await;
+    assert_eq!(task["state"], "revoked", "{task}");
 }
 
 #[tokio::test]
@@ -2109,6 +2112,9 @@ async fn sign_in_never_sends_the_browser_off_site() {
         "https://evil.example/x",
         "/\\evil.example/x",
         "evil.example",
+        // Browsers drop tabs from URLs: "/<TAB>/evil.example" is "//evil.example".
+        "/\t/evil.example/x",
+        "/\t\\evil.example/x",
     ] {
         let mut browser = Browser::new(&broker);
         let answer = browser.sign_in("alice", ALICE_PASSWORD, next).await;
@@ -2403,6 +2409,112 @@ async fn an_allowed_grant_whose_code_is_never_redeemed_ends_its_task() {
         .exchange(&broker, &code)
         .await
         .assert_error("invalid_grant", "a code past its minute");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_guesses_cannot_outrun_the_sign_in_throttle() {
+    let broker = broker().await;
+    let mut browser = Browser::new(&broker);
+    let page = browser.get("/signin?next=/ui").await;
+    let mut fields = read_form(&page.body, "/signin").filled();
+    set(&mut fields, "username", "alice");
+    set(
+        &mut fields,
+        "password",
+        "a wrong guess, sent 30 times at once",
+    );
+    let cookie = format!("leash_csrf={}", browser.cookie("leash_csrf").unwrap());
+    let body = form_body(&fields);
+    let mut guesses = tokio::task::JoinSet::new();
+    for _ in 0..30 {
+        let request = browser
+            .http
+            .post(format!("{}/signin", broker.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("cookie", cookie.clone())
+            .body(body.clone());
+        guesses.spawn(async move { request.send().await.unwrap().status().as_u16() });
+    }
+    let statuses = guesses.join_all().await;
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    assert!(checked <= 5, "{checked} guesses were checked: {statuses:?}");
+    assert!(
+        statuses.iter().all(|s| [401, 429].contains(s)),
+        "{statuses:?}"
+    );
+    // Alice's own password is refused too until the account's budget refills.
+    let mut alice = Browser::new(&broker);
+    let answer = alice.sign_in("alice", ALICE_PASSWORD, "/ui").await;
+    assert_eq!(answer.status, 429, "{answer:?}");
+}
+
+#[tokio::test]
+async fn an_approver_cannot_approve_the_request_of_their_own_client() {
+    let broker = TestBroker::spawn_with(POLICY).await;
+    broker
+        .state
+        .accounts
+        .add("bob", BOB_PASSWORD, true)
+        .await
+        .unwrap();
+    let (consent, _, task_id) = bob_waits(&broker).await;
+    let ann = broker.approver("ann").await;
+    let approval_id = approval_for(&broker, &ann, &task_id).await;
+    let listed = broker.get("/v1/approvals", Some(&ann)).await;
+    let shown = listed.body["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["approval_id"] == approval_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(shown["user"], "bob", "the card names the person: {shown}");
+    // Bob is an approver, signed in; his own client's request is not his to approve.
+    let mut bob = consent.browser;
+    let session = bob.get("/v1/session").await;
+    let csrf: Value = serde_json::from_str(&session.body).unwrap();
+    let csrf = csrf["csrf"].as_str().unwrap().to_string();
+    let request = bob
+        .http
+        .post(format!("{}/v1/approvals/{approval_id}/approve", broker.url))
+        .header("x-leash-csrf", csrf)
+        .header("content-type", "application/json")
+        .body("{}");
+    let refused = bob.send(request).await;
+    assert_eq!(refused.status, 403, "{refused:?}");
+    let approved = broker
+        .post(
+            &format!("/v1/approvals/{approval_id}/approve"),
+            Some(&ann),
+            json!({}),
+        )
+        .await;
+    assert_eq!(approved.status, 200, "another approver may: {approved:?}");
+}
+
+#[tokio::test]
+async fn registrations_are_limited_per_address() {
+    let broker = broker().await;
+    let mut statuses = Vec::new();
+    for _ in 0..21 {
+        let reply = broker
+            .post(
+                "/oauth/register",
+                None,
+                json!({ "redirect_uris": [LOOPBACK], "client_name": "many" }),
+            )
+            .await;
+        statuses.push((reply.status, reply.body["error"].clone()));
+    }
+    assert!(
+        statuses[..20].iter().all(|(status, _)| *status == 201),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses[20],
+        (429, json!("temporarily_unavailable")),
+        "{statuses:?}"
+    );
 }
 
 // ----------------------------------------------------- the official MCP Python SDK

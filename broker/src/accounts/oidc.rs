@@ -8,8 +8,8 @@
 //! it (login CSRF) cannot. The provider is configured by the operator, so it is reached
 //! with the one hardened upstream client (no redirects, no proxies, bounded answers).
 //!
-//! The user name is the ID token's `username_claim` (default `email`; an e-mail the
-//! provider marks unverified is refused); the groups are its `groups_claim`; a member of
+//! The user name is the ID token's `username_claim` (default `email`, accepted only with
+//! `email_verified: true`); the groups are its `groups_claim`; a member of
 //! an `approver_groups` group is an approver.
 
 use std::sync::Arc;
@@ -344,13 +344,15 @@ impl OidcSignIn {
             .and_then(|part| URL_SAFE_NO_PAD.decode(part).ok())
             .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
             .ok_or_else(|| refused("the ID token's claims cannot be read"))?;
-        let signed = self.person(&payload)?;
+        let signed = person(&self.settings, &payload)?;
         Ok((signed, pending.next))
     }
+}
 
-    /// Who the verified claims name.
-    fn person(&self, claims: &serde_json::Value) -> Result<SignedIn, OidcFailure> {
-        let name_claim = &self.settings.username_claim;
+/// Who the verified claims name, by `settings`' claims.
+fn person(settings: &OidcSettings, claims: &serde_json::Value) -> Result<SignedIn, OidcFailure> {
+    {
+        let name_claim = &settings.username_claim;
         let user = claims[name_claim.as_str()]
             .as_str()
             .map(str::trim)
@@ -360,12 +362,16 @@ impl OidcSignIn {
                     "the ID token has no usable {name_claim:?} claim to name you by"
                 ))
             })?;
-        if name_claim == "email" && claims["email_verified"] == serde_json::Value::Bool(false) {
+        // An e-mail names a person only if the provider vouches for it: without
+        // `email_verified: true`, someone could set the victim's address on an account of
+        // their own ("nOAuth"). Providers that do not assert it: name people by another
+        // claim (`username_claim`).
+        if name_claim == "email" && claims["email_verified"] != serde_json::Value::Bool(true) {
             return Err(OidcFailure::Refused(
-                "the provider has not verified this e-mail address".into(),
+                "the provider does not vouch for this e-mail address (email_verified is not true); name people by another claim (username_claim)".into(),
             ));
         }
-        let groups: Vec<String> = match &claims[self.settings.groups_claim.as_str()] {
+        let groups: Vec<String> = match &claims[settings.groups_claim.as_str()] {
             serde_json::Value::Array(items) => items
                 .iter()
                 .filter_map(|g| g.as_str().map(str::to_string))
@@ -375,7 +381,7 @@ impl OidcSignIn {
         };
         let approver = groups
             .iter()
-            .any(|group| self.settings.approver_groups.contains(group));
+            .any(|group| settings.approver_groups.contains(group));
         Ok(SignedIn {
             user: user.to_string(),
             approver,
@@ -413,4 +419,61 @@ fn describe_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn settings() -> OidcSettings {
+        OidcSettings {
+            issuer: "https://login.example.com".into(),
+            client_id: "leash".into(),
+            client_secret: None,
+            approver_groups: vec!["security".into()],
+            groups_claim: "groups".into(),
+            username_claim: "email".into(),
+            scopes: vec!["openid".into()],
+        }
+    }
+
+    #[test]
+    fn an_email_names_a_person_only_when_the_provider_vouches_for_it() {
+        let s = settings();
+        let ann = person(
+            &s,
+            &json!({"email": "ann@example.com", "email_verified": true, "groups": ["security", "x"]}),
+        )
+        .unwrap();
+        assert_eq!(ann.user, "ann@example.com");
+        assert!(ann.approver);
+        assert_eq!(ann.groups, vec!["security".to_string(), "x".to_string()]);
+        for unvouched in [
+            json!({"email": "ann@example.com"}),
+            json!({"email": "ann@example.com", "email_verified": false}),
+            json!({"email": "ann@example.com", "email_verified": "true"}),
+        ] {
+            assert!(person(&s, &unvouched).is_err(), "{unvouched}");
+        }
+        // Groups of the wrong shape give no role.
+        let odd = person(
+            &s,
+            &json!({"email": "bo@example.com", "email_verified": true, "groups": {"security": true}}),
+        )
+        .unwrap();
+        assert!(!odd.approver && odd.groups.is_empty());
+        // Another claim names people where e-mail is not vouched for.
+        let by_name = OidcSettings {
+            username_claim: "preferred_username".into(),
+            ..settings()
+        };
+        assert_eq!(
+            person(&by_name, &json!({"preferred_username": "carol"}))
+                .unwrap()
+                .user,
+            "carol"
+        );
+        assert!(person(&by_name, &json!({"preferred_username": "not a name"})).is_err());
+    }
 }

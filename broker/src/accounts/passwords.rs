@@ -16,6 +16,11 @@ use crate::ids::is_user_name;
 use crate::ratelimit::SignInThrottle;
 use crate::store::{Store, UserRecord};
 
+/// Password checks (Argon2id, 19 MiB each) running at once, broker-wide; more wait.
+const CONCURRENT_CHECKS: usize = 4;
+/// How long a sign-in waits for a free check before it is told to retry.
+const CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Shortest password `leash users add` accepts.
 pub const MIN_PASSWORD_CHARS: usize = 12;
 /// Longest password accepted anywhere (hashing cost is per byte).
@@ -68,6 +73,8 @@ pub struct Accounts {
     audit: Audit,
     clock: Clock,
     throttle: SignInThrottle,
+    /// Bounds the memory and CPU that sign-in attempts can take at once.
+    checks: tokio::sync::Semaphore,
     /// Verified for unknown names, so an attempt costs the same either way.
     dummy_hash: String,
 }
@@ -105,6 +112,7 @@ impl Accounts {
             store,
             audit,
             throttle: SignInThrottle::new(clock.clone()),
+            checks: tokio::sync::Semaphore::new(CONCURRENT_CHECKS),
             clock,
             dummy_hash,
         }
@@ -138,10 +146,14 @@ impl Accounts {
         password: &str,
         address: &str,
     ) -> Result<SignedIn, SignInFailure> {
-        if let Err(wait) = self.throttle.admit(name, address) {
+        if let Err(wait) = self.throttle.take(name, address) {
             self.audit_failure(name, address, "throttled").await;
             return Err(SignInFailure::Throttled(wait));
         }
+        let Ok(Ok(_permit)) = tokio::time::timeout(CHECK_WAIT, self.checks.acquire()).await else {
+            self.throttle.give_back(name, address);
+            return Err(SignInFailure::Throttled(1));
+        };
         let user = if is_user_name(name) {
             self.store
                 .get_user(name)
@@ -163,6 +175,7 @@ impl Accounts {
             .unwrap_or(false);
         match user {
             Some(user) if matches => {
+                self.throttle.give_back(name, address);
                 self.audit
                     .record(AuditEvent {
                         kind: "user.signed_in",
@@ -178,7 +191,6 @@ impl Accounts {
                 })
             }
             _ => {
-                self.throttle.record_failure(name, address);
                 self.audit_failure(name, address, "wrong name or password")
                     .await;
                 Err(SignInFailure::Wrong)

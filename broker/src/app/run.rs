@@ -99,6 +99,11 @@ async fn sweep_forever(state: AppState) {
         ticker.tick().await;
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = tokio::time::Instant::now();
+            match state.oauth.prune_clients().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(clients = n, "forgot client registrations never used"),
+                Err(err) => tracing::warn!(error = %err, "pruning clients failed; will retry"),
+            }
             match prune_revocations(&state).await {
                 Ok((0, 0)) => {}
                 Ok((feed, memory)) => {

@@ -19,7 +19,7 @@ use crate::clock::Clock;
 use crate::config::ServeConfig;
 use crate::error::ApiError;
 use crate::http::pages;
-use crate::http::signin::see_other;
+use crate::http::signin::{ClientAddress, see_other};
 use crate::mcp::guard::public_url;
 use crate::oauth::clients::{RegistrationRequest, register as register_client};
 use crate::oauth::error::OAuthError;
@@ -91,8 +91,13 @@ pub async fn metadata(
 pub async fn register(
     State(store): State<Arc<dyn Store>>,
     State(clock): State<Clock>,
+    State(oauth): State<Arc<OAuthServer>>,
+    ClientAddress(address): ClientAddress,
     body: Bytes,
 ) -> Response {
+    if let Err(refusal) = oauth.admit_registration(&address).await {
+        return refusal.into_response();
+    }
     let request: RegistrationRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(err) => {
@@ -264,10 +269,7 @@ pub async fn decide(
         Err(why) => return pages::error(StatusCode::BAD_REQUEST, &why),
     };
     let Some(session) = sessions.current(&headers).await else {
-        return pages::error(
-            StatusCode::UNAUTHORIZED,
-            "You are not signed in (or your session ended); start again from the client.",
-        );
+        return not_signed_in();
     };
     if !values
         .get("csrf")
@@ -326,6 +328,14 @@ pub struct TaskQuery {
     task: String,
 }
 
+/// The page for a consent step whose session is gone.
+fn not_signed_in() -> Response {
+    pages::error(
+        StatusCode::UNAUTHORIZED,
+        "You are not signed in (or your session ended); start again from the client.",
+    )
+}
+
 /// `GET /oauth/authorize/pending?task=…`: after an approval wait.
 pub async fn pending(
     State(config): State<Arc<ServeConfig>>,
@@ -339,10 +349,7 @@ pub async fn pending(
         Err(err) => return page_refusal(err),
     };
     let Some(session) = sessions.current(&headers).await else {
-        return pages::error(
-            StatusCode::UNAUTHORIZED,
-            "You are not signed in (or your session ended); start again from the client.",
-        );
+        return not_signed_in();
     };
     if !crate::ids::is_task_id(&query.task) {
         return pages::error(StatusCode::BAD_REQUEST, "task must be a task id");

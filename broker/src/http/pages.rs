@@ -196,8 +196,8 @@ pub fn consent(
         })
         .unwrap_or_default();
     let body = format!(
-        "<h2>Connect {client}</h2>\
-         <p><strong>{client}</strong> asks to use tools on your behalf, as <strong>{user}</strong>. \
+        "<h2>Connect <bdi>{client}</bdi></h2>\
+         <p><strong><bdi>{client}</bdi></strong> asks to use tools on your behalf, as <strong>{user}</strong>. \
          It will be sent back to <code>{host}</code>.{published}</p>\
          <form method=\"post\" action=\"/oauth/authorize\">{fields}\
          <label for=\"purpose\">What is this access for?</label>\

@@ -38,18 +38,21 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
     }
 }
 
-/// Where to go after signing in: a local path (`/…`, not `//…` or `/\…`), else `/ui`.
+/// Where to go after signing in: a path on this broker, else `/ui`. Browsers drop tabs
+/// and newlines from URLs and read `\\` as `/`, so a path holding any control character
+/// or backslash is refused outright, and what is left must resolve to this origin.
 pub fn safe_next(next: Option<&str>) -> String {
+    let local = |path: &str| {
+        path.starts_with('/')
+            && !path.starts_with("//")
+            && path.len() <= 4096
+            && !path.chars().any(|c| c.is_control() || c == '\\')
+            && reqwest::Url::parse("http://leash.invalid/")
+                .and_then(|base| base.join(path))
+                .is_ok_and(|url| url.host_str() == Some("leash.invalid"))
+    };
     match next {
-        Some(path)
-            if path.starts_with('/')
-                && !path.starts_with("//")
-                && !path.starts_with("/\\")
-                && !path.contains(['\r', '\n'])
-                && path.len() <= 4096 =>
-        {
-            path.to_string()
-        }
+        Some(path) if local(path) => path.to_string(),
         _ => "/ui".to_string(),
     }
 }
@@ -219,10 +222,7 @@ pub async fn oidc_start(
     headers: HeaderMap,
 ) -> Response {
     let Some(oidc) = oidc else {
-        return pages::error(
-            StatusCode::NOT_FOUND,
-            "this broker has no OpenID provider configured ([sign_in.oidc])",
-        );
+        return no_provider();
     };
     let base = match public_url(&config, &headers) {
         Ok(base) => base,
@@ -239,6 +239,13 @@ pub async fn oidc_start(
         ),
         Err(failure) => oidc_failure(&failure),
     }
+}
+
+fn no_provider() -> Response {
+    pages::error(
+        StatusCode::NOT_FOUND,
+        "this broker has no OpenID provider configured ([sign_in.oidc])",
+    )
 }
 
 fn oidc_failure(failure: &OidcFailure) -> Response {
@@ -259,10 +266,7 @@ pub async fn oidc_callback(
     headers: HeaderMap,
 ) -> Response {
     let Some(oidc) = oidc else {
-        return pages::error(
-            StatusCode::NOT_FOUND,
-            "this broker has no OpenID provider configured ([sign_in.oidc])",
-        );
+        return no_provider();
     };
     // The sign-in in progress is used up either way.
     let forget = sessions.set_cookie(OIDC_COOKIE, "", 0);
@@ -332,9 +336,13 @@ mod tests {
             "/\\evil.example",
             "evil",
             "/a\r\nSet-Cookie: x=1",
+            "/\t/evil.example/x",
+            "/\t\\evil.example",
         ] {
             assert_eq!(safe_next(Some(bad)), "/ui", "{bad}");
         }
+        // Percent-escapes stay escapes: a browser does not decode them before parsing.
+        assert_eq!(safe_next(Some("/%09/x")), "/%09/x");
         assert_eq!(safe_next(None), "/ui");
     }
 }

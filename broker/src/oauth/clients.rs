@@ -65,6 +65,30 @@ pub struct Registered {
     pub response_types: [&'static str; 1],
 }
 
+/// A client-supplied name as shown on the consent page: trimmed, without control or
+/// format characters (bidirectional overrides and isolates, zero-width characters: they
+/// could make the name rewrite the text around it), at most 100 characters; `fallback`
+/// when nothing is left.
+pub fn display_name(name: Option<&str>, fallback: &str) -> String {
+    let is_format = |c: char| {
+        matches!(c,
+            '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+    };
+    let cleaned: String = name
+        .unwrap_or("")
+        .chars()
+        .filter(|c| !c.is_control() && !is_format(*c))
+        .take(MAX_NAME_CHARS)
+        .collect();
+    let cleaned = cleaned.trim();
+    if cleaned.is_empty() {
+        fallback.to_string()
+    } else {
+        cleaned.to_string()
+    }
+}
+
 /// Why a redirect URI is refused, or `Ok` with the parsed URI.
 pub fn check_redirect_uri(text: &str) -> Result<Url, String> {
     if text.len() > MAX_URI_BYTES {
@@ -162,16 +186,7 @@ pub async fn register(
             "response type {other:?} is not supported"
         )));
     }
-    let name: String = request
-        .client_name
-        .as_deref()
-        .map(str::trim)
-        .filter(|name| !name.is_empty())
-        .unwrap_or("an unnamed MCP client")
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_NAME_CHARS)
-        .collect();
+    let name = display_name(request.client_name.as_deref(), "an unnamed MCP client");
     let now = clock.now_ms();
     let client = OAuthClient {
         client_id: format!("lc_{}", random_hex(16)),
@@ -222,6 +237,18 @@ mod tests {
         ] {
             assert!(check_redirect_uri(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_client_name_cannot_reorder_the_text_around_it() {
+        assert_eq!(display_name(Some("Bank\u{202e}"), "x"), "Bank");
+        assert_eq!(
+            display_name(Some(" \u{2066}Ev\u{200b}il\u{2069} "), "x"),
+            "Evil"
+        );
+        assert_eq!(display_name(Some("\u{202e}\n"), "unnamed"), "unnamed");
+        assert_eq!(display_name(None, "unnamed"), "unnamed");
+        assert_eq!(display_name(Some(&"a".repeat(500)), "x").len(), 100);
     }
 
     #[test]

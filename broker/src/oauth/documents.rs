@@ -19,7 +19,7 @@ use reqwest::Url;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use serde::Deserialize;
 
-use crate::oauth::clients::{MAX_NAME_CHARS, MAX_REDIRECT_URIS, MAX_URI_BYTES, check_redirect_uri};
+use crate::oauth::clients::{MAX_REDIRECT_URIS, MAX_URI_BYTES, check_redirect_uri, display_name};
 use crate::store::OAuthClient;
 
 /// Largest document accepted.
@@ -28,6 +28,8 @@ pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024;
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a fetched document is trusted before it is fetched again.
 pub const CACHE_TTL: Duration = Duration::from_secs(300);
+/// How long a document that could not be used stays refused without a new fetch.
+pub const FAILURE_TTL: Duration = Duration::from_secs(60);
 
 /// Whether `client_id` names a metadata document (rather than a registered client).
 pub fn is_document_id(client_id: &str) -> bool {
@@ -57,7 +59,14 @@ pub fn is_public(ip: IpAddr) -> bool {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            let segments = v6.segments();
+            // IPv4-compatible (::a.b.c.d, deprecated): judge the IPv4 address inside.
+            if segments[..6].iter().all(|s| *s == 0) && !v6.is_loopback() && !v6.is_unspecified() {
+                let [a, b] = segments[6].to_be_bytes();
+                let [c, d] = segments[7].to_be_bytes();
+                return is_public(IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d)));
+            }
+            let first = segments[0];
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
@@ -65,7 +74,11 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || (first & 0xffc0) == 0xfe80
                 || first == 0x2001 && v6.segments()[1] == 0x0db8
                 || (first == 0x0064 && v6.segments()[1] == 0xff9b)
-                || first == 0x0100)
+                || first == 0x0100
+                // 6to4 and Teredo carry an IPv4 address inside; site-local is private.
+                || first == 0x2002
+                || (first == 0x2001 && v6.segments()[1] == 0x0000)
+                || (first & 0xffc0) == 0xfec0)
         }
     }
 }
@@ -113,6 +126,9 @@ pub struct ClientDocuments {
     client: reqwest::Client,
     private_hosts: Arc<Vec<String>>,
     cache: moka::future::Cache<String, Arc<OAuthClient>>,
+    /// Why a URL failed, for a minute: a stranger cannot make Leash fetch it again and
+    /// again by reloading the authorization page.
+    failures: moka::future::Cache<String, String>,
 }
 
 impl ClientDocuments {
@@ -143,20 +159,35 @@ impl ClientDocuments {
                 .max_capacity(1000)
                 .time_to_live(CACHE_TTL)
                 .build(),
+            failures: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(FAILURE_TTL)
+                .build(),
         })
     }
 
     /// The client a document URL names. `Err` says why it cannot be used (shown to the
     /// person, never redirected).
     pub async fn client(&self, client_id: &str, now_ms: i64) -> Result<OAuthClient, String> {
+        if let Some(why) = self.failures.get(client_id).await {
+            return Err(why);
+        }
         let found = self
             .cache
             .try_get_with(client_id.to_string(), async {
                 self.fetch(client_id, now_ms).await.map(Arc::new)
             })
-            .await
-            .map_err(|why: Arc<String>| why.as_ref().clone())?;
-        Ok(found.as_ref().clone())
+            .await;
+        match found {
+            Ok(client) => Ok(client.as_ref().clone()),
+            Err(why) => {
+                let why: String = why.as_ref().clone();
+                self.failures
+                    .insert(client_id.to_string(), why.clone())
+                    .await;
+                Err(why)
+            }
+        }
     }
 
     /// Checks the URL itself before anything is fetched.
@@ -201,6 +232,11 @@ impl ClientDocuments {
             .map_err(|e| {
                 if e.is_timeout() {
                     cannot("did not arrive within 5 seconds")
+                } else if e.is_connect() {
+                    // One answer for "no such name", "only private addresses" and
+                    // "refused": the page must not tell a stranger which internal names
+                    // exist.
+                    cannot("could not be fetched from a public address")
                 } else {
                     cannot(&format!(
                         "could not be fetched ({})",
@@ -264,16 +300,7 @@ impl ClientDocuments {
             .ok()
             .and_then(|u| u.host_str().map(str::to_string))
             .unwrap_or_default();
-        let name: String = document
-            .client_name
-            .as_deref()
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-            .unwrap_or(&host)
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(MAX_NAME_CHARS)
-            .collect();
+        let name = display_name(document.client_name.as_deref(), &host);
         Ok(OAuthClient {
             client_id: client_id.to_string(),
             client_name: name,
@@ -306,6 +333,11 @@ mod tests {
             "255.255.255.255",
             "2001:db8::1",
             "64:ff9b::7f00:1",
+            "::7f00:1",
+            "::a00:1",
+            "2002:7f00:1::1",
+            "2001:0:1::1",
+            "fec0::1",
         ] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }

@@ -55,6 +55,7 @@ impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
         let status = match self.error {
             "invalid_client" => StatusCode::UNAUTHORIZED,
+            "temporarily_unavailable" => StatusCode::TOO_MANY_REQUESTS,
             "server_error" => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         };

@@ -34,6 +34,13 @@ use crate::upstream::catalog::Catalog;
 
 /// How long a code may wait to be redeemed.
 pub const CODE_MS: i64 = 60_000;
+/// How long after an approval-gated grant's approval could have expired its person may
+/// still come back for the code.
+pub const UNCLAIMED_MS: i64 = 10 * 60_000;
+/// Unused client registrations are forgotten after a day.
+pub const UNUSED_CLIENT_MS: i64 = 24 * 3600 * 1000;
+/// Most registered clients; past it, registration waits for unused ones to be forgotten.
+pub const MAX_CLIENTS: i64 = 50_000;
 /// Prefix of refresh tokens (they are opaque; the prefix tells them from access tokens).
 pub const REFRESH_PREFIX: &str = "lrt_";
 /// Longest `state` a client may send.
@@ -187,6 +194,7 @@ pub struct TokenForm {
 /// The authorization server.
 pub struct OAuthServer {
     documents: ClientDocuments,
+    registrations: crate::ratelimit::RegistrationLimiter,
     store: Arc<dyn Store>,
     lifecycle: Arc<Lifecycle>,
     policy: Arc<Policy>,
@@ -230,6 +238,7 @@ impl OAuthServer {
     ) -> Self {
         OAuthServer {
             documents,
+            registrations: crate::ratelimit::RegistrationLimiter::new(clock.clone()),
             store,
             lifecycle,
             policy,
@@ -600,12 +609,40 @@ impl OAuthServer {
                 return Err(OAuthError::invalid_grant("the code is not valid"));
             }
         };
+        // The code is used up now: if what comes with it does not check out, nobody can
+        // ever redeem it, so its task must not stay behind.
+        if let Err(refusal) =
+            self.check_redemption(&grant, &client_id, &redirect_uri, &verifier, form)
+        {
+            self.end(
+                &grant.task_id,
+                "its authorization code was presented wrongly",
+            )
+            .await;
+            return Err(refusal);
+        }
+        let refresh = format!("{REFRESH_PREFIX}{}", random_hex(32));
+        self.store
+            .insert_refresh(&digest(&refresh), &grant.task_id, self.clock.now_ms())
+            .await
+            .map_err(OAuthError::server_error)?;
+        self.access(&grant, refresh).await
+    }
+
+    /// What must come with a code: in time, the same client, redirect URI and resource,
+    /// and the PKCE verifier.
+    fn check_redemption(
+        &self,
+        grant: &OAuthGrant,
+        client_id: &str,
+        redirect_uri: &str,
+        verifier: &str,
+        form: &TokenForm,
+    ) -> Result<(), OAuthError> {
         if grant
             .code_expires_at_ms
             .is_none_or(|end| end <= self.clock.now_ms())
         {
-            self.end(&grant.task_id, "its authorization code expired unused")
-                .await;
             return Err(OAuthError::invalid_grant("the code has expired"));
         }
         if grant.client_id != client_id {
@@ -626,17 +663,12 @@ impl OAuthServer {
                 format!("the code is for {}", grant.resource),
             ));
         }
-        if !pkce_matches(&verifier, &grant.code_challenge) {
+        if !pkce_matches(verifier, &grant.code_challenge) {
             return Err(OAuthError::invalid_grant(
                 "the code_verifier does not match the code_challenge",
             ));
         }
-        let refresh = format!("{REFRESH_PREFIX}{}", random_hex(32));
-        self.store
-            .insert_refresh(&digest(&refresh), &grant.task_id, self.clock.now_ms())
-            .await
-            .map_err(OAuthError::server_error)?;
-        self.access(&grant, refresh).await
+        Ok(())
     }
 
     async fn refresh(&self, form: &TokenForm) -> Result<TokenResponse, OAuthError> {
@@ -739,12 +771,45 @@ impl OAuthServer {
     /// Ends the tasks whose code expired unredeemed: an Allow nobody completed leaves no
     /// live task behind. Run by the sweeper; the number ended.
     pub async fn expire_unredeemed(&self) -> Result<usize, crate::store::StoreError> {
-        let tasks = self.store.expire_codes(self.clock.now_ms()).await?;
+        let now = self.clock.now_ms();
+        // An approval-gated grant waits up to the approval's expiry; its person then has
+        // this long to come back for the code.
+        let unclaimed = self.policy.approvals.expire_after.as_millis() as i64 + UNCLAIMED_MS;
+        let tasks = self.store.expire_codes(now, now - unclaimed).await?;
         for task_id in &tasks {
             self.end(task_id, "its authorization code was never redeemed")
                 .await;
         }
         Ok(tasks.len())
+    }
+
+    /// Forgets client registrations that never led to a grant within a day.
+    pub async fn prune_clients(&self) -> Result<u64, crate::store::StoreError> {
+        self.store
+            .prune_clients(self.clock.now_ms() - UNUSED_CLIENT_MS)
+            .await
+    }
+
+    /// Whether `address` may register another client now (`Err` is the OAuth answer).
+    pub async fn admit_registration(&self, address: &str) -> Result<(), OAuthError> {
+        if let Err(wait) = self.registrations.take(address) {
+            return Err(OAuthError::new(
+                "temporarily_unavailable",
+                format!("too many registrations from this address; retry in {wait} s"),
+            ));
+        }
+        let count = self
+            .store
+            .count_clients()
+            .await
+            .map_err(OAuthError::server_error)?;
+        if count >= MAX_CLIENTS {
+            return Err(OAuthError::new(
+                "temporarily_unavailable",
+                "this broker holds as many client registrations as it takes; retry later",
+            ));
+        }
+        Ok(())
     }
 
     async fn end(&self, task_id: &str, reason: &str) {

@@ -274,6 +274,8 @@ pub struct ApprovalRecord {
     pub task_id: String,
     /// The task's agent.
     pub agent: String,
+    /// The person whose task it is (an MCP client's), if any.
+    pub user: Option<String>,
     /// The task's purpose.
     pub purpose: String,
     /// The task's tools.

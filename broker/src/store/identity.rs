@@ -207,7 +207,7 @@ where
     ) -> StoreResult<bool> {
         let done = sqlx::query(
             "UPDATE oauth_grants SET code_hash = $1, code_expires_at_ms = $2
-             WHERE task_id = $3 AND code_hash IS NULL",
+             WHERE task_id = $3 AND code_hash IS NULL AND code_used = 0",
         )
         .bind(code_hash)
         .bind(expires_at_ms)
@@ -240,13 +240,20 @@ where
         })
     }
 
-    async fn expire_codes(&self, now_ms: i64) -> StoreResult<Vec<String>> {
+    async fn expire_codes(
+        &self,
+        now_ms: i64,
+        unclaimed_before_ms: i64,
+    ) -> StoreResult<Vec<String>> {
         let rows = sqlx::query(
             "UPDATE oauth_grants SET code_used = 2
-             WHERE code_used = 0 AND code_hash IS NOT NULL AND code_expires_at_ms <= $1
+             WHERE code_used = 0
+               AND ((code_hash IS NOT NULL AND code_expires_at_ms <= $1)
+                 OR (code_hash IS NULL AND created_at_ms <= $2))
              RETURNING task_id",
         )
         .bind(now_ms)
+        .bind(unclaimed_before_ms)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -307,6 +314,24 @@ where
         .await?;
         tx.commit().await?;
         Ok(Rotated::Current(task))
+    }
+
+    async fn count_clients(&self) -> StoreResult<i64> {
+        Ok(sqlx::query("SELECT COUNT(*) AS n FROM oauth_clients")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?)
+    }
+
+    async fn prune_clients(&self, before_ms: i64) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "DELETE FROM oauth_clients WHERE created_at_ms < $1
+               AND NOT EXISTS (SELECT 1 FROM oauth_grants g WHERE g.client_id = oauth_clients.client_id)",
+        )
+        .bind(before_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(D::rows_affected(&done))
     }
 
     async fn refresh_task(&self, token_hash: &str) -> StoreResult<Option<String>> {

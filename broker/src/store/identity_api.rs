@@ -133,8 +133,16 @@ pub trait IdentityStore: Send + Sync + 'static {
     ) -> StoreResult<bool>;
     /// Redeems a code by its digest, once.
     async fn redeem_code(&self, code_hash: &str) -> StoreResult<Redeemed>;
-    /// Marks every code that expired unredeemed by `now_ms`; the tasks they were for.
-    async fn expire_codes(&self, now_ms: i64) -> StoreResult<Vec<String>>;
+    /// Marks, once, every code that expired unredeemed by `now_ms`, and every grant still
+    /// without a code that was given before `unclaimed_before_ms`; the tasks they were
+    /// for.
+    async fn expire_codes(&self, now_ms: i64, unclaimed_before_ms: i64)
+    -> StoreResult<Vec<String>>;
+    /// How many clients are registered.
+    async fn count_clients(&self) -> StoreResult<i64>;
+    /// Forgets registered clients created before `before_ms` that never got a grant; how
+    /// many.
+    async fn prune_clients(&self, before_ms: i64) -> StoreResult<u64>;
     /// Records the first refresh token of a task.
     async fn insert_refresh(&self, token_hash: &str, task_id: &str, now_ms: i64)
     -> StoreResult<()>;

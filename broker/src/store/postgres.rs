@@ -49,6 +49,7 @@ const SCHEMA: &[&str] = &[
         purpose TEXT NOT NULL, tools TEXT NOT NULL, call_tool TEXT, call_args TEXT, args_hash TEXT, ttl_ms BIGINT,
         state TEXT NOT NULL, requested_at_ms BIGINT NOT NULL, expires_at_ms BIGINT NOT NULL,
         decided_at_ms BIGINT, decided_by TEXT, note TEXT)",
+    "ALTER TABLE approvals ADD COLUMN IF NOT EXISTS user_name TEXT",
     "CREATE INDEX IF NOT EXISTS approvals_by_state ON approvals(state, requested_at_ms)",
     "CREATE TABLE IF NOT EXISTS tool_pins (name TEXT PRIMARY KEY, hash TEXT NOT NULL, pending_hash TEXT, approval_id TEXT)",
     "CREATE TABLE IF NOT EXISTS token_usage (revocation_id TEXT PRIMARY KEY, calls BIGINT NOT NULL)",

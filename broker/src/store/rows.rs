@@ -68,6 +68,7 @@ where
             .ok_or_else(|| StoreError::Corrupt(format!("approval kind {kind:?}")))?,
         task_id: row.try_get("task_id")?,
         agent: row.try_get("agent")?,
+        user: row.try_get("user_name")?,
         purpose: row.try_get("purpose")?,
         tools: serde_json::from_str(&tools)
             .map_err(|e| StoreError::Corrupt(format!("approval tools: {e}")))?,

@@ -284,8 +284,8 @@ where
         sqlx::query(
             "INSERT INTO approvals (approval_id, kind, task_id, agent, purpose, tools, call_tool,
                 call_args, args_hash, ttl_ms, state, requested_at_ms, expires_at_ms, decided_at_ms,
-                decided_by, note)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                decided_by, note, user_name)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
         )
         .bind(&a.approval_id)
         .bind(a.kind.as_str())
@@ -303,6 +303,7 @@ where
         .bind(a.decided_at_ms)
         .bind(&a.decided_by)
         .bind(&a.note)
+        .bind(&a.user)
         .execute(&self.pool)
         .await?;
         Ok(())

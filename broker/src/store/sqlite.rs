@@ -214,6 +214,7 @@ impl SqliteStore {
             ("tasks", "user_name TEXT"),
             ("tasks", "audience TEXT"),
             ("tasks", "user_group TEXT"),
+            ("approvals", "user_name TEXT"),
         ] {
             let added = sqlx::query(&format!("ALTER TABLE {table} ADD COLUMN {column}"))
                 .execute(&pool)

@@ -44,6 +44,7 @@ fn approval(id: &str, task_id: &str, kind: ApprovalKind) -> ApprovalRecord {
         kind,
         task_id: task_id.into(),
         agent: "bot".into(),
+        user: None,
         purpose: "p".into(),
         tools: vec!["web.search".into()],
         call_tool: None,
@@ -620,7 +621,7 @@ async fn people_and_oauth(store: Arc<dyn Store>) {
     );
 
     assert_eq!(
-        store.expire_codes(70_000).await.unwrap(),
+        store.expire_codes(70_000, 0).await.unwrap(),
         Vec::<String>::new(),
         "a redeemed code does not expire"
     );
@@ -631,15 +632,15 @@ async fn people_and_oauth(store: Arc<dyn Store>) {
     store.insert_grant(&unredeemed).await.unwrap();
     assert!(store.set_code("tsk_b", "c0de-b", 61_000).await.unwrap());
     assert_eq!(
-        store.expire_codes(60_999).await.unwrap(),
+        store.expire_codes(60_999, 0).await.unwrap(),
         Vec::<String>::new()
     );
     assert_eq!(
-        store.expire_codes(61_000).await.unwrap(),
+        store.expire_codes(61_000, 0).await.unwrap(),
         vec!["tsk_b".to_string()]
     );
     assert_eq!(
-        store.expire_codes(62_000).await.unwrap(),
+        store.expire_codes(62_000, 0).await.unwrap(),
         Vec::<String>::new(),
         "once"
     );
@@ -647,6 +648,48 @@ async fn people_and_oauth(store: Arc<dyn Store>) {
         store.redeem_code("c0de-b").await.unwrap(),
         Redeemed::Expired(_)
     ));
+
+    // A grant nobody came back for (its approval never collected) ends too.
+    let unclaimed = OAuthGrant {
+        task_id: "tsk_c".into(),
+        created_at_ms: 5_000,
+        ..store.get_grant("tsk_a").await.unwrap().unwrap()
+    };
+    store.insert_grant(&unclaimed).await.unwrap();
+    assert_eq!(
+        store.expire_codes(62_000, 4_999).await.unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        store.expire_codes(62_000, 5_000).await.unwrap(),
+        vec!["tsk_c".to_string()]
+    );
+    assert!(
+        !store.set_code("tsk_c", "late", 99_000).await.unwrap(),
+        "too late for a code"
+    );
+    assert_eq!(store.count_clients().await.unwrap(), 1);
+    assert_eq!(
+        store.prune_clients(2_000).await.unwrap(),
+        0,
+        "lc_1 has grants"
+    );
+    store
+        .insert_client(&OAuthClient {
+            client_id: "lc_unused".into(),
+            client_name: "Unused".into(),
+            redirect_uris: vec!["http://127.0.0.1:9/cb".into()],
+            created_at_ms: 1_000,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.prune_clients(1_000).await.unwrap(),
+        0,
+        "not old enough"
+    );
+    assert_eq!(store.prune_clients(1_001).await.unwrap(), 1);
+    assert_eq!(store.get_client("lc_unused").await.unwrap(), None);
 
     store.insert_refresh("r1", "tsk_a", 2_000).await.unwrap();
     assert_eq!(

@@ -62,6 +62,7 @@ pub fn view(a: &ApprovalRecord) -> ApprovalView {
         approval_id: a.approval_id.clone(),
         task_id: (!a.task_id.is_empty()).then(|| a.task_id.clone()),
         agent: a.agent.clone(),
+        user: a.user.clone(),
         kind: a.kind.as_str().into(),
         purpose: a.purpose.clone(),
         tools: a.tools.clone(),
@@ -169,6 +170,7 @@ impl Approvals {
             kind,
             task_id: task_id.to_string(),
             agent,
+            user: None,
             purpose,
             tools,
             call_tool: None,
@@ -245,6 +247,7 @@ impl Approvals {
             task.purpose.clone(),
             task.tools.clone(),
         );
+        approval.user = task.user.clone();
         approval.call_tool = call.map(|(tool, _)| tool.to_string());
         approval.call_args = call.map(|(_, args)| args.clone());
         approval.args_hash = call.map(|(_, args)| args_hash(args));
@@ -300,6 +303,16 @@ impl Approvals {
                 "approval {approval_id} is already {}",
                 approval.state.as_str()
             )));
+        }
+        // A person approves nobody's request of their own: their MCP client's task
+        // waits for another approver (denying it is fine).
+        if approve
+            && let (Some(person), Some(user)) = (actor.strip_prefix("user:"), &approval.user)
+            && person == user
+        {
+            return Err(ApiError::Forbidden(
+                "this request is your own; another approver must decide it".into(),
+            ));
         }
         let target = if approve {
             ApprovalState::Approved

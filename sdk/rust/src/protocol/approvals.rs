@@ -22,8 +22,12 @@ pub struct ApprovalView {
     /// The task (null for a tool-definition approval).
     #[serde(default)]
     pub task_id: Option<String>,
-    /// The agent asking (empty for a tool-definition approval).
+    /// The agent asking (empty for a tool-definition approval; `client:<id>` for an MCP
+    /// client).
     pub agent: String,
+    /// The person whose MCP client asks (their grant applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// `issuance`, `call`, `renewal` or `definition`.
     pub kind: String,
     /// The task's purpose, or the changed definition.
