@@ -45,6 +45,13 @@ const METADATA_TTL: Duration = Duration::from_secs(300);
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 /// Time allowed for one request to the provider.
 const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The ID token signatures accepted (RS256, PS256, ES256, EdDSA).
+const ID_TOKEN_ALGS: [CoreJwsSigningAlgorithm; 4] = [
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
+    CoreJwsSigningAlgorithm::RsaSsaPssSha256,
+    CoreJwsSigningAlgorithm::EcdsaP256Sha256,
+    CoreJwsSigningAlgorithm::EdDsa,
+];
 /// The kind of sealed value the cookie holds.
 const SEALED_KIND: &str = "oidc sign-in";
 
@@ -314,24 +321,14 @@ impl OidcSignIn {
             .ok_or_else(|| refused("the provider sent no ID token"))?;
         let nonce = Nonce::new(pending.nonce.clone());
         let checked = {
-            let verifier = client.id_token_verifier().set_allowed_algs([
-                CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
-                CoreJwsSigningAlgorithm::RsaSsaPssSha256,
-                CoreJwsSigningAlgorithm::EcdsaP256Sha256,
-                CoreJwsSigningAlgorithm::EdDsa,
-            ]);
+            let verifier = client.id_token_verifier().set_allowed_algs(ID_TOKEN_ALGS);
             id_token.claims(&verifier, &nonce).map(|_| ())
         };
         if let Err(first) = checked {
             // Perhaps the provider rotated its keys: read them again, once.
             let metadata = self.metadata(true).await?;
             let client = self.client(metadata, &pending.redirect_uri)?;
-            let verifier = client.id_token_verifier().set_allowed_algs([
-                CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
-                CoreJwsSigningAlgorithm::RsaSsaPssSha256,
-                CoreJwsSigningAlgorithm::EcdsaP256Sha256,
-                CoreJwsSigningAlgorithm::EdDsa,
-            ]);
+            let verifier = client.id_token_verifier().set_allowed_algs(ID_TOKEN_ALGS);
             id_token.claims(&verifier, &nonce).map_err(|_| {
                 OidcFailure::Refused(format!("the ID token does not check out: {first}"))
             })?;
@@ -351,43 +348,41 @@ impl OidcSignIn {
 
 /// Who the verified claims name, by `settings`' claims.
 fn person(settings: &OidcSettings, claims: &serde_json::Value) -> Result<SignedIn, OidcFailure> {
-    {
-        let name_claim = &settings.username_claim;
-        let user = claims[name_claim.as_str()]
-            .as_str()
-            .map(str::trim)
-            .filter(|name| crate::ids::is_user_name(name))
-            .ok_or_else(|| {
-                OidcFailure::Refused(format!(
-                    "the ID token has no usable {name_claim:?} claim to name you by"
-                ))
-            })?;
-        // An e-mail names a person only if the provider vouches for it: without
-        // `email_verified: true`, someone could set the victim's address on an account of
-        // their own ("nOAuth"). Providers that do not assert it: name people by another
-        // claim (`username_claim`).
-        if name_claim == "email" && claims["email_verified"] != serde_json::Value::Bool(true) {
-            return Err(OidcFailure::Refused(
-                "the provider does not vouch for this e-mail address (email_verified is not true); name people by another claim (username_claim)".into(),
-            ));
-        }
-        let groups: Vec<String> = match &claims[settings.groups_claim.as_str()] {
-            serde_json::Value::Array(items) => items
-                .iter()
-                .filter_map(|g| g.as_str().map(str::to_string))
-                .collect(),
-            serde_json::Value::String(one) => vec![one.clone()],
-            _ => Vec::new(),
-        };
-        let approver = groups
-            .iter()
-            .any(|group| settings.approver_groups.contains(group));
-        Ok(SignedIn {
-            user: user.to_string(),
-            approver,
-            groups,
-        })
+    let name_claim = &settings.username_claim;
+    let user = claims[name_claim.as_str()]
+        .as_str()
+        .map(str::trim)
+        .filter(|name| crate::ids::is_user_name(name))
+        .ok_or_else(|| {
+            OidcFailure::Refused(format!(
+                "the ID token has no usable {name_claim:?} claim to name you by"
+            ))
+        })?;
+    // An e-mail names a person only if the provider vouches for it: without
+    // `email_verified: true`, someone could set the victim's address on an account of
+    // their own ("nOAuth"). Providers that do not assert it: name people by another
+    // claim (`username_claim`).
+    if name_claim == "email" && claims["email_verified"] != serde_json::Value::Bool(true) {
+        return Err(OidcFailure::Refused(
+            "the provider does not vouch for this e-mail address (email_verified is not true); name people by another claim (username_claim)".into(),
+        ));
     }
+    let groups: Vec<String> = match &claims[settings.groups_claim.as_str()] {
+        serde_json::Value::Array(items) => items
+            .iter()
+            .filter_map(|g| g.as_str().map(str::to_string))
+            .collect(),
+        serde_json::Value::String(one) => vec![one.clone()],
+        _ => Vec::new(),
+    };
+    let approver = groups
+        .iter()
+        .any(|group| settings.approver_groups.contains(group));
+    Ok(SignedIn {
+        user: user.to_string(),
+        approver,
+        groups,
+    })
 }
 
 /// The query of the provider's callback.
