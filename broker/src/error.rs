@@ -76,6 +76,18 @@ pub enum ApiError {
         /// Seconds to wait.
         retry_after_secs: u64,
     },
+    /// The tool acts as the task's person at a provider where they have no working
+    /// connection (403 `connection_required`, with the URL to connect).
+    #[error("{message}")]
+    ConnectionRequired {
+        /// What is missing, for people.
+        message: String,
+        /// The `[providers]` entry.
+        provider: String,
+        /// Where the person connects (a path until [`ApiError::with_base`] makes it
+        /// absolute).
+        connect_url: String,
+    },
     /// A call budget (the grant's, the task's or a token's) is used up.
     #[error("{0}")]
     BudgetExhausted(String),
@@ -136,12 +148,32 @@ impl ApiError {
             ApiError::BudgetExhausted(_) | ApiError::RateLimited { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, ErrorCode::BudgetExhausted)
             }
+            ApiError::ConnectionRequired { .. } => {
+                (StatusCode::FORBIDDEN, ErrorCode::ConnectionRequired)
+            }
             ApiError::UpstreamError(_) => (StatusCode::BAD_GATEWAY, ErrorCode::UpstreamError),
             ApiError::UpstreamTimeout(_) => {
                 (StatusCode::GATEWAY_TIMEOUT, ErrorCode::UpstreamTimeout)
             }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
             ApiError::Internal(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
+        }
+    }
+
+    /// This error with a relative `connect_url` made absolute under `base` (the broker's
+    /// public URL).
+    pub fn with_base(self, base: &str) -> Self {
+        match self {
+            ApiError::ConnectionRequired {
+                message,
+                provider,
+                connect_url,
+            } if connect_url.starts_with('/') => ApiError::ConnectionRequired {
+                message,
+                provider,
+                connect_url: format!("{}{connect_url}", base.trim_end_matches('/')),
+            },
+            other => other,
         }
     }
 
@@ -160,6 +192,15 @@ impl IntoResponse for ApiError {
         let mut error = json!({ "code": code, "message": self.to_string() });
         if let ApiError::InvalidArguments { violations, .. } = &self {
             error["violations"] = json!(violations);
+        }
+        if let ApiError::ConnectionRequired {
+            provider,
+            connect_url,
+            ..
+        } = &self
+        {
+            error["provider"] = json!(provider);
+            error["connect_url"] = json!(connect_url);
         }
         let mut response = (status, axum::Json(json!({ "error": error }))).into_response();
         if let ApiError::RateLimited {

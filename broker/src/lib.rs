@@ -28,6 +28,7 @@ pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod datadir;
 pub mod error;
 pub mod events;

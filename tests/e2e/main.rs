@@ -9,6 +9,7 @@ mod audit;
 mod bad_input;
 mod browser;
 mod conformance_auth;
+mod connections;
 mod faults;
 mod interop;
 mod lifecycle;

@@ -910,7 +910,7 @@ async fn consent(broker: &TestBroker, user: &str, password: &str, scope: Option<
 
 /// With a browser already signed in: the consent page for `app`, allowed as preselected;
 /// the code.
-async fn code_with(
+pub(crate) async fn code_with(
     broker: &TestBroker,
     browser: &mut Browser,
     app: &App,

@@ -59,19 +59,17 @@ const PATIENCE: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------- the provider
 
-/// oidc-provider running `tests/oidc/provider.mjs`; killed on drop.
-struct Provider {
-    issuer: String,
+/// A Node.js script of `tests/oidc` (oidc-provider's folder), running; killed on drop.
+pub(crate) struct NodeScript {
     _child: Child,
-    /// Held open: the provider exits when its stdin closes.
+    /// Held open: the script exits when its stdin closes.
     _stdin: ChildStdin,
     _stdout: Lines<BufReader<ChildStdout>>,
 }
 
-impl Provider {
-    /// Starts the provider on `port` with Leash's client (`leash`, [`CLIENT_SECRET`]) and
-    /// `redirect_uri`; returns once it listens.
-    async fn start(port: u16, redirect_uri: &str) -> Provider {
+impl NodeScript {
+    /// Runs `tests/oidc/{script}` with `args`; returns once it printed `ready`.
+    pub(crate) async fn start(script: &str, args: &[String], ready: &str) -> NodeScript {
         let folder = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("oidc");
         assert!(
             folder.join("node_modules/oidc-provider").exists(),
@@ -85,12 +83,8 @@ impl Provider {
             PathBuf::from("node")
         };
         let mut child = Command::new(node)
-            .arg(folder.join("provider.mjs"))
-            .arg("--port")
-            .arg(port.to_string())
-            .args(["--client-id", CLIENT_ID])
-            .args(["--client-secret", CLIENT_SECRET])
-            .args(["--redirect-uri", redirect_uri])
+            .arg(folder.join(script))
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -101,16 +95,51 @@ impl Provider {
         let mut said = BufReader::new(child.stdout.take().unwrap()).lines();
         let line = tokio::time::timeout(Duration::from_secs(30), said.next_line())
             .await
-            .expect("oidc-provider did not start in time")
+            .unwrap_or_else(|_| panic!("{script} did not start in time"))
             .unwrap()
             .unwrap_or_default();
-        let issuer = format!("http://127.0.0.1:{port}");
-        assert_eq!(line.trim(), format!("oidc-provider listening {issuer}"));
-        Provider {
-            issuer,
+        assert_eq!(line.trim(), ready);
+        NodeScript {
             _child: child,
             _stdin: stdin,
             _stdout: said,
+        }
+    }
+}
+
+/// oidc-provider running `tests/oidc/provider.mjs`.
+struct Provider {
+    issuer: String,
+    _script: NodeScript,
+}
+
+impl Provider {
+    /// Starts the provider on `port` with Leash's client (`leash`, [`CLIENT_SECRET`]) and
+    /// `redirect_uri`; returns once it listens.
+    async fn start(port: u16, redirect_uri: &str) -> Provider {
+        let issuer = format!("http://127.0.0.1:{port}");
+        let args: Vec<String> = [
+            "--port",
+            &port.to_string(),
+            "--client-id",
+            CLIENT_ID,
+            "--client-secret",
+            CLIENT_SECRET,
+            "--redirect-uri",
+            redirect_uri,
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        let script = NodeScript::start(
+            "provider.mjs",
+            &args,
+            &format!("oidc-provider listening {issuer}"),
+        )
+        .await;
+        Provider {
+            issuer,
+            _script: script,
         }
     }
 }
@@ -266,7 +295,7 @@ async fn leave_for_the_provider(
 
 /// How the person answers the provider's consent page.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Answer {
+pub(crate) enum Answer {
     Allow,
     Decline,
 }
@@ -282,7 +311,29 @@ async fn through_the_provider(
     login: &str,
     answer: Answer,
 ) -> String {
-    let callback = format!("{}?", callback_of(broker));
+    through_a_provider(
+        browser,
+        &provider.issuer,
+        &callback_of(broker),
+        authorization,
+        login,
+        answer,
+    )
+    .await
+}
+
+/// From an oidc-provider's authorization URL (at `issuer`) through its development
+/// sign-in form (as `login`, any password) and consent form: the URL it sends the browser
+/// back to under `callback` (not followed).
+pub(crate) async fn through_a_provider(
+    browser: &mut Browser,
+    issuer: &str,
+    callback: &str,
+    authorization: &str,
+    login: &str,
+    answer: Answer,
+) -> String {
+    let callback = format!("{callback}?");
     let mut url = authorization.to_string();
     for _ in 0..12 {
         let page = browser.get(&url).await;
@@ -321,12 +372,12 @@ async fn through_the_provider(
             matches!(sent.status, 302 | 303),
             "the provider redirects: {sent:?}"
         );
-        let next = absolute(&provider.issuer, sent.location.as_deref().unwrap_or(""));
+        let next = absolute(issuer, sent.location.as_deref().unwrap_or(""));
         if next.starts_with(&callback) {
             return next;
         }
         assert!(
-            next.starts_with(&format!("{}/", provider.issuer)),
+            next.starts_with(&format!("{}/", issuer)),
             "the provider sent the browser elsewhere: {next}"
         );
         url = next;

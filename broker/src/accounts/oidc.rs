@@ -21,8 +21,8 @@ use openidconnect::core::{
     CoreAuthenticationFlow, CoreClient, CoreJwsSigningAlgorithm, CoreProviderMetadata,
 };
 use openidconnect::{
-    AuthorizationCode, ClientId, ClientSecret, CsrfToken, HttpRequest, HttpResponse, IssuerUrl,
-    Nonce, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope,
+    AuthorizationCode, ClientId, ClientSecret, CsrfToken, HttpRequest, IssuerUrl, Nonce,
+    PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -34,6 +34,7 @@ use crate::audit::log::{Audit, AuditEvent};
 use crate::clock::Clock;
 use crate::policy::OidcSettings;
 use crate::tokens::seal::Sealer;
+use crate::upstream::provider_http::{self, describe_chain};
 
 /// The cookie holding a sign-in in progress.
 pub const OIDC_COOKIE: &str = "leash_oidc";
@@ -41,10 +42,6 @@ pub const OIDC_COOKIE: &str = "leash_oidc";
 pub const LOGIN_MS: i64 = 10 * 60 * 1000;
 /// How long discovered provider metadata (and its keys) is used before it is read again.
 const METADATA_TTL: Duration = Duration::from_secs(300);
-/// Largest answer read from the provider.
-const MAX_ANSWER_BYTES: usize = 1024 * 1024;
-/// Time allowed for one request to the provider.
-const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The ID token signatures accepted (RS256, PS256, ES256, EdDSA).
 const ID_TOKEN_ALGS: [CoreJwsSigningAlgorithm; 4] = [
     CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
@@ -79,11 +76,6 @@ struct Pending {
     redirect_uri: String,
     expires_at_ms: i64,
 }
-
-/// The failing HTTP exchange with the provider.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ProviderHttpError(String);
 
 /// Sign-in through the OpenID provider.
 pub struct OidcSignIn {
@@ -130,34 +122,6 @@ impl OidcSignIn {
             .unwrap_or_else(|| self.settings.issuer.clone())
     }
 
-    async fn exchange(
-        http: reqwest::Client,
-        request: HttpRequest,
-    ) -> Result<HttpResponse, ProviderHttpError> {
-        let fail = |e: &dyn std::fmt::Display| ProviderHttpError(e.to_string());
-        let request = reqwest::Request::try_from(request).map_err(|e| fail(&e))?;
-        let mut response = tokio::time::timeout(PROVIDER_TIMEOUT, http.execute(request))
-            .await
-            .map_err(|_| fail(&"no answer within 10 seconds"))?
-            .map_err(|e| ProviderHttpError(leash_sdk::tls::describe(&e)))?;
-        let mut answer = HttpResponse::new(Vec::new());
-        *answer.status_mut() = response.status();
-        *answer.headers_mut() = response.headers().clone();
-        let mut body = Vec::new();
-        while let Some(chunk) = tokio::time::timeout(PROVIDER_TIMEOUT, response.chunk())
-            .await
-            .map_err(|_| fail(&"the answer stalled"))?
-            .map_err(|e| fail(&e))?
-        {
-            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
-                return Err(fail(&"the answer is larger than 1 MiB"));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        *answer.body_mut() = body;
-        Ok(answer)
-    }
-
     /// The provider's metadata and keys: discovered, then kept for five minutes (or
     /// read again at once with `fresh`, after a key the cached set does not hold).
     async fn metadata(&self, fresh: bool) -> Result<CoreProviderMetadata, OidcFailure> {
@@ -171,7 +135,7 @@ impl OidcSignIn {
         let issuer = IssuerUrl::new(self.settings.issuer.clone())
             .map_err(|e| OidcFailure::Unreachable(format!("the issuer URL is not valid: {e}")))?;
         let http = self.http.clone();
-        let client = move |request: HttpRequest| Self::exchange(http.clone(), request);
+        let client = move |request: HttpRequest| provider_http::send(http.clone(), request);
         let metadata = CoreProviderMetadata::discover_async(issuer, &client)
             .await
             .map_err(|e| OidcFailure::Unreachable(describe_chain(&e)))?;
@@ -307,7 +271,7 @@ impl OidcSignIn {
         let metadata = self.metadata(false).await?;
         let client = self.client(metadata, &pending.redirect_uri)?;
         let http = self.http.clone();
-        let http_client = move |request: HttpRequest| Self::exchange(http.clone(), request);
+        let http_client = move |request: HttpRequest| provider_http::send(http.clone(), request);
         let tokens = client
             .exchange_code(AuthorizationCode::new(code))
             .map_err(|e| OidcFailure::Unreachable(e.to_string()))?
@@ -403,17 +367,6 @@ pub struct Callback {
     /// Its description.
     #[serde(default)]
     pub error_description: Option<String>,
-}
-
-fn describe_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

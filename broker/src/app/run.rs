@@ -32,6 +32,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let sweeper = tokio::spawn(sweep_forever(state.clone()));
+    let provider_revocations = tokio::spawn(
+        state
+            .connections
+            .clone()
+            .run_revocations(PROVIDER_REVOCATION_SWEEP),
+    );
+    let ended_tasks = tokio::spawn(wake_on_task_end(state.clone()));
     let checkpointer = checkpoints(&state);
     let checkpoints = tokio::spawn(checkpointer.clone().run_forever());
     state.upstreams.start(&Discovery {
@@ -63,6 +70,8 @@ pub async fn run(
     )
     .await;
     sweeper.abort();
+    provider_revocations.abort();
+    ended_tasks.abort();
     checkpoints.abort();
     state.tasks.flush().await;
     state.audit.flush().await;
@@ -87,6 +96,28 @@ pub async fn prune_revocations(state: &AppState) -> anyhow::Result<(u64, usize)>
         .await?;
     let from_memory = state.revoked.prune(now);
     Ok((from_feed, from_memory))
+}
+
+/// How often ended tasks' provider tokens are looked for (tasks other replicas ended, and
+/// revocations to retry); a task ending here wakes the sweep at once.
+const PROVIDER_REVOCATION_SWEEP: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Tells the provider-token revocation sweep of every task that ends on this replica.
+async fn wake_on_task_end(state: AppState) {
+    let mut events = state.events.subscribe();
+    loop {
+        match events.recv().await {
+            Ok(event) if event.kind.starts_with("task.") && event.kind != "task.activated" => {
+                state.connections.task_ended()
+            }
+            Ok(_) => {}
+            // Missed some: sweep anyway.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                state.connections.task_ended()
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+        }
+    }
 }
 
 /// Ends expired and idle tasks, every `sweep_interval`; prunes revoked ids every

@@ -137,6 +137,14 @@ pub async fn prepare(
         config.rate_burst,
         clock.clone(),
     ));
+    let connections = Arc::new(crate::connections::Connections::new(
+        policy.clone(),
+        proxy.client(),
+        store.clone(),
+        sealer.clone(),
+        audit.clone(),
+        clock.clone(),
+    ));
     let Services {
         issuer,
         verifier,
@@ -164,6 +172,7 @@ pub async fn prepare(
         max_revoked_tokens_per_task: config.max_revoked_tokens_per_task,
         capability_ttl: config.capability_ttl,
         access_token_ttl: config.access_token_ttl,
+        connections: connections.clone(),
     });
     let accounts = Arc::new(crate::accounts::passwords::Accounts::new(
         store.clone(),
@@ -203,6 +212,7 @@ pub async fn prepare(
         ))
     });
     Ok(AppState {
+        connections,
         accounts,
         oidc,
         sessions,

@@ -98,6 +98,8 @@ pub struct AppState {
     /// SHA-256 of the admin token (compared in constant time).
     #[from_ref(skip)]
     pub admin_digest: [u8; 32],
+    /// People's upstream connections (`/connections`, provider tokens per call).
+    pub connections: Arc<crate::connections::Connections>,
     /// Local accounts and sign-in.
     pub accounts: Arc<crate::accounts::passwords::Accounts>,
     /// Sign-in through the OpenID provider, when `[sign_in.oidc]` names one.

@@ -5,6 +5,7 @@
 mod admin;
 mod approvals;
 pub mod auth;
+mod connections;
 pub mod edge;
 mod extract;
 mod feeds;
@@ -72,6 +73,17 @@ pub fn router(state: AppState) -> Router {
         .route("/signin/oidc", get(signin::oidc_start))
         .route("/signin/oidc/callback", get(signin::oidc_callback))
         .route("/v1/session", get(signin::current))
+        .route("/connections", get(connections::page))
+        .route("/connections/callback", get(connections::callback))
+        .route(
+            "/connections/{provider}/connect",
+            post(connections::connect),
+        )
+        .route(
+            "/connections/{id}/disconnect",
+            post(connections::disconnect),
+        )
+        .route("/v1/connections", get(connections::list))
         .route(
             "/.well-known/oauth-authorization-server",
             get(oauth::metadata),

@@ -7,6 +7,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::connections::service::ProviderView;
 use crate::oauth::server::{Authorization, ConsentChoices};
 
 /// Escapes text for HTML content and attribute values.
@@ -25,8 +26,9 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-/// A whole page: `title`, then `body` (already HTML). `form_target` is an extra
-/// `form-action` source (the origin a consent answer redirects to).
+/// A whole page: `title`, then `body` (already HTML). `form_target` holds extra
+/// `form-action` sources, space-separated (the origin a consent answer redirects to, the
+/// providers a connect form leads to).
 pub fn page(status: StatusCode, title: &str, body: &str, form_target: Option<&str>) -> Response {
     let html = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
@@ -36,10 +38,12 @@ pub fn page(status: StatusCode, title: &str, body: &str, form_target: Option<&st
          <main><div class=\"card narrow\">{body}</div></main></body></html>\n",
         title = escape(title),
     );
-    let extra = form_target
-        .filter(|t| !t.contains([';', ',', '\'', '"', ' ', '\n', '\r']))
+    let extra: String = form_target
+        .unwrap_or_default()
+        .split(' ')
+        .filter(|t| !t.is_empty() && !t.contains([';', ',', '\'', '"', '\n', '\r', '\t']))
         .map(|t| format!(" {t}"))
-        .unwrap_or_default();
+        .collect();
     let csp = format!(
         "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; \
          form-action 'self'{extra}; frame-ancestors 'none'"
@@ -252,6 +256,91 @@ pub fn signed_in(user: &str, csrf: &str) -> Response {
         hidden("csrf", csrf)
     );
     page(StatusCode::OK, "Signed in", &body, None)
+}
+
+/// `/connections`: the person's accounts at each provider, with connect and disconnect
+/// forms; `asked` is the provider a refused call pointed them to.
+pub fn connections(
+    user: &str,
+    csrf: &str,
+    providers: &[ProviderView],
+    asked: Option<&str>,
+    form_targets: &str,
+) -> Response {
+    let mut rows = String::new();
+    for provider in providers {
+        let name = escape(&provider.provider);
+        let title = escape(&provider.display_name);
+        let highlight = if asked == Some(provider.provider.as_str()) {
+            " class=\"asked\""
+        } else {
+            ""
+        };
+        let per_task = if provider.per_task_tokens {
+            "Each task gets its own narrowed token, revoked at the provider when the task ends."
+        } else {
+            "Tasks use your account's token; ending a task does not revoke it at the provider."
+        };
+        let connect_form = |label: &str| {
+            format!(
+                "<form method=\"post\" action=\"/connections/{name}/connect\">{}\
+                 <button class=\"primary\" type=\"submit\">{label}</button></form>",
+                hidden("csrf", csrf)
+            )
+        };
+        let status = match &provider.connection {
+            None => format!("<p>Not connected.</p>{}", connect_form("Connect")),
+            Some(c) if c.state == "active" => format!(
+                "<p class=\"connected\">Connected (<code>{}</code>), scopes <code>{}</code>.</p>\
+                 <form method=\"post\" action=\"/connections/{}/disconnect\">{}\
+                 <button class=\"danger\" type=\"submit\">Disconnect</button></form>",
+                escape(&c.connection_id),
+                escape(&c.scopes),
+                escape(&c.connection_id),
+                hidden("csrf", csrf),
+            ),
+            Some(c) => format!(
+                "<p class=\"error broken\">Broken: {}. Calls that need it are refused until you connect again.</p>{}\
+                 <form method=\"post\" action=\"/connections/{}/disconnect\">{}\
+                 <button type=\"submit\">Forget it</button></form>",
+                escape(
+                    c.broken_reason
+                        .as_deref()
+                        .unwrap_or("the provider refused it")
+                ),
+                connect_form("Connect again"),
+                escape(&c.connection_id),
+                hidden("csrf", csrf),
+            ),
+        };
+        rows.push_str(&format!(
+            "<section id=\"provider-{name}\"{highlight} data-provider=\"{name}\"><h3>{title}</h3>\
+             <p class=\"muted\">{per_task}</p>{status}</section>"
+        ));
+    }
+    if providers.is_empty() {
+        rows.push_str("<p>This broker has no providers configured.</p>");
+    }
+    let notice = asked
+        .filter(|a| providers.iter().any(|p| p.provider == *a))
+        .map(|a| {
+            format!(
+                "<p class=\"notice\">A task needs your account at <strong>{}</strong>: connect it below, then let the agent try again.</p>",
+                escape(a)
+            )
+        })
+        .unwrap_or_default();
+    let body = format!(
+        "<h2>Connected accounts</h2><p>Signed in as <strong>{}</strong>. Agents acting for you reach these \
+         providers as you; they never see the tokens.</p>{notice}{rows}",
+        escape(user)
+    );
+    page(
+        StatusCode::OK,
+        "Connected accounts",
+        &body,
+        Some(form_targets),
+    )
 }
 
 #[cfg(test)]

@@ -10,8 +10,10 @@ use leash_sdk::protocol::{CallResult, PendingApproval, ToolInfo, ToolList};
 use serde_json::Value;
 
 use super::extract::{PathParam, RawBody, parse_json};
+use crate::config::ServeConfig;
 use crate::error::{ApiError, ApiResult};
 use crate::http::auth::TaskToken;
+use crate::mcp::guard::public_url;
 use crate::policy::ToolApproval;
 use crate::tasks::calls::{CallOutcome, Calls};
 
@@ -64,6 +66,7 @@ pub async fn list(
 pub async fn call(
     TaskToken(token): TaskToken,
     State(calls): State<Arc<Calls>>,
+    State(config): State<Arc<ServeConfig>>,
     headers: HeaderMap,
     PathParam(tool): PathParam,
     RawBody(body): RawBody,
@@ -79,10 +82,15 @@ pub async fn call(
                 .to_string(),
         ),
     };
-    match calls
+    let outcome = calls
         .call_tool(token, &tool, args, approval.as_deref())
-        .await?
-    {
+        .await
+        .map_err(|err| match public_url(&config, &headers) {
+            // `connection_required` names where to connect, as an absolute URL.
+            Ok(base) => err.with_base(&base),
+            Err(_) => err,
+        })?;
+    match outcome {
         CallOutcome::Done(result) => Ok(Json(CallResult { result }).into_response()),
         CallOutcome::PendingApproval(approval_id) => Ok((
             StatusCode::ACCEPTED,

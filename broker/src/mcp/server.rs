@@ -27,13 +27,26 @@ use crate::upstream::dispatch::Upstream;
 #[derive(Clone)]
 pub struct LeashMcp {
     calls: Arc<Calls>,
+    config: Arc<ServeConfig>,
+}
+
+impl LeashMcp {
+    /// The broker's public URL as this request reached it (links in errors).
+    fn base_of(&self, context: &RequestContext<RoleServer>) -> String {
+        context
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|parts| super::guard::public_url(&self.config, &parts.headers).ok())
+            .unwrap_or_default()
+    }
 }
 
 /// The `/mcp` service: stateless Streamable HTTP, with the broker's Host allow-list.
 pub fn service(
     calls: Arc<Calls>,
-    config: &ServeConfig,
+    config: &Arc<ServeConfig>,
 ) -> StreamableHttpService<LeashMcp, NeverSessionManager> {
+    let shared = config.clone();
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         .with_json_response(true)
@@ -43,6 +56,7 @@ pub fn service(
         move || {
             Ok(LeashMcp {
                 calls: calls.clone(),
+                config: shared.clone(),
             })
         },
         Arc::new(NeverSessionManager::default()),
@@ -63,6 +77,38 @@ fn approval_of(context: &RequestContext<RoleServer>) -> Option<String> {
     let value = parts.headers.get(leash_sdk::protocol::APPROVAL_HEADER)?;
     value.to_str().ok().map(|v| v.trim().to_string())
 }
+
+/// MCP's URL-mode elicitation error (`-32042`, 2025-11-25): the person behind the client
+/// must visit `connect_url` to connect an account before the call can succeed. Stateless
+/// `/mcp` cannot know the client's declared capabilities, so every client gets it; one
+/// that does not know the code still reads the URL in the message.
+fn url_elicitation(err: ApiError) -> ErrorData {
+    let message = err.to_string();
+    let ApiError::ConnectionRequired {
+        provider,
+        connect_url,
+        ..
+    } = err
+    else {
+        return ErrorData::internal_error(message, None);
+    };
+    let text = format!("{message} ({connect_url})");
+    ErrorData::new(
+        rmcp::model::ErrorCode(URL_ELICITATION_REQUIRED),
+        text.clone(),
+        Some(serde_json::json!({
+            "elicitations": [{
+                "mode": "url",
+                "elicitationId": format!("connect-{provider}-{}", crate::ids::random_hex(8)),
+                "url": connect_url,
+                "message": text,
+            }]
+        })),
+    )
+}
+
+/// JSON-RPC error code of `URLElicitationRequiredError`.
+const URL_ELICITATION_REQUIRED: i32 = -32042;
 
 /// A refusal as a tool result the agent can read: the API's code and message.
 fn refused(err: &ApiError) -> CallToolResult {
@@ -155,6 +201,9 @@ impl ServerHandler for LeashMcp {
             }
             Err(err @ (ApiError::UnknownTool(_) | ApiError::BadRequest(_))) => {
                 Err(ErrorData::invalid_params(err.to_string(), None))
+            }
+            Err(err @ ApiError::ConnectionRequired { .. }) => {
+                Err(url_elicitation(err.with_base(&self.base_of(&context))))
             }
             Err(err) => Ok(refused(&err).into()),
         }

@@ -79,6 +79,8 @@ pub fn load_sources(
     let mut grant_places: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let mut user_places: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let mut group_places: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    // Every `upstream_auth.provider`, checked once all files are read.
+    let mut provider_refs: Vec<(usize, usize, String)> = Vec::new();
     let mut sign_in_seen = false;
     let mut approvals_seen = false;
 
@@ -121,8 +123,11 @@ pub fn load_sources(
                             );
                             continue;
                         }
-                        if let Some(tool) = file.tool(&name, offset, table, env) {
+                        if let Some((tool, auth_at)) = file.tool(&name, offset, table, env) {
                             tool_places.insert(name.clone(), (index, file.line(offset)));
+                            if let (Some(at), Some(auth)) = (auth_at, &tool.upstream_auth) {
+                                provider_refs.push((index, at, auth.provider.clone()));
+                            }
                             policy.tools.insert(name, Arc::new(tool));
                         }
                     }
@@ -184,6 +189,19 @@ pub fn load_sources(
                     }
                     approvals_seen = true;
                 }
+                "providers" => {
+                    for (name, table) in file.section(value, "providers") {
+                        let offset = start(name);
+                        let name = name.get_ref().to_string();
+                        if policy.providers.contains_key(&name) {
+                            file.error(offset, format!("provider {name:?} is defined twice"));
+                            continue;
+                        }
+                        if let Some(provider) = file.provider(&name, offset, table, env) {
+                            policy.providers.insert(name, Arc::new(provider));
+                        }
+                    }
+                }
                 "mcp_servers" => {
                     for (name, table) in file.section(value, "mcp_servers") {
                         let offset = start(name);
@@ -205,7 +223,7 @@ pub fn load_sources(
                 other => file.error(
                     start(key),
                     format!(
-                        "unknown section {other:?} (expected tools, agents, users, groups, sign_in, mcp_servers, approvals)"
+                        "unknown section {other:?} (expected tools, agents, users, groups, sign_in, mcp_servers, providers, approvals)"
                     ),
                 ),
             }
@@ -238,6 +256,23 @@ pub fn load_sources(
                     ),
                 );
             }
+        }
+    }
+
+    for (index, offset, provider) in &provider_refs {
+        if !policy.providers.contains_key(provider) {
+            let (path, text) = &sources[*index];
+            FileCtx {
+                path,
+                source: text,
+                diagnostics: &mut diagnostics,
+            }
+            .error(
+                *offset,
+                format!(
+                    "upstream_auth names provider {provider:?}, which is not defined in [providers]"
+                ),
+            );
         }
     }
 

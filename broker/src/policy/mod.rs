@@ -8,6 +8,7 @@ mod fields;
 pub mod input_schema;
 mod load;
 mod model;
+mod providers;
 mod sections;
 mod toml_value;
 

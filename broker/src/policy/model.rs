@@ -28,6 +28,8 @@ pub struct Policy {
     pub approvals: ApprovalSettings,
     /// Upstream MCP servers, by name; their tools appear as `NAME.tool`.
     pub mcp_servers: BTreeMap<String, Arc<McpServerDef>>,
+    /// `[providers.NAME]`: OAuth providers Leash is a client of, for upstream credentials.
+    pub providers: BTreeMap<String, Arc<ProviderDef>>,
     /// Every value a `${ENV}` reference expanded to: scrubbed from every log line.
     pub secrets: Secrets,
 }
@@ -121,6 +123,70 @@ pub struct ToolDef {
     pub upstream_headers: Vec<(HeaderName, HeaderValue)>,
     /// For a tool of an upstream MCP server: `(server, tool name on that server)`.
     pub mcp: Option<(String, String)>,
+    /// `upstream_auth`: the provider whose access token each call carries (instead of a
+    /// static header).
+    pub upstream_auth: Option<UpstreamAuth>,
+}
+
+/// `upstream_auth = { provider, scopes, grant }` of a tool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamAuth {
+    /// The `[providers]` entry.
+    pub provider: String,
+    /// The scopes the tool needs at the provider.
+    pub scopes: Vec<String>,
+    /// Whose token: the task's user's, or the deployment's own.
+    pub grant: UpstreamGrant,
+}
+
+/// Whose access token a tool's calls carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamGrant {
+    /// The task's user's connected account (authorization code + PKCE, refreshed).
+    User,
+    /// The deployment's own token (`grant = "client_credentials"`).
+    ClientCredentials,
+}
+
+/// `[providers.NAME]`: an OAuth 2 provider Leash is a client of. Endpoints are written
+/// out, or read from the issuer's discovery document (`issuer`), written ones winning.
+pub struct ProviderDef {
+    /// The name (the key of `upstream_auth.provider`, shown on `/connections`).
+    pub name: String,
+    /// Shown to people (`display_name`, default the name).
+    pub display_name: String,
+    /// For discovery at `<issuer>/.well-known/openid-configuration` (or RFC 8414's
+    /// `oauth-authorization-server`).
+    pub issuer: Option<String>,
+    /// The authorization endpoint.
+    pub authorize_url: Option<reqwest::Url>,
+    /// The token endpoint.
+    pub token_url: Option<reqwest::Url>,
+    /// RFC 7009 revocation endpoint: disconnecting and ending a task revoke there.
+    pub revocation_url: Option<reqwest::Url>,
+    /// Whether the token endpoint does RFC 8693 token exchange: each task then gets its own
+    /// narrowed token, revoked when the task ends.
+    pub token_exchange: bool,
+    /// Leash's client id there.
+    pub client_id: String,
+    /// Leash's client secret there (a secret, never printed).
+    pub client_secret: Option<String>,
+    /// Scopes asked for at connect besides the tools' (e.g. `offline_access`).
+    pub scopes: Vec<String>,
+    /// Extra parameters of the authorization request (e.g. `prompt = "consent"`).
+    pub authorize_params: Vec<(String, String)>,
+}
+
+impl fmt::Debug for ProviderDef {
+    /// Never prints the client secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProviderDef")
+            .field("name", &self.name)
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("token_exchange", &self.token_exchange)
+            .finish_non_exhaustive()
+    }
 }
 
 impl fmt::Debug for ToolDef {

@@ -24,7 +24,7 @@ impl<'a> FileCtx<'a> {
         offset: usize,
         table: &DeTable<'_>,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Option<ToolDef> {
+    ) -> Option<(ToolDef, Option<usize>)> {
         let what = format!("tools.{name:?}");
         let before = self.diagnostics.len();
         if !is_tool_name(name) {
@@ -39,6 +39,7 @@ impl<'a> FileCtx<'a> {
                 "approval",
                 "input_schema",
                 "upstream_headers",
+                "upstream_auth",
             ],
             &what,
         );
@@ -107,20 +108,41 @@ impl<'a> FileCtx<'a> {
             Some(value) => self.header_table(value, &format!("{what}.upstream_headers"), env),
             None => Vec::new(),
         };
+        let upstream_auth = fields
+            .get("upstream_auth")
+            .and_then(|value| self.upstream_auth(value, &what));
+        if upstream_auth.is_some()
+            && upstream_headers
+                .iter()
+                .any(|(header, _)| header == axum::http::header::AUTHORIZATION)
+        {
+            self.error(
+                offset,
+                format!("{what} sets both upstream_auth and an Authorization header; keep one"),
+            );
+        }
         if self.diagnostics.len() > before {
             return None;
         }
-        Some(ToolDef {
-            name: name.to_string(),
-            description,
-            upstream: upstream?,
-            timeout: Duration::from_millis(timeout_ms as u64),
-            approval,
-            input_schema,
-            validator: validator?,
-            upstream_headers,
-            mcp: None,
-        })
+        let (upstream_auth, auth_at) = match upstream_auth {
+            Some((auth, at)) => (Some(auth), Some(at)),
+            None => (None, None),
+        };
+        Some((
+            ToolDef {
+                name: name.to_string(),
+                description,
+                upstream: upstream?,
+                timeout: Duration::from_millis(timeout_ms as u64),
+                approval,
+                input_schema,
+                validator: validator?,
+                upstream_headers,
+                mcp: None,
+                upstream_auth,
+            },
+            auth_at,
+        ))
     }
 
     /// A table of header name → value (with `${ENV}`), values marked sensitive and never echoed.

@@ -8,19 +8,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-/// Result type of the store.
-pub type StoreResult<T> = Result<T, StoreError>;
-
-/// A store failure. Callers fail closed on it.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The database failed.
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
-    /// A row holds something this version cannot read.
-    #[error("corrupt row: {0}")]
-    Corrupt(String),
-}
+pub use super::failure::{StoreError, StoreResult};
 
 /// The life of a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
@@ -368,7 +356,9 @@ pub struct UsageBatch {
 
 /// Durable state. One implementation per database; one behavioural suite for all.
 #[async_trait]
-pub trait Store: super::identity_api::IdentityStore + Send + Sync + 'static {
+pub trait Store:
+    super::identity_api::IdentityStore + super::connections_api::ConnectionStore + Send + Sync + 'static
+{
     /// Inserts a new task and the revocation id of its first token, unless `credential`
     /// (the revocation id of the agent credential that asks) is revoked: then nothing is
     /// inserted and the answer is `false`. Checked inside the inserting transaction and

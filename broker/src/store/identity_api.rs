@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 
-use super::api::StoreResult;
+use super::failure::StoreResult;
 
 /// A local account (`leash users add`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,12 +9,17 @@
 //!   differently: transactions, locks, notifications, schema;
 //! - `identity_api` and `identity`: people, web sessions, OAuth clients and grants
 //!   ([`IdentityStore`]) and their SQL;
+//! - `connections_api` and `connections`: people's upstream connections and the tokens
+//!   tasks got from them ([`ConnectionStore`]);
 //! - [`chain`]: the audit hash chain;
 //! - `rows`: reading rows into records.
 
 mod api;
 pub mod chain;
+mod connections;
+mod connections_api;
 mod dialect;
+mod failure;
 mod identity;
 mod identity_api;
 mod postgres;
@@ -30,6 +35,7 @@ pub use api::{
     NewAuditEvent, Revocation, Store, StoreError, StoreResult, TaskRecord, TaskState, ToolPin,
     UsageBatch,
 };
+pub use connections_api::{ConnectionRecord, ConnectionStore, Refreshed, TaskUpstreamToken};
 pub use identity_api::{
     IdentityStore, OAuthClient, OAuthGrant, Redeemed, Rotated, UserRecord, WebSession,
 };

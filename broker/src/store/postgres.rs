@@ -78,6 +78,16 @@ const SCHEMA: &[&str] = &[
         token_hash TEXT PRIMARY KEY, task_id TEXT NOT NULL, used BIGINT NOT NULL DEFAULT 0,
         created_at_ms BIGINT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS oauth_refresh_by_task ON oauth_refresh(task_id)",
+    "CREATE TABLE IF NOT EXISTS upstream_connections (
+        connection_id TEXT PRIMARY KEY, user_name TEXT NOT NULL, provider TEXT NOT NULL,
+        state TEXT NOT NULL, broken_reason TEXT, scopes TEXT NOT NULL, refresh_token TEXT,
+        access_token TEXT, access_expires_at_ms BIGINT, refreshing_until_ms BIGINT,
+        created_at_ms BIGINT NOT NULL, updated_at_ms BIGINT NOT NULL, UNIQUE (user_name, provider))",
+    "CREATE TABLE IF NOT EXISTS task_upstream_tokens (
+        task_id TEXT NOT NULL, provider TEXT NOT NULL, connection_id TEXT NOT NULL,
+        access_token TEXT NOT NULL, expires_at_ms BIGINT, revoked_at_ms BIGINT,
+        created_at_ms BIGINT NOT NULL, PRIMARY KEY (task_id, provider))",
+    "CREATE INDEX IF NOT EXISTS task_upstream_tokens_unrevoked ON task_upstream_tokens(revoked_at_ms)",
     "CREATE TABLE IF NOT EXISTS root_keys (
         kid BIGINT PRIMARY KEY, sealed TEXT NOT NULL, created_at_ms BIGINT NOT NULL, retired_at_ms BIGINT)",
     "CREATE TABLE IF NOT EXISTS forwarding_key (

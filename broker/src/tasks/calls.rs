@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use crate::audit::log::{Audit, AuditEvent};
 use crate::clock::Clock;
+use crate::connections::Connections;
 use crate::error::ApiError;
 use crate::ids::is_tool_name;
 use crate::metrics::Metrics;
@@ -60,6 +61,8 @@ pub struct Calls {
     pub forwarding: Arc<ForwardingKey>,
     /// Window of the per-call capability.
     pub capability_ttl: std::time::Duration,
+    /// The provider tokens of tools with `upstream_auth`.
+    pub connections: Arc<Connections>,
 }
 use leash_sdk::facts::{MAX_DEPTH, MAX_VALUES, depth, value_count};
 
@@ -115,7 +118,10 @@ impl Calls {
         // Fail closed: no call is admitted while its audit record could not be kept.
         self.audit.check_writable()?;
         let started = std::time::Instant::now();
-        let outcome = self.checked_call(&task, tool_name, &args, approval).await;
+        let mut served_by = None;
+        let outcome = self
+            .checked_call(&task, tool_name, &args, approval, &mut served_by)
+            .await;
         let (tool_label, outcome_label, took) = match &outcome {
             Ok(CallOutcome::Done(_)) => (tool_name, "allowed", Some(started.elapsed())),
             Ok(CallOutcome::PendingApproval(_)) => (tool_name, "held", None),
@@ -124,7 +130,7 @@ impl Calls {
             Err(err) => (tool_name, err.status_and_code().1, None),
         };
         self.metrics.call(tool_label, outcome_label, took);
-        let (kind, detail) = match &outcome {
+        let (kind, mut detail) = match &outcome {
             Ok(CallOutcome::PendingApproval(id)) => (
                 "call.held",
                 json!({ "tool": tool_name, "token": task.token.own_id(), "approval_id": id }),
@@ -141,6 +147,10 @@ impl Calls {
                 )
             }
         };
+        // Which person's connection served the call: its id, never its token.
+        if let Some(connection) = served_by {
+            detail["connection"] = json!(connection);
+        }
         self.audit
             .record(AuditEvent {
                 kind,
@@ -158,6 +168,7 @@ impl Calls {
         tool_name: &str,
         args: &Value,
         approval: Option<&str>,
+        served_by: &mut Option<String>,
     ) -> Result<CallOutcome, ApiError> {
         let tool = self.lookup_tool(tool_name)?;
         let Some(arguments) = args.as_object() else {
@@ -249,6 +260,21 @@ impl Calls {
         } else {
             None
         };
+        // The person's provider token (or the deployment's), before an approval is spent:
+        // a call whose person must connect an account first spends nothing.
+        let injection = self
+            .connections
+            .for_call(
+                &task.runtime.task_id,
+                task.token.user.as_deref(),
+                &task.token.tools,
+                &tool,
+            )
+            .await?;
+        let authorization = injection.map(|injection| {
+            *served_by = injection.connection_id;
+            injection.authorization
+        });
         if tool.approval == ToolApproval::PerCall {
             let task_id = &task.runtime.task_id;
             match approval {
@@ -283,7 +309,10 @@ impl Calls {
         // A revoke that answered while this call was being checked must stop it here.
         self.tasks.check_active(&task.runtime).await?;
         let started = Instant::now();
-        let forwarded = self.upstreams.call(&tool, args, capability).await;
+        let forwarded = self
+            .upstreams
+            .call(&tool, args, capability, authorization)
+            .await;
         match forwarded {
             Ok(result) => {
                 slot.commit(self.clock.now_ms());

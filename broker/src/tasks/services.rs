@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::audit::log::Audit;
 use crate::clock::Clock;
+use crate::connections::Connections;
 use crate::events::hub::Events;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
@@ -66,6 +67,8 @@ pub struct ServiceParts {
     pub capability_ttl: Duration,
     /// Longest life of an OAuth access token (a task token bound to `/mcp`).
     pub access_token_ttl: Duration,
+    /// People's upstream connections (provider tokens for `upstream_auth` tools).
+    pub connections: Arc<Connections>,
 }
 
 /// The task domain's services.
@@ -146,6 +149,7 @@ impl Services {
                 .build(),
             forwarding: parts.forwarding,
             capability_ttl: parts.capability_ttl,
+            connections: parts.connections,
         });
         Services {
             issuer,

@@ -93,7 +93,7 @@ impl Kit {
             calls,
         } = Services::build(ServiceParts {
             store: store.clone(),
-            audit,
+            audit: audit.clone(),
             events,
             clock: clock.clone(),
             tasks: tasks.clone(),
@@ -111,6 +111,14 @@ impl Kit {
             max_revoked_tokens_per_task: 2,
             capability_ttl: Duration::from_secs(30),
             access_token_ttl: Duration::from_secs(120),
+            connections: Arc::new(crate::connections::Connections::new(
+                policy.clone(),
+                proxy.client(),
+                store.clone(),
+                sealer.clone(),
+                audit.clone(),
+                clock.clone(),
+            )),
         });
         Kit {
             verifier,

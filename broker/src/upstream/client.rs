@@ -106,7 +106,7 @@ impl Proxy {
         &self,
         tool: &ToolDef,
         args: &Value,
-        extra_headers: &[(&str, String)],
+        extra_headers: &[(axum::http::HeaderName, axum::http::HeaderValue)],
     ) -> Result<Value, UpstreamFailure> {
         let name = tool.name.clone();
         let timeout = tool.timeout;
@@ -121,7 +121,7 @@ impl Proxy {
                 request = request.header(header_name, value);
             }
             for (header_name, value) in extra_headers {
-                request = request.header(*header_name, value);
+                request = request.header(header_name, value);
             }
             let mut response = request.send().await.map_err(|err| failed(&name, &err))?;
             let status = response.status();

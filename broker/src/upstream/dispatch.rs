@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use axum::http::{HeaderName, HeaderValue};
 use serde_json::Value;
 
 use crate::policy::ToolDef;
@@ -61,20 +62,30 @@ impl Upstreams {
     }
 
     /// Forwards one checked call to wherever `tool` lives; `capability` is sent as
-    /// `Leash-Capability` to HTTP tools ([`Upstream::carries_capability`]).
+    /// `Leash-Capability` to HTTP tools ([`Upstream::carries_capability`]), and
+    /// `authorization` (the provider token of `upstream_auth`) as `Authorization`.
     pub async fn call(
         &self,
         tool: &ToolDef,
         args: &Value,
         capability: Option<String>,
+        authorization: Option<HeaderValue>,
     ) -> Result<Value, UpstreamFailure> {
         match Upstream::of(tool) {
             Upstream::Mcp { server, tool } => self.mcp.call(server, tool, args).await,
             Upstream::Http(tool) => {
-                let headers: Vec<(&str, String)> = capability
-                    .map(|c| (leash_sdk::protocol::CAPABILITY_HEADER, c))
-                    .into_iter()
-                    .collect();
+                let mut headers: Vec<(HeaderName, HeaderValue)> = Vec::with_capacity(2);
+                if let Some(capability) = capability
+                    && let Ok(value) = HeaderValue::try_from(capability)
+                {
+                    headers.push((
+                        HeaderName::from_static(leash_sdk::protocol::CAPABILITY_HEADER),
+                        value,
+                    ));
+                }
+                if let Some(authorization) = authorization {
+                    headers.push((axum::http::header::AUTHORIZATION, authorization));
+                }
                 self.http.forward(tool, args, &headers).await
             }
         }

@@ -290,6 +290,7 @@ async fn refresh(
                 validator,
                 upstream_headers: Vec::new(),
                 mcp: Some((def.name.clone(), tool.name.to_string())),
+                upstream_auth: None,
             }),
             withheld,
             hash,

@@ -7,3 +7,4 @@ pub mod client;
 pub mod dispatch;
 pub mod mcp;
 pub mod pins;
+pub mod provider_http;

@@ -58,6 +58,9 @@ pub enum ErrorCode {
     InvalidArguments,
     /// 429: a call budget is used up.
     BudgetExhausted,
+    /// 403: the tool acts as the task's person at a provider where they have no working
+    /// connection; `connect_url` says where to connect.
+    ConnectionRequired,
     /// 502: the upstream failed.
     UpstreamError,
     /// 504: the upstream did not answer in time.
@@ -88,6 +91,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::InvalidArguments => "invalid_arguments",
             ErrorCode::BudgetExhausted => "budget_exhausted",
+            ErrorCode::ConnectionRequired => "connection_required",
             ErrorCode::UpstreamError => "upstream_error",
             ErrorCode::UpstreamTimeout => "upstream_timeout",
             ErrorCode::Unavailable => "unavailable",
@@ -115,6 +119,12 @@ pub struct ErrorDetail {
     /// For `invalid_arguments`: one entry per schema violation (`pointer`, `message`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub violations: Option<Vec<Value>>,
+    /// For `connection_required`: the `[providers]` entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// For `connection_required`: where the task's person connects an account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_url: Option<String>,
 }
 
 #[cfg(test)]

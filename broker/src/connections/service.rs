@@ -1,0 +1,1023 @@
+//! `Connections`: people's accounts at upstream providers, and the access token each call
+//! carries.
+//!
+//! - **Connect** (`/connections`, signed in): the provider's code flow with PKCE and
+//!   `state`; what the flow must remember travels in a cookie sealed with the at-rest key
+//!   and bound to the person, so any replica can finish it and no other browser can.
+//! - **Per call**: a tool with `upstream_auth` gets `Authorization: Bearer` of *the
+//!   task's user* — the connection's access token, refreshed ahead of expiry with one
+//!   refresh in flight per connection (a lock in this process, a lease row across
+//!   replicas) — or, where the provider does RFC 8693, the task's own token narrowed to
+//!   the scopes of the task's tools, obtained at its first call. `grant =
+//!   "client_credentials"` tools get the deployment's token instead.
+//! - **Task end**: the task's own tokens are revoked at the provider (RFC 7009) by
+//!   [`Connections::revoke_ended`], woken by the task's end and swept every few seconds.
+//! - **Disconnect** forgets the connection and revokes its tokens at the provider.
+//!
+//! Tokens are sealed at rest (kind and owner and key id bound), never logged, audited
+//! or shown; the audit names the connection id.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::HeaderValue;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use crate::accounts::sessions::same_token;
+use crate::audit::log::{Audit, AuditEvent};
+use crate::clock::Clock;
+use crate::connections::provider::{ProviderClient, ProviderFailure, Tokens};
+use crate::error::ApiError;
+use crate::ids::random_hex;
+use crate::policy::{Policy, ToolDef, UpstreamGrant};
+use crate::store::{ConnectionRecord, Refreshed, Store, TaskUpstreamToken};
+use crate::tokens::seal::Sealer;
+
+/// The cookie holding a connect flow in progress.
+pub const CONNECT_COOKIE: &str = "leash_connect";
+/// How long a person may take at the provider.
+pub const CONNECT_MS: i64 = 10 * 60 * 1000;
+/// The path providers send people back to.
+pub const CALLBACK_PATH: &str = "/connections/callback";
+/// Sealed kinds (the associated data of each sealed value).
+const CONNECT_KIND: &str = "upstream connect";
+const REFRESH_KIND: &str = "upstream refresh token";
+const ACCESS_KIND: &str = "upstream access token";
+const TASK_KIND: &str = "task upstream token";
+/// Refresh at most this long before expiry (less for short-lived tokens: a quarter of
+/// their life).
+const REFRESH_AHEAD_MS: i64 = 30_000;
+/// How long one replica holds the right to refresh a connection.
+const REFRESH_LEASE_MS: i64 = 15_000;
+/// How often a call waiting on another replica's refresh looks again.
+const REFRESH_POLL: Duration = Duration::from_millis(25);
+/// How many ended tasks' tokens one sweep revokes.
+const REVOKE_BATCH: i64 = 100;
+
+/// Why a connect did not happen (the page says it; no token or secret in it).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectFailure {
+    /// No such provider.
+    #[error("no provider named {0:?}")]
+    UnknownProvider(String),
+    /// The provider could not be reached or answered nonsense (502).
+    #[error("the provider cannot be reached: {0}")]
+    Unreachable(String),
+    /// The person declined at the provider, or it refused the code (403).
+    #[error("the provider did not connect the account: {0}")]
+    Declined(String),
+    /// The callback is not one this browser and person are waiting for (400).
+    #[error("{0}")]
+    Refused(String),
+    /// The store failed (503).
+    #[error("the broker could not keep the connection; try again")]
+    Store(#[source] anyhow::Error),
+}
+
+/// What the connect cookie remembers.
+#[derive(Serialize, Deserialize)]
+struct Pending {
+    provider: String,
+    state: String,
+    verifier: String,
+    redirect_uri: String,
+    expires_at_ms: i64,
+}
+
+/// The provider's callback query.
+#[derive(Debug, Default, Deserialize)]
+pub struct Callback {
+    /// The code.
+    pub code: Option<String>,
+    /// The state sent.
+    pub state: Option<String>,
+    /// An error instead of a code.
+    pub error: Option<String>,
+    /// Its description.
+    pub error_description: Option<String>,
+}
+
+/// Where the person goes to connect, and the cookie to set.
+pub struct Started {
+    /// The provider's authorization URL.
+    pub location: String,
+    /// The sealed `leash_connect` cookie value.
+    pub cookie_value: String,
+}
+
+/// A connection as its person sees it (no token).
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionView {
+    /// `con_…`.
+    pub connection_id: String,
+    /// The provider.
+    pub provider: String,
+    /// `active` or `broken`.
+    pub state: String,
+    /// Why it broke.
+    pub broken_reason: Option<String>,
+    /// Scopes granted.
+    pub scopes: String,
+    /// When it was connected (ms since epoch).
+    pub created_at_ms: i64,
+}
+
+/// One provider as `/connections` lists it for a person.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProviderView {
+    /// The `[providers]` name.
+    pub provider: String,
+    /// Its display name.
+    pub display_name: String,
+    /// Whether each task gets its own narrowed token, revoked when the task ends.
+    pub per_task_tokens: bool,
+    /// The person's connection, if any.
+    pub connection: Option<ConnectionView>,
+}
+
+/// The credential a call carries upstream, and the connection it came from.
+pub struct Injection {
+    /// The `Authorization` header value (marked sensitive).
+    pub authorization: HeaderValue,
+    /// The connection that served it (none: the deployment's own token).
+    pub connection_id: Option<String>,
+}
+
+/// A deployment token (client credentials) and when it stops being used.
+struct DeploymentToken {
+    token: String,
+    use_until_ms: i64,
+}
+
+/// People's upstream connections.
+pub struct Connections {
+    providers: BTreeMap<String, Arc<ProviderClient>>,
+    policy: Arc<Policy>,
+    store: Arc<dyn Store>,
+    sealer: Arc<Sealer>,
+    audit: Audit,
+    clock: Clock,
+    /// One refresh (or token exchange) in flight per key in this process.
+    in_flight: moka::sync::Cache<String, Arc<Mutex<()>>>,
+    deployment: Mutex<HashMap<(String, String), DeploymentToken>>,
+    /// Wakes the revocation sweep.
+    wake: tokio::sync::Notify,
+}
+
+fn view(record: &ConnectionRecord) -> ConnectionView {
+    ConnectionView {
+        connection_id: record.connection_id.clone(),
+        provider: record.provider.clone(),
+        state: record.state.clone(),
+        broken_reason: record.broken_reason.clone(),
+        scopes: record.scopes.clone(),
+        created_at_ms: record.created_at_ms,
+    }
+}
+
+/// The error of a call whose person must (re)connect an account.
+fn connection_required(provider: &str, why: String) -> ApiError {
+    ApiError::ConnectionRequired {
+        message: why,
+        provider: provider.to_string(),
+        connect_url: format!("/connections?connect={provider}"),
+    }
+}
+
+fn unreachable(provider: &str, failure: &ProviderFailure) -> ApiError {
+    ApiError::UpstreamError(format!(
+        "the provider {provider:?} could not give an access token: {failure}"
+    ))
+}
+
+/// Whether a token obtained at `obtained_ms` and expiring at `expires_ms` is still good
+/// at `now_ms` (refreshed ahead: 30 s before expiry, or a quarter of its life if shorter).
+fn fresh(expires_ms: Option<i64>, obtained_ms: i64, now_ms: i64) -> bool {
+    match expires_ms {
+        None => true,
+        Some(expires) => {
+            let ahead = REFRESH_AHEAD_MS.min((expires - obtained_ms).max(0) / 4);
+            expires - ahead > now_ms
+        }
+    }
+}
+
+fn bearer(token: &str) -> Result<HeaderValue, ApiError> {
+    let mut value = HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
+        ApiError::UpstreamError(
+            "the provider issued an access token that cannot be sent in a header".into(),
+        )
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+fn expiry(now_ms: i64, tokens: &Tokens) -> Option<i64> {
+    tokens
+        .expires_in_secs
+        .map(|s| now_ms.saturating_add((s.min(10 * 365 * 86_400) as i64) * 1000))
+}
+
+impl Connections {
+    /// The connections of `policy`'s providers, reached with `http` (the one upstream
+    /// client).
+    pub fn new(
+        policy: Arc<Policy>,
+        http: reqwest::Client,
+        store: Arc<dyn Store>,
+        sealer: Arc<Sealer>,
+        audit: Audit,
+        clock: Clock,
+    ) -> Self {
+        let providers = policy
+            .providers
+            .iter()
+            .map(|(name, def)| {
+                (
+                    name.clone(),
+                    Arc::new(ProviderClient::new(def.clone(), http.clone())),
+                )
+            })
+            .collect();
+        Connections {
+            providers,
+            policy,
+            store,
+            sealer,
+            audit,
+            clock,
+            in_flight: moka::sync::Cache::builder()
+                .time_to_idle(Duration::from_secs(600))
+                .build(),
+            deployment: Mutex::new(HashMap::new()),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Whether any provider is configured (the `/connections` page exists).
+    pub fn any(&self) -> bool {
+        !self.providers.is_empty()
+    }
+
+    /// The origins a connect form leads to (the providers' authorization endpoints, or
+    /// their issuers when discovered), for the page's `form-action`.
+    pub fn form_origins(&self) -> String {
+        let origins: BTreeSet<String> = self
+            .providers
+            .values()
+            .filter_map(|p| {
+                let def = p.def();
+                def.authorize_url.clone().or_else(|| {
+                    def.issuer
+                        .as_deref()
+                        .and_then(|i| reqwest::Url::parse(i).ok())
+                })
+            })
+            .map(|url| url.origin().ascii_serialization())
+            .filter(|origin| origin != "null")
+            .collect();
+        origins.into_iter().collect::<Vec<_>>().join(" ")
+    }
+
+    fn provider(&self, name: &str) -> Option<&Arc<ProviderClient>> {
+        self.providers.get(name)
+    }
+
+    /// The scopes a connection to `provider` asks for: the provider's own plus those of
+    /// every tool that acts as a user there.
+    fn connect_scopes(&self, provider: &ProviderClient) -> Vec<String> {
+        let mut scopes: BTreeSet<String> = provider.def().scopes.iter().cloned().collect();
+        for tool in self.policy.tools.values() {
+            if let Some(auth) = &tool.upstream_auth
+                && auth.provider == provider.def().name
+                && auth.grant == UpstreamGrant::User
+            {
+                scopes.extend(auth.scopes.iter().cloned());
+            }
+        }
+        scopes.into_iter().collect()
+    }
+
+    /// Every provider, with `user`'s connection to each.
+    pub async fn list(&self, user: &str) -> Result<Vec<ProviderView>, ApiError> {
+        let connections = self
+            .store
+            .list_connections(user)
+            .await
+            .map_err(ApiError::internal)?;
+        Ok(self
+            .providers
+            .values()
+            .map(|provider| {
+                let def = provider.def();
+                ProviderView {
+                    provider: def.name.clone(),
+                    display_name: def.display_name.clone(),
+                    per_task_tokens: def.token_exchange,
+                    connection: connections
+                        .iter()
+                        .find(|c| c.provider == def.name)
+                        .map(view),
+                }
+            })
+            .collect())
+    }
+
+    /// Starts connecting `user`'s account at `provider`; the provider sends the browser
+    /// back to `redirect_uri` ([`CALLBACK_PATH`] under the public URL).
+    pub async fn start(
+        &self,
+        user: &str,
+        provider: &str,
+        redirect_uri: &str,
+    ) -> Result<Started, ConnectFailure> {
+        let client = self
+            .provider(provider)
+            .ok_or_else(|| ConnectFailure::UnknownProvider(provider.to_string()))?;
+        let scopes = self.connect_scopes(client);
+        let (location, state, verifier) = client
+            .authorize_url(redirect_uri, &scopes)
+            .await
+            .map_err(|e| ConnectFailure::Unreachable(e.to_string()))?;
+        let pending = Pending {
+            provider: provider.to_string(),
+            state,
+            verifier,
+            redirect_uri: redirect_uri.to_string(),
+            expires_at_ms: self.clock.now_ms() + CONNECT_MS,
+        };
+        let text = serde_json::to_string(&pending)
+            .map_err(|e| ConnectFailure::Refused(format!("cannot remember the connect: {e}")))?;
+        Ok(Started {
+            location,
+            // Bound to the person: another person's browser cannot finish it.
+            cookie_value: self.sealer.seal(CONNECT_KIND, user, &text),
+        })
+    }
+
+    /// Finishes a connect from the provider's callback, for the signed-in `user` whose
+    /// browser holds `cookie`. Audited either way.
+    pub async fn finish(
+        &self,
+        user: &str,
+        callback: &Callback,
+        cookie: Option<&str>,
+    ) -> Result<ConnectionView, ConnectFailure> {
+        let outcome = self.finish_unaudited(user, callback, cookie).await;
+        let event = match &outcome {
+            Ok(connection) => AuditEvent {
+                kind: "connection.connected",
+                actor: format!("user:{user}"),
+                task_id: None,
+                detail: json!({ "connection": connection.connection_id, "provider": connection.provider, "scopes": connection.scopes }),
+            },
+            Err(failure) => AuditEvent {
+                kind: "connection.failed",
+                actor: format!("user:{user}"),
+                task_id: None,
+                detail: json!({ "why": failure.to_string() }),
+            },
+        };
+        self.audit.record(event).await;
+        outcome
+    }
+
+    async fn finish_unaudited(
+        &self,
+        user: &str,
+        callback: &Callback,
+        cookie: Option<&str>,
+    ) -> Result<ConnectionView, ConnectFailure> {
+        let refused = |why: &str| ConnectFailure::Refused(why.to_string());
+        let cookie = cookie.ok_or_else(|| {
+            refused("this browser did not start connecting an account (or it took too long); start again from /connections")
+        })?;
+        let pending: Pending = self
+            .sealer
+            .open(CONNECT_KIND, user, cookie)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .ok_or_else(|| refused("this connect was not started by you in this browser; start again from /connections"))?;
+        if pending.expires_at_ms <= self.clock.now_ms() {
+            return Err(refused(
+                "connecting took too long; start again from /connections",
+            ));
+        }
+        if !callback
+            .state
+            .as_deref()
+            .is_some_and(|state| same_token(state, &pending.state))
+        {
+            return Err(refused(
+                "the provider's answer is not for the connect this browser started",
+            ));
+        }
+        if let Some(error) = &callback.error {
+            let description = callback
+                .error_description
+                .as_deref()
+                .unwrap_or("")
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(200)
+                .collect::<String>();
+            let error: String = error.chars().filter(|c| !c.is_control()).take(64).collect();
+            return Err(ConnectFailure::Declined(
+                format!("{error} {description}").trim().to_string(),
+            ));
+        }
+        let code = callback
+            .code
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| refused("the provider's answer carries no code"))?;
+        let client = self
+            .provider(&pending.provider)
+            .ok_or_else(|| ConnectFailure::UnknownProvider(pending.provider.clone()))?;
+        let tokens = client
+            .redeem(code, &pending.verifier, &pending.redirect_uri)
+            .await
+            .map_err(|failure| match failure {
+                ProviderFailure::Unreachable(why) => ConnectFailure::Unreachable(why),
+                refusal => ConnectFailure::Declined(refusal.to_string()),
+            })?;
+        let now = self.clock.now_ms();
+        let connection_id = format!("con_{}", random_hex(16));
+        let record = ConnectionRecord {
+            connection_id: connection_id.clone(),
+            user: user.to_string(),
+            provider: pending.provider.clone(),
+            state: "active".into(),
+            broken_reason: None,
+            scopes: tokens
+                .scopes
+                .clone()
+                .unwrap_or_else(|| self.connect_scopes(client))
+                .join(" "),
+            refresh_token: tokens
+                .refresh_token
+                .as_deref()
+                .map(|t| self.sealer.seal(REFRESH_KIND, &connection_id, t)),
+            access_token: Some(
+                self.sealer
+                    .seal(ACCESS_KIND, &connection_id, &tokens.access_token),
+            ),
+            access_expires_at_ms: expiry(now, &tokens),
+            refreshing_until_ms: None,
+            created_at_ms: now,
+            updated_at_ms: now,
+        };
+        let replaced = self
+            .store
+            .put_connection(&record)
+            .await
+            .map_err(|e| ConnectFailure::Store(e.into()))?;
+        if let Some(old) = replaced {
+            // The account was connected before: its old tokens die at the provider.
+            self.revoke_connection_tokens(client, &old).await;
+        }
+        Ok(view(&record))
+    }
+
+    /// Forgets `user`'s connection `connection_id`, revoking at the provider its refresh
+    /// and access tokens and the live tokens of tasks exchanged from it. `Ok(false)`: no
+    /// such connection of that person.
+    pub async fn disconnect(&self, user: &str, connection_id: &str) -> Result<bool, ApiError> {
+        let Some(record) = self
+            .store
+            .delete_connection(user, connection_id)
+            .await
+            .map_err(ApiError::internal)?
+        else {
+            return Ok(false);
+        };
+        let revoked_at_provider = match self.provider(&record.provider) {
+            Some(client) => {
+                let client = client.clone();
+                let told = self.revoke_connection_tokens(&client, &record).await;
+                let tasks = self
+                    .store
+                    .live_task_tokens(connection_id)
+                    .await
+                    .map_err(ApiError::internal)?;
+                for token in tasks {
+                    self.revoke_task_token(&token, "the connection was disconnected")
+                        .await;
+                }
+                told
+            }
+            None => false,
+        };
+        self.audit
+            .record(AuditEvent {
+                kind: "connection.disconnected",
+                actor: format!("user:{user}"),
+                task_id: None,
+                detail: json!({ "connection": connection_id, "provider": record.provider, "revoked_at_provider": revoked_at_provider }),
+            })
+            .await;
+        Ok(true)
+    }
+
+    /// Revokes a connection's refresh and access tokens at the provider; whether the
+    /// provider confirmed (false: it has no revocation endpoint or could not be reached).
+    async fn revoke_connection_tokens(
+        &self,
+        client: &ProviderClient,
+        record: &ConnectionRecord,
+    ) -> bool {
+        let mut told = true;
+        let owner = &record.connection_id;
+        let sealed = [
+            (record.refresh_token.as_deref(), REFRESH_KIND, true),
+            (record.access_token.as_deref(), ACCESS_KIND, false),
+        ];
+        for (value, kind, refresh) in sealed {
+            let Some(token) = value.and_then(|v| self.sealer.open(kind, owner, v).ok()) else {
+                continue;
+            };
+            match client.revoke(&token, refresh).await {
+                Ok(true) => {}
+                Ok(false) => told = false,
+                Err(failure) => {
+                    told = false;
+                    tracing::warn!(connection = %owner, provider = %record.provider, error = %failure, "the provider could not revoke a token of a removed connection");
+                }
+            }
+        }
+        told
+    }
+
+    /// The credential a call of `tool` by task `task_id` (started by `user`, holding
+    /// `task_tools`) carries; `None` for tools without `upstream_auth`.
+    pub async fn for_call(
+        &self,
+        task_id: &str,
+        user: Option<&str>,
+        task_tools: &[String],
+        tool: &ToolDef,
+    ) -> Result<Option<Injection>, ApiError> {
+        let Some(auth) = &tool.upstream_auth else {
+            return Ok(None);
+        };
+        let client = self.provider(&auth.provider).ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!(
+                "tool {} names provider {} that is not configured",
+                tool.name,
+                auth.provider
+            ))
+        })?;
+        if auth.grant == UpstreamGrant::ClientCredentials {
+            let token = self.deployment_token(client, &auth.scopes).await?;
+            return Ok(Some(Injection {
+                authorization: bearer(&token)?,
+                connection_id: None,
+            }));
+        }
+        let Some(user) = user else {
+            return Err(ApiError::PolicyDenied(format!(
+                "tool {:?} acts as the person who started the task at {:?}, and this task was not started by a person (start it through the MCP client's sign-in)",
+                tool.name, auth.provider
+            )));
+        };
+        let (token, connection_id) = if client.def().token_exchange {
+            self.task_token(client, task_id, user, task_tools).await?
+        } else {
+            self.user_token(client, user).await?
+        };
+        Ok(Some(Injection {
+            authorization: bearer(&token)?,
+            connection_id: Some(connection_id),
+        }))
+    }
+
+    /// The lock of one refresh or exchange in this process.
+    fn lock_of(&self, key: String) -> Arc<Mutex<()>> {
+        self.in_flight.get_with(key, || Arc::new(Mutex::new(())))
+    }
+
+    async fn connection(&self, provider: &str, user: &str) -> Result<ConnectionRecord, ApiError> {
+        let record = self
+            .store
+            .get_connection(user, provider)
+            .await
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| {
+                connection_required(
+                    provider,
+                    format!("{user} has not connected an account at {provider:?}; connect one at /connections"),
+                )
+            })?;
+        if record.state != "active" {
+            return Err(connection_required(
+                provider,
+                format!(
+                    "the connection of {user} at {provider:?} is broken ({}); connect it again at /connections",
+                    record
+                        .broken_reason
+                        .as_deref()
+                        .unwrap_or("the provider refused it")
+                ),
+            ));
+        }
+        Ok(record)
+    }
+
+    /// The open access token of `record` if it is still fresh.
+    fn fresh_access(&self, record: &ConnectionRecord, now_ms: i64) -> Option<String> {
+        let sealed = record.access_token.as_deref()?;
+        if !fresh(record.access_expires_at_ms, record.updated_at_ms, now_ms) {
+            return None;
+        }
+        self.sealer
+            .open(ACCESS_KIND, &record.connection_id, sealed)
+            .ok()
+    }
+
+    /// `user`'s access token at `client`'s provider, refreshed if it is about to
+    /// expire; with the connection id.
+    async fn user_token(
+        &self,
+        client: &ProviderClient,
+        user: &str,
+    ) -> Result<(String, String), ApiError> {
+        let provider = client.def().name.as_str();
+        let record = self.connection(provider, user).await?;
+        if let Some(token) = self.fresh_access(&record, self.clock.now_ms()) {
+            return Ok((token, record.connection_id));
+        }
+        let lock = self.lock_of(format!("con:{}", record.connection_id));
+        let _one_at_a_time = lock.lock().await;
+        let deadline = self.clock.now_ms() + REFRESH_LEASE_MS + 5_000;
+        loop {
+            // Someone may have refreshed while this call waited.
+            let record = self.connection(provider, user).await?;
+            let now = self.clock.now_ms();
+            if let Some(token) = self.fresh_access(&record, now) {
+                return Ok((token, record.connection_id));
+            }
+            let claimed = self
+                .store
+                .claim_refresh(&record.connection_id, now, now + REFRESH_LEASE_MS)
+                .await
+                .map_err(ApiError::internal)?;
+            if claimed {
+                return self.refresh(client, &record).await;
+            }
+            // Another replica is refreshing: wait for its tokens.
+            if now > deadline {
+                return Err(ApiError::UpstreamError(format!(
+                    "the access token of {user} at {provider:?} is being refreshed elsewhere and did not arrive in time; try again"
+                )));
+            }
+            tokio::time::sleep(REFRESH_POLL).await;
+        }
+    }
+
+    /// Refreshes `record` (holding the right to); marks it broken when the provider
+    /// refuses the refresh token.
+    async fn refresh(
+        &self,
+        client: &ProviderClient,
+        record: &ConnectionRecord,
+    ) -> Result<(String, String), ApiError> {
+        let provider = record.provider.as_str();
+        let id = &record.connection_id;
+        let refresh_token = record
+            .refresh_token
+            .as_deref()
+            .and_then(|sealed| self.sealer.open(REFRESH_KIND, id, sealed).ok());
+        let Some(refresh_token) = refresh_token else {
+            let why = "its access token expired and the provider gave no refresh token";
+            self.break_connection(record, why).await?;
+            return Err(connection_required(
+                provider,
+                format!(
+                    "the connection at {provider:?} expired ({why}); connect it again at /connections"
+                ),
+            ));
+        };
+        match client.refresh(&refresh_token).await {
+            Ok(tokens) => {
+                let now = self.clock.now_ms();
+                let refreshed = Refreshed {
+                    access_token: self.sealer.seal(ACCESS_KIND, id, &tokens.access_token),
+                    access_expires_at_ms: expiry(now, &tokens),
+                    refresh_token: tokens
+                        .refresh_token
+                        .as_deref()
+                        .map(|t| self.sealer.seal(REFRESH_KIND, id, t)),
+                    scopes: tokens.scopes.as_ref().map(|s| s.join(" ")),
+                };
+                self.store
+                    .store_refreshed(id, &refreshed, now)
+                    .await
+                    .map_err(ApiError::internal)?;
+                self.audit
+                    .record(AuditEvent {
+                        kind: "connection.refreshed",
+                        actor: format!("user:{}", record.user),
+                        task_id: None,
+                        detail: json!({ "connection": id, "provider": provider }),
+                    })
+                    .await;
+                Ok((tokens.access_token, id.clone()))
+            }
+            Err(failure) if failure.is_invalid_grant() => {
+                let why = format!("the provider refused its refresh token: {failure}");
+                self.break_connection(record, &why).await?;
+                Err(connection_required(
+                    provider,
+                    format!(
+                        "the connection at {provider:?} is broken ({why}); connect it again at /connections"
+                    ),
+                ))
+            }
+            Err(failure) => {
+                self.store
+                    .release_refresh(id)
+                    .await
+                    .map_err(ApiError::internal)?;
+                Err(unreachable(provider, &failure))
+            }
+        }
+    }
+
+    async fn break_connection(&self, record: &ConnectionRecord, why: &str) -> Result<(), ApiError> {
+        self.store
+            .mark_broken(&record.connection_id, why, self.clock.now_ms())
+            .await
+            .map_err(ApiError::internal)?;
+        self.audit
+            .record(AuditEvent {
+                kind: "connection.broken",
+                actor: format!("user:{}", record.user),
+                task_id: None,
+                detail: json!({ "connection": record.connection_id, "provider": record.provider, "why": why }),
+            })
+            .await;
+        Ok(())
+    }
+
+    /// The scopes task tokens at `provider` are narrowed to: those of the task's tools
+    /// that act as the user there.
+    fn task_scopes(&self, provider: &str, task_tools: &[String]) -> Vec<String> {
+        let mut scopes = BTreeSet::new();
+        for name in task_tools {
+            if let Some(tool) = self.policy.tools.get(name)
+                && let Some(auth) = &tool.upstream_auth
+                && auth.provider == provider
+                && auth.grant == UpstreamGrant::User
+            {
+                scopes.extend(auth.scopes.iter().cloned());
+            }
+        }
+        scopes.into_iter().collect()
+    }
+
+    /// The task's own token at `client`'s provider (RFC 8693), obtained at its first call
+    /// and again when it expires.
+    async fn task_token(
+        &self,
+        client: &ProviderClient,
+        task_id: &str,
+        user: &str,
+        task_tools: &[String],
+    ) -> Result<(String, String), ApiError> {
+        let provider = client.def().name.as_str();
+        let owner = format!("{task_id}/{provider}");
+        let stored = |this: &Self, token: Option<TaskUpstreamToken>| -> Option<(String, String)> {
+            let token = token?;
+            if token.revoked_at_ms.is_some()
+                || !fresh(
+                    token.expires_at_ms,
+                    token.created_at_ms,
+                    this.clock.now_ms(),
+                )
+            {
+                return None;
+            }
+            let open = this
+                .sealer
+                .open(TASK_KIND, &owner, &token.access_token)
+                .ok()?;
+            Some((open, token.connection_id))
+        };
+        let read = |this: &Self| {
+            let store = this.store.clone();
+            let (task_id, provider) = (task_id.to_string(), provider.to_string());
+            async move { store.get_task_token(&task_id, &provider).await }
+        };
+        if let Some(found) = stored(self, read(self).await.map_err(ApiError::internal)?) {
+            return Ok(found);
+        }
+        let lock = self.lock_of(format!("task:{owner}"));
+        let _one_at_a_time = lock.lock().await;
+        let existing = read(self).await.map_err(ApiError::internal)?;
+        if let Some(found) = stored(self, existing.clone()) {
+            return Ok(found);
+        }
+        if existing.as_ref().is_some_and(|t| t.revoked_at_ms.is_some()) {
+            return Err(ApiError::TaskInactive(format!(
+                "task {task_id} has ended: its token at {provider:?} was revoked"
+            )));
+        }
+        let (subject, connection_id) = self.user_token(client, user).await?;
+        let scopes = self.task_scopes(provider, task_tools);
+        let tokens = client.exchange(&subject, &scopes).await.map_err(|failure| {
+            ApiError::UpstreamError(format!(
+                "the provider {provider:?} could not issue this task's token (token exchange): {failure}"
+            ))
+        })?;
+        let now = self.clock.now_ms();
+        let record = TaskUpstreamToken {
+            task_id: task_id.to_string(),
+            provider: provider.to_string(),
+            connection_id: connection_id.clone(),
+            access_token: self.sealer.seal(TASK_KIND, &owner, &tokens.access_token),
+            expires_at_ms: expiry(now, &tokens),
+            revoked_at_ms: None,
+            created_at_ms: now,
+        };
+        let kept = self
+            .store
+            .put_task_token(&record, now + REFRESH_AHEAD_MS)
+            .await
+            .map_err(ApiError::internal)?;
+        if kept
+            && let Some(old) = existing
+            && let Ok(open) = self.sealer.open(TASK_KIND, &owner, &old.access_token)
+            && let Err(failure) = client.revoke(&open, false).await
+        {
+            // The replaced token was about to expire anyway.
+            tracing::warn!(task_id, provider, error = %failure, "could not revoke a task's replaced token");
+        }
+        if !kept {
+            // Another replica stored the task's token first: ours dies, theirs serves.
+            if let Err(failure) = client.revoke(&tokens.access_token, false).await {
+                tracing::warn!(task_id, provider, error = %failure, "could not revoke a surplus task token");
+            }
+            return stored(self, read(self).await.map_err(ApiError::internal)?).ok_or_else(|| {
+                ApiError::TaskInactive(format!(
+                    "task {task_id} has ended: its token at {provider:?} was revoked"
+                ))
+            });
+        }
+        self.audit
+            .record(AuditEvent {
+                kind: "connection.task_token",
+                actor: format!("user:{user}"),
+                task_id: Some(task_id.to_string()),
+                detail: json!({ "connection": connection_id, "provider": provider, "scopes": scopes }),
+            })
+            .await;
+        // A task that ended meanwhile is swept at once.
+        self.wake.notify_one();
+        Ok((tokens.access_token, connection_id))
+    }
+
+    /// The deployment's own token for `scopes` (client credentials), kept until shortly
+    /// before it expires; one request in flight per provider in this process.
+    async fn deployment_token(
+        &self,
+        client: &ProviderClient,
+        scopes: &[String],
+    ) -> Result<String, ApiError> {
+        let key = (client.def().name.clone(), scopes.join(" "));
+        let mut cache = self.deployment.lock().await;
+        let now = self.clock.now_ms();
+        if let Some(token) = cache.get(&key)
+            && token.use_until_ms > now
+        {
+            return Ok(token.token.clone());
+        }
+        let tokens = client
+            .client_credentials(scopes)
+            .await
+            .map_err(|failure| unreachable(&key.0, &failure))?;
+        let use_until_ms = match expiry(now, &tokens) {
+            Some(expires) => expires - REFRESH_AHEAD_MS.min((expires - now) / 4),
+            None => now + 300_000,
+        };
+        cache.insert(
+            key,
+            DeploymentToken {
+                token: tokens.access_token.clone(),
+                use_until_ms,
+            },
+        );
+        Ok(tokens.access_token)
+    }
+
+    /// Revokes at the provider the tokens of tasks that ended (each once, across
+    /// replicas); a provider that cannot be reached is tried again on the next sweep.
+    /// How many were revoked.
+    pub async fn revoke_ended(&self) -> usize {
+        let due = match self.store.task_tokens_to_revoke(REVOKE_BATCH).await {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the task tokens to revoke");
+                return 0;
+            }
+        };
+        let mut revoked = 0;
+        for token in due {
+            if self.revoke_task_token(&token, "the task ended").await {
+                revoked += 1;
+            }
+        }
+        revoked
+    }
+
+    /// Claims and revokes one task token; whether this call revoked it.
+    async fn revoke_task_token(&self, token: &TaskUpstreamToken, why: &str) -> bool {
+        let now = self.clock.now_ms();
+        match self
+            .store
+            .claim_task_token_revocation(&token.task_id, &token.provider, now)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return false,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim a task token's revocation");
+                return false;
+            }
+        }
+        let owner = format!("{}/{}", token.task_id, token.provider);
+        let Some(client) = self.provider(&token.provider) else {
+            return false;
+        };
+        let outcome = match self.sealer.open(TASK_KIND, &owner, &token.access_token) {
+            Ok(open) => client.revoke(&open, false).await,
+            Err(e) => Err(ProviderFailure::Unreachable(e.to_string())),
+        };
+        let at_provider = match outcome {
+            Ok(told) => told,
+            Err(failure) => {
+                tracing::warn!(task_id = %token.task_id, provider = %token.provider, error = %failure, "the provider could not revoke a task's token; trying again soon");
+                if let Err(e) = self
+                    .store
+                    .unclaim_task_token_revocation(&token.task_id, &token.provider)
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot give a task token's revocation back");
+                }
+                return false;
+            }
+        };
+        self.audit
+            .record(AuditEvent {
+                kind: "connection.task_token_revoked",
+                actor: "leash".into(),
+                task_id: Some(token.task_id.clone()),
+                detail: json!({ "connection": token.connection_id, "provider": token.provider, "why": why, "at_provider": at_provider }),
+            })
+            .await;
+        true
+    }
+
+    /// Wakes the revocation sweep (a task ended).
+    pub fn task_ended(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Revokes ended tasks' tokens for as long as the broker runs: at once when a task
+    /// ends here, and every `every` for tasks other replicas ended (and retries).
+    pub async fn run_revocations(self: Arc<Self>, every: Duration) {
+        if self.providers.values().all(|p| !p.def().token_exchange) {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(every) => {}
+            }
+            while self.revoke_ended().await as i64 == REVOKE_BATCH {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_refreshed_ahead_of_expiry() {
+        // An hour-long token: refreshed 30 s before it expires.
+        let hour = 3_600_000;
+        assert!(fresh(Some(hour), 0, hour - 31_000));
+        assert!(!fresh(Some(hour), 0, hour - 29_000));
+        // A 4 s token: a quarter of its life ahead.
+        assert!(fresh(Some(4_000), 0, 2_900));
+        assert!(!fresh(Some(4_000), 0, 3_100));
+        // No expiry given: used until the provider refuses it.
+        assert!(fresh(None, 0, i64::MAX));
+        // Already expired, or issued expired.
+        assert!(!fresh(Some(1_000), 0, 1_000));
+        assert!(!fresh(Some(0), 5, 5));
+    }
+}
