@@ -841,3 +841,110 @@ async fn a_callback_with_a_wrong_state_a_replayed_code_or_another_browser_connec
     let listed = stranger.get("/v1/connections").await;
     assert_eq!(listed.status, 401, "{listed:?}");
 }
+
+/// Two replicas on this machine's PostgreSQL (a fresh schema), both naming the first one's
+/// URL as the public URL (as replicas behind one load balancer do), and the provider.
+async fn replicas(access_ttl: u64) -> (TestBroker, TestBroker, Upstream, String) {
+    let port = free_port();
+    let policy = POLICY.replace("{IDP}", &format!("127.0.0.1:{port}"));
+    let schema = format!("conn_{}", leash_broker::ids::random_hex(6));
+    let pg = |config: &mut leash_broker::ServeConfig, schema: &str| {
+        config.database_url = Some("postgres://postgres@127.0.0.1:5432/test".into());
+        config.database_schema = schema.to_string();
+        config.master_key =
+            Some("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into());
+    };
+    let a = TestBroker::spawn_tuned(&policy, |config| pg(config, &schema)).await;
+    let public = a.url.clone();
+    let b = TestBroker::spawn_tuned(&policy, |config| {
+        pg(config, &schema);
+        config.public_url = Some(public);
+    })
+    .await;
+    a.state
+        .accounts
+        .add("alice", ALICE_PASSWORD, false)
+        .await
+        .unwrap();
+    let upstream = Upstream::start(port, &[callback_of(&a.url)], access_ttl).await;
+    (a, b, upstream, schema)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_one_connection_and_refresh_it_once() {
+    let ttl = 4;
+    let (a, b, upstream, schema) = replicas(ttl).await;
+    let mut alice = connected(&a, &upstream, "alice", &["plain", "acme"]).await;
+    let token = mcp_token(&a, &mut alice, &["plain.whoami", "notes.whoami"]).await;
+    // The connection made on A serves calls on B.
+    let (on_b, _) = whoami(&b.url, &token, "plain.whoami").await;
+    assert_eq!(on_b["sub"], "alice", "{on_b}");
+    assert_eq!(upstream.refreshes().await, 0);
+    tokio::time::sleep(Duration::from_secs(ttl) + Duration::from_millis(300)).await;
+    // After expiry, 16 calls on each replica at once: one refresh in all.
+    let calls = (0..32).map(|i| {
+        let url = if i % 2 == 0 {
+            a.url.clone()
+        } else {
+            b.url.clone()
+        };
+        let token = token.clone();
+        tokio::spawn(async move { whoami(&url, &token, "plain.whoami").await.0 })
+    });
+    for call in futures_util::future::join_all(calls).await {
+        assert_eq!(call.unwrap()["sub"], "alice");
+    }
+    assert_eq!(upstream.refreshes().await, 1, "one refresh across replicas");
+
+    // The task's own token, obtained on whichever replica calls first, serves both and
+    // dies at the provider when the task ends on B.
+    let exchanges = upstream.exchanges().await;
+    let on_a = tokio::spawn({
+        let (url, token) = (a.url.clone(), token.clone());
+        async move { whoami(&url, &token, "notes.whoami").await.0 }
+    });
+    let (on_b, _) = whoami(&b.url, &token, "notes.whoami").await;
+    assert_eq!(on_b["sub"], "alice");
+    assert_eq!(on_a.await.unwrap()["sub"], "alice");
+    let stored: Vec<Value> = upstream
+        .seen()
+        .await
+        .into_iter()
+        .filter(|s| s["scope"] == "notes:read")
+        .collect();
+    let kept = stored.last().unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Two replicas racing may both exchange; the loser's token is revoked at once.
+    let made = upstream.exchanges().await - exchanges;
+    assert!((1..=2).contains(&made), "{made} exchanges");
+    for seen in &stored {
+        let token = seen["token"].as_str().unwrap();
+        if token != kept {
+            assert!(
+                !upstream.active(token).await,
+                "a surplus task token stays active"
+            );
+        }
+    }
+    let task_id = task_id_of(&a, "alice").await.pop().unwrap();
+    let ended = b
+        .post(
+            &format!("/v1/tasks/{task_id}/revoke"),
+            Some(ADMIN),
+            json!({"reason": "done"}),
+        )
+        .await;
+    assert_eq!(ended.status, 200, "{ended:?}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while upstream.active(&kept).await {
+        assert!(Instant::now() < deadline, "still active at the provider");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop((a, b));
+    let _ = std::process::Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-qc"])
+        .arg(format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .output();
+}

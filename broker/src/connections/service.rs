@@ -469,6 +469,7 @@ impl Connections {
             refreshing_until_ms: None,
             created_at_ms: now,
             updated_at_ms: now,
+            version: 0,
         };
         let replaced = self
             .store
@@ -661,13 +662,18 @@ impl Connections {
             }
             let claimed = self
                 .store
-                .claim_refresh(&record.connection_id, now, now + REFRESH_LEASE_MS)
+                .claim_refresh(
+                    &record.connection_id,
+                    record.version,
+                    now,
+                    now + REFRESH_LEASE_MS,
+                )
                 .await
                 .map_err(ApiError::internal)?;
             if claimed {
                 return self.refresh(client, &record).await;
             }
-            // Another replica is refreshing: wait for its tokens.
+            // Another replica is refreshing (or just did): wait for its tokens.
             if now > deadline {
                 return Err(ApiError::UpstreamError(format!(
                     "the access token of {user} at {provider:?} is being refreshed elsewhere and did not arrive in time; try again"
@@ -842,9 +848,15 @@ impl Connections {
             revoked_at_ms: None,
             created_at_ms: now,
         };
+        // Replace only the stale token this call found (none: replace nothing — a token
+        // another replica stored meanwhile wins).
+        let replaces = existing
+            .as_ref()
+            .and_then(|old| old.expires_at_ms)
+            .unwrap_or(i64::MIN);
         let kept = self
             .store
-            .put_task_token(&record, now + REFRESH_AHEAD_MS)
+            .put_task_token(&record, replaces)
             .await
             .map_err(ApiError::internal)?;
         if kept

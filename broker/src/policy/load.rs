@@ -442,4 +442,124 @@ checks = ["check if nonsense(("]
         );
         assert!(text.contains("c.toml:1:"), "{text}");
     }
+
+    const PROVIDERS: &str = r#"
+[providers.acme]
+issuer = "https://id.acme.example"
+client_id = "leash"
+client_secret = "${SEARCH_API_KEY}"
+token_exchange = true
+scopes = ["offline_access"]
+authorize_params = { prompt = "consent" }
+
+[providers.plain]
+authorize_url = "https://plain.example/authorize"
+token_url = "https://plain.example/token"
+client_id = "leash"
+
+[tools."notes.read"]
+upstream = "https://api.acme.example/notes"
+input_schema = { type = "object" }
+upstream_auth = { provider = "acme", scopes = ["notes:read"] }
+
+[tools."ops.status"]
+upstream = "https://api.plain.example/status"
+input_schema = { type = "object" }
+upstream_auth = { provider = "plain", grant = "client_credentials" }
+"#;
+
+    #[test]
+    fn providers_and_upstream_auth_load() {
+        use crate::policy::UpstreamGrant;
+        let policy = load(&[("a.toml", PROVIDERS)]).unwrap();
+        let acme = &policy.providers["acme"];
+        assert_eq!(acme.issuer.as_deref(), Some("https://id.acme.example"));
+        assert!(acme.token_exchange && acme.authorize_url.is_none());
+        assert_eq!(acme.client_secret.as_deref(), Some("s3cret"));
+        assert!(!format!("{acme:?}").contains("s3cret"));
+        assert!(policy.secrets.0.contains(&"s3cret".to_string()));
+        assert_eq!(
+            acme.authorize_params,
+            vec![("prompt".into(), "consent".into())]
+        );
+        let notes = policy
+            .tool("notes.read")
+            .unwrap()
+            .upstream_auth
+            .clone()
+            .unwrap();
+        assert_eq!(notes.provider, "acme");
+        assert_eq!(notes.scopes, vec!["notes:read".to_string()]);
+        assert_eq!(notes.grant, UpstreamGrant::User);
+        let ops = policy
+            .tool("ops.status")
+            .unwrap()
+            .upstream_auth
+            .clone()
+            .unwrap();
+        assert_eq!(ops.grant, UpstreamGrant::ClientCredentials);
+    }
+
+    #[test]
+    fn bad_providers_and_upstream_auth_are_named() {
+        let cases = [
+            (
+                "[providers.x]\nclient_id = \"c\"\n",
+                "needs issuer (for discovery) or both authorize_url and token_url",
+            ),
+            (
+                "[providers.x]\nissuer = \"https://i.example\"\n",
+                "needs client_id",
+            ),
+            (
+                "[providers.x]\nissuer = \"ftp://i.example\"\nclient_id = \"c\"\n",
+                "must be an http:// or https:// URL",
+            ),
+            (
+                "[providers.x]\nissuer = \"https://i.example\"\nclient_id = \"c\"\nscopes = [\"a b\"]\n",
+                "is not a valid OAuth scope",
+            ),
+            (
+                "[providers.x]\nissuer = \"https://i.example\"\nclient_id = \"c\"\ntoken_exchange = \"yes\"\n",
+                "token_exchange must be true or false",
+            ),
+            (
+                "[providers.x]\nissuer = \"https://i.example\"\nclient_id = \"c\"\nauthorize_params = { state = \"fixed\" }\n",
+                "may not set \"state\"",
+            ),
+            (
+                "[providers.\"a.b\"]\nissuer = \"https://i.example\"\nclient_id = \"c\"\n",
+                "is not a valid provider name",
+            ),
+            (
+                "[tools.\"t.x\"]\nupstream = \"https://u.example\"\ninput_schema = { type = \"object\" }\nupstream_auth = { provider = \"nope\" }\n",
+                "names provider \"nope\", which is not defined",
+            ),
+            (
+                "[tools.\"t.x\"]\nupstream = \"https://u.example\"\ninput_schema = { type = \"object\" }\nupstream_auth = { scopes = [] }\n",
+                "upstream_auth needs provider",
+            ),
+            (
+                "[tools.\"t.x\"]\nupstream = \"https://u.example\"\ninput_schema = { type = \"object\" }\nupstream_auth = { provider = \"p\", grant = \"implicit\" }\n[providers.p]\nissuer = \"https://i.example\"\nclient_id = \"c\"\n",
+                "grant must be \"user\" or \"client_credentials\"",
+            ),
+            (
+                "[tools.\"t.x\"]\nupstream = \"https://u.example\"\ninput_schema = { type = \"object\" }\nupstream_headers = { Authorization = \"Bearer k\" }\nupstream_auth = { provider = \"p\" }\n[providers.p]\nissuer = \"https://i.example\"\nclient_id = \"c\"\n",
+                "sets both upstream_auth and an Authorization header",
+            ),
+        ];
+        for (text, expected) in cases {
+            let errors = load(&[("bad.toml", text)]).unwrap_err().to_string();
+            assert!(errors.contains(expected), "{text}\n=> {errors}");
+        }
+        // Defined in another file, in either order: fine.
+        let tool = "[tools.\"t.x\"]\nupstream = \"https://u.example\"\ninput_schema = { type = \"object\" }\nupstream_auth = { provider = \"p\" }\n";
+        let provider = "[providers.p]\nissuer = \"https://i.example\"\nclient_id = \"c\"\n";
+        assert!(load(&[("a.toml", tool), ("b.toml", provider)]).is_ok());
+        assert!(load(&[("a.toml", provider), ("b.toml", tool)]).is_ok());
+        let twice = load(&[("a.toml", provider), ("b.toml", provider)])
+            .unwrap_err()
+            .to_string();
+        assert!(twice.contains("provider \"p\" is defined twice"), "{twice}");
+    }
 }

@@ -37,6 +37,7 @@ where
         refreshing_until_ms: row.try_get("refreshing_until_ms")?,
         created_at_ms: row.try_get("created_at_ms")?,
         updated_at_ms: row.try_get("updated_at_ms")?,
+        version: row.try_get("version")?,
     })
 }
 
@@ -101,8 +102,8 @@ where
         sqlx::query(
             "INSERT INTO upstream_connections (connection_id, user_name, provider, state,
                 broken_reason, scopes, refresh_token, access_token, access_expires_at_ms,
-                refreshing_until_ms, created_at_ms, updated_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                refreshing_until_ms, created_at_ms, updated_at_ms, version)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0)",
         )
         .bind(&connection.connection_id)
         .bind(&connection.user)
@@ -177,17 +178,19 @@ where
     async fn claim_refresh(
         &self,
         connection_id: &str,
+        version: i64,
         now_ms: i64,
         until_ms: i64,
     ) -> StoreResult<bool> {
         let done = sqlx::query(
             "UPDATE upstream_connections SET refreshing_until_ms = $3
-             WHERE connection_id = $1 AND state = 'active'
+             WHERE connection_id = $1 AND state = 'active' AND version = $4
                AND (refreshing_until_ms IS NULL OR refreshing_until_ms <= $2)",
         )
         .bind(connection_id)
         .bind(now_ms)
         .bind(until_ms)
+        .bind(version)
         .execute(&self.pool)
         .await?;
         Ok(D::rows_affected(&done) == 1)
@@ -202,7 +205,7 @@ where
         sqlx::query(
             "UPDATE upstream_connections SET access_token = $2, access_expires_at_ms = $3,
                 refresh_token = COALESCE($4, refresh_token), scopes = COALESCE($5, scopes),
-                refreshing_until_ms = NULL, updated_at_ms = $6
+                refreshing_until_ms = NULL, updated_at_ms = $6, version = version + 1
              WHERE connection_id = $1",
         )
         .bind(connection_id)
@@ -230,7 +233,7 @@ where
         sqlx::query(
             "UPDATE upstream_connections SET state = 'broken', broken_reason = $2,
                 refresh_token = NULL, access_token = NULL, access_expires_at_ms = NULL,
-                refreshing_until_ms = NULL, updated_at_ms = $3
+                refreshing_until_ms = NULL, updated_at_ms = $3, version = version + 1
              WHERE connection_id = $1",
         )
         .bind(connection_id)

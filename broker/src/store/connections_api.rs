@@ -33,6 +33,9 @@ pub struct ConnectionRecord {
     pub created_at_ms: i64,
     /// When its tokens last changed (ms since epoch).
     pub updated_at_ms: i64,
+    /// Counts every change of its tokens or state: a refresh is claimed only for the
+    /// version its refresh token was read at.
+    pub version: i64,
 }
 
 /// The token a task got for one provider (RFC 8693 token exchange), revoked at the
@@ -92,10 +95,13 @@ pub trait ConnectionStore: Send + Sync + 'static {
         connection_id: &str,
     ) -> StoreResult<Option<ConnectionRecord>>;
     /// Takes the right to refresh an active connection until `until_ms`, unless another
-    /// holder's right is still running at `now_ms`; whether it was taken.
+    /// holder's right is still running at `now_ms` or its tokens changed since `version`
+    /// was read (another replica refreshed meanwhile: its refresh token is spent); whether
+    /// it was taken.
     async fn claim_refresh(
         &self,
         connection_id: &str,
+        version: i64,
         now_ms: i64,
         until_ms: i64,
     ) -> StoreResult<bool>;
@@ -111,9 +117,10 @@ pub trait ConnectionStore: Send + Sync + 'static {
     async fn release_refresh(&self, connection_id: &str) -> StoreResult<()>;
     /// Marks a connection broken (its refresh token was refused) and forgets its tokens.
     async fn mark_broken(&self, connection_id: &str, reason: &str, now_ms: i64) -> StoreResult<()>;
-    /// Stores a task's token unless the task already has one for that provider that is
-    /// unrevoked and expires after `stale_before_ms` (which it replaces otherwise);
-    /// `false` if the stored one stays (the caller revokes its own and uses that one).
+    /// Stores a task's token for a provider. One already stored is replaced only if it is
+    /// unrevoked and expires at or before `stale_before_ms` (the stale one the caller
+    /// found); otherwise it stays and the answer is `false` (the caller revokes its own and
+    /// uses the stored one).
     async fn put_task_token(
         &self,
         token: &TaskUpstreamToken,

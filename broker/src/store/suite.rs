@@ -11,6 +11,7 @@ use super::api::{
     NewAuditEvent, Store, TaskRecord, TaskState, ToolPin, UsageBatch,
 };
 use super::chain::verify_chain;
+use super::connections_api::{ConnectionRecord, Refreshed, TaskUpstreamToken};
 use super::identity_api::{OAuthClient, OAuthGrant, Redeemed, Rotated, UserRecord, WebSession};
 use super::postgres::PgStore;
 use super::sqlite::SqliteStore;
@@ -720,6 +721,226 @@ async fn people_and_oauth(store: Arc<dyn Store>) {
     );
 }
 
+fn connection(id: &str, user: &str, provider: &str) -> ConnectionRecord {
+    ConnectionRecord {
+        connection_id: id.into(),
+        user: user.into(),
+        provider: provider.into(),
+        state: "active".into(),
+        broken_reason: None,
+        scopes: "notes:read offline_access".into(),
+        refresh_token: Some("sealed-refresh".into()),
+        access_token: Some("sealed-access".into()),
+        access_expires_at_ms: Some(5_000),
+        refreshing_until_ms: None,
+        created_at_ms: 1_000,
+        updated_at_ms: 1_000,
+        version: 0,
+    }
+}
+
+fn task_token(task_id: &str, connection_id: &str, token: &str, expires: i64) -> TaskUpstreamToken {
+    TaskUpstreamToken {
+        task_id: task_id.into(),
+        provider: "acme".into(),
+        connection_id: connection_id.into(),
+        access_token: token.into(),
+        expires_at_ms: Some(expires),
+        revoked_at_ms: None,
+        created_at_ms: 1_000,
+    }
+}
+
+async fn upstream_connections(store: Arc<dyn Store>) {
+    // One connection per person and provider: connecting again replaces the old one and
+    // hands it back (its tokens are to be revoked).
+    assert!(
+        store
+            .put_connection(&connection("con_1", "alice", "acme"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .put_connection(&connection("con_b", "bob", "acme"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let replaced = store
+        .put_connection(&connection("con_2", "alice", "acme"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(replaced.connection_id, "con_1");
+    let alice = store
+        .get_connection("alice", "acme")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(alice.connection_id, "con_2");
+    assert_eq!(store.list_connections("alice").await.unwrap().len(), 1);
+
+    // The right to refresh: one holder at a time, until its lease runs out.
+    assert!(store.claim_refresh("con_2", 0, 2_000, 3_000).await.unwrap());
+    assert!(!store.claim_refresh("con_2", 0, 2_500, 3_500).await.unwrap());
+    assert!(
+        store.claim_refresh("con_2", 0, 3_000, 4_000).await.unwrap(),
+        "lease ran out"
+    );
+    store
+        .store_refreshed(
+            "con_2",
+            &Refreshed {
+                access_token: "sealed-access-2".into(),
+                access_expires_at_ms: Some(9_000),
+                refresh_token: None,
+                scopes: None,
+            },
+            3_100,
+        )
+        .await
+        .unwrap();
+    let refreshed = store
+        .get_connection("alice", "acme")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(refreshed.access_token.as_deref(), Some("sealed-access-2"));
+    // No new refresh token sent: the old one stays.
+    assert_eq!(refreshed.refresh_token.as_deref(), Some("sealed-refresh"));
+    assert_eq!(refreshed.refreshing_until_ms, None);
+    assert_eq!(refreshed.updated_at_ms, 3_100);
+    assert_eq!(refreshed.version, 1);
+    // A replica that read the tokens before that refresh cannot claim one: its refresh
+    // token is spent.
+    assert!(!store.claim_refresh("con_2", 0, 3_200, 4_200).await.unwrap());
+    assert!(store.claim_refresh("con_2", 1, 3_200, 4_200).await.unwrap());
+    store.release_refresh("con_2").await.unwrap();
+    // Broken: tokens forgotten, and nobody may refresh it.
+    store.mark_broken("con_2", "refused", 3_300).await.unwrap();
+    let broken = store
+        .get_connection("alice", "acme")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(broken.state, "broken");
+    assert_eq!(broken.broken_reason.as_deref(), Some("refused"));
+    assert!(broken.refresh_token.is_none() && broken.access_token.is_none());
+    assert!(!store.claim_refresh("con_2", 2, 9_000, 9_500).await.unwrap());
+
+    // A task's token: stored once; a fresh stored one wins over a second one, an expiring
+    // one is replaced, a revoked one never.
+    store
+        .insert_task(&task("tsk_t", TaskState::Active), Some("ab01"), None)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .put_task_token(&task_token("tsk_t", "con_b", "one", 8_000), 2_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .put_task_token(&task_token("tsk_t", "con_b", "two", 9_000), 2_000)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .get_task_token("tsk_t", "acme")
+            .await
+            .unwrap()
+            .unwrap()
+            .access_token,
+        "one"
+    );
+    assert!(
+        store
+            .put_task_token(&task_token("tsk_t", "con_b", "three", 9_000), 8_500)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .get_task_token("tsk_t", "acme")
+            .await
+            .unwrap()
+            .unwrap()
+            .access_token,
+        "three"
+    );
+    assert_eq!(store.live_task_tokens("con_b").await.unwrap().len(), 1);
+    // Not revoked while the task is active.
+    assert!(store.task_tokens_to_revoke(10).await.unwrap().is_empty());
+    store
+        .end_task("tsk_t", TaskState::Completed, "done", 4_000)
+        .await
+        .unwrap();
+    let due = store.task_tokens_to_revoke(10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    // Claimed once across replicas; given back when the provider was away.
+    assert!(
+        store
+            .claim_task_token_revocation("tsk_t", "acme", 4_100)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .claim_task_token_revocation("tsk_t", "acme", 4_100)
+            .await
+            .unwrap()
+    );
+    assert!(store.task_tokens_to_revoke(10).await.unwrap().is_empty());
+    store
+        .unclaim_task_token_revocation("tsk_t", "acme")
+        .await
+        .unwrap();
+    assert_eq!(store.task_tokens_to_revoke(10).await.unwrap().len(), 1);
+    assert!(
+        store
+            .claim_task_token_revocation("tsk_t", "acme", 4_200)
+            .await
+            .unwrap()
+    );
+    assert!(store.live_task_tokens("con_b").await.unwrap().is_empty());
+    assert!(
+        !store
+            .put_task_token(&task_token("tsk_t", "con_b", "four", 9_999), 99_999)
+            .await
+            .unwrap()
+    );
+
+    // Disconnect: only the person's own connection.
+    assert!(
+        store
+            .delete_connection("bob", "con_2")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store
+            .delete_connection("alice", "con_2")
+            .await
+            .unwrap()
+            .unwrap()
+            .connection_id,
+        "con_2"
+    );
+    assert!(
+        store
+            .get_connection("alice", "acme")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.get_connection("bob", "acme").await.unwrap().is_some());
+}
+
 /// Runs every case, each on a fresh store from `make`.
 macro_rules! suite {
     ($make:expr) => {
@@ -750,6 +971,10 @@ macro_rules! suite {
         #[tokio::test]
         async fn people_and_oauth() {
             super::people_and_oauth($make.await).await
+        }
+        #[tokio::test]
+        async fn upstream_connections() {
+            super::upstream_connections($make.await).await
         }
     };
 }
