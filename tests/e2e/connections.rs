@@ -71,12 +71,19 @@ upstream = "http://{IDP}/rs/whoami"
 input_schema = { type = "object" }
 upstream_auth = { provider = "deploy", grant = "client_credentials", scopes = ["admin"] }
 
+# Its tools list without a token; each call carries the person's token, on a session of
+# its own. Nothing listens on {MCP} unless the test starts the server.
+[mcp_servers.remote]
+url = "http://127.0.0.1:{MCP}/mcp"
+timeout_ms = 5000
+upstream_auth = { provider = "plain", scopes = ["notes:read"] }
+
 [users.alice]
-tools = ["notes.*", "plain.*", "ops.*"]
+tools = ["notes.*", "plain.*", "ops.*", "remote.*"]
 max_ttl_seconds = 3600
 
 [users.bob]
-tools = ["notes.*", "plain.*"]
+tools = ["notes.*", "plain.*", "remote.*"]
 max_ttl_seconds = 3600
 
 [agents.bot]
@@ -198,9 +205,15 @@ impl Upstream {
 /// A broker on [`POLICY`] with accounts alice and bob, and the provider, its access
 /// tokens living `access_ttl` seconds.
 async fn deployment(access_ttl: u64) -> (TestBroker, Upstream) {
-    let port = free_port();
-    let broker =
-        TestBroker::spawn_with(&POLICY.replace("{IDP}", &format!("127.0.0.1:{port}"))).await;
+    deployment_with(access_ttl, free_port(), 9).await
+}
+
+/// [`deployment`] with the provider on `port` and the `remote` MCP server on `mcp_port`.
+async fn deployment_with(access_ttl: u64, port: u16, mcp_port: u16) -> (TestBroker, Upstream) {
+    let policy = POLICY
+        .replace("{IDP}", &format!("127.0.0.1:{port}"))
+        .replace("{MCP}", &mcp_port.to_string());
+    let broker = TestBroker::spawn_with(&policy).await;
     broker
         .state
         .accounts
@@ -846,7 +859,9 @@ async fn a_callback_with_a_wrong_state_a_replayed_code_or_another_browser_connec
 /// URL as the public URL (as replicas behind one load balancer do), and the provider.
 async fn replicas(access_ttl: u64) -> (TestBroker, TestBroker, Upstream, String) {
     let port = free_port();
-    let policy = POLICY.replace("{IDP}", &format!("127.0.0.1:{port}"));
+    let policy = POLICY
+        .replace("{IDP}", &format!("127.0.0.1:{port}"))
+        .replace("{MCP}", "9");
     let schema = format!("conn_{}", leash_broker::ids::random_hex(6));
     let pg = |config: &mut leash_broker::ServeConfig, schema: &str| {
         config.database_url = Some("postgres://postgres@127.0.0.1:5432/test".into());
@@ -947,4 +962,109 @@ async fn replicas_share_one_connection_and_refresh_it_once() {
         .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-qc"])
         .arg(format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
         .output();
+}
+
+/// `tests/interop/mcp_whoami.py` (the official MCP Python SDK), killed on drop.
+struct WhoamiServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl WhoamiServer {
+    async fn start(port: u16, introspect: &str) -> WhoamiServer {
+        leash_sdk::tls::install_default_provider();
+        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let python = root.join("../target/interop-venv/bin/python");
+        assert!(
+            python.exists(),
+            "run scripts/test.sh: it installs the MCP Python SDK"
+        );
+        let child = std::process::Command::new(python)
+            .arg(root.join("interop/mcp_whoami.py"))
+            .arg(port.to_string())
+            .arg(introspect)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while reqwest::get(format!("http://127.0.0.1:{port}/ready"))
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the whoami MCP server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        WhoamiServer { child, port }
+    }
+
+    async fn seen(&self) -> Vec<Value> {
+        reqwest::get(format!("http://127.0.0.1:{}/seen", self.port))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for WhoamiServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_mcp_server_gets_each_persons_own_token_on_a_session_of_its_own() {
+    let (port, mcp_port) = (free_port(), free_port());
+    let introspect = format!("http://127.0.0.1:{port}/test/introspect");
+    let server = WhoamiServer::start(mcp_port, &introspect).await;
+    let (broker, upstream) = deployment_with(3600, port, mcp_port).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while broker.state.catalog.get("remote.whoami").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "Leash did not discover remote.whoami"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut alice = connected(&broker, &upstream, "alice", &["plain"]).await;
+    let mut bob = connected(&broker, &upstream, "bob", &["plain"]).await;
+    let alice_token = mcp_token(&broker, &mut alice, &["remote.whoami"]).await;
+    let bob_token = mcp_token(&broker, &mut bob, &["remote.whoami"]).await;
+    for _ in 0..2 {
+        for (token, who) in [(&alice_token, "alice"), (&bob_token, "bob")] {
+            let (answer, text) = whoami(&broker.url, token, "remote.whoami").await;
+            assert_eq!(answer["sub"], who, "{text}");
+            for seen in server.seen().await {
+                assert!(!text.contains(seen["token"].as_str().unwrap()));
+            }
+        }
+    }
+    let seen = server.seen().await;
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert_eq!(
+        seen[0]["token"], seen[2]["token"],
+        "Alice's token both times"
+    );
+    assert_ne!(
+        seen[0]["token"], seen[1]["token"],
+        "Alice's and Bob's tokens differ"
+    );
+    // A person without a connection is asked to connect, as for HTTP tools.
+    let listed = connections_of(&mut bob).await;
+    let id = listed["plain"]["connection_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let page = bob.get("/connections").await;
+    let action = format!("/connections/{id}/disconnect");
+    let form = read_form(&page.body, &action);
+    assert_eq!(bob.post_form(&action, &form.filled()).await.status, 303);
+    let (answer, _) = mcp_call(&broker.url, &bob_token, "remote.whoami").await;
+    assert_eq!(answer["error"]["code"], -32042, "{answer}");
 }

@@ -215,7 +215,11 @@ pub fn load_sources(
                             file.error(offset, format!("MCP server {name:?} is defined twice, or clashes with a tool prefix"));
                             continue;
                         }
-                        if let Some(server) = file.mcp_server(&name, offset, table, env) {
+                        if let Some((server, auth_at)) = file.mcp_server(&name, offset, table, env)
+                        {
+                            if let (Some(at), Some(auth)) = (auth_at, &server.upstream_auth) {
+                                provider_refs.push((index, at, auth.provider.clone()));
+                            }
                             policy.mcp_servers.insert(name, Arc::new(server));
                         }
                     }

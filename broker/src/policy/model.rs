@@ -54,6 +54,9 @@ pub struct McpServerDef {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// How long one call may take.
     pub timeout: Duration,
+    /// `upstream_auth`: each call carries this provider token (the task's person's, or the
+    /// deployment's), on a session of its own; discovery uses `headers`.
+    pub upstream_auth: Option<UpstreamAuth>,
 }
 
 impl fmt::Debug for McpServerDef {
@@ -487,6 +490,7 @@ mod tests {
                 HeaderValue::from_static("Bearer tok-123456"),
             )],
             timeout: Duration::from_secs(1),
+            upstream_auth: None,
         };
         let error = format!(
             "error sending request for url ({}): header Bearer tok-123456; token tok-123456; pass pa/ss-w0rd",

@@ -194,7 +194,7 @@ impl<'a> FileCtx<'a> {
         offset: usize,
         table: &DeTable<'_>,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Option<McpServerDef> {
+    ) -> Option<(McpServerDef, Option<usize>)> {
         let what = format!("mcp_servers.{name:?}");
         let before = self.diagnostics.len();
         if !is_principal_name(name) || name.contains('.') {
@@ -203,7 +203,11 @@ impl<'a> FileCtx<'a> {
                 format!("{name:?} is not a valid MCP server name (ASCII letters, digits, - and _)"),
             );
         }
-        let fields = self.fields(table, &["url", "headers", "timeout_ms"], &what);
+        let fields = self.fields(
+            table,
+            &["url", "headers", "timeout_ms", "upstream_auth"],
+            &what,
+        );
         let url = match self.string(&fields, "url", &what) {
             Some((text, at)) => match self
                 .substitute(&text, at, env)
@@ -234,15 +238,26 @@ impl<'a> FileCtx<'a> {
             Some(value) => self.header_table(value, &format!("{what}.headers"), env),
             None => Vec::new(),
         };
+        let upstream_auth = fields
+            .get("upstream_auth")
+            .and_then(|value| self.upstream_auth(value, &what));
         if self.diagnostics.len() > before {
             return None;
         }
-        Some(McpServerDef {
-            name: name.to_string(),
-            url: url?,
-            headers,
-            timeout: Duration::from_millis(timeout_ms as u64),
-        })
+        let (upstream_auth, auth_at) = match upstream_auth {
+            Some((auth, at)) => (Some(auth), Some(at)),
+            None => (None, None),
+        };
+        Some((
+            McpServerDef {
+                name: name.to_string(),
+                url: url?,
+                headers,
+                timeout: Duration::from_millis(timeout_ms as u64),
+                upstream_auth,
+            },
+            auth_at,
+        ))
     }
 
     pub(super) fn grant(

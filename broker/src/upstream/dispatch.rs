@@ -72,7 +72,9 @@ impl Upstreams {
         authorization: Option<HeaderValue>,
     ) -> Result<Value, UpstreamFailure> {
         match Upstream::of(tool) {
-            Upstream::Mcp { server, tool } => self.mcp.call(server, tool, args).await,
+            Upstream::Mcp { server, tool } => {
+                self.mcp.call(server, tool, args, authorization).await
+            }
             Upstream::Http(tool) => {
                 let mut headers: Vec<(HeaderName, HeaderValue)> = Vec::with_capacity(2);
                 if let Some(capability) = capability

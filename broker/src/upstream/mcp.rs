@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::{HeaderName, HeaderValue};
 use rmcp::model::{
     CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation, ProtocolVersion,
     SubscriptionFilter,
@@ -22,6 +23,7 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::{ClientHandler, ClientLifecycleMode, ClientServiceExt};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use tokio::sync::{RwLock, mpsc};
 
 use crate::ids::is_tool_name;
@@ -79,7 +81,14 @@ pub struct Discovery {
 pub struct McpServers {
     servers: BTreeMap<String, Arc<Upstream>>,
     http: reqwest::Client,
+    /// Sessions of servers with `upstream_auth`, one per server and credential (keyed by
+    /// its digest): a call is never sent on a session opened with another person's token.
+    sessions: moka::future::Cache<(String, [u8; 32]), Client>,
 }
+
+/// How many per-credential sessions are kept open, and for how long unused.
+const MAX_SESSIONS: u64 = 1_000;
+const SESSION_IDLE: Duration = Duration::from_secs(300);
 
 impl McpServers {
     /// The configured servers, not connected yet (see [`McpServers::start`]), reached with
@@ -87,6 +96,10 @@ impl McpServers {
     pub fn new(servers: &BTreeMap<String, Arc<McpServerDef>>, http: reqwest::Client) -> Arc<Self> {
         Arc::new(McpServers {
             http,
+            sessions: moka::future::Cache::builder()
+                .max_capacity(MAX_SESSIONS)
+                .time_to_idle(SESSION_IDLE)
+                .build(),
             servers: servers
                 .iter()
                 .map(|(name, def)| {
@@ -114,23 +127,83 @@ impl McpServers {
     }
 
     /// Calls `tool` on `server`; the answer is the upstream's `CallToolResult` as JSON.
+    /// With `authorization` (the provider token of `upstream_auth`), on a session opened
+    /// with that credential; else on the server's shared session.
     pub async fn call(
         &self,
         server: &str,
         tool: &str,
         args: &Value,
+        authorization: Option<HeaderValue>,
     ) -> Result<Value, UpstreamFailure> {
         let name = format!("{server}.{tool}");
         let upstream = self
             .servers
             .get(server)
             .ok_or(UpstreamFailure::Unreachable { tool: name.clone() })?;
-        let client = upstream
-            .client
-            .read()
+        let Some(authorization) = authorization else {
+            let client = upstream
+                .client
+                .read()
+                .await
+                .clone()
+                .ok_or(UpstreamFailure::Unreachable { tool: name.clone() })?;
+            return call_on(upstream, &client, name, tool, args).await;
+        };
+        let key = (
+            server.to_string(),
+            <[u8; 32]>::from(Sha256::digest(authorization.as_bytes())),
+        );
+        // The credential must not reach a log line through an error that quotes headers.
+        let secret = authorization
+            .to_str()
+            .ok()
+            .and_then(|v| v.split_whitespace().last())
+            .unwrap_or_default()
+            .to_string();
+        let client = self
+            .sessions
+            .try_get_with(key.clone(), async {
+                let (changed, _) = mpsc::unbounded_channel();
+                connect(
+                    &upstream.def,
+                    &self.http,
+                    Listener { changed },
+                    Some(authorization),
+                )
+                .await
+                .map(Arc::new)
+                .map_err(|e| {
+                    if secret.len() >= 4 {
+                        e.replace(&secret, "[redacted]")
+                    } else {
+                        e
+                    }
+                })
+            })
             .await
-            .clone()
-            .ok_or(UpstreamFailure::Unreachable { tool: name.clone() })?;
+            .map_err(|error| {
+                tracing::warn!(tool = %name, %error, "cannot open an MCP session with the call's credential");
+                UpstreamFailure::Unreachable { tool: name.clone() }
+            })?;
+        let outcome = call_on(upstream, &client, name, tool, args).await;
+        if matches!(outcome, Err(UpstreamFailure::Unreachable { .. })) {
+            // A broken session is opened again on the next call.
+            self.sessions.invalidate(&key).await;
+        }
+        outcome
+    }
+}
+
+/// One `tools/call` on an open session.
+async fn call_on(
+    upstream: &Upstream,
+    client: &Client,
+    name: String,
+    tool: &str,
+    args: &Value,
+) -> Result<Value, UpstreamFailure> {
+    {
         let params = CallToolRequestParams::new(tool.to_string())
             .with_arguments(args.as_object().cloned().unwrap_or_default());
         let timeout = upstream.def.timeout;
@@ -162,8 +235,13 @@ async fn connect(
     def: &McpServerDef,
     http: &reqwest::Client,
     listener: Listener,
+    authorization: Option<HeaderValue>,
 ) -> Result<RunningService<RoleClient, Listener>, String> {
-    let headers = def.headers.iter().cloned().collect();
+    let mut headers: std::collections::HashMap<HeaderName, HeaderValue> =
+        def.headers.iter().cloned().collect();
+    if let Some(authorization) = authorization {
+        headers.insert(axum::http::header::AUTHORIZATION, authorization);
+    }
     // Answers bounded like HTTP tools' (rmcp enforces these for a reqwest client).
     let config = StreamableHttpClientTransportConfig::with_uri(def.url.as_str())
         .custom_headers(headers)
@@ -196,6 +274,7 @@ async fn maintain(upstream: Arc<Upstream>, http: reqwest::Client, discovery: Dis
             Listener {
                 changed: changed_tx.clone(),
             },
+            None,
         )
         .await
         {
@@ -290,7 +369,7 @@ async fn refresh(
                 validator,
                 upstream_headers: Vec::new(),
                 mcp: Some((def.name.clone(), tool.name.to_string())),
-                upstream_auth: None,
+                upstream_auth: def.upstream_auth.clone(),
             }),
             withheld,
             hash,
