@@ -857,7 +857,17 @@ async fn a_callback_with_a_wrong_state_a_replayed_code_or_another_browser_connec
 
 /// Two replicas on this machine's PostgreSQL (a fresh schema), both naming the first one's
 /// URL as the public URL (as replicas behind one load balancer do), and the provider.
-async fn replicas(access_ttl: u64) -> (TestBroker, TestBroker, Upstream, String) {
+/// A replica as its own `leash serve` process, logging at debug level to a file.
+struct LoggedReplica {
+    process: crate::common::BrokerProcess,
+    log: std::path::PathBuf,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+/// Replica A in this process, replica B a `leash serve` process whose debug log the test
+/// reads, on this machine's PostgreSQL (a fresh schema), both naming A's URL as the
+/// public URL (as replicas behind one load balancer do); and the provider.
+async fn replicas(access_ttl: u64) -> (TestBroker, LoggedReplica, Upstream, String) {
     let port = free_port();
     let policy = POLICY
         .replace("{IDP}", &format!("127.0.0.1:{port}"))
@@ -870,12 +880,36 @@ async fn replicas(access_ttl: u64) -> (TestBroker, TestBroker, Upstream, String)
             Some("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into());
     };
     let a = TestBroker::spawn_tuned(&policy, |config| pg(config, &schema)).await;
-    let public = a.url.clone();
-    let b = TestBroker::spawn_tuned(&policy, |config| {
-        pg(config, &schema);
-        config.public_url = Some(public);
-    })
+    let policies = tempfile::tempdir().unwrap();
+    std::fs::write(policies.path().join("p.toml"), &policy).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let log = data.path().join("leash.log");
+    let env = [
+        (
+            "LEASH_DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/test".to_string(),
+        ),
+        ("LEASH_DATABASE_SCHEMA", schema.clone()),
+        (
+            "LEASH_MASTER_KEY",
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".to_string(),
+        ),
+        ("LEASH_ADMIN_TOKEN", ADMIN.to_string()),
+        ("LEASH_PUBLIC_URL", a.url.clone()),
+        ("LEASH_LOG", "debug".to_string()),
+    ];
+    let process = crate::common::BrokerProcess::start_logged(
+        policies.path(),
+        &data.path().join("data"),
+        &env,
+        Some(&log),
+    )
     .await;
+    let b = LoggedReplica {
+        process,
+        log,
+        _dirs: (policies, data),
+    };
     a.state
         .accounts
         .add("alice", ALICE_PASSWORD, false)
@@ -889,10 +923,11 @@ async fn replicas(access_ttl: u64) -> (TestBroker, TestBroker, Upstream, String)
 async fn replicas_share_one_connection_and_refresh_it_once() {
     let ttl = 4;
     let (a, b, upstream, schema) = replicas(ttl).await;
+    let b_url = b.process.url.clone();
     let mut alice = connected(&a, &upstream, "alice", &["plain", "acme"]).await;
     let token = mcp_token(&a, &mut alice, &["plain.whoami", "notes.whoami"]).await;
     // The connection made on A serves calls on B.
-    let (on_b, _) = whoami(&b.url, &token, "plain.whoami").await;
+    let (on_b, _) = whoami(&b_url, &token, "plain.whoami").await;
     assert_eq!(on_b["sub"], "alice", "{on_b}");
     assert_eq!(upstream.refreshes().await, 0);
     tokio::time::sleep(Duration::from_secs(ttl) + Duration::from_millis(300)).await;
@@ -901,7 +936,7 @@ async fn replicas_share_one_connection_and_refresh_it_once() {
         let url = if i % 2 == 0 {
             a.url.clone()
         } else {
-            b.url.clone()
+            b_url.clone()
         };
         let token = token.clone();
         tokio::spawn(async move { whoami(&url, &token, "plain.whoami").await.0 })
@@ -918,7 +953,7 @@ async fn replicas_share_one_connection_and_refresh_it_once() {
         let (url, token) = (a.url.clone(), token.clone());
         async move { whoami(&url, &token, "notes.whoami").await.0 }
     });
-    let (on_b, _) = whoami(&b.url, &token, "notes.whoami").await;
+    let (on_b, _) = whoami(&b_url, &token, "notes.whoami").await;
     assert_eq!(on_b["sub"], "alice");
     assert_eq!(on_a.await.unwrap()["sub"], "alice");
     let stored: Vec<Value> = upstream
@@ -944,19 +979,32 @@ async fn replicas_share_one_connection_and_refresh_it_once() {
         }
     }
     let task_id = task_id_of(&a, "alice").await.pop().unwrap();
-    let ended = b
-        .post(
-            &format!("/v1/tasks/{task_id}/revoke"),
-            Some(ADMIN),
-            json!({"reason": "done"}),
-        )
-        .await;
+    let ended = crate::common::post_json(
+        &format!("{b_url}/v1/tasks/{task_id}/revoke"),
+        Some(ADMIN),
+        json!({"reason": "done"}),
+    )
+    .await;
     assert_eq!(ended.status, 200, "{ended:?}");
     let deadline = Instant::now() + Duration::from_secs(15);
     while upstream.active(&kept).await {
         assert!(Instant::now() < deadline, "still active at the provider");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // B's debug log names no provider token, nor the client secret.
+    let log = std::fs::read_to_string(&b.log).unwrap();
+    assert!(
+        log.contains("DEBUG") || log.contains("debug"),
+        "B logged at debug level"
+    );
+    for seen in upstream.seen().await {
+        let token = seen["token"].as_str().unwrap();
+        assert!(!log.contains(token), "a provider token is in B's log");
+    }
+    assert!(
+        !log.contains(CLIENT_SECRET),
+        "the client secret is in B's log"
+    );
     drop((a, b));
     let _ = std::process::Command::new("psql")
         .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-qc"])
