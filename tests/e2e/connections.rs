@@ -1116,3 +1116,39 @@ async fn an_upstream_mcp_server_gets_each_persons_own_token_on_a_session_of_its_
     let (answer, _) = mcp_call(&broker.url, &bob_token, "remote.whoami").await;
     assert_eq!(answer["error"]["code"], -32042, "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_the_upstream_refuses_before_its_time_is_replaced_on_the_next_call() {
+    let (broker, upstream) = deployment(3600).await;
+    let mut alice = connected(&broker, &upstream, "alice", &["acme"]).await;
+    let token = mcp_token(&broker, &mut alice, &["notes.whoami"]).await;
+    whoami(&broker.url, &token, "notes.whoami").await;
+    let first = upstream.seen().await[0]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Someone revokes the task's token at the provider behind Leash's back.
+    let revoked = reqwest::Client::new()
+        .post(format!("{}/token/revocation", upstream.issuer))
+        .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(crate::oauth::form_body(&[("token", first.as_str())]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    assert!(!upstream.active(&first).await);
+    // The call it was sent with fails and says so...
+    let (answer, _) = mcp_call(&broker.url, &token, "notes.whoami").await;
+    let said = answer["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or("");
+    assert!(said.contains("refused the credential"), "{answer}");
+    // ...and the next one carries a new token of the task.
+    let exchanges = upstream.exchanges().await;
+    let (as_alice, _) = whoami(&broker.url, &token, "notes.whoami").await;
+    assert_eq!(as_alice["sub"], "alice");
+    assert_eq!(upstream.exchanges().await, exchanges + 1);
+    let last = upstream.seen().await.last().unwrap()["token"].clone();
+    assert_ne!(last, first.as_str());
+}

@@ -144,6 +144,29 @@ pub struct Injection {
     pub authorization: HeaderValue,
     /// The connection that served it (none: the deployment's own token).
     pub connection_id: Option<String>,
+    /// Which stored token it is, to drop if the upstream refuses it.
+    source: Source,
+}
+
+/// Where an injected token is kept.
+enum Source {
+    /// A connection's access token, as of `version`.
+    Connection { id: String, version: i64 },
+    /// A task's exchanged token (sealed, as stored).
+    Task {
+        task_id: String,
+        provider: String,
+        sealed: String,
+    },
+    /// The deployment's token for (provider, scopes).
+    Deployment((String, String)),
+}
+
+/// A token for a call, where it came from.
+struct Served {
+    token: String,
+    connection_id: String,
+    source: Source,
 }
 
 /// A deployment token (client credentials) and when it stops being used.
@@ -576,6 +599,7 @@ impl Connections {
             return Ok(Some(Injection {
                 authorization: bearer(&token)?,
                 connection_id: None,
+                source: Source::Deployment((auth.provider.clone(), auth.scopes.join(" "))),
             }));
         }
         let Some(user) = user else {
@@ -584,15 +608,41 @@ impl Connections {
                 tool.name, auth.provider
             )));
         };
-        let (token, connection_id) = if client.def().token_exchange {
+        let served = if client.def().token_exchange {
             self.task_token(client, task_id, user, task_tools).await?
         } else {
             self.user_token(client, user).await?
         };
         Ok(Some(Injection {
-            authorization: bearer(&token)?,
-            connection_id: Some(connection_id),
+            authorization: bearer(&served.token)?,
+            connection_id: Some(served.connection_id),
+            source: served.source,
         }))
+    }
+
+    /// The upstream refused `injection`'s token (HTTP 401) before its time — revoked at
+    /// the provider, say: it is dropped, so the next call refreshes (or exchanges) a new
+    /// one instead of failing until it would have expired.
+    pub async fn refused(&self, injection: &Injection) {
+        let outcome = match &injection.source {
+            Source::Connection { id, version } => self.store.expire_access(id, *version).await,
+            Source::Task {
+                task_id,
+                provider,
+                sealed,
+            } => {
+                self.store
+                    .expire_task_token(task_id, provider, sealed)
+                    .await
+            }
+            Source::Deployment(key) => {
+                self.deployment.lock().await.remove(key);
+                Ok(())
+            }
+        };
+        if let Err(e) = outcome {
+            tracing::warn!(error = %e, "cannot drop a refused upstream token");
+        }
     }
 
     /// The lock of one refresh or exchange in this process.
@@ -640,15 +690,19 @@ impl Connections {
 
     /// `user`'s access token at `client`'s provider, refreshed if it is about to
     /// expire; with the connection id.
-    async fn user_token(
-        &self,
-        client: &ProviderClient,
-        user: &str,
-    ) -> Result<(String, String), ApiError> {
+    async fn user_token(&self, client: &ProviderClient, user: &str) -> Result<Served, ApiError> {
         let provider = client.def().name.as_str();
+        let served = |token: String, record: ConnectionRecord| Served {
+            token,
+            source: Source::Connection {
+                id: record.connection_id.clone(),
+                version: record.version,
+            },
+            connection_id: record.connection_id,
+        };
         let record = self.connection(provider, user).await?;
         if let Some(token) = self.fresh_access(&record, self.clock.now_ms()) {
-            return Ok((token, record.connection_id));
+            return Ok(served(token, record));
         }
         let lock = self.lock_of(format!("con:{}", record.connection_id));
         let _one_at_a_time = lock.lock().await;
@@ -658,7 +712,7 @@ impl Connections {
             let record = self.connection(provider, user).await?;
             let now = self.clock.now_ms();
             if let Some(token) = self.fresh_access(&record, now) {
-                return Ok((token, record.connection_id));
+                return Ok(served(token, record));
             }
             let claimed = self
                 .store
@@ -689,7 +743,7 @@ impl Connections {
         &self,
         client: &ProviderClient,
         record: &ConnectionRecord,
-    ) -> Result<(String, String), ApiError> {
+    ) -> Result<Served, ApiError> {
         let provider = record.provider.as_str();
         let id = &record.connection_id;
         let refresh_token = record
@@ -730,7 +784,15 @@ impl Connections {
                         detail: json!({ "connection": id, "provider": provider }),
                     })
                     .await;
-                Ok((tokens.access_token, id.clone()))
+                Ok(Served {
+                    token: tokens.access_token,
+                    connection_id: id.clone(),
+                    // Storing the refresh moved the row one version on.
+                    source: Source::Connection {
+                        id: id.clone(),
+                        version: record.version + 1,
+                    },
+                })
             }
             Err(failure) if failure.is_invalid_grant() => {
                 let why = format!("the provider refused its refresh token: {failure}");
@@ -792,10 +854,10 @@ impl Connections {
         task_id: &str,
         user: &str,
         task_tools: &[String],
-    ) -> Result<(String, String), ApiError> {
+    ) -> Result<Served, ApiError> {
         let provider = client.def().name.as_str();
         let owner = format!("{task_id}/{provider}");
-        let stored = |this: &Self, token: Option<TaskUpstreamToken>| -> Option<(String, String)> {
+        let stored = |this: &Self, token: Option<TaskUpstreamToken>| -> Option<Served> {
             let token = token?;
             if token.revoked_at_ms.is_some()
                 || !fresh(
@@ -810,7 +872,15 @@ impl Connections {
                 .sealer
                 .open(TASK_KIND, &owner, &token.access_token)
                 .ok()?;
-            Some((open, token.connection_id))
+            Some(Served {
+                token: open,
+                connection_id: token.connection_id,
+                source: Source::Task {
+                    task_id: token.task_id,
+                    provider: token.provider,
+                    sealed: token.access_token,
+                },
+            })
         };
         let read = |this: &Self| {
             let store = this.store.clone();
@@ -831,9 +901,10 @@ impl Connections {
                 "task {task_id} has ended: its token at {provider:?} was revoked"
             )));
         }
-        let (subject, connection_id) = self.user_token(client, user).await?;
+        let subject = self.user_token(client, user).await?;
+        let connection_id = subject.connection_id.clone();
         let scopes = self.task_scopes(provider, task_tools);
-        let tokens = client.exchange(&subject, &scopes).await.map_err(|failure| {
+        let tokens = client.exchange(&subject.token, &scopes).await.map_err(|failure| {
             ApiError::UpstreamError(format!(
                 "the provider {provider:?} could not issue this task's token (token exchange): {failure}"
             ))
@@ -888,7 +959,15 @@ impl Connections {
             .await;
         // A task that ended meanwhile is swept at once.
         self.wake.notify_one();
-        Ok((tokens.access_token, connection_id))
+        Ok(Served {
+            token: tokens.access_token,
+            connection_id,
+            source: Source::Task {
+                task_id: task_id.to_string(),
+                provider: provider.to_string(),
+                sealed: record.access_token,
+            },
+        })
     }
 
     /// The deployment's own token for `scopes` (client credentials), kept until shortly

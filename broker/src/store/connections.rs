@@ -229,6 +229,37 @@ where
         Ok(())
     }
 
+    async fn expire_access(&self, connection_id: &str, version: i64) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE upstream_connections SET access_expires_at_ms = updated_at_ms
+             WHERE connection_id = $1 AND version = $2",
+        )
+        .bind(connection_id)
+        .bind(version)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn expire_task_token(
+        &self,
+        task_id: &str,
+        provider: &str,
+        token: &str,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE task_upstream_tokens SET expires_at_ms = created_at_ms
+             WHERE task_id = $1 AND provider = $2 AND access_token = $3
+               AND revoked_at_ms IS NULL",
+        )
+        .bind(task_id)
+        .bind(provider)
+        .bind(token)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn mark_broken(&self, connection_id: &str, reason: &str, now_ms: i64) -> StoreResult<()> {
         sqlx::query(
             "UPDATE upstream_connections SET state = 'broken', broken_reason = $2,

@@ -115,6 +115,17 @@ pub trait ConnectionStore: Send + Sync + 'static {
     /// Gives the right to refresh back without new tokens (the provider could not be
     /// reached).
     async fn release_refresh(&self, connection_id: &str) -> StoreResult<()>;
+    /// Marks the access token of `version` expired (its upstream refused it before its
+    /// time), so the next call refreshes; a newer token is left alone.
+    async fn expire_access(&self, connection_id: &str, version: i64) -> StoreResult<()>;
+    /// Marks a task's unrevoked token expired (its upstream refused it), so the next call
+    /// exchanges a new one.
+    async fn expire_task_token(
+        &self,
+        task_id: &str,
+        provider: &str,
+        token: &str,
+    ) -> StoreResult<()>;
     /// Marks a connection broken (its refresh token was refused) and forgets its tokens.
     async fn mark_broken(&self, connection_id: &str, reason: &str, now_ms: i64) -> StoreResult<()>;
     /// Stores a task's token for a provider. One already stored is replaced only if it is

@@ -271,10 +271,10 @@ impl Calls {
                 &tool,
             )
             .await?;
-        let authorization = injection.map(|injection| {
-            *served_by = injection.connection_id;
-            injection.authorization
-        });
+        if let Some(injection) = &injection {
+            served_by.clone_from(&injection.connection_id);
+        }
+        let authorization = injection.as_ref().map(|i| i.authorization.clone());
         if tool.approval == ToolApproval::PerCall {
             let task_id = &task.runtime.task_id;
             match approval {
@@ -326,6 +326,12 @@ impl Calls {
             Err(failure) => {
                 if !failure.not_performed() {
                     slot.commit(self.clock.now_ms());
+                }
+                if let (UpstreamFailure::Unauthorized { .. }, Some(injection)) =
+                    (&failure, &injection)
+                {
+                    // Revoked early at the provider, perhaps: the next call gets a new one.
+                    self.connections.refused(injection).await;
                 }
                 Err(match failure {
                     UpstreamFailure::Timeout { .. } => {

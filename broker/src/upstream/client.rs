@@ -44,6 +44,12 @@ pub enum UpstreamFailure {
         /// The certificate or handshake problem, as rustls names it.
         problem: String,
     },
+    /// The upstream refused the credential Leash sent (HTTP 401): nothing was done.
+    #[error("tool {tool:?} refused the credential it was sent (HTTP 401)")]
+    Unauthorized {
+        /// The tool.
+        tool: String,
+    },
     /// The upstream answered, but not with a usable JSON answer.
     #[error("tool {tool:?} {problem}")]
     BadAnswer {
@@ -62,6 +68,7 @@ impl UpstreamFailure {
             UpstreamFailure::Timeout { .. }
                 | UpstreamFailure::Unreachable { .. }
                 | UpstreamFailure::Tls { .. }
+                | UpstreamFailure::Unauthorized { .. }
         )
     }
 }
@@ -148,6 +155,9 @@ impl Proxy {
                         });
                     }
                 }
+            }
+            if status == reqwest::StatusCode::UNAUTHORIZED {
+                return Err(UpstreamFailure::Unauthorized { tool: name.clone() });
             }
             if !status.is_success() {
                 return Err(UpstreamFailure::BadAnswer {
