@@ -1152,3 +1152,122 @@ async fn a_token_the_upstream_refuses_before_its_time_is_replaced_on_the_next_ca
     let last = upstream.seen().await.last().unwrap()["token"].clone();
     assert_ne!(last, first.as_str());
 }
+
+impl Upstream {
+    /// Whether `POST /token/revocation` answers 503.
+    async fn revocation_down(&self, down: bool) {
+        let answer = self
+            .http
+            .post(format!(
+                "{}/test/revocation?down={}",
+                self.issuer,
+                u8::from(down)
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert!(answer.status().is_success());
+    }
+
+    /// The secrets `echo` mode quoted back in error descriptions.
+    async fn echoed(&self) -> Vec<String> {
+        self.get("/test/echoed")
+            .await
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_error_quoting_a_token_shows_nobody_that_token() {
+    let ttl = 3;
+    let (broker, upstream) = deployment(ttl).await;
+    let mut alice = connected(&broker, &upstream, "alice", &["plain", "acme"]).await;
+    let token = mcp_token(&broker, &mut alice, &["plain.whoami", "notes.whoami"]).await;
+    upstream.mode("echo").await;
+    // The exchange quotes the person's token; the refresh (after expiry) quotes the
+    // refresh token.
+    let (exchange, exchange_text) = mcp_call(&broker.url, &token, "notes.whoami").await;
+    assert_eq!(exchange["result"]["isError"], true, "{exchange}");
+    tokio::time::sleep(Duration::from_secs(ttl) + Duration::from_millis(300)).await;
+    let (refresh, refresh_text) = mcp_call(&broker.url, &token, "plain.whoami").await;
+    assert_eq!(refresh["error"]["code"], -32042, "{refresh}");
+    let echoed = upstream.echoed().await;
+    assert_eq!(echoed.len(), 2, "{echoed:?}");
+    let mut shown = exchange_text + &refresh_text;
+    shown.push_str(&alice.get("/connections").await.body);
+    shown.push_str(&alice.get("/v1/connections").await.body);
+    shown.push_str(&serde_json::to_string(&audit(&broker).await).unwrap());
+    for secret in &echoed {
+        assert!(secret.len() > 10, "{secret}");
+        assert!(
+            !shown.contains(secret.as_str()),
+            "a token the provider quoted is shown"
+        );
+    }
+    assert!(shown.contains("invalid_grant"), "the error code is shown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnect_while_the_provider_is_away_stops_the_task_at_once_and_revokes_later() {
+    let (broker, upstream) = deployment(3600).await;
+    let mut alice = connected(&broker, &upstream, "alice", &["acme"]).await;
+    let token = mcp_token(&broker, &mut alice, &["notes.whoami"]).await;
+    whoami(&broker.url, &token, "notes.whoami").await;
+    let task_token = upstream.seen().await[0]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    upstream.revocation_down(true).await;
+    let listed = connections_of(&mut alice).await;
+    let id = listed["acme"]["connection_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let page = alice.get("/connections").await;
+    let action = format!("/connections/{id}/disconnect");
+    let form = read_form(&page.body, &action);
+    assert_eq!(alice.post_form(&action, &form.filled()).await.status, 303);
+    // The connection serves nothing from now on, though the provider has not heard yet.
+    assert!(connections_of(&mut alice).await["acme"].is_null());
+    let (answer, _) = mcp_call(&broker.url, &token, "notes.whoami").await;
+    assert_eq!(answer["error"]["code"], -32042, "{answer}");
+    assert!(upstream.active(&task_token).await);
+    // The provider comes back: the sweep revokes what it could not.
+    upstream.revocation_down(false).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while upstream.active(&task_token).await {
+        assert!(
+            Instant::now() < deadline,
+            "never revoked after the provider came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Connecting again gives the same task a new token of the new connection.
+    connect(&mut alice, &upstream.issuer, &broker.url, "acme", "alice").await;
+    let (as_alice, _) = whoami(&broker.url, &token, "notes.whoami").await;
+    assert_eq!(as_alice["sub"], "alice");
+    let last = upstream.seen().await.last().unwrap()["token"].clone();
+    assert_ne!(last, task_token.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_would_inject_a_header_is_refused_and_the_connection_survives() {
+    let ttl = 3;
+    let (broker, upstream) = deployment(ttl).await;
+    let mut alice = connected(&broker, &upstream, "alice", &["plain"]).await;
+    let token = mcp_token(&broker, &mut alice, &["plain.whoami"]).await;
+    tokio::time::sleep(Duration::from_secs(ttl) + Duration::from_millis(300)).await;
+    upstream.mode("ctrl").await;
+    let (answer, _) = mcp_call(&broker.url, &token, "plain.whoami").await;
+    let said = answer["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or("");
+    assert!(said.contains("not a bearer token"), "{answer}");
+    upstream.mode("normal").await;
+    let (as_alice, _) = whoami(&broker.url, &token, "plain.whoami").await;
+    assert_eq!(as_alice["sub"], "alice");
+}

@@ -38,7 +38,11 @@
 //   POST /test/mode?mode=M               how POST /token answers from now on: normal (the
 //                                        provider), down (503 HTML), garbage (200, body
 //                                        `not json at all`), slow (30 s, then normal),
-//                                        redirect (307 to another host)
+//                                        redirect (307 to another host), echo (400
+//                                        invalid_grant quoting the token sent), ctrl (a
+//                                        "token" holding CR LF)
+//   POST /test/revocation?down=1|0       POST /token/revocation answers 503 (or not)
+//   GET  /test/echoed                    what echo mode quoted back
 //
 // Prints `upstream-provider listening http://127.0.0.1:P` once ready; exits on SIGTERM or
 // when stdin closes.
@@ -199,6 +203,10 @@ const seen = [];
 let refreshes = 0;
 let exchanges = 0;
 let tokenMode = 'normal';
+// Whether POST /token/revocation answers 503 (the provider's revocation is away).
+let revocationDown = false;
+// What `echo` mode quoted back (the secrets a client sent), for the test to look for.
+const echoed = [];
 const grantsOf = new Map(); // accountId -> Set of grant ids
 
 provider.on('grant.saved', (grant) => {
@@ -406,13 +414,19 @@ provider.use(async (ctx, next) => {
       ctx.body = await introspect(token);
     } else if (path === '/test/mode' && method === 'POST') {
       const mode = ctx.query.mode;
-      if (!['normal', 'down', 'garbage', 'slow', 'redirect'].includes(mode)) {
+      const modes = ['normal', 'down', 'garbage', 'slow', 'redirect', 'echo', 'ctrl'];
+      if (!modes.includes(mode)) {
         ctx.status = 400;
-        ctx.body = { error: 'mode must be normal, down, garbage, slow or redirect' };
+        ctx.body = { error: `mode must be one of ${modes.join(', ')}` };
         return;
       }
       tokenMode = mode;
       ctx.body = { mode };
+    } else if (path === '/test/revocation' && method === 'POST') {
+      revocationDown = ctx.query.down === '1';
+      ctx.body = { down: revocationDown };
+    } else if (path === '/test/echoed' && method === 'GET') {
+      ctx.body = echoed;
     } else {
       ctx.status = 404;
       ctx.body = { error: 'no such test route' };
@@ -420,7 +434,29 @@ provider.use(async (ctx, next) => {
     return;
   }
 
+  if (path === '/token/revocation' && revocationDown) {
+    ctx.status = 503;
+    ctx.type = 'text/html';
+    ctx.body = '<html><body><h1>503 Service Unavailable</h1></body></html>';
+    return;
+  }
+
   if (path === '/token') {
+    if (tokenMode === 'echo') {
+      // An error whose description quotes the secret the client sent.
+      const form = await readForm(ctx);
+      const sent = form.get('refresh_token') || form.get('subject_token') || form.get('code') || '';
+      echoed.push(sent);
+      ctx.status = 400;
+      ctx.body = { error: 'invalid_grant', error_description: `bad token ${sent}` };
+      return;
+    }
+    if (tokenMode === 'ctrl') {
+      // A "token" that would inject a header.
+      ctx.status = 200;
+      ctx.body = { access_token: 'abc\r\nX-Injected: 1', token_type: 'Bearer', expires_in: 3600 };
+      return;
+    }
     if (tokenMode === 'down') {
       ctx.status = 503;
       ctx.type = 'text/html';

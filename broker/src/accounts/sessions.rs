@@ -45,16 +45,21 @@ fn digest(value: &str) -> String {
     hex::encode(Sha256::digest(value.as_bytes()))
 }
 
-/// The value of cookie `name` in `headers`, if present once or more (first wins).
+/// The value of cookie `name` in `headers` — only if it is there exactly once. A second
+/// cookie of the same name is one someone else planted (for a longer path, or from a
+/// sibling subdomain, browsers send it first): the request is treated as carrying none,
+/// so a planted session can never stand in for the person's own.
 pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers
+    let mut found = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value)
+        .filter(|(key, _)| *key == name)
+        .map(|(_, value)| value);
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
 }
 
 /// Whether `submitted` equals `expected`, in constant time (both non-empty).
@@ -154,6 +159,28 @@ impl Sessions {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    #[test]
+    fn a_cookie_sent_twice_counts_as_none() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; leash_session=mine"),
+        );
+        assert_eq!(cookie(&headers, "leash_session"), Some("mine"));
+        assert_eq!(cookie(&headers, "b"), None);
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("leash_session=planted; a=1; leash_session=mine"),
+        );
+        assert_eq!(cookie(&headers, "leash_session"), None);
+        assert_eq!(cookie(&headers, "a"), Some("1"));
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("leash_session=more"),
+        );
+        assert_eq!(cookie(&headers, "leash_session"), None);
+    }
 
     #[test]
     fn cookies_are_read_by_exact_name() {

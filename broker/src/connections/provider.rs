@@ -38,13 +38,14 @@ pub enum ProviderFailure {
     /// OAuth answer.
     #[error("{0}")]
     Unreachable(String),
-    /// The provider answered with an OAuth error.
-    #[error("the provider refused: {error}{}", description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    /// The provider answered with an OAuth error. Only its code is kept: a provider's
+    /// `error_description` may quote what Leash sent (a refresh token, the subject token
+    /// of an exchange, a code), and this text reaches agents, pages and the audit.
+    #[error("the provider refused: {error}")]
     Refused {
-        /// The OAuth error code (`invalid_grant`, …).
+        /// The OAuth error code (`invalid_grant`, …), or `unrecognised_error` when the
+        /// provider's code is not one (RFC 6749's charset, at most 64 characters).
         error: String,
-        /// Its description, cut short and printable.
-        description: Option<String>,
     },
 }
 
@@ -106,21 +107,28 @@ struct ExchangeAnswer {
 #[derive(Deserialize)]
 struct ErrorAnswer {
     error: String,
-    #[serde(default)]
-    error_description: Option<String>,
 }
 
-/// At most 200 printable characters of what the provider said.
-fn printable(text: &str) -> String {
-    text.chars().filter(|c| !c.is_control()).take(200).collect()
+/// The provider's error code if it looks like one (letters, digits, `_`, `-` and `.`, at
+/// most 64): anything else could be a token quoted back, and is not shown.
+fn error_code(text: &str) -> String {
+    let plausible = !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if plausible {
+        text.to_string()
+    } else {
+        "unrecognised_error".to_string()
+    }
 }
 
 fn refused<T: ErrorResponseType + std::fmt::Display>(
     error: &StandardErrorResponse<T>,
 ) -> ProviderFailure {
     ProviderFailure::Refused {
-        error: printable(&error.error().to_string()),
-        description: error.error_description().map(|d| printable(d)),
+        error: error_code(&error.error().to_string()),
     }
 }
 
@@ -133,7 +141,10 @@ fn classify<RE: std::error::Error + 'static, T: ErrorResponseType + std::fmt::Di
         RequestTokenError::Parse(..) => ProviderFailure::Unreachable(
             "the provider answered something that is not an OAuth token answer".into(),
         ),
-        RequestTokenError::Other(what) => ProviderFailure::Unreachable(printable(&what)),
+        // Its text may quote the answer: not shown.
+        RequestTokenError::Other(_) => {
+            ProviderFailure::Unreachable("the provider's answer could not be used".into())
+        }
     }
 }
 
@@ -141,8 +152,7 @@ fn classify<RE: std::error::Error + 'static, T: ErrorResponseType + std::fmt::Di
 fn refusal_of(answer: &oauth2::HttpResponse, what: &str) -> ProviderFailure {
     match serde_json::from_slice::<ErrorAnswer>(answer.body()) {
         Ok(error) => ProviderFailure::Refused {
-            error: printable(&error.error),
-            description: error.error_description.as_deref().map(printable),
+            error: error_code(&error.error),
         },
         Err(_) => ProviderFailure::Unreachable(format!(
             "{what} answered HTTP {}",
@@ -192,10 +202,23 @@ impl ProviderClient {
             (Some(issuer), None, _) | (Some(issuer), _, None) => Some(self.discover(issuer).await?),
             _ => None,
         };
+        // A discovered endpoint must be a web URL, and never plain http:// under an
+        // https:// issuer.
+        let https_only = self
+            .def
+            .issuer
+            .as_deref()
+            .is_some_and(|i| i.starts_with("https://"));
         let pick = |written: &Option<reqwest::Url>, found: Option<&str>| -> Option<reqwest::Url> {
-            written
-                .clone()
-                .or_else(|| found.and_then(|f| reqwest::Url::parse(f).ok()))
+            written.clone().or_else(|| {
+                found
+                    .and_then(|f| reqwest::Url::parse(f).ok())
+                    .filter(|u| match u.scheme() {
+                        "https" => u.host().is_some(),
+                        "http" => !https_only && u.host().is_some(),
+                        _ => false,
+                    })
+            })
         };
         let authorize = pick(
             &self.def.authorize_url,
@@ -278,6 +301,14 @@ impl ProviderClient {
             client = client.set_redirect_uri(redirect);
         }
         Ok((client, endpoints))
+    }
+
+    /// The origin of the authorization endpoint, discovering it if needed (for the
+    /// connect page's `form-action`); `None` if it cannot be known now.
+    pub async fn authorize_origin(&self) -> Option<String> {
+        let endpoints = self.endpoints().await.ok()?;
+        let origin = endpoints.authorize.origin().ascii_serialization();
+        (origin != "null").then_some(origin)
     }
 
     /// Whether the provider has a revocation endpoint (written or discovered).

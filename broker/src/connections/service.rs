@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::HeaderValue;
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Mutex;
@@ -52,10 +53,16 @@ const TASK_KIND: &str = "task upstream token";
 const REFRESH_AHEAD_MS: i64 = 30_000;
 /// How long one replica holds the right to refresh a connection.
 const REFRESH_LEASE_MS: i64 = 15_000;
+/// How long a failed refresh or exchange answers the calls queued behind it.
+const RECENT_FAILURE: Duration = Duration::from_secs(3);
 /// How often a call waiting on another replica's refresh looks again.
 const REFRESH_POLL: Duration = Duration::from_millis(25);
 /// How many ended tasks' tokens one sweep revokes.
 const REVOKE_BATCH: i64 = 100;
+/// How many revocations run at once (one slow provider does not hold up the others).
+const REVOKE_CONCURRENCY: usize = 16;
+/// How long a revocation the provider did not answer waits before it is tried again.
+const REVOKE_RETRY_MS: i64 = 5_000;
 
 /// Why a connect did not happen (the page says it; no token or secret in it).
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +195,10 @@ pub struct Connections {
     deployment: Mutex<HashMap<(String, String), DeploymentToken>>,
     /// Wakes the revocation sweep.
     wake: tokio::sync::Notify,
+    /// Refreshes and exchanges that just failed (provider unreachable), by lock key, with
+    /// when they failed: the calls that were queued behind one fail with its answer
+    /// instead of each waiting its turn to fail again; calls arriving later try afresh.
+    failures: moka::sync::Cache<String, (std::time::Instant, String)>,
 }
 
 fn view(record: &ConnectionRecord) -> ConnectionView {
@@ -238,6 +249,23 @@ fn bearer(token: &str) -> Result<HeaderValue, ApiError> {
     Ok(value)
 }
 
+/// A token the provider issued is kept only if it can be sent as a bearer token (RFC 6750's
+/// `b64token` characters, at most 8 KiB): anything else is a bad answer, not a token.
+fn valid_token(token: &str) -> Result<(), ApiError> {
+    let ok = !token.is_empty()
+        && token.len() <= 8192
+        && token.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::UpstreamError(
+            "the provider issued an access token that is not a bearer token".into(),
+        ))
+    }
+}
+
 fn expiry(now_ms: i64, tokens: &Tokens) -> Option<i64> {
     tokens
         .expires_in_secs
@@ -277,6 +305,10 @@ impl Connections {
                 .build(),
             deployment: Mutex::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
+            failures: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(RECENT_FAILURE)
+                .build(),
         }
     }
 
@@ -285,23 +317,17 @@ impl Connections {
         !self.providers.is_empty()
     }
 
-    /// The origins a connect form leads to (the providers' authorization endpoints, or
-    /// their issuers when discovered), for the page's `form-action`.
-    pub fn form_origins(&self) -> String {
-        let origins: BTreeSet<String> = self
-            .providers
-            .values()
-            .filter_map(|p| {
-                let def = p.def();
-                def.authorize_url.clone().or_else(|| {
-                    def.issuer
-                        .as_deref()
-                        .and_then(|i| reqwest::Url::parse(i).ok())
-                })
-            })
-            .map(|url| url.origin().ascii_serialization())
-            .filter(|origin| origin != "null")
-            .collect();
+    /// The origins a connect form leads to (each provider's authorization endpoint,
+    /// discovered if needed, for at most 2 s), for the page's `form-action`.
+    pub async fn form_origins(&self) -> String {
+        let mut origins = BTreeSet::new();
+        for provider in self.providers.values() {
+            if let Ok(Some(origin)) =
+                tokio::time::timeout(Duration::from_secs(2), provider.authorize_origin()).await
+            {
+                origins.insert(origin);
+            }
+        }
         origins.into_iter().collect::<Vec<_>>().join(" ")
     }
 
@@ -467,6 +493,11 @@ impl Connections {
                 ProviderFailure::Unreachable(why) => ConnectFailure::Unreachable(why),
                 refusal => ConnectFailure::Declined(refusal.to_string()),
             })?;
+        if valid_token(&tokens.access_token).is_err() {
+            return Err(ConnectFailure::Unreachable(
+                "the provider issued an access token that is not a bearer token".into(),
+            ));
+        }
         let now = self.clock.now_ms();
         let connection_id = format!("con_{}", random_hex(16));
         let record = ConnectionRecord {
@@ -500,60 +531,102 @@ impl Connections {
             .await
             .map_err(|e| ConnectFailure::Store(e.into()))?;
         if let Some(old) = replaced {
-            // The account was connected before: its old tokens die at the provider.
-            self.revoke_connection_tokens(client, &old).await;
+            // The account was connected before: its old tokens die at the provider (best
+            // effort: its row is gone; the tasks' tokens from it are swept).
+            let _ = self.revoke_connection_tokens(client, &old).await;
+            self.wake.notify_one();
         }
         Ok(view(&record))
     }
 
-    /// Forgets `user`'s connection `connection_id`, revoking at the provider its refresh
-    /// and access tokens and the live tokens of tasks exchanged from it. `Ok(false)`: no
-    /// such connection of that person.
+    /// Disconnects `user`'s connection `connection_id`: from this moment it serves no
+    /// call, and its refresh and access tokens and the live tokens of tasks exchanged from
+    /// it are revoked at the provider — now, and if the provider cannot be reached, by the
+    /// sweep until it can. `Ok(false)`: no such connection of that person.
     pub async fn disconnect(&self, user: &str, connection_id: &str) -> Result<bool, ApiError> {
-        let Some(record) = self
+        let now = self.clock.now_ms();
+        let disconnected = self
             .store
-            .delete_connection(user, connection_id)
+            .disconnect(user, connection_id, now)
             .await
-            .map_err(ApiError::internal)?
-        else {
+            .map_err(ApiError::internal)?;
+        if !disconnected {
             return Ok(false);
-        };
-        let revoked_at_provider = match self.provider(&record.provider) {
-            Some(client) => {
-                let client = client.clone();
-                let told = self.revoke_connection_tokens(&client, &record).await;
-                let tasks = self
-                    .store
-                    .live_task_tokens(connection_id)
-                    .await
-                    .map_err(ApiError::internal)?;
-                for token in tasks {
-                    self.revoke_task_token(&token, "the connection was disconnected")
-                        .await;
-                }
-                told
-            }
-            None => false,
-        };
+        }
+        // Tried at once, so the person's answer follows the revocation.
+        self.revoke_task_tokens(REVOKE_BATCH).await;
+        let revoked_at_provider = self.revoke_disconnected(Some(connection_id)).await;
         self.audit
             .record(AuditEvent {
                 kind: "connection.disconnected",
                 actor: format!("user:{user}"),
                 task_id: None,
-                detail: json!({ "connection": connection_id, "provider": record.provider, "revoked_at_provider": revoked_at_provider }),
+                detail: json!({ "connection": connection_id, "revoked_at_provider": revoked_at_provider }),
             })
             .await;
         Ok(true)
     }
 
-    /// Revokes a connection's refresh and access tokens at the provider; whether the
-    /// provider confirmed (false: it has no revocation endpoint or could not be reached).
+    /// Revokes the tokens of disconnected connections (only `only`, if given) and forgets
+    /// them; a provider that cannot be reached is tried again by the sweep. Whether every
+    /// one handled was confirmed by its provider.
+    async fn revoke_disconnected(&self, only: Option<&str>) -> bool {
+        let now = self.clock.now_ms();
+        let due = match self.store.disconnected(now, REVOKE_BATCH).await {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the disconnected connections");
+                return false;
+            }
+        };
+        let mut all_told = true;
+        for record in due
+            .iter()
+            .filter(|r| only.is_none_or(|id| r.connection_id == id))
+        {
+            let id = &record.connection_id;
+            match self
+                .store
+                .claim_disconnected(id, now, now + REVOKE_RETRY_MS)
+                .await
+            {
+                Ok(true) => {}
+                _ => {
+                    all_told = false;
+                    continue;
+                }
+            }
+            let Some(client) = self.provider(&record.provider).cloned() else {
+                // The provider left the policy: nothing can be told; forget the tokens.
+                let _ = self.store.forget_connection(id).await;
+                all_told = false;
+                continue;
+            };
+            match self.revoke_connection_tokens(&client, record).await {
+                // Confirmed, or no revocation endpoint to tell: forgotten.
+                Ok(told) => {
+                    all_told &= told;
+                    if let Err(e) = self.store.forget_connection(id).await {
+                        tracing::warn!(error = %e, "cannot forget a disconnected connection");
+                    }
+                }
+                // The claim runs out and the sweep tries again.
+                Err(()) => all_told = false,
+            }
+        }
+        all_told
+    }
+
+    /// Revokes a connection's refresh and access tokens at the provider: `Ok(true)` when
+    /// the provider confirmed, `Ok(false)` when it has no revocation endpoint, `Err` when
+    /// it could not be reached.
     async fn revoke_connection_tokens(
         &self,
         client: &ProviderClient,
         record: &ConnectionRecord,
-    ) -> bool {
+    ) -> Result<bool, ()> {
         let mut told = true;
+        let mut failed = false;
         let owner = &record.connection_id;
         let sealed = [
             (record.refresh_token.as_deref(), REFRESH_KIND, true),
@@ -567,12 +640,12 @@ impl Connections {
                 Ok(true) => {}
                 Ok(false) => told = false,
                 Err(failure) => {
-                    told = false;
-                    tracing::warn!(connection = %owner, provider = %record.provider, error = %failure, "the provider could not revoke a token of a removed connection");
+                    failed = true;
+                    tracing::warn!(connection = %owner, provider = %record.provider, error = %failure, "the provider could not revoke a token of a removed connection; trying again soon");
                 }
             }
         }
-        told
+        if failed { Err(()) } else { Ok(told) }
     }
 
     /// The credential a call of `tool` by task `task_id` (started by `user`, holding
@@ -704,8 +777,15 @@ impl Connections {
         if let Some(token) = self.fresh_access(&record, self.clock.now_ms()) {
             return Ok(served(token, record));
         }
-        let lock = self.lock_of(format!("con:{}", record.connection_id));
+        let key = format!("con:{}", record.connection_id);
+        let lock = self.lock_of(key.clone());
+        let queued = std::time::Instant::now();
         let _one_at_a_time = lock.lock().await;
+        if let Some((at, why)) = self.failures.get(&key)
+            && at >= queued
+        {
+            return Err(ApiError::UpstreamError(why));
+        }
         let deadline = self.clock.now_ms() + REFRESH_LEASE_MS + 5_000;
         loop {
             // Someone may have refreshed while this call waited.
@@ -762,6 +842,13 @@ impl Connections {
         };
         match client.refresh(&refresh_token).await {
             Ok(tokens) => {
+                if let Err(error) = valid_token(&tokens.access_token) {
+                    self.store
+                        .release_refresh(id)
+                        .await
+                        .map_err(ApiError::internal)?;
+                    return Err(error);
+                }
                 let now = self.clock.now_ms();
                 let refreshed = Refreshed {
                     access_token: self.sealer.seal(ACCESS_KIND, id, &tokens.access_token),
@@ -809,7 +896,12 @@ impl Connections {
                     .release_refresh(id)
                     .await
                     .map_err(ApiError::internal)?;
-                Err(unreachable(provider, &failure))
+                let error = unreachable(provider, &failure);
+                self.failures.insert(
+                    format!("con:{id}"),
+                    (std::time::Instant::now(), error.to_string()),
+                );
+                Err(error)
             }
         }
     }
@@ -857,9 +949,13 @@ impl Connections {
     ) -> Result<Served, ApiError> {
         let provider = client.def().name.as_str();
         let owner = format!("{task_id}/{provider}");
+        // Only while the person's connection it came from still serves: a disconnect, a
+        // broken refresh or a new connection ends the tokens exchanged from the old one.
+        let current = self.connection(provider, user).await?.connection_id;
         let stored = |this: &Self, token: Option<TaskUpstreamToken>| -> Option<Served> {
             let token = token?;
             if token.revoked_at_ms.is_some()
+                || token.connection_id != current
                 || !fresh(
                     token.expires_at_ms,
                     token.created_at_ms,
@@ -891,24 +987,49 @@ impl Connections {
             return Ok(found);
         }
         let lock = self.lock_of(format!("task:{owner}"));
+        let queued = std::time::Instant::now();
         let _one_at_a_time = lock.lock().await;
         let existing = read(self).await.map_err(ApiError::internal)?;
         if let Some(found) = stored(self, existing.clone()) {
             return Ok(found);
         }
-        if existing.as_ref().is_some_and(|t| t.revoked_at_ms.is_some()) {
-            return Err(ApiError::TaskInactive(format!(
-                "task {task_id} has ended: its token at {provider:?} was revoked"
-            )));
+        if let Some(old) = &existing
+            && old.revoked_at_ms.is_some()
+        {
+            if old.connection_id == current {
+                return Err(ApiError::TaskInactive(format!(
+                    "task {task_id} has ended: its token at {provider:?} was revoked"
+                )));
+            }
+            // Revoked with the person's earlier connection: the new one gives a new token.
+            self.store
+                .forget_task_token(task_id, provider)
+                .await
+                .map_err(ApiError::internal)?;
+        }
+        let existing = existing.filter(|old| old.revoked_at_ms.is_none());
+        let key = format!("task:{owner}");
+        if let Some((at, why)) = self.failures.get(&key)
+            && at >= queued
+        {
+            return Err(ApiError::UpstreamError(why));
         }
         let subject = self.user_token(client, user).await?;
         let connection_id = subject.connection_id.clone();
         let scopes = self.task_scopes(provider, task_tools);
-        let tokens = client.exchange(&subject.token, &scopes).await.map_err(|failure| {
-            ApiError::UpstreamError(format!(
-                "the provider {provider:?} could not issue this task's token (token exchange): {failure}"
-            ))
-        })?;
+        let tokens = match client.exchange(&subject.token, &scopes).await {
+            Ok(tokens) => tokens,
+            Err(failure) => {
+                let why = format!(
+                    "the provider {provider:?} could not issue this task's token (token exchange): {failure}"
+                );
+                // Calls waiting on this one fail with it rather than each trying again.
+                self.failures
+                    .insert(key, (std::time::Instant::now(), why.clone()));
+                return Err(ApiError::UpstreamError(why));
+            }
+        };
+        valid_token(&tokens.access_token)?;
         let now = self.clock.now_ms();
         let record = TaskUpstreamToken {
             task_id: task_id.to_string(),
@@ -919,12 +1040,13 @@ impl Connections {
             revoked_at_ms: None,
             created_at_ms: now,
         };
-        // Replace only the stale token this call found (none: replace nothing — a token
-        // another replica stored meanwhile wins).
-        let replaces = existing
-            .as_ref()
-            .and_then(|old| old.expires_at_ms)
-            .unwrap_or(i64::MIN);
+        // Replace only the stale token this call found — or one from an earlier connection
+        // — and nothing else: a token another replica stored meanwhile wins.
+        let replaces = match &existing {
+            Some(old) if old.connection_id != connection_id => i64::MAX,
+            Some(old) => old.expires_at_ms.unwrap_or(i64::MIN),
+            None => i64::MIN,
+        };
         let kept = self
             .store
             .put_task_token(&record, replaces)
@@ -948,6 +1070,22 @@ impl Connections {
                     "task {task_id} has ended: its token at {provider:?} was revoked"
                 ))
             });
+        }
+        // A disconnect that answered while this token was being exchanged must win: the
+        // sweep revokes a token whose connection no longer serves.
+        let still = self
+            .store
+            .get_connection(user, provider)
+            .await
+            .map_err(ApiError::internal)?;
+        if !still.is_some_and(|c| c.connection_id == connection_id && c.state == "active") {
+            self.wake.notify_one();
+            return Err(connection_required(
+                provider,
+                format!(
+                    "the connection of {user} at {provider:?} was disconnected; connect one at /connections"
+                ),
+            ));
         }
         self.audit
             .record(AuditEvent {
@@ -989,6 +1127,7 @@ impl Connections {
             .client_credentials(scopes)
             .await
             .map_err(|failure| unreachable(&key.0, &failure))?;
+        valid_token(&tokens.access_token)?;
         let use_until_ms = match expiry(now, &tokens) {
             Some(expires) => expires - REFRESH_AHEAD_MS.min((expires - now) / 4),
             None => now + 300_000,
@@ -1003,28 +1142,32 @@ impl Connections {
         Ok(tokens.access_token)
     }
 
-    /// Revokes at the provider the tokens of tasks that ended (each once, across
-    /// replicas); a provider that cannot be reached is tried again on the next sweep.
-    /// How many were revoked.
-    pub async fn revoke_ended(&self) -> usize {
-        let due = match self.store.task_tokens_to_revoke(REVOKE_BATCH).await {
+    /// Revokes at the provider the tokens of tasks that ended, or whose connection was
+    /// disconnected, broke or was replaced (each once, across replicas, several at a time);
+    /// a provider that cannot be reached is tried again after a pause, without holding up
+    /// the others. How many were due.
+    pub async fn revoke_task_tokens(&self, limit: i64) -> usize {
+        let now = self.clock.now_ms();
+        let due = match self.store.task_tokens_to_revoke(now, limit).await {
             Ok(due) => due,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the task tokens to revoke");
                 return 0;
             }
         };
-        let mut revoked = 0;
-        for token in due {
-            if self.revoke_task_token(&token, "the task ended").await {
-                revoked += 1;
-            }
-        }
-        revoked
+        let count = due.len();
+        futures_util::stream::iter(due)
+            .for_each_concurrent(REVOKE_CONCURRENCY, |token| async move {
+                self.revoke_task_token(&token).await;
+            })
+            .await;
+        count
     }
 
-    /// Claims and revokes one task token; whether this call revoked it.
-    async fn revoke_task_token(&self, token: &TaskUpstreamToken, why: &str) -> bool {
+    /// Claims and revokes one task token; whether this call revoked it. A token revoked
+    /// because its connection went (the task lives on) is forgotten, so the task can get
+    /// a new one from the person's next connection.
+    async fn revoke_task_token(&self, token: &TaskUpstreamToken) -> bool {
         let now = self.clock.now_ms();
         match self
             .store
@@ -1052,13 +1195,34 @@ impl Connections {
                 tracing::warn!(task_id = %token.task_id, provider = %token.provider, error = %failure, "the provider could not revoke a task's token; trying again soon");
                 if let Err(e) = self
                     .store
-                    .unclaim_task_token_revocation(&token.task_id, &token.provider)
+                    .unclaim_task_token_revocation(
+                        &token.task_id,
+                        &token.provider,
+                        self.clock.now_ms() + REVOKE_RETRY_MS,
+                    )
                     .await
                 {
                     tracing::warn!(error = %e, "cannot give a task token's revocation back");
                 }
                 return false;
             }
+        };
+        let task_lives = matches!(
+            self.store.get_task(&token.task_id).await,
+            Ok(Some(task)) if !task.state.is_ended()
+        );
+        if task_lives
+            && let Err(e) = self
+                .store
+                .forget_task_token(&token.task_id, &token.provider)
+                .await
+        {
+            tracing::warn!(error = %e, "cannot forget a revoked task token");
+        }
+        let why = if task_lives {
+            "its connection was disconnected, broke or was replaced"
+        } else {
+            "the task ended"
         };
         self.audit
             .record(AuditEvent {
@@ -1079,7 +1243,7 @@ impl Connections {
     /// Revokes ended tasks' tokens for as long as the broker runs: at once when a task
     /// ends here, and every `every` for tasks other replicas ended (and retries).
     pub async fn run_revocations(self: Arc<Self>, every: Duration) {
-        if self.providers.values().all(|p| !p.def().token_exchange) {
+        if self.providers.is_empty() {
             return;
         }
         loop {
@@ -1087,7 +1251,8 @@ impl Connections {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(every) => {}
             }
-            while self.revoke_ended().await as i64 == REVOKE_BATCH {}
+            while self.revoke_task_tokens(REVOKE_BATCH).await as i64 == REVOKE_BATCH {}
+            self.revoke_disconnected(None).await;
         }
     }
 }

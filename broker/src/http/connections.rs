@@ -86,7 +86,7 @@ pub async fn page(
             &session.csrf,
             &list,
             query.connect.as_deref(),
-            &connections.form_origins(),
+            &connections.form_origins().await,
         ),
         Err(err) => unavailable(&err),
     }

@@ -51,6 +51,14 @@ impl TaskState {
         }
     }
 
+    /// Whether the task is over (completed, revoked, expired or denied).
+    pub fn is_ended(self) -> bool {
+        matches!(
+            self,
+            TaskState::Completed | TaskState::Revoked | TaskState::Expired | TaskState::Denied
+        )
+    }
+
     /// Parses a wire name.
     pub fn parse(text: &str) -> Option<TaskState> {
         TaskState::ALL.into_iter().find(|s| s.as_str() == text)

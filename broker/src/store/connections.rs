@@ -129,7 +129,8 @@ where
         provider: &str,
     ) -> StoreResult<Option<ConnectionRecord>> {
         let row = sqlx::query(
-            "SELECT * FROM upstream_connections WHERE user_name = $1 AND provider = $2",
+            "SELECT * FROM upstream_connections
+             WHERE user_name = $1 AND provider = $2 AND state <> 'disconnected'",
         )
         .bind(user)
         .bind(provider)
@@ -140,7 +141,8 @@ where
 
     async fn list_connections(&self, user: &str) -> StoreResult<Vec<ConnectionRecord>> {
         let rows = sqlx::query(
-            "SELECT * FROM upstream_connections WHERE user_name = $1 ORDER BY provider",
+            "SELECT * FROM upstream_connections WHERE user_name = $1 AND state <> 'disconnected'
+             ORDER BY provider",
         )
         .bind(user)
         .fetch_all(&self.pool)
@@ -148,31 +150,58 @@ where
         rows.iter().map(connection_from_row).collect()
     }
 
-    async fn delete_connection(
+    async fn disconnect(&self, user: &str, connection_id: &str, now_ms: i64) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE upstream_connections SET state = 'disconnected', refreshing_until_ms = NULL,
+                updated_at_ms = $3, version = version + 1
+             WHERE user_name = $1 AND connection_id = $2 AND state <> 'disconnected'",
+        )
+        .bind(user)
+        .bind(connection_id)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(D::rows_affected(&done) == 1)
+    }
+
+    async fn disconnected(&self, now_ms: i64, limit: i64) -> StoreResult<Vec<ConnectionRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM upstream_connections WHERE state = 'disconnected'
+               AND (refreshing_until_ms IS NULL OR refreshing_until_ms <= $1)
+             ORDER BY updated_at_ms LIMIT $2",
+        )
+        .bind(now_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(connection_from_row).collect()
+    }
+
+    async fn claim_disconnected(
         &self,
-        user: &str,
         connection_id: &str,
-    ) -> StoreResult<Option<ConnectionRecord>> {
-        let mut tx = D::begin_write(&self.pool).await?;
-        let select = format!(
-            "SELECT * FROM upstream_connections WHERE user_name = $1 AND connection_id = $2{}",
-            D::FOR_UPDATE
-        );
-        let found = sqlx::query(&select)
-            .bind(user)
+        now_ms: i64,
+        until_ms: i64,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE upstream_connections SET refreshing_until_ms = $3
+             WHERE connection_id = $1 AND state = 'disconnected'
+               AND (refreshing_until_ms IS NULL OR refreshing_until_ms <= $2)",
+        )
+        .bind(connection_id)
+        .bind(now_ms)
+        .bind(until_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(D::rows_affected(&done) == 1)
+    }
+
+    async fn forget_connection(&self, connection_id: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM upstream_connections WHERE connection_id = $1")
             .bind(connection_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .as_ref()
-            .map(connection_from_row)
-            .transpose()?;
-        sqlx::query("DELETE FROM upstream_connections WHERE user_name = $1 AND connection_id = $2")
-            .bind(user)
-            .bind(connection_id)
-            .execute(&mut *tx)
+            .execute(&self.pool)
             .await?;
-        tx.commit().await?;
-        Ok(found)
+        Ok(())
     }
 
     async fn claim_refresh(
@@ -305,16 +334,6 @@ where
         Ok(D::rows_affected(&done) == 1)
     }
 
-    async fn live_task_tokens(&self, connection_id: &str) -> StoreResult<Vec<TaskUpstreamToken>> {
-        let rows = sqlx::query(
-            "SELECT * FROM task_upstream_tokens WHERE connection_id = $1 AND revoked_at_ms IS NULL",
-        )
-        .bind(connection_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(task_token_from_row).collect()
-    }
-
     async fn get_task_token(
         &self,
         task_id: &str,
@@ -329,17 +348,35 @@ where
         row.as_ref().map(task_token_from_row).transpose()
     }
 
-    async fn task_tokens_to_revoke(&self, limit: i64) -> StoreResult<Vec<TaskUpstreamToken>> {
+    async fn task_tokens_to_revoke(
+        &self,
+        now_ms: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<TaskUpstreamToken>> {
         let query = format!(
             "SELECT t.* FROM task_upstream_tokens t JOIN tasks k ON k.task_id = t.task_id
-             WHERE t.revoked_at_ms IS NULL AND k.state IN {ENDED}
-             ORDER BY t.created_at_ms LIMIT $1"
+             WHERE t.revoked_at_ms IS NULL
+               AND (t.retry_at_ms IS NULL OR t.retry_at_ms <= $1)
+               AND (k.state IN {ENDED} OR NOT EXISTS (
+                    SELECT 1 FROM upstream_connections c
+                    WHERE c.connection_id = t.connection_id AND c.state = 'active'))
+             ORDER BY t.created_at_ms LIMIT $2"
         );
         let rows = sqlx::query(&query)
+            .bind(now_ms)
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(task_token_from_row).collect()
+    }
+
+    async fn forget_task_token(&self, task_id: &str, provider: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM task_upstream_tokens WHERE task_id = $1 AND provider = $2")
+            .bind(task_id)
+            .bind(provider)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn claim_task_token_revocation(
@@ -364,13 +401,15 @@ where
         &self,
         task_id: &str,
         provider: &str,
+        retry_at_ms: i64,
     ) -> StoreResult<()> {
         sqlx::query(
-            "UPDATE task_upstream_tokens SET revoked_at_ms = NULL
+            "UPDATE task_upstream_tokens SET revoked_at_ms = NULL, retry_at_ms = $3
              WHERE task_id = $1 AND provider = $2",
         )
         .bind(task_id)
         .bind(provider)
+        .bind(retry_at_ms)
         .execute(&self.pool)
         .await?;
         Ok(())

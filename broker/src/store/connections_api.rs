@@ -15,7 +15,8 @@ pub struct ConnectionRecord {
     pub user: String,
     /// The `[providers]` entry.
     pub provider: String,
-    /// `active`, or `broken` once the provider refused its refresh token.
+    /// `active`; `broken` once the provider refused its refresh token; `disconnected`
+    /// while its tokens wait to be revoked at the provider (it serves nothing then).
     pub state: String,
     /// Why it broke (shown to its person; never a token).
     pub broken_reason: Option<String>,
@@ -80,20 +81,30 @@ pub trait ConnectionStore: Send + Sync + 'static {
         &self,
         connection: &ConnectionRecord,
     ) -> StoreResult<Option<ConnectionRecord>>;
-    /// A person's connection at a provider.
+    /// A person's connection at a provider (not a disconnected one).
     async fn get_connection(
         &self,
         user: &str,
         provider: &str,
     ) -> StoreResult<Option<ConnectionRecord>>;
-    /// Every connection of a person.
+    /// Every connection of a person (not the disconnected ones).
     async fn list_connections(&self, user: &str) -> StoreResult<Vec<ConnectionRecord>>;
-    /// Forgets a person's connection; the record as it was.
-    async fn delete_connection(
+    /// Disconnects a person's connection: from now on it serves nothing, and its tokens
+    /// wait for [`ConnectionStore::claim_disconnected`]. `false`: no such connection of
+    /// that person.
+    async fn disconnect(&self, user: &str, connection_id: &str, now_ms: i64) -> StoreResult<bool>;
+    /// Disconnected connections whose tokens are due to be revoked (at most `limit`).
+    async fn disconnected(&self, now_ms: i64, limit: i64) -> StoreResult<Vec<ConnectionRecord>>;
+    /// Claims revoking a disconnected connection's tokens until `until_ms`; `false` if
+    /// another replica holds the claim.
+    async fn claim_disconnected(
         &self,
-        user: &str,
         connection_id: &str,
-    ) -> StoreResult<Option<ConnectionRecord>>;
+        now_ms: i64,
+        until_ms: i64,
+    ) -> StoreResult<bool>;
+    /// Forgets a connection whose tokens were revoked.
+    async fn forget_connection(&self, connection_id: &str) -> StoreResult<()>;
     /// Takes the right to refresh an active connection until `until_ms`, unless another
     /// holder's right is still running at `now_ms` or its tokens changed since `version`
     /// was read (another replica refreshed meanwhile: its refresh token is spent); whether
@@ -137,16 +148,22 @@ pub trait ConnectionStore: Send + Sync + 'static {
         token: &TaskUpstreamToken,
         stale_before_ms: i64,
     ) -> StoreResult<bool>;
-    /// The unrevoked task tokens exchanged from a connection.
-    async fn live_task_tokens(&self, connection_id: &str) -> StoreResult<Vec<TaskUpstreamToken>>;
     /// A task's token for a provider.
     async fn get_task_token(
         &self,
         task_id: &str,
         provider: &str,
     ) -> StoreResult<Option<TaskUpstreamToken>>;
-    /// Tokens of tasks that ended and are not yet revoked (at most `limit`).
-    async fn task_tokens_to_revoke(&self, limit: i64) -> StoreResult<Vec<TaskUpstreamToken>>;
+    /// Unrevoked tokens of tasks that ended, or whose connection no longer serves
+    /// (disconnected, broken, replaced), due at `now_ms` (at most `limit`).
+    async fn task_tokens_to_revoke(
+        &self,
+        now_ms: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<TaskUpstreamToken>>;
+    /// Forgets a task's token (revoked because its connection went; the task may get a new
+    /// one from a new connection).
+    async fn forget_task_token(&self, task_id: &str, provider: &str) -> StoreResult<()>;
     /// Claims the revocation of one task token once (`false`: another replica did).
     async fn claim_task_token_revocation(
         &self,
@@ -154,7 +171,12 @@ pub trait ConnectionStore: Send + Sync + 'static {
         provider: &str,
         now_ms: i64,
     ) -> StoreResult<bool>;
-    /// Gives a claimed revocation back (the provider could not be reached): retried later.
-    async fn unclaim_task_token_revocation(&self, task_id: &str, provider: &str)
-    -> StoreResult<()>;
+    /// Gives a claimed revocation back (the provider could not be reached): retried from
+    /// `retry_at_ms` on.
+    async fn unclaim_task_token_revocation(
+        &self,
+        task_id: &str,
+        provider: &str,
+        retry_at_ms: i64,
+    ) -> StoreResult<()>;
 }

@@ -86,7 +86,7 @@ const SCHEMA: &[&str] = &[
         UNIQUE (user_name, provider))",
     "CREATE TABLE IF NOT EXISTS task_upstream_tokens (
         task_id TEXT NOT NULL, provider TEXT NOT NULL, connection_id TEXT NOT NULL,
-        access_token TEXT NOT NULL, expires_at_ms BIGINT, revoked_at_ms BIGINT,
+        access_token TEXT NOT NULL, expires_at_ms BIGINT, revoked_at_ms BIGINT, retry_at_ms BIGINT,
         created_at_ms BIGINT NOT NULL, PRIMARY KEY (task_id, provider))",
     "CREATE INDEX IF NOT EXISTS task_upstream_tokens_unrevoked ON task_upstream_tokens(revoked_at_ms)",
     "CREATE TABLE IF NOT EXISTS root_keys (

@@ -120,7 +120,7 @@ const SCHEMA: &[&str] = &[
         UNIQUE (user_name, provider))",
     "CREATE TABLE IF NOT EXISTS task_upstream_tokens (
         task_id TEXT NOT NULL, provider TEXT NOT NULL, connection_id TEXT NOT NULL,
-        access_token TEXT NOT NULL, expires_at_ms INTEGER, revoked_at_ms INTEGER,
+        access_token TEXT NOT NULL, expires_at_ms INTEGER, revoked_at_ms INTEGER, retry_at_ms INTEGER,
         created_at_ms INTEGER NOT NULL, PRIMARY KEY (task_id, provider))",
     "CREATE INDEX IF NOT EXISTS task_upstream_tokens_unrevoked ON task_upstream_tokens(revoked_at_ms)",
     "CREATE TABLE IF NOT EXISTS audit_checkpoints (

@@ -872,16 +872,22 @@ async fn upstream_connections(store: Arc<dyn Store>) {
             .access_token,
         "three"
     );
-    assert_eq!(store.live_task_tokens("con_b").await.unwrap().len(), 1);
-    // Not revoked while the task is active.
-    assert!(store.task_tokens_to_revoke(10).await.unwrap().is_empty());
+    // Not due while the task is active and its connection serves.
+    assert!(
+        store
+            .task_tokens_to_revoke(4_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     store
         .end_task("tsk_t", TaskState::Completed, "done", 4_000)
         .await
         .unwrap();
-    let due = store.task_tokens_to_revoke(10).await.unwrap();
+    let due = store.task_tokens_to_revoke(4_000, 10).await.unwrap();
     assert_eq!(due.len(), 1);
-    // Claimed once across replicas; given back when the provider was away.
+    // Claimed once across replicas; given back when the provider was away, due again
+    // only from the retry time on.
     assert!(
         store
             .claim_task_token_revocation("tsk_t", "acme", 4_100)
@@ -894,51 +900,113 @@ async fn upstream_connections(store: Arc<dyn Store>) {
             .await
             .unwrap()
     );
-    assert!(store.task_tokens_to_revoke(10).await.unwrap().is_empty());
-    store
-        .unclaim_task_token_revocation("tsk_t", "acme")
-        .await
-        .unwrap();
-    assert_eq!(store.task_tokens_to_revoke(10).await.unwrap().len(), 1);
     assert!(
         store
-            .claim_task_token_revocation("tsk_t", "acme", 4_200)
+            .task_tokens_to_revoke(4_100, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store
+        .unclaim_task_token_revocation("tsk_t", "acme", 9_000)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .task_tokens_to_revoke(8_999, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.task_tokens_to_revoke(9_000, 10).await.unwrap().len(),
+        1
+    );
+    assert!(
+        store
+            .claim_task_token_revocation("tsk_t", "acme", 9_100)
             .await
             .unwrap()
     );
-    assert!(store.live_task_tokens("con_b").await.unwrap().is_empty());
     assert!(
         !store
             .put_task_token(&task_token("tsk_t", "con_b", "four", 9_999), 99_999)
             .await
-            .unwrap()
+            .unwrap(),
+        "a revoked token is never replaced"
     );
 
-    // Disconnect: only the person's own connection.
+    // A live task's token is due once its connection stops serving.
+    store
+        .insert_task(&task("tsk_u", TaskState::Active), Some("ab02"), None)
+        .await
+        .unwrap();
     assert!(
         store
-            .delete_connection("bob", "con_2")
+            .put_task_token(&task_token("tsk_u", "con_b", "five", 99_000), i64::MIN)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .task_tokens_to_revoke(10_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Disconnect: only the person's own connection; it stops serving at once and waits
+    // for its tokens to be revoked, claimed by one replica at a time.
+    assert!(!store.disconnect("alice", "con_b", 10_000).await.unwrap());
+    assert!(store.disconnect("bob", "con_b", 10_000).await.unwrap());
+    assert!(
+        !store.disconnect("bob", "con_b", 10_001).await.unwrap(),
+        "once"
+    );
+    assert!(store.get_connection("bob", "acme").await.unwrap().is_none());
+    assert!(store.list_connections("bob").await.unwrap().is_empty());
+    let due = store.task_tokens_to_revoke(10_000, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].task_id, "tsk_u");
+    let waiting = store.disconnected(10_000, 10).await.unwrap();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].refresh_token.as_deref(), Some("sealed-refresh"));
+    assert!(
+        store
+            .claim_disconnected("con_b", 10_000, 15_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .claim_disconnected("con_b", 12_000, 17_000)
+            .await
+            .unwrap()
+    );
+    assert!(store.disconnected(12_000, 10).await.unwrap().is_empty());
+    assert_eq!(store.disconnected(15_000, 10).await.unwrap().len(), 1);
+    store.forget_connection("con_b").await.unwrap();
+    assert!(store.disconnected(20_000, 10).await.unwrap().is_empty());
+    // The task's token, revoked because its connection went, is forgotten: the task may
+    // get one from a new connection.
+    store.forget_task_token("tsk_u", "acme").await.unwrap();
+    assert!(
+        store
+            .get_task_token("tsk_u", "acme")
             .await
             .unwrap()
             .is_none()
     );
+    // Connecting again replaces a broken connection.
     assert_eq!(
         store
-            .delete_connection("alice", "con_2")
+            .put_connection(&connection("con_3", "alice", "acme"))
             .await
             .unwrap()
             .unwrap()
             .connection_id,
         "con_2"
     );
-    assert!(
-        store
-            .get_connection("alice", "acme")
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(store.get_connection("bob", "acme").await.unwrap().is_some());
 }
 
 /// Runs every case, each on a fresh store from `make`.
