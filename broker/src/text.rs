@@ -18,6 +18,24 @@ pub fn is_free_text(text: &str) -> bool {
     text.chars().count() <= MAX_CHARS && is_plain_text(text)
 }
 
+/// Text from elsewhere (a client's name, a provider's error) as Leash shows it: without
+/// control or format characters (bidirectional overrides and isolates, zero-width
+/// characters: they could make the text rewrite what is around it), trimmed, at most
+/// `max` characters.
+pub fn shown(text: &str, max: usize) -> String {
+    let is_format = |c: char| {
+        matches!(c,
+            '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+    };
+    let cleaned: String = text
+        .chars()
+        .filter(|c| !c.is_control() && !is_format(*c))
+        .take(max)
+        .collect();
+    cleaned.trim().to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

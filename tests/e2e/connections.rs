@@ -322,6 +322,23 @@ async fn connections_of(browser: &mut Browser) -> Value {
     Value::Object(by_provider)
 }
 
+/// Presses Disconnect for `provider` on `/connections`.
+async fn disconnect(browser: &mut Browser, provider: &str) {
+    let listed = connections_of(browser).await;
+    let id = listed[provider]["connection_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {provider} connection: {listed}"))
+        .to_string();
+    let page = browser.get("/connections").await;
+    let action = format!("/connections/{id}/disconnect");
+    let form = read_form(&page.body, &action);
+    // Without the session's CSRF token: refused, nothing changes.
+    let forged = browser.post_form(&action, &[("csrf", "nope")]).await;
+    assert_eq!(forged.status, 403, "{forged:?}");
+    let done = browser.post_form(&action, &form.filled()).await;
+    assert_eq!(done.status, 303, "{done:?}");
+}
+
 /// A signed-in browser of `user` that connected `providers`.
 async fn connected(
     broker: &TestBroker,
@@ -576,20 +593,8 @@ async fn disconnecting_revokes_the_connection_at_the_provider() {
         seen[0]["token"].as_str().unwrap().to_string(),
         seen[1]["token"].as_str().unwrap().to_string(),
     );
-    let listed = connections_of(&mut alice).await;
     for provider in ["plain", "acme"] {
-        let id = listed[provider]["connection_id"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let page = alice.get("/connections").await;
-        let action = format!("/connections/{id}/disconnect");
-        let form = read_form(&page.body, &action);
-        // Without the session's CSRF token: refused, nothing changes.
-        let forged = alice.post_form(&action, &[("csrf", "nope")]).await;
-        assert_eq!(forged.status, 403, "{forged:?}");
-        let done = alice.post_form(&action, &form.filled()).await;
-        assert_eq!(done.status, 303, "{done:?}");
+        disconnect(&mut alice, provider).await;
     }
     // oidc-provider revokes a refresh token's whole grant: the person's access token
     // from it is dead, and so is the task's token exchanged from the other connection.
@@ -853,6 +858,28 @@ async fn a_callback_with_a_wrong_state_a_replayed_code_or_another_browser_connec
     assert_eq!(nobody.status, 401, "{nobody:?}");
     let listed = stranger.get("/v1/connections").await;
     assert_eq!(listed.status, 401, "{listed:?}");
+    // A repeated parameter, or an unknown provider's long name: a plain 4xx page.
+    let doubled = bob
+        .get("/connections/callback?code=a&state=b&state=c")
+        .await;
+    assert_eq!(doubled.status, 400, "{doubled:?}");
+    assert!(
+        doubled
+            .header("content-type")
+            .unwrap_or("")
+            .starts_with("text/html")
+    );
+    let long = "x".repeat(3000);
+    let page = bob.get("/connections").await;
+    let form = read_form(&page.body, "/connections/plain/connect");
+    let unknown = bob
+        .post_form(&format!("/connections/{long}/connect"), &form.filled())
+        .await;
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+    assert!(
+        !unknown.body.contains(&long),
+        "the name is not echoed whole"
+    );
 }
 
 /// Two replicas on this machine's PostgreSQL (a fresh schema), both naming the first one's
@@ -1104,15 +1131,7 @@ async fn an_upstream_mcp_server_gets_each_persons_own_token_on_a_session_of_its_
         "Alice's and Bob's tokens differ"
     );
     // A person without a connection is asked to connect, as for HTTP tools.
-    let listed = connections_of(&mut bob).await;
-    let id = listed["plain"]["connection_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let page = bob.get("/connections").await;
-    let action = format!("/connections/{id}/disconnect");
-    let form = read_form(&page.body, &action);
-    assert_eq!(bob.post_form(&action, &form.filled()).await.status, 303);
+    disconnect(&mut bob, "plain").await;
     let (answer, _) = mcp_call(&broker.url, &bob_token, "remote.whoami").await;
     assert_eq!(answer["error"]["code"], -32042, "{answer}");
 }
@@ -1222,15 +1241,7 @@ async fn a_disconnect_while_the_provider_is_away_stops_the_task_at_once_and_revo
         .unwrap()
         .to_string();
     upstream.revocation_down(true).await;
-    let listed = connections_of(&mut alice).await;
-    let id = listed["acme"]["connection_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let page = alice.get("/connections").await;
-    let action = format!("/connections/{id}/disconnect");
-    let form = read_form(&page.body, &action);
-    assert_eq!(alice.post_form(&action, &form.filled()).await.status, 303);
+    disconnect(&mut alice, "acme").await;
     // The connection serves nothing from now on, though the provider has not heard yet.
     assert!(connections_of(&mut alice).await["acme"].is_null());
     let (answer, _) = mcp_call(&broker.url, &token, "notes.whoami").await;

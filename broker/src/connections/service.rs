@@ -35,6 +35,7 @@ use crate::error::ApiError;
 use crate::ids::random_hex;
 use crate::policy::{Policy, ToolDef, UpstreamGrant};
 use crate::store::{ConnectionRecord, Refreshed, Store, TaskUpstreamToken};
+use crate::text::shown;
 use crate::tokens::seal::Sealer;
 
 /// The cookie holding a connect flow in progress.
@@ -68,7 +69,7 @@ const REVOKE_RETRY_MS: i64 = 5_000;
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectFailure {
     /// No such provider.
-    #[error("no provider named {0:?}")]
+    #[error("no provider named {:?}", shown(.0, 64))]
     UnknownProvider(String),
     /// The provider could not be reached or answered nonsense (502).
     #[error("the provider cannot be reached: {0}")]
@@ -465,17 +466,11 @@ impl Connections {
             ));
         }
         if let Some(error) = &callback.error {
-            let description = callback
-                .error_description
-                .as_deref()
-                .unwrap_or("")
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(200)
-                .collect::<String>();
-            let error: String = error.chars().filter(|c| !c.is_control()).take(64).collect();
+            let description = shown(callback.error_description.as_deref().unwrap_or(""), 200);
             return Err(ConnectFailure::Declined(
-                format!("{error} {description}").trim().to_string(),
+                format!("{} {description}", shown(error, 64))
+                    .trim()
+                    .to_string(),
             ));
         }
         let code = callback

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use axum::Form;
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -65,9 +66,12 @@ fn forged() -> Response {
 pub async fn page(
     State(sessions): State<Arc<Sessions>>,
     State(connections): State<Arc<Connections>>,
-    Query(query): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
+    let Ok(Query(query)) = query else {
+        return pages::error(StatusCode::BAD_REQUEST, "That is not a valid address.");
+    };
     let next = match &query.connect {
         Some(provider) => {
             let mut q = url::form_urlencoded::Serializer::new(String::new());
@@ -169,9 +173,15 @@ fn failed(failure: &ConnectFailure) -> Response {
 pub async fn callback(
     State(sessions): State<Arc<Sessions>>,
     State(connections): State<Arc<Connections>>,
-    Query(callback): Query<Callback>,
+    callback: Result<Query<Callback>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
+    let Ok(Query(callback)) = callback else {
+        return pages::error(
+            StatusCode::BAD_REQUEST,
+            "The provider's answer is not a valid callback (a parameter is missing or repeated).",
+        );
+    };
     // The connect in progress is used up either way.
     let forget = sessions.set_cookie(CONNECT_COOKIE, "", 0);
     let Some(session) = sessions.current(&headers).await else {

@@ -70,22 +70,11 @@ pub struct Registered {
 /// could make the name rewrite the text around it), at most 100 characters; `fallback`
 /// when nothing is left.
 pub fn display_name(name: Option<&str>, fallback: &str) -> String {
-    let is_format = |c: char| {
-        matches!(c,
-            '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
-    };
-    let cleaned: String = name
-        .unwrap_or("")
-        .chars()
-        .filter(|c| !c.is_control() && !is_format(*c))
-        .take(MAX_NAME_CHARS)
-        .collect();
-    let cleaned = cleaned.trim();
+    let cleaned = crate::text::shown(name.unwrap_or(""), MAX_NAME_CHARS);
     if cleaned.is_empty() {
         fallback.to_string()
     } else {
-        cleaned.to_string()
+        cleaned
     }
 }
 
