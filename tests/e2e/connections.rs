@@ -20,6 +20,7 @@ use crate::oidc::{Answer, NodeScript, through_a_provider};
 const CLIENT_ID: &str = "leash-up";
 const CLIENT_SECRET: &str = "upstream-Secret-4711";
 const BOB_PASSWORD: &str = "bob-Pa55word-that-is-long-too";
+const CAROL_PASSWORD: &str = "carol-Pa55word-that-is-long-three";
 const LOOPBACK: &str = "http://127.0.0.1:8976/callback";
 
 /// `{IDP}` is the provider's address.
@@ -85,6 +86,11 @@ max_ttl_seconds = 3600
 [users.bob]
 tools = ["notes.*", "plain.*", "remote.*"]
 max_ttl_seconds = 3600
+
+# Tasks that expire by themselves, soon.
+[users.carol]
+tools = ["notes.*"]
+max_ttl_seconds = 5
 
 [agents.bot]
 tools = ["notes.whoami", "ops.whoami"]
@@ -226,6 +232,12 @@ async fn deployment_with(access_ttl: u64, port: u16, mcp_port: u16) -> (TestBrok
         .add("bob", BOB_PASSWORD, false)
         .await
         .unwrap();
+    broker
+        .state
+        .accounts
+        .add("carol", CAROL_PASSWORD, false)
+        .await
+        .unwrap();
     let upstream = Upstream::start(port, &[callback_of(&broker.url)], access_ttl).await;
     (broker, upstream)
 }
@@ -235,10 +247,10 @@ pub(crate) fn callback_of(base: &str) -> String {
 }
 
 fn password_of(user: &str) -> &'static str {
-    if user == "alice" {
-        ALICE_PASSWORD
-    } else {
-        BOB_PASSWORD
+    match user {
+        "alice" => ALICE_PASSWORD,
+        "carol" => CAROL_PASSWORD,
+        _ => BOB_PASSWORD,
     }
 }
 
@@ -599,7 +611,15 @@ async fn disconnecting_revokes_the_connection_at_the_provider() {
     // oidc-provider revokes a refresh token's whole grant: the person's access token
     // from it is dead, and so is the task's token exchanged from the other connection.
     assert!(!upstream.active(&user_token).await, "the person's token");
-    assert!(!upstream.active(&task_token).await, "the task's token");
+    // The tasks' tokens from the connection are revoked by the sweep, woken at once.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while upstream.active(&task_token).await {
+        assert!(
+            Instant::now() < deadline,
+            "the task's token is still active"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let listed = connections_of(&mut alice).await;
     assert!(
         listed["plain"].is_null() && listed["acme"].is_null(),
@@ -742,12 +762,14 @@ async fn a_provider_that_is_down_answers_garbage_or_redirects_is_a_clear_502() {
     let mut alice = connected(&broker, &upstream, "alice", &["plain"]).await;
     let token = mcp_token(&broker, &mut alice, &["plain.whoami"]).await;
     tokio::time::sleep(Duration::from_secs(ttl) + Duration::from_millis(300)).await;
-    for mode in ["down", "garbage", "redirect"] {
+    for mode in ["down", "garbage", "redirect", "slow"] {
         upstream.mode(mode).await;
         let started = Instant::now();
         let (answer, text) = mcp_call(&broker.url, &token, "plain.whoami").await;
+        // Not a speed target: a hang guard (the provider answers `slow` after 30 s;
+        // Leash gives up on a provider exchange after 10).
         assert!(
-            started.elapsed() < Duration::from_secs(12),
+            started.elapsed() < Duration::from_secs(25),
             "{mode}: no hang"
         );
         let result = &answer["result"];
@@ -1168,8 +1190,31 @@ async fn a_token_the_upstream_refuses_before_its_time_is_replaced_on_the_next_ca
     let (as_alice, _) = whoami(&broker.url, &token, "notes.whoami").await;
     assert_eq!(as_alice["sub"], "alice");
     assert_eq!(upstream.exchanges().await, exchanges + 1);
-    let last = upstream.seen().await.last().unwrap()["token"].clone();
-    assert_ne!(last, first.as_str());
+    let last = upstream.seen().await.last().unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(last, first);
+    // An upstream that refuses every token cannot turn each call into a new exchange at
+    // the provider: one drop per 30 s.
+    let revoked = reqwest::Client::new()
+        .post(format!("{}/token/revocation", upstream.issuer))
+        .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(crate::oauth::form_body(&[("token", last.as_str())]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    for _ in 0..5 {
+        let (answer, _) = mcp_call(&broker.url, &token, "notes.whoami").await;
+        assert_eq!(answer["result"]["isError"], true, "{answer}");
+    }
+    assert_eq!(
+        upstream.exchanges().await,
+        exchanges + 1,
+        "no exchange per refused call"
+    );
 }
 
 impl Upstream {
@@ -1206,17 +1251,24 @@ async fn a_provider_error_quoting_a_token_shows_nobody_that_token() {
     let (broker, upstream) = deployment(ttl).await;
     let mut alice = connected(&broker, &upstream, "alice", &["plain", "acme"]).await;
     let token = mcp_token(&broker, &mut alice, &["plain.whoami", "notes.whoami"]).await;
+    // The exchange quotes the person's token, as the error code and then in the
+    // description; the refresh (after expiry) quotes the refresh token.
+    upstream.mode("echo_code").await;
+    let (as_code, as_code_text) = mcp_call(&broker.url, &token, "notes.whoami").await;
+    assert_eq!(as_code["result"]["isError"], true, "{as_code}");
+    assert!(
+        as_code_text.contains("unrecognised_error"),
+        "{as_code_text}"
+    );
     upstream.mode("echo").await;
-    // The exchange quotes the person's token; the refresh (after expiry) quotes the
-    // refresh token.
     let (exchange, exchange_text) = mcp_call(&broker.url, &token, "notes.whoami").await;
     assert_eq!(exchange["result"]["isError"], true, "{exchange}");
     tokio::time::sleep(Duration::from_secs(ttl) + Duration::from_millis(300)).await;
     let (refresh, refresh_text) = mcp_call(&broker.url, &token, "plain.whoami").await;
     assert_eq!(refresh["error"]["code"], -32042, "{refresh}");
     let echoed = upstream.echoed().await;
-    assert_eq!(echoed.len(), 2, "{echoed:?}");
-    let mut shown = exchange_text + &refresh_text;
+    assert_eq!(echoed.len(), 3, "{echoed:?}");
+    let mut shown = as_code_text + &exchange_text + &refresh_text;
     shown.push_str(&alice.get("/connections").await.body);
     shown.push_str(&alice.get("/v1/connections").await.body);
     shown.push_str(&serde_json::to_string(&audit(&broker).await).unwrap());
@@ -1281,4 +1333,104 @@ async fn a_token_that_would_inject_a_header_is_refused_and_the_connection_surviv
     upstream.mode("normal").await;
     let (as_alice, _) = whoami(&broker.url, &token, "plain.whoami").await;
     assert_eq!(as_alice["sub"], "alice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_task_expires_its_token_dies_at_the_provider_too() {
+    let (broker, upstream) = deployment(3600).await;
+    // Carol's account at the provider is the one named bob there.
+    let mut carol = signed_in(&broker, "carol", CAROL_PASSWORD).await;
+    connect(&mut carol, &upstream.issuer, &broker.url, "acme", "bob").await;
+    // Carol's grant lets a task live 5 s: the consent page offers no more.
+    let token = mcp_token(&broker, &mut carol, &["notes.whoami"]).await;
+    let (as_carol, _) = whoami(&broker.url, &token, "notes.whoami").await;
+    assert_eq!(as_carol["sub"], "bob");
+    let task_token = upstream.seen().await[0]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while upstream.active(&task_token).await {
+        assert!(
+            Instant::now() < deadline,
+            "the expired task's token is still active at the provider"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events = audit(&broker).await;
+    assert!(
+        events.iter().any(|e| e["kind"] == "task.expired"),
+        "the task expired: {events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "connection.task_token_revoked"
+                && e["detail"]["why"] == "the task ended"),
+        "{events:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_while_the_provider_is_away_still_revokes_the_old_connection() {
+    // Disconnected while the provider's revocation is away: connecting again waits until
+    // the provider confirms the old connection is revoked (many providers revoke a whole
+    // grant and reuse it for a returning person: revoked later, the old tokens would take
+    // the new connection with them).
+    let (broker, upstream) = deployment(3600).await;
+    let mut alice = connected(&broker, &upstream, "alice", &["plain"]).await;
+    let token = mcp_token(&broker, &mut alice, &["plain.whoami"]).await;
+    whoami(&broker.url, &token, "plain.whoami").await;
+    let old = upstream.seen().await[0]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    upstream.revocation_down(true).await;
+    disconnect(&mut alice, "plain").await;
+    let page = alice.get("/connections").await;
+    let form = read_form(&page.body, "/connections/plain/connect");
+    let refused = alice
+        .post_form("/connections/plain/connect", &form.filled())
+        .await;
+    assert_eq!(refused.status, 502, "{refused:?}");
+    assert!(
+        refused.body.contains("earlier connection"),
+        "{}",
+        refused.body
+    );
+    assert!(upstream.active(&old).await);
+    // Once the provider answers again, the old one is revoked and the new one lives.
+    upstream.revocation_down(false).await;
+    // (The sweep may be retrying it right now: connecting waits for that.)
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let page = alice.get("/connections").await;
+        let form = read_form(&page.body, "/connections/plain/connect");
+        let started = alice
+            .post_form("/connections/plain/connect", &form.filled())
+            .await;
+        if started.status == 303 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "connecting again: {started:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        !upstream.active(&old).await,
+        "the old connection's token lives on"
+    );
+    connect(&mut alice, &upstream.issuer, &broker.url, "plain", "alice").await;
+    let (as_alice, _) = whoami(&broker.url, &token, "plain.whoami").await;
+    assert_eq!(as_alice["sub"], "alice");
+    let new = upstream.seen().await.last().unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(new, old);
+    // Nothing of the old connection is left for the sweep: the new one lives on.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        upstream.active(&new).await,
+        "the new connection is untouched"
+    );
 }

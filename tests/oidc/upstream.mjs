@@ -39,7 +39,8 @@
 //                                        provider), down (503 HTML), garbage (200, body
 //                                        `not json at all`), slow (30 s, then normal),
 //                                        redirect (307 to another host), echo (400
-//                                        invalid_grant quoting the token sent), ctrl (a
+//                                        invalid_grant quoting the token sent), echo_code
+//                                        (the token sent as the error code), ctrl (a
 //                                        "token" holding CR LF)
 //   POST /test/revocation?down=1|0       POST /token/revocation answers 503 (or not)
 //   GET  /test/echoed                    what echo mode quoted back
@@ -414,7 +415,7 @@ provider.use(async (ctx, next) => {
       ctx.body = await introspect(token);
     } else if (path === '/test/mode' && method === 'POST') {
       const mode = ctx.query.mode;
-      const modes = ['normal', 'down', 'garbage', 'slow', 'redirect', 'echo', 'ctrl'];
+      const modes = ['normal', 'down', 'garbage', 'slow', 'redirect', 'echo', 'echo_code', 'ctrl'];
       if (!modes.includes(mode)) {
         ctx.status = 400;
         ctx.body = { error: `mode must be one of ${modes.join(', ')}` };
@@ -442,13 +443,16 @@ provider.use(async (ctx, next) => {
   }
 
   if (path === '/token') {
-    if (tokenMode === 'echo') {
-      // An error whose description quotes the secret the client sent.
+    if (tokenMode === 'echo' || tokenMode === 'echo_code') {
+      // An error that quotes the secret the client sent: in its description, or as the
+      // error code itself.
       const form = await readForm(ctx);
       const sent = form.get('refresh_token') || form.get('subject_token') || form.get('code') || '';
       echoed.push(sent);
       ctx.status = 400;
-      ctx.body = { error: 'invalid_grant', error_description: `bad token ${sent}` };
+      ctx.body = tokenMode === 'echo'
+        ? { error: 'invalid_grant', error_description: `bad token ${sent}` }
+        : { error: sent };
       return;
     }
     if (tokenMode === 'ctrl') {

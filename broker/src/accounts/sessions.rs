@@ -81,7 +81,26 @@ impl Sessions {
     /// A `Set-Cookie` value for `name` = `value`, living `max_age` seconds (0 deletes).
     pub fn set_cookie(&self, name: &str, value: &str, max_age: i64) -> String {
         let secure = if self.secure { "; Secure" } else { "" };
+        let name = self.named(name);
         format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}")
+    }
+
+    /// A cookie's name on the wire: over HTTPS with the `__Host-` prefix, which browsers
+    /// accept only from this very origin, with `Secure`, `Path=/` and no `Domain` — so a
+    /// sibling subdomain or a plain-HTTP page cannot plant one (a planted session would
+    /// sign the person in as someone else).
+    fn named(&self, name: &str) -> String {
+        if self.secure {
+            format!("__Host-{name}")
+        } else {
+            name.to_string()
+        }
+    }
+
+    /// The value of this broker's cookie `name` (see [`cookie`] and
+    /// [`Sessions::set_cookie`]).
+    pub fn cookie<'h>(&self, headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+        cookie(headers, &self.named(name))
     }
 
     /// A fresh pre-sign-in CSRF token and its cookie.
@@ -118,7 +137,7 @@ impl Sessions {
 
     /// The live session the request's cookie names, if any.
     pub async fn current(&self, headers: &HeaderMap) -> Option<WebSession> {
-        let id = cookie(headers, SESSION_COOKIE)?;
+        let id = self.cookie(headers, SESSION_COOKIE)?;
         if id.len() != 64 {
             return None;
         }
@@ -194,5 +213,38 @@ mod tests {
         assert!(same_token("abc", "abc"));
         assert!(!same_token("abd", "abc"));
         assert!(!same_token("", ""));
+    }
+
+    #[tokio::test]
+    async fn over_https_every_cookie_is_a_host_cookie() {
+        let store: Arc<dyn Store> = Arc::new(crate::store::SqliteStore::in_memory().await.unwrap());
+        let clock = Clock::fixed(1_000);
+        let audit = Audit::start(store.clone(), clock.clone(), 0).await.unwrap();
+        let secure = Sessions::new(store.clone(), audit.clone(), clock.clone(), true);
+        let set = secure.set_cookie(SESSION_COOKIE, "v", 60);
+        assert!(set.starts_with("__Host-leash_session=v; Path=/;"), "{set}");
+        assert!(
+            set.ends_with("; Secure") && !set.contains("Domain"),
+            "{set}"
+        );
+        let mut headers = HeaderMap::new();
+        // A plain-named cookie (planted from a sibling or over HTTP) is not read.
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("leash_session=planted"),
+        );
+        assert_eq!(secure.cookie(&headers, SESSION_COOKIE), None);
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("__Host-leash_session=mine"),
+        );
+        assert_eq!(secure.cookie(&headers, SESSION_COOKIE), Some("mine"));
+        // Plain HTTP (development): plain names.
+        let plain = Sessions::new(store, audit, clock, false);
+        assert!(
+            plain
+                .set_cookie(SESSION_COOKIE, "v", 60)
+                .starts_with("leash_session=v;")
+        );
     }
 }

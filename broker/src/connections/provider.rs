@@ -109,19 +109,42 @@ struct ErrorAnswer {
     error: String,
 }
 
-/// The provider's error code if it looks like one (letters, digits, `_`, `-` and `.`, at
-/// most 64): anything else could be a token quoted back, and is not shown.
+/// The OAuth error codes Leash repeats (RFC 6749, 6750, 7009, 8628, 8693, 8707, 9449 and
+/// OpenID Connect): any other "code" could be a token quoted back, and is not shown.
+const KNOWN_ERRORS: [&str; 22] = [
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+    "unsupported_token_type",
+    "invalid_target",
+    "access_denied",
+    "unsupported_response_type",
+    "server_error",
+    "temporarily_unavailable",
+    "invalid_token",
+    "insufficient_scope",
+    "interaction_required",
+    "login_required",
+    "consent_required",
+    "authorization_pending",
+    "slow_down",
+    "expired_token",
+    "invalid_dpop_proof",
+    "use_dpop_nonce",
+];
+
+/// The provider's error code if it is a registered one, else `unrecognised_error`.
 fn error_code(text: &str) -> String {
-    let plausible = !text.is_empty()
-        && text.len() <= 64
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if plausible {
-        text.to_string()
-    } else {
-        "unrecognised_error".to_string()
-    }
+    KNOWN_ERRORS
+        .iter()
+        .find(|known| **known == text)
+        .map_or_else(
+            || "unrecognised_error".to_string(),
+            |known| known.to_string(),
+        )
 }
 
 fn refused<T: ErrorResponseType + std::fmt::Display>(

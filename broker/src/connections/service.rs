@@ -54,14 +54,16 @@ const TASK_KIND: &str = "task upstream token";
 const REFRESH_AHEAD_MS: i64 = 30_000;
 /// How long one replica holds the right to refresh a connection.
 const REFRESH_LEASE_MS: i64 = 15_000;
+/// How often a token source may be dropped because an upstream refused its token.
+const DROP_AT_MOST_EVERY: Duration = Duration::from_secs(30);
 /// How long a failed refresh or exchange answers the calls queued behind it.
 const RECENT_FAILURE: Duration = Duration::from_secs(3);
 /// How often a call waiting on another replica's refresh looks again.
 const REFRESH_POLL: Duration = Duration::from_millis(25);
-/// How many ended tasks' tokens one sweep revokes.
+/// How many task tokens of one provider a sweep takes (a backlog drains over several).
 const REVOKE_BATCH: i64 = 100;
-/// How many revocations run at once (one slow provider does not hold up the others).
-const REVOKE_CONCURRENCY: usize = 16;
+/// How many revocations run at once at one provider.
+const REVOKE_CONCURRENCY: usize = 4;
 /// How long a revocation the provider did not answer waits before it is tried again.
 const REVOKE_RETRY_MS: i64 = 5_000;
 
@@ -158,8 +160,13 @@ pub struct Injection {
 
 /// Where an injected token is kept.
 enum Source {
-    /// A connection's access token, as of `version`.
-    Connection { id: String, version: i64 },
+    /// A connection's access token, as of `version`; `refreshable` if the connection has
+    /// a refresh token to get another.
+    Connection {
+        id: String,
+        version: i64,
+        refreshable: bool,
+    },
     /// A task's exchanged token (sealed, as stored).
     Task {
         task_id: String,
@@ -200,6 +207,10 @@ pub struct Connections {
     /// when they failed: the calls that were queued behind one fail with its answer
     /// instead of each waiting its turn to fail again; calls arriving later try afresh.
     failures: moka::sync::Cache<String, (std::time::Instant, String)>,
+    /// Token sources dropped after a 401 recently (see [`Connections::refused`]).
+    dropped: moka::sync::Cache<String, ()>,
+    /// Providers whose share of task-token revocations is under way.
+    busy: Mutex<std::collections::HashSet<String>>,
 }
 
 fn view(record: &ConnectionRecord) -> ConnectionView {
@@ -306,6 +317,11 @@ impl Connections {
                 .build(),
             deployment: Mutex::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
+            busy: Mutex::new(std::collections::HashSet::new()),
+            dropped: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(DROP_AT_MOST_EVERY)
+                .build(),
             failures: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(RECENT_FAILURE)
@@ -387,6 +403,7 @@ impl Connections {
         let client = self
             .provider(provider)
             .ok_or_else(|| ConnectFailure::UnknownProvider(provider.to_string()))?;
+        self.revoke_earlier(user, client).await?;
         let scopes = self.connect_scopes(client);
         let (location, state, verifier) = client
             .authorize_url(redirect_uri, &scopes)
@@ -406,6 +423,46 @@ impl Connections {
             // Bound to the person: another person's browser cannot finish it.
             cookie_value: self.sealer.seal(CONNECT_KIND, user, &text),
         })
+    }
+
+    /// Revokes, before a new connect begins, the tokens of `user`'s earlier connections at
+    /// `client`'s provider that still wait for it. Many providers revoke a whole grant at
+    /// once and hand a returning person the same grant again: revoked later, the old
+    /// tokens would take the new connection with them.
+    async fn revoke_earlier(
+        &self,
+        user: &str,
+        client: &ProviderClient,
+    ) -> Result<(), ConnectFailure> {
+        let waiting = self
+            .store
+            .disconnected_of(user, &client.def().name)
+            .await
+            .map_err(|e| ConnectFailure::Store(e.into()))?;
+        let not_yet = || {
+            ConnectFailure::Unreachable(
+                "the provider has not yet confirmed that your earlier connection is revoked; try again shortly".into(),
+            )
+        };
+        for record in waiting {
+            let now = self.clock.now_ms();
+            let claimed = self
+                .store
+                .claim_disconnected(&record.connection_id, now, now + REVOKE_RETRY_MS)
+                .await
+                .map_err(|e| ConnectFailure::Store(e.into()))?;
+            if !claimed {
+                return Err(not_yet());
+            }
+            self.revoke_connection_tokens(client, &record)
+                .await
+                .map_err(|()| not_yet())?;
+            self.store
+                .forget_connection(&record.connection_id)
+                .await
+                .map_err(|e| ConnectFailure::Store(e.into()))?;
+        }
+        Ok(())
     }
 
     /// Finishes a connect from the provider's callback, for the signed-in `user` whose
@@ -525,10 +582,9 @@ impl Connections {
             .put_connection(&record)
             .await
             .map_err(|e| ConnectFailure::Store(e.into()))?;
-        if let Some(old) = replaced {
-            // The account was connected before: its old tokens die at the provider (best
-            // effort: its row is gone; the tasks' tokens from it are swept).
-            let _ = self.revoke_connection_tokens(client, &old).await;
+        if replaced.is_some() {
+            // The account was connected before: the sweep revokes its old tokens (and the
+            // tasks' tokens from it) at the provider, retrying until it answers.
             self.wake.notify_one();
         }
         Ok(view(&record))
@@ -548,8 +604,9 @@ impl Connections {
         if !disconnected {
             return Ok(false);
         }
-        // Tried at once, so the person's answer follows the revocation.
-        self.revoke_task_tokens(REVOKE_BATCH).await;
+        // The connection's own tokens are tried at once, so the person's answer follows
+        // their revocation; the sweep revokes the tasks' tokens from it right away.
+        self.wake.notify_one();
         let revoked_at_provider = self.revoke_disconnected(Some(connection_id)).await;
         self.audit
             .record(AuditEvent {
@@ -690,10 +747,28 @@ impl Connections {
 
     /// The upstream refused `injection`'s token (HTTP 401) before its time — revoked at
     /// the provider, say: it is dropped, so the next call refreshes (or exchanges) a new
-    /// one instead of failing until it would have expired.
+    /// one instead of failing until it would have expired. At most once per token source
+    /// every [`DROP_AT_MOST_EVERY`]: an upstream that answers 401 to everything must not
+    /// turn each call into a refresh at the provider.
     pub async fn refused(&self, injection: &Injection) {
+        let key = match &injection.source {
+            // Without a refresh token, dropping it would only break the connection: it
+            // stays until it expires (the provider's 401s are the upstream's answer).
+            Source::Connection {
+                refreshable: false, ..
+            } => return,
+            Source::Connection { id, .. } => format!("con:{id}"),
+            Source::Task {
+                task_id, provider, ..
+            } => format!("task:{task_id}/{provider}"),
+            Source::Deployment((provider, scopes)) => format!("dep:{provider}/{scopes}"),
+        };
+        if self.dropped.contains_key(&key) {
+            return;
+        }
+        self.dropped.insert(key, ());
         let outcome = match &injection.source {
-            Source::Connection { id, version } => self.store.expire_access(id, *version).await,
+            Source::Connection { id, version, .. } => self.store.expire_access(id, *version).await,
             Source::Task {
                 task_id,
                 provider,
@@ -765,6 +840,7 @@ impl Connections {
             source: Source::Connection {
                 id: record.connection_id.clone(),
                 version: record.version,
+                refreshable: record.refresh_token.is_some(),
             },
             connection_id: record.connection_id,
         };
@@ -873,6 +949,7 @@ impl Connections {
                     source: Source::Connection {
                         id: id.clone(),
                         version: record.version + 1,
+                        refreshable: true,
                     },
                 })
             }
@@ -998,7 +1075,7 @@ impl Connections {
             }
             // Revoked with the person's earlier connection: the new one gives a new token.
             self.store
-                .forget_task_token(task_id, provider)
+                .forget_task_token(task_id, provider, &old.connection_id)
                 .await
                 .map_err(ApiError::internal)?;
         }
@@ -1009,7 +1086,16 @@ impl Connections {
         {
             return Err(ApiError::UpstreamError(why));
         }
-        let subject = self.user_token(client, user).await?;
+        let subject = match self.user_token(client, user).await {
+            Ok(subject) => subject,
+            Err(error @ ApiError::UpstreamError(_)) => {
+                // The calls queued behind this one on the task share the failure too.
+                self.failures
+                    .insert(key, (std::time::Instant::now(), error.to_string()));
+                return Err(error);
+            }
+            Err(error) => return Err(error),
+        };
         let connection_id = subject.connection_id.clone();
         let scopes = self.task_scopes(provider, task_tools);
         let tokens = match client.exchange(&subject.token, &scopes).await {
@@ -1138,25 +1224,46 @@ impl Connections {
     }
 
     /// Revokes at the provider the tokens of tasks that ended, or whose connection was
-    /// disconnected, broke or was replaced (each once, across replicas, several at a time);
-    /// a provider that cannot be reached is tried again after a pause, without holding up
-    /// the others. How many were due.
-    pub async fn revoke_task_tokens(&self, limit: i64) -> usize {
-        let now = self.clock.now_ms();
-        let due = match self.store.task_tokens_to_revoke(now, limit).await {
-            Ok(due) => due,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the task tokens to revoke");
-                return 0;
+    /// disconnected, broke or was replaced (each once, across replicas). Each provider's
+    /// share runs on its own, a few at a time, and a provider still busy from the last
+    /// sweep is skipped: one that hangs or fails holds up only its own tokens (retried
+    /// after a pause), never another provider's. Wakes the sweep again when a provider's
+    /// share is done, so a backlog drains.
+    async fn revoke_task_tokens(self: &Arc<Self>) {
+        for provider in self.providers.keys() {
+            if !self.busy.lock().await.insert(provider.clone()) {
+                continue;
             }
-        };
-        let count = due.len();
-        futures_util::stream::iter(due)
-            .for_each_concurrent(REVOKE_CONCURRENCY, |token| async move {
-                self.revoke_task_token(&token).await;
-            })
-            .await;
-        count
+            let now = self.clock.now_ms();
+            let tokens = match self
+                .store
+                .task_tokens_to_revoke(provider, now, REVOKE_BATCH)
+                .await
+            {
+                Ok(tokens) if !tokens.is_empty() => tokens,
+                outcome => {
+                    if let Err(e) = outcome {
+                        tracing::warn!(error = %e, "cannot read the task tokens to revoke");
+                    }
+                    self.busy.lock().await.remove(provider);
+                    continue;
+                }
+            };
+            let provider = provider.clone();
+            let this = self.clone();
+            tokio::spawn(async move {
+                futures_util::stream::iter(tokens)
+                    .for_each_concurrent(REVOKE_CONCURRENCY, |token| {
+                        let this = &this;
+                        async move {
+                            this.revoke_task_token(&token).await;
+                        }
+                    })
+                    .await;
+                this.busy.lock().await.remove(&provider);
+                this.wake.notify_one();
+            });
+        }
     }
 
     /// Claims and revokes one task token; whether this call revoked it. A token revoked
@@ -1209,7 +1316,7 @@ impl Connections {
         if task_lives
             && let Err(e) = self
                 .store
-                .forget_task_token(&token.task_id, &token.provider)
+                .forget_task_token(&token.task_id, &token.provider, &token.connection_id)
                 .await
         {
             tracing::warn!(error = %e, "cannot forget a revoked task token");
@@ -1246,7 +1353,7 @@ impl Connections {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(every) => {}
             }
-            while self.revoke_task_tokens(REVOKE_BATCH).await as i64 == REVOKE_BATCH {}
+            self.revoke_task_tokens().await;
             self.revoke_disconnected(None).await;
         }
     }

@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use crate::accounts::sessions::{Sessions, cookie, same_token};
+use crate::accounts::sessions::{Sessions, same_token};
 use crate::config::ServeConfig;
 use crate::connections::Connections;
 use crate::connections::service::{
@@ -195,7 +195,11 @@ pub async fn callback(
         return page;
     };
     let outcome = connections
-        .finish(&session.user, &callback, cookie(&headers, CONNECT_COOKIE))
+        .finish(
+            &session.user,
+            &callback,
+            sessions.cookie(&headers, CONNECT_COOKIE),
+        )
         .await;
     let mut response = match outcome {
         Ok(_) => see_other("/connections", &[]),

@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use crate::accounts::oidc::{Callback, LOGIN_MS, OIDC_COOKIE, OidcFailure, OidcSignIn};
 use crate::accounts::passwords::{Accounts, SignInFailure};
-use crate::accounts::sessions::{CSRF_COOKIE, Sessions, cookie, same_token};
+use crate::accounts::sessions::{CSRF_COOKIE, Sessions, same_token};
 use crate::config::ServeConfig;
 use crate::error::ApiError;
 use crate::http::pages;
@@ -167,7 +167,10 @@ pub async fn submit(
             &csrf_cookie,
         )
     };
-    if !cookie(&headers, CSRF_COOKIE).is_some_and(|expected| same_token(&form.csrf, expected)) {
+    if !sessions
+        .cookie(&headers, CSRF_COOKIE)
+        .is_some_and(|expected| same_token(&form.csrf, expected))
+    {
         return again(
             StatusCode::FORBIDDEN,
             "The form expired or came from another site; please sign in again.",
@@ -271,7 +274,7 @@ pub async fn oidc_callback(
     // The sign-in in progress is used up either way.
     let forget = sessions.set_cookie(OIDC_COOKIE, "", 0);
     let outcome = oidc
-        .finish_audited(&callback, cookie(&headers, OIDC_COOKIE), &address)
+        .finish_audited(&callback, sessions.cookie(&headers, OIDC_COOKIE), &address)
         .await;
     match outcome {
         Ok((signed, next)) => match sessions

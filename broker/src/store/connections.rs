@@ -83,7 +83,8 @@ where
     ) -> StoreResult<Option<ConnectionRecord>> {
         let mut tx = D::begin_write(&self.pool).await?;
         let select = format!(
-            "SELECT * FROM upstream_connections WHERE user_name = $1 AND provider = $2{}",
+            "SELECT * FROM upstream_connections
+             WHERE user_name = $1 AND provider = $2 AND state <> 'disconnected'{}",
             D::FOR_UPDATE
         );
         let replaced = sqlx::query(&select)
@@ -94,11 +95,17 @@ where
             .as_ref()
             .map(connection_from_row)
             .transpose()?;
-        sqlx::query("DELETE FROM upstream_connections WHERE user_name = $1 AND provider = $2")
-            .bind(&connection.user)
-            .bind(&connection.provider)
-            .execute(&mut *tx)
-            .await?;
+        // The replaced one is not forgotten: its tokens wait to be revoked, like a
+        // disconnected connection's.
+        sqlx::query(
+            "UPDATE upstream_connections SET state = 'disconnected', refreshing_until_ms = NULL,
+                version = version + 1
+             WHERE user_name = $1 AND provider = $2 AND state <> 'disconnected'",
+        )
+        .bind(&connection.user)
+        .bind(&connection.provider)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO upstream_connections (connection_id, user_name, provider, state,
                 broken_reason, scopes, refresh_token, access_token, access_expires_at_ms,
@@ -177,6 +184,22 @@ where
         rows.iter().map(connection_from_row).collect()
     }
 
+    async fn disconnected_of(
+        &self,
+        user: &str,
+        provider: &str,
+    ) -> StoreResult<Vec<ConnectionRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM upstream_connections
+             WHERE user_name = $1 AND provider = $2 AND state = 'disconnected'",
+        )
+        .bind(user)
+        .bind(provider)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(connection_from_row).collect()
+    }
+
     async fn claim_disconnected(
         &self,
         connection_id: &str,
@@ -235,7 +258,7 @@ where
             "UPDATE upstream_connections SET access_token = $2, access_expires_at_ms = $3,
                 refresh_token = COALESCE($4, refresh_token), scopes = COALESCE($5, scopes),
                 refreshing_until_ms = NULL, updated_at_ms = $6, version = version + 1
-             WHERE connection_id = $1",
+             WHERE connection_id = $1 AND state = 'active'",
         )
         .bind(connection_id)
         .bind(&refreshed.access_token)
@@ -350,12 +373,13 @@ where
 
     async fn task_tokens_to_revoke(
         &self,
+        provider: &str,
         now_ms: i64,
         limit: i64,
     ) -> StoreResult<Vec<TaskUpstreamToken>> {
         let query = format!(
             "SELECT t.* FROM task_upstream_tokens t JOIN tasks k ON k.task_id = t.task_id
-             WHERE t.revoked_at_ms IS NULL
+             WHERE t.provider = $3 AND t.revoked_at_ms IS NULL
                AND (t.retry_at_ms IS NULL OR t.retry_at_ms <= $1)
                AND (k.state IN {ENDED} OR NOT EXISTS (
                     SELECT 1 FROM upstream_connections c
@@ -365,17 +389,27 @@ where
         let rows = sqlx::query(&query)
             .bind(now_ms)
             .bind(limit)
+            .bind(provider)
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(task_token_from_row).collect()
     }
 
-    async fn forget_task_token(&self, task_id: &str, provider: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM task_upstream_tokens WHERE task_id = $1 AND provider = $2")
-            .bind(task_id)
-            .bind(provider)
-            .execute(&self.pool)
-            .await?;
+    async fn forget_task_token(
+        &self,
+        task_id: &str,
+        provider: &str,
+        connection_id: &str,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "DELETE FROM task_upstream_tokens WHERE task_id = $1 AND provider = $2
+               AND connection_id = $3 AND revoked_at_ms IS NOT NULL",
+        )
+        .bind(task_id)
+        .bind(provider)
+        .bind(connection_id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

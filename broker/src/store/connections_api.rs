@@ -75,8 +75,8 @@ pub struct Refreshed {
 /// Connections and per-task upstream tokens.
 #[async_trait]
 pub trait ConnectionStore: Send + Sync + 'static {
-    /// Stores a new connection, replacing the person's earlier one at that provider;
-    /// returns the replaced one (its refresh token is to be revoked).
+    /// Stores a new connection, replacing the person's earlier one at that provider (which
+    /// turns `disconnected`: its tokens wait to be revoked); returns the replaced one.
     async fn put_connection(
         &self,
         connection: &ConnectionRecord,
@@ -95,6 +95,12 @@ pub trait ConnectionStore: Send + Sync + 'static {
     async fn disconnect(&self, user: &str, connection_id: &str, now_ms: i64) -> StoreResult<bool>;
     /// Disconnected connections whose tokens are due to be revoked (at most `limit`).
     async fn disconnected(&self, now_ms: i64, limit: i64) -> StoreResult<Vec<ConnectionRecord>>;
+    /// A person's disconnected connections at a provider whose tokens still wait.
+    async fn disconnected_of(
+        &self,
+        user: &str,
+        provider: &str,
+    ) -> StoreResult<Vec<ConnectionRecord>>;
     /// Claims revoking a disconnected connection's tokens until `until_ms`; `false` if
     /// another replica holds the claim.
     async fn claim_disconnected(
@@ -154,16 +160,23 @@ pub trait ConnectionStore: Send + Sync + 'static {
         task_id: &str,
         provider: &str,
     ) -> StoreResult<Option<TaskUpstreamToken>>;
-    /// Unrevoked tokens of tasks that ended, or whose connection no longer serves
-    /// (disconnected, broken, replaced), due at `now_ms` (at most `limit`).
+    /// Unrevoked tokens at `provider` of tasks that ended, or whose connection no longer
+    /// serves (disconnected, broken, replaced), due at `now_ms` (at most `limit`).
     async fn task_tokens_to_revoke(
         &self,
+        provider: &str,
         now_ms: i64,
         limit: i64,
     ) -> StoreResult<Vec<TaskUpstreamToken>>;
-    /// Forgets a task's token (revoked because its connection went; the task may get a new
-    /// one from a new connection).
-    async fn forget_task_token(&self, task_id: &str, provider: &str) -> StoreResult<()>;
+    /// Forgets a task's revoked token from connection `connection_id` (revoked because that
+    /// connection went; the task may get a new one from a new connection). A newer token
+    /// stored meanwhile is left alone.
+    async fn forget_task_token(
+        &self,
+        task_id: &str,
+        provider: &str,
+        connection_id: &str,
+    ) -> StoreResult<()>;
     /// Claims the revocation of one task token once (`false`: another replica did).
     async fn claim_task_token_revocation(
         &self,

@@ -82,8 +82,9 @@ const SCHEMA: &[&str] = &[
         connection_id TEXT PRIMARY KEY, user_name TEXT NOT NULL, provider TEXT NOT NULL,
         state TEXT NOT NULL, broken_reason TEXT, scopes TEXT NOT NULL, refresh_token TEXT,
         access_token TEXT, access_expires_at_ms BIGINT, refreshing_until_ms BIGINT,
-        created_at_ms BIGINT NOT NULL, updated_at_ms BIGINT NOT NULL, version BIGINT NOT NULL DEFAULT 0,
-        UNIQUE (user_name, provider))",
+        created_at_ms BIGINT NOT NULL, updated_at_ms BIGINT NOT NULL, version BIGINT NOT NULL DEFAULT 0)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS upstream_connections_one_per_provider
+        ON upstream_connections(user_name, provider) WHERE state <> 'disconnected'",
     "CREATE TABLE IF NOT EXISTS task_upstream_tokens (
         task_id TEXT NOT NULL, provider TEXT NOT NULL, connection_id TEXT NOT NULL,
         access_token TEXT NOT NULL, expires_at_ms BIGINT, revoked_at_ms BIGINT, retry_at_ms BIGINT,

@@ -875,7 +875,7 @@ async fn upstream_connections(store: Arc<dyn Store>) {
     // Not due while the task is active and its connection serves.
     assert!(
         store
-            .task_tokens_to_revoke(4_000, 10)
+            .task_tokens_to_revoke("acme", 4_000, 10)
             .await
             .unwrap()
             .is_empty()
@@ -884,7 +884,10 @@ async fn upstream_connections(store: Arc<dyn Store>) {
         .end_task("tsk_t", TaskState::Completed, "done", 4_000)
         .await
         .unwrap();
-    let due = store.task_tokens_to_revoke(4_000, 10).await.unwrap();
+    let due = store
+        .task_tokens_to_revoke("acme", 4_000, 10)
+        .await
+        .unwrap();
     assert_eq!(due.len(), 1);
     // Claimed once across replicas; given back when the provider was away, due again
     // only from the retry time on.
@@ -902,7 +905,7 @@ async fn upstream_connections(store: Arc<dyn Store>) {
     );
     assert!(
         store
-            .task_tokens_to_revoke(4_100, 10)
+            .task_tokens_to_revoke("acme", 4_100, 10)
             .await
             .unwrap()
             .is_empty()
@@ -913,13 +916,17 @@ async fn upstream_connections(store: Arc<dyn Store>) {
         .unwrap();
     assert!(
         store
-            .task_tokens_to_revoke(8_999, 10)
+            .task_tokens_to_revoke("acme", 8_999, 10)
             .await
             .unwrap()
             .is_empty()
     );
     assert_eq!(
-        store.task_tokens_to_revoke(9_000, 10).await.unwrap().len(),
+        store
+            .task_tokens_to_revoke("acme", 9_000, 10)
+            .await
+            .unwrap()
+            .len(),
         1
     );
     assert!(
@@ -949,7 +956,7 @@ async fn upstream_connections(store: Arc<dyn Store>) {
     );
     assert!(
         store
-            .task_tokens_to_revoke(10_000, 10)
+            .task_tokens_to_revoke("acme", 10_000, 10)
             .await
             .unwrap()
             .is_empty()
@@ -965,12 +972,18 @@ async fn upstream_connections(store: Arc<dyn Store>) {
     );
     assert!(store.get_connection("bob", "acme").await.unwrap().is_none());
     assert!(store.list_connections("bob").await.unwrap().is_empty());
-    let due = store.task_tokens_to_revoke(10_000, 10).await.unwrap();
+    let due = store
+        .task_tokens_to_revoke("acme", 10_000, 10)
+        .await
+        .unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].task_id, "tsk_u");
+    // con_1, replaced by alice's reconnect, waits too.
     let waiting = store.disconnected(10_000, 10).await.unwrap();
-    assert_eq!(waiting.len(), 1);
-    assert_eq!(waiting[0].refresh_token.as_deref(), Some("sealed-refresh"));
+    let ids: Vec<&str> = waiting.iter().map(|c| c.connection_id.as_str()).collect();
+    assert_eq!(ids, vec!["con_1", "con_b"]);
+    assert_eq!(waiting[1].refresh_token.as_deref(), Some("sealed-refresh"));
+    store.forget_connection("con_1").await.unwrap();
     assert!(
         store
             .claim_disconnected("con_b", 10_000, 15_000)
@@ -989,7 +1002,28 @@ async fn upstream_connections(store: Arc<dyn Store>) {
     assert!(store.disconnected(20_000, 10).await.unwrap().is_empty());
     // The task's token, revoked because its connection went, is forgotten: the task may
     // get one from a new connection.
-    store.forget_task_token("tsk_u", "acme").await.unwrap();
+    assert!(
+        store
+            .claim_task_token_revocation("tsk_u", "acme", 20_100)
+            .await
+            .unwrap()
+    );
+    // (Only the revoked token of that connection: a newer one from another stays.)
+    store
+        .forget_task_token("tsk_u", "acme", "con_other")
+        .await
+        .unwrap();
+    assert!(
+        store
+            .get_task_token("tsk_u", "acme")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    store
+        .forget_task_token("tsk_u", "acme", "con_b")
+        .await
+        .unwrap();
     assert!(
         store
             .get_task_token("tsk_u", "acme")
@@ -997,7 +1031,8 @@ async fn upstream_connections(store: Arc<dyn Store>) {
             .unwrap()
             .is_none()
     );
-    // Connecting again replaces a broken connection.
+    // Connecting again replaces a broken connection; the old row waits for its tokens
+    // to be revoked.
     assert_eq!(
         store
             .put_connection(&connection("con_3", "alice", "acme"))
@@ -1006,6 +1041,18 @@ async fn upstream_connections(store: Arc<dyn Store>) {
             .unwrap()
             .connection_id,
         "con_2"
+    );
+    let waiting = store.disconnected(30_000, 10).await.unwrap();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].connection_id, "con_2");
+    assert_eq!(
+        store
+            .get_connection("alice", "acme")
+            .await
+            .unwrap()
+            .unwrap()
+            .connection_id,
+        "con_3"
     );
 }
 
