@@ -555,12 +555,22 @@ async fn when_the_task_ends_its_token_dies_at_the_provider_and_the_persons_does_
     let again = mcp_token(&broker, &mut alice, &["notes.whoami"]).await;
     let (as_alice, _) = whoami(&broker.url, &again, "notes.whoami").await;
     assert_eq!(as_alice["sub"], "alice");
-    let events = audit(&broker).await;
-    let revoked: Vec<&Value> = events
-        .iter()
-        .filter(|e| e["kind"] == "connection.task_token_revoked")
-        .collect();
-    assert_eq!(revoked.len(), 1, "{events:?}");
+    // The audit row follows the provider's answer by a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let revoked = loop {
+        let events = audit(&broker).await;
+        let revoked: Vec<Value> = events
+            .iter()
+            .filter(|e| e["kind"] == "connection.task_token_revoked")
+            .cloned()
+            .collect();
+        if !revoked.is_empty() {
+            break revoked;
+        }
+        assert!(Instant::now() < deadline, "{events:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
     assert_eq!(revoked[0]["task_id"], task_id.as_str());
     assert_eq!(revoked[0]["detail"]["at_provider"], true);
 }
@@ -1357,18 +1367,23 @@ async fn when_the_task_expires_its_token_dies_at_the_provider_too() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let events = audit(&broker).await;
-    assert!(
-        events.iter().any(|e| e["kind"] == "task.expired"),
-        "the task expired: {events:?}"
-    );
-    assert!(
-        events
-            .iter()
-            .any(|e| e["kind"] == "connection.task_token_revoked"
-                && e["detail"]["why"] == "the task ended"),
-        "{events:?}"
-    );
+    // The audit row follows the provider's answer by a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = audit(&broker).await;
+        assert!(
+            events.iter().any(|e| e["kind"] == "task.expired"),
+            "the task expired: {events:?}"
+        );
+        let revoked = events.iter().any(|e| {
+            e["kind"] == "connection.task_token_revoked" && e["detail"]["why"] == "the task ended"
+        });
+        if revoked {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{events:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
