@@ -329,11 +329,6 @@ impl Connections {
         }
     }
 
-    /// Whether any provider is configured (the `/connections` page exists).
-    pub fn any(&self) -> bool {
-        !self.providers.is_empty()
-    }
-
     /// The origins a connect form leads to (each provider's authorization endpoint,
     /// discovered if needed, for at most 2 s), for the page's `form-action`.
     pub async fn form_origins(&self) -> String {
@@ -605,9 +600,11 @@ impl Connections {
             return Ok(false);
         }
         // The connection's own tokens are tried at once, so the person's answer follows
-        // their revocation; the sweep revokes the tasks' tokens from it right away.
-        self.wake.notify_one();
+        // their revocation; then the sweep revokes the tasks' tokens from it (woken only
+        // now: woken first, it could claim this connection and make the answer say
+        // "not revoked" for tokens it was revoking).
         let revoked_at_provider = self.revoke_disconnected(Some(connection_id)).await;
+        self.wake.notify_one();
         self.audit
             .record(AuditEvent {
                 kind: "connection.disconnected",
