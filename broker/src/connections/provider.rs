@@ -334,11 +334,6 @@ impl ProviderClient {
         (origin != "null").then_some(origin)
     }
 
-    /// Whether the provider has a revocation endpoint (written or discovered).
-    pub async fn can_revoke(&self) -> bool {
-        self.endpoints().await.is_ok_and(|e| e.revocation.is_some())
-    }
-
     /// The authorization URL for `scopes`, coming back to `redirect_uri`; with the
     /// `state` and the PKCE verifier the callback must match.
     pub async fn authorize_url(

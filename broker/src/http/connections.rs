@@ -55,11 +55,21 @@ async fn signed_in(
     }
 }
 
-fn forged() -> Response {
-    pages::error(
-        StatusCode::FORBIDDEN,
-        "The form expired or came from another site.",
-    )
+/// The signed-in session of a form that changes something: its CSRF token must be the
+/// session's, else the change is refused (or, signed out, the sign-in page).
+async fn changing(
+    sessions: &Sessions,
+    headers: &HeaderMap,
+    form: &CsrfForm,
+) -> Result<WebSession, Response> {
+    let session = signed_in(sessions, headers, "/connections").await?;
+    if !same_token(&form.csrf, &session.csrf) {
+        return Err(pages::error(
+            StatusCode::FORBIDDEN,
+            "The form expired or came from another site.",
+        ));
+    }
+    Ok(session)
 }
 
 /// `GET /connections`: the person's accounts (sign in first).
@@ -132,13 +142,10 @@ pub async fn connect(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let session = match signed_in(&sessions, &headers, "/connections").await {
+    let session = match changing(&sessions, &headers, &form).await {
         Ok(session) => session,
-        Err(to_sign_in) => return to_sign_in,
+        Err(refused) => return refused,
     };
-    if !same_token(&form.csrf, &session.csrf) {
-        return forged();
-    }
     let base = match public_url(&config, &headers) {
         Ok(base) => base,
         Err(err) => return pages::error(StatusCode::FORBIDDEN, &err.to_string()),
@@ -219,13 +226,10 @@ pub async fn disconnect(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let session = match signed_in(&sessions, &headers, "/connections").await {
+    let session = match changing(&sessions, &headers, &form).await {
         Ok(session) => session,
-        Err(to_sign_in) => return to_sign_in,
+        Err(refused) => return refused,
     };
-    if !same_token(&form.csrf, &session.csrf) {
-        return forged();
-    }
     match connections.disconnect(&session.user, &connection_id).await {
         Ok(true) => see_other("/connections", &[]),
         Ok(false) => pages::error(StatusCode::NOT_FOUND, "You have no such connection."),
