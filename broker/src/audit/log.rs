@@ -64,6 +64,37 @@ impl CheckpointTrigger {
 /// Events buffered before callers wait.
 const QUEUE: usize = 65_536;
 
+/// Group commit: the writer waits this long after an event for more to arrive, so a
+/// busy broker writes one transaction (one fsync) per [`LINGER`] instead of one per
+/// call. It is also how far behind its answer a call's audit row may be committed (plus
+/// the write itself); `flush` never waits for it.
+pub const LINGER: Duration = Duration::from_millis(2);
+
+/// At most this many events go into one transaction.
+const MAX_BATCH: usize = 1024;
+
+/// Everything that arrives within [`LINGER`] of `first` (at most [`MAX_BATCH`]); a
+/// flush request ends the wait at once.
+async fn gather(first: Message, rx: &mut mpsc::Receiver<Message>) -> Vec<Message> {
+    let deadline = tokio::time::Instant::now() + LINGER;
+    let mut flushing = matches!(first, Message::Flush(_));
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        let next = match rx.try_recv() {
+            Ok(message) => Some(message),
+            Err(_) if flushing => None,
+            Err(_) => tokio::time::timeout_at(deadline, rx.recv())
+                .await
+                .ok()
+                .flatten(),
+        };
+        let Some(message) = next else { break };
+        flushing |= matches!(message, Message::Flush(_));
+        batch.push(message);
+    }
+    batch
+}
+
 impl Audit {
     /// Starts the writer, continuing the chain already in the store. A checkpoint is due
     /// after every `checkpoint_every` events written (0: not by count).
@@ -140,13 +171,7 @@ async fn writer(
     let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
     loop {
         let Some(first) = rx.recv().await else { break };
-        let mut batch = vec![first];
-        while batch.len() < 512 {
-            match rx.try_recv() {
-                Ok(message) => batch.push(message),
-                Err(_) => break,
-            }
-        }
+        let batch = gather(first, &mut rx).await;
         for message in batch {
             match message {
                 Message::Event(event) => pending.push(NewAuditEvent {

@@ -65,6 +65,18 @@ impl TaskState {
     }
 }
 
+/// A task to insert, with the revocation id of its token and the agent credential that
+/// asks for it ([`Store::insert_tasks`]).
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    /// The task.
+    pub task: TaskRecord,
+    /// Its token's revocation id, recorded as the task's token.
+    pub revocation_id: Option<String>,
+    /// The asking credential's revocation id: if revoked, the task is not inserted.
+    pub credential: Option<String>,
+}
+
 /// A task as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskRecord {
@@ -377,7 +389,20 @@ pub trait Store:
         task: &TaskRecord,
         revocation_id: Option<&str>,
         credential: Option<&str>,
-    ) -> StoreResult<bool>;
+    ) -> StoreResult<bool> {
+        let answers = self
+            .insert_tasks(&[NewTask {
+                task: task.clone(),
+                revocation_id: revocation_id.map(str::to_string),
+                credential: credential.map(str::to_string),
+            }])
+            .await?;
+        Ok(answers.first().copied().unwrap_or(false))
+    }
+    /// [`Store::insert_task`] for many tasks in one transaction (one commit, one fsync:
+    /// group commit of concurrent mints). One answer per task, in order; either all are
+    /// committed or none.
+    async fn insert_tasks(&self, tasks: &[NewTask]) -> StoreResult<Vec<bool>>;
     /// Reads a task.
     async fn get_task(&self, task_id: &str) -> StoreResult<Option<TaskRecord>>;
     /// Lists tasks, newest first, optionally in one state.

@@ -10,6 +10,10 @@ pub enum StoreError {
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// A write shared by several callers failed (group commit): each caller gets the
+    /// failure's text.
+    #[error("database error: {0}")]
+    Shared(String),
     /// A row holds something this version cannot read.
     #[error("corrupt row: {0}")]
     Corrupt(String),

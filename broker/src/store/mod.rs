@@ -32,8 +32,8 @@ mod suite;
 
 pub use api::{
     Activation, ApprovalKind, ApprovalRecord, ApprovalState, AuditCheckpoint, AuditRow, Decided,
-    NewAuditEvent, Revocation, Store, StoreError, StoreResult, TaskRecord, TaskState, ToolPin,
-    UsageBatch,
+    NewAuditEvent, NewTask, Revocation, Store, StoreError, StoreResult, TaskRecord, TaskState,
+    ToolPin, UsageBatch,
 };
 pub use connections_api::{ConnectionRecord, ConnectionStore, Refreshed, TaskUpstreamToken};
 pub use identity_api::{

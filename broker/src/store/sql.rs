@@ -11,7 +11,7 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool,
 
 use super::api::{
     Activation, ApprovalRecord, ApprovalState, AuditCheckpoint, AuditRow, Decided, NewAuditEvent,
-    Revocation, Store, StoreResult, TaskRecord, TaskState, ToolPin, UsageBatch,
+    NewTask, Revocation, Store, StoreResult, TaskRecord, TaskState, ToolPin, UsageBatch,
 };
 use super::dialect::Dialect;
 use super::rows::{
@@ -51,13 +51,8 @@ where
     for<'q> Option<i64>: Encode<'q, D::Db>,
     for<'a> &'a str: ColumnIndex<<D::Db as Database>::Row>,
 {
-    async fn insert_task(
-        &self,
-        task: &TaskRecord,
-        revocation_id: Option<&str>,
-        credential: Option<&str>,
-    ) -> StoreResult<bool> {
-        self.insert_task_tx(task, revocation_id, credential).await
+    async fn insert_tasks(&self, tasks: &[NewTask]) -> StoreResult<Vec<bool>> {
+        self.insert_tasks_tx(tasks).await
     }
 
     async fn get_task(&self, task_id: &str) -> StoreResult<Option<TaskRecord>> {

@@ -7,8 +7,8 @@ use sqlx::{
 };
 
 use super::api::{
-    Activation, ApprovalKind, ApprovalState, Decided, NewAuditEvent, Revocation, StoreError,
-    StoreResult, TaskRecord, TaskState, UsageBatch,
+    Activation, ApprovalKind, ApprovalState, Decided, NewAuditEvent, NewTask, Revocation,
+    StoreError, StoreResult, TaskState, UsageBatch,
 };
 use super::chain::chain_after;
 use super::dialect::{Dialect, Lock};
@@ -33,67 +33,86 @@ where
     for<'a> &'a str: ColumnIndex<<D::Db as Database>::Row>,
 {
     /// [`super::api::Store::insert_task`].
-    pub(super) async fn insert_task_tx(
-        &self,
-        task: &TaskRecord,
-        revocation_id: Option<&str>,
-        credential: Option<&str>,
-    ) -> StoreResult<bool> {
-        let mut tx = D::begin_write(&self.pool).await?;
-        // Serialised with revoke_credentials of the same agent.
-        let agent = Lock::Subject {
-            role: "agent",
-            subject: &task.agent,
-        };
-        self.dialect.lock(&mut tx, agent).await?;
-        if let Some(credential) = credential {
-            let revoked: i64 =
-                sqlx::query("SELECT COUNT(*) AS n FROM revocations WHERE revocation_id = $1")
-                    .bind(credential)
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .try_get("n")?;
-            if revoked > 0 {
-                return Ok(false);
-            }
+    pub(super) async fn insert_tasks_tx(&self, tasks: &[NewTask]) -> StoreResult<Vec<bool>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
         }
-        sqlx::query(
-            "INSERT INTO tasks (task_id, agent, purpose, tools, checks, state, created_at_ms,
-                expires_at_ms, idle_timeout_ms, max_calls, calls, last_activity_ms, ended_at_ms,
-                end_reason, token, user_name, audience, user_group)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                $18)",
-        )
-        .bind(&task.task_id)
-        .bind(&task.agent)
-        .bind(&task.purpose)
-        .bind(serde_json::to_string(&task.tools).unwrap_or_default())
-        .bind(serde_json::to_string(&task.checks).unwrap_or_default())
-        .bind(task.state.as_str())
-        .bind(task.created_at_ms)
-        .bind(task.expires_at_ms)
-        .bind(task.idle_timeout_ms)
-        .bind(task.max_calls.map(to_i64))
-        .bind(to_i64(task.calls))
-        .bind(task.last_activity_ms)
-        .bind(task.ended_at_ms)
-        .bind(&task.end_reason)
-        .bind(&task.token)
-        .bind(&task.user)
-        .bind(&task.audience)
-        .bind(&task.user_group)
-        .execute(&mut *tx)
-        .await?;
-        if let Some(id) = revocation_id {
-            sqlx::query(INSERT_TASK_TOKEN)
-                .bind(id)
-                .bind(&task.task_id)
-                .bind(task.created_at_ms)
-                .execute(&mut *tx)
-                .await?;
+        let mut tx = D::begin_write(&self.pool).await?;
+        // Serialised with revoke_credentials of the same agents; taken in one order, so
+        // two batches never wait for each other in a circle.
+        let agents: std::collections::BTreeSet<&str> =
+            tasks.iter().map(|t| t.task.agent.as_str()).collect();
+        for agent in agents {
+            let lock = Lock::Subject {
+                role: "agent",
+                subject: agent,
+            };
+            self.dialect.lock(&mut tx, lock).await?;
+        }
+        let mut revoked_credentials: std::collections::HashMap<&str, bool> =
+            std::collections::HashMap::new();
+        let mut answers = Vec::with_capacity(tasks.len());
+        for new in tasks {
+            if let Some(credential) = new.credential.as_deref() {
+                let revoked = match revoked_credentials.get(credential) {
+                    Some(&known) => known,
+                    None => {
+                        let n: i64 = sqlx::query(
+                            "SELECT COUNT(*) AS n FROM revocations WHERE revocation_id = $1",
+                        )
+                        .bind(credential)
+                        .fetch_one(&mut *tx)
+                        .await?
+                        .try_get("n")?;
+                        revoked_credentials.insert(credential, n > 0);
+                        n > 0
+                    }
+                };
+                if revoked {
+                    answers.push(false);
+                    continue;
+                }
+            }
+            let task = &new.task;
+            sqlx::query(
+                "INSERT INTO tasks (task_id, agent, purpose, tools, checks, state, created_at_ms,
+                    expires_at_ms, idle_timeout_ms, max_calls, calls, last_activity_ms, ended_at_ms,
+                    end_reason, token, user_name, audience, user_group)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                    $18)",
+            )
+            .bind(&task.task_id)
+            .bind(&task.agent)
+            .bind(&task.purpose)
+            .bind(serde_json::to_string(&task.tools).unwrap_or_default())
+            .bind(serde_json::to_string(&task.checks).unwrap_or_default())
+            .bind(task.state.as_str())
+            .bind(task.created_at_ms)
+            .bind(task.expires_at_ms)
+            .bind(task.idle_timeout_ms)
+            .bind(task.max_calls.map(to_i64))
+            .bind(to_i64(task.calls))
+            .bind(task.last_activity_ms)
+            .bind(task.ended_at_ms)
+            .bind(&task.end_reason)
+            .bind(&task.token)
+            .bind(&task.user)
+            .bind(&task.audience)
+            .bind(&task.user_group)
+            .execute(&mut *tx)
+            .await?;
+            if let Some(id) = new.revocation_id.as_deref() {
+                sqlx::query(INSERT_TASK_TOKEN)
+                    .bind(id)
+                    .bind(&task.task_id)
+                    .bind(task.created_at_ms)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            answers.push(true);
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(answers)
     }
 
     /// [`super::api::Store::renew_task`].

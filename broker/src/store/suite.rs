@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::api::{
     Activation, ApprovalKind, ApprovalRecord, ApprovalState, AuditCheckpoint, Decided,
-    NewAuditEvent, Store, TaskRecord, TaskState, ToolPin, UsageBatch,
+    NewAuditEvent, NewTask, Store, TaskRecord, TaskState, ToolPin, UsageBatch,
 };
 use super::chain::verify_chain;
 use super::connections_api::{ConnectionRecord, Refreshed, TaskUpstreamToken};
@@ -1056,12 +1056,65 @@ async fn upstream_connections(store: Arc<dyn Store>) {
     );
 }
 
+/// Group commit of mints: one transaction, one answer per task, a revoked credential
+/// refuses only its own tasks, and a failing task takes the whole batch with it.
+async fn tasks_inserted_in_one_batch(store: Arc<dyn Store>) {
+    store
+        .insert_credential("cr01", "agent", "bot", 1, None)
+        .await
+        .unwrap();
+    store
+        .insert_credential("cr02", "agent", "other", 1, None)
+        .await
+        .unwrap();
+    store.revoke_credentials("agent", "other", 2).await.unwrap();
+    let new = |id: &str, agent: &str, credential: &str| NewTask {
+        task: TaskRecord {
+            agent: agent.into(),
+            ..task(id, TaskState::Active)
+        },
+        revocation_id: Some(format!("rv_{id}")),
+        credential: Some(credential.into()),
+    };
+    let answers = store
+        .insert_tasks(&[
+            new("tsk_b1", "bot", "cr01"),
+            new("tsk_b2", "other", "cr02"),
+            new("tsk_b3", "bot", "cr01"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(answers, vec![true, false, true]);
+    assert!(store.get_task("tsk_b1").await.unwrap().is_some());
+    assert!(
+        store.get_task("tsk_b2").await.unwrap().is_none(),
+        "revoked credential"
+    );
+    assert!(store.get_task("tsk_b3").await.unwrap().is_some());
+    // A duplicate id fails the batch: nothing of it is committed.
+    assert!(
+        store
+            .insert_tasks(&[new("tsk_b4", "bot", "cr01"), new("tsk_b1", "bot", "cr01")])
+            .await
+            .is_err()
+    );
+    assert!(
+        store.get_task("tsk_b4").await.unwrap().is_none(),
+        "all or nothing"
+    );
+    assert!(store.insert_tasks(&[]).await.unwrap().is_empty());
+}
+
 /// Runs every case, each on a fresh store from `make`.
 macro_rules! suite {
     ($make:expr) => {
         #[tokio::test]
         async fn task_lifecycle() {
             super::task_lifecycle($make.await).await
+        }
+        #[tokio::test]
+        async fn tasks_inserted_in_one_batch() {
+            super::tasks_inserted_in_one_batch($make.await).await
         }
         #[tokio::test]
         async fn revocations_and_credentials() {

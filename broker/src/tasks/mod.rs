@@ -7,6 +7,7 @@ pub mod credentials;
 pub mod issue;
 pub mod lifecycle;
 pub mod live;
+pub mod mints;
 pub mod runtime;
 pub mod services;
 #[cfg(test)]

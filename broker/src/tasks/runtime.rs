@@ -18,12 +18,13 @@ use crate::clock::{Clock, rfc3339};
 use crate::error::ApiError;
 use crate::events::hub::Events;
 use crate::store::{
-    Activation, ApprovalRecord, ApprovalState, Decided, Revocation, Store, StoreError, TaskRecord,
-    TaskState,
+    Activation, ApprovalRecord, ApprovalState, Decided, NewTask, Revocation, Store, StoreError,
+    TaskRecord, TaskState,
 };
 use crate::tasks::live::{
     CallSlot, FLUSH_EVERY, Flush, IDLE, PrefixCounter, TaskRuntime, mono_ms, write_usage,
 };
+use crate::tasks::mints::MintQueue;
 use crate::tokens::revocation::RevocationSet;
 
 /// How a request to end a task went.
@@ -51,6 +52,8 @@ pub struct Tasks {
     /// Counter updates and flush barriers, in one queue so a barrier follows every
     /// update sent before it.
     flush: mpsc::UnboundedSender<Flush>,
+    /// New tasks, committed in groups.
+    mints: MintQueue,
 }
 
 impl Tasks {
@@ -68,6 +71,7 @@ impl Tasks {
         let idle = longest_ttl + Duration::from_secs(60);
         let (flush_tx, flush_rx) = mpsc::unbounded_channel::<Flush>();
         tokio::spawn(write_usage(store.clone(), flush_rx));
+        let mints = MintQueue::start(store.clone());
         Arc::new(Tasks {
             store,
             clock,
@@ -80,6 +84,7 @@ impl Tasks {
                 .time_to_idle(idle)
                 .build(),
             flush: flush_tx,
+            mints,
             shared_store,
         })
     }
@@ -118,11 +123,12 @@ impl Tasks {
         revocation_id: Option<&str>,
         credential: Option<&str>,
     ) -> Result<bool, StoreError> {
-        if !self
-            .store
-            .insert_task(record, revocation_id, credential)
-            .await?
-        {
+        let new = NewTask {
+            task: record.clone(),
+            revocation_id: revocation_id.map(str::to_string),
+            credential: credential.map(str::to_string),
+        };
+        if !self.mints.insert(new).await? {
             return Ok(false);
         }
         self.runtimes
