@@ -160,7 +160,7 @@ run_wrk() { # target connections url script
 }
 run_oha() { # target url header...
   local target=$1 url=$2; shift 2
-  local args=(-z "${SECONDS_PER_ROUND}s" -q "$RATE" -c 16 --latency-correction --no-tui --output-format json -m POST -d "$CALL_BODY" -H 'Content-Type: application/json')
+  local args=(-z "${SECONDS_PER_ROUND}s" -q "$RATE" -c 16 --latency-correction --wait-ongoing-requests-after-deadline --no-tui --output-format json -m POST -d "$CALL_BODY" -H 'Content-Type: application/json')
   for h in "$@"; do args+=(-H "$h"); done
   local parsed; parsed=$(oha "${args[@]}" "$url" | python3 -c '
 import json, sys
@@ -169,6 +169,8 @@ codes = r.get("statusCodeDistribution", {})
 ok = sum(n for c, n in codes.items() if 200 <= int(c) < 300)
 bad = sum(codes.values()) - ok + sum(r.get("errorDistribution", {}).values())
 p = r["latencyPercentiles"]
+if bad:
+    print("   not 2xx:", {c: n for c, n in codes.items() if not 200 <= int(c) < 300}, r.get("errorDistribution"), file=sys.stderr)
 print(round(r["summary"]["requestsPerSec"], 1), round(p["p50"] * 1e6), round(p["p99"] * 1e6), bad)')
   # shellcheck disable=SC2086
   record "$target" $parsed

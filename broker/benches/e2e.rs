@@ -324,6 +324,15 @@ async fn seed(data: &Path) -> Duration {
         .execute(&mut *tx)
         .await
         .unwrap();
+        // Each task's token, so that revoking the agent revokes 100,000 tokens.
+        sqlx::query(
+            "INSERT INTO task_tokens (revocation_id, task_id, issued_at_ms) VALUES (?, ?, 0)",
+        )
+        .bind(format!("{i:064x}"))
+        .bind(format!("tsk_{i:032x}"))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     }
     for i in 0..1_000_000u64 {
         sqlx::query("INSERT INTO revocations (revocation_id, task_id, reason, at_ms) VALUES (?, NULL, 'token', 0)")
@@ -506,6 +515,26 @@ max_calls = 1000000000
     )
     .await;
     let (rev_p50_s, rev_p99_s) = revocation_time(&client, &broker, &credential, 200).await;
+    // Last, as it ends the agent: revoke it with its 100,000 seeded tasks (and their
+    // tokens) plus the ones this run minted; its token must be refused right after.
+    let started = Instant::now();
+    let (status, revoked) = broker
+        .post(&client, "/v1/agents/bench/revoke", ADMIN, json!({}))
+        .await;
+    let revoke_agent = started.elapsed();
+    assert_eq!(status, 200, "agent revoke: {revoked}");
+    let (refused, _) = broker
+        .post(
+            &client,
+            "/v1/tools/bench.echo/call",
+            &token,
+            json!({"query": "x"}),
+        )
+        .await;
+    assert_eq!(
+        refused, 401,
+        "a token of the revoked agent is refused at once"
+    );
     let rss_scaled = broker.peak_rss_mib();
     println!(
         "\n## At scale: 100,000 active tasks and 1,000,000 revoked ids (seeded in {seeded:.1?}; broker start {startup:.1?})\n"
@@ -520,6 +549,10 @@ max_calls = 1000000000
     );
     println!("- task mints per second: {mints_scaled:.0}");
     println!("- revocation time: p50 {rev_p50_s:.0} µs, p99 {rev_p99_s:.0} µs");
+    println!(
+        "- revoking the agent with {} live tasks: answered in {revoke_agent:.2?}; its token refused by the next call",
+        revoked["revoked_tasks"]
+    );
     println!("- broker peak RSS: {rss_scaled:.1} MiB");
     if let Some((mut child, _)) = nginx {
         let _ = child.kill();

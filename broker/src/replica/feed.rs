@@ -140,6 +140,9 @@ async fn apply(feed: &Feed, payload: &str, last_seq: &AtomicI64) -> Result<(), A
         }
         return Ok(());
     }
+    if let Some(agent) = payload.strip_prefix("agent:") {
+        return feed.tasks.reload_agent(agent).await;
+    }
     if let Some(tool) = payload.strip_prefix("pin:")
         && let Some(pin) = feed.store.get_pin(tool).await.map_err(ApiError::internal)?
         && pin.pending_hash.is_none()

@@ -435,6 +435,17 @@ pub trait Store:
         reason: &str,
         at_ms: i64,
     ) -> StoreResult<Option<Vec<Revocation>>>;
+    /// Ends every live task of `agent` in one transaction (an agent revoke): each ended
+    /// task's token ids are published as [`Store::end_task`] would. Serialised with
+    /// [`Store::insert_tasks`] of that agent. Returns the ended tasks' ids and the new
+    /// feed entries.
+    async fn end_agent_tasks(
+        &self,
+        agent: &str,
+        state: TaskState,
+        reason: &str,
+        at_ms: i64,
+    ) -> StoreResult<(Vec<String>, Vec<Revocation>)>;
     /// Publishes revocation ids (one token, not its task; or one credential) with the
     /// feed's `reason`. Already revoked ids are skipped.
     async fn revoke_ids(

@@ -142,6 +142,16 @@ where
         self.end_task_tx(task_id, state, reason, at_ms).await
     }
 
+    async fn end_agent_tasks(
+        &self,
+        agent: &str,
+        state: TaskState,
+        reason: &str,
+        at_ms: i64,
+    ) -> StoreResult<(Vec<String>, Vec<Revocation>)> {
+        self.end_agent_tasks_tx(agent, state, reason, at_ms).await
+    }
+
     async fn revoke_ids(
         &self,
         ids: &[String],

@@ -190,6 +190,74 @@ where
         Ok(Some(published))
     }
 
+    /// [`super::api::Store::end_agent_tasks`]: set-based, so 100,000 tasks are a few
+    /// statements, not a few hundred thousand.
+    pub(super) async fn end_agent_tasks_tx(
+        &self,
+        agent: &str,
+        state: TaskState,
+        reason: &str,
+        at_ms: i64,
+    ) -> StoreResult<(Vec<String>, Vec<Revocation>)> {
+        let mut tx = D::begin_write(&self.pool).await?;
+        // Serialised with insert_tasks of the same agent: no task slips in between.
+        self.dialect
+            .lock(
+                &mut tx,
+                Lock::Subject {
+                    role: "agent",
+                    subject: agent,
+                },
+            )
+            .await?;
+        self.dialect.lock(&mut tx, Lock::Revocations).await?;
+        let ended: Vec<String> = sqlx::query(
+            "UPDATE tasks SET state = $1, ended_at_ms = $2, end_reason = $3
+             WHERE agent = $4 AND state IN ('active', 'pending_approval')
+             RETURNING task_id",
+        )
+        .bind(state.as_str())
+        .bind(at_ms)
+        .bind(reason)
+        .bind(agent)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get("task_id"))
+        .collect::<Result<_, _>>()?;
+        if ended.is_empty() {
+            return Ok((ended, Vec::new()));
+        }
+        // The tokens of exactly the tasks this statement ended: same agent, state, end
+        // time and reason (another task ended so in the same millisecond has its tokens
+        // revoked already; those are skipped).
+        let published = sqlx::query(
+            "INSERT INTO revocations (revocation_id, task_id, reason, at_ms, expires_at_ms)
+             SELECT tt.revocation_id, t.task_id, $1, $2, t.expires_at_ms
+               FROM task_tokens tt JOIN tasks t ON t.task_id = tt.task_id
+              WHERE t.agent = $3 AND t.state = $1 AND t.ended_at_ms = $2 AND t.end_reason = $4
+              ORDER BY t.task_id, tt.revocation_id
+             ON CONFLICT (revocation_id) DO NOTHING
+             RETURNING seq, revocation_id, task_id, reason, at_ms, expires_at_ms",
+        )
+        .bind(state.as_str())
+        .bind(at_ms)
+        .bind(agent)
+        .bind(reason)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(revocation_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        // Revocations first: other replicas refuse the tokens before reloading tasks.
+        self.dialect.notify(&mut tx, "rev").await?;
+        self.dialect
+            .notify(&mut tx, &format!("agent:{agent}"))
+            .await?;
+        tx.commit().await?;
+        Ok((ended, published))
+    }
+
     /// [`super::api::Store::revoke_credentials`].
     pub(super) async fn revoke_credentials_tx(
         &self,

@@ -1105,12 +1105,92 @@ async fn tasks_inserted_in_one_batch(store: Arc<dyn Store>) {
     assert!(store.insert_tasks(&[]).await.unwrap().is_empty());
 }
 
+/// An agent revoke ends exactly the agent's live tasks, in one transaction, and
+/// publishes every token of theirs (renewed ones too) with its task's window.
+async fn all_tasks_of_an_agent_end_at_once(store: Arc<dyn Store>) {
+    let of = |id: &str, agent: &str, state: TaskState| TaskRecord {
+        agent: agent.into(),
+        ..task(id, state)
+    };
+    let insert = |record: TaskRecord, token: &'static str| {
+        let store = store.clone();
+        async move { store.insert_task(&record, Some(token), None).await.unwrap() }
+    };
+    insert(of("tsk_e1", "bot", TaskState::Active), "ee01").await;
+    insert(of("tsk_e2", "bot", TaskState::PendingApproval), "ee02").await;
+    insert(of("tsk_e3", "bot", TaskState::Active), "ee03").await;
+    insert(of("tsk_e4", "other", TaskState::Active), "ee04").await;
+    // A renewed task has two tokens; a completed one has had its token revoked already.
+    assert!(
+        store
+            .renew_task(
+                &Activation {
+                    task_id: "tsk_e1".into(),
+                    ..renewal(20_000, "t1", "ee11", &["web.search"])
+                },
+                2_000
+            )
+            .await
+            .unwrap()
+    );
+    store
+        .end_task("tsk_e3", TaskState::Completed, "done", 3_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let (ended, published) = store
+        .end_agent_tasks("bot", TaskState::Revoked, "cut off", 4_000)
+        .await
+        .unwrap();
+    let mut ended = ended;
+    ended.sort();
+    assert_eq!(ended, vec!["tsk_e1".to_string(), "tsk_e2".to_string()]);
+    let mut ids: Vec<(String, Option<String>, Option<i64>)> = published
+        .iter()
+        .map(|r| (r.revocation_id.clone(), r.task_id.clone(), r.expires_at_ms))
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        vec![
+            ("ee01".into(), Some("tsk_e1".into()), Some(20_000)),
+            ("ee02".into(), Some("tsk_e2".into()), Some(10_000)),
+            ("ee11".into(), Some("tsk_e1".into()), Some(20_000)),
+        ]
+    );
+    assert!(published.iter().all(|r| r.reason == "revoked"));
+    for (id, state) in [
+        ("tsk_e1", TaskState::Revoked),
+        ("tsk_e2", TaskState::Revoked),
+        ("tsk_e3", TaskState::Completed),
+        ("tsk_e4", TaskState::Active),
+    ] {
+        let record = store.get_task(id).await.unwrap().unwrap();
+        assert_eq!(record.state, state, "{id}");
+    }
+    let feed = store.revocations_after(0, 100).await.unwrap();
+    assert!(
+        feed.iter().all(|r| r.revocation_id != "ee04"),
+        "other agent untouched"
+    );
+    // Nothing live is left: a second revoke ends nothing and publishes nothing.
+    let (again, none) = store
+        .end_agent_tasks("bot", TaskState::Revoked, "cut off", 5_000)
+        .await
+        .unwrap();
+    assert!(again.is_empty() && none.is_empty());
+}
+
 /// Runs every case, each on a fresh store from `make`.
 macro_rules! suite {
     ($make:expr) => {
         #[tokio::test]
         async fn task_lifecycle() {
             super::task_lifecycle($make.await).await
+        }
+        #[tokio::test]
+        async fn all_tasks_of_an_agent_end_at_once() {
+            super::all_tasks_of_an_agent_end_at_once($make.await).await
         }
         #[tokio::test]
         async fn tasks_inserted_in_one_batch() {

@@ -11,7 +11,7 @@ use crate::audit::log::{Audit, AuditEvent};
 use crate::clock::Clock;
 use crate::error::ApiError;
 use crate::store::{Store, TaskState};
-use crate::tasks::runtime::{EndOutcome, Tasks};
+use crate::tasks::runtime::Tasks;
 use crate::tokens::keys::RootKeys;
 use crate::tokens::mint::{Role, credential, to_text};
 use crate::tokens::revocation::RevocationSet;
@@ -98,21 +98,10 @@ impl Credentials {
             .await
             .map_err(ApiError::internal)?;
         self.revoked.extend(&credentials);
-        let mut revoked_tasks: u64 = 0;
-        for task_id in self
-            .store
-            .live_tasks_of(agent)
-            .await
-            .map_err(ApiError::internal)?
-        {
-            if let EndOutcome::Ended(_) = self
-                .tasks
-                .end(&task_id, TaskState::Revoked, reason, actor)
-                .await?
-            {
-                revoked_tasks += 1;
-            }
-        }
+        let revoked_tasks = self
+            .tasks
+            .end_agent(agent, TaskState::Revoked, reason, actor)
+            .await?;
         self.audit
             .record(AuditEvent {
                 kind: "agent.revoked",

@@ -163,13 +163,7 @@ impl Tasks {
             Some(revocations) => {
                 runtime.set_state(state);
                 self.revoked.extend(&revocations);
-                let kind = match state {
-                    TaskState::Completed => "task.completed",
-                    TaskState::Revoked => "task.revoked",
-                    TaskState::Expired => "task.expired",
-                    TaskState::Denied => "task.denied",
-                    _ => "task.ended",
-                };
+                let kind = end_kind(state);
                 if state != TaskState::Denied {
                     self.events.publish(
                         kind,
@@ -202,6 +196,97 @@ impl Tasks {
                 Ok(EndOutcome::AlreadyEnded(stored))
             }
         }
+    }
+
+    /// Ends every live task of `agent` at once (an agent revoke): one transaction
+    /// whatever their number, then the same in-memory changes, events and audit rows as
+    /// [`Tasks::end`] for each. The runtimes already loaded are held under their locks
+    /// across the commit, so no renewal in flight can set one active again afterwards.
+    /// Returns how many tasks this call ended.
+    pub async fn end_agent(
+        &self,
+        agent: &str,
+        state: TaskState,
+        reason: &str,
+        actor: &str,
+    ) -> Result<u64, ApiError> {
+        let mut loaded: Vec<Arc<TaskRuntime>> = self
+            .runtimes
+            .iter()
+            .filter(|(_, runtime)| runtime.agent == agent)
+            .map(|(_, runtime)| runtime)
+            .collect();
+        loaded.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+        let mut guards = Vec::with_capacity(loaded.len());
+        for runtime in &loaded {
+            guards.push(runtime.change.lock().await);
+        }
+        let now = self.clock.now_ms();
+        let (ended, revocations) = self
+            .store
+            .end_agent_tasks(agent, state, reason, now)
+            .await
+            .map_err(ApiError::internal)?;
+        self.revoked.extend(&revocations);
+        let ended_set: std::collections::HashSet<&str> = ended.iter().map(String::as_str).collect();
+        for runtime in &loaded {
+            if ended_set.contains(runtime.task_id.as_str()) {
+                runtime.set_state(state);
+            }
+        }
+        drop(guards);
+        // Events and audit rows, one per task as for a single end, written behind the
+        // answer: the tasks have ended (store, memory, revocation set) by now, and
+        // queueing 100,000 audit rows must not hold up the revoke's answer.
+        let count = ended.len() as u64;
+        let (events, audit) = (self.events.clone(), self.audit.clone());
+        let (agent, reason, actor) = (agent.to_string(), reason.to_string(), actor.to_string());
+        tokio::spawn(async move {
+            let mut ids_of: std::collections::HashMap<String, Vec<String>> =
+                std::collections::HashMap::new();
+            for revocation in revocations {
+                if let Some(task_id) = revocation.task_id {
+                    ids_of
+                        .entry(task_id)
+                        .or_default()
+                        .push(revocation.revocation_id);
+                }
+            }
+            let kind = end_kind(state);
+            for task_id in ended {
+                events.publish(
+                    kind,
+                    Some(&task_id),
+                    json!({ "task_id": task_id, "agent": agent, "state": state.as_str(), "reason": reason }),
+                );
+                let revocation_ids = ids_of.remove(&task_id).unwrap_or_default();
+                audit
+                    .record(AuditEvent {
+                        kind,
+                        actor: actor.clone(),
+                        task_id: Some(task_id),
+                        detail: json!({ "reason": reason, "revocation_ids": revocation_ids }),
+                    })
+                    .await;
+            }
+        });
+        Ok(count)
+    }
+
+    /// Re-reads the loaded tasks of `agent` (another replica ended them all).
+    pub async fn reload_agent(&self, agent: &str) -> Result<(), ApiError> {
+        let ids: Vec<String> = self
+            .runtimes
+            .iter()
+            .filter(|(_, runtime)| runtime.agent == agent)
+            .map(|(id, _)| (*id).clone())
+            .collect();
+        for id in ids {
+            if let Some(record) = self.store.get_task(&id).await.map_err(ApiError::internal)? {
+                self.apply_external(&record).await;
+            }
+        }
+        Ok(())
     }
 
     /// Commits an approved issuance or renewal (the approval decision and the task's new
@@ -454,6 +539,17 @@ pub fn inactive(task_id: &str, state: TaskState) -> ApiError {
         TaskState::Revoked => ApiError::TokenRevoked(format!("task {task_id} was revoked")),
         TaskState::Expired => ApiError::TokenExpired(format!("task {task_id} has expired")),
         other => ApiError::TaskInactive(format!("task {task_id} is {}", other.as_str())),
+    }
+}
+
+/// The event and audit kind of a task ending in `state`.
+fn end_kind(state: TaskState) -> &'static str {
+    match state {
+        TaskState::Completed => "task.completed",
+        TaskState::Revoked => "task.revoked",
+        TaskState::Expired => "task.expired",
+        TaskState::Denied => "task.denied",
+        _ => "task.ended",
     }
 }
 
