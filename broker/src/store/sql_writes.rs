@@ -210,7 +210,6 @@ where
                 },
             )
             .await?;
-        self.dialect.lock(&mut tx, Lock::Revocations).await?;
         let ended: Vec<String> = sqlx::query(
             "UPDATE tasks SET state = $1, ended_at_ms = $2, end_reason = $3
              WHERE agent = $4 AND state IN ('active', 'pending_approval')
@@ -228,6 +227,9 @@ where
         if ended.is_empty() {
             return Ok((ended, Vec::new()));
         }
+        // Taken after the task rows, in the order end_task takes them (rows, then the
+        // feed): the other order could deadlock with a task ending on its own.
+        self.dialect.lock(&mut tx, Lock::Revocations).await?;
         // The tokens of exactly the tasks this statement ended: same agent, state, end
         // time and reason (another task ended so in the same millisecond has its tokens
         // revoked already; those are skipped).

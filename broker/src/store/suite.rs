@@ -1181,6 +1181,56 @@ async fn all_tasks_of_an_agent_end_at_once(store: Arc<dyn Store>) {
     assert!(again.is_empty() && none.is_empty());
 }
 
+/// An agent revoke racing tasks that end on their own: no deadlock, every task ends
+/// once, every token is published once.
+async fn an_agent_revoke_races_single_ends(store: Arc<dyn Store>) {
+    let ids: Vec<String> = (0..20).map(|i| format!("tsk_r{i:02}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        store
+            .insert_task(
+                &task(id, TaskState::Active),
+                Some(&format!("rr{i:02}")),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let mut singles = Vec::new();
+    for id in ids.clone() {
+        let store = store.clone();
+        singles.push(tokio::spawn(async move {
+            store
+                .end_task(&id, TaskState::Completed, "done", 7_000)
+                .await
+        }));
+    }
+    let revoke = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .end_agent_tasks("bot", TaskState::Revoked, "cut off", 7_000)
+                .await
+        })
+    };
+    let mut ended_alone = 0;
+    for single in singles {
+        if single.await.unwrap().unwrap().is_some() {
+            ended_alone += 1;
+        }
+    }
+    let (by_revoke, _) = revoke.await.unwrap().unwrap();
+    assert_eq!(
+        ended_alone + by_revoke.len(),
+        ids.len(),
+        "each task ends once"
+    );
+    let feed = store.revocations_after(0, 100).await.unwrap();
+    let mut published: Vec<&str> = feed.iter().map(|r| r.revocation_id.as_str()).collect();
+    published.sort();
+    let expected: Vec<String> = (0..20).map(|i| format!("rr{i:02}")).collect();
+    assert_eq!(published, expected, "every token published once");
+}
+
 /// Runs every case, each on a fresh store from `make`.
 macro_rules! suite {
     ($make:expr) => {
@@ -1191,6 +1241,10 @@ macro_rules! suite {
         #[tokio::test]
         async fn all_tasks_of_an_agent_end_at_once() {
             super::all_tasks_of_an_agent_end_at_once($make.await).await
+        }
+        #[tokio::test]
+        async fn an_agent_revoke_races_single_ends() {
+            super::an_agent_revoke_races_single_ends($make.await).await
         }
         #[tokio::test]
         async fn tasks_inserted_in_one_batch() {

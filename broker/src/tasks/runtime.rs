@@ -228,9 +228,10 @@ impl Tasks {
             .await
             .map_err(ApiError::internal)?;
         self.revoked.extend(&revocations);
-        let ended_set: std::collections::HashSet<&str> = ended.iter().map(String::as_str).collect();
-        for runtime in &loaded {
-            if ended_set.contains(runtime.task_id.as_str()) {
+        // Every ended task loaded by now, including one a call loaded since the
+        // runtimes were collected (its tokens are in the revocation set already).
+        for task_id in &ended {
+            if let Some(runtime) = self.runtimes.get(task_id).await {
                 runtime.set_state(state);
             }
         }
