@@ -17,6 +17,7 @@ fn main() -> std::process::ExitCode {
     leash_broker::cli::main()
 }
 
-// `mi_option_e` of mimalloc v2's `mimalloc.h` (the version libmimalloc-sys 0.1 builds).
+// `mi_option_e` of `mimalloc.h` (the same values in mimalloc v2 and v3, which
+// libmimalloc-sys 0.1 builds without its `v2` feature).
 const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;

@@ -210,6 +210,16 @@ where
                 },
             )
             .await?;
+        // The rows first, locked in id order (as record_usage takes them); the UPDATE
+        // below then waits for nothing another writer could be holding in reverse.
+        sqlx::query(&format!(
+            "SELECT task_id FROM tasks WHERE agent = $1 AND state IN ('active', 'pending_approval')
+             ORDER BY task_id{}",
+            D::FOR_UPDATE
+        ))
+        .bind(agent)
+        .fetch_all(&mut *tx)
+        .await?;
         let ended: Vec<String> = sqlx::query(
             "UPDATE tasks SET state = $1, ended_at_ms = $2, end_reason = $3
              WHERE agent = $4 AND state IN ('active', 'pending_approval')
@@ -330,7 +340,11 @@ where
             return Ok(Vec::new());
         }
         let mut tx = D::begin_write(&self.pool).await?;
-        for (task_id, calls, last) in &batch.tasks {
+        // Task rows in id order, as an agent revoke locks them: two writers taking the
+        // same rows in different orders could deadlock (PostgreSQL).
+        let mut tasks: Vec<&(String, u64, i64)> = batch.tasks.iter().collect();
+        tasks.sort_by(|a, b| a.0.cmp(&b.0));
+        for (task_id, calls, last) in tasks {
             sqlx::query(
                 "UPDATE tasks SET calls = CASE WHEN calls > $1 THEN calls ELSE $1 END,
                     last_activity_ms = CASE WHEN last_activity_ms > $2 THEN last_activity_ms ELSE $2 END

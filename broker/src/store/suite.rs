@@ -1231,6 +1231,50 @@ async fn an_agent_revoke_races_single_ends(store: Arc<dyn Store>) {
     assert_eq!(published, expected, "every token published once");
 }
 
+/// An agent revoke racing the counter writer over the same task rows (in reverse order):
+/// neither may deadlock.
+async fn an_agent_revoke_races_usage_writes(store: Arc<dyn Store>) {
+    let ids: Vec<String> = (0..30).map(|i| format!("tsk_u{i:02}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        store
+            .insert_task(
+                &task(id, TaskState::Active),
+                Some(&format!("uu{i:02}")),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let mut writers = Vec::new();
+    for round in 0..8u64 {
+        let store = store.clone();
+        let batch = UsageBatch {
+            tasks: ids
+                .iter()
+                .rev()
+                .map(|id| (id.clone(), round, 2_000))
+                .collect(),
+            tokens: Vec::new(),
+        };
+        writers.push(tokio::spawn(
+            async move { store.record_usage(&batch).await },
+        ));
+    }
+    let revoke = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .end_agent_tasks("bot", TaskState::Revoked, "cut off", 8_000)
+                .await
+        })
+    };
+    for writer in writers {
+        writer.await.unwrap().unwrap();
+    }
+    let (ended, published) = revoke.await.unwrap().unwrap();
+    assert_eq!((ended.len(), published.len()), (30, 30));
+}
+
 /// Runs every case, each on a fresh store from `make`.
 macro_rules! suite {
     ($make:expr) => {
@@ -1245,6 +1289,10 @@ macro_rules! suite {
         #[tokio::test]
         async fn an_agent_revoke_races_single_ends() {
             super::an_agent_revoke_races_single_ends($make.await).await
+        }
+        #[tokio::test]
+        async fn an_agent_revoke_races_usage_writes() {
+            super::an_agent_revoke_races_usage_writes($make.await).await
         }
         #[tokio::test]
         async fn tasks_inserted_in_one_batch() {

@@ -57,8 +57,10 @@ async fn writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(NewTask, Answer)>
                     let _ = answer.send(Ok(ok));
                 }
             }
-            // One bad task must not fail its neighbours: each is tried alone.
-            Err(_) if tasks.len() > 1 => {
+            // One bad task (a duplicate id) must not fail its neighbours: each is tried
+            // alone. Any other failure (the database away, a timeout) fails the batch
+            // at once rather than once per task.
+            Err(err) if tasks.len() > 1 && is_constraint(&err) => {
                 for (task, answer) in tasks.iter().zip(answers.drain(..)) {
                     let alone = store.insert_tasks(std::slice::from_ref(task)).await;
                     let _ = answer.send(alone.map(|inserted| inserted.first() == Some(&true)));
@@ -72,6 +74,20 @@ async fn writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(NewTask, Answer)>
         }
         answers.clear();
         tasks.clear();
+    }
+}
+
+/// Whether `err` is a row of the batch breaking a constraint (not the database failing).
+fn is_constraint(err: &StoreError) -> bool {
+    match err {
+        StoreError::Database(sqlx::Error::Database(db)) => matches!(
+            db.kind(),
+            sqlx::error::ErrorKind::UniqueViolation
+                | sqlx::error::ErrorKind::ForeignKeyViolation
+                | sqlx::error::ErrorKind::NotNullViolation
+                | sqlx::error::ErrorKind::CheckViolation
+        ),
+        _ => false,
     }
 }
 

@@ -54,6 +54,9 @@ pub struct Tasks {
     flush: mpsc::UnboundedSender<Flush>,
     /// New tasks, committed in groups.
     mints: MintQueue,
+    /// Agent revokes whose per-task events and audit rows are still being queued:
+    /// [`Tasks::flush`] waits for them.
+    ending: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Tasks {
@@ -85,6 +88,7 @@ impl Tasks {
                 .build(),
             flush: flush_tx,
             mints,
+            ending: tokio::sync::Mutex::new(Vec::new()),
             shared_store,
         })
     }
@@ -131,12 +135,15 @@ impl Tasks {
         if !self.mints.insert(new).await? {
             return Ok(false);
         }
+        let runtime = Arc::new(TaskRuntime::from_record(record));
         self.runtimes
-            .insert(
-                record.task_id.clone(),
-                Arc::new(TaskRuntime::from_record(record)),
-            )
+            .insert(record.task_id.clone(), runtime.clone())
             .await;
+        // An agent revoke that committed between the mint and this line did not see
+        // this runtime: its token is in the revocation set, and so the task is revoked.
+        if revocation_id.is_some_and(|id| self.revoked.contains(id)) {
+            runtime.set_state(TaskState::Revoked);
+        }
         Ok(true)
     }
 
@@ -242,7 +249,7 @@ impl Tasks {
         let count = ended.len() as u64;
         let (events, audit) = (self.events.clone(), self.audit.clone());
         let (agent, reason, actor) = (agent.to_string(), reason.to_string(), actor.to_string());
-        tokio::spawn(async move {
+        let handle = tokio::spawn(async move {
             let mut ids_of: std::collections::HashMap<String, Vec<String>> =
                 std::collections::HashMap::new();
             for revocation in revocations {
@@ -271,6 +278,9 @@ impl Tasks {
                     .await;
             }
         });
+        let mut ending = self.ending.lock().await;
+        ending.retain(|h| !h.is_finished());
+        ending.push(handle);
         Ok(count)
     }
 
@@ -527,6 +537,13 @@ impl Tasks {
 
     /// Waits until every counter update made so far is in the store.
     pub async fn flush(&self) {
+        // The audit rows of agent revokes still being queued go in before the caller
+        // flushes the audit log.
+        let pending: Vec<tokio::task::JoinHandle<()>> =
+            std::mem::take(&mut *self.ending.lock().await);
+        for handle in pending {
+            let _ = handle.await;
+        }
         let (done, wait) = oneshot::channel();
         if self.flush.send(Flush::Barrier(done)).is_ok() {
             let _ = wait.await;
