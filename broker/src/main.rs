@@ -7,7 +7,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> std::process::ExitCode {
     // Memory over a few percent of speed: freed memory goes back to the system at once
     // (purge delay 0, arenas committed on use). At 100,000 tasks and 1,000,000 revoked
-    // ids (scripts/scale-rss.py): peak RSS 101–110 MiB with these, 124.5 MiB without,
+    // ids (scripts/scale-rss.py): peak RSS 101–112 MiB with these, 124.5 MiB without,
     // 98.6 MiB with glibc's malloc; throughput 1.25x glibc's with, 1.43x without.
     // SAFETY: plain option setters of the allocator, called before any thread starts.
     unsafe {
