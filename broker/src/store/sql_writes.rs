@@ -211,23 +211,14 @@ where
             )
             .await?;
         // The rows first, locked in id order (as record_usage takes them); the UPDATE
-        // below then waits for nothing another writer could be holding in reverse.
-        sqlx::query(&format!(
+        // below then waits for nothing another writer could be holding in reverse. With
+        // the agent's lock and these rows held (SQLite: the whole write), the UPDATE ends
+        // exactly these tasks.
+        let ended: Vec<String> = sqlx::query(&format!(
             "SELECT task_id FROM tasks WHERE agent = $1 AND state IN ('active', 'pending_approval')
              ORDER BY task_id{}",
             D::FOR_UPDATE
         ))
-        .bind(agent)
-        .fetch_all(&mut *tx)
-        .await?;
-        let ended: Vec<String> = sqlx::query(
-            "UPDATE tasks SET state = $1, ended_at_ms = $2, end_reason = $3
-             WHERE agent = $4 AND state IN ('active', 'pending_approval')
-             RETURNING task_id",
-        )
-        .bind(state.as_str())
-        .bind(at_ms)
-        .bind(reason)
         .bind(agent)
         .fetch_all(&mut *tx)
         .await?
@@ -237,6 +228,16 @@ where
         if ended.is_empty() {
             return Ok((ended, Vec::new()));
         }
+        sqlx::query(
+            "UPDATE tasks SET state = $1, ended_at_ms = $2, end_reason = $3
+             WHERE agent = $4 AND state IN ('active', 'pending_approval')",
+        )
+        .bind(state.as_str())
+        .bind(at_ms)
+        .bind(reason)
+        .bind(agent)
+        .execute(&mut *tx)
+        .await?;
         // Taken after the task rows, in the order end_task takes them (rows, then the
         // feed): the other order could deadlock with a task ending on its own.
         self.dialect.lock(&mut tx, Lock::Revocations).await?;

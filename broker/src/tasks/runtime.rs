@@ -170,24 +170,18 @@ impl Tasks {
             Some(revocations) => {
                 runtime.set_state(state);
                 self.revoked.extend(&revocations);
-                let kind = end_kind(state);
-                if state != TaskState::Denied {
-                    self.events.publish(
-                        kind,
-                        Some(task_id),
-                        json!({ "task_id": task_id, "agent": runtime.agent, "state": state.as_str(), "reason": reason }),
-                    );
-                }
-                self.audit
-                    .record(AuditEvent {
-                        kind,
-                        actor: actor.to_string(),
-                        task_id: Some(task_id.to_string()),
-                        detail: json!({
-                            "reason": reason,
-                            "revocation_ids": revocations.iter().map(|r| &r.revocation_id).collect::<Vec<_>>(),
-                        }),
-                    })
+                let ids: Vec<&str> = revocations
+                    .iter()
+                    .map(|r| r.revocation_id.as_str())
+                    .collect();
+                let ended = Ended {
+                    agent: &runtime.agent,
+                    state,
+                    reason,
+                    actor,
+                };
+                ended
+                    .announce(&self.events, &self.audit, task_id, &ids)
                     .await;
                 Ok(EndOutcome::Ended(revocations))
             }
@@ -217,12 +211,7 @@ impl Tasks {
         reason: &str,
         actor: &str,
     ) -> Result<u64, ApiError> {
-        let mut loaded: Vec<Arc<TaskRuntime>> = self
-            .runtimes
-            .iter()
-            .filter(|(_, runtime)| runtime.agent == agent)
-            .map(|(_, runtime)| runtime)
-            .collect();
+        let mut loaded = self.loaded_of(agent);
         loaded.sort_by(|a, b| a.task_id.cmp(&b.task_id));
         let mut guards = Vec::with_capacity(loaded.len());
         for runtime in &loaded {
@@ -260,22 +249,16 @@ impl Tasks {
                         .push(revocation.revocation_id);
                 }
             }
-            let kind = end_kind(state);
+            let end = Ended {
+                agent: &agent,
+                state,
+                reason: &reason,
+                actor: &actor,
+            };
             for task_id in ended {
-                events.publish(
-                    kind,
-                    Some(&task_id),
-                    json!({ "task_id": task_id, "agent": agent, "state": state.as_str(), "reason": reason }),
-                );
-                let revocation_ids = ids_of.remove(&task_id).unwrap_or_default();
-                audit
-                    .record(AuditEvent {
-                        kind,
-                        actor: actor.clone(),
-                        task_id: Some(task_id),
-                        detail: json!({ "reason": reason, "revocation_ids": revocation_ids }),
-                    })
-                    .await;
+                let ids = ids_of.remove(&task_id).unwrap_or_default();
+                let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                end.announce(&events, &audit, &task_id, &ids).await;
             }
         });
         let mut ending = self.ending.lock().await;
@@ -284,20 +267,23 @@ impl Tasks {
         Ok(count)
     }
 
-    /// Re-reads the loaded tasks of `agent` (another replica ended them all).
-    pub async fn reload_agent(&self, agent: &str) -> Result<(), ApiError> {
-        let ids: Vec<String> = self
-            .runtimes
+    /// The runtimes of `agent`'s tasks that are loaded.
+    fn loaded_of(&self, agent: &str) -> Vec<Arc<TaskRuntime>> {
+        self.runtimes
             .iter()
             .filter(|(_, runtime)| runtime.agent == agent)
-            .map(|(id, _)| (*id).clone())
+            .map(|(_, runtime)| runtime)
+            .collect()
+    }
+
+    /// Re-reads the loaded tasks of `agent` (another replica ended them all).
+    pub async fn reload_agent(&self, agent: &str) -> Result<(), ApiError> {
+        let ids = self
+            .loaded_of(agent)
+            .iter()
+            .map(|r| r.task_id.clone())
             .collect();
-        for id in ids {
-            if let Some(record) = self.store.get_task(&id).await.map_err(ApiError::internal)? {
-                self.apply_external(&record).await;
-            }
-        }
-        Ok(())
+        self.reload(ids).await
     }
 
     /// Commits an approved issuance or renewal (the approval decision and the task's new
@@ -360,6 +346,11 @@ impl Tasks {
     /// Re-reads every cached task from the store (after a gap in the replica feed).
     pub async fn reload_all(&self) -> Result<(), ApiError> {
         let ids: Vec<String> = self.runtimes.iter().map(|(id, _)| (*id).clone()).collect();
+        self.reload(ids).await
+    }
+
+    /// Re-reads these tasks from the store into their loaded runtimes.
+    async fn reload(&self, ids: Vec<String>) -> Result<(), ApiError> {
         for id in ids {
             if let Some(record) = self.store.get_task(&id).await.map_err(ApiError::internal)? {
                 self.apply_external(&record).await;
@@ -560,14 +551,40 @@ pub fn inactive(task_id: &str, state: TaskState) -> ApiError {
     }
 }
 
-/// The event and audit kind of a task ending in `state`.
-fn end_kind(state: TaskState) -> &'static str {
-    match state {
-        TaskState::Completed => "task.completed",
-        TaskState::Revoked => "task.revoked",
-        TaskState::Expired => "task.expired",
-        TaskState::Denied => "task.denied",
-        _ => "task.ended",
+/// How a task ended, told the same way by every path that ends tasks.
+struct Ended<'a> {
+    agent: &'a str,
+    state: TaskState,
+    reason: &'a str,
+    actor: &'a str,
+}
+
+impl Ended<'_> {
+    /// The event (none for a denied issuance) and the audit row of `task_id`'s end, with
+    /// the revocation ids it published.
+    async fn announce(&self, events: &Events, audit: &Audit, task_id: &str, revoked: &[&str]) {
+        let kind = match self.state {
+            TaskState::Completed => "task.completed",
+            TaskState::Revoked => "task.revoked",
+            TaskState::Expired => "task.expired",
+            TaskState::Denied => "task.denied",
+            _ => "task.ended",
+        };
+        if self.state != TaskState::Denied {
+            events.publish(
+                kind,
+                Some(task_id),
+                json!({ "task_id": task_id, "agent": self.agent, "state": self.state.as_str(), "reason": self.reason }),
+            );
+        }
+        audit
+            .record(AuditEvent {
+                kind,
+                actor: self.actor.to_string(),
+                task_id: Some(task_id.to_string()),
+                detail: json!({ "reason": self.reason, "revocation_ids": revoked }),
+            })
+            .await;
     }
 }
 
