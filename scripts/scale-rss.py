@@ -3,7 +3,9 @@
 takes: 100,000 active tasks of agent `bench` (each with a token) and 1,000,000 revoked ids
 with open windows are written into a fresh data folder, the broker is started on it, and
 `POST /v1/agents/bench/revoke` is timed. Prints VmHWM / VmRSS after start, after a mint
-and after the revoke. Usage: scripts/scale-rss.py path/to/release/leash"""
+and after the revoke. Then the same million revoked ids with windows long past, no tasks:
+they are forgotten at start, and cost no memory.
+Usage: scripts/scale-rss.py [path/to/leash]"""
 import json
 import os
 import sqlite3
@@ -55,7 +57,9 @@ def post(path: str, bearer: str, body: dict[str, object]) -> dict[str, object]:
         return result
 
 
-with tempfile.TemporaryDirectory() as folder:
+def seeded(folder: str, tasks: int, expires_at_ms: int) -> "subprocess.Popen[bytes]":
+    """A broker on a fresh data folder in `folder` holding `tasks` active tasks of `bench`
+    (each with a token) and REVOKED revoked ids whose windows end at `expires_at_ms`."""
     policies, data = os.path.join(folder, "policies"), os.path.join(folder, "data")
     os.makedirs(policies)
     with open(os.path.join(policies, "bench.toml"), "w") as policy:
@@ -65,25 +69,30 @@ with tempfile.TemporaryDirectory() as folder:
     start(data, policies).terminate()
     time.sleep(1)
     db = sqlite3.connect(os.path.join(data, "leash.db"))
-    now_ms = int(time.time() * 1000)
     db.executemany(
         "INSERT INTO tasks (task_id, agent, purpose, tools, checks, state, created_at_ms,"
         " expires_at_ms, calls, last_activity_ms) VALUES (?, 'bench', 'seed', '[\"bench.echo\"]',"
         " '[]', 'active', 0, 4000000000000, 0, 0)",
-        ((f"tsk_{i:032x}",) for i in range(TASKS)))
+        ((f"tsk_{i:032x}",) for i in range(tasks)))
     db.executemany(
         "INSERT INTO task_tokens (revocation_id, task_id, issued_at_ms) VALUES (?, ?, 0)",
-        ((f"{i:064x}", f"tsk_{i:032x}") for i in range(TASKS)))
+        ((f"{i:064x}", f"tsk_{i:032x}") for i in range(tasks)))
     db.executemany(
         "INSERT INTO revocations (revocation_id, task_id, reason, at_ms, expires_at_ms)"
         " VALUES (?, NULL, 'token', 0, ?)",
-        ((f"{(i * 0x9E3779B97F4A7C15) % (1 << 64):016x}" + "0" * 112, now_ms + 3_600_000)
+        ((f"{(i * 0x9E3779B97F4A7C15) % (1 << 64):016x}" + "0" * 112, expires_at_ms)
          for i in range(REVOKED)))
     db.commit()
     db.close()
     broker = start(data, policies)
     time.sleep(1)
-    print(f"{TASKS:,} tasks, {REVOKED:,} revoked ids, after start: {rss(broker)}")
+    return broker
+
+
+now_ms = int(time.time() * 1000)
+with tempfile.TemporaryDirectory() as folder:
+    broker = seeded(folder, TASKS, now_ms + 3_600_000)
+    print(f"{TASKS:,} tasks, {REVOKED:,} revoked ids (windows open), after start: {rss(broker)}")
     credential = str(post("/v1/agents/bench/credentials", ADMIN, {})["credential"])
     post("/v1/tasks", credential, {"purpose": "x", "tools": ["bench.echo"], "ttl_seconds": 600})
     print(f"after a mint: {rss(broker)}")
@@ -92,5 +101,10 @@ with tempfile.TemporaryDirectory() as folder:
     print(f"agent revoke: {revoked['revoked_tasks']} tasks in {time.monotonic() - started:.2f} s")
     time.sleep(3)
     print(f"after the revoke: {rss(broker)}")
+    broker.terminate()
+    broker.wait()
+with tempfile.TemporaryDirectory() as folder:
+    broker = seeded(folder, 0, now_ms - 3_600_000)
+    print(f"no tasks, {REVOKED:,} revoked ids (windows past, pruned), after start: {rss(broker)}")
     broker.terminate()
     broker.wait()
