@@ -21,6 +21,9 @@
 # Every broker runs with LEASH_RATE_LIMIT=0 (the per-agent limit would turn a benchmark
 # into a count of 429s), its own data folder (SQLite, synchronous=FULL) and a one-page
 # policy. Every non-2xx answer and every socket error is counted and fails the run.
+# For the brokers, the tables also give the CPU time the broker process spent per request
+# (user + system, all its threads, from /proc): on a shared, noisy machine it varies far
+# less from run to run than req/s does.
 # Needs: wrk and nginx (apt-get install wrk nginx-light), oha (cargo install oha),
 # target/interop-venv with the MCP Python SDK (scripts/test.sh makes it).
 set -euo pipefail
@@ -141,22 +144,34 @@ for unit,f in (('us',1),('ms',1000),('s',1e6)):
     if v.endswith(unit) and not (unit=='s' and v.endswith(('us','ms'))): print(round(float(v[:-len(unit)])*f)); break" "$1"; }
 median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 TOTAL_BAD=0
-declare -A RPS P50 P99 BAD
-reset() { RPS=(); P50=(); P99=(); BAD=(); }
+declare -A RPS P50 P99 BAD CPU BROKER_PID
+for b in "${BROKERS[@]}"; do
+  BROKER_PID[$b]=$(pgrep -f -- "--data $WORK/$b/data" | head -1)
+  BROKER_PID[mint-$b]=${BROKER_PID[$b]}; BROKER_PID[mcp-$b]=${BROKER_PID[$b]}
+done
+TICKS=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime of every thread
+reset() { RPS=(); P50=(); P99=(); BAD=(); CPU=(); }
 record() { # target rps p50 p99 bad
   RPS[$1]="${RPS[$1]:-} $2"; P50[$1]="${P50[$1]:-} $3"; P99[$1]="${P99[$1]:-} $4"
   BAD[$1]=$(( ${BAD[$1]:-0} + $5 )); TOTAL_BAD=$(( TOTAL_BAD + $5 ))
 }
 run_wrk() { # target connections url script
-  local threads=$(( $2 < 2 ? 1 : 2 )) out rps p50 p99 bad errs
+  local threads=$(( $2 < 2 ? 1 : 2 )) out rps p50 p99 bad errs pid=${BROKER_PID[$1]:-} t0 cpu=""
+  [ -n "$pid" ] && t0=$(cpu_ticks "$pid")
   out=$(wrk -t"$threads" -c"$2" -d"${SECONDS_PER_ROUND}s" --latency -s "$4" "$3")
+  if [ -n "$pid" ]; then
+    cpu=$(python3 -c "import sys; t, n, hz = map(float, sys.argv[1:]); print(round(t * 1e6 / hz / n, 1))" \
+      "$(( $(cpu_ticks "$pid") - t0 ))" "$(awk '/requests in/ {print $1}' <<<"$out")" "$TICKS")
+    CPU[$1]="${CPU[$1]:-} $cpu"
+  fi
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(to_us "$(awk '$1=="50%" {print $2}' <<<"$out")")
   p99=$(to_us "$(awk '$1=="99%" {print $2}' <<<"$out")")
   bad=$(awk '/Non-2xx/ {print $NF}' <<<"$out"); bad=${bad:-0}
   errs=$(awk '/Socket errors/ {n=0; for (i=3;i<=NF;i+=2) n+=$(i+1)+0; print n}' <<<"$out"); errs=${errs:-0}
   record "$1" "$rps" "$p50" "$p99" $(( bad + errs ))
-  echo "  $1: $rps req/s, p50 $p50 µs, p99 $p99 µs, non-2xx $bad, socket errors $errs" >&2
+  echo "  $1: $rps req/s, p50 $p50 µs, p99 $p99 µs, non-2xx $bad, socket errors $errs${cpu:+, broker CPU $cpu µs/req}" >&2
 }
 run_oha() { # target url header...
   local target=$1 url=$2; shift 2
@@ -178,10 +193,11 @@ print(round(r["summary"]["requestsPerSec"], 1), round(p["p50"] * 1e6), round(p["
 }
 table() { # title targets...
   echo; echo "$1"; shift; echo
-  echo "| target | req/s (median of $ROUNDS) | p50 µs | p99 µs | non-2xx |"
-  echo "|---|---|---|---|---|"
+  echo "| target | req/s (median of $ROUNDS) | p50 µs | p99 µs | non-2xx | broker CPU µs/req |"
+  echo "|---|---|---|---|---|---|"
   for t in "$@"; do
-    echo "| $t | $(median "${RPS[$t]}") | $(median "${P50[$t]}") | $(median "${P99[$t]}") | ${BAD[$t]:-0} |"
+    local cpu="—"; [ -n "${CPU[$t]:-}" ] && cpu=$(median "${CPU[$t]}")
+    echo "| $t | $(median "${RPS[$t]}") | $(median "${P50[$t]}") | $(median "${P99[$t]}") | ${BAD[$t]:-0} | $cpu |"
   done
 }
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }

@@ -8,4 +8,4 @@ pub mod state;
 pub use crate::config::ServeConfig;
 pub use run::{prune_revocations, run};
 pub use start::prepare;
-pub use state::AppState;
+pub use state::{AppState, Handles};

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 
-use crate::app::state::AppState;
+use crate::app::state::{AppState, Handles};
 use crate::audit::log::Audit;
 use crate::clock::Clock;
 use crate::config::ServeConfig;
@@ -211,7 +211,7 @@ pub async fn prepare(
             clock.clone(),
         ))
     });
-    Ok(AppState {
+    Ok(AppState::new(Handles {
         connections,
         accounts,
         oidc,
@@ -257,7 +257,7 @@ pub async fn prepare(
         clock,
         admin_digest: Sha256::digest(admin_token.as_bytes()).into(),
         config: Arc::new(config),
-    })
+    }))
 }
 
 /// Seals the task tokens that databases written before sealing still hold in clear.

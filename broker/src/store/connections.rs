@@ -81,7 +81,7 @@ where
         &self,
         connection: &ConnectionRecord,
     ) -> StoreResult<Option<ConnectionRecord>> {
-        let mut tx = D::begin_write(&self.pool).await?;
+        let mut tx = self.dialect.begin_write(&self.pool).await?;
         let select = format!(
             "SELECT * FROM upstream_connections
              WHERE user_name = $1 AND provider = $2 AND state <> 'disconnected'{}",

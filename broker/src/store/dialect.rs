@@ -46,8 +46,10 @@ pub trait Dialect: Clone + Send + Sync + 'static {
     /// How many rows a statement changed.
     fn rows_affected(result: &<Self::Db as Database>::QueryResult) -> u64;
 
-    /// Starts a transaction that will write.
+    /// Starts a transaction that will write (`pool` is the store's pool; a dialect may
+    /// write on a connection of its own).
     fn begin_write(
+        &self,
         pool: &Pool<Self::Db>,
     ) -> impl Future<Output = sqlx::Result<Transaction<'static, Self::Db>>> + Send;
 

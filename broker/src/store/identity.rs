@@ -284,7 +284,7 @@ where
         new_hash: &str,
         now_ms: i64,
     ) -> StoreResult<Rotated> {
-        let mut tx = D::begin_write(&self.pool).await?;
+        let mut tx = self.dialect.begin_write(&self.pool).await?;
         let used =
             sqlx::query("UPDATE oauth_refresh SET used = 1 WHERE token_hash = $1 AND used = 0")
                 .bind(old_hash)

@@ -22,6 +22,7 @@ mod dialect;
 mod failure;
 mod identity;
 mod identity_api;
+mod multirow;
 mod postgres;
 mod rows;
 mod sql;

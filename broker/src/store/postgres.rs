@@ -122,7 +122,10 @@ impl Dialect for PgDialect {
         result.rows_affected()
     }
 
-    async fn begin_write(pool: &Pool<Postgres>) -> sqlx::Result<Transaction<'static, Postgres>> {
+    async fn begin_write(
+        &self,
+        pool: &Pool<Postgres>,
+    ) -> sqlx::Result<Transaction<'static, Postgres>> {
         pool.begin().await
     }
 

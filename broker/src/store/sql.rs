@@ -159,7 +159,7 @@ where
         reason: &str,
         at_ms: i64,
     ) -> StoreResult<Vec<Revocation>> {
-        let mut tx = D::begin_write(&self.pool).await?;
+        let mut tx = self.dialect.begin_write(&self.pool).await?;
         let published = self.publish(&mut tx, ids, task_id, reason, at_ms).await?;
         self.dialect.notify(&mut tx, "rev").await?;
         tx.commit().await?;
@@ -391,7 +391,7 @@ where
     }
 
     async fn put_pin(&self, pin: &ToolPin) -> StoreResult<()> {
-        let mut tx = D::begin_write(&self.pool).await?;
+        let mut tx = self.dialect.begin_write(&self.pool).await?;
         sqlx::query(
             "INSERT INTO tool_pins (name, hash, pending_hash, approval_id) VALUES ($1, $2, $3, $4)
              ON CONFLICT (name) DO UPDATE SET hash = excluded.hash,

@@ -12,6 +12,7 @@ use super::api::{
 };
 use super::chain::chain_after;
 use super::dialect::{Dialect, Lock};
+use super::multirow;
 use super::rows::{revocation_from_row, to_i64};
 use super::sql::{AUDIT_HEAD, SqlStore};
 
@@ -37,7 +38,7 @@ where
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = D::begin_write(&self.pool).await?;
+        let mut tx = self.dialect.begin_write(&self.pool).await?;
         // Serialised with revoke_credentials of the same agents; taken in one order, so
         // two batches never wait for each other in a circle.
         let agents: std::collections::BTreeSet<&str> =
@@ -49,67 +50,87 @@ where
             };
             self.dialect.lock(&mut tx, lock).await?;
         }
-        let mut revoked_credentials: std::collections::HashMap<&str, bool> =
-            std::collections::HashMap::new();
-        let mut answers = Vec::with_capacity(tasks.len());
-        for new in tasks {
-            if let Some(credential) = new.credential.as_deref() {
-                let revoked = match revoked_credentials.get(credential) {
-                    Some(&known) => known,
-                    None => {
-                        let n: i64 = sqlx::query(
-                            "SELECT COUNT(*) AS n FROM revocations WHERE revocation_id = $1",
-                        )
-                        .bind(credential)
-                        .fetch_one(&mut *tx)
-                        .await?
-                        .try_get("n")?;
-                        revoked_credentials.insert(credential, n > 0);
-                        n > 0
-                    }
-                };
-                if revoked {
-                    answers.push(false);
-                    continue;
-                }
+        // Tasks minted with a credential revoked meanwhile are refused (`false`).
+        let credentials: Vec<&str> = tasks
+            .iter()
+            .filter_map(|t| t.credential.as_deref())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut revoked: std::collections::HashSet<String> = std::collections::HashSet::new();
+        for chunk in multirow::chunks(&credentials, 1) {
+            let sql = format!(
+                "SELECT revocation_id FROM revocations WHERE revocation_id IN {}",
+                multirow::placeholders(chunk.len(), 1)
+            );
+            let mut query = sqlx::query(&sql);
+            for credential in chunk {
+                query = query.bind(*credential);
             }
-            let task = &new.task;
-            sqlx::query(
+            for row in query.fetch_all(&mut *tx).await? {
+                revoked.insert(row.try_get("revocation_id")?);
+            }
+        }
+        let answers: Vec<bool> = tasks
+            .iter()
+            .map(|t| t.credential.as_ref().is_none_or(|c| !revoked.contains(c)))
+            .collect();
+        let minted: Vec<&NewTask> = tasks
+            .iter()
+            .zip(&answers)
+            .filter(|(_, minted)| **minted)
+            .map(|(t, _)| t)
+            .collect();
+        for chunk in multirow::chunks(&minted, 18) {
+            let sql = format!(
                 "INSERT INTO tasks (task_id, agent, purpose, tools, checks, state, created_at_ms,
                     expires_at_ms, idle_timeout_ms, max_calls, calls, last_activity_ms, ended_at_ms,
                     end_reason, token, user_name, audience, user_group)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                    $18)",
-            )
-            .bind(&task.task_id)
-            .bind(&task.agent)
-            .bind(&task.purpose)
-            .bind(serde_json::to_string(&task.tools).unwrap_or_default())
-            .bind(serde_json::to_string(&task.checks).unwrap_or_default())
-            .bind(task.state.as_str())
-            .bind(task.created_at_ms)
-            .bind(task.expires_at_ms)
-            .bind(task.idle_timeout_ms)
-            .bind(task.max_calls.map(to_i64))
-            .bind(to_i64(task.calls))
-            .bind(task.last_activity_ms)
-            .bind(task.ended_at_ms)
-            .bind(&task.end_reason)
-            .bind(&task.token)
-            .bind(&task.user)
-            .bind(&task.audience)
-            .bind(&task.user_group)
-            .execute(&mut *tx)
-            .await?;
-            if let Some(id) = new.revocation_id.as_deref() {
-                sqlx::query(INSERT_TASK_TOKEN)
-                    .bind(id)
+                 VALUES {}",
+                multirow::placeholders(18, chunk.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for new in chunk {
+                let task = &new.task;
+                query = query
                     .bind(&task.task_id)
+                    .bind(&task.agent)
+                    .bind(&task.purpose)
+                    .bind(serde_json::to_string(&task.tools).unwrap_or_default())
+                    .bind(serde_json::to_string(&task.checks).unwrap_or_default())
+                    .bind(task.state.as_str())
                     .bind(task.created_at_ms)
-                    .execute(&mut *tx)
-                    .await?;
+                    .bind(task.expires_at_ms)
+                    .bind(task.idle_timeout_ms)
+                    .bind(task.max_calls.map(to_i64))
+                    .bind(to_i64(task.calls))
+                    .bind(task.last_activity_ms)
+                    .bind(task.ended_at_ms)
+                    .bind(&task.end_reason)
+                    .bind(&task.token)
+                    .bind(&task.user)
+                    .bind(&task.audience)
+                    .bind(&task.user_group);
             }
-            answers.push(true);
+            query.execute(&mut *tx).await?;
+        }
+        let tokens: Vec<(&str, &NewTask)> = minted
+            .iter()
+            .filter_map(|t| t.revocation_id.as_deref().map(|id| (id, *t)))
+            .collect();
+        for chunk in multirow::chunks(&tokens, 3) {
+            let sql = format!(
+                "INSERT INTO task_tokens (revocation_id, task_id, issued_at_ms) VALUES {}",
+                multirow::placeholders(3, chunk.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for (id, new) in chunk {
+                query = query
+                    .bind(*id)
+                    .bind(&new.task.task_id)
+                    .bind(new.task.created_at_ms);
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(answers)
@@ -121,7 +142,7 @@ where
         renewal: &Activation,
         now_ms: i64,
     ) -> StoreResult<bool> {
-        let mut tx = D::begin_write(&self.pool).await?;
+        let mut tx = self.dialect.begin_write(&self.pool).await?;
         let changed = sqlx::query(
             "UPDATE tasks SET expires_at_ms = $1, token = $2, tools = $3,
                 last_activity_ms = CASE WHEN last_activity_ms > $4 THEN last_activity_ms ELSE $4 END
@@ -157,7 +178,7 @@ where
         reason: &str,
         at_ms: i64,
     ) -> StoreResult<Option<Vec<Revocation>>> {
-        let mut tx = D::begin_write(&self.pool).await?;
+        let mut tx = self.dialect.begin_write(&self.pool).await?;
         let changed = sqlx::query(
             "UPDATE tasks SET state = $1, ended_at_ms = $2, end_reason = $3
              WHERE task_id = $4 AND state IN ('active', 'pending_approval')",
@@ -199,7 +220,7 @@ where
         reason: &str,
         at_ms: i64,
     ) -> StoreResult<(Vec<String>, Vec<Revocation>)> {
-        let mut tx = D::begin_write(&self.pool).await?;
+        let mut tx = self.dialect.begin_write(&self.pool).await?;
         // Serialised with insert_tasks of the same agent: no task slips in between.
         self.dialect
             .lock(
@@ -278,7 +299,7 @@ where
         subject: &str,
         at_ms: i64,
     ) -> StoreResult<Vec<Revocation>> {
-        let mut tx = D::begin_write(&self.pool).await?;
+        let mut tx = self.dialect.begin_write(&self.pool).await?;
         // Serialised with insert_task of the same agent.
         self.dialect
             .lock(&mut tx, Lock::Subject { role, subject })
@@ -340,7 +361,7 @@ where
         if batch.tasks.is_empty() && batch.tokens.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = D::begin_write(&self.pool).await?;
+        let mut tx = self.dialect.begin_write(&self.pool).await?;
         // Task rows in id order, as an agent revoke locks them: two writers taking the
         // same rows in different orders could deadlock (PostgreSQL).
         let mut tasks: Vec<&(String, u64, i64)> = batch.tasks.iter().collect();
@@ -384,7 +405,7 @@ where
         at_ms: i64,
         activation: Option<&Activation>,
     ) -> StoreResult<Decided> {
-        let mut tx = D::begin_write(&self.pool).await?;
+        let mut tx = self.dialect.begin_write(&self.pool).await?;
         // Locked (where rows can be) so that two replicas cannot both decide it.
         let read = format!(
             "SELECT state, kind FROM approvals WHERE approval_id = $1{}",
@@ -458,28 +479,33 @@ where
     /// [`super::api::Store::append_audit`]: chained after the head read under the audit
     /// lock, so every replica extends one chain.
     pub(super) async fn append_audit_tx(&self, events: &[NewAuditEvent]) -> StoreResult<()> {
-        let mut tx = D::begin_write(&self.pool).await?;
+        let mut tx = self.dialect.begin_write(&self.pool).await?;
         self.dialect.lock(&mut tx, Lock::Audit).await?;
         let head = sqlx::query(AUDIT_HEAD)
             .fetch_optional(&mut *tx)
             .await?
             .map(|r| Ok::<_, sqlx::Error>((r.try_get("seq")?, r.try_get("hash")?)))
             .transpose()?;
-        for row in chain_after(head, events) {
-            sqlx::query(
+        let rows = chain_after(head, events);
+        for chunk in multirow::chunks(&rows, 8) {
+            let sql = format!(
                 "INSERT INTO audit (seq, at_ms, kind, actor, task_id, detail, prev_hash, hash)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(row.seq)
-            .bind(row.at_ms)
-            .bind(&row.kind)
-            .bind(&row.actor)
-            .bind(&row.task_id)
-            .bind(row.detail.to_string())
-            .bind(&row.prev_hash)
-            .bind(&row.hash)
-            .execute(&mut *tx)
-            .await?;
+                 VALUES {}",
+                multirow::placeholders(8, chunk.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for row in chunk {
+                query = query
+                    .bind(row.seq)
+                    .bind(row.at_ms)
+                    .bind(&row.kind)
+                    .bind(&row.actor)
+                    .bind(&row.task_id)
+                    .bind(row.detail.to_string())
+                    .bind(&row.prev_hash)
+                    .bind(&row.hash);
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -498,6 +498,15 @@ async fn usage_pins_and_audit(store: Arc<dyn Store>) {
     );
     assert_eq!(verify_chain((0, ""), &rows).unwrap().0, 3);
     assert_eq!(store.audit_head().await.unwrap().unwrap().0, 3);
+    // A batch written in several statements: every row in order, each its own detail,
+    // and the chain unbroken across them.
+    let many: Vec<NewAuditEvent> = (4..=103).map(event).collect();
+    store.append_audit(&many).await.unwrap();
+    let rows = store.audit_after(0, 200).await.unwrap();
+    assert_eq!(verify_chain((0, ""), &rows).unwrap().0, 103);
+    for row in &rows {
+        assert_eq!((row.at_ms, &row.detail), (row.seq, &json!({"n": row.seq})));
+    }
 }
 
 async fn audit_checkpoints(store: Arc<dyn Store>) {
@@ -1103,6 +1112,53 @@ async fn tasks_inserted_in_one_batch(store: Arc<dyn Store>) {
         "all or nothing"
     );
     assert!(store.insert_tasks(&[]).await.unwrap().is_empty());
+
+    // A batch larger than one statement takes (written in several): every row keeps its
+    // own values and its own token, whatever the chunk it fell in.
+    let batch: Vec<NewTask> = (0..77)
+        .map(|n| {
+            let mut new = new(
+                &format!("tsk_m{n:02}"),
+                if n % 5 == 0 { "other" } else { "big" },
+                if n % 5 == 0 { "cr02" } else { "cr03" },
+            );
+            new.task.purpose = format!("purpose {n}");
+            new.task.expires_at_ms = 50_000 + n;
+            new
+        })
+        .collect();
+    store
+        .insert_credential("cr03", "agent", "big", 1, None)
+        .await
+        .unwrap();
+    let answers = store.insert_tasks(&batch).await.unwrap();
+    assert_eq!(answers, (0..77).map(|n| n % 5 != 0).collect::<Vec<_>>());
+    for n in 0..77i64 {
+        let id = format!("tsk_m{n:02}");
+        let record = store.get_task(&id).await.unwrap();
+        if n % 5 == 0 {
+            assert!(record.is_none(), "{id}: revoked credential");
+            continue;
+        }
+        let record = record.unwrap();
+        assert_eq!(record.purpose, format!("purpose {n}"));
+        assert_eq!(record.expires_at_ms, 50_000 + n);
+        assert_eq!(record.agent, "big");
+    }
+    let (_, published) = store
+        .end_agent_tasks("big", TaskState::Revoked, "done", 60_000)
+        .await
+        .unwrap();
+    let mut tokens: Vec<(String, Option<String>)> = published
+        .into_iter()
+        .map(|r| (r.revocation_id, r.task_id))
+        .collect();
+    tokens.sort();
+    let expected: Vec<(String, Option<String>)> = (0..77)
+        .filter(|n| n % 5 != 0)
+        .map(|n| (format!("rv_tsk_m{n:02}"), Some(format!("tsk_m{n:02}"))))
+        .collect();
+    assert_eq!(tokens, expected, "each token belongs to its own task");
 }
 
 /// An agent revoke ends exactly the agent's live tasks, in one transaction, and
