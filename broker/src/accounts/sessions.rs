@@ -156,12 +156,12 @@ impl Sessions {
             .is_ok_and(|found| found.is_some())
     }
 
-    /// Ends `session` (sign-out); the cookie that deletes it.
-    pub async fn end(&self, session: &WebSession) -> String {
-        let _ = self
-            .store
+    /// Ends `session` (sign-out); the cookie that deletes it. If the store cannot delete
+    /// it, the session stays live, so that is an error, not a cleared cookie.
+    pub async fn end(&self, session: &WebSession) -> Result<String, crate::store::StoreError> {
+        self.store
             .delete_session(&session.id_hash, self.clock.now_ms())
-            .await;
+            .await?;
         self.audit
             .record(AuditEvent {
                 kind: "user.signed_out",
@@ -170,7 +170,7 @@ impl Sessions {
                 detail: json!({}),
             })
             .await;
-        self.set_cookie(SESSION_COOKIE, "", 0)
+        Ok(self.set_cookie(SESSION_COOKIE, "", 0))
     }
 }
 

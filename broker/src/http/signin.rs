@@ -319,8 +319,16 @@ pub async fn sign_out(
             "The form expired or came from another site.",
         );
     }
-    let cookie = sessions.end(&session).await;
-    see_other("/signin", &[cookie])
+    match sessions.end(&session).await {
+        Ok(cookie) => see_other("/signin", &[cookie]),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot end a web session");
+            pages::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "You are still signed in: the broker could not end your session. Try again.",
+            )
+        }
+    }
 }
 
 #[cfg(test)]

@@ -166,7 +166,7 @@ where
         .bind(user)
         .bind(connection_id)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(self.dialect.writer(&self.pool))
         .await?;
         Ok(D::rows_affected(&done) == 1)
     }
@@ -214,7 +214,7 @@ where
         .bind(connection_id)
         .bind(now_ms)
         .bind(until_ms)
-        .execute(&self.pool)
+        .execute(self.dialect.writer(&self.pool))
         .await?;
         Ok(D::rows_affected(&done) == 1)
     }
@@ -222,7 +222,7 @@ where
     async fn forget_connection(&self, connection_id: &str) -> StoreResult<()> {
         sqlx::query("DELETE FROM upstream_connections WHERE connection_id = $1")
             .bind(connection_id)
-            .execute(&self.pool)
+            .execute(self.dialect.writer(&self.pool))
             .await?;
         Ok(())
     }
@@ -243,7 +243,7 @@ where
         .bind(now_ms)
         .bind(until_ms)
         .bind(version)
-        .execute(&self.pool)
+        .execute(self.dialect.writer(&self.pool))
         .await?;
         Ok(D::rows_affected(&done) == 1)
     }
@@ -266,7 +266,7 @@ where
         .bind(&refreshed.refresh_token)
         .bind(&refreshed.scopes)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(self.dialect.writer(&self.pool))
         .await?;
         Ok(())
     }
@@ -276,7 +276,7 @@ where
             "UPDATE upstream_connections SET refreshing_until_ms = NULL WHERE connection_id = $1",
         )
         .bind(connection_id)
-        .execute(&self.pool)
+        .execute(self.dialect.writer(&self.pool))
         .await?;
         Ok(())
     }
@@ -288,7 +288,7 @@ where
         )
         .bind(connection_id)
         .bind(version)
-        .execute(&self.pool)
+        .execute(self.dialect.writer(&self.pool))
         .await?;
         Ok(())
     }
@@ -307,7 +307,7 @@ where
         .bind(task_id)
         .bind(provider)
         .bind(token)
-        .execute(&self.pool)
+        .execute(self.dialect.writer(&self.pool))
         .await?;
         Ok(())
     }
@@ -322,7 +322,7 @@ where
         .bind(connection_id)
         .bind(reason)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(self.dialect.writer(&self.pool))
         .await?;
         Ok(())
     }
@@ -352,7 +352,7 @@ where
         .bind(token.expires_at_ms)
         .bind(token.created_at_ms)
         .bind(stale_before_ms)
-        .execute(&self.pool)
+        .execute(self.dialect.writer(&self.pool))
         .await?;
         Ok(D::rows_affected(&done) == 1)
     }
@@ -408,7 +408,7 @@ where
         .bind(task_id)
         .bind(provider)
         .bind(connection_id)
-        .execute(&self.pool)
+        .execute(self.dialect.writer(&self.pool))
         .await?;
         Ok(())
     }
@@ -426,7 +426,7 @@ where
         .bind(task_id)
         .bind(provider)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(self.dialect.writer(&self.pool))
         .await?;
         Ok(D::rows_affected(&done) == 1)
     }
@@ -444,7 +444,7 @@ where
         .bind(task_id)
         .bind(provider)
         .bind(retry_at_ms)
-        .execute(&self.pool)
+        .execute(self.dialect.writer(&self.pool))
         .await?;
         Ok(())
     }

@@ -46,6 +46,12 @@ pub trait Dialect: Clone + Send + Sync + 'static {
     /// How many rows a statement changed.
     fn rows_affected(result: &<Self::Db as Database>::QueryResult) -> u64;
 
+    /// Where a statement that writes runs: `pool` (the store's pool), or a connection the
+    /// dialect keeps for writes.
+    fn writer<'a>(&'a self, pool: &'a Pool<Self::Db>) -> &'a Pool<Self::Db> {
+        pool
+    }
+
     /// Starts a transaction that will write (`pool` is the store's pool; a dialect may
     /// write on a connection of its own).
     fn begin_write(

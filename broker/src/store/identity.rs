@@ -66,7 +66,7 @@ where
         .bind(&user.password_hash)
         .bind(i64::from(user.approver))
         .bind(user.created_at_ms)
-        .execute(&self.pool)
+        .execute(self.dialect.writer(&self.pool))
         .await?;
         Ok(D::rows_affected(&done) == 1)
     }
@@ -100,7 +100,7 @@ where
         .bind(session.created_at_ms)
         .bind(session.expires_at_ms)
         .bind(serde_json::to_string(&session.groups).unwrap_or_else(|_| "[]".into()))
-        .execute(&self.pool)
+        .execute(self.dialect.writer(&self.pool))
         .await?;
         Ok(())
     }
@@ -132,7 +132,7 @@ where
         sqlx::query("DELETE FROM web_sessions WHERE id_hash = $1 OR expires_at_ms <= $2")
             .bind(id_hash)
             .bind(now_ms)
-            .execute(&self.pool)
+            .execute(self.dialect.writer(&self.pool))
             .await?;
         Ok(())
     }
@@ -148,7 +148,7 @@ where
         .bind(&client.client_name)
         .bind(uris)
         .bind(client.created_at_ms)
-        .execute(&self.pool)
+        .execute(self.dialect.writer(&self.pool))
         .await?;
         Ok(())
     }
@@ -186,7 +186,7 @@ where
         .bind(&grant.state)
         .bind(&grant.scope)
         .bind(grant.created_at_ms)
-        .execute(&self.pool)
+        .execute(self.dialect.writer(&self.pool))
         .await?;
         Ok(())
     }
@@ -212,7 +212,7 @@ where
         .bind(code_hash)
         .bind(expires_at_ms)
         .bind(task_id)
-        .execute(&self.pool)
+        .execute(self.dialect.writer(&self.pool))
         .await?;
         Ok(D::rows_affected(&done) == 1)
     }
@@ -222,7 +222,7 @@ where
             "UPDATE oauth_grants SET code_used = 1 WHERE code_hash = $1 AND code_used = 0",
         )
         .bind(code_hash)
-        .execute(&self.pool)
+        .execute(self.dialect.writer(&self.pool))
         .await?;
         let row = sqlx::query("SELECT * FROM oauth_grants WHERE code_hash = $1")
             .bind(code_hash)
@@ -254,7 +254,7 @@ where
         )
         .bind(now_ms)
         .bind(unclaimed_before_ms)
-        .fetch_all(&self.pool)
+        .fetch_all(self.dialect.writer(&self.pool))
         .await?;
         rows.iter()
             .map(|row| row.try_get("task_id").map_err(Into::into))
@@ -273,7 +273,7 @@ where
         .bind(token_hash)
         .bind(task_id)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(self.dialect.writer(&self.pool))
         .await?;
         Ok(())
     }
@@ -329,7 +329,7 @@ where
                AND NOT EXISTS (SELECT 1 FROM oauth_grants g WHERE g.client_id = oauth_clients.client_id)",
         )
         .bind(before_ms)
-        .execute(&self.pool)
+        .execute(self.dialect.writer(&self.pool))
         .await?;
         Ok(D::rows_affected(&done))
     }

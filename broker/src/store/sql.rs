@@ -116,14 +116,16 @@ where
             .bind(new)
             .bind(task_id)
             .bind(old)
-            .execute(&self.pool)
+            .execute(self.dialect.writer(&self.pool))
             .await?;
         Ok(())
     }
 
     async fn purge_freed(&self) -> StoreResult<()> {
         for statement in D::PURGE {
-            sqlx::query(statement).execute(&self.pool).await?;
+            sqlx::query(statement)
+                .execute(self.dialect.writer(&self.pool))
+                .await?;
         }
         Ok(())
     }
@@ -183,7 +185,7 @@ where
         .bind(subject)
         .bind(at_ms)
         .bind(expires_at_ms)
-        .execute(&self.pool)
+        .execute(self.dialect.writer(&self.pool))
         .await?;
         Ok(())
     }
@@ -191,7 +193,7 @@ where
     async fn prune_revocations(&self, before_ms: i64) -> StoreResult<u64> {
         let deleted = sqlx::query("DELETE FROM revocations WHERE expires_at_ms < $1")
             .bind(before_ms)
-            .execute(&self.pool)
+            .execute(self.dialect.writer(&self.pool))
             .await?;
         Ok(D::rows_affected(&deleted))
     }
@@ -309,7 +311,7 @@ where
         .bind(&a.decided_by)
         .bind(&a.note)
         .bind(&a.user)
-        .execute(&self.pool)
+        .execute(self.dialect.writer(&self.pool))
         .await?;
         Ok(())
     }
@@ -377,7 +379,7 @@ where
         )
         .bind(at_ms)
         .bind(approval_id)
-        .execute(&self.pool)
+        .execute(self.dialect.writer(&self.pool))
         .await?;
         Ok(D::rows_affected(&used) == 1)
     }
@@ -440,7 +442,7 @@ where
         .bind(c.at_ms)
         .bind(i64::from(c.kid))
         .bind(&c.signature)
-        .execute(&self.pool)
+        .execute(self.dialect.writer(&self.pool))
         .await?;
         Ok(D::rows_affected(&inserted) == 1)
     }

@@ -5,7 +5,8 @@
 //! time: every write transaction starts with `BEGIN IMMEDIATE`, so it needs no other
 //! lock, and with one process there is nobody to notify.
 //!
-//! Write transactions take turns on one connection of their own. Writers then wait in
+//! Every write (each transaction and each single statement that writes) takes its turn
+//! on one connection of its own. Writers then wait in
 //! the pool's queue (woken the moment the last one commits) rather than in SQLite's busy
 //! handler (which sleeps up to 100 ms between tries), and that connection's page cache
 //! stays valid from one transaction to the next: SQLite drops a connection's cache
@@ -166,12 +167,12 @@ impl Dialect for SqliteDialect {
         result.rows_affected()
     }
 
+    fn writer<'a>(&'a self, pool: &'a Pool<Sqlite>) -> &'a Pool<Sqlite> {
+        self.writer.as_ref().unwrap_or(pool)
+    }
+
     async fn begin_write(&self, pool: &Pool<Sqlite>) -> sqlx::Result<Transaction<'static, Sqlite>> {
-        self.writer
-            .as_ref()
-            .unwrap_or(pool)
-            .begin_with("BEGIN IMMEDIATE")
-            .await
+        self.writer(pool).begin_with("BEGIN IMMEDIATE").await
     }
 
     async fn lock(&self, _: &mut Transaction<'_, Sqlite>, _: Lock<'_>) -> StoreResult<()> {
