@@ -39,6 +39,10 @@ pub trait Dialect: Clone + Send + Sync + 'static {
     /// holds the write lock.
     const FOR_UPDATE: &'static str;
 
+    /// Whether statements may use anonymous placeholders (`?`, bound in order) rather
+    /// than numbered ones (`$N`): SQLite binds them faster; PostgreSQL knows only `$N`.
+    const ANONYMOUS_PARAMETERS: bool;
+
     /// The statements that rewrite storage so that replaced values do not linger in
     /// freed pages.
     const PURGE: &'static [&'static str];

@@ -115,6 +115,7 @@ pub struct PgDialect {
 
 impl Dialect for PgDialect {
     type Db = Postgres;
+    const ANONYMOUS_PARAMETERS: bool = false;
     const FOR_UPDATE: &'static str = " FOR UPDATE";
     const PURGE: &'static [&'static str] = &["VACUUM FULL tasks"];
 

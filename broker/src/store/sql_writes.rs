@@ -61,7 +61,7 @@ where
         for chunk in multirow::chunks(&credentials, 1) {
             let sql = format!(
                 "SELECT revocation_id FROM revocations WHERE revocation_id IN {}",
-                multirow::placeholders(chunk.len(), 1)
+                multirow::placeholders(chunk.len(), 1, D::ANONYMOUS_PARAMETERS)
             );
             let mut query = sqlx::query(&sql);
             for credential in chunk {
@@ -87,7 +87,7 @@ where
                     expires_at_ms, idle_timeout_ms, max_calls, calls, last_activity_ms, ended_at_ms,
                     end_reason, token, user_name, audience, user_group)
                  VALUES {}",
-                multirow::placeholders(18, chunk.len())
+                multirow::placeholders(18, chunk.len(), D::ANONYMOUS_PARAMETERS)
             );
             let mut query = sqlx::query(&sql);
             for new in chunk {
@@ -121,7 +121,7 @@ where
         for chunk in multirow::chunks(&tokens, 3) {
             let sql = format!(
                 "INSERT INTO task_tokens (revocation_id, task_id, issued_at_ms) VALUES {}",
-                multirow::placeholders(3, chunk.len())
+                multirow::placeholders(3, chunk.len(), D::ANONYMOUS_PARAMETERS)
             );
             let mut query = sqlx::query(&sql);
             for (id, new) in chunk {
@@ -491,7 +491,7 @@ where
             let sql = format!(
                 "INSERT INTO audit (seq, at_ms, kind, actor, task_id, detail, prev_hash, hash)
                  VALUES {}",
-                multirow::placeholders(8, chunk.len())
+                multirow::placeholders(8, chunk.len(), D::ANONYMOUS_PARAMETERS)
             );
             let mut query = sqlx::query(&sql);
             for row in chunk {

@@ -160,6 +160,7 @@ pub struct SqliteDialect {
 
 impl Dialect for SqliteDialect {
     type Db = Sqlite;
+    const ANONYMOUS_PARAMETERS: bool = true;
     const FOR_UPDATE: &'static str = "";
     const PURGE: &'static [&'static str] = &["VACUUM", "PRAGMA wal_checkpoint(TRUNCATE)"];
 
