@@ -76,7 +76,9 @@ def seeded(folder: str, tasks: int, expires_at_ms: int) -> "subprocess.Popen[byt
         ((f"tsk_{i:032x}",) for i in range(tasks)))
     db.executemany(
         "INSERT INTO task_tokens (revocation_id, task_id, issued_at_ms) VALUES (?, ?, 0)",
-        ((f"{i:064x}", f"tsk_{i:032x}") for i in range(tasks)))
+        # Ids spread like real ones: the revoked set is keyed by their first 64 bits.
+        ((f"{(i * 0xC2B2AE3D27D4EB4F + 1) % (1 << 64):016x}{i:048x}", f"tsk_{i:032x}")
+         for i in range(tasks)))
     db.executemany(
         "INSERT INTO revocations (revocation_id, task_id, reason, at_ms, expires_at_ms)"
         " VALUES (?, NULL, 'token', 0, ?)",

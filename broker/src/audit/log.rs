@@ -42,6 +42,8 @@ pub struct Audit {
     failing: Arc<AtomicBool>,
     /// When to sign the next checkpoint ([`crate::audit::checkpoint`]).
     checkpoints: Arc<CheckpointTrigger>,
+    /// Ends the writer's [`LINGER`] at once (a flush is waiting).
+    flush_now: Arc<Notify>,
 }
 
 /// Counts events written since the last checkpoint and wakes the checkpoint signer once
@@ -74,22 +76,24 @@ pub const LINGER: Duration = Duration::from_millis(2);
 const MAX_BATCH: usize = 1024;
 
 /// Everything that arrives within [`LINGER`] of `first` (at most [`MAX_BATCH`]); a
-/// flush request ends the wait at once.
-async fn gather(first: Message, rx: &mut mpsc::Receiver<Message>) -> Vec<Message> {
-    let deadline = tokio::time::Instant::now() + LINGER;
-    let mut flushing = matches!(first, Message::Flush(_));
+/// flush request ends the wait at once. The writer sleeps through the wait and then takes
+/// what is queued, rather than waking for each event as it arrives: one wake per batch,
+/// not one per call. With a backlog (a full batch already queued) it does not wait.
+async fn gather(
+    first: Message,
+    rx: &mut mpsc::Receiver<Message>,
+    flush_now: &Notify,
+) -> Vec<Message> {
+    let flushing = matches!(first, Message::Flush(_));
+    if !flushing && rx.len() + 1 < MAX_BATCH {
+        tokio::select! {
+            _ = tokio::time::sleep(LINGER) => {}
+            _ = flush_now.notified() => {}
+        }
+    }
     let mut batch = vec![first];
     while batch.len() < MAX_BATCH {
-        let next = match rx.try_recv() {
-            Ok(message) => Some(message),
-            Err(_) if flushing => None,
-            Err(_) => tokio::time::timeout_at(deadline, rx.recv())
-                .await
-                .ok()
-                .flatten(),
-        };
-        let Some(message) = next else { break };
-        flushing |= matches!(message, Message::Flush(_));
+        let Ok(message) = rx.try_recv() else { break };
         batch.push(message);
     }
     batch
@@ -110,17 +114,20 @@ impl Audit {
             since: AtomicU64::new(0),
             due: Notify::new(),
         });
+        let flush_now = Arc::new(Notify::new());
         tokio::spawn(writer(
             store,
             clock,
             rx,
             failing.clone(),
             checkpoints.clone(),
+            flush_now.clone(),
         ));
         Ok(Audit {
             tx,
             failing,
             checkpoints,
+            flush_now,
         })
     }
 
@@ -155,6 +162,7 @@ impl Audit {
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
         if self.tx.send(Message::Flush(done)).await.is_ok() {
+            self.flush_now.notify_one();
             let _ = wait.await;
         }
     }
@@ -166,12 +174,13 @@ async fn writer(
     mut rx: mpsc::Receiver<Message>,
     failing: Arc<AtomicBool>,
     checkpoints: Arc<CheckpointTrigger>,
+    flush_now: Arc<Notify>,
 ) {
     let mut pending: Vec<NewAuditEvent> = Vec::new();
     let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
     loop {
         let Some(first) = rx.recv().await else { break };
-        let batch = gather(first, &mut rx).await;
+        let batch = gather(first, &mut rx, &flush_now).await;
         for message in batch {
             match message {
                 Message::Event(event) => pending.push(NewAuditEvent {
