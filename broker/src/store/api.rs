@@ -411,8 +411,6 @@ pub trait Store:
         state: Option<TaskState>,
         limit: i64,
     ) -> StoreResult<Vec<TaskRecord>>;
-    /// Non-terminal tasks of an agent.
-    async fn live_tasks_of(&self, agent: &str) -> StoreResult<Vec<String>>;
     /// Active tasks whose window or idle timeout has passed at `now_ms` (by stored activity).
     async fn due_tasks(&self, now_ms: i64) -> StoreResult<Vec<TaskRecord>>;
     /// Tasks whose token is stored in clear (written before tokens were sealed):

@@ -79,16 +79,6 @@ where
         rows.iter().map(task_from_row).collect()
     }
 
-    async fn live_tasks_of(&self, agent: &str) -> StoreResult<Vec<String>> {
-        let rows = sqlx::query(
-            "SELECT task_id FROM tasks WHERE agent = $1 AND state IN ('active', 'pending_approval')",
-        )
-        .bind(agent)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(|r| Ok(r.try_get("task_id")?)).collect()
-    }
-
     async fn due_tasks(&self, now_ms: i64) -> StoreResult<Vec<TaskRecord>> {
         let rows = sqlx::query(
             "SELECT * FROM tasks WHERE state = 'active' AND (expires_at_ms <= $1
