@@ -5,7 +5,7 @@
 //! Events never hold token text or secrets: tokens are named by revocation id.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -42,8 +42,17 @@ pub struct Audit {
     failing: Arc<AtomicBool>,
     /// When to sign the next checkpoint ([`crate::audit::checkpoint`]).
     checkpoints: Arc<CheckpointTrigger>,
-    /// Ends the writer's [`LINGER`] at once (a flush is waiting).
-    flush_now: Arc<Notify>,
+    /// Flushes on their way to the writer: it does not linger while one is.
+    flushes: Arc<Flushes>,
+}
+
+/// Flush requests sent to the writer and not yet taken by it.
+#[derive(Default)]
+struct Flushes {
+    /// How many are queued (counted before they are sent).
+    queued: AtomicUsize,
+    /// Ends a linger under way when one is sent.
+    sent: Notify,
 }
 
 /// Counts events written since the last checkpoint and wakes the checkpoint signer once
@@ -69,26 +78,27 @@ const QUEUE: usize = 65_536;
 /// Group commit: the writer waits this long after an event for more to arrive, so a
 /// busy broker writes one transaction (one fsync) per [`LINGER`] instead of one per
 /// call. It is also how far behind its answer a call's audit row may be committed (plus
-/// the write itself); `flush` never waits for it.
+/// the write itself); `flush` never waits for it: a queued flush ends the wait.
 pub const LINGER: Duration = Duration::from_millis(2);
 
 /// At most this many events go into one transaction.
 const MAX_BATCH: usize = 1024;
 
-/// Everything that arrives within [`LINGER`] of `first` (at most [`MAX_BATCH`]); a
-/// flush request ends the wait at once. The writer sleeps through the wait and then takes
-/// what is queued, rather than waking for each event as it arrives: one wake per batch,
-/// not one per call. With a backlog (a full batch already queued) it does not wait.
+/// Everything that arrives within [`LINGER`] of `first` (at most [`MAX_BATCH`]). The
+/// writer sleeps through the wait and then takes what is queued, rather than waking for
+/// each event as it arrives: one wake per batch, not one per call. It does not wait with
+/// a backlog (a full batch queued) or while a flush request is queued, and a flush sent
+/// during the wait ends it.
 async fn gather(
     first: Message,
     rx: &mut mpsc::Receiver<Message>,
-    flush_now: &Notify,
+    flushes: &Flushes,
 ) -> Vec<Message> {
-    let flushing = matches!(first, Message::Flush(_));
+    let flushing = matches!(first, Message::Flush(_)) || flushes.queued.load(Ordering::SeqCst) > 0;
     if !flushing && rx.len() + 1 < MAX_BATCH {
         tokio::select! {
             _ = tokio::time::sleep(LINGER) => {}
-            _ = flush_now.notified() => {}
+            _ = flushes.sent.notified() => {}
         }
     }
     let mut batch = vec![first];
@@ -114,20 +124,20 @@ impl Audit {
             since: AtomicU64::new(0),
             due: Notify::new(),
         });
-        let flush_now = Arc::new(Notify::new());
+        let flushes = Arc::new(Flushes::default());
         tokio::spawn(writer(
             store,
             clock,
             rx,
             failing.clone(),
             checkpoints.clone(),
-            flush_now.clone(),
+            flushes.clone(),
         ));
         Ok(Audit {
             tx,
             failing,
             checkpoints,
-            flush_now,
+            flushes,
         })
     }
 
@@ -161,9 +171,12 @@ impl Audit {
     /// Waits until every event recorded before this call is in the store.
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
+        self.flushes.queued.fetch_add(1, Ordering::SeqCst);
         if self.tx.send(Message::Flush(done)).await.is_ok() {
-            self.flush_now.notify_one();
+            self.flushes.sent.notify_one();
             let _ = wait.await;
+        } else {
+            self.flushes.queued.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
@@ -174,13 +187,13 @@ async fn writer(
     mut rx: mpsc::Receiver<Message>,
     failing: Arc<AtomicBool>,
     checkpoints: Arc<CheckpointTrigger>,
-    flush_now: Arc<Notify>,
+    flushes: Arc<Flushes>,
 ) {
     let mut pending: Vec<NewAuditEvent> = Vec::new();
     let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
     loop {
         let Some(first) = rx.recv().await else { break };
-        let batch = gather(first, &mut rx, &flush_now).await;
+        let batch = gather(first, &mut rx, &flushes).await;
         for message in batch {
             match message {
                 Message::Event(event) => pending.push(NewAuditEvent {
@@ -190,7 +203,10 @@ async fn writer(
                     task_id: event.task_id,
                     detail: event.detail,
                 }),
-                Message::Flush(done) => waiters.push(done),
+                Message::Flush(done) => {
+                    flushes.queued.fetch_sub(1, Ordering::SeqCst);
+                    waiters.push(done);
+                }
             }
         }
         // A failed write (disk full, read-only) is retried; events are never dropped or reordered.
