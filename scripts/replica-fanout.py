@@ -17,6 +17,8 @@ import time
 import urllib.error
 import urllib.request
 
+import leash_process
+
 LEASH = sys.argv[1] if len(sys.argv) > 1 else "target/release/leash"
 DATABASE = os.environ.get("LEASH_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
 ADMIN = "fanout-measure-admin-token"
@@ -34,19 +36,9 @@ def psql(sql: str) -> str:
 def start(name: str, folder: str, policies: str) -> "subprocess.Popen[bytes]":
     data = os.path.join(folder, f"data-{name}")
     os.makedirs(data, exist_ok=True)
-    env = dict(os.environ, LEASH_ADMIN_TOKEN=ADMIN, LEASH_LOG="warn", LEASH_RATE_LIMIT="0",
-               LEASH_DATABASE_URL=DATABASE, LEASH_DATABASE_SCHEMA=SCHEMA, LEASH_MASTER_KEY=MASTER)
-    proc = subprocess.Popen(
-        [LEASH, "serve", "--listen", f"127.0.0.1:{PORTS[name]}", "--policies", policies,
-         "--data", data], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(600):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{PORTS[name]}/healthz", timeout=1)
-            return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"replica {name} did not start")
+    return leash_process.start(LEASH, PORTS[name], policies, data, {
+        "LEASH_ADMIN_TOKEN": ADMIN, "LEASH_RATE_LIMIT": "0", "LEASH_DATABASE_URL": DATABASE,
+        "LEASH_DATABASE_SCHEMA": SCHEMA, "LEASH_MASTER_KEY": MASTER})
 
 
 def request(name: str, method: str, path: str, bearer: str,
@@ -76,12 +68,7 @@ def revoked_ids(name: str) -> int:
 
 
 with tempfile.TemporaryDirectory() as folder:
-    policies = os.path.join(folder, "policies")
-    os.makedirs(policies)
-    with open(os.path.join(policies, "bench.toml"), "w") as policy:
-        policy.write('[tools."bench.echo"]\nupstream = "http://127.0.0.1:9/echo"\n'
-                     'input_schema = { type = "object" }\n'
-                     '[agents.bench]\ntools = ["bench.*"]\nmax_ttl_seconds = 86400\n')
+    policies = leash_process.bench_policies(folder)
     brokers = []
     try:
         first = start("A", folder, policies)  # creates the schema

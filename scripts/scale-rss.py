@@ -16,6 +16,8 @@ import time
 import urllib.error
 import urllib.request
 
+import leash_process
+
 LEASH = sys.argv[1] if len(sys.argv) > 1 else "target/release/leash"
 ADMIN = "rss-measure-admin-token"
 PORT = 7393
@@ -24,18 +26,8 @@ REVOKED = 1_000_000
 
 
 def start(data: str, policies: str) -> "subprocess.Popen[bytes]":
-    env = dict(os.environ, LEASH_ADMIN_TOKEN=ADMIN, LEASH_LOG="warn", LEASH_RATE_LIMIT="0")
-    proc = subprocess.Popen(
-        [LEASH, "serve", "--listen", f"127.0.0.1:{PORT}", "--policies", policies, "--data", data],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(600):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{PORT}/healthz", timeout=1)
-            return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("the broker did not start")
+    return leash_process.start(LEASH, PORT, policies, data,
+                               {"LEASH_ADMIN_TOKEN": ADMIN, "LEASH_RATE_LIMIT": "0"})
 
 
 def rss(proc: "subprocess.Popen[bytes]") -> str:
@@ -60,12 +52,7 @@ def post(path: str, bearer: str, body: dict[str, object]) -> dict[str, object]:
 def seeded(folder: str, tasks: int, expires_at_ms: int) -> "subprocess.Popen[bytes]":
     """A broker on a fresh data folder in `folder` holding `tasks` active tasks of `bench`
     (each with a token) and REVOKED revoked ids whose windows end at `expires_at_ms`."""
-    policies, data = os.path.join(folder, "policies"), os.path.join(folder, "data")
-    os.makedirs(policies)
-    with open(os.path.join(policies, "bench.toml"), "w") as policy:
-        policy.write('[tools."bench.echo"]\nupstream = "http://127.0.0.1:9/echo"\n'
-                     'input_schema = { type = "object" }\n'
-                     '[agents.bench]\ntools = ["bench.*"]\nmax_ttl_seconds = 86400\n')
+    policies, data = leash_process.bench_policies(folder), os.path.join(folder, "data")
     start(data, policies).terminate()
     time.sleep(1)
     db = sqlite3.connect(os.path.join(data, "leash.db"))
