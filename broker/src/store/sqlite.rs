@@ -6,12 +6,11 @@
 //! lock, and with one process there is nobody to notify.
 //!
 //! Every write (each transaction and each single statement that writes) takes its turn
-//! on one connection of its own. Writers then wait in
-//! the pool's queue (woken the moment the last one commits) rather than in SQLite's busy
-//! handler (which sleeps up to 100 ms between tries), and that connection's page cache
-//! stays valid from one transaction to the next: SQLite drops a connection's cache
-//! whenever another connection has written, and re-reading the pages was a tenth of a
-//! task mint's profile.
+//! on one connection of its own. Writers then wait in the pool's queue (woken the moment
+//! the last one commits) rather than in SQLite's busy handler (which sleeps up to 100 ms
+//! between tries), and that connection's page cache stays valid from one transaction to
+//! the next: SQLite drops a connection's cache whenever another connection has written,
+//! and re-reading the pages was a tenth of a task mint's profile.
 
 use std::path::Path;
 use std::str::FromStr;

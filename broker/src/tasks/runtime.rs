@@ -257,7 +257,6 @@ impl Tasks {
             };
             for task_id in ended {
                 let ids = ids_of.remove(&task_id).unwrap_or_default();
-                let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
                 end.announce(&events, &audit, &task_id, &ids).await;
             }
         });
@@ -562,7 +561,13 @@ struct Ended<'a> {
 impl Ended<'_> {
     /// The event (none for a denied issuance) and the audit row of `task_id`'s end, with
     /// the revocation ids it published.
-    async fn announce(&self, events: &Events, audit: &Audit, task_id: &str, revoked: &[&str]) {
+    async fn announce(
+        &self,
+        events: &Events,
+        audit: &Audit,
+        task_id: &str,
+        revoked: &[impl serde::Serialize],
+    ) {
         let kind = match self.state {
             TaskState::Completed => "task.completed",
             TaskState::Revoked => "task.revoked",
