@@ -23,13 +23,13 @@ def module_of(path: Path, root: Path) -> tuple[str, ...]:
 
 def strip_comments(text: str) -> str:
     text = re.sub(r"//[^\n]*", "", text)
-    return re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    return re.sub(r"/\*.*?\*/", "", text, flags=re.DOTALL)
 
 
 def expand_use(body: str) -> list[str]:
     """Expands `a::{b, c::{d}}` into full paths (brace groups)."""
     body = body.strip()
-    m = re.match(r"^(.*?)\{(.*)\}$", body, flags=re.S)
+    m = re.match(r"^(.*?)\{(.*)\}$", body, flags=re.DOTALL)
     if not m:
         return [body]
     prefix, inner = m.group(1), m.group(2)

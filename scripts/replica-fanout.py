@@ -76,10 +76,13 @@ with tempfile.TemporaryDirectory() as folder:
         first.wait()
         psql(f"""INSERT INTO {SCHEMA}.tasks (task_id, agent, purpose, tools, checks, state,
                    created_at_ms, expires_at_ms, calls, last_activity_ms)
-                 SELECT 'tsk_' || lpad(to_hex(i), 32, '0'), 'bench', 'seed', '["bench.echo"]',
+                 SELECT 'tsk_' || md5('t' || i), 'bench', 'seed', '["bench.echo"]',
                    '[]', 'active', 0, 4000000000000, 0, 0 FROM generate_series(1, {TASKS}) i;
+                 -- Ids and task ids spread as random ones are; ids of 128 hex digits (an
+                 -- ed25519 signature).
                  INSERT INTO {SCHEMA}.task_tokens (revocation_id, task_id, issued_at_ms)
-                 SELECT md5(i::text) || md5((-i)::text), 'tsk_' || lpad(to_hex(i), 32, '0'), 0
+                 SELECT md5(i::text) || md5((-i)::text) || md5('a' || i) || md5('b' || i),
+                   'tsk_' || md5('t' || i), 0
                  FROM generate_series(1, {TASKS}) i;
                  ANALYZE;""")
         brokers = [start("A", folder, policies), start("B", folder, policies)]

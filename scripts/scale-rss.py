@@ -49,6 +49,11 @@ def post(path: str, bearer: str, body: dict[str, object]) -> dict[str, object]:
         return result
 
 
+def task_id(i: int) -> str:
+    """The `i`th seeded task's id, spread over the id space as random ids are."""
+    return f"tsk_{(i * 0x9E3779B97F4A7C15F39CC0605CEDC835) % (1 << 128):032x}"
+
+
 def seeded(folder: str, tasks: int, expires_at_ms: int) -> "subprocess.Popen[bytes]":
     """A broker on a fresh data folder in `folder` holding `tasks` active tasks of `bench`
     (each with a token) and REVOKED revoked ids whose windows end at `expires_at_ms`."""
@@ -60,11 +65,12 @@ def seeded(folder: str, tasks: int, expires_at_ms: int) -> "subprocess.Popen[byt
         "INSERT INTO tasks (task_id, agent, purpose, tools, checks, state, created_at_ms,"
         " expires_at_ms, calls, last_activity_ms) VALUES (?, 'bench', 'seed', '[\"bench.echo\"]',"
         " '[]', 'active', 0, 4000000000000, 0, 0)",
-        ((f"tsk_{i:032x}",) for i in range(tasks)))
+        ((task_id(i),) for i in range(tasks)))
     db.executemany(
         "INSERT INTO task_tokens (revocation_id, task_id, issued_at_ms) VALUES (?, ?, 0)",
-        # Ids spread like real ones: the revoked set is keyed by their first 64 bits.
-        ((f"{(i * 0xC2B2AE3D27D4EB4F + 1) % (1 << 64):016x}{i:048x}", f"tsk_{i:032x}")
+        # Ids spread like real ones (128 hex digits, an ed25519 signature), in indexes
+        # keyed by their first digits.
+        ((f"{(i * 0xC2B2AE3D27D4EB4F + 1) % (1 << 64):016x}{i:0112x}", task_id(i))
          for i in range(tasks)))
     db.executemany(
         "INSERT INTO revocations (revocation_id, task_id, reason, at_ms, expires_at_ms)"

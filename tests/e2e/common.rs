@@ -66,6 +66,11 @@ async fn upstream(
             b"{\"error\":\"boom\"}".to_vec(),
         ),
         "/garbage" => (StatusCode::OK, out, b"<html>not json".to_vec()),
+        // Answers exactly the bytes given as `{"hex": …}`.
+        "/answer" => {
+            let bytes = parsed["hex"].as_str().and_then(|h| hex::decode(h).ok());
+            (StatusCode::OK, out, bytes.unwrap_or_default())
+        }
         "/huge" => {
             let mut body = b"[\"".to_vec();
             body.extend(std::iter::repeat_n(b'x', 9 * 1024 * 1024));
@@ -147,6 +152,10 @@ input_schema = { type = "object" }
 [tools."bad.huge"]
 upstream = "http://{UP}/huge"
 input_schema = { type = "object" }
+
+[tools."bad.answer"]
+upstream = "http://{UP}/answer"
+input_schema = { type = "object", properties = { hex = { type = "string" } } }
 
 [tools."bad.down"]
 upstream = "http://127.0.0.1:9/down"

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::common::{ADMIN, TestBroker};
 
@@ -108,7 +108,7 @@ async fn policy_refuses_tools_outside_the_grant_and_long_windows() {
     let shown = broker.get(&format!("/v1/tasks/{id}"), Some(&agent)).await;
     assert_eq!(
         shown.body["tools"].as_array().unwrap().len(),
-        5,
+        6,
         "{shown:?}"
     );
     // No task was created by the refused requests.
@@ -356,6 +356,52 @@ async fn task_views_show_the_token_only_to_the_owner() {
         .collect();
     assert_eq!(names, vec!["fs.read", "web.search"]);
     assert!(tools.body["tools"][1]["input_schema"]["properties"]["query"].is_object());
+}
+
+/// An upstream's answer is passed on as it was written (numbers beyond 64 bits, escapes
+/// and key order included) once it is one well-formed JSON value; anything else is a 502.
+#[tokio::test]
+async fn an_upstream_answer_is_passed_on_as_written_or_refused() {
+    let broker = TestBroker::spawn().await;
+    let agent = broker.agent("bot").await;
+    let (_, token) = broker.task(&agent, &["bad.answer"]).await;
+    let answer = |text: &[u8]| {
+        let body = json!({ "hex": hex::encode(text) });
+        let request = broker
+            .http
+            .post(format!("{}/v1/tools/bad.answer/call", broker.url))
+            .bearer_auth(&token)
+            .json(&body);
+        async move {
+            let reply = request.send().await.unwrap();
+            (reply.status().as_u16(), reply.text().await.unwrap())
+        }
+    };
+    let written = r#"{"z":123456789012345678901234567890,"a":1.10,"s":"\u00e9\n","n":[1.0e-7]}"#;
+    assert_eq!(
+        answer(format!(" {written}\n").as_bytes()).await,
+        (200, format!(r#"{{"result":{written}}}"#))
+    );
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    assert_eq!(
+        answer(deep.as_bytes()).await,
+        (200, format!(r#"{{"result":{deep}}}"#))
+    );
+    for bad in [
+        &b"{\"a\":\"\xff\"}"[..],
+        b"{\"a\":1} {\"b\":2}",
+        b"{\"a\":1",
+        b"",
+    ] {
+        let (status, text) = answer(bad).await;
+        let refused: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            (status, refused["error"]["code"].as_str()),
+            (502, Some("upstream_error")),
+            "{}: {text}",
+            String::from_utf8_lossy(bad)
+        );
+    }
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use leash_sdk::protocol::{CallResult, PendingApproval, ToolInfo, ToolList};
+use serde::Serialize;
 use serde_json::Value;
 
 use super::extract::{PathParam, RawBody, parse_json};
@@ -16,6 +17,7 @@ use crate::http::auth::TaskToken;
 use crate::mcp::guard::public_url;
 use crate::policy::ToolApproval;
 use crate::tasks::calls::{CallOutcome, Calls};
+use crate::upstream::client::Answer;
 
 /// `GET /v1/tools`.
 #[utoipa::path(get, path = "/v1/tools", tag = "tools", security(("task" = [])),
@@ -47,6 +49,12 @@ pub async fn list(
 /// before the body is parsed, so an unauthenticated caller learns nothing from it.
 /// A `per_call` tool answers 202 with an approval id; repeat the call with
 /// `Leash-Approval: <id>` once it is approved.
+/// A forwarded call's answer: `{"result": …}` ([`CallResult`]).
+#[derive(Serialize)]
+struct Answered {
+    result: Answer,
+}
+
 #[utoipa::path(post, path = "/v1/tools/{tool}/call", tag = "tools",
     params(
         ("tool" = String, Path, description = "The tool's name"),
@@ -91,7 +99,8 @@ pub async fn call(
             Err(_) => err,
         })?;
     match outcome {
-        CallOutcome::Done(result) => Ok(Json(CallResult { result }).into_response()),
+        // `CallResult`'s shape, with the upstream's answer written out as it came.
+        CallOutcome::Done(result) => Ok(Json(Answered { result }).into_response()),
         CallOutcome::PendingApproval(approval_id) => Ok((
             StatusCode::ACCEPTED,
             Json(PendingApproval {

@@ -184,7 +184,13 @@ impl ServerHandler for LeashMcp {
             .call_tool(token, &name, args, approval.as_deref())
             .await
         {
-            Ok(CallOutcome::Done(value)) => {
+            Ok(CallOutcome::Done(answer)) => {
+                let Ok(value) = answer.into_value() else {
+                    let err = ApiError::UpstreamError(format!(
+                        "tool {name:?} answered JSON nested too deeply to read"
+                    ));
+                    return Ok(refused(&err).into());
+                };
                 if is_mcp_tool
                     && let Ok(result) = serde_json::from_value::<CallToolResult>(value.clone())
                 {

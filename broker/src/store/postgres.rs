@@ -38,12 +38,17 @@ const SCHEMA: &[&str] = &[
         revocation_id TEXT PRIMARY KEY, role TEXT NOT NULL, subject TEXT NOT NULL, issued_at_ms BIGINT NOT NULL)",
     "ALTER TABLE credentials ADD COLUMN IF NOT EXISTS expires_at_ms BIGINT",
     "CREATE INDEX IF NOT EXISTS credentials_by_subject ON credentials(role, subject)",
+    // Ids are unique by the revoking statements (under REVOCATION_LOCK), and found by
+    // their first 16 digits: see `sql_writes::in_feed`.
     "CREATE TABLE IF NOT EXISTS revocations (
-        seq BIGSERIAL PRIMARY KEY, revocation_id TEXT NOT NULL UNIQUE, task_id TEXT, reason TEXT NOT NULL,
+        seq BIGSERIAL PRIMARY KEY, revocation_id TEXT NOT NULL, task_id TEXT, reason TEXT NOT NULL,
         at_ms BIGINT NOT NULL)",
+    "ALTER TABLE revocations DROP CONSTRAINT IF EXISTS revocations_revocation_id_key",
+    "CREATE INDEX IF NOT EXISTS revocations_by_key ON revocations((substr(revocation_id, 1, 16)))",
     "ALTER TABLE revocations ADD COLUMN IF NOT EXISTS expires_at_ms BIGINT",
     "CREATE INDEX IF NOT EXISTS revocations_by_expiry ON revocations(expires_at_ms)",
-    "CREATE INDEX IF NOT EXISTS revocations_by_task ON revocations(task_id)",
+    "DROP INDEX IF EXISTS revocations_by_task",
+    "CREATE INDEX IF NOT EXISTS revoked_tokens_by_task ON revocations(task_id) WHERE reason = 'token'",
     "CREATE TABLE IF NOT EXISTS approvals (
         approval_id TEXT PRIMARY KEY, kind TEXT NOT NULL, task_id TEXT NOT NULL, agent TEXT NOT NULL,
         purpose TEXT NOT NULL, tools TEXT NOT NULL, call_tool TEXT, call_args TEXT, args_hash TEXT, ttl_ms BIGINT,

@@ -26,6 +26,19 @@ use super::api::StoreResult;
 use super::dialect::{Dialect, Lock};
 use super::sql::SqlStore;
 
+/// The revocation feed's columns: the schema's, and those of the one-time rebuild
+/// (`drop_unique_revocation_ids`).
+macro_rules! revocations_columns {
+    () => {
+        "(seq INTEGER PRIMARY KEY AUTOINCREMENT,
+          revocation_id TEXT NOT NULL,
+          task_id TEXT,
+          reason TEXT NOT NULL,
+          at_ms INTEGER NOT NULL,
+          expires_at_ms INTEGER)"
+    };
+}
+
 /// The schema; every statement is idempotent.
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS tasks (
@@ -58,13 +71,9 @@ const SCHEMA: &[&str] = &[
         issued_at_ms INTEGER NOT NULL,
         expires_at_ms INTEGER)",
     "CREATE INDEX IF NOT EXISTS credentials_by_subject ON credentials(role, subject)",
-    "CREATE TABLE IF NOT EXISTS revocations (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        revocation_id TEXT NOT NULL UNIQUE,
-        task_id TEXT,
-        reason TEXT NOT NULL,
-        at_ms INTEGER NOT NULL,
-        expires_at_ms INTEGER)",
+    // Ids are unique by the revoking statements, and found by their first 16 digits:
+    // see `sql_writes::in_feed` (indexes in `with_schema`, after any rebuild).
+    concat!("CREATE TABLE IF NOT EXISTS revocations ", revocations_columns!()),
     "CREATE TABLE IF NOT EXISTS approvals (
         approval_id TEXT PRIMARY KEY,
         kind TEXT NOT NULL,
@@ -229,6 +238,48 @@ impl SqliteStore {
         })
     }
 
+    /// Databases created before the feed was indexed by id prefix hold `revocations` with
+    /// a UNIQUE index on the whole 128-digit ids (SQLite cannot drop a column's UNIQUE):
+    /// the table is copied, once, into one without it. Seqs are kept, and so is the
+    /// highest seq ever handed out: the newest entries may have been pruned, and feed
+    /// readers already past them must not miss entries that reuse their seqs.
+    async fn drop_unique_revocation_ids(pool: &Pool<Sqlite>) -> StoreResult<()> {
+        let unique: Option<(String,)> = sqlx::query_as(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'revocations'
+               AND name LIKE 'sqlite_autoindex_revocations_%'",
+        )
+        .fetch_optional(pool)
+        .await?;
+        if unique.is_none() {
+            return Ok(());
+        }
+        tracing::info!("rebuilding the revocations table without its unique index (once)");
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let handed_out: Option<(i64,)> =
+            sqlx::query_as("SELECT seq FROM sqlite_sequence WHERE name = 'revocations'")
+                .fetch_optional(&mut *tx)
+                .await?;
+        for statement in [
+            concat!("CREATE TABLE revocations_rebuilt ", revocations_columns!()),
+            "INSERT INTO revocations_rebuilt (seq, revocation_id, task_id, reason, at_ms, expires_at_ms)
+               SELECT seq, revocation_id, task_id, reason, at_ms, expires_at_ms FROM revocations",
+            "DROP TABLE revocations",
+            "ALTER TABLE revocations_rebuilt RENAME TO revocations",
+            "DELETE FROM sqlite_sequence WHERE name = 'revocations'",
+        ] {
+            sqlx::query(statement).execute(&mut *tx).await?;
+        }
+        sqlx::query(
+            "INSERT INTO sqlite_sequence (name, seq)
+             SELECT 'revocations', MAX($1, COALESCE((SELECT MAX(seq) FROM revocations), 0))",
+        )
+        .bind(handed_out.map_or(0, |(seq,)| seq))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// A pool that keeps its one connection open for good.
     fn one_connection() -> SqlitePoolOptions {
         SqlitePoolOptions::new()
@@ -280,17 +331,97 @@ impl SqliteStore {
                 }
             }
         }
-        sqlx::query(
+        Self::drop_unique_revocation_ids(&pool).await?;
+        for statement in [
+            "CREATE INDEX IF NOT EXISTS revocations_by_key ON revocations(substr(revocation_id, 1, 16))",
             "CREATE INDEX IF NOT EXISTS revocations_by_expiry ON revocations(expires_at_ms)",
-        )
-        .execute(&pool)
-        .await?;
-        sqlx::query("CREATE INDEX IF NOT EXISTS revocations_by_task ON revocations(task_id)")
-            .execute(&pool)
-            .await?;
+            "DROP INDEX IF EXISTS revocations_by_task",
+            "CREATE INDEX IF NOT EXISTS revoked_tokens_by_task ON revocations(task_id) WHERE reason = 'token'",
+        ] {
+            sqlx::query(statement).execute(&pool).await?;
+        }
         Ok(SqlStore {
             pool,
             dialect: SqliteDialect { writer: None },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::api::Store;
+
+    /// A database written before the feed was indexed by id prefix, whose newest entry
+    /// was pruned since: opening it drops the unique index, keeps every entry and seq,
+    /// and never hands out a seq twice.
+    #[tokio::test]
+    async fn a_feed_with_unique_ids_is_rebuilt_keeping_its_seqs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let old = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .filename(&path)
+                    .create_if_missing(true),
+            )
+            .await
+            .unwrap();
+        for statement in [
+            "CREATE TABLE revocations (seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                revocation_id TEXT NOT NULL UNIQUE, task_id TEXT, reason TEXT NOT NULL,
+                at_ms INTEGER NOT NULL)",
+            "CREATE INDEX revocations_by_task ON revocations(task_id)",
+            "INSERT INTO revocations (revocation_id, task_id, reason, at_ms)
+             VALUES ('aa01', 'tsk_1', 'token', 1), ('aa02', NULL, 'credential', 2),
+                    ('aa03', NULL, 'token', 3)",
+            "DELETE FROM revocations WHERE seq = 3",
+        ] {
+            sqlx::query(statement).execute(&old).await.unwrap();
+        }
+        old.close().await;
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        let indexes: Vec<(String,)> = sqlx::query_as(
+            "SELECT name FROM sqlite_master
+              WHERE type = 'index' AND tbl_name = 'revocations' ORDER BY name",
+        )
+        .fetch_all(&store.pool)
+        .await
+        .unwrap();
+        let indexes: Vec<&str> = indexes.iter().map(|(name,)| name.as_str()).collect();
+        assert_eq!(
+            indexes,
+            [
+                "revocations_by_expiry",
+                "revocations_by_key",
+                "revoked_tokens_by_task"
+            ]
+        );
+        let feed: Vec<(i64, String)> = store
+            .revocations_after(0, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.seq, r.revocation_id))
+            .collect();
+        assert_eq!(feed, [(1, "aa01".to_string()), (2, "aa02".to_string())]);
+        assert_eq!(store.revoked_tokens_of("tsk_1").await.unwrap(), 1);
+        let new = store
+            .revoke_ids(&["aa03".into(), "aa01".into()], None, "token", 4)
+            .await
+            .unwrap();
+        let seqs: Vec<i64> = new.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, [4], "seq 3 was handed out before the rebuild");
+        drop(store);
+
+        let reopened = SqliteStore::open(&path).await.unwrap();
+        let next = reopened
+            .revoke_ids(&["aa04".into()], None, "token", 5)
+            .await
+            .unwrap();
+        assert_eq!(next[0].seq, 5);
+        assert_eq!(reopened.revocation_count().await.unwrap(), 4);
     }
 }

@@ -255,6 +255,83 @@ async fn revocations_and_credentials(store: Arc<dyn Store>) {
     );
 }
 
+/// The feed finds ids by their first 16 digits: ids that share those are still told
+/// apart everywhere an id is looked up, and each id is in the feed once.
+async fn ids_sharing_a_prefix_stay_apart(store: Arc<dyn Store>) {
+    let id = |prefix: char, tail: &str| format!("{}{tail}", prefix.to_string().repeat(16));
+    let revoke = |ids: Vec<String>| {
+        let store = store.clone();
+        async move { store.revoke_ids(&ids, None, "token", 1).await.unwrap() }
+    };
+    assert_eq!(revoke(vec![id('a', "01")]).await.len(), 1);
+    let second = revoke(vec![id('a', "02")]).await;
+    assert_eq!(second.len(), 1, "not mistaken for its neighbour");
+    assert_eq!(second[0].revocation_id, id('a', "02"));
+    assert!(revoke(vec![id('a', "01"), id('a', "02")]).await.is_empty());
+    assert!(
+        revoke(vec![id('a', "")]).await.len() == 1,
+        "a prefix of both is its own id"
+    );
+
+    // A mint checks its credential's id, not one that merely starts the same.
+    store
+        .insert_credential(&id('b', "01"), "agent", "bot", 1, None)
+        .await
+        .unwrap();
+    revoke(vec![id('b', "02"), id('b', "01x")]).await;
+    let mint = |task_id: &str| NewTask {
+        task: TaskRecord {
+            agent: "bot".into(),
+            ..task(task_id, TaskState::Active)
+        },
+        revocation_id: Some(id('c', task_id)),
+        credential: Some(id('b', "01")),
+    };
+    assert_eq!(
+        store.insert_tasks(&[mint("tsk_p1")]).await.unwrap(),
+        vec![true]
+    );
+    store.revoke_credentials("agent", "bot", 2).await.unwrap();
+    assert_eq!(
+        store.insert_tasks(&[mint("tsk_p2")]).await.unwrap(),
+        vec![false]
+    );
+
+    // An agent revoke publishes a token whose neighbour is revoked, and skips one
+    // revoked already.
+    store
+        .insert_task(
+            &TaskRecord {
+                agent: "bot".into(),
+                ..task("tsk_p3", TaskState::Active)
+            },
+            Some(&id('d', "01")),
+            None,
+        )
+        .await
+        .unwrap();
+    revoke(vec![id('d', "02"), id('c', "tsk_p1")]).await;
+    let (ended, published) = store
+        .end_agent_tasks("bot", TaskState::Revoked, "cut off", 3)
+        .await
+        .unwrap();
+    assert_eq!(ended.len(), 2);
+    let published: Vec<String> = published.into_iter().map(|r| r.revocation_id).collect();
+    assert_eq!(published, vec![id('d', "01")]);
+    let mut feed: Vec<String> = store
+        .all_revoked_ids()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let listed = feed.len();
+    feed.sort();
+    feed.dedup();
+    assert_eq!(feed.len(), listed, "each id once");
+    assert_eq!(listed, 9);
+}
+
 async fn approvals(store: Arc<dyn Store>) {
     store
         .insert_task(&task("tsk_p", TaskState::PendingApproval), None, None)
@@ -1353,6 +1430,10 @@ macro_rules! suite {
         #[tokio::test]
         async fn revocations_and_credentials() {
             super::revocations_and_credentials($make.await).await
+        }
+        #[tokio::test]
+        async fn ids_sharing_a_prefix_stay_apart() {
+            super::ids_sharing_a_prefix_stay_apart($make.await).await
         }
         #[tokio::test]
         async fn approvals() {

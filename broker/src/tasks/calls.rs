@@ -27,7 +27,7 @@ use crate::tokens::authorize::{CallFacts, Denial, authorize_call, listable};
 use crate::tokens::keys::ForwardingKey;
 use crate::tokens::verify::{Principal, VerifiedToken};
 use crate::upstream::catalog::{Catalog, Lookup};
-use crate::upstream::client::UpstreamFailure;
+use crate::upstream::client::{Answer, UpstreamFailure};
 use crate::upstream::dispatch::{Upstream, Upstreams};
 
 /// Recently minted per-call capabilities: (token id, tool) → (text, end of window).
@@ -78,7 +78,7 @@ pub struct TaskContext {
 #[derive(Debug)]
 pub enum CallOutcome {
     /// Forwarded; the upstream's JSON answer.
-    Done(Value),
+    Done(Answer),
     /// The tool needs a human approval first: repeat the call with this id in
     /// `Leash-Approval` once it is approved.
     PendingApproval(String),

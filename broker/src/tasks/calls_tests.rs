@@ -29,7 +29,10 @@ async fn an_allowed_call_reaches_the_upstream_with_its_credential_and_a_narrowed
     let CallOutcome::Done(answer) = outcome else {
         panic!("not forwarded")
     };
-    assert_eq!(answer, json!({"echo": {"query": "x"}}));
+    assert_eq!(
+        answer.into_value().unwrap(),
+        json!({"echo": {"query": "x"}})
+    );
     let (headers, body) = received.lock().unwrap()[0].clone();
     assert_eq!(body, json!({"query": "x"}));
     assert_eq!(headers["authorization"], "Bearer upstream-secret");

@@ -11,12 +11,46 @@
 use std::time::Duration;
 
 use axum::http::header;
+use serde::Serialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::policy::ToolDef;
 
 /// Largest upstream answer accepted.
 pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+
+/// An upstream's answer to one call, well-formed JSON either way. An HTTP tool's answer is
+/// kept as the text it sent: the broker only wraps it in `{"result": …}`, so building a
+/// tree of it and writing that out again would be work for nothing. An MCP server's
+/// `CallToolResult` arrives parsed.
+#[derive(Debug)]
+pub enum Answer {
+    /// The upstream's JSON text, checked to be one well-formed value.
+    Raw(Box<RawValue>),
+    /// A parsed answer.
+    Parsed(Value),
+}
+
+impl Answer {
+    /// The answer as a tree, for callers that look inside it (the MCP gateway). Fails
+    /// only for JSON nested deeper than the parser's limit (128).
+    pub fn into_value(self) -> Result<Value, serde_json::Error> {
+        match self {
+            Answer::Raw(raw) => serde_json::from_str(raw.get()),
+            Answer::Parsed(value) => Ok(value),
+        }
+    }
+}
+
+impl Serialize for Answer {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Answer::Raw(raw) => raw.serialize(serializer),
+            Answer::Parsed(value) => value.serialize(serializer),
+        }
+    }
+}
 
 /// Why a forwarded call failed.
 #[derive(Debug, thiserror::Error)]
@@ -108,13 +142,13 @@ impl Proxy {
         self.client.clone()
     }
 
-    /// Forwards one call; returns the upstream's JSON answer.
+    /// Forwards one call; returns the upstream's JSON answer as it was sent.
     pub async fn forward(
         &self,
         tool: &ToolDef,
         args: &Value,
         extra_headers: &[(axum::http::HeaderName, axum::http::HeaderValue)],
-    ) -> Result<Value, UpstreamFailure> {
+    ) -> Result<Answer, UpstreamFailure> {
         let name = tool.name.clone();
         let timeout = tool.timeout;
         let attempt = async {
@@ -165,10 +199,12 @@ impl Proxy {
                     problem: format!("answered HTTP {}", status.as_u16()),
                 });
             }
-            serde_json::from_slice::<Value>(&body).map_err(|_| UpstreamFailure::BadAnswer {
-                tool: name.clone(),
-                problem: "answered something that is not JSON".into(),
-            })
+            serde_json::from_slice::<Box<RawValue>>(&body)
+                .map(Answer::Raw)
+                .map_err(|_| UpstreamFailure::BadAnswer {
+                    tool: name.clone(),
+                    problem: "answered something that is not JSON".into(),
+                })
         };
         match tokio::time::timeout(timeout, attempt).await {
             Ok(result) => result,

@@ -7,7 +7,7 @@ use axum::http::{HeaderName, HeaderValue};
 use serde_json::Value;
 
 use crate::policy::ToolDef;
-use crate::upstream::client::{Proxy, UpstreamFailure};
+use crate::upstream::client::{Answer, Proxy, UpstreamFailure};
 use crate::upstream::mcp::{Discovery, McpServers};
 
 /// Where a tool's calls go.
@@ -70,11 +70,13 @@ impl Upstreams {
         args: &Value,
         capability: Option<String>,
         authorization: Option<HeaderValue>,
-    ) -> Result<Value, UpstreamFailure> {
+    ) -> Result<Answer, UpstreamFailure> {
         match Upstream::of(tool) {
-            Upstream::Mcp { server, tool } => {
-                self.mcp.call(server, tool, args, authorization).await
-            }
+            Upstream::Mcp { server, tool } => self
+                .mcp
+                .call(server, tool, args, authorization)
+                .await
+                .map(Answer::Parsed),
             Upstream::Http(tool) => {
                 let mut headers: Vec<(HeaderName, HeaderValue)> = Vec::with_capacity(2);
                 if let Some(capability) = capability
