@@ -359,7 +359,8 @@ async fn task_views_show_the_token_only_to_the_owner() {
 }
 
 /// An upstream's answer is passed on as it was written (numbers beyond 64 bits, escapes
-/// and key order included) once it is one well-formed JSON value; anything else is a 502.
+/// and key order included) once it is one JSON value a client can parse into a tree;
+/// anything else (JSON syntax or not) is a 502, never a 200 the SDKs cannot read.
 #[tokio::test]
 async fn an_upstream_answer_is_passed_on_as_written_or_refused() {
     let broker = TestBroker::spawn().await;
@@ -382,16 +383,20 @@ async fn an_upstream_answer_is_passed_on_as_written_or_refused() {
         answer(format!(" {written}\n").as_bytes()).await,
         (200, format!(r#"{{"result":{written}}}"#))
     );
-    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
     assert_eq!(
-        answer(deep.as_bytes()).await,
-        (200, format!(r#"{{"result":{deep}}}"#))
+        answer(deep(100).as_bytes()).await,
+        (200, format!(r#"{{"result":{}}}"#, deep(100)))
     );
+    let too_deep = deep(200);
     for bad in [
         &b"{\"a\":\"\xff\"}"[..],
         b"{\"a\":1} {\"b\":2}",
         b"{\"a\":1",
         b"",
+        b"\"\\ud800\"",
+        b"[1e400]",
+        too_deep.as_bytes(),
     ] {
         let (status, text) = answer(bad).await;
         let refused: Value = serde_json::from_str(&text).unwrap();

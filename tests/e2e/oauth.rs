@@ -2160,6 +2160,48 @@ async fn signing_out_ends_the_session() {
     assert!(stolen.location.unwrap().contains("/signin?next="));
 }
 
+/// A sign-out the store cannot record (the database held by another process for longer
+/// than the broker waits) is a 503 page saying so: the session goes on working, so the
+/// page must not claim otherwise, and no `user.signed_out` is audited.
+#[tokio::test]
+async fn a_sign_out_the_store_cannot_record_says_you_are_still_signed_in() {
+    use sqlx::ConnectOptions;
+    let broker = broker().await;
+    let mut consent = consent(&broker, "alice", ALICE_PASSWORD, Some("web.search")).await;
+    let csrf = consent.form.value("csrf").unwrap().to_string();
+    broker.state.audit.flush().await;
+    let mut holder = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(broker.data.path().join("leash.db"))
+        .connect()
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let out = consent
+        .browser
+        .post_form("/signout", &[("csrf", csrf.as_str())])
+        .await;
+    assert_eq!(out.status, 503, "{out:?}");
+    assert!(out.body.contains("still signed in"), "{}", out.body);
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+
+    let path = consent.app.authorize(&broker, "s2", Some("web.search"));
+    let still = consent.browser.get(&path).await;
+    assert_eq!(still.status, 200, "the session was kept: {still:?}");
+    broker.state.audit.flush().await;
+    let audit = broker.get("/v1/audit?after=0", Some(ADMIN)).await;
+    let kinds: Vec<&str> = audit.body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert!(kinds.contains(&"user.signed_in"), "{kinds:?}");
+    assert!(!kinds.contains(&"user.signed_out"), "{kinds:?}");
+}
+
 #[tokio::test]
 async fn too_many_failed_sign_ins_are_429() {
     // Whatever counts the failures, it is on as in production (TestBroker turns the

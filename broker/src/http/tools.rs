@@ -45,16 +45,16 @@ pub async fn list(
     Ok(Json(ToolList { tools }))
 }
 
-/// `POST /v1/tools/{tool}/call`: the body is the arguments object. The token is checked
-/// before the body is parsed, so an unauthenticated caller learns nothing from it.
-/// A `per_call` tool answers 202 with an approval id; repeat the call with
-/// `Leash-Approval: <id>` once it is approved.
 /// A forwarded call's answer: `{"result": …}` ([`CallResult`]).
 #[derive(Serialize)]
 struct Answered {
     result: Answer,
 }
 
+/// `POST /v1/tools/{tool}/call`: the body is the arguments object. The token is checked
+/// before the body is parsed, so an unauthenticated caller learns nothing from it.
+/// A `per_call` tool answers 202 with an approval id; repeat the call with
+/// `Leash-Approval: <id>` once it is approved.
 #[utoipa::path(post, path = "/v1/tools/{tool}/call", tag = "tools",
     params(
         ("tool" = String, Path, description = "The tool's name"),

@@ -187,7 +187,7 @@ impl ServerHandler for LeashMcp {
             Ok(CallOutcome::Done(answer)) => {
                 let Ok(value) = answer.into_value() else {
                     let err = ApiError::UpstreamError(format!(
-                        "tool {name:?} answered JSON nested too deeply to read"
+                        "tool {name:?} answered JSON that could not be read"
                     ));
                     return Ok(refused(&err).into());
                 };

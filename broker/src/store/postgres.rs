@@ -43,7 +43,13 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS revocations (
         seq BIGSERIAL PRIMARY KEY, revocation_id TEXT NOT NULL, task_id TEXT, reason TEXT NOT NULL,
         at_ms BIGINT NOT NULL)",
-    "ALTER TABLE revocations DROP CONSTRAINT IF EXISTS revocations_revocation_id_key",
+    // Schemas from before: their UNIQUE on the whole id, whatever it is named.
+    "DO $$ DECLARE unique_id TEXT; BEGIN
+        FOR unique_id IN SELECT conname FROM pg_constraint
+                          WHERE conrelid = 'revocations'::regclass AND contype = 'u' LOOP
+            EXECUTE format('ALTER TABLE revocations DROP CONSTRAINT IF EXISTS %I', unique_id);
+        END LOOP;
+     END $$",
     "CREATE INDEX IF NOT EXISTS revocations_by_key ON revocations((substr(revocation_id, 1, 16)))",
     "ALTER TABLE revocations ADD COLUMN IF NOT EXISTS expires_at_ms BIGINT",
     "CREATE INDEX IF NOT EXISTS revocations_by_expiry ON revocations(expires_at_ms)",
@@ -132,7 +138,12 @@ impl Dialect for PgDialect {
         &self,
         pool: &Pool<Postgres>,
     ) -> sqlx::Result<Transaction<'static, Postgres>> {
-        pool.begin().await
+        // Stated, not left to the server's default: each statement must see what the
+        // holder of a lock taken just before it committed (a feed insert asks whether
+        // the id is there; `FOR UPDATE` rows are re-read), which REPEATABLE READ, set
+        // as a database default, would not give.
+        pool.begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
+            .await
     }
 
     async fn lock(&self, tx: &mut Transaction<'_, Postgres>, lock: Lock<'_>) -> StoreResult<()> {
@@ -252,5 +263,82 @@ impl PgStore {
     /// The pool (for the fan-out listener and key storage).
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::api::Store;
+
+    /// A schema written before the feed was indexed by id prefix (a UNIQUE on the whole
+    /// id, under a name of its own): opening it drops that constraint and the old task
+    /// index, keeps every entry, and the feed goes on from the next seq.
+    #[tokio::test]
+    async fn a_feed_with_unique_ids_loses_the_constraint_and_nothing_else() {
+        let url = std::env::var("LEASH_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let schema = format!("old_{}", crate::ids::random_hex(6));
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432 (database test)");
+        for statement in [
+            format!("CREATE SCHEMA {schema}"),
+            format!(
+                "CREATE TABLE {schema}.revocations (seq BIGSERIAL PRIMARY KEY,
+                    revocation_id TEXT NOT NULL, task_id TEXT, reason TEXT NOT NULL,
+                    at_ms BIGINT NOT NULL,
+                    CONSTRAINT ids_once UNIQUE (revocation_id))"
+            ),
+            format!("CREATE INDEX revocations_by_task ON {schema}.revocations(task_id)"),
+            format!(
+                "INSERT INTO {schema}.revocations (revocation_id, task_id, reason, at_ms)
+                 VALUES ('aa01', 'tsk_1', 'token', 1), ('aa02', NULL, 'credential', 2)"
+            ),
+        ] {
+            sqlx::query(&statement).execute(&admin).await.unwrap();
+        }
+
+        let store = PgStore::open(&url, &schema).await.unwrap();
+        let unique: Vec<(String,)> = sqlx::query_as(
+            "SELECT conname::TEXT FROM pg_constraint
+              WHERE conrelid = 'revocations'::regclass AND contype = 'u'",
+        )
+        .fetch_all(&store.pool)
+        .await
+        .unwrap();
+        assert!(unique.is_empty(), "{unique:?}");
+        let mut indexes: Vec<(String,)> = sqlx::query_as(
+            "SELECT indexname::TEXT FROM pg_indexes WHERE schemaname = $1 AND tablename = 'revocations'",
+        )
+        .bind(&schema)
+        .fetch_all(&store.pool)
+        .await
+        .unwrap();
+        indexes.sort();
+        let indexes: Vec<&str> = indexes.iter().map(|(name,)| name.as_str()).collect();
+        assert_eq!(
+            indexes,
+            [
+                "revocations_by_expiry",
+                "revocations_by_key",
+                "revocations_pkey",
+                "revoked_tokens_by_task"
+            ]
+        );
+        assert_eq!(
+            crate::store::suite::upgraded_feed_goes_on(&store).await,
+            [3]
+        );
+        // Opened again (another replica starting): nothing changes.
+        drop(store);
+        let again = PgStore::open(&url, &schema).await.unwrap();
+        assert_eq!(again.revocation_count().await.unwrap(), 3);
+        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(&admin)
+            .await
+            .unwrap();
     }
 }

@@ -255,6 +255,20 @@ async fn revocations_and_credentials(store: Arc<dyn Store>) {
     );
 }
 
+/// After a feed written before the prefix index (entries `aa01` of task `tsk_1`, a
+/// token, and `aa02`) was brought up to date: the task index answers, an id already
+/// there is skipped, a new one is published. Answers the new entries' seqs.
+pub(super) async fn upgraded_feed_goes_on(store: &dyn Store) -> Vec<i64> {
+    assert_eq!(store.revoked_tokens_of("tsk_1").await.unwrap(), 1);
+    store
+        .revoke_ids(&["aa03".into(), "aa01".into()], None, "token", 4)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect()
+}
+
 /// The feed finds ids by their first 16 digits: ids that share those are still told
 /// apart everywhere an id is looked up, and each id is in the feed once.
 async fn ids_sharing_a_prefix_stay_apart(store: Arc<dyn Store>) {

@@ -21,9 +21,9 @@ use crate::policy::ToolDef;
 pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 
 /// An upstream's answer to one call, well-formed JSON either way. An HTTP tool's answer is
-/// kept as the text it sent: the broker only wraps it in `{"result": …}`, so building a
-/// tree of it and writing that out again would be work for nothing. An MCP server's
-/// `CallToolResult` arrives parsed.
+/// kept as the text it sent, once [`readable`] has checked it: the broker only wraps it in
+/// `{"result": …}`, so building a tree of it and writing that out again would be work for
+/// nothing. An MCP server's `CallToolResult` arrives parsed.
 #[derive(Debug)]
 pub enum Answer {
     /// The upstream's JSON text, checked to be one well-formed value.
@@ -33,8 +33,8 @@ pub enum Answer {
 }
 
 impl Answer {
-    /// The answer as a tree, for callers that look inside it (the MCP gateway). Fails
-    /// only for JSON nested deeper than the parser's limit (128).
+    /// The answer as a tree, for callers that look inside it (the MCP gateway). A raw
+    /// answer passed [`readable`], so this fails only if memory does.
     pub fn into_value(self) -> Result<Value, serde_json::Error> {
         match self {
             Answer::Raw(raw) => serde_json::from_str(raw.get()),
@@ -49,6 +49,83 @@ impl Serialize for Answer {
             Answer::Raw(raw) => raw.serialize(serializer),
             Answer::Parsed(value) => value.serialize(serializer),
         }
+    }
+}
+
+/// The upstream's answer as it was written, if a client parsing the broker's answer
+/// `{"result": …}` into a JSON tree (the SDKs' `CallResult`) can read it: one value,
+/// UTF-8, string escapes that decode (no lone surrogates), numbers a double holds, and
+/// nesting that leaves room for the wrapper within serde_json's limit. A
+/// check of the syntax alone would pass the last three on, and the client would fail
+/// on a 200.
+pub fn readable(body: Vec<u8>) -> Option<Box<RawValue>> {
+    let mut reader = serde_json::Deserializer::from_slice(&body);
+    serde::de::DeserializeSeed::deserialize(Readable(MAX_ANSWER_DEPTH), &mut reader).ok()?;
+    reader.end().ok()?;
+    RawValue::from_string(String::from_utf8(body).ok()?).ok()
+}
+
+/// Most levels of arrays and objects in an upstream's answer: serde_json reads 127, and
+/// one of those is the `{"result": …}` around it.
+const MAX_ANSWER_DEPTH: usize = 126;
+
+/// A JSON value read through only to be checked, keeping nothing: the checks of parsing a
+/// `Value`, with no tree built; the levels of nesting still allowed.
+struct Readable(usize);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Readable {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl Readable {
+    /// One level down, or an error past the last.
+    fn nested<E: serde::de::Error>(&self) -> Result<Readable, E> {
+        match self.0.checked_sub(1) {
+            Some(left) => Ok(Readable(left)),
+            None => Err(E::custom("nested too deeply")),
+        }
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Readable {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let inner = self.nested()?;
+        while seq.next_element_seed(Readable(inner.0))?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let inner = self.nested()?;
+        while map.next_key_seed(Readable(inner.0))?.is_some() {
+            map.next_value_seed(Readable(inner.0))?;
+        }
+        Ok(())
     }
 }
 
@@ -199,9 +276,9 @@ impl Proxy {
                     problem: format!("answered HTTP {}", status.as_u16()),
                 });
             }
-            serde_json::from_slice::<Box<RawValue>>(&body)
+            readable(body)
                 .map(Answer::Raw)
-                .map_err(|_| UpstreamFailure::BadAnswer {
+                .ok_or_else(|| UpstreamFailure::BadAnswer {
                     tool: name.clone(),
                     problem: "answered something that is not JSON".into(),
                 })
@@ -239,5 +316,62 @@ fn too_large(tool: &str) -> UpstreamFailure {
             "answered more than {} MiB",
             MAX_RESPONSE_BYTES / (1024 * 1024)
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `readable` passes exactly what a client parsing a tree reads, alone and inside the
+    /// broker's `{"result": …}`, and passes it on byte for byte (outer whitespace aside).
+    #[test]
+    fn readable_is_what_a_json_tree_parser_reads_kept_as_written() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n)).into_bytes();
+        let samples: Vec<Vec<u8>> = vec![
+            br#"{"z":123456789012345678901234567890,"a":1.10,"s":"\u00e9","d":{"k":1,"k":2}}"#
+                .to_vec(),
+            b" [1, -0, 2.5e-3, true, null, \"\xc3\xa9\"]\n".to_vec(),
+            b"\"\\ud83d\\ude00\"".to_vec(),
+            b"\"\\ud800\"".to_vec(),
+            b"\"\\udc00x\"".to_vec(),
+            b"[1e400]".to_vec(),
+            b"[-1e400]".to_vec(),
+            b"{\"a\":\"\xff\"}".to_vec(),
+            b"{\"a\":1} {\"b\":2}".to_vec(),
+            b"{\"a\":1".to_vec(),
+            b"{\"a\":01}".to_vec(),
+            b"[1,]".to_vec(),
+            b"".to_vec(),
+            b"nul".to_vec(),
+            b"1,\"x\":2".to_vec(),
+            deep(100),
+            deep(126),
+            deep(127),
+            deep(128),
+            deep(129),
+            deep(5000),
+        ];
+        let mut refused = 0;
+        for sample in &samples {
+            let wrapped = [&b"{\"result\":"[..], sample, b"}"].concat();
+            let tree = serde_json::from_slice::<Value>(sample).is_ok()
+                && serde_json::from_slice::<Value>(&wrapped).is_ok();
+            let raw = readable(sample.clone());
+            assert_eq!(
+                raw.is_some(),
+                tree,
+                "{}",
+                String::from_utf8_lossy(&sample[..sample.len().min(60)])
+            );
+            match raw {
+                Some(raw) => assert_eq!(
+                    raw.get().as_bytes(),
+                    String::from_utf8_lossy(sample).trim().as_bytes()
+                ),
+                None => refused += 1,
+            }
+        }
+        assert!(refused >= 15, "the refused samples are refused: {refused}");
     }
 }
