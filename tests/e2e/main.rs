@@ -9,6 +9,7 @@ mod audit;
 mod bad_input;
 mod browser;
 mod conformance_auth;
+mod conformance_server;
 mod connections;
 mod faults;
 mod interop;

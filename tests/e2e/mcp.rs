@@ -322,6 +322,24 @@ fn tools_list() -> Value {
     json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}})
 }
 
+/// The tool names `/mcp`'s `tools/list` shows `token`.
+async fn listed_names(broker: &TestBroker, token: &str) -> Vec<String> {
+    let listed: Value = mcp_post(broker, tools_list())
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    listed["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no tools in {listed}"))
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// A 2025-11-25 MCP POST to the broker's `/mcp`.
 fn mcp_post(broker: &TestBroker, body: Value) -> reqwest::RequestBuilder {
     reqwest::Client::new()
@@ -368,21 +386,7 @@ async fn an_unauthenticated_mcp_request_is_401_pointing_at_metadata_that_names_l
 #[tokio::test]
 async fn mcp_tools_list_shows_only_the_tokens_tools() {
     let (broker, _, token) = edge().await;
-    let listed: Value = mcp_post(&broker, tools_list())
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let names: Vec<&str> = listed["result"]["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, vec!["web.search"], "{listed}");
+    assert_eq!(listed_names(&broker, &token).await, ["web.search"]);
 }
 
 #[tokio::test]
@@ -468,4 +472,73 @@ async fn a_revoked_task_ends_its_mcp_session_with_401() {
             .status(),
         401
     );
+}
+
+/// `prefix = false`: the server's tools keep their own names, next to the same server
+/// under a prefix; a name a policy tool already has stays the policy tool's, and the
+/// clashing discovered tool is callable under no name of that server's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_a_prefix_keeps_its_names_and_never_shadows_a_policy_tool() {
+    let upstream = Upstream::start().await;
+    let policy = format!(
+        r#"
+[tools."add"]
+upstream = "http://{{UP}}/add"
+input_schema = {{ type = "object" }}
+
+[mcp_servers.plain]
+url = "http://127.0.0.1:{port}/mcp"
+prefix = false
+
+[mcp_servers.everything]
+url = "http://127.0.0.1:{port}/mcp"
+
+[agents.bot]
+tools = ["echo", "add", "everything.*"]
+max_ttl_seconds = 600
+"#,
+        port = upstream.port
+    );
+    let broker = TestBroker::spawn_with(&policy).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while broker.state.catalog.get("echo").is_none()
+        || broker.state.catalog.get("everything.add").is_none()
+    {
+        assert!(Instant::now() < deadline, "the tools were not discovered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let server_of = |name: &str| {
+        broker
+            .state
+            .catalog
+            .get(name)
+            .and_then(|t| t.mcp.clone())
+            .map(|(server, tool)| format!("{server}/{tool}"))
+    };
+    assert_eq!(server_of("echo").as_deref(), Some("plain/echo"));
+    assert_eq!(
+        server_of("everything.echo").as_deref(),
+        Some("everything/echo")
+    );
+    assert_eq!(server_of("add"), None, "the policy's HTTP tool keeps `add`");
+
+    let agent = broker.agent("bot").await;
+    let (_, token) = broker
+        .task(&agent, &["echo", "add", "everything.echo"])
+        .await;
+    let echoed = broker.call(&token, "echo", json!({"message": "hi"})).await;
+    assert_eq!(echoed.status, 200, "{echoed:?}");
+    assert!(
+        echoed.body["result"].to_string().contains("hi"),
+        "{echoed:?}"
+    );
+    let before = broker.upstream.count();
+    let added = broker.call(&token, "add", json!({"a": 1, "b": 2})).await;
+    assert_eq!(added.status, 200, "{added:?}");
+    assert_eq!(added.body["result"]["path"], "/add", "{added:?}");
+    assert_eq!(broker.upstream.count(), before + 1);
+
+    let mut names = listed_names(&broker, &token).await;
+    names.sort();
+    assert_eq!(names, ["add", "echo", "everything.echo"]);
 }

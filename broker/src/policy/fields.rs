@@ -98,6 +98,16 @@ impl<'a> FileCtx<'a> {
         }
     }
 
+    /// A `true`/`false` field, if present.
+    pub(super) fn flag(&mut self, fields: &Fields<'_, '_>, key: &str, what: &str) -> Option<bool> {
+        let value = fields.get(key)?;
+        let flag = value.get_ref().as_bool();
+        if flag.is_none() {
+            self.error(start(value), format!("{what}.{key} must be true or false"));
+        }
+        flag
+    }
+
     pub(super) fn integer(
         &mut self,
         fields: &Fields<'_, '_>,

@@ -115,7 +115,7 @@ pub fn load_sources(
                         // Whichever is written first, a tool in an MCP server's namespace
                         // is a mistake (the server's tools are `NAME.tool`).
                         if let Some(server) = name.split('.').next()
-                            && policy.mcp_servers.contains_key(server)
+                            && policy.mcp_servers.get(server).is_some_and(|s| s.prefixed)
                         {
                             file.error(
                                 offset,
@@ -206,22 +206,25 @@ pub fn load_sources(
                     for (name, table) in file.section(value, "mcp_servers") {
                         let offset = start(name);
                         let name = name.get_ref().to_string();
+                        let Some((server, auth_at)) = file.mcp_server(&name, offset, table, env)
+                        else {
+                            continue;
+                        };
+                        // A server without a prefix has no namespace to clash with.
                         if policy.mcp_servers.contains_key(&name)
-                            || policy
-                                .tools
-                                .keys()
-                                .any(|t| t.split('.').next() == Some(name.as_str()))
+                            || server.prefixed
+                                && policy
+                                    .tools
+                                    .keys()
+                                    .any(|t| t.split('.').next() == Some(name.as_str()))
                         {
                             file.error(offset, format!("MCP server {name:?} is defined twice, or clashes with a tool prefix"));
                             continue;
                         }
-                        if let Some((server, auth_at)) = file.mcp_server(&name, offset, table, env)
-                        {
-                            if let (Some(at), Some(auth)) = (auth_at, &server.upstream_auth) {
-                                provider_refs.push((index, at, auth.provider.clone()));
-                            }
-                            policy.mcp_servers.insert(name, Arc::new(server));
+                        if let (Some(at), Some(auth)) = (auth_at, &server.upstream_auth) {
+                            provider_refs.push((index, at, auth.provider.clone()));
                         }
+                        policy.mcp_servers.insert(name, Arc::new(server));
                     }
                 }
                 other => file.error(
@@ -353,6 +356,48 @@ checks = ['check if call($t), $t != "web.forbidden"']
                 "{errors:?}"
             );
         }
+    }
+
+    /// `prefix = false`: no namespace to clash with, grants may name the server's tools
+    /// (known only once they are discovered), and the flag must be a boolean.
+    #[test]
+    fn a_server_without_a_prefix_exposes_its_own_names() {
+        let server =
+            "[mcp_servers.everything]\nurl = \"http://127.0.0.1:3001/mcp\"\nprefix = false\n";
+        let tool = "[tools.\"everything.echo\"]\nupstream = \"http://127.0.0.1:9/echo\"\ninput_schema = { type = \"object\" }\n";
+        let agent = "[agents.bot]\ntools = [\"echo\", \"everything.echo\", \"get.*\"]\nmax_ttl_seconds = 60\n";
+        for files in [
+            vec![("a.toml", server), ("b.toml", tool), ("c.toml", agent)],
+            vec![("a.toml", tool), ("b.toml", server), ("c.toml", agent)],
+        ] {
+            let policy = load(&files).expect("no clash without a prefix");
+            let def = &policy.mcp_servers["everything"];
+            assert!(!def.prefixed);
+            assert_eq!(def.exposed_name("echo"), "echo");
+        }
+        let prefixed = server.replace("prefix = false", "prefix = true");
+        let policy = load(&[("a.toml", prefixed.as_str())]).unwrap();
+        assert_eq!(
+            policy.mcp_servers["everything"].exposed_name("echo"),
+            "everything.echo"
+        );
+        let errors = load(&[("a.toml", &*server.replace("false", "\"no\""))])
+            .unwrap_err()
+            .0;
+        assert!(
+            errors
+                .iter()
+                .any(|d| d.message.contains("prefix must be true or false")),
+            "{errors:?}"
+        );
+        // Without any unprefixed server, an unknown name is still a mistake.
+        let errors = load(&[("a.toml", &*format!("{prefixed}{agent}"))])
+            .unwrap_err()
+            .0;
+        assert!(
+            errors.iter().any(|d| d.message.contains("\"get.*\"")),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -46,7 +46,7 @@ impl fmt::Debug for Secrets {
 
 /// An upstream MCP server (`[mcp_servers.NAME]`).
 pub struct McpServerDef {
-    /// The name, and the prefix of its tools (`NAME.tool`).
+    /// The name, and (unless `prefix = false`) the prefix of its tools (`NAME.tool`).
     pub name: String,
     /// Its Streamable HTTP endpoint.
     pub url: reqwest::Url,
@@ -57,6 +57,22 @@ pub struct McpServerDef {
     /// `upstream_auth`: each call carries this provider token (the task's person's, or the
     /// deployment's), on a session of its own; discovery uses `headers`.
     pub upstream_auth: Option<UpstreamAuth>,
+    /// Whether its tools are exposed as `NAME.tool` (the default) or, with
+    /// `prefix = false`, under the server's own names. An unprefixed name that another
+    /// tool already has is exposed by neither (`Catalog`): a policy error, found when the
+    /// servers' tools are discovered.
+    pub prefixed: bool,
+}
+
+impl McpServerDef {
+    /// The name Leash exposes for this server's tool `tool`.
+    pub fn exposed_name(&self, tool: &str) -> String {
+        if self.prefixed {
+            format!("{}.{tool}", self.name)
+        } else {
+            tool.to_string()
+        }
+    }
 }
 
 impl fmt::Debug for McpServerDef {
@@ -412,7 +428,8 @@ impl Policy {
             .map(|(name, grant)| (Some(name.clone()), grant.clone()))
     }
 
-    /// Whether `pattern` can only be checked when an MCP server's tools are discovered.
+    /// Whether `pattern` can only be checked when an MCP server's tools are discovered:
+    /// it is in a prefixed server's namespace, or a server without a prefix may have it.
     pub fn names_mcp_server(&self, pattern: &ToolPattern) -> bool {
         let name = match pattern {
             ToolPattern::Exact(name) => name
@@ -420,7 +437,10 @@ impl Policy {
                 .map_or(name.as_str(), |(server, _)| server),
             ToolPattern::Prefix(prefix) => prefix.split('.').next().unwrap_or(prefix),
         };
-        self.mcp_servers.contains_key(name)
+        self.mcp_servers
+            .get(name)
+            .is_some_and(|server| server.prefixed)
+            || self.mcp_servers.values().any(|server| !server.prefixed)
     }
 
     /// The longest window of any grant: nothing a task does can outlast it.
@@ -491,6 +511,7 @@ mod tests {
             )],
             timeout: Duration::from_secs(1),
             upstream_auth: None,
+            prefixed: true,
         };
         let error = format!(
             "error sending request for url ({}): header Bearer tok-123456; token tok-123456; pass pa/ss-w0rd",

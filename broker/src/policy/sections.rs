@@ -205,7 +205,7 @@ impl<'a> FileCtx<'a> {
         }
         let fields = self.fields(
             table,
-            &["url", "headers", "timeout_ms", "upstream_auth"],
+            &["url", "headers", "timeout_ms", "upstream_auth", "prefix"],
             &what,
         );
         let url = match self.string(&fields, "url", &what) {
@@ -241,6 +241,7 @@ impl<'a> FileCtx<'a> {
         let upstream_auth = fields
             .get("upstream_auth")
             .and_then(|value| self.upstream_auth(value, &what));
+        let prefixed = self.flag(&fields, "prefix", &what).unwrap_or(true);
         if self.diagnostics.len() > before {
             return None;
         }
@@ -255,6 +256,7 @@ impl<'a> FileCtx<'a> {
                 headers,
                 timeout: Duration::from_millis(timeout_ms as u64),
                 upstream_auth,
+                prefixed,
             },
             auth_at,
         ))

@@ -1,8 +1,9 @@
 //! Leash as an MCP client: one connection per `[mcp_servers.NAME]`, kept alive with
 //! backoff. Each server's tools are discovered (on connect, on
 //! `notifications/tools/list_changed`, and every `mcp_refresh`), pinned, and published in
-//! the [`crate::upstream::catalog::Catalog`] as `NAME.tool`. A server that is down only loses its own
-//! tools; the others are unaffected.
+//! the [`crate::upstream::catalog::Catalog`] as `NAME.tool` (under the server's own names
+//! with `prefix = false`). A server that is down only loses its own tools; the others
+//! are unaffected.
 //!
 //! The connections use the broker's one upstream client ([`crate::upstream::client::Proxy::client`]),
 //! handed to rmcp's streamable-HTTP transport: rmcp's own default client would follow
@@ -136,11 +137,13 @@ impl McpServers {
         args: &Value,
         authorization: Option<HeaderValue>,
     ) -> Result<Value, UpstreamFailure> {
-        let name = format!("{server}.{tool}");
         let upstream = self
             .servers
             .get(server)
-            .ok_or(UpstreamFailure::Unreachable { tool: name.clone() })?;
+            .ok_or_else(|| UpstreamFailure::Unreachable {
+                tool: format!("{server}.{tool}"),
+            })?;
+        let name = upstream.def.exposed_name(tool);
         let Some(authorization) = authorization else {
             let client = upstream
                 .client
@@ -333,7 +336,7 @@ async fn refresh(
         .map_err(|e| e.to_string())?;
     let mut published = Vec::new();
     for tool in tools {
-        let name = format!("{}.{}", def.name, tool.name);
+        let name = def.exposed_name(&tool.name);
         if !is_tool_name(&name) {
             tracing::warn!(server = %def.name, tool = %tool.name, "skipping an upstream tool whose name Leash cannot expose");
             continue;
