@@ -359,13 +359,16 @@ checks = ['check if call($t), $t != "web.forbidden"']
     }
 
     /// `prefix = false`: no namespace to clash with, grants may name the server's tools
-    /// (known only once they are discovered), and the flag must be a boolean.
+    /// (known only once they are discovered; undotted, so never by a wildcard), and the
+    /// flag must be a boolean.
     #[test]
     fn a_server_without_a_prefix_exposes_its_own_names() {
         let server =
             "[mcp_servers.everything]\nurl = \"http://127.0.0.1:3001/mcp\"\nprefix = false\n";
         let tool = "[tools.\"everything.echo\"]\nupstream = \"http://127.0.0.1:9/echo\"\ninput_schema = { type = \"object\" }\n";
-        let agent = "[agents.bot]\ntools = [\"echo\", \"everything.echo\", \"get.*\"]\nmax_ttl_seconds = 60\n";
+        let agent = "[agents.bot]\ntools = [\"echo\", \"everything.echo\"]\nmax_ttl_seconds = 60\n";
+        let wildcard =
+            "[agents.other]\ntools = [\"get.*\", \"get.weather\"]\nmax_ttl_seconds = 60\n";
         for files in [
             vec![("a.toml", server), ("b.toml", tool), ("c.toml", agent)],
             vec![("a.toml", tool), ("b.toml", server), ("c.toml", agent)],
@@ -373,13 +376,15 @@ checks = ['check if call($t), $t != "web.forbidden"']
             let policy = load(&files).expect("no clash without a prefix");
             let def = &policy.mcp_servers["everything"];
             assert!(!def.prefixed);
-            assert_eq!(def.exposed_name("echo"), "echo");
+            assert_eq!(def.exposed_name("echo").as_deref(), Some("echo"));
         }
         let prefixed = server.replace("prefix = false", "prefix = true");
         let policy = load(&[("a.toml", prefixed.as_str())]).unwrap();
         assert_eq!(
-            policy.mcp_servers["everything"].exposed_name("echo"),
-            "everything.echo"
+            policy.mcp_servers["everything"]
+                .exposed_name("echo")
+                .as_deref(),
+            Some("everything.echo")
         );
         let errors = load(&[("a.toml", &*server.replace("false", "\"no\""))])
             .unwrap_err()
@@ -390,14 +395,24 @@ checks = ['check if call($t), $t != "web.forbidden"']
                 .any(|d| d.message.contains("prefix must be true or false")),
             "{errors:?}"
         );
-        // Without any unprefixed server, an unknown name is still a mistake.
+        // Without any unprefixed server, an unknown name is still a mistake; with one,
+        // so is a wildcard or a dotted name it cannot have.
         let errors = load(&[("a.toml", &*format!("{prefixed}{agent}"))])
             .unwrap_err()
             .0;
         assert!(
-            errors.iter().any(|d| d.message.contains("\"get.*\"")),
+            errors.iter().any(|d| d.message.contains("tool \"echo\"")),
             "{errors:?}"
         );
+        let errors = load(&[("a.toml", &*format!("{server}{wildcard}"))])
+            .unwrap_err()
+            .0;
+        for shown in ["\"get.*\"", "\"get.weather\""] {
+            assert!(
+                errors.iter().any(|d| d.message.contains(shown)),
+                "{shown}: {errors:?}"
+            );
+        }
     }
 
     #[test]

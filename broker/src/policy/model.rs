@@ -65,12 +65,16 @@ pub struct McpServerDef {
 }
 
 impl McpServerDef {
-    /// The name Leash exposes for this server's tool `tool`.
-    pub fn exposed_name(&self, tool: &str) -> String {
+    /// The name Leash exposes for this server's tool `tool`; `None` for a dotted name of
+    /// a server without a prefix. Wildcard grants (`prefix.*`) cover dotted names only, so
+    /// such a server's tools are reached by exact names alone: its upstream cannot slip a
+    /// tool into another server's namespace (`everything.wipe`) or under a grant's
+    /// wildcard (`web.*`) by naming it so.
+    pub fn exposed_name(&self, tool: &str) -> Option<String> {
         if self.prefixed {
-            format!("{}.{tool}", self.name)
+            Some(format!("{}.{tool}", self.name))
         } else {
-            tool.to_string()
+            (!tool.contains('.')).then(|| tool.to_string())
         }
     }
 }
@@ -429,7 +433,8 @@ impl Policy {
     }
 
     /// Whether `pattern` can only be checked when an MCP server's tools are discovered:
-    /// it is in a prefixed server's namespace, or a server without a prefix may have it.
+    /// it is in a prefixed server's namespace, or it is an undotted name that a server
+    /// without a prefix may have (such a server exposes no other kind).
     pub fn names_mcp_server(&self, pattern: &ToolPattern) -> bool {
         let name = match pattern {
             ToolPattern::Exact(name) => name
@@ -437,10 +442,12 @@ impl Policy {
                 .map_or(name.as_str(), |(server, _)| server),
             ToolPattern::Prefix(prefix) => prefix.split('.').next().unwrap_or(prefix),
         };
+        let unprefixed_may_have = matches!(pattern, ToolPattern::Exact(name) if !name.contains('.'))
+            && self.mcp_servers.values().any(|server| !server.prefixed);
         self.mcp_servers
             .get(name)
             .is_some_and(|server| server.prefixed)
-            || self.mcp_servers.values().any(|server| !server.prefixed)
+            || unprefixed_may_have
     }
 
     /// The longest window of any grant: nothing a task does can outlast it.
@@ -498,6 +505,28 @@ impl fmt::Display for PolicyErrors {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server without a prefix exposes undotted names only: a wildcard grant covers
+    /// dotted names, and must not reach what that upstream chooses to call its tools.
+    #[test]
+    fn a_server_without_a_prefix_exposes_no_dotted_name() {
+        let server = |prefixed| McpServerDef {
+            name: "plain".into(),
+            url: reqwest::Url::parse("http://127.0.0.1:9/mcp").unwrap(),
+            headers: Vec::new(),
+            timeout: Duration::from_secs(1),
+            upstream_auth: None,
+            prefixed,
+        };
+        assert_eq!(
+            server(true).exposed_name("a.b").as_deref(),
+            Some("plain.a.b")
+        );
+        assert_eq!(server(false).exposed_name("echo").as_deref(), Some("echo"));
+        assert_eq!(server(false).exposed_name("everything.wipe"), None);
+        let wildcard = ToolPattern::parse("everything.*").unwrap();
+        assert!(wildcard.matches("everything.wipe") && !wildcard.matches("echo"));
+    }
 
     #[test]
     fn scrub_removes_every_secret_of_an_mcp_server_definition() {

@@ -143,7 +143,10 @@ impl McpServers {
             .ok_or_else(|| UpstreamFailure::Unreachable {
                 tool: format!("{server}.{tool}"),
             })?;
-        let name = upstream.def.exposed_name(tool);
+        let name = upstream
+            .def
+            .exposed_name(tool)
+            .unwrap_or_else(|| format!("{server}.{tool}"));
         let Some(authorization) = authorization else {
             let client = upstream
                 .client
@@ -336,7 +339,10 @@ async fn refresh(
         .map_err(|e| e.to_string())?;
     let mut published = Vec::new();
     for tool in tools {
-        let name = def.exposed_name(&tool.name);
+        let Some(name) = def.exposed_name(&tool.name) else {
+            tracing::warn!(server = %def.name, tool = %tool.name, "skipping a dotted tool name of a server without a prefix (a wildcard grant would cover it)");
+            continue;
+        };
         if !is_tool_name(&name) {
             tracing::warn!(server = %def.name, tool = %tool.name, "skipping an upstream tool whose name Leash cannot expose");
             continue;
