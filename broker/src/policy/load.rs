@@ -221,6 +221,15 @@ pub fn load_sources(
                             file.error(offset, format!("MCP server {name:?} is defined twice, or clashes with a tool prefix"));
                             continue;
                         }
+                        // One server at most shares the policy's namespace: two could
+                        // publish the same name, and a call would reach whichever was up.
+                        if !server.prefixed
+                            && let Some(other) =
+                                policy.mcp_servers.values().find(|s| !s.prefixed)
+                        {
+                            file.error(offset, format!("MCP server {name:?} sets prefix = false, and so does {:?}: only one server may", other.name));
+                            continue;
+                        }
                         if let (Some(at), Some(auth)) = (auth_at, &server.upstream_auth) {
                             provider_refs.push((index, at, auth.provider.clone()));
                         }
@@ -402,6 +411,16 @@ checks = ['check if call($t), $t != "web.forbidden"']
             .0;
         assert!(
             errors.iter().any(|d| d.message.contains("tool \"echo\"")),
+            "{errors:?}"
+        );
+        let second = server.replace("everything", "other");
+        let errors = load(&[("a.toml", server), ("b.toml", second.as_str())])
+            .unwrap_err()
+            .0;
+        assert!(
+            errors
+                .iter()
+                .any(|d| d.message.contains("only one server may")),
             "{errors:?}"
         );
         let errors = load(&[("a.toml", &*format!("{server}{wildcard}"))])

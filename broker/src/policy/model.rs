@@ -58,9 +58,9 @@ pub struct McpServerDef {
     /// deployment's), on a session of its own; discovery uses `headers`.
     pub upstream_auth: Option<UpstreamAuth>,
     /// Whether its tools are exposed as `NAME.tool` (the default) or, with
-    /// `prefix = false`, under the server's own names. An unprefixed name that another
-    /// tool already has is exposed by neither (`Catalog`): a policy error, found when the
-    /// servers' tools are discovered.
+    /// `prefix = false` (one server of a policy at most), under the server's own undotted
+    /// names. A name a policy tool already has stays the policy tool's (`Catalog`): a
+    /// policy error, found when the server's tools are discovered.
     pub prefixed: bool,
 }
 
