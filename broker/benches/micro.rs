@@ -77,6 +77,7 @@ fn benches(c: &mut Criterion) {
                         task_calls: 3,
                         prefix_calls: &[3; 4],
                         budget_blocks: &verified.budget_blocks,
+                        subject: leash_broker::tokens::authorize::Subject::Tool,
                     };
                     black_box(authorize_call(&verified.biscuit, &facts).is_ok())
                 })
@@ -96,6 +97,7 @@ fn benches(c: &mut Criterion) {
                         task_calls: 3,
                         prefix_calls: &[3; 4],
                         budget_blocks: &verified.budget_blocks,
+                        subject: leash_broker::tokens::authorize::Subject::Tool,
                     };
                     black_box(authorize_call(&verified.biscuit, &facts).is_ok())
                 })

@@ -262,8 +262,8 @@ async function messagesOf(response) {
   return Array.isArray(parsed) ? parsed : [parsed];
 }
 
-/** The reference server's tool names, asked as a plain MCP client would. */
-async function listTools(url) {
+/** The reference server's tool and prompt names, and `resources` if it has resources, asked as a plain MCP client would. */
+async function listNames(url) {
   let session = null;
   let nextId = 1;
   const post = async (message) => {
@@ -285,7 +285,7 @@ async function listTools(url) {
     if (answer.error) throw new Error(`${message.method}: ${JSON.stringify(answer.error)}`);
     return answer.result;
   };
-  await post({
+  const initialized = await post({
     jsonrpc: '2.0',
     id: nextId++,
     method: 'initialize',
@@ -293,12 +293,18 @@ async function listTools(url) {
   });
   await post({ jsonrpc: '2.0', method: 'notifications/initialized' });
   const names = [];
-  let cursor;
-  do {
-    const result = await post({ jsonrpc: '2.0', id: nextId++, method: 'tools/list', params: cursor ? { cursor } : {} });
-    for (const tool of result.tools ?? []) names.push(tool.name);
-    cursor = result.nextCursor;
-  } while (cursor);
+  const capabilities = initialized?.capabilities ?? {};
+  // Tools and prompts by name; a server's resources are one name, `resources`.
+  for (const [method, key] of [['tools/list', 'tools'], ['prompts/list', 'prompts']]) {
+    if (!capabilities[key]) continue;
+    let cursor;
+    do {
+      const result = await post({ jsonrpc: '2.0', id: nextId++, method, params: cursor ? { cursor } : {} });
+      for (const item of result[key] ?? []) names.push(item.name);
+      cursor = result.nextCursor;
+    } while (cursor);
+  }
+  if (capabilities.resources) names.push('resources');
   if (session) {
     await fetch(url, { method: 'DELETE', headers: { 'mcp-session-id': session } })
       .then((r) => r.body?.cancel())
@@ -527,9 +533,9 @@ async function main() {
 
   const direct = await suiteRun(node, reference.url, join(outRoot, 'direct'), 'direct', problems);
 
-  const tools = await listTools(reference.url);
+  const tools = await listNames(reference.url);
   if (tools.length === 0) throw new Error('the reference server lists no tools');
-  log(`the reference server has ${tools.length} tools:`, tools.join(', '));
+  log(`the reference server has ${tools.length} tools, prompts and resources:`, tools.join(', '));
 
   stopIfInterrupted();
   const leash = await startLeash(reference.url, tools);

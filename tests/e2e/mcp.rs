@@ -18,6 +18,7 @@ input_schema = { type = "object", properties = { query = { type = "string" } } }
 [mcp_servers.everything]
 url = "http://127.0.0.1:{MCP}/mcp"
 timeout_ms = 5000
+per_call = ["everything.confidential"]
 
 # Nothing listens here: a down upstream must not stop the others.
 [mcp_servers.down]
@@ -106,9 +107,14 @@ async fn client(broker: &TestBroker, token: &str, mode: &str, timing: Option<u16
     if let Some(port) = timing {
         args.push(format!("http://127.0.0.1:{port}/mcp"));
     }
+    report_of("mcp_client.py", args).await
+}
+
+/// Runs one of the interop client scripts and reads the JSON report it prints.
+async fn report_of(name: &'static str, args: Vec<String>) -> Value {
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python())
-            .arg(script("mcp_client.py"))
+            .arg(script(name))
             .args(args)
             .output()
             .unwrap()
@@ -513,7 +519,10 @@ max_ttl_seconds = 600
             .catalog
             .get(name)
             .and_then(|t| t.mcp.clone())
-            .map(|(server, tool)| format!("{server}/{tool}"))
+            .map(|target| match target.kind {
+                leash_broker::policy::McpKind::Tool(tool) => format!("{}/{tool}", target.server),
+                other => format!("{}/{other:?}", target.server),
+            })
     };
     assert_eq!(server_of("echo").as_deref(), Some("plain/echo"));
     assert_eq!(
@@ -541,4 +550,159 @@ max_ttl_seconds = 600
     let mut names = listed_names(&broker, &token).await;
     names.sort();
     assert_eq!(names, ["add", "echo", "everything.echo"]);
+}
+
+async fn surface(broker: &TestBroker, token: &str, mode: &str) -> Value {
+    let args = vec![
+        format!("{}/mcp", broker.url),
+        token.to_string(),
+        mode.to_string(),
+    ];
+    report_of("mcp_surface.py", args).await
+}
+
+async fn reads(upstream: &Upstream) -> Vec<String> {
+    let answer: Value = reqwest::get(format!("http://127.0.0.1:{}/reads", upstream.port))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    serde_json::from_value(answer["reads"].clone()).unwrap()
+}
+
+/// Each `ok` request of the report answered that value; each `refused` one was refused
+/// with that code.
+fn expect(report: &Value, ok: &[(&str, Value)], refused: &[(&str, &str)]) {
+    for (key, value) in ok {
+        assert_eq!(&report[key]["ok"], value, "{key}: {report}");
+    }
+    for (key, code) in refused {
+        let error = report[key]["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(code),
+            "{key} not refused with {code}: {report}"
+        );
+    }
+}
+
+/// Resources, templates, prompts and completions of an upstream MCP server reach an
+/// official-SDK client through Leash in both protocol generations, each use checked as
+/// a call; a token narrowed to `resource($u), $u.starts_with("file:///docs/")` reads
+/// inside and is refused outside, and the refused read never reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_prompts_and_completions_are_checked_and_narrowed_like_calls() {
+    let upstream = Upstream::start().await;
+    let broker = broker_with(&upstream).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while broker.state.catalog.get("everything.resources").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the upstream's resources were not discovered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let agent = broker.agent("bot").await;
+    let (task_id, token) = broker.task(&agent, &["everything.*"]).await;
+
+    for mode in ["auto", "legacy"] {
+        let report = surface(&broker, &token, mode).await;
+        println!("MCP surface ({mode}): {report}");
+        assert!(report.get("error").is_none(), "{report}");
+        expect(
+            &report,
+            &[
+                (
+                    "resources",
+                    json!(["file:///docs/readme.md", "file:///secret/keys.txt"]),
+                ),
+                ("templates", json!(["file:///docs/{name}"])),
+                (
+                    "prompts",
+                    json!(["everything.confidential", "everything.summarize"]),
+                ),
+                ("read_inside", json!(["# Read me"])),
+                ("read_template", json!(["document guide.md"])),
+                ("read_outside", json!(["the keys"])),
+                ("prompt", json!(["Please summarize tides"])),
+                ("complete_prompt", json!(["tides", "tigers"])),
+                ("complete_template", json!(["guide.md", "glossary.md"])),
+            ],
+            &[
+                ("prompt_bad_arguments", "invalid_arguments"),
+                ("prompt_held", "pending_approval"),
+            ],
+        );
+    }
+    // The held prompt filed a per-call approval naming it.
+    let pending = broker.get("/v1/approvals?state=pending", Some(ADMIN)).await;
+    assert!(
+        pending.body["approvals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["task_id"] == json!(task_id)
+                && a["kind"] == "call"
+                && a["call"]["tool"] == "everything.confidential"),
+        "{pending:?}"
+    );
+
+    // Narrowed offline to the docs: reads inside pass, the rest is refused before the
+    // upstream, and nothing else of the server is usable or listed.
+    let narrowed = leash_sdk::attenuate(
+        &token,
+        &[r#"check if resource($u), $u.starts_with("file:///docs/")"#],
+    )
+    .unwrap();
+    let before = reads(&upstream).await;
+    let report = surface(&broker, &narrowed, "legacy").await;
+    println!("MCP surface (narrowed): {report}");
+    expect(
+        &report,
+        &[
+            ("resources", json!(["file:///docs/readme.md"])),
+            ("templates", json!(["file:///docs/{name}"])),
+            ("prompts", json!([])),
+            ("read_inside", json!(["# Read me"])),
+            ("read_template", json!(["document guide.md"])),
+            ("complete_template", json!(["guide.md", "glossary.md"])),
+        ],
+        &[
+            ("read_outside", "capability_denied"),
+            ("prompt", "capability_denied"),
+            ("complete_prompt", "capability_denied"),
+        ],
+    );
+    let after = reads(&upstream).await;
+    assert_eq!(
+        after[before.len()..],
+        ["file:///docs/readme.md", "file:///docs/guide.md"],
+        "the refused read reached the upstream: {after:?}"
+    );
+
+    // Each use was audited as a call, the read with its URI (audit rows are written
+    // behind the request path: wait for them a little).
+    let read = |events: &[Value], kind: &str, uri: &str| {
+        events.iter().any(|e| {
+            e["kind"] == kind
+                && e["task_id"] == json!(task_id)
+                && e["detail"]["tool"] == "everything.resources"
+                && e["detail"]["uri"] == uri
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let audit = broker.get("/v1/audit?after=0", Some(ADMIN)).await;
+        let events = audit.body["events"].as_array().unwrap().clone();
+        if read(&events, "call.allowed", "file:///docs/readme.md")
+            && read(&events, "call.denied", "file:///secret/keys.txt")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reads were not audited: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -146,6 +146,7 @@ fn rust_decision(case: &Case, forwarding: &KeyPair) -> Result<(), String> {
         args: object,
         now_secs: case.now,
         counters: None,
+        subject: leash_sdk::capability::Subject::Tool,
     };
     let result = if case.forwarded {
         evaluate_forwarded(&case.token, &call, &forwarding.public())

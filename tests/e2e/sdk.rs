@@ -442,6 +442,7 @@ async fn the_verifier_fails_closed_when_its_revocation_view_is_stale() {
         args: &map,
         now_secs: now + 31,
         counters: None,
+        subject: leash_sdk::capability::Subject::Tool,
     };
     let parsed =
         biscuit_auth::Biscuit::from_base64(&capability, broker.public_key().await).unwrap();

@@ -4,12 +4,22 @@
 //! `tools/list` lists what the token may call; `tools/call` runs the checked call of
 //! [`crate::tasks::calls`] (caveats, schema, budgets, per-call approval). Refusals the agent can
 //! act on are `isError` results that say why; an unknown tool is `invalid_params`.
+//!
+//! Prompts and resources of upstream MCP servers go the same way: `prompts/get` and
+//! `resources/read` are checked calls (with `prompt($name)` / `resource($uri)` facts),
+//! audited and counted, refused before anything reaches the upstream; the lists show
+//! only what the token may use. Their refusals are JSON-RPC errors (these results have
+//! no `isError`): the API's code in `data.code`, and in the message.
 
 use std::sync::Arc;
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult,
+    ContentBlock, GetPromptRequestParams, GetPromptResponse, GetPromptResult, Implementation,
+    ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
+    PaginatedRequestParams, Prompt, ReadResourceRequestParams, ReadResourceResponse,
+    ReadResourceResult, Reference, Resource, ResourceTemplate, ServerCapabilities, ServerConfig,
+    Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
@@ -19,7 +29,8 @@ use serde_json::Value;
 
 use crate::config::ServeConfig;
 use crate::error::ApiError;
-use crate::tasks::calls::{CallOutcome, Calls};
+use crate::policy::{McpKind, ToolDef};
+use crate::tasks::calls::{CallOutcome, Calls, TaskContext, Use};
 use crate::tokens::verify::VerifiedToken;
 use crate::upstream::dispatch::Upstream;
 
@@ -126,10 +137,164 @@ fn refused(err: &ApiError) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(text)])
 }
 
+/// A refusal of a prompt, a resource or a completion as a JSON-RPC error: an unknown
+/// name is `not_found` (`-32002` for a resource, `invalid_params` for a prompt, as the
+/// specification says), anything else `invalid_request` with the API's code in `data`.
+fn refusal(err: ApiError, resource: bool) -> ErrorData {
+    let (status, code) = err.status_and_code();
+    let message = format!("{code}: {err}");
+    let data = Some(serde_json::json!({ "code": code, "status": status.as_u16() }));
+    match err {
+        ApiError::UnknownTool(_) if resource => ErrorData::resource_not_found(message, data),
+        ApiError::UnknownTool(_) | ApiError::BadRequest(_) | ApiError::InvalidArguments { .. } => {
+            ErrorData::invalid_params(message, data)
+        }
+        _ => ErrorData::invalid_request(message, data),
+    }
+}
+
+/// A use held for a human approval, as a JSON-RPC error that says how to go on.
+fn held(what: &str, id: &str) -> ErrorData {
+    ErrorData::invalid_request(
+        format!(
+            "pending_approval: {what} needs a human approval; approval_id {id}. \
+             Once approved, repeat this request with the HTTP header Leash-Approval: {id}"
+        ),
+        Some(serde_json::json!({ "code": "pending_approval", "approval_id": id })),
+    )
+}
+
+impl LeashMcp {
+    /// The upstream's answer to a prompt or a read, as the result type it must be; a
+    /// refusal as its JSON-RPC error.
+    fn answer_as<T: serde::de::DeserializeOwned>(
+        &self,
+        outcome: Result<CallOutcome, ApiError>,
+        context: &RequestContext<RoleServer>,
+        what: &str,
+        resource: bool,
+    ) -> Result<T, ErrorData> {
+        match outcome {
+            Ok(CallOutcome::Done(answer)) => answer
+                .into_value()
+                .ok()
+                .and_then(|value| serde_json::from_value(value).ok())
+                .ok_or_else(|| {
+                    refusal(
+                        ApiError::UpstreamError(format!(
+                            "{what} was answered with something unreadable"
+                        )),
+                        resource,
+                    )
+                }),
+            Ok(CallOutcome::PendingApproval(id)) => Err(held(what, &id)),
+            Err(err @ ApiError::ConnectionRequired { .. }) => {
+                Err(url_elicitation(err.with_base(&self.base_of(context))))
+            }
+            Err(err) => Err(refusal(err, resource)),
+        }
+    }
+
+    /// What a list shows of `candidates` (`(name, use, item)`): those the token may use,
+    /// as `T`.
+    async fn listed<T: serde::de::DeserializeOwned>(
+        &self,
+        task: &TaskContext,
+        candidates: Vec<(String, Use, Value)>,
+    ) -> Result<Vec<T>, ErrorData> {
+        Ok(self
+            .calls
+            .listable(task, candidates)
+            .await
+            .map_err(|e| refusal(e, true))?
+            .into_iter()
+            .filter_map(|value| serde_json::from_value(value).ok())
+            .collect())
+    }
+
+    /// The listed resources or templates (`items` of a server) of every server whose
+    /// resources the token holds, each to be checked with its `uri_key` as the URI.
+    fn resource_candidates(
+        &self,
+        task: &TaskContext,
+        items: impl Fn(&str) -> Vec<Value>,
+        uri_key: &str,
+    ) -> Vec<(String, Use, Value)> {
+        let mut candidates = Vec::new();
+        for (tool, server) in self.resources_held(task) {
+            for item in items(&server) {
+                let uri = item[uri_key].as_str().unwrap_or_default().to_string();
+                candidates.push((tool.name.clone(), Use::Resource(uri), item));
+            }
+        }
+        candidates
+    }
+
+    /// The task of this request, or the JSON-RPC error that says why not.
+    async fn task(&self, context: &RequestContext<RoleServer>) -> Result<TaskContext, ErrorData> {
+        let token = token_of(context)?;
+        self.calls
+            .active_task(token)
+            .await
+            .map_err(|e| ErrorData::invalid_request(e.to_string(), None))
+    }
+
+    /// The resources names (`NAME.resources`) this token holds, with their servers.
+    fn resources_held(&self, task: &TaskContext) -> Vec<(Arc<ToolDef>, String)> {
+        task.token
+            .tools
+            .iter()
+            .filter_map(|name| self.calls.catalog.get(name))
+            .filter_map(|tool| match &tool.mcp {
+                Some(target) if target.kind == McpKind::Resources => {
+                    let server = target.server.clone();
+                    Some((tool, server))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Which server's resources a URI is read from: the only one the token holds, or
+    /// the only one of those that lists it or has a template it starts like.
+    fn resources_for(
+        &self,
+        task: &TaskContext,
+        uri: &str,
+    ) -> Result<(Arc<ToolDef>, String), ErrorData> {
+        let mut held = self.resources_held(task);
+        if held.len() > 1 {
+            held.retain(|(_, server)| self.calls.catalog.claims(server, uri));
+        }
+        match held.len() {
+            1 => Ok(held.remove(0)),
+            0 => Err(refusal(
+                ApiError::UnknownTool(format!(
+                    "no resource {uri:?} among the resources this token may read"
+                )),
+                true,
+            )),
+            _ => Err(refusal(
+                ApiError::BadRequest(format!(
+                    "{uri:?} may be a resource of several servers this token reads: start a task for one of them"
+                )),
+                true,
+            )),
+        }
+    }
+}
+
 impl ServerHandler for LeashMcp {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("leash", env!("CARGO_PKG_VERSION")))
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_prompts()
+                .enable_resources()
+                .enable_completions()
+                .build(),
+        )
+        .with_server_info(Implementation::new("leash", env!("CARGO_PKG_VERSION")))
     }
 
     async fn list_tools(
@@ -213,5 +378,156 @@ impl ServerHandler for LeashMcp {
             }
             Err(err) => Ok(refused(&err).into()),
         }
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        let task = self.task(&context).await?;
+        let candidates = task
+            .token
+            .tools
+            .iter()
+            .filter_map(|name| self.calls.catalog.prompt(name))
+            .map(|(tool, listing)| (tool.name.clone(), Use::Prompt, listing))
+            .collect();
+        let prompts = self.listed::<Prompt>(&task, candidates).await?;
+        Ok(ListPromptsResult::with_all_items(prompts))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let token = token_of(&context)?;
+        let args = Value::Object(request.arguments.clone().unwrap_or_default());
+        let approval = approval_of(&context);
+        let outcome = self
+            .calls
+            .get_prompt(token, &request.name, args, approval.as_deref())
+            .await;
+        let what = format!("prompt {:?}", request.name);
+        self.answer_as::<GetPromptResult>(outcome, &context, &what, false)
+            .map(Into::into)
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let task = self.task(&context).await?;
+        let candidates = self.resource_candidates(
+            &task,
+            |server| self.calls.catalog.resources_of(server),
+            "uri",
+        );
+        let resources = self.listed::<Resource>(&task, candidates).await?;
+        Ok(ListResourcesResult::with_all_items(resources))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        let task = self.task(&context).await?;
+        let candidates = self.resource_candidates(
+            &task,
+            |server| self.calls.catalog.templates_of(server),
+            "uriTemplate",
+        );
+        let templates = self.listed::<ResourceTemplate>(&task, candidates).await?;
+        Ok(ListResourceTemplatesResult::with_all_items(templates))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let task = self.task(&context).await?;
+        let (tool, _) = self.resources_for(&task, &request.uri)?;
+        let approval = approval_of(&context);
+        let outcome = self
+            .calls
+            .read_resource(
+                task.token.clone(),
+                &tool.name,
+                &request.uri,
+                approval.as_deref(),
+            )
+            .await;
+        let what = format!("resource {:?}", request.uri);
+        self.answer_as::<ReadResourceResult>(outcome, &context, &what, true)
+            .map(Into::into)
+    }
+
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, ErrorData> {
+        let task = self.task(&context).await?;
+        let mut request = request;
+        // The reference in the server's own names, after the token's leave to use it.
+        let (tool, label) = match &mut request.r#ref {
+            Reference::Prompt(prompt) => {
+                let name = prompt.name.clone();
+                self.calls
+                    .may_use(&task, &name, Use::Prompt)
+                    .await
+                    .map_err(|e| refusal(e, false))?;
+                let tool = self
+                    .calls
+                    .lookup(&name, &Use::Prompt)
+                    .map_err(|e| refusal(e, false))?;
+                if let Some(McpKind::Prompt(own)) = tool.mcp.as_ref().map(|t| &t.kind) {
+                    prompt.name = own.clone();
+                }
+                (tool, name)
+            }
+            Reference::Resource(template) => {
+                let uri = template.uri.clone();
+                let (tool, _) = self.resources_for(&task, &uri)?;
+                self.calls
+                    .may_use(&task, &tool.name, Use::Resource(uri.clone()))
+                    .await
+                    .map_err(|e| refusal(e, true))?;
+                (tool, uri)
+            }
+            _ => {
+                return Err(ErrorData::invalid_params(
+                    "a completion refers to a prompt or a resource template",
+                    None,
+                ));
+            }
+        };
+        // A server reached with each person's token answers completions on that
+        // person's session only, which a completion does not open: no suggestions.
+        let Some(target) = tool.mcp.as_ref().filter(|_| tool.upstream_auth.is_none()) else {
+            return Ok(CompleteResult::default());
+        };
+        let answer = self
+            .calls
+            .upstreams
+            .mcp()
+            .request(
+                &target.server,
+                &label,
+                crate::upstream::mcp::Operation::Complete(request),
+                None,
+            )
+            .await
+            .map_err(|failure| refusal(ApiError::UpstreamError(failure.to_string()), false))?;
+        serde_json::from_value(answer).map_err(|_| {
+            refusal(
+                ApiError::UpstreamError(format!("the completion for {label:?} was unreadable")),
+                false,
+            )
+        })
     }
 }

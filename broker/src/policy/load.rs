@@ -367,6 +367,35 @@ checks = ['check if call($t), $t != "web.forbidden"']
         }
     }
 
+    /// `per_call` marks a server's own names (tools, prompts, `NAME.resources`) for
+    /// per-call approval; a pattern outside the server's names is a mistake, not a no-op.
+    #[test]
+    fn per_call_names_the_servers_own_names() {
+        use crate::policy::ToolApproval;
+        let server = "[mcp_servers.docs]\nurl = \"http://127.0.0.1:3001/mcp\"\nper_call = [\"docs.resources\", \"docs.admin.*\"]\n";
+        let policy = load(&[("a.toml", server)]).unwrap();
+        let def = &policy.mcp_servers["docs"];
+        assert_eq!(def.approval_of("docs.resources"), ToolApproval::PerCall);
+        assert_eq!(def.approval_of("docs.admin.wipe"), ToolApproval::PerCall);
+        assert_eq!(def.approval_of("docs.search"), ToolApproval::None);
+        for wrong in ["web.search", "docs", "docs.*x", "resources"] {
+            let text = server.replace("docs.admin.*", wrong);
+            let errors = load(&[("a.toml", text.as_str())]).unwrap_err().0;
+            assert!(
+                errors.iter().any(|d| d.message.contains("per_call")),
+                "{wrong}: {errors:?}"
+            );
+        }
+        let unprefixed = "[mcp_servers.docs]\nurl = \"http://127.0.0.1:3001/mcp\"\nprefix = false\nper_call = [\"resources\", \"summarize\"]\n";
+        let policy = load(&[("a.toml", unprefixed)]).unwrap();
+        assert_eq!(
+            policy.mcp_servers["docs"].approval_of("resources"),
+            ToolApproval::PerCall
+        );
+        let dotted = unprefixed.replace("\"summarize\"", "\"docs.summarize\"");
+        assert!(load(&[("a.toml", dotted.as_str())]).is_err());
+    }
+
     /// `prefix = false`: no namespace to clash with, grants may name the server's tools
     /// (known only once they are discovered; undotted, so never by a wildcard), and the
     /// flag must be a boolean.

@@ -62,9 +62,48 @@ pub struct McpServerDef {
     /// names. A name a policy tool already has stays the policy tool's (`Catalog`): a
     /// policy error, found when the server's tools are discovered.
     pub prefixed: bool,
+    /// `per_call = ["pattern", …]`: the exposed names (tools, prompts, `NAME.resources`)
+    /// whose every use needs a human approval, as `approval = "per_call"` on a tool.
+    pub per_call: Vec<ToolPattern>,
 }
 
+/// Where a discovered name goes on its MCP server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpTarget {
+    /// The `[mcp_servers]` entry.
+    pub server: String,
+    /// What the name stands for there.
+    pub kind: McpKind,
+}
+
+/// The kinds of name an MCP server publishes through Leash. They share one namespace
+/// (`NAME.x`), so one grant pattern (`NAME.*`) covers a server's whole surface, and the
+/// call facts tell them apart (`resource($uri)`, `prompt($name)`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum McpKind {
+    /// A tool, by its name on the server (`tools/call`).
+    Tool(String),
+    /// A prompt, by its name on the server (`prompts/get`, `completion/complete`).
+    Prompt(String),
+    /// Every resource of the server (`resources/read`, `completion/complete` of a
+    /// template), exposed as [`RESOURCES`] under the server's prefix: which URIs a token
+    /// may read is narrowed with `resource($uri)` checks.
+    Resources,
+}
+
+/// The name of a server's resources (`NAME.resources`; `resources` without a prefix).
+pub const RESOURCES: &str = "resources";
+
 impl McpServerDef {
+    /// Whether uses of the exposed name `name` need a per-call approval (`per_call`).
+    pub fn approval_of(&self, name: &str) -> ToolApproval {
+        if self.per_call.iter().any(|p| p.matches(name)) {
+            ToolApproval::PerCall
+        } else {
+            ToolApproval::None
+        }
+    }
+
     /// The name Leash exposes for this server's tool `tool`; `None` for a dotted name of
     /// a server without a prefix. Wildcard grants (`prefix.*`) cover dotted names only, so
     /// such a server's tools are reached by exact names alone: its upstream cannot slip a
@@ -144,8 +183,9 @@ pub struct ToolDef {
     pub validator: jsonschema::Validator,
     /// Headers added to the upstream request (credentials the agent never sees).
     pub upstream_headers: Vec<(HeaderName, HeaderValue)>,
-    /// For a tool of an upstream MCP server: `(server, tool name on that server)`.
-    pub mcp: Option<(String, String)>,
+    /// For a name discovered on an upstream MCP server: the server and what the name
+    /// stands for there (a tool, a prompt, or the server's resources).
+    pub mcp: Option<McpTarget>,
     /// `upstream_auth`: the provider whose access token each call carries (instead of a
     /// static header).
     pub upstream_auth: Option<UpstreamAuth>,
@@ -517,6 +557,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             upstream_auth: None,
             prefixed,
+            per_call: Vec::new(),
         };
         assert_eq!(
             server(true).exposed_name("a.b").as_deref(),
@@ -541,6 +582,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             upstream_auth: None,
             prefixed: true,
+            per_call: Vec::new(),
         };
         let error = format!(
             "error sending request for url ({}): header Bearer tok-123456; token tok-123456; pass pa/ss-w0rd",

@@ -205,7 +205,14 @@ impl<'a> FileCtx<'a> {
         }
         let fields = self.fields(
             table,
-            &["url", "headers", "timeout_ms", "upstream_auth", "prefix"],
+            &[
+                "url",
+                "headers",
+                "timeout_ms",
+                "upstream_auth",
+                "prefix",
+                "per_call",
+            ],
             &what,
         );
         let url = match self.string(&fields, "url", &what) {
@@ -242,6 +249,28 @@ impl<'a> FileCtx<'a> {
             .get("upstream_auth")
             .and_then(|value| self.upstream_auth(value, &what));
         let prefixed = self.flag(&fields, "prefix", &what).unwrap_or(true);
+        let mut per_call = Vec::new();
+        for (text, at) in self.strings(&fields, "per_call", &what).unwrap_or_default() {
+            // Only this server's own names: a pattern reaching elsewhere would be a typo
+            // that silently approves nothing.
+            let own = if prefixed {
+                text.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('.'))
+            } else {
+                !text.contains('.')
+            };
+            match ToolPattern::parse(&text) {
+                Some(pattern) if own => per_call.push(pattern),
+                _ => self.error(
+                    at,
+                    if prefixed {
+                        format!("{what}.per_call: {text:?} is not one of this server's names ({name}.tool, {name}.*)")
+                    } else {
+                        format!("{what}.per_call: {text:?} is not one of this server's names (undotted names, since it has no prefix)")
+                    },
+                ),
+            }
+        }
         if self.diagnostics.len() > before {
             return None;
         }
@@ -257,6 +286,7 @@ impl<'a> FileCtx<'a> {
                 timeout: Duration::from_millis(timeout_ms as u64),
                 upstream_auth,
                 prefixed,
+                per_call,
             },
             auth_at,
         ))

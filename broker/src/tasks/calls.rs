@@ -16,14 +16,14 @@ use crate::connections::Connections;
 use crate::error::ApiError;
 use crate::ids::is_tool_name;
 use crate::metrics::Metrics;
-use crate::policy::{ToolApproval, ToolDef};
+use crate::policy::{McpKind, ToolApproval, ToolDef};
 use crate::ratelimit::RateLimiter;
 use crate::replica::health::FeedHealth;
 use crate::store::{ApprovalKind, Store};
 use crate::tasks::approvals::{Approvals, CallApproval};
 use crate::tasks::live::TaskRuntime;
 use crate::tasks::runtime::Tasks;
-use crate::tokens::authorize::{CallFacts, Denial, authorize_call, listable};
+use crate::tokens::authorize::{CallFacts, Denial, Subject, authorize_call, listable};
 use crate::tokens::keys::ForwardingKey;
 use crate::tokens::verify::{Principal, VerifiedToken};
 use crate::upstream::catalog::{Catalog, Lookup};
@@ -99,11 +99,49 @@ impl Calls {
         Ok(TaskContext { token, runtime })
     }
 
-    /// Makes one checked call. `approval` is the `Leash-Approval` header, if any.
+    /// Makes one checked tool call. `approval` is the `Leash-Approval` header, if any.
     pub async fn call_tool(
         &self,
         token: Arc<VerifiedToken>,
         tool_name: &str,
+        args: Value,
+        approval: Option<&str>,
+    ) -> Result<CallOutcome, ApiError> {
+        self.call(token, tool_name, Use::Tool, args, approval).await
+    }
+
+    /// Reads `uri` from the MCP server whose resources are `name`, checked as a call
+    /// (`resource($uri)` among its facts; arguments `{"uri": …}`).
+    pub async fn read_resource(
+        &self,
+        token: Arc<VerifiedToken>,
+        name: &str,
+        uri: &str,
+        approval: Option<&str>,
+    ) -> Result<CallOutcome, ApiError> {
+        let args = json!({ "uri": uri });
+        self.call(token, name, Use::Resource(uri.to_string()), args, approval)
+            .await
+    }
+
+    /// Gets the prompt `name` with `args`, checked as a call (`prompt($name)` among its
+    /// facts).
+    pub async fn get_prompt(
+        &self,
+        token: Arc<VerifiedToken>,
+        name: &str,
+        args: Value,
+        approval: Option<&str>,
+    ) -> Result<CallOutcome, ApiError> {
+        self.call(token, name, Use::Prompt, args, approval).await
+    }
+
+    /// Makes one checked use of `tool_name` (a tool, a prompt, a server's resources).
+    async fn call(
+        &self,
+        token: Arc<VerifiedToken>,
+        tool_name: &str,
+        what: Use,
         args: Value,
         approval: Option<&str>,
     ) -> Result<CallOutcome, ApiError> {
@@ -120,7 +158,7 @@ impl Calls {
         let started = std::time::Instant::now();
         let mut served_by = None;
         let outcome = self
-            .checked_call(&task, tool_name, &args, approval, &mut served_by)
+            .checked_call(&task, tool_name, &what, &args, approval, &mut served_by)
             .await;
         let (tool_label, outcome_label, took) = match &outcome {
             Ok(CallOutcome::Done(_)) => (tool_name, "allowed", Some(started.elapsed())),
@@ -147,6 +185,11 @@ impl Calls {
                 )
             }
         };
+        match &what {
+            Use::Tool => {}
+            Use::Prompt => detail["prompt"] = json!(true),
+            Use::Resource(uri) => detail["uri"] = json!(uri),
+        }
         // Which person's connection served the call: its id, never its token.
         if let Some(connection) = served_by {
             detail["connection"] = json!(connection);
@@ -166,11 +209,12 @@ impl Calls {
         &self,
         task: &TaskContext,
         tool_name: &str,
+        what: &Use,
         args: &Value,
         approval: Option<&str>,
         served_by: &mut Option<String>,
     ) -> Result<CallOutcome, ApiError> {
-        let tool = self.lookup_tool(tool_name)?;
+        let tool = self.lookup(tool_name, what)?;
         let Some(arguments) = args.as_object() else {
             return Err(ApiError::BadRequest(
                 "the arguments must be a JSON object".into(),
@@ -202,6 +246,7 @@ impl Calls {
             let args = arguments.clone();
             let prefix_calls = slot.prefix_calls.clone();
             let task_calls = slot.task_calls;
+            let what = what.clone();
             off_the_reactor_if_costly(&task.token, move || {
                 authorize_call(
                     &token.biscuit,
@@ -212,6 +257,7 @@ impl Calls {
                         task_calls,
                         prefix_calls: &prefix_calls,
                         budget_blocks: &token.budget_blocks,
+                        subject: what.subject(),
                     },
                 )
             })
@@ -226,6 +272,7 @@ impl Calls {
                     task_calls: slot.task_calls,
                     prefix_calls: &slot.prefix_calls,
                     budget_blocks: &task.token.budget_blocks,
+                    subject: what.subject(),
                 },
             )
         };
@@ -373,54 +420,130 @@ impl Calls {
         Ok(text)
     }
 
-    /// A callable tool by name; unknown and malformed names are both `unknown_tool`; an
-    /// upstream tool whose changed definition awaits an approver is `policy_denied`.
-    pub fn lookup_tool(&self, name: &str) -> Result<Arc<ToolDef>, ApiError> {
+    /// A usable name of the kind `what` uses; unknown and malformed names, and names of
+    /// another kind, are all `unknown_tool`; an upstream tool or prompt whose changed
+    /// definition awaits an approver is `policy_denied`.
+    pub fn lookup(&self, name: &str, what: &Use) -> Result<Arc<ToolDef>, ApiError> {
+        let noun = what.noun();
         if !is_tool_name(name) {
             return Err(ApiError::UnknownTool(format!(
-                "{name:?} is not a valid tool name"
+                "{name:?} is not a valid {noun} name"
             )));
         }
         match self.catalog.lookup(name) {
-            Lookup::Ready(tool) => Ok(tool),
+            Lookup::Ready(tool) if what.fits(&tool) => Ok(tool),
             Lookup::Withheld => Err(ApiError::PolicyDenied(format!(
                 "the definition of {name:?} changed upstream; it is withheld until an approver accepts it"
             ))),
-            Lookup::Missing => Err(ApiError::UnknownTool(format!("no tool named {name:?}"))),
+            _ => Err(ApiError::UnknownTool(format!("no {noun} named {name:?}"))),
         }
     }
 
     /// The tools this token may call: its authority tools that exist, minus those its own
     /// checks rule out whatever the arguments (checks about `arg` are left to call time).
     pub async fn callable_tools(&self, task: &TaskContext) -> Result<Vec<Arc<ToolDef>>, ApiError> {
-        let now_secs = self.clock.now_ms().div_euclid(1000);
-        let candidates: Vec<Arc<ToolDef>> = task
+        let candidates = task
             .token
             .tools
             .iter()
             .filter_map(|name| self.catalog.get(name))
+            .filter(|tool| Use::Tool.fits(tool))
+            .map(|tool| (tool.name.clone(), Use::Tool, tool))
+            .collect();
+        self.listable(task, candidates).await
+    }
+
+    /// The items this token may see listed: each is `(name, use, item)`, kept when the
+    /// token holds `name` and its own checks do not rule the use out whatever the
+    /// arguments (checks about `arg` and budgets are left to call time).
+    pub async fn listable<T: Send + 'static>(
+        &self,
+        task: &TaskContext,
+        candidates: Vec<(String, Use, T)>,
+    ) -> Result<Vec<T>, ApiError> {
+        let now_secs = self.clock.now_ms().div_euclid(1000);
+        let held: Vec<(String, Use, T)> = candidates
+            .into_iter()
+            .filter(|(name, _, _)| task.token.tools.iter().any(|t| t == name))
             .collect();
         let token = task.token.clone();
         let task_calls = task.runtime.calls();
         off_the_reactor_if_costly(&task.token, move || {
             let no_args = serde_json::Map::new();
             let no_calls = vec![0; token.revocation_ids.len()];
-            candidates
-                .into_iter()
-                .filter(|tool| {
+            held.into_iter()
+                .filter(|(name, what, _)| {
                     let facts = CallFacts {
-                        tool: &tool.name,
+                        tool: name,
                         args: &no_args,
                         now_secs,
                         task_calls,
                         prefix_calls: &no_calls,
                         budget_blocks: &token.budget_blocks,
+                        subject: what.subject(),
                     };
                     listable(&token.biscuit, &facts)
                 })
+                .map(|(_, _, item)| item)
                 .collect()
         })
         .await
+    }
+
+    /// Whether this token may use `name` as `what` at all (its checks about arguments
+    /// and budgets aside): for requests that are not counted calls (completions).
+    pub async fn may_use(&self, task: &TaskContext, name: &str, what: Use) -> Result<(), ApiError> {
+        let tool = self.lookup(name, &what)?;
+        let shown = self
+            .listable(task, vec![(tool.name.clone(), what, ())])
+            .await?;
+        if shown.is_empty() {
+            return Err(ApiError::CapabilityDenied(format!(
+                "this token may not use {name:?}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What a checked call uses: a tool, a prompt, or a resource (by URI) of the server
+/// whose resources the name stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Use {
+    /// `tools/call`, `POST /v1/tools/…/call`.
+    Tool,
+    /// `prompts/get`.
+    Prompt,
+    /// `resources/read` of this URI.
+    Resource(String),
+}
+
+impl Use {
+    /// The fact the call adds for it.
+    pub fn subject(&self) -> Subject<'_> {
+        match self {
+            Use::Tool => Subject::Tool,
+            Use::Prompt => Subject::Prompt,
+            Use::Resource(uri) => Subject::Resource(uri),
+        }
+    }
+
+    /// Whether `tool` is a name of this kind.
+    pub fn fits(&self, tool: &ToolDef) -> bool {
+        matches!(
+            (self, tool.mcp.as_ref().map(|t| &t.kind)),
+            (Use::Tool, None | Some(McpKind::Tool(_)))
+                | (Use::Prompt, Some(McpKind::Prompt(_)))
+                | (Use::Resource(_), Some(McpKind::Resources))
+        )
+    }
+
+    fn noun(&self) -> &'static str {
+        match self {
+            Use::Tool => "tool",
+            Use::Prompt => "prompt",
+            Use::Resource(_) => "resource",
+        }
     }
 }
 

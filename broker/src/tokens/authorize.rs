@@ -3,6 +3,7 @@
 //! Pure: token + call + now + counters → allowed, or why not.
 
 use biscuit_auth::{Biscuit, error};
+pub use leash_sdk::capability::Subject;
 use leash_sdk::capability::{
     CallFacts as SharedFacts, Counters, evaluate_with_budgets, explain, failed_rules,
 };
@@ -25,6 +26,8 @@ pub struct CallFacts<'a> {
     /// The blocks whose checks read `token_calls` (see
     /// [`leash_sdk::capability::budget_blocks`]).
     pub budget_blocks: &'a [usize],
+    /// What the call uses: a tool, a resource, a prompt (its extra fact).
+    pub subject: Subject<'a>,
 }
 
 impl CallFacts<'_> {
@@ -37,6 +40,7 @@ impl CallFacts<'_> {
                 task_calls: self.task_calls,
                 prefix_calls: self.prefix_calls,
             }),
+            subject: self.subject,
         }
     }
 }
@@ -70,7 +74,9 @@ pub fn authorize_call(token: &Biscuit, call: &CallFacts<'_>) -> Result<(), Denia
 }
 
 /// Whether a tool belongs in the token's tool list: the call is allowed, or refused only
-/// by checks about arguments (which depend on the call) or budgets.
+/// by checks about arguments (which depend on the call) or budgets. A check about
+/// `resource` is never excused: a list gives the URI (or template) it shows, and a use
+/// that is not a read has no `resource` fact at all.
 pub fn listable(token: &Biscuit, call: &CallFacts<'_>) -> bool {
     match evaluate_with_budgets(token, &call.shared(), call.budget_blocks) {
         Ok(()) => true,
@@ -126,6 +132,7 @@ mod tests {
                 task_calls: 0,
                 prefix_calls,
                 budget_blocks: &budget_blocks,
+                subject: crate::tokens::authorize::Subject::Tool,
             },
         )
     }

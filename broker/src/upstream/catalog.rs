@@ -1,25 +1,85 @@
-//! Every callable tool: the policy's HTTP tools, fixed at start, and the tools discovered
-//! on upstream MCP servers (`NAME.tool`, or the server's own names with `prefix = false`),
-//! replaced whenever a server's list changes.
+//! Every callable name: the policy's HTTP tools, fixed at start, and what upstream MCP
+//! servers publish — their tools, their prompts and their resources (`NAME.tool`,
+//! `NAME.prompt`, `NAME.resources`; the server's own names with `prefix = false`) —
+//! replaced whenever a server's lists change. The kinds share one namespace, so a grant
+//! pattern covers a server's whole surface.
 //!
-//! A discovered tool whose definition changed since it was pinned is *withheld*: it is
-//! neither listed nor callable until an approver accepts the new definition. A name that
-//! two sources expose (a server without a prefix beside a policy tool or another server)
-//! is exposed by none of the discovered ones, whatever order they were discovered in: a
-//! call must never reach a server other than the one the policy's author meant.
+//! A discovered tool, prompt or resource template whose definition changed since it was
+//! pinned is *withheld*: neither listed nor usable until an approver accepts the new
+//! definition. A name that two sources expose (a server without a prefix beside a policy
+//! tool, or a server's tool and prompt of one name) is exposed by none of the discovered
+//! ones, whatever order they were discovered in: a call must never reach a server other
+//! than the one the policy's author meant.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use crate::policy::{Policy, ToolDef};
+use serde_json::Value;
 
-/// A discovered tool and whether it is withheld.
+use crate::policy::{McpKind, Policy, ToolDef};
+
+/// A discovered name and whether it is withheld.
 #[derive(Clone)]
 struct Discovered {
     tool: Arc<ToolDef>,
     withheld: bool,
     /// Hash of the definition discovered (see `mcp::pins`).
     hash: String,
+    /// What is listed for it besides name, description and schema (a prompt's upstream
+    /// definition, its name replaced by the exposed one).
+    listing: Option<Value>,
+}
+
+/// A resource template of a server, as listed, and whether it is withheld.
+#[derive(Clone)]
+struct Template {
+    /// Its pin's name (`NAME.resources/<template name>`).
+    pin: String,
+    value: Value,
+    withheld: bool,
+    hash: String,
+}
+
+/// What one MCP server published.
+#[derive(Default)]
+pub struct Surface {
+    names: Vec<Discovered>,
+    templates: Vec<Template>,
+    resources: Vec<Value>,
+}
+
+impl Surface {
+    /// Adds a tool, prompt or `resources` name: whether it is withheld, its definition's
+    /// hash, and what is listed for it besides its name (prompts).
+    pub fn add(
+        &mut self,
+        tool: Arc<ToolDef>,
+        withheld: bool,
+        hash: String,
+        listing: Option<Value>,
+    ) {
+        self.names.push(Discovered {
+            tool,
+            withheld,
+            hash,
+            listing,
+        });
+    }
+
+    /// Adds a resource template (the upstream's definition), pinned as `pin`.
+    pub fn add_template(&mut self, pin: String, value: Value, withheld: bool, hash: String) {
+        self.templates.push(Template {
+            pin,
+            value,
+            withheld,
+            hash,
+        });
+    }
+
+    /// Adds a listed resource (the upstream's definition).
+    pub fn add_resource(&mut self, value: Value) {
+        self.resources.push(value);
+    }
 }
 
 /// The catalog.
@@ -31,7 +91,7 @@ pub struct Catalog {
 /// What the MCP servers published, per server, and the names exposed from it.
 #[derive(Default)]
 struct Discoveries {
-    by_server: BTreeMap<String, Vec<Discovered>>,
+    by_server: BTreeMap<String, Surface>,
     exposed: BTreeMap<String, Discovered>,
 }
 
@@ -40,8 +100,8 @@ impl Discoveries {
     /// policy tool's. Clashes are logged each time (they are a policy error).
     fn expose(&mut self, http: &BTreeMap<String, Arc<ToolDef>>) {
         let mut sources: BTreeMap<&str, Vec<(&str, &Discovered)>> = BTreeMap::new();
-        for (server, tools) in &self.by_server {
-            for discovered in tools {
+        for (server, surface) in &self.by_server {
+            for discovered in &surface.names {
                 sources
                     .entry(discovered.tool.name.as_str())
                     .or_default()
@@ -56,8 +116,8 @@ impl Discoveries {
                     tool = name,
                     servers = ?servers,
                     policy_tool = http.contains_key(name),
-                    "a tool name is exposed twice (an MCP server without a prefix); \
-                     neither discovered tool is callable: give the server a prefix"
+                    "a name is exposed twice (an MCP server without a prefix, or a server's \
+                     tool and prompt of one name); none of the discovered ones is usable"
                 );
                 continue;
             }
@@ -67,18 +127,18 @@ impl Discoveries {
     }
 }
 
-/// A tool lookup.
+/// A lookup.
 pub enum Lookup {
-    /// Callable.
+    /// Usable.
     Ready(Arc<ToolDef>),
     /// Known, but its changed definition waits for an approver.
     Withheld,
-    /// No such tool.
+    /// No such name.
     Missing,
 }
 
 impl Catalog {
-    /// A catalog with the policy's HTTP tools and no discovered tools yet.
+    /// A catalog with the policy's HTTP tools and no discovered names yet.
     pub fn new(policy: &Policy) -> Self {
         Catalog {
             http: policy.tools.clone(),
@@ -86,7 +146,7 @@ impl Catalog {
         }
     }
 
-    /// Looks a tool up.
+    /// Looks a name up (any kind).
     pub fn lookup(&self, name: &str) -> Lookup {
         if let Some(tool) = self.http.get(name) {
             return Lookup::Ready(tool.clone());
@@ -103,7 +163,7 @@ impl Catalog {
         }
     }
 
-    /// A callable tool by name.
+    /// A usable name (any kind).
     pub fn get(&self, name: &str) -> Option<Arc<ToolDef>> {
         match self.lookup(name) {
             Lookup::Ready(tool) => Some(tool),
@@ -111,7 +171,7 @@ impl Catalog {
         }
     }
 
-    /// Names of every callable (not withheld) tool, sorted.
+    /// Every usable (not withheld) name, of every kind, sorted.
     pub fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.http.keys().cloned().collect();
         if let Ok(found) = self.mcp.read() {
@@ -127,31 +187,82 @@ impl Catalog {
         names
     }
 
-    /// Replaces the tools of one MCP server: `(tool, withheld, definition hash)` each.
-    pub fn set_server_tools(&self, server: &str, tools: Vec<(Arc<ToolDef>, bool, String)>) {
-        if let Ok(mut found) = self.mcp.write() {
-            let published = tools
-                .into_iter()
-                .map(|(tool, withheld, hash)| Discovered {
-                    tool,
-                    withheld,
-                    hash,
+    /// The usable prompt named `name`, with what is listed for it.
+    pub fn prompt(&self, name: &str) -> Option<(Arc<ToolDef>, Value)> {
+        let found = self.mcp.read().ok()?;
+        let d = found.exposed.get(name).filter(|d| !d.withheld)?;
+        matches!(d.tool.mcp.as_ref()?.kind, McpKind::Prompt(_))
+            .then(|| (d.tool.clone(), d.listing.clone().unwrap_or(Value::Null)))
+    }
+
+    /// The resource templates of `server` that are not withheld.
+    pub fn templates_of(&self, server: &str) -> Vec<Value> {
+        self.mcp.read().ok().map_or_else(Vec::new, |found| {
+            found.by_server.get(server).map_or_else(Vec::new, |s| {
+                s.templates
+                    .iter()
+                    .filter(|t| !t.withheld)
+                    .map(|t| t.value.clone())
+                    .collect()
+            })
+        })
+    }
+
+    /// The resources `server` listed when last asked.
+    pub fn resources_of(&self, server: &str) -> Vec<Value> {
+        self.mcp.read().ok().map_or_else(Vec::new, |found| {
+            found
+                .by_server
+                .get(server)
+                .map_or_else(Vec::new, |s| s.resources.clone())
+        })
+    }
+
+    /// Whether `server` says it serves `uri`: a resource it listed has that URI, or the
+    /// URI starts with the literal part of one of its templates (before the first `{`).
+    pub fn claims(&self, server: &str, uri: &str) -> bool {
+        let Ok(found) = self.mcp.read() else {
+            return false;
+        };
+        let Some(surface) = found.by_server.get(server) else {
+            return false;
+        };
+        surface
+            .resources
+            .iter()
+            .any(|r| r["uri"].as_str() == Some(uri))
+            || surface.templates.iter().any(|t| {
+                t.value["uriTemplate"].as_str().is_some_and(|template| {
+                    let literal = template.split('{').next().unwrap_or(template);
+                    !literal.is_empty() && uri.starts_with(literal)
                 })
-                .collect();
-            found.by_server.insert(server.to_string(), published);
+            })
+    }
+
+    /// Replaces what one MCP server published.
+    pub fn set_server(&self, server: &str, surface: Surface) {
+        if let Ok(mut found) = self.mcp.write() {
+            found.by_server.insert(server.to_string(), surface);
             found.expose(&self.http);
         }
     }
 
-    /// Releases a withheld tool whose approved definition is `hash` — only if that is the
-    /// definition currently discovered (a later change stays withheld).
+    /// Releases a withheld name or template whose approved definition is `hash` — only
+    /// if that is the definition currently discovered (a later change stays withheld).
     pub fn release(&self, name: &str, hash: &str) {
         if let Ok(mut found) = self.mcp.write() {
             let mut released = false;
-            for d in found.by_server.values_mut().flatten() {
-                if d.tool.name == name && d.hash == hash {
-                    d.withheld = false;
-                    released = true;
+            for surface in found.by_server.values_mut() {
+                for d in &mut surface.names {
+                    if d.tool.name == name && d.hash == hash {
+                        d.withheld = false;
+                        released = true;
+                    }
+                }
+                for t in &mut surface.templates {
+                    if t.pin == name && t.hash == hash {
+                        t.withheld = false;
+                    }
                 }
             }
             if released {
@@ -164,7 +275,15 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::ToolApproval;
+    use crate::policy::{McpTarget, ToolApproval};
+
+    fn surface(tools: Vec<(Arc<ToolDef>, bool, String)>) -> Surface {
+        let mut surface = Surface::default();
+        for (tool, withheld, hash) in tools {
+            surface.add(tool, withheld, hash, None);
+        }
+        surface
+    }
 
     fn tool(name: &str, server: &str) -> (Arc<ToolDef>, bool, String) {
         let schema = serde_json::json!({"type": "object"});
@@ -177,7 +296,10 @@ mod tests {
             validator: crate::policy::input_schema::compile(&schema).unwrap(),
             input_schema: schema,
             upstream_headers: Vec::new(),
-            mcp: Some((server.into(), name.rsplit('.').next().unwrap().into())),
+            mcp: Some(McpTarget {
+                server: server.into(),
+                kind: McpKind::Tool(name.rsplit('.').next().unwrap().into()),
+            }),
             upstream_auth: None,
         };
         (Arc::new(def), false, format!("hash-{server}"))
@@ -187,7 +309,7 @@ mod tests {
         catalog
             .get(name)
             .and_then(|t| t.mcp.clone())
-            .map(|(s, _)| s)
+            .map(|target| target.server)
     }
 
     /// A name two servers expose is callable on neither, in either order of discovery.
@@ -198,12 +320,12 @@ mod tests {
         for order in [["a", "b"], ["b", "a"]] {
             let catalog = Catalog::new(&crate::policy::Policy::default());
             for server in order {
-                catalog.set_server_tools(
+                catalog.set_server(
                     server,
-                    vec![
+                    surface(vec![
                         tool("echo", server),
                         tool(&format!("{server}.only"), server),
-                    ],
+                    ]),
                 );
             }
             assert!(
@@ -224,7 +346,10 @@ mod tests {
         Arc::get_mut(&mut mine).unwrap().mcp = None;
         policy.tools.insert("web.search".into(), mine);
         let catalog = Catalog::new(&policy);
-        catalog.set_server_tools("s", vec![tool("web.search", "s"), tool("other", "s")]);
+        catalog.set_server(
+            "s",
+            surface(vec![tool("web.search", "s"), tool("other", "s")]),
+        );
         assert!(catalog.get("web.search").unwrap().mcp.is_none());
         assert_eq!(server_of(&catalog, "other").as_deref(), Some("s"));
         assert_eq!(catalog.names(), ["other", "web.search"]);
@@ -235,7 +360,7 @@ mod tests {
     fn release_needs_the_definition_discovered() {
         let catalog = Catalog::new(&crate::policy::Policy::default());
         let (def, _, hash) = tool("s.t", "s");
-        catalog.set_server_tools("s", vec![(def, true, hash.clone())]);
+        catalog.set_server("s", surface(vec![(def, true, hash.clone())]));
         assert!(matches!(catalog.lookup("s.t"), Lookup::Withheld));
         catalog.release("s.t", "another-hash");
         assert!(matches!(catalog.lookup("s.t"), Lookup::Withheld));

@@ -6,20 +6,20 @@ use std::sync::Arc;
 use axum::http::{HeaderName, HeaderValue};
 use serde_json::Value;
 
-use crate::policy::ToolDef;
+use crate::policy::{McpKind, ToolDef};
 use crate::upstream::client::{Answer, Proxy, UpstreamFailure};
-use crate::upstream::mcp::{Discovery, McpServers};
+use crate::upstream::mcp::{Discovery, McpServers, Operation};
 
 /// Where a tool's calls go.
 pub enum Upstream<'a> {
     /// An HTTP tool of the policy: its URL, headers and timeout.
     Http(&'a ToolDef),
-    /// A tool discovered on `[mcp_servers.server]`, named `tool` there.
+    /// A name discovered on `[mcp_servers.server]`: a tool, a prompt, its resources.
     Mcp {
         /// The `[mcp_servers]` entry.
         server: &'a str,
-        /// The tool's name on that server.
-        tool: &'a str,
+        /// What the name stands for there.
+        kind: &'a McpKind,
     },
 }
 
@@ -27,9 +27,9 @@ impl<'a> Upstream<'a> {
     /// Where `tool`'s calls go.
     pub fn of(tool: &'a ToolDef) -> Self {
         match &tool.mcp {
-            Some((server, upstream_tool)) => Upstream::Mcp {
-                server,
-                tool: upstream_tool,
+            Some(target) => Upstream::Mcp {
+                server: &target.server,
+                kind: &target.kind,
             },
             None => Upstream::Http(tool),
         }
@@ -61,6 +61,11 @@ impl Upstreams {
         self.mcp.start(discovery);
     }
 
+    /// The MCP servers (for requests that are not checked calls: completions).
+    pub fn mcp(&self) -> &McpServers {
+        &self.mcp
+    }
+
     /// Forwards one checked call to wherever `tool` lives; `capability` is sent as
     /// `Leash-Capability` to HTTP tools ([`Upstream::carries_capability`]), and
     /// `authorization` (the provider token of `upstream_auth`) as `Authorization`.
@@ -72,11 +77,19 @@ impl Upstreams {
         authorization: Option<HeaderValue>,
     ) -> Result<Answer, UpstreamFailure> {
         match Upstream::of(tool) {
-            Upstream::Mcp { server, tool } => self
-                .mcp
-                .call(server, tool, args, authorization)
-                .await
-                .map(Answer::Parsed),
+            Upstream::Mcp { server, kind } => {
+                let operation = match kind {
+                    McpKind::Tool(tool) => Operation::CallTool { tool, args },
+                    McpKind::Prompt(prompt) => Operation::GetPrompt { prompt, args },
+                    McpKind::Resources => Operation::ReadResource {
+                        uri: args["uri"].as_str().unwrap_or_default(),
+                    },
+                };
+                self.mcp
+                    .request(server, &tool.name, operation, authorization)
+                    .await
+                    .map(Answer::Parsed)
+            }
             Upstream::Http(tool) => {
                 let mut headers: Vec<(HeaderName, HeaderValue)> = Vec::with_capacity(2);
                 if let Some(capability) = capability

@@ -1,9 +1,10 @@
 //! Leash as an MCP client: one connection per `[mcp_servers.NAME]`, kept alive with
-//! backoff. Each server's tools are discovered (on connect, on
-//! `notifications/tools/list_changed`, and every `mcp_refresh`), pinned, and published in
-//! the [`crate::upstream::catalog::Catalog`] as `NAME.tool` (under the server's own names
-//! with `prefix = false`). A server that is down only loses its own tools; the others
-//! are unaffected.
+//! backoff. Each server's tools, prompts, resources and resource templates are
+//! discovered (on connect, on a `list_changed` notification, and every `mcp_refresh`),
+//! pinned (tools, prompts, templates), and published in the
+//! [`crate::upstream::catalog::Catalog`] as `NAME.tool`, `NAME.prompt` and
+//! `NAME.resources` (under the server's own names with `prefix = false`). A server that
+//! is down only loses its own names; the others are unaffected.
 //!
 //! The connections use the broker's one upstream client ([`crate::upstream::client::Proxy::client`]),
 //! handed to rmcp's streamable-HTTP transport: rmcp's own default client would follow
@@ -16,7 +17,8 @@ use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue};
 use rmcp::model::{
-    CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation, ProtocolVersion,
+    CallToolRequestParams, ClientCapabilities, ClientConfig, CompleteRequestParams,
+    GetPromptRequestParams, Implementation, ProtocolVersion, ReadResourceRequestParams,
     SubscriptionFilter,
 };
 use rmcp::service::{NotificationContext, RoleClient, RunningService};
@@ -28,9 +30,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{RwLock, mpsc};
 
 use crate::ids::is_tool_name;
-use crate::policy::{McpServerDef, ToolApproval, ToolDef};
+use crate::policy::{McpKind, McpServerDef, McpTarget, RESOURCES, ToolDef};
 use crate::store::Store;
-use crate::upstream::catalog::Catalog;
+use crate::upstream::catalog::{Catalog, Surface};
 use crate::upstream::client::UpstreamFailure;
 use crate::upstream::pins::DefinitionReview;
 
@@ -45,6 +47,14 @@ struct Listener {
 
 impl ClientHandler for Listener {
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        let _ = self.changed.send(());
+    }
+
+    async fn on_prompt_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        let _ = self.changed.send(());
+    }
+
+    async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
         let _ = self.changed.send(());
     }
 
@@ -87,6 +97,31 @@ pub struct McpServers {
     sessions: moka::future::Cache<(String, [u8; 32]), Client>,
 }
 
+/// One request to an upstream MCP server, by the server's own names.
+pub enum Operation<'a> {
+    /// `tools/call`.
+    CallTool {
+        /// The tool's name on the server.
+        tool: &'a str,
+        /// Its arguments object.
+        args: &'a Value,
+    },
+    /// `prompts/get`.
+    GetPrompt {
+        /// The prompt's name on the server.
+        prompt: &'a str,
+        /// Its arguments (strings).
+        args: &'a Value,
+    },
+    /// `resources/read`.
+    ReadResource {
+        /// The URI, as the client asked for it.
+        uri: &'a str,
+    },
+    /// `completion/complete`, its reference already in the server's own names.
+    Complete(CompleteRequestParams),
+}
+
 /// How many per-credential sessions are kept open, and for how long unused.
 const MAX_SESSIONS: u64 = 1_000;
 const SESSION_IDLE: Duration = Duration::from_secs(300);
@@ -127,26 +162,22 @@ impl McpServers {
         }
     }
 
-    /// Calls `tool` on `server`; the answer is the upstream's `CallToolResult` as JSON.
-    /// With `authorization` (the provider token of `upstream_auth`), on a session opened
-    /// with that credential; else on the server's shared session.
-    pub async fn call(
+    /// Sends `operation` to `server` (`label` names it in errors); the answer is the
+    /// upstream's result as JSON. With `authorization` (the provider token of
+    /// `upstream_auth`), on a session opened with that credential; else on the server's
+    /// shared session.
+    pub async fn request(
         &self,
         server: &str,
-        tool: &str,
-        args: &Value,
+        label: &str,
+        operation: Operation<'_>,
         authorization: Option<HeaderValue>,
     ) -> Result<Value, UpstreamFailure> {
+        let name = label.to_string();
         let upstream = self
             .servers
             .get(server)
-            .ok_or_else(|| UpstreamFailure::Unreachable {
-                tool: format!("{server}.{tool}"),
-            })?;
-        let name = upstream
-            .def
-            .exposed_name(tool)
-            .unwrap_or_else(|| format!("{server}.{tool}"));
+            .ok_or_else(|| UpstreamFailure::Unreachable { tool: name.clone() })?;
         let Some(authorization) = authorization else {
             let client = upstream
                 .client
@@ -154,7 +185,7 @@ impl McpServers {
                 .await
                 .clone()
                 .ok_or(UpstreamFailure::Unreachable { tool: name.clone() })?;
-            return call_on(upstream, &client, name, tool, args).await;
+            return send(upstream, &client, name, operation).await;
         };
         let key = (
             server.to_string(),
@@ -192,7 +223,7 @@ impl McpServers {
                 tracing::warn!(tool = %name, %error, "cannot open an MCP session with the call's credential");
                 UpstreamFailure::Unreachable { tool: name.clone() }
             })?;
-        let outcome = call_on(upstream, &client, name, tool, args).await;
+        let outcome = send(upstream, &client, name, operation).await;
         if matches!(outcome, Err(UpstreamFailure::Unreachable { .. })) {
             // A broken session is opened again on the next call.
             self.sessions.invalidate(&key).await;
@@ -201,39 +232,64 @@ impl McpServers {
     }
 }
 
-/// One `tools/call` on an open session.
-async fn call_on(
+/// One request on an open session, within the server's timeout.
+async fn send(
     upstream: &Upstream,
     client: &Client,
     name: String,
-    tool: &str,
-    args: &Value,
+    operation: Operation<'_>,
 ) -> Result<Value, UpstreamFailure> {
-    {
-        let params = CallToolRequestParams::new(tool.to_string())
-            .with_arguments(args.as_object().cloned().unwrap_or_default());
-        let timeout = upstream.def.timeout;
-        match tokio::time::timeout(timeout, client.call_tool(params)).await {
-            Err(_) => Err(UpstreamFailure::Timeout {
-                tool: name,
-                timeout_ms: timeout.as_millis(),
-            }),
-            Ok(Err(rmcp::ServiceError::McpError(err))) => Err(UpstreamFailure::BadAnswer {
-                tool: name,
-                problem: format!("answered an MCP error: {}", err.message),
-            }),
-            Ok(Err(err)) => {
-                let error = upstream.def.scrub(&err.to_string());
-                tracing::warn!(tool = %name, %error, "MCP upstream call failed");
-                Err(UpstreamFailure::Unreachable { tool: name })
+    let bad = |problem: String| UpstreamFailure::BadAnswer {
+        tool: name.clone(),
+        problem,
+    };
+    let answer = async {
+        Ok(match operation {
+            Operation::CallTool { tool, args } => {
+                let params = CallToolRequestParams::new(tool.to_string())
+                    .with_arguments(args.as_object().cloned().unwrap_or_default());
+                serde_json::to_value(client.call_tool(params).await?)
             }
-            Ok(Ok(result)) => {
-                serde_json::to_value(result).map_err(|e| UpstreamFailure::BadAnswer {
-                    tool: name,
-                    problem: e.to_string(),
-                })
+            Operation::GetPrompt { prompt, args } => {
+                let params: GetPromptRequestParams = serde_json::from_value(
+                    serde_json::json!({ "name": prompt, "arguments": args }),
+                )
+                .map_err(|e| {
+                    rmcp::ServiceError::McpError(rmcp::ErrorData::invalid_params(
+                        e.to_string(),
+                        None,
+                    ))
+                })?;
+                serde_json::to_value(client.get_prompt(params).await?)
             }
+            Operation::ReadResource { uri } => {
+                let params: ReadResourceRequestParams =
+                    serde_json::from_value(serde_json::json!({ "uri": uri })).map_err(|e| {
+                        rmcp::ServiceError::McpError(rmcp::ErrorData::invalid_params(
+                            e.to_string(),
+                            None,
+                        ))
+                    })?;
+                serde_json::to_value(client.read_resource(params).await?)
+            }
+            Operation::Complete(params) => serde_json::to_value(client.complete(params).await?),
+        })
+    };
+    let timeout = upstream.def.timeout;
+    match tokio::time::timeout(timeout, answer).await {
+        Err(_) => Err(UpstreamFailure::Timeout {
+            tool: name,
+            timeout_ms: timeout.as_millis(),
+        }),
+        Ok(Err(rmcp::ServiceError::McpError(err))) => {
+            Err(bad(format!("answered an MCP error: {}", err.message)))
         }
+        Ok(Err(err)) => {
+            let error = upstream.def.scrub(&err.to_string());
+            tracing::warn!(tool = %name, %error, "MCP upstream request failed");
+            Err(UpstreamFailure::Unreachable { tool: name })
+        }
+        Ok(Ok(value)) => value.map_err(|e| bad(e.to_string())),
     }
 }
 
@@ -315,7 +371,7 @@ async fn maintain(upstream: Arc<Upstream>, http: reqwest::Client, discovery: Dis
                     }
                 }
                 *upstream.client.write().await = None;
-                discovery.catalog.set_server_tools(&name, Vec::new());
+                discovery.catalog.set_server(&name, Surface::default());
             }
             Err(err) => {
                 tracing::warn!(server = %name, error = %err, "cannot connect to MCP upstream; will retry")
@@ -326,64 +382,231 @@ async fn maintain(upstream: Arc<Upstream>, http: reqwest::Client, discovery: Dis
     }
 }
 
-/// Lists the server's tools and publishes them (pinned) in the catalog.
+/// Lists the server's tools, prompts, resources and resource templates, and publishes
+/// them (pinned) in the catalog.
 async fn refresh(
     discovery: &Discovery,
     upstream: &Upstream,
     client: &Client,
 ) -> Result<(), String> {
     let def = &upstream.def;
-    let tools = tokio::time::timeout(def.timeout, client.list_all_tools())
-        .await
-        .map_err(|_| "tools/list timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-    let mut published = Vec::new();
+    let capabilities = client.peer_info().map(|info| info.capabilities.clone());
+    let mut surface = Surface::default();
+    let tools = within(def, "tools/list", client.list_all_tools()).await?;
     for tool in tools {
-        let Some(name) = def.exposed_name(&tool.name) else {
-            tracing::warn!(server = %def.name, tool = %tool.name, "skipping a dotted tool name of a server without a prefix (a wildcard grant would cover it)");
+        let Some(name) = exposable(def, &tool.name, "tool") else {
             continue;
         };
-        if !is_tool_name(&name) {
-            tracing::warn!(server = %def.name, tool = %tool.name, "skipping an upstream tool whose name Leash cannot expose");
-            continue;
-        }
         let schema = Value::Object((*tool.input_schema).clone());
         let description = tool.description.as_deref().unwrap_or("").to_string();
-        let validator = match crate::policy::input_schema::compile(&schema) {
-            Ok(validator) => validator,
-            Err(err) => {
-                tracing::warn!(tool = %name, error = %err, "skipping an upstream tool with an invalid input schema");
-                continue;
-            }
-        };
         let (definition, hash) = crate::upstream::pins::definition(&name, &description, &schema);
-        let withheld = crate::upstream::pins::withheld(
-            discovery.store.as_ref(),
-            discovery.review.as_ref(),
-            &def.name,
-            &name,
-            &definition,
-            &hash,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        published.push((
-            Arc::new(ToolDef {
+        let found = Found {
+            kind: McpKind::Tool(tool.name.to_string()),
+            name,
+            description,
+            schema,
+            definition,
+            hash,
+            listing: None,
+        };
+        publish(discovery, def, &mut surface, found).await?;
+    }
+    if capabilities.as_ref().is_some_and(|c| c.prompts.is_some()) {
+        let prompts = within(def, "prompts/list", client.list_all_prompts()).await?;
+        for prompt in prompts {
+            let Some(name) = exposable(def, &prompt.name, "prompt") else {
+                continue;
+            };
+            let mut listing = serde_json::to_value(&prompt).map_err(|e| e.to_string())?;
+            listing["name"] = Value::String(name.clone());
+            let description = prompt.description.clone().unwrap_or_default();
+            let schema = prompt_schema(&listing["arguments"]);
+            // Pinned: its name, description and argument list, as listed.
+            let (_, hash) = crate::upstream::pins::definition(&name, &description, &listing);
+            let found = Found {
+                kind: McpKind::Prompt(prompt.name.clone()),
                 name,
                 description,
-                upstream: def.url.clone(),
-                timeout: def.timeout,
-                approval: ToolApproval::None,
-                input_schema: schema,
-                validator,
-                upstream_headers: Vec::new(),
-                mcp: Some((def.name.clone(), tool.name.to_string())),
-                upstream_auth: def.upstream_auth.clone(),
-            }),
-            withheld,
-            hash,
-        ));
+                schema,
+                definition: listing.clone(),
+                hash,
+                listing: Some(listing),
+            };
+            publish(discovery, def, &mut surface, found).await?;
+        }
     }
-    discovery.catalog.set_server_tools(&def.name, published);
+    if capabilities.as_ref().is_some_and(|c| c.resources.is_some())
+        && let Some(name) = exposable(def, RESOURCES, "resources")
+    {
+        let templates = within(
+            def,
+            "resources/templates/list",
+            client.list_all_resource_templates(),
+        )
+        .await?;
+        for template in templates {
+            let value = serde_json::to_value(&template).map_err(|e| e.to_string())?;
+            let pin = format!("{name}/{}", template.name);
+            let description = template.description.clone().unwrap_or_default();
+            let (_, hash) = crate::upstream::pins::definition(&pin, &description, &value);
+            let withheld = crate::upstream::pins::withheld(
+                discovery.store.as_ref(),
+                discovery.review.as_ref(),
+                &def.name,
+                &pin,
+                &value,
+                &hash,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            surface.add_template(pin, value, withheld, hash);
+        }
+        let resources = within(def, "resources/list", client.list_all_resources()).await?;
+        for resource in resources.into_iter().take(MAX_LISTED_RESOURCES) {
+            surface.add_resource(serde_json::to_value(&resource).map_err(|e| e.to_string())?);
+        }
+        // Not pinned: it stands for reads by URI, which tokens narrow with `resource($uri)`.
+        let schema = serde_json::json!({
+            "type": "object",
+            "required": ["uri"],
+            "additionalProperties": false,
+            "properties": { "uri": { "type": "string", "maxLength": MAX_URI_BYTES } }
+        });
+        let description = format!("the resources of MCP server {:?}", def.name);
+        let resources = name_of(def, name, description, schema, McpKind::Resources)?;
+        surface.add(Arc::new(resources), false, String::new(), None);
+    }
+    discovery.catalog.set_server(&def.name, surface);
+    Ok(())
+}
+
+/// Most resources of one server kept for `resources/list` (the rest are still readable).
+const MAX_LISTED_RESOURCES: usize = 10_000;
+
+/// Longest resource URI read through Leash.
+pub const MAX_URI_BYTES: u64 = 8_192;
+
+/// One list request within the server's timeout.
+async fn within<T>(
+    def: &McpServerDef,
+    what: &str,
+    request: impl std::future::Future<Output = Result<T, rmcp::ServiceError>>,
+) -> Result<T, String> {
+    tokio::time::timeout(def.timeout, request)
+        .await
+        .map_err(|_| format!("{what} timed out"))?
+        .map_err(|e| e.to_string())
+}
+
+/// The name Leash exposes for the server's `name` (a tool or prompt), if it can.
+fn exposable(def: &McpServerDef, name: &str, kind: &str) -> Option<String> {
+    let Some(exposed) = def.exposed_name(name) else {
+        tracing::warn!(server = %def.name, name, kind, "skipping a dotted name of a server without a prefix (a wildcard grant would cover it)");
+        return None;
+    };
+    if !is_tool_name(&exposed) {
+        tracing::warn!(server = %def.name, name, kind, "skipping an upstream name Leash cannot expose");
+        return None;
+    }
+    Some(exposed)
+}
+
+/// The input schema of a prompt's arguments: each a string, the required ones required,
+/// nothing else.
+fn prompt_schema(arguments: &Value) -> Value {
+    let mut properties = serde_json::Map::new();
+    let mut required = Vec::new();
+    for argument in arguments.as_array().into_iter().flatten() {
+        let Some(name) = argument["name"].as_str() else {
+            continue;
+        };
+        properties.insert(name.to_string(), serde_json::json!({ "type": "string" }));
+        if argument["required"] == Value::Bool(true) {
+            required.push(Value::String(name.to_string()));
+        }
+    }
+    serde_json::json!({
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": false,
+    })
+}
+
+/// A discovered name of `def` as the catalog keeps it; an input schema that does not
+/// compile is an error naming it.
+fn name_of(
+    def: &McpServerDef,
+    name: String,
+    description: String,
+    schema: Value,
+    kind: McpKind,
+) -> Result<ToolDef, String> {
+    let validator =
+        crate::policy::input_schema::compile(&schema).map_err(|err| format!("{name}: {err}"))?;
+    Ok(ToolDef {
+        approval: def.approval_of(&name),
+        name,
+        description,
+        upstream: def.url.clone(),
+        timeout: def.timeout,
+        input_schema: schema,
+        validator,
+        upstream_headers: Vec::new(),
+        mcp: Some(McpTarget {
+            server: def.name.clone(),
+            kind,
+        }),
+        upstream_auth: def.upstream_auth.clone(),
+    })
+}
+
+/// A tool or prompt as discovered, to be pinned and published.
+struct Found {
+    name: String,
+    description: String,
+    schema: Value,
+    kind: McpKind,
+    /// What its pin hashes, and the hash.
+    definition: Value,
+    hash: String,
+    /// What is listed for it besides name, description and schema (prompts).
+    listing: Option<Value>,
+}
+
+/// Pins one tool or prompt and adds it to `surface` (withheld if its definition changed).
+async fn publish(
+    discovery: &Discovery,
+    def: &McpServerDef,
+    surface: &mut Surface,
+    found: Found,
+) -> Result<(), String> {
+    let Found {
+        name,
+        description,
+        schema,
+        kind,
+        definition,
+        hash,
+        listing,
+    } = found;
+    let tool = match name_of(def, name, description, schema, kind) {
+        Ok(tool) => tool,
+        Err(err) => {
+            tracing::warn!(server = %def.name, error = %err, "skipping an upstream name with an invalid input schema");
+            return Ok(());
+        }
+    };
+    let withheld = crate::upstream::pins::withheld(
+        discovery.store.as_ref(),
+        discovery.review.as_ref(),
+        &def.name,
+        &tool.name,
+        &definition,
+        &hash,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    surface.add(Arc::new(tool), withheld, hash, listing);
     Ok(())
 }

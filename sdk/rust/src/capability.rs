@@ -1,8 +1,9 @@
 //! The capability vocabulary, evaluated the same way by the broker and by tool servers:
 //! the call facts, the one policy, explicit limits, and offline attenuation.
 //!
-//! Facts: `time(now)`, `call(tool)`, one `arg(name, value)` per argument, and — only in
-//! the broker, which keeps counters — `task_calls(N)` and `token_calls(N)`. Policy:
+//! Facts: `time(now)`, `call(tool)`, one `arg(name, value)` per argument, for a use of
+//! an MCP server's resources or prompts `resource(uri)` or `prompt(name)` ([`Subject`]),
+//! and — only in the broker, which keeps counters — `task_calls(N)` and `token_calls(N)`. Policy:
 //! `allow if call($t), tool($t)`, so only authority-block `tool` facts grant anything.
 //!
 //! `token_calls(N)` is per block: a budget written in block *i* bounds the calls made
@@ -56,6 +57,21 @@ pub struct CallFacts<'a> {
     /// The call counters, supplied only by the broker (a tool server keeps none, so its
     /// verifier never sees a budget fail and leaves the counting to the broker).
     pub counters: Option<Counters<'a>>,
+    /// What the call uses besides its name: a tool, a resource, a prompt.
+    pub subject: Subject<'a>,
+}
+
+/// What a call uses. A tool call adds no fact; the MCP gateway's other uses add one, so a
+/// holder can narrow them: `check if resource($u), $u.starts_with("file:///docs/")`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject<'a> {
+    /// A tool (`tools/call`, `POST /v1/tools/…/call`): no extra fact.
+    Tool,
+    /// A resource read (`resources/read`): `resource("<uri>")`, the URI as asked.
+    Resource(&'a str),
+    /// A prompt (`prompts/get`): `prompt("<name>")`, the name as Leash exposes it (the
+    /// same as `call`).
+    Prompt,
 }
 
 /// What the broker has counted before this call.
@@ -208,6 +224,11 @@ fn run(
         fact("time", &[date(&now)]),
         fact("call", &[string(call.tool)]),
     ];
+    match call.subject {
+        Subject::Tool => {}
+        Subject::Resource(uri) => facts.push(fact("resource", &[string(uri)])),
+        Subject::Prompt => facts.push(fact("prompt", &[string(call.tool)])),
+    }
     if let (Some(counters), Some(token_calls)) = (&call.counters, token_calls) {
         facts.push(fact("task_calls", &[count(counters.task_calls)]));
         facts.push(fact("token_calls", &[count(token_calls)]));
@@ -382,6 +403,7 @@ mod tests {
             args: &args,
             now_secs: NOW,
             counters: None,
+            subject: crate::capability::Subject::Tool,
         };
         evaluate_forwarded(token, &call, forwarding).is_ok()
     }
@@ -407,6 +429,7 @@ mod tests {
             args: &Map::new(),
             now_secs: NOW + 31,
             counters: None,
+            subject: crate::capability::Subject::Tool,
         };
         assert!(
             evaluate_forwarded(&capability, &late, &fwd).is_err(),

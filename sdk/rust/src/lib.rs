@@ -27,7 +27,7 @@
 //! let child = Biscuit::from_base64(&child, root.public()).unwrap();
 //! let args = |path: &str| serde_json::json!({ "path": path }).as_object().unwrap().clone();
 //! let call = |a: &serde_json::Map<String, serde_json::Value>| {
-//!     evaluate(&child, &CallFacts { tool: "fs.read", args: a, now_secs: 0, counters: None })
+//!     evaluate(&child, &CallFacts { tool: "fs.read", args: a, now_secs: 0, counters: None, subject: leash_sdk::capability::Subject::Tool })
 //! };
 //! assert!(call(&args("/data/report.csv")).is_ok());
 //! assert!(call(&args("/etc/passwd")).is_err());

@@ -285,6 +285,7 @@ impl Verifier {
             args,
             now_secs,
             counters: None,
+            subject: crate::capability::Subject::Tool,
         };
         let forwarding = inner.forwarding();
         let forwarded_by = forwarding
