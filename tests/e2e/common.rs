@@ -527,6 +527,32 @@ pub fn policy_dir(upstream: &ToolServer) -> tempfile::TempDir {
     dir
 }
 
+/// A stateless 2026-07-28 MCP request to `URL/mcp` (`method` with `params`), with what
+/// that protocol requires: `MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name` for a named
+/// request and the per-request `_meta`. (Older protocols need `initialize` and a session.)
+pub fn mcp_request(
+    http: &reqwest::Client,
+    url: &str,
+    id: u64,
+    method: &str,
+    params: Value,
+) -> reqwest::RequestBuilder {
+    let mut params = params;
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {}
+    });
+    let mut request = http
+        .post(format!("{url}/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", method);
+    if let Some(name) = params["name"].as_str() {
+        request = request.header("mcp-name", name);
+    }
+    request.json(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

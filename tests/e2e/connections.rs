@@ -382,16 +382,17 @@ async fn mcp_token(broker: &TestBroker, browser: &mut Browser, tools: &[&str]) -
 
 /// `tools/call` at `/mcp`: the whole JSON-RPC answer (and its raw text).
 async fn mcp_call(url: &str, token: &str, tool: &str) -> (Value, String) {
-    let response = reqwest::Client::new()
-        .post(format!("{url}/mcp"))
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", "2025-11-25")
-        .bearer_auth(token)
-        .json(&json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
-                      "params": {"name": tool, "arguments": {}}}))
-        .send()
-        .await
-        .unwrap();
+    let response = crate::common::mcp_request(
+        &reqwest::Client::new(),
+        url,
+        7,
+        "tools/call",
+        json!({"name": tool, "arguments": {}}),
+    )
+    .bearer_auth(token)
+    .send()
+    .await
+    .unwrap();
     assert_eq!(response.status(), 200, "tools/call {tool}");
     let text = response.text().await.unwrap();
     (serde_json::from_str(&text).unwrap(), text)

@@ -54,11 +54,17 @@ struct Upstream {
 
 impl Upstream {
     async fn start() -> Upstream {
+        Upstream::start_with(&[]).await
+    }
+
+    /// The upstream with extra arguments (`--stateful`).
+    async fn start_with(extra: &[&str]) -> Upstream {
         leash_sdk::tls::install_default_provider();
         let port = free_port();
         let child = Command::new(python())
             .arg(script("mcp_upstream.py"))
             .arg(port.to_string())
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -324,8 +330,10 @@ async fn edge() -> (TestBroker, String, String) {
     (broker, task_id, token)
 }
 
+/// A 2026-07-28 `tools/list` (stateless: older protocols need `initialize` and a session).
 fn tools_list() -> Value {
-    json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}})
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}});
+    json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": meta}})
 }
 
 /// The tool names `/mcp`'s `tools/list` shows `token`.
@@ -347,12 +355,20 @@ async fn listed_names(broker: &TestBroker, token: &str) -> Vec<String> {
 }
 
 /// A 2025-11-25 MCP POST to the broker's `/mcp`.
+/// A stateless 2026-07-28 request to `/mcp` with `body` as it is (see
+/// [`crate::common::mcp_request`] for well-formed ones).
 fn mcp_post(broker: &TestBroker, body: Value) -> reqwest::RequestBuilder {
-    reqwest::Client::new()
+    let mut request = reqwest::Client::new()
         .post(format!("{}/mcp", broker.url))
         .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", "2025-11-25")
-        .json(&body)
+        .header("mcp-protocol-version", "2026-07-28");
+    if let Some(method) = body["method"].as_str() {
+        request = request.header("mcp-method", method);
+    }
+    if let Some(name) = body["params"]["name"].as_str() {
+        request = request.header("mcp-name", name);
+    }
+    request.json(&body)
 }
 
 /// A 2026-07-28 `tools/call` of web.search.
@@ -625,12 +641,15 @@ async fn resources_prompts_and_completions_are_checked_and_narrowed_like_calls()
                 ("read_template", json!(["document guide.md"])),
                 ("read_outside", json!(["the keys"])),
                 ("prompt", json!(["Please summarize tides"])),
-                ("complete_prompt", json!(["tides", "tigers"])),
-                ("complete_template", json!(["guide.md", "glossary.md"])),
+                // The upstream is asked in its own names.
+                ("complete_prompt", json!(["summarize:topic=ti"])),
+                ("complete_template", json!(["file:///docs/{name}:name=g"])),
             ],
             &[
                 ("prompt_bad_arguments", "invalid_arguments"),
                 ("prompt_held", "pending_approval"),
+                ("complete_held", "policy_denied"),
+                ("read_traversal", "bad_request"),
             ],
         );
     }
@@ -665,10 +684,11 @@ async fn resources_prompts_and_completions_are_checked_and_narrowed_like_calls()
             ("prompts", json!([])),
             ("read_inside", json!(["# Read me"])),
             ("read_template", json!(["document guide.md"])),
-            ("complete_template", json!(["guide.md", "glossary.md"])),
+            ("complete_template", json!(["file:///docs/{name}:name=g"])),
         ],
         &[
             ("read_outside", "capability_denied"),
+            ("read_traversal", "bad_request"),
             ("prompt", "capability_denied"),
             ("complete_prompt", "capability_denied"),
         ],
@@ -676,9 +696,24 @@ async fn resources_prompts_and_completions_are_checked_and_narrowed_like_calls()
     let after = reads(&upstream).await;
     assert_eq!(
         after[before.len()..],
-        ["file:///docs/readme.md", "file:///docs/guide.md"],
-        "the refused read reached the upstream: {after:?}"
+        [
+            "file:///docs/readme.md",
+            "file:///docs/guide.md",
+            "complete:file:///docs/{name}"
+        ],
+        "a refused read or completion reached the upstream: {after:?}"
     );
+    // A prompt or the resources are not tools: not callable as one.
+    for name in ["everything.summarize", "everything.resources"] {
+        let called = broker
+            .post(&format!("/v1/tools/{name}/call"), Some(&token), json!({}))
+            .await;
+        assert_eq!(
+            (called.status, called.code()),
+            (404, "unknown_tool"),
+            "{called:?}"
+        );
+    }
 
     // Each use was audited as a call, the read with its URI (audit rows are written
     // behind the request path: wait for them a little).
@@ -705,4 +740,63 @@ async fn resources_prompts_and_completions_are_checked_and_narrowed_like_calls()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// On a client's session (the initialize generation), what an upstream server asks or
+/// tells during a call reaches that client, through Leash, with the official Python SDK
+/// on both sides: sampling, elicitation, progress under the client's own token, and log
+/// messages at the level the client set. A form asking for a password is refused by
+/// Leash and never reaches the person.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstreams_requests_and_notifications_reach_the_clients_session() {
+    let upstream = Upstream::start_with(&["--stateful"]).await;
+    let broker = broker_with(&upstream).await;
+    let agent = broker.agent("bot").await;
+    let (_, token) = broker.task(&agent, &["everything.*"]).await;
+    let args = vec![format!("{}/mcp", broker.url), token];
+    let report = report_of("mcp_relay.py", args).await;
+    println!("MCP relay: {report}");
+    assert!(report.get("error").is_none(), "{report}");
+    assert_eq!(report["protocol_version"], "2025-11-25", "{report}");
+    assert_eq!(
+        report["ask_model"]["text"], "model says: forty-two",
+        "{report}"
+    );
+    assert_eq!(
+        report["sampled"],
+        json!([["What is six times seven?"]]),
+        "{report}"
+    );
+    assert_eq!(report["ask_person"]["text"], "accept: Ada", "{report}");
+    assert_eq!(
+        report["elicited"],
+        json!(["Who are you?"]),
+        "only the name was asked: {report}"
+    );
+    let refused = report["ask_password"]["text"].as_str().unwrap_or_default();
+    assert!(
+        refused.starts_with("elicitation refused") && refused.contains("secret"),
+        "{report}"
+    );
+    assert_eq!(report["count"]["text"], "counted to 3", "{report}");
+    let progress: Vec<f64> = report["progress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[0].as_f64().unwrap())
+        .collect();
+    // Progress only increases and reaches the end (one that comes out of order after a
+    // later one is dropped: rmcp hands each notification to a task of its own).
+    assert!(
+        progress.windows(2).all(|w| w[0] < w[1]) && progress.last() == Some(&3.0),
+        "{report}"
+    );
+    let mut logs: Vec<&str> = report["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.as_str())
+        .collect();
+    logs.sort_unstable();
+    assert_eq!(logs, ["counted 1", "counted 2", "counted 3"], "{report}");
 }

@@ -979,12 +979,8 @@ async fn task_state(broker: &TestBroker, task_id: &str) -> Value {
 
 /// A plain JSON-RPC `tools/list` POST to `/mcp`.
 async fn mcp_list(broker: &TestBroker, token: Option<&str>) -> reqwest::Response {
-    let mut request = broker
-        .http
-        .post(format!("{}/mcp", broker.url))
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", "2025-11-25")
-        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}));
+    let mut request =
+        crate::common::mcp_request(&broker.http, &broker.url, 1, "tools/list", json!({}));
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
@@ -1398,17 +1394,17 @@ async fn a_user_signs_in_consents_and_the_client_uses_and_refreshes_its_mcp_toke
         mcp_tools(&broker, &access).await,
         vec!["fs.read", "web.search"]
     );
-    let call = broker
-        .http
-        .post(format!("{}/mcp", broker.url))
-        .bearer_auth(&access)
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", "2025-11-25")
-        .json(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-                      "params": {"name": "web.search", "arguments": {"query": "oauth"}}}))
-        .send()
-        .await
-        .unwrap();
+    let call = crate::common::mcp_request(
+        &broker.http,
+        &broker.url,
+        2,
+        "tools/call",
+        json!({"name": "web.search", "arguments": {"query": "oauth"}}),
+    )
+    .bearer_auth(&access)
+    .send()
+    .await
+    .unwrap();
     assert_eq!(call.status(), 200);
     let call: Value = call.json().await.unwrap();
     assert_eq!(call["result"]["isError"], false, "{call}");

@@ -449,13 +449,8 @@ async fn an_approver_signs_in_sees_the_clients_task_and_revoking_it_ends_the_cli
         .expect("docs/approver-session.png written");
 
     // The client's next call is refused.
-    let refused = broker
-        .http
-        .post(format!("{}/mcp", broker.url))
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", "2025-11-25")
+    let refused = crate::common::mcp_request(&broker.http, &broker.url, 2, "tools/list", json!({}))
         .bearer_auth(&access)
-        .json(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}))
         .send()
         .await
         .unwrap();

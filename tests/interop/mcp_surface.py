@@ -55,6 +55,7 @@ async def main() -> None:
                 ("read_inside", "file:///docs/readme.md"),
                 ("read_template", "file:///docs/guide.md"),
                 ("read_outside", "file:///secret/keys.txt"),
+                ("read_traversal", "file:///docs/../secret/keys.txt"),
             ]:
                 report[key] = await outcome(lambda uri=uri: client.read_resource(uri), contents)
             report["prompt"] = await outcome(
@@ -71,6 +72,10 @@ async def main() -> None:
             )
             report["complete_prompt"] = await outcome(
                 lambda: client.complete(PromptReference(name="everything.summarize"), {"name": "topic", "value": "ti"}),
+                lambda r: r.completion.values,
+            )
+            report["complete_held"] = await outcome(
+                lambda: client.complete(PromptReference(name="everything.confidential"), {"name": "x", "value": ""}),
                 lambda r: r.completion.values,
             )
             report["complete_template"] = await outcome(

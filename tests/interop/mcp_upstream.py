@@ -10,17 +10,26 @@ template `file:///docs/{name}`), a prompt (`summarize`) and completions; `GET /r
 lists every URI it was asked to read, so a test can see that a refused read never
 arrived.
 
-Usage: mcp_upstream.py PORT
+With `--stateful` it keeps sessions (as a 2025-11-25 server does), so its tools can ask
+the client during a call: `ask_model` samples, `ask_person` elicits a name,
+`ask_password` elicits a password (which Leash must refuse to relay), `count` reports
+progress and logs.
+
+Usage: mcp_upstream.py PORT [--stateful]
 """
 import sys
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from mcp.server.mcpserver import MCPServer
-from mcp.types import Completion, PromptReference, ResourceTemplateReference
+from pydantic import BaseModel, Field
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.types import Completion, PromptReference, ResourceTemplateReference, SamplingMessage, TextContent
 
 port = int(sys.argv[1])
+stateful = "--stateful" in sys.argv[2:]
 server = MCPServer("interop-upstream")
 
 
@@ -77,10 +86,55 @@ def confidential() -> str:
 
 
 @server.completion()
-async def complete(ref: PromptReference | ResourceTemplateReference, argument: object, context: object) -> Completion:
-    if isinstance(ref, PromptReference):
-        return Completion(values=["tides", "tigers"])
-    return Completion(values=["guide.md", "glossary.md"])
+async def complete(ref: PromptReference | ResourceTemplateReference, argument: Any, context: object) -> Completion:
+    # The answer names what the server was asked (Leash passes its own names on), and is
+    # recorded like a read, so a test can see a refused completion never arrived.
+    asked = ref.name if isinstance(ref, PromptReference) else ref.uri
+    reads.append("complete:" + asked)
+    return Completion(values=["%s:%s=%s" % (asked, argument.name, argument.value)])
+
+
+class Person(BaseModel):
+    name: str = Field(description="Your name")
+
+
+class Login(BaseModel):
+    password: str = Field(description="Your password")
+
+
+@server.tool()
+async def ask_model(question: str, ctx: Context) -> str:
+    """Ask the client's model."""
+    answer = await ctx.session.create_message(
+        [SamplingMessage(role="user", content=TextContent(type="text", text=question))], max_tokens=50
+    )
+    return "model says: " + getattr(answer.content, "text", "")
+
+
+@server.tool()
+async def ask_person(ctx: Context) -> str:
+    """Ask the person for their name."""
+    result = await ctx.elicit("Who are you?", Person)
+    return "%s: %s" % (result.action, result.data.name if result.action == "accept" else "")
+
+
+@server.tool()
+async def ask_password(ctx: Context) -> str:
+    """Ask the person for a password (servers must not)."""
+    try:
+        result = await ctx.elicit("Your password, please", Login)
+        return "elicitation answered: " + result.action
+    except Exception as err:
+        return "elicitation refused: %s" % err
+
+
+@server.tool()
+async def count(n: int, ctx: Context) -> str:
+    """Count to n, reporting progress and logging each step."""
+    for i in range(1, n + 1):
+        await ctx.report_progress(i, n, "step %d" % i)
+        await ctx.info("counted %d" % i)
+    return "counted to %d" % n
 
 
 @server.custom_route("/rug-pull", methods=["POST"])
@@ -100,4 +154,6 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse({"ready": True})
 
 
-server.run(transport="streamable-http", host="127.0.0.1", port=port, stateless_http=True, json_response=True)
+server.run(
+    transport="streamable-http", host="127.0.0.1", port=port, stateless_http=not stateful, json_response=not stateful
+)

@@ -1,5 +1,7 @@
-//! Leash as an MCP server (`rmcp`, Streamable HTTP, stateless): every request carries
-//! its task token, checked by [`super::guard`] and re-read here from the request parts.
+//! Leash as an MCP server (`rmcp`, Streamable HTTP): every request carries its task
+//! token, checked by [`super::guard`] and re-read here from the request parts. A client
+//! that initializes gets a session, bound to its task, on which upstream servers'
+//! requests and notifications are relayed to it ([`crate::upstream::relay`]).
 //!
 //! `tools/list` lists what the token may call; `tools/call` runs the checked call of
 //! [`crate::tasks::calls`] (caveats, schema, budgets, per-call approval). Refusals the agent can
@@ -11,6 +13,10 @@
 //! only what the token may use. Their refusals are JSON-RPC errors (these results have
 //! no `isError`): the API's code in `data.code`, and in the message.
 
+// Logging and `resources/subscribe` are deprecated by the 2026-07-28 revision
+// (SEP-2577) but are the 2025-11-25 protocol, which Leash serves as it is.
+#![allow(deprecated)]
+
 use std::sync::Arc;
 
 use rmcp::model::{
@@ -19,10 +25,10 @@ use rmcp::model::{
     ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
     PaginatedRequestParams, Prompt, ReadResourceRequestParams, ReadResourceResponse,
     ReadResourceResult, Reference, Resource, ResourceTemplate, ServerCapabilities, ServerConfig,
-    Tool,
+    SetLevelRequestParams, SubscribeRequestParams, Tool, UnsubscribeRequestParams,
 };
 use rmcp::service::RequestContext;
-use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::Value;
@@ -33,15 +39,56 @@ use crate::policy::{McpKind, ToolDef};
 use crate::tasks::calls::{CallOutcome, Calls, TaskContext, Use};
 use crate::tokens::verify::VerifiedToken;
 use crate::upstream::dispatch::Upstream;
+use crate::upstream::mcp::Operation;
+use crate::upstream::relay::{Origin, Relay};
 
-/// The MCP handler of one request.
+/// The MCP handler of one client session (or, for a client without a session, of one
+/// request).
 #[derive(Clone)]
 pub struct LeashMcp {
     calls: Arc<Calls>,
     config: Arc<ServeConfig>,
+    /// The session's task, fixed by its first request: a session is never used with
+    /// another task's token, so what an upstream relays reaches that task's client only.
+    task: Arc<std::sync::OnceLock<String>>,
+    /// Where upstream messages for this session's client go (set by its first request).
+    relay: Arc<std::sync::OnceLock<Relay>>,
 }
 
 impl LeashMcp {
+    /// The task token of this request. On a session, the token must name the session's
+    /// task (the first request's): another task's token is refused.
+    fn token(&self, context: &RequestContext<RoleServer>) -> Result<Arc<VerifiedToken>, ErrorData> {
+        let token = token_of(context)?;
+        if on_session(context)
+            && let crate::tokens::verify::Principal::Task { task_id, .. } = &token.principal
+            && self.task.get_or_init(|| task_id.clone()) != task_id
+        {
+            return Err(ErrorData::invalid_request(
+                "this MCP session belongs to another task: open a new session with this token",
+                None,
+            ));
+        }
+        Ok(token)
+    }
+
+    /// Where this request's upstream messages are relayed: on a session, to its client
+    /// (the request's id and progress token); without one, nowhere.
+    fn via(&self, context: &RequestContext<RoleServer>) -> Option<(Relay, Origin)> {
+        if !on_session(context) {
+            return None;
+        }
+        let relay = self
+            .relay
+            .get_or_init(|| Relay::new(context.peer.clone()))
+            .clone();
+        let origin = Origin {
+            request: context.id.clone(),
+            progress: context.meta.get_progress_token(),
+        };
+        Some((relay, origin))
+    }
+
     /// The broker's public URL as this request reached it (links in errors).
     fn base_of(&self, context: &RequestContext<RoleServer>) -> String {
         context
@@ -52,27 +99,46 @@ impl LeashMcp {
     }
 }
 
-/// The `/mcp` service: stateless Streamable HTTP, with the broker's Host allow-list.
+/// The `/mcp` service: Streamable HTTP with the broker's Host allow-list. A client that
+/// initializes (up to 2025-11-25) gets a session (`Mcp-Session-Id`), on which an upstream
+/// server's requests and notifications are relayed to it; a 2026-07-28 client is served
+/// statelessly. Sessions live in this process (a client must stay on one replica) and
+/// close after `SESSION_IDLE` without a request.
 pub fn service(
     calls: Arc<Calls>,
     config: &Arc<ServeConfig>,
-) -> StreamableHttpService<LeashMcp, NeverSessionManager> {
+) -> StreamableHttpService<LeashMcp, LocalSessionManager> {
     let shared = config.clone();
     let config = StreamableHttpServerConfig::default()
-        .with_legacy_session_mode(false)
+        .with_legacy_session_mode(true)
         .with_json_response(true)
         .with_allowed_hosts(super::guard::allowed_hosts(config))
         .with_max_request_body_bytes(config.body_limit);
+    let mut sessions = LocalSessionManager::default();
+    sessions.session_config.keep_alive = Some(SESSION_IDLE);
     StreamableHttpService::new(
         move || {
             Ok(LeashMcp {
                 calls: calls.clone(),
                 config: shared.clone(),
+                task: Arc::default(),
+                relay: Arc::default(),
             })
         },
-        Arc::new(NeverSessionManager::default()),
+        Arc::new(sessions),
         config,
     )
+}
+
+/// How long a client session of `/mcp` lives without a request.
+const SESSION_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Whether this request belongs to a client session (it names one).
+fn on_session(context: &RequestContext<RoleServer>) -> bool {
+    context
+        .extensions
+        .get::<axum::http::request::Parts>()
+        .is_some_and(|parts| parts.headers.contains_key("mcp-session-id"))
 }
 
 fn token_of(context: &RequestContext<RoleServer>) -> Result<Arc<VerifiedToken>, ErrorData> {
@@ -230,9 +296,61 @@ impl LeashMcp {
         candidates
     }
 
+    /// `resources/subscribe` (or `unsubscribe`) of `uri`, on the client's own upstream
+    /// session: `resources/updated` for it then reaches this client only. Subscribing
+    /// needs the token's leave to read the URI.
+    async fn subscription(
+        &self,
+        uri: &str,
+        subscribe: bool,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let task = self.task(context).await?;
+        let (tool, server) = self.resources_for(&task, uri)?;
+        if subscribe {
+            self.calls
+                .may_use(
+                    &task,
+                    &tool.name,
+                    Use::Resource(uri.to_string()),
+                    "mcp.subscription",
+                )
+                .await
+                .map_err(|e| refusal(e, true))?;
+        }
+        let Some(via) = self.via(context) else {
+            return Err(refusal(
+                ApiError::BadRequest(
+                    "resource subscriptions need an MCP session (initialize first)".into(),
+                ),
+                true,
+            ));
+        };
+        if tool.upstream_auth.is_some() {
+            return Err(refusal(
+                ApiError::BadRequest(format!(
+                    "the resources of {server:?} are read with each person's credential: subscriptions are not relayed for them"
+                )),
+                true,
+            ));
+        }
+        let operation = if subscribe {
+            Operation::Subscribe { uri }
+        } else {
+            Operation::Unsubscribe { uri }
+        };
+        self.calls
+            .upstreams
+            .mcp()
+            .request(&server, uri, operation, None, Some((&via.0, &via.1)))
+            .await
+            .map(|_| ())
+            .map_err(|failure| refusal(ApiError::UpstreamError(failure.to_string()), true))
+    }
+
     /// The task of this request, or the JSON-RPC error that says why not.
     async fn task(&self, context: &RequestContext<RoleServer>) -> Result<TaskContext, ErrorData> {
-        let token = token_of(context)?;
+        let token = self.token(context)?;
         self.calls
             .active_task(token)
             .await
@@ -292,6 +410,8 @@ impl ServerHandler for LeashMcp {
                 .enable_prompts()
                 .enable_resources()
                 .enable_completions()
+                .enable_logging()
+                .enable_resources_subscribe()
                 .build(),
         )
         .with_server_info(Implementation::new("leash", env!("CARGO_PKG_VERSION")))
@@ -302,7 +422,7 @@ impl ServerHandler for LeashMcp {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let token = token_of(&context)?;
+        let token = self.token(&context)?;
         let task = self
             .calls
             .active_task(token)
@@ -334,9 +454,10 @@ impl ServerHandler for LeashMcp {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let token = token_of(&context)?;
+        let token = self.token(&context)?;
         let args = Value::Object(request.arguments.clone().unwrap_or_default());
         let approval = approval_of(&context);
+        let via = self.via(&context);
         let name = request.name.to_string();
         // An MCP upstream's answer is already a `CallToolResult`: passed on as it is.
         let is_mcp_tool = self
@@ -346,7 +467,14 @@ impl ServerHandler for LeashMcp {
             .is_some_and(|t| matches!(Upstream::of(&t), Upstream::Mcp { .. }));
         match self
             .calls
-            .call_tool(token, &name, args, approval.as_deref())
+            .call(
+                token,
+                &name,
+                Use::Tool,
+                args,
+                approval.as_deref(),
+                via.as_ref().map(|(relay, origin)| (relay, origin)),
+            )
             .await
         {
             Ok(CallOutcome::Done(answer)) => {
@@ -402,12 +530,20 @@ impl ServerHandler for LeashMcp {
         request: GetPromptRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
-        let token = token_of(&context)?;
+        let token = self.token(&context)?;
         let args = Value::Object(request.arguments.clone().unwrap_or_default());
         let approval = approval_of(&context);
+        let via = self.via(&context);
         let outcome = self
             .calls
-            .get_prompt(token, &request.name, args, approval.as_deref())
+            .call(
+                token,
+                &request.name,
+                Use::Prompt,
+                args,
+                approval.as_deref(),
+                via.as_ref().map(|(relay, origin)| (relay, origin)),
+            )
             .await;
         let what = format!("prompt {:?}", request.name);
         self.answer_as::<GetPromptResult>(outcome, &context, &what, false)
@@ -452,13 +588,16 @@ impl ServerHandler for LeashMcp {
         let task = self.task(&context).await?;
         let (tool, _) = self.resources_for(&task, &request.uri)?;
         let approval = approval_of(&context);
+        let via = self.via(&context);
         let outcome = self
             .calls
-            .read_resource(
+            .call(
                 task.token.clone(),
                 &tool.name,
-                &request.uri,
+                Use::Resource(request.uri.clone()),
+                serde_json::json!({ "uri": request.uri }),
                 approval.as_deref(),
+                via.as_ref().map(|(relay, origin)| (relay, origin)),
             )
             .await;
         let what = format!("resource {:?}", request.uri);
@@ -477,13 +616,10 @@ impl ServerHandler for LeashMcp {
         let (tool, label) = match &mut request.r#ref {
             Reference::Prompt(prompt) => {
                 let name = prompt.name.clone();
-                self.calls
-                    .may_use(&task, &name, Use::Prompt)
-                    .await
-                    .map_err(|e| refusal(e, false))?;
                 let tool = self
                     .calls
-                    .lookup(&name, &Use::Prompt)
+                    .may_use(&task, &name, Use::Prompt, "mcp.completion")
+                    .await
                     .map_err(|e| refusal(e, false))?;
                 if let Some(McpKind::Prompt(own)) = tool.mcp.as_ref().map(|t| &t.kind) {
                     prompt.name = own.clone();
@@ -492,9 +628,28 @@ impl ServerHandler for LeashMcp {
             }
             Reference::Resource(template) => {
                 let uri = template.uri.clone();
-                let (tool, _) = self.resources_for(&task, &uri)?;
-                self.calls
-                    .may_use(&task, &tool.name, Use::Resource(uri.clone()))
+                let (tool, server) = self.resources_for(&task, &uri)?;
+                // Only a template the server listed and that is not withheld.
+                let listed = self
+                    .calls
+                    .catalog
+                    .templates_of(&server)
+                    .iter()
+                    .any(|t| t["uriTemplate"].as_str() == Some(uri.as_str()));
+                if !listed {
+                    return Err(refusal(
+                        ApiError::UnknownTool(format!("no resource template {uri:?}")),
+                        true,
+                    ));
+                }
+                let tool = self
+                    .calls
+                    .may_use(
+                        &task,
+                        &tool.name,
+                        Use::Resource(uri.clone()),
+                        "mcp.completion",
+                    )
                     .await
                     .map_err(|e| refusal(e, true))?;
                 (tool, uri)
@@ -511,6 +666,7 @@ impl ServerHandler for LeashMcp {
         let Some(target) = tool.mcp.as_ref().filter(|_| tool.upstream_auth.is_none()) else {
             return Ok(CompleteResult::default());
         };
+        let via = self.via(&context);
         let answer = self
             .calls
             .upstreams
@@ -518,8 +674,9 @@ impl ServerHandler for LeashMcp {
             .request(
                 &target.server,
                 &label,
-                crate::upstream::mcp::Operation::Complete(request),
+                Operation::Complete(request),
                 None,
+                via.as_ref().map(|(relay, origin)| (relay, origin)),
             )
             .await
             .map_err(|failure| refusal(ApiError::UpstreamError(failure.to_string()), false))?;
@@ -529,5 +686,38 @@ impl ServerHandler for LeashMcp {
                 false,
             )
         })
+    }
+
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.task(&context).await?;
+        // Without a session there is nothing to send log messages on: accepted, and moot.
+        if let Some((relay, _)) = self.via(&context) {
+            self.calls
+                .upstreams
+                .mcp()
+                .set_level(&relay, request.level)
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.subscription(&request.uri, true, &context).await
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.subscription(&request.uri, false, &context).await
     }
 }

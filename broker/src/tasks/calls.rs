@@ -29,6 +29,7 @@ use crate::tokens::verify::{Principal, VerifiedToken};
 use crate::upstream::catalog::{Catalog, Lookup};
 use crate::upstream::client::{Answer, UpstreamFailure};
 use crate::upstream::dispatch::{Upstream, Upstreams};
+use crate::upstream::relay::{Origin, Relay};
 
 /// Recently minted per-call capabilities: (token id, tool) → (text, end of window).
 pub type CapabilityCache = moka::sync::Cache<(String, String), (String, i64)>;
@@ -107,46 +108,29 @@ impl Calls {
         args: Value,
         approval: Option<&str>,
     ) -> Result<CallOutcome, ApiError> {
-        self.call(token, tool_name, Use::Tool, args, approval).await
-    }
-
-    /// Reads `uri` from the MCP server whose resources are `name`, checked as a call
-    /// (`resource($uri)` among its facts; arguments `{"uri": …}`).
-    pub async fn read_resource(
-        &self,
-        token: Arc<VerifiedToken>,
-        name: &str,
-        uri: &str,
-        approval: Option<&str>,
-    ) -> Result<CallOutcome, ApiError> {
-        let args = json!({ "uri": uri });
-        self.call(token, name, Use::Resource(uri.to_string()), args, approval)
+        self.call(token, tool_name, Use::Tool, args, approval, None)
             .await
     }
 
-    /// Gets the prompt `name` with `args`, checked as a call (`prompt($name)` among its
-    /// facts).
-    pub async fn get_prompt(
-        &self,
-        token: Arc<VerifiedToken>,
-        name: &str,
-        args: Value,
-        approval: Option<&str>,
-    ) -> Result<CallOutcome, ApiError> {
-        self.call(token, name, Use::Prompt, args, approval).await
-    }
-
-    /// Makes one checked use of `tool_name` (a tool, a prompt, a server's resources).
-    async fn call(
+    /// Makes one checked use of `tool_name`: a tool, a prompt (`prompt($name)` among
+    /// its facts), or a read of one URI from a server's resources (`resource($uri)`;
+    /// `args` is then `{"uri": …}`). With `via` (an MCP client's session and request),
+    /// what the upstream sends during the call is relayed to that client.
+    pub async fn call(
         &self,
         token: Arc<VerifiedToken>,
         tool_name: &str,
         what: Use,
         args: Value,
         approval: Option<&str>,
+        via: Option<(&Relay, &Origin)>,
     ) -> Result<CallOutcome, ApiError> {
         // Integral numbers become integers once, here: the checks, the schema, the approval
         // binding and the upstream all see the same value.
+        // A URI a prefix check cannot judge is refused before anything, the audit included.
+        if let Use::Resource(uri) = &what {
+            check_uri(uri)?;
+        }
         let mut args = args;
         leash_sdk::facts::normalize_numbers(&mut args);
         if let Principal::Task { agent, .. } = &token.principal {
@@ -158,7 +142,14 @@ impl Calls {
         let started = std::time::Instant::now();
         let mut served_by = None;
         let outcome = self
-            .checked_call(&task, tool_name, &what, &args, approval, &mut served_by)
+            .checked_call(
+                &task,
+                tool_name,
+                &what,
+                &args,
+                Delivery { approval, via },
+                &mut served_by,
+            )
             .await;
         let (tool_label, outcome_label, took) = match &outcome {
             Ok(CallOutcome::Done(_)) => (tool_name, "allowed", Some(started.elapsed())),
@@ -188,7 +179,8 @@ impl Calls {
         match &what {
             Use::Tool => {}
             Use::Prompt => detail["prompt"] = json!(true),
-            Use::Resource(uri) => detail["uri"] = json!(uri),
+            // Checked to be at most MAX_URI_BYTES; the audit keeps its first 512 bytes.
+            Use::Resource(uri) => detail["uri"] = json!(crate::text::shown(uri, 512)),
         }
         // Which person's connection served the call: its id, never its token.
         if let Some(connection) = served_by {
@@ -211,9 +203,10 @@ impl Calls {
         tool_name: &str,
         what: &Use,
         args: &Value,
-        approval: Option<&str>,
+        delivery: Delivery<'_>,
         served_by: &mut Option<String>,
     ) -> Result<CallOutcome, ApiError> {
+        let Delivery { approval, via } = delivery;
         let tool = self.lookup(tool_name, what)?;
         let Some(arguments) = args.as_object() else {
             return Err(ApiError::BadRequest(
@@ -358,7 +351,7 @@ impl Calls {
         let started = Instant::now();
         let forwarded = self
             .upstreams
-            .call(&tool, args, capability, authorization)
+            .call(&tool, args, capability, authorization, via)
             .await;
         match forwarded {
             Ok(result) => {
@@ -471,39 +464,165 @@ impl Calls {
         off_the_reactor_if_costly(&task.token, move || {
             let no_args = serde_json::Map::new();
             let no_calls = vec![0; token.revocation_ids.len()];
-            held.into_iter()
-                .filter(|(name, what, _)| {
-                    let facts = CallFacts {
-                        tool: name,
-                        args: &no_args,
-                        now_secs,
-                        task_calls,
-                        prefix_calls: &no_calls,
-                        budget_blocks: &token.budget_blocks,
-                        subject: what.subject(),
-                    };
-                    listable(&token.biscuit, &facts)
-                })
-                .map(|(_, _, item)| item)
-                .collect()
+            // One time budget for the whole list: a long list of a costly token is cut
+            // short (what was judged is shown), never a stall.
+            let deadline = Instant::now() + LIST_TIME;
+            let mut shown = Vec::new();
+            for (name, what, item) in held {
+                if Instant::now() >= deadline {
+                    tracing::warn!(
+                        task = %token_task(&token),
+                        "a list took longer than its time budget to check; the rest is left out"
+                    );
+                    break;
+                }
+                // A read's one argument is its URI, known here: judged, not excused.
+                let uri_args = match &what {
+                    Use::Resource(uri) => Some(uri_arguments(uri)),
+                    _ => None,
+                };
+                let facts = CallFacts {
+                    tool: &name,
+                    args: uri_args.as_ref().unwrap_or(&no_args),
+                    now_secs,
+                    task_calls,
+                    prefix_calls: &no_calls,
+                    budget_blocks: &token.budget_blocks,
+                    subject: what.subject(),
+                };
+                if listable(&token.biscuit, &facts, uri_args.is_some()) {
+                    shown.push(item);
+                }
+            }
+            shown
         })
         .await
     }
 
-    /// Whether this token may use `name` as `what` at all (its checks about arguments
-    /// and budgets aside): for requests that are not counted calls (completions).
-    pub async fn may_use(&self, task: &TaskContext, name: &str, what: Use) -> Result<(), ApiError> {
-        let tool = self.lookup(name, &what)?;
+    /// Whether this token may use `name` as `what` at all (budgets and, for a prompt,
+    /// checks about its arguments aside): for requests that are not calls (completions,
+    /// subscriptions), audited as `event` (allowed or denied). A name whose every use
+    /// needs a per-call approval is refused: what such a request reveals is the
+    /// approver's to allow. Rate-limited like a call, and refused while the audit log
+    /// cannot be written.
+    pub async fn may_use(
+        &self,
+        task: &TaskContext,
+        name: &str,
+        what: Use,
+        event: &'static str,
+    ) -> Result<Arc<ToolDef>, ApiError> {
+        let decision = self.may_use_unaudited(task, name, &what).await;
+        let mut detail =
+            json!({ "tool": name, "token": task.token.own_id(), "allowed": decision.is_ok() });
+        if let Use::Resource(uri) = &what {
+            detail["uri"] = json!(crate::text::shown(uri, 512));
+        }
+        if let Err(err) = &decision {
+            detail["code"] = json!(err.status_and_code().1);
+        }
+        self.audit
+            .record(AuditEvent {
+                kind: event,
+                actor: format!("agent:{}", task.runtime.agent),
+                task_id: Some(task.runtime.task_id.clone()),
+                detail,
+            })
+            .await;
+        decision
+    }
+
+    async fn may_use_unaudited(
+        &self,
+        task: &TaskContext,
+        name: &str,
+        what: &Use,
+    ) -> Result<Arc<ToolDef>, ApiError> {
+        self.rate_limiter.check(&task.runtime.agent)?;
+        self.audit.check_writable()?;
+        if let Use::Resource(uri) = what {
+            check_uri(uri)?;
+        }
+        let tool = self.lookup(name, what)?;
+        if tool.approval == ToolApproval::PerCall {
+            return Err(ApiError::PolicyDenied(format!(
+                "each use of {name:?} needs a human approval: this request is not offered for it"
+            )));
+        }
         let shown = self
-            .listable(task, vec![(tool.name.clone(), what, ())])
+            .listable(task, vec![(tool.name.clone(), what.clone(), ())])
             .await?;
         if shown.is_empty() {
             return Err(ApiError::CapabilityDenied(format!(
                 "this token may not use {name:?}"
             )));
         }
-        Ok(())
+        Ok(tool)
     }
+}
+
+/// What the caller adds to a checked call besides its name and arguments: the
+/// `Leash-Approval` it presents, and where upstream messages during the call go.
+#[derive(Clone, Copy)]
+struct Delivery<'a> {
+    approval: Option<&'a str>,
+    via: Option<(&'a Relay, &'a Origin)>,
+}
+
+/// How long checking one list may take, whatever the token.
+const LIST_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+use crate::upstream::mcp::MAX_URI_BYTES;
+
+fn token_task(token: &VerifiedToken) -> &str {
+    match &token.principal {
+        Principal::Task { task_id, .. } => task_id,
+        _ => "",
+    }
+}
+
+/// The arguments of a read of `uri`.
+fn uri_arguments(uri: &str) -> serde_json::Map<String, Value> {
+    let mut args = serde_json::Map::new();
+    args.insert("uri".into(), Value::String(uri.to_string()));
+    args
+}
+
+/// Refuses a resource URI that a prefix check (`$u.starts_with("file:///docs/")`) could
+/// not judge: too long, with control characters or a backslash, with a dot segment
+/// (`/../`, `/./`), or with a percent-encoded dot, slash or backslash that an upstream
+/// might decode into one. An upstream that resolves paths could otherwise serve
+/// `file:///docs/../secret` to a token narrowed to the docs.
+pub fn check_uri(uri: &str) -> Result<(), ApiError> {
+    if uri.is_empty() || uri.len() > MAX_URI_BYTES {
+        return Err(ApiError::BadRequest(format!(
+            "a resource URI has 1 to {MAX_URI_BYTES} bytes"
+        )));
+    }
+    let refused = |why: &str| {
+        Err(ApiError::BadRequest(format!(
+            "resource URI refused: {why} (a prefix check could not judge it)"
+        )))
+    };
+    if uri.chars().any(|c| c.is_control() || c == '\\') {
+        return refused("it holds a control character or a backslash");
+    }
+    let lower = uri.to_ascii_lowercase();
+    if ["%2e", "%2f", "%5c", "%00"]
+        .iter()
+        .any(|e| lower.contains(e))
+    {
+        return refused("it percent-encodes a dot, a slash, a backslash or NUL");
+    }
+    let path = uri.split(['?', '#']).next().unwrap_or(uri);
+    if path
+        .split('/')
+        .skip(1)
+        .any(|segment| segment == "." || segment == "..")
+    {
+        return refused("it has a dot segment");
+    }
+    Ok(())
 }
 
 /// What a checked call uses: a tool, a prompt, or a resource (by URI) of the server

@@ -207,3 +207,41 @@ async fn a_per_call_tool_files_an_approval_instead_of_calling() {
     assert!(matches!(again, CallOutcome::PendingApproval(id) if id == approval_id));
     assert!(received.lock().unwrap().is_empty());
 }
+
+/// A resource URI a prefix check could not judge is refused before anything else.
+#[test]
+fn a_uri_that_could_slip_past_a_prefix_check_is_refused() {
+    use super::check_uri;
+    for fine in [
+        "file:///docs/readme.md",
+        "test://template/123/data",
+        "file:///docs/{name}",
+        "https://example.org/a/b?q=../x",
+        "file:///docs/a..b/c.",
+    ] {
+        assert!(check_uri(fine).is_ok(), "{fine}");
+    }
+    for refused in [
+        "",
+        "file:///docs/../secret/keys.txt",
+        "file:///docs/./../secret",
+        "file:///docs/..",
+        "file:///docs/%2e%2e/secret",
+        "file:///docs/%2E%2E/secret",
+        "file:///docs%2f..%2fsecret",
+        "file:///docs/..\\secret",
+        "file:///docs/a%5csecret",
+        "file:///docs/a%00",
+        "file:///docs/a\nb",
+    ] {
+        assert!(
+            matches!(check_uri(refused), Err(ApiError::BadRequest(_))),
+            "{refused:?}"
+        );
+    }
+    let long = format!(
+        "file:///docs/{}",
+        "a".repeat(crate::upstream::mcp::MAX_URI_BYTES)
+    );
+    assert!(check_uri(&long).is_err());
+}

@@ -77,14 +77,19 @@ pub fn authorize_call(token: &Biscuit, call: &CallFacts<'_>) -> Result<(), Denia
 /// by checks about arguments (which depend on the call) or budgets. A check about
 /// `resource` is never excused: a list gives the URI (or template) it shows, and a use
 /// that is not a read has no `resource` fact at all.
-pub fn listable(token: &Biscuit, call: &CallFacts<'_>) -> bool {
+///
+/// With `args_known` (a resource read, whose one argument is its URI) a check about
+/// `arg` is judged like any other: only budgets are left to call time.
+pub fn listable(token: &Biscuit, call: &CallFacts<'_>, args_known: bool) -> bool {
     match evaluate_with_budgets(token, &call.shared(), call.budget_blocks) {
         Ok(()) => true,
         Err(error::Token::FailedLogic(error::Logic::Unauthorized {
             policy: error::MatchedPolicy::Allow(_),
             checks,
         })) => failed_rules(&checks).iter().all(|rule| {
-            rule.contains("arg(") || rule.contains("token_calls") || rule.contains("task_calls")
+            (!args_known && rule.contains("arg("))
+                || rule.contains("token_calls")
+                || rule.contains("task_calls")
         }),
         Err(_) => false,
     }

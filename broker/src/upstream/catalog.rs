@@ -219,7 +219,8 @@ impl Catalog {
     }
 
     /// Whether `server` says it serves `uri`: a resource it listed has that URI, or the
-    /// URI starts with the literal part of one of its templates (before the first `{`).
+    /// URI starts with the literal part of one of its templates (before the first `{`)
+    /// that is not withheld.
     pub fn claims(&self, server: &str, uri: &str) -> bool {
         let Ok(found) = self.mcp.read() else {
             return false;
@@ -231,7 +232,7 @@ impl Catalog {
             .resources
             .iter()
             .any(|r| r["uri"].as_str() == Some(uri))
-            || surface.templates.iter().any(|t| {
+            || surface.templates.iter().filter(|t| !t.withheld).any(|t| {
                 t.value["uriTemplate"].as_str().is_some_and(|template| {
                     let literal = template.split('{').next().unwrap_or(template);
                     !literal.is_empty() && uri.starts_with(literal)

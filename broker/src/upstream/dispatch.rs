@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::policy::{McpKind, ToolDef};
 use crate::upstream::client::{Answer, Proxy, UpstreamFailure};
 use crate::upstream::mcp::{Discovery, McpServers, Operation};
+use crate::upstream::relay::{Origin, Relay};
 
 /// Where a tool's calls go.
 pub enum Upstream<'a> {
@@ -68,13 +69,16 @@ impl Upstreams {
 
     /// Forwards one checked call to wherever `tool` lives; `capability` is sent as
     /// `Leash-Capability` to HTTP tools ([`Upstream::carries_capability`]), and
-    /// `authorization` (the provider token of `upstream_auth`) as `Authorization`.
+    /// `authorization` (the provider token of `upstream_auth`) as `Authorization`. With
+    /// `via` (an MCP client's session and its request), an MCP server's messages during
+    /// the call are relayed to that client.
     pub async fn call(
         &self,
         tool: &ToolDef,
         args: &Value,
         capability: Option<String>,
         authorization: Option<HeaderValue>,
+        via: Option<(&Relay, &Origin)>,
     ) -> Result<Answer, UpstreamFailure> {
         match Upstream::of(tool) {
             Upstream::Mcp { server, kind } => {
@@ -86,7 +90,7 @@ impl Upstreams {
                     },
                 };
                 self.mcp
-                    .request(server, &tool.name, operation, authorization)
+                    .request(server, &tool.name, operation, authorization, via)
                     .await
                     .map(Answer::Parsed)
             }

@@ -11,17 +11,28 @@
 //! redirects and honour `HTTP_PROXY`, sending the server's configured credential headers
 //! wherever they point.
 
-use std::collections::BTreeMap;
+// Sampling, roots, logging and `resources/subscribe` are deprecated by the 2026-07-28
+// revision (SEP-2577) but are the 2025-11-25 protocol, which Leash relays as it is.
+#![allow(deprecated)]
+
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue};
+use rmcp::ErrorData;
 use rmcp::model::{
-    CallToolRequestParams, ClientCapabilities, ClientConfig, CompleteRequestParams,
-    GetPromptRequestParams, Implementation, ProtocolVersion, ReadResourceRequestParams,
-    SubscriptionFilter,
+    CallToolRequest, CallToolRequestParams, ClientConfig, ClientRequest, CompleteRequest,
+    CompleteRequestParams, CreateMessageRequestParams, CreateMessageResult, ElicitRequestParams,
+    ElicitResult, GetPromptRequest, GetPromptRequestParams, Implementation, ListRootsResult,
+    LoggingMessageNotificationParam, ProgressNotificationParam, ProtocolVersion,
+    ReadResourceRequest, ReadResourceRequestParams, ResourceUpdatedNotificationParam, ServerResult,
+    SetLevelRequest, SetLevelRequestParams, SubscribeRequest, SubscribeRequestParams,
+    SubscriptionFilter, UnsubscribeRequest, UnsubscribeRequestParams,
 };
-use rmcp::service::{NotificationContext, RoleClient, RunningService};
+use rmcp::service::{
+    NotificationContext, PeerRequestOptions, RequestContext, RoleClient, RunningService,
+};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::{ClientHandler, ClientLifecycleMode, ClientServiceExt};
@@ -35,17 +46,73 @@ use crate::store::Store;
 use crate::upstream::catalog::{Catalog, Surface};
 use crate::upstream::client::UpstreamFailure;
 use crate::upstream::pins::DefinitionReview;
+use crate::upstream::relay::{Origin, Pending, Relay, RelayTo};
 
 /// Longest pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Receives the upstream's notifications.
+/// Receives the upstream's notifications and requests: on the server's own session, its
+/// list changes; on a client's session ([`RelayTo`]), everything meant for that client.
 #[derive(Clone)]
-struct Listener {
+pub(crate) struct Listener {
     changed: mpsc::UnboundedSender<()>,
+    relay: Option<RelayTo>,
 }
 
 impl ClientHandler for Listener {
+    async fn create_message(
+        &self,
+        params: CreateMessageRequestParams,
+        context: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, ErrorData> {
+        self.relay()?.create_message(params, &context).await
+    }
+
+    async fn create_elicitation(
+        &self,
+        params: ElicitRequestParams,
+        context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        self.relay()?.create_elicitation(params, &context).await
+    }
+
+    async fn list_roots(
+        &self,
+        context: RequestContext<RoleClient>,
+    ) -> Result<ListRootsResult, ErrorData> {
+        self.relay()?.list_roots(&context).await
+    }
+
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        if let Some(relay) = &self.relay {
+            relay.progress(params);
+        }
+    }
+
+    async fn on_logging_message(
+        &self,
+        params: LoggingMessageNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        if let Some(relay) = &self.relay {
+            relay.log(params);
+        }
+    }
+
+    async fn on_resource_updated(
+        &self,
+        params: ResourceUpdatedNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        if let Some(relay) = &self.relay {
+            relay.resource_updated(params);
+        }
+    }
+
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
         let _ = self.changed.send(());
     }
@@ -59,14 +126,37 @@ impl ClientHandler for Listener {
     }
 
     fn get_info(&self) -> ClientConfig {
+        let capabilities = self
+            .relay
+            .as_ref()
+            .map(|relay| relay.capabilities.clone())
+            .unwrap_or_default();
         ClientConfig::new(
-            ClientCapabilities::default(),
+            capabilities,
             Implementation::new("leash", env!("CARGO_PKG_VERSION")),
         )
     }
 }
 
-type Client = Arc<RunningService<RoleClient, Listener>>;
+impl Listener {
+    /// Where the server's requests go: the client of this session, if there is one.
+    fn relay(&self) -> Result<&RelayTo, ErrorData> {
+        self.relay.as_ref().ok_or_else(not_relayed)
+    }
+}
+
+/// What a server asks of the client on a session no client is behind (discovery, a
+/// stateless client's call).
+fn not_relayed() -> ErrorData {
+    ErrorData::new(
+        rmcp::model::ErrorCode::METHOD_NOT_FOUND,
+        "Leash relays requests to the client only on a client's MCP session",
+        None,
+    )
+}
+
+/// An open session with an upstream server.
+pub(crate) type Client = Arc<RunningService<RoleClient, Listener>>;
 
 /// One upstream server and its live connection, if any.
 struct Upstream {
@@ -120,6 +210,57 @@ pub enum Operation<'a> {
     },
     /// `completion/complete`, its reference already in the server's own names.
     Complete(CompleteRequestParams),
+    /// `resources/subscribe` (on a client's session only).
+    Subscribe {
+        /// The URI, as the client asked for it.
+        uri: &'a str,
+    },
+    /// `resources/unsubscribe` (on a client's session only).
+    Unsubscribe {
+        /// The URI, as the client asked for it.
+        uri: &'a str,
+    },
+}
+
+impl Operation<'_> {
+    /// The request as rmcp sends it.
+    fn request(self) -> Result<ClientRequest, serde_json::Error> {
+        Ok(match self {
+            Operation::CallTool { tool, args } => {
+                ClientRequest::CallToolRequest(CallToolRequest::new(
+                    CallToolRequestParams::new(tool.to_string())
+                        .with_arguments(args.as_object().cloned().unwrap_or_default()),
+                ))
+            }
+            Operation::GetPrompt { prompt, args } => {
+                ClientRequest::GetPromptRequest(GetPromptRequest::new(serde_json::from_value::<
+                    GetPromptRequestParams,
+                >(
+                    serde_json::json!({ "name": prompt, "arguments": args }),
+                )?))
+            }
+            Operation::ReadResource { uri } => ClientRequest::ReadResourceRequest(
+                ReadResourceRequest::new(serde_json::from_value::<ReadResourceRequestParams>(
+                    serde_json::json!({ "uri": uri }),
+                )?),
+            ),
+            Operation::Complete(params) => {
+                ClientRequest::CompleteRequest(CompleteRequest::new(params))
+            }
+            Operation::Subscribe { uri } => {
+                ClientRequest::SubscribeRequest(SubscribeRequest::new(serde_json::from_value::<
+                    SubscribeRequestParams,
+                >(
+                    serde_json::json!({ "uri": uri }),
+                )?))
+            }
+            Operation::Unsubscribe { uri } => ClientRequest::UnsubscribeRequest(
+                UnsubscribeRequest::new(serde_json::from_value::<UnsubscribeRequestParams>(
+                    serde_json::json!({ "uri": uri }),
+                )?),
+            ),
+        })
+    }
 }
 
 /// How many per-credential sessions are kept open, and for how long unused.
@@ -172,12 +313,17 @@ impl McpServers {
         label: &str,
         operation: Operation<'_>,
         authorization: Option<HeaderValue>,
+        via: Option<(&Relay, &Origin)>,
     ) -> Result<Value, UpstreamFailure> {
         let name = label.to_string();
         let upstream = self
             .servers
             .get(server)
             .ok_or_else(|| UpstreamFailure::Unreachable { tool: name.clone() })?;
+        if let Some((relay, origin)) = via {
+            let (client, relay_to) = self.relayed(upstream, relay, authorization).await?;
+            return send_relayed(upstream, &client, &relay_to, name, operation, origin).await;
+        }
         let Some(authorization) = authorization else {
             let client = upstream
                 .client
@@ -205,8 +351,12 @@ impl McpServers {
                 connect(
                     &upstream.def,
                     &self.http,
-                    Listener { changed },
+                    Listener {
+                        changed,
+                        relay: None,
+                    },
                     Some(authorization),
+                    preferred(),
                 )
                 .await
                 .map(Arc::new)
@@ -229,6 +379,183 @@ impl McpServers {
             self.sessions.invalidate(&key).await;
         }
         outcome
+    }
+}
+
+impl McpServers {
+    /// The client session's own upstream session with `upstream` (and this credential),
+    /// opened on first use with the client's capabilities and its logging level.
+    async fn relayed(
+        &self,
+        upstream: &Upstream,
+        relay: &Relay,
+        authorization: Option<HeaderValue>,
+    ) -> Result<(Client, RelayTo), UpstreamFailure> {
+        let name = upstream.def.name.clone();
+        let key = (
+            name.clone(),
+            authorization
+                .as_ref()
+                .map(|a| <[u8; 32]>::from(Sha256::digest(a.as_bytes()))),
+        );
+        let mut open = relay.upstreams.lock().await;
+        if let Some((client, relay_to)) = open.get(&key)
+            && !client.is_closed()
+        {
+            return Ok((client.clone(), relay_to.clone()));
+        }
+        let pending = Arc::new(std::sync::Mutex::new(HashMap::new()));
+        let (changed, _) = mpsc::unbounded_channel();
+        let relay_to = RelayTo::new(relay, pending.clone());
+        let listener = Listener {
+            changed,
+            relay: Some(relay_to.clone()),
+        };
+        let secret = authorization
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_whitespace().last())
+            .unwrap_or_default()
+            .to_string();
+        let client = connect(
+            &upstream.def,
+            &self.http,
+            listener,
+            authorization,
+            ClientLifecycleMode::Initialize,
+        )
+        .await
+        .map(Arc::new)
+        .map_err(|e| {
+            let error = if secret.len() >= 4 { e.replace(&secret, "[redacted]") } else { e };
+            tracing::warn!(server = %name, %error, "cannot open an MCP session for a client session");
+            UpstreamFailure::Unreachable { tool: name.clone() }
+        })?;
+        if let Some(level) = relay.level() {
+            let _ = client
+                .send_request(ClientRequest::SetLevelRequest(SetLevelRequest::new(
+                    SetLevelRequestParams::new(level),
+                )))
+                .await;
+        }
+        open.insert(key, (client.clone(), relay_to.clone()));
+        Ok((client, relay_to))
+    }
+
+    /// Sends the client's logging level to its open upstream sessions (those opened later
+    /// get it as they open).
+    pub async fn set_level(&self, relay: &Relay, level: rmcp::model::LoggingLevel) {
+        relay.set_level(level);
+        let open: Vec<Client> = relay
+            .upstreams
+            .lock()
+            .await
+            .values()
+            .map(|(client, _)| client.clone())
+            .collect();
+        for client in open {
+            let _ = client
+                .send_request(ClientRequest::SetLevelRequest(SetLevelRequest::new(
+                    SetLevelRequestParams::new(level),
+                )))
+                .await;
+        }
+    }
+}
+
+/// One request on a client's own upstream session: messages the upstream sends while it
+/// runs are relayed to the client request `origin`; dropping it (the client cancelled)
+/// cancels it upstream.
+async fn send_relayed(
+    upstream: &Upstream,
+    client: &Client,
+    relay_to: &RelayTo,
+    name: String,
+    operation: Operation<'_>,
+    origin: &Origin,
+) -> Result<Value, UpstreamFailure> {
+    let bad = |problem: String| UpstreamFailure::BadAnswer {
+        tool: name.clone(),
+        problem,
+    };
+    let request = operation.request().map_err(|e| bad(e.to_string()))?;
+    let handle = client
+        .send_request_with_option(request, PeerRequestOptions::no_options())
+        .await
+        .map_err(|err| {
+            let error = upstream.def.scrub(&err.to_string());
+            tracing::warn!(tool = %name, %error, "MCP upstream request failed");
+            UpstreamFailure::Unreachable { tool: name.clone() }
+        })?;
+    let id = handle.id.clone();
+    let pending = &relay_to.pending;
+    if let Ok(mut pending) = pending.lock() {
+        pending.insert(
+            id.clone(),
+            Pending {
+                origin: origin.clone(),
+                upstream_progress: handle.progress_token.clone(),
+            },
+        );
+    }
+    // Forgets the request however this ends, and cancels it upstream unless answered.
+    let mut guard = InFlight {
+        pending,
+        id,
+        client: Some(client.clone()),
+    };
+    let timeout = upstream.def.timeout;
+    let answer = tokio::time::timeout(timeout, handle.await_response()).await;
+    if answer.is_ok() {
+        guard.client = None;
+        // What the upstream sent before its answer reaches the client before it.
+        relay_to.flush().await;
+    }
+    drop(guard);
+    match answer {
+        Err(_) => Err(UpstreamFailure::Timeout {
+            tool: name,
+            timeout_ms: timeout.as_millis(),
+        }),
+        Ok(Err(rmcp::ServiceError::McpError(err))) => {
+            Err(bad(format!("answered an MCP error: {}", err.message)))
+        }
+        Ok(Err(err)) => {
+            let error = upstream.def.scrub(&err.to_string());
+            tracing::warn!(tool = %name, %error, "MCP upstream request failed");
+            Err(UpstreamFailure::Unreachable { tool: name })
+        }
+        Ok(Ok(ServerResult::InputRequiredResult(_))) => Err(bad(
+            "asked for input in a way Leash does not relay (2026-07-28 input_required)".into(),
+        )),
+        Ok(Ok(result)) => serde_json::to_value(result).map_err(|e| bad(e.to_string())),
+    }
+}
+
+/// A relayed request in flight: removed from the pending map when dropped, and
+/// cancelled upstream if it was not answered.
+struct InFlight<'a> {
+    pending: &'a std::sync::Mutex<HashMap<rmcp::model::RequestId, Pending>>,
+    id: rmcp::model::RequestId,
+    client: Option<Client>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.remove(&self.id);
+        }
+        if let Some(client) = self.client.take() {
+            let id = self.id.clone();
+            tokio::spawn(async move {
+                let _ = client
+                    .notify_cancelled(rmcp::model::CancelledNotificationParam::new(
+                        Some(id),
+                        Some("the client cancelled its request".into()),
+                    ))
+                    .await;
+            });
+        }
     }
 }
 
@@ -273,6 +600,12 @@ async fn send(
                 serde_json::to_value(client.read_resource(params).await?)
             }
             Operation::Complete(params) => serde_json::to_value(client.complete(params).await?),
+            Operation::Subscribe { .. } | Operation::Unsubscribe { .. } => {
+                return Err(rmcp::ServiceError::McpError(ErrorData::invalid_request(
+                    "resource subscriptions need a client's MCP session",
+                    None,
+                )));
+            }
         })
     };
     let timeout = upstream.def.timeout;
@@ -293,11 +626,22 @@ async fn send(
     }
 }
 
+/// The protocol Leash prefers on sessions no client is behind: 2026-07-28, else the
+/// newest with `initialize`. A client's own session uses `initialize`, whose sessions
+/// carry the server's requests to the client.
+fn preferred() -> ClientLifecycleMode {
+    ClientLifecycleMode::Auto {
+        preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+        legacy_version: Some(ProtocolVersion::V_2025_11_25),
+    }
+}
+
 async fn connect(
     def: &McpServerDef,
     http: &reqwest::Client,
     listener: Listener,
     authorization: Option<HeaderValue>,
+    lifecycle: ClientLifecycleMode,
 ) -> Result<RunningService<RoleClient, Listener>, String> {
     let mut headers: std::collections::HashMap<HeaderName, HeaderValue> =
         def.headers.iter().cloned().collect();
@@ -310,10 +654,6 @@ async fn connect(
         .max_json_response_size(crate::upstream::client::MAX_RESPONSE_BYTES)
         .max_sse_event_size(crate::upstream::client::MAX_RESPONSE_BYTES);
     let transport = StreamableHttpClientTransport::with_client(http.clone(), config);
-    let lifecycle = ClientLifecycleMode::Auto {
-        preferred_versions: vec![ProtocolVersion::V_2026_07_28],
-        legacy_version: Some(ProtocolVersion::V_2025_11_25),
-    };
     tokio::time::timeout(
         def.timeout,
         listener.serve_with_lifecycle(transport, lifecycle),
@@ -335,8 +675,10 @@ async fn maintain(upstream: Arc<Upstream>, http: reqwest::Client, discovery: Dis
             &http,
             Listener {
                 changed: changed_tx.clone(),
+                relay: None,
             },
             None,
+            preferred(),
         )
         .await
         {
@@ -393,8 +735,9 @@ async fn refresh(
     let capabilities = client.peer_info().map(|info| info.capabilities.clone());
     let mut surface = Surface::default();
     let tools = within(def, "tools/list", client.list_all_tools()).await?;
+    let reserved = def.exposed_name(RESOURCES);
     for tool in tools {
-        let Some(name) = exposable(def, &tool.name, "tool") else {
+        let Some(name) = exposable(def, &tool.name, "tool", reserved.as_deref()) else {
             continue;
         };
         let schema = Value::Object((*tool.input_schema).clone());
@@ -412,17 +755,25 @@ async fn refresh(
         publish(discovery, def, &mut surface, found).await?;
     }
     if capabilities.as_ref().is_some_and(|c| c.prompts.is_some()) {
-        let prompts = within(def, "prompts/list", client.list_all_prompts()).await?;
+        let prompts = optional(
+            def,
+            within(def, "prompts/list", client.list_all_prompts()).await,
+        );
         for prompt in prompts {
-            let Some(name) = exposable(def, &prompt.name, "prompt") else {
+            let Some(name) = exposable(def, &prompt.name, "prompt", reserved.as_deref()) else {
                 continue;
             };
             let mut listing = serde_json::to_value(&prompt).map_err(|e| e.to_string())?;
             listing["name"] = Value::String(name.clone());
             let description = prompt.description.clone().unwrap_or_default();
             let schema = prompt_schema(&listing["arguments"]);
-            // Pinned: its name, description and argument list, as listed.
-            let (_, hash) = crate::upstream::pins::definition(&name, &description, &listing);
+            // Pinned: its name, description and argument list, as listed; the kind in the
+            // hashed name (no tool name has a colon), so a tool never matches a prompt's pin.
+            let (_, hash) = crate::upstream::pins::definition(
+                &format!("prompt:{name}"),
+                &description,
+                &listing,
+            );
             let found = Found {
                 kind: McpKind::Prompt(prompt.name.clone()),
                 name,
@@ -436,19 +787,28 @@ async fn refresh(
         }
     }
     if capabilities.as_ref().is_some_and(|c| c.resources.is_some())
-        && let Some(name) = exposable(def, RESOURCES, "resources")
+        && let Some(name) = exposable(def, RESOURCES, "resources", None)
     {
-        let templates = within(
+        let templates = optional(
             def,
-            "resources/templates/list",
-            client.list_all_resource_templates(),
-        )
-        .await?;
-        for template in templates {
+            within(
+                def,
+                "resources/templates/list",
+                client.list_all_resource_templates(),
+            )
+            .await,
+        );
+        for template in templates.into_iter().take(MAX_TEMPLATES) {
             let value = serde_json::to_value(&template).map_err(|e| e.to_string())?;
-            let pin = format!("{name}/{}", template.name);
+            if template.uri_template.len() > MAX_URI_BYTES || template.name.len() > 256 {
+                tracing::warn!(server = %def.name, "skipping a resource template with an overlong name or URI template");
+                continue;
+            }
+            // Pinned by its URI template (what reads are routed by), kind in the name.
+            let pin = format!("{name}/{}", template.uri_template);
             let description = template.description.clone().unwrap_or_default();
-            let (_, hash) = crate::upstream::pins::definition(&pin, &description, &value);
+            let (_, hash) =
+                crate::upstream::pins::definition(&format!("template:{pin}"), &description, &value);
             let withheld = crate::upstream::pins::withheld(
                 discovery.store.as_ref(),
                 discovery.review.as_ref(),
@@ -461,7 +821,10 @@ async fn refresh(
             .map_err(|e| e.to_string())?;
             surface.add_template(pin, value, withheld, hash);
         }
-        let resources = within(def, "resources/list", client.list_all_resources()).await?;
+        let resources = optional(
+            def,
+            within(def, "resources/list", client.list_all_resources()).await,
+        );
         for resource in resources.into_iter().take(MAX_LISTED_RESOURCES) {
             surface.add_resource(serde_json::to_value(&resource).map_err(|e| e.to_string())?);
         }
@@ -483,8 +846,11 @@ async fn refresh(
 /// Most resources of one server kept for `resources/list` (the rest are still readable).
 const MAX_LISTED_RESOURCES: usize = 10_000;
 
+/// Most resource templates of one server kept (the rest are neither listed nor routed by).
+const MAX_TEMPLATES: usize = 1_000;
+
 /// Longest resource URI read through Leash.
-pub const MAX_URI_BYTES: u64 = 8_192;
+pub const MAX_URI_BYTES: usize = 8_192;
 
 /// One list request within the server's timeout.
 async fn within<T>(
@@ -498,14 +864,26 @@ async fn within<T>(
         .map_err(|e| e.to_string())
 }
 
-/// The name Leash exposes for the server's `name` (a tool or prompt), if it can.
-fn exposable(def: &McpServerDef, name: &str, kind: &str) -> Option<String> {
+/// A list the server need not answer (prompts, resources, templates): a failure leaves
+/// that list empty this time and keeps the server's tools.
+fn optional<T>(def: &McpServerDef, listed: Result<Vec<T>, String>) -> Vec<T> {
+    listed.unwrap_or_else(|error| {
+        let error = def.scrub(&error);
+        tracing::warn!(server = %def.name, %error, "an MCP upstream's list failed; left empty until the next refresh");
+        Vec::new()
+    })
+}
+
+/// The name Leash exposes for the server's `name` (a tool or prompt), if it can; never
+/// `reserved` (the server's resources name: a tool called `resources` must not be what
+/// a grant of the server's resources allows).
+fn exposable(def: &McpServerDef, name: &str, kind: &str, reserved: Option<&str>) -> Option<String> {
     let Some(exposed) = def.exposed_name(name) else {
         tracing::warn!(server = %def.name, name, kind, "skipping a dotted name of a server without a prefix (a wildcard grant would cover it)");
         return None;
     };
-    if !is_tool_name(&exposed) {
-        tracing::warn!(server = %def.name, name, kind, "skipping an upstream name Leash cannot expose");
+    if !is_tool_name(&exposed) || reserved == Some(exposed.as_str()) {
+        tracing::warn!(server = %def.name, name, kind, "skipping an upstream name Leash cannot expose (or the name of the server's resources)");
         return None;
     }
     Some(exposed)

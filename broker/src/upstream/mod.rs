@@ -8,3 +8,4 @@ pub mod dispatch;
 pub mod mcp;
 pub mod pins;
 pub mod provider_http;
+pub mod relay;

@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""An MCP client built with the official MCP Python SDK (mcp 2.x) on a session with
+Leash's /mcp (the initialize generation: the server's requests reach the client on its
+session). It answers sampling with a canned model reply and elicitation with a name, and
+records what reached it; prints one JSON report.
+
+Usage: mcp_relay.py URL TOKEN
+"""
+import asyncio
+import json
+import sys
+from typing import Any
+
+from mcp import types
+from mcp.client import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+
+url, token = sys.argv[1:3]
+seen: dict[str, list[Any]] = {"sampled": [], "elicited": [], "progress": [], "logs": []}
+
+
+def describe(err: BaseException) -> str:
+    if isinstance(err, BaseExceptionGroup):
+        return "; ".join(describe(inner) for inner in err.exceptions)
+    return "%s: %s" % (type(err).__name__, err)
+
+
+async def sampling(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+    seen["sampled"].append([getattr(m.content, "text", "") for m in params.messages])
+    return types.CreateMessageResult(
+        role="assistant", content=types.TextContent(type="text", text="forty-two"), model="scripted"
+    )
+
+
+async def elicitation(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+    seen["elicited"].append(params.message)
+    return types.ElicitResult(action="accept", content={"name": "Ada"})
+
+
+async def logged(params: types.LoggingMessageNotificationParams) -> None:
+    seen["logs"].append(str(params.data))
+
+
+def text_of(result: Any) -> str:
+    return "\n".join(getattr(block, "text", "") for block in result.content)
+
+
+async def main() -> None:
+    report: dict[str, Any] = {}
+    http = create_mcp_http_client(headers={"Authorization": "Bearer " + token})
+    try:
+        async with Client(
+            streamable_http_client(url, http_client=http),
+            mode="legacy",
+            sampling_callback=sampling,
+            elicitation_callback=elicitation,
+            logging_callback=logged,
+        ) as client:
+            report["protocol_version"] = str(client.protocol_version)
+            await client.set_logging_level("info")
+
+            async def progress(value: float, total: float | None, message: str | None) -> None:
+                seen["progress"].append([value, total, message])
+
+            for key, tool, args in [
+                ("ask_model", "everything.ask_model", {"question": "What is six times seven?"}),
+                ("ask_person", "everything.ask_person", {}),
+                ("ask_password", "everything.ask_password", {}),
+            ]:
+                result = await client.call_tool(tool, args)
+                report[key] = {"is_error": bool(result.is_error), "text": text_of(result)}
+            result = await client.call_tool("everything.count", {"n": 3}, progress_callback=progress)
+            report["count"] = {"is_error": bool(result.is_error), "text": text_of(result)}
+            # Notifications may trail the answer a little.
+            await asyncio.sleep(0.5)
+    except BaseException as err:
+        report["error"] = describe(err)
+    report.update(seen)
+    print(json.dumps(report))
+
+
+asyncio.run(main())
