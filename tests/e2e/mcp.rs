@@ -800,3 +800,111 @@ async fn an_upstreams_requests_and_notifications_reach_the_clients_session() {
     logs.sort_unstable();
     assert_eq!(logs, ["counted 1", "counted 2", "counted 3"], "{report}");
 }
+
+/// A session is its task's: another task's token naming it gets 404 on every kind of
+/// request (a call, the GET stream, DELETE), so it can neither read what an upstream
+/// sends that session's client nor answer for it; its own token goes on working.
+#[tokio::test]
+async fn an_mcp_session_is_used_only_with_its_own_tasks_token() {
+    let (broker, _, mine) = edge().await;
+    // Another task of the same agent: a session is a task's, not an agent's.
+    let agent = broker.agent("bot").await;
+    let (_, theirs) = broker.task(&agent, &["web.search"]).await;
+    let http = reqwest::Client::new();
+    let post = |token: &str, session: Option<&str>, body: Value| {
+        let mut request = http
+            .post(format!("{}/mcp", broker.url))
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .json(&body);
+        if let Some(session) = session {
+            request = request
+                .header("mcp-session-id", session)
+                .header("mcp-protocol-version", "2025-11-25");
+        }
+        request.send()
+    };
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "e2e", "version": "1"}}});
+    let opened = post(&mine, None, initialize).await.unwrap();
+    assert_eq!(opened.status(), 200);
+    let session = opened.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let ok = post(&mine, Some(&session), initialized.clone())
+        .await
+        .unwrap();
+    assert!(ok.status().is_success(), "{}", ok.status());
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}});
+
+    let stolen = post(&theirs, Some(&session), list.clone()).await.unwrap();
+    assert_eq!(
+        stolen.status(),
+        404,
+        "another task's token used the session"
+    );
+    let stream = http
+        .get(format!("{}/mcp", broker.url))
+        .bearer_auth(&theirs)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        stream.status(),
+        404,
+        "another task's token read the session's stream"
+    );
+    let ended = http
+        .delete(format!("{}/mcp", broker.url))
+        .bearer_auth(&theirs)
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ended.status(),
+        404,
+        "another task's token ended the session"
+    );
+    let made_up = post(&mine, Some("not-a-session"), list.clone())
+        .await
+        .unwrap();
+    assert_eq!(made_up.status(), 404);
+
+    let listed = post(&mine, Some(&session), list).await.unwrap();
+    assert_eq!(listed.status(), 200);
+    let text = listed.text().await.unwrap();
+    assert!(text.contains("web.search"), "{text}");
+}
+
+/// Once a task ends, nothing an upstream sends on its client's session reaches the client,
+/// not even on a stream the client opened before: a log line the server sends a second
+/// after its answer arrives while the task is active, and does not once it was revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_task_hears_nothing_more_from_upstream() {
+    let upstream = Upstream::start_with(&["--stateful"]).await;
+    let broker = broker_with(&upstream).await;
+    let agent = broker.agent("bot").await;
+    let url = format!("{}/mcp", broker.url);
+
+    let (_, token) = broker.task(&agent, &["everything.*"]).await;
+    let active = report_of("mcp_relay.py", vec![url.clone(), token, "later".into()]).await;
+    assert!(active.get("error").is_none(), "{active}");
+    assert_eq!(active["logs"], json!(["after the call"]), "{active}");
+
+    let (task_id, token) = broker.task(&agent, &["everything.*"]).await;
+    let task_url = format!("{}/v1/tasks/{task_id}", broker.url);
+    let args = vec![url, token, "later".into(), task_url, ADMIN.into()];
+    let revoked = report_of("mcp_relay.py", args).await;
+    assert_eq!(revoked["revoked"], 200, "{revoked}");
+    assert_eq!(
+        revoked["logs"],
+        json!([]),
+        "the ended task still heard: {revoked}"
+    );
+}

@@ -4,11 +4,17 @@ Leash's /mcp (the initialize generation: the server's requests reach the client 
 session). It answers sampling with a canned model reply and elicitation with a name, and
 records what reached it; prints one JSON report.
 
-Usage: mcp_relay.py URL TOKEN
+With REVOKE (`TASK_URL ADMIN_TOKEN`) it only asks the server to log a line a second
+later, revokes its own task through the API, and reports what it heard after: nothing may
+reach the client of a task that ended. Without REVOKE after the line, it reports that too
+(the line must arrive).
+
+Usage: mcp_relay.py URL TOKEN [later | later TASK_URL ADMIN_TOKEN]
 """
 import asyncio
 import json
 import sys
+import urllib.request
 from typing import Any
 
 from mcp import types
@@ -17,6 +23,8 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 url, token = sys.argv[1:3]
+later = sys.argv[3:4] == ["later"]
+revoke = sys.argv[4:6]
 seen: dict[str, list[Any]] = {"sampled": [], "elicited": [], "progress": [], "logs": []}
 
 
@@ -42,6 +50,18 @@ async def logged(params: types.LoggingMessageNotificationParams) -> None:
     seen["logs"].append(str(params.data))
 
 
+def post(url: str, bearer: str) -> int:
+    """A JSON POST to the broker's API; its status."""
+    request = urllib.request.Request(
+        url,
+        data=json.dumps({"reason": "test"}).encode(),
+        headers={"Authorization": "Bearer " + bearer, "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request) as answer:
+        return int(answer.status)
+
+
 def text_of(result: Any) -> str:
     return "\n".join(getattr(block, "text", "") for block in result.content)
 
@@ -59,6 +79,15 @@ async def main() -> None:
         ) as client:
             report["protocol_version"] = str(client.protocol_version)
             await client.set_logging_level("info")
+            if later:
+                await client.call_tool("everything.log_later", {"text": "after the call"})
+                if revoke:
+                    task_url, admin = revoke
+                    report["revoked"] = await asyncio.to_thread(post, task_url + "/revoke", admin)
+                await asyncio.sleep(2.5)
+                report.update(seen)
+                print(json.dumps(report))
+                return
 
             async def progress(value: float, total: float | None, message: str | None) -> None:
                 seen["progress"].append([value, total, message])

@@ -17,6 +17,7 @@ progress and logs.
 
 Usage: mcp_upstream.py PORT [--stateful]
 """
+import asyncio
 import sys
 from typing import Any
 
@@ -126,6 +127,22 @@ async def ask_password(ctx: Context) -> str:
         return "elicitation answered: " + result.action
     except Exception as err:
         return "elicitation refused: %s" % err
+
+
+@server.tool()
+async def log_later(text: str, ctx: Context) -> str:
+    """Log `text` a second after answering, outside any request (on the session's stream)."""
+    session = ctx.session
+
+    async def later() -> None:
+        await asyncio.sleep(1.0)
+        await session.send_log_message(level="info", data=text)
+
+    pending.add(asyncio.ensure_future(later()))
+    return "will log"
+
+
+pending: set["asyncio.Future[None]"] = set()
 
 
 @server.tool()

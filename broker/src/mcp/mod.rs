@@ -1,15 +1,20 @@
 //! The MCP gateway: Leash speaks the Model Context Protocol on both sides.
 //!
-//! - [`server`]: Leash as an MCP server at `POST /mcp` (Streamable HTTP, via `rmcp`),
-//!   stateless, with the task token as bearer; `tools/list` shows only what the token may
-//!   call and `tools/call` goes through the very same checked path as `/v1/tools/…/call`.
+//! - [`server`]: Leash as an MCP server at `/mcp` (Streamable HTTP, via `rmcp`), with the
+//!   task token as bearer on every request (sessions for clients that initialize);
+//!   `tools/list` shows only what the token may call and `tools/call` goes through the
+//!   very same checked path as `/v1/tools/…/call`.
 //! - Leash as an MCP client of each `[mcp_servers.NAME]` lives below, in
 //!   [`crate::upstream::mcp`] (definitions pinned by [`crate::upstream::pins`]).
 //! - [`guard`]: the HTTP edge of `/mcp` — Host/Origin validation (DNS rebinding) and the
 //!   bearer check, answering 401 with RFC 9728 discovery before rmcp sees the request.
+//! - [`sessions`]: after the guard, a session is used only with its own task's token.
 
 pub mod guard;
 pub mod server;
+pub mod sessions;
+
+use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::get;
@@ -19,8 +24,13 @@ use crate::app::state::AppState;
 /// The routes of the gateway: `/mcp` and the protected-resource metadata.
 pub fn routes(state: AppState) -> Router {
     let service = server::service(state.calls.clone(), &state.config);
+    let owners = Arc::new(sessions::SessionOwners::new(server::SESSION_IDLE));
     Router::new()
         .route_service("/mcp", service)
+        // Inner: a session is used only with its own task's token (after the guard).
+        .route_layer(axum::middleware::from_fn(move |request, next| {
+            owners.clone().check(request, next)
+        }))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             guard::require_task_token,

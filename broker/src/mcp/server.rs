@@ -73,15 +73,31 @@ impl LeashMcp {
     }
 
     /// Where this request's upstream messages are relayed: on a session, to its client
-    /// (the request's id and progress token); without one, nowhere.
-    fn via(&self, context: &RequestContext<RoleServer>) -> Option<(Relay, Origin)> {
+    /// (the request's id and progress token), while the session's task is active;
+    /// without one, nowhere.
+    async fn via(
+        &self,
+        context: &RequestContext<RoleServer>,
+        token: &Arc<VerifiedToken>,
+    ) -> Option<(Relay, Origin)> {
         if !on_session(context) {
             return None;
         }
-        let relay = self
-            .relay
-            .get_or_init(|| Relay::new(context.peer.clone()))
-            .clone();
+        let relay = match self.relay.get() {
+            Some(relay) => relay.clone(),
+            None => {
+                let task = self.calls.active_task(token.clone()).await.ok()?;
+                let runtime = task.runtime.clone();
+                let clock = self.calls.clock.clone();
+                let alive: crate::upstream::relay::Alive = Arc::new(move || {
+                    runtime.state() == crate::store::TaskState::Active
+                        && clock.now_ms() < runtime.expires_at_ms()
+                });
+                self.relay
+                    .get_or_init(|| Relay::new(context.peer.clone(), alive))
+                    .clone()
+            }
+        };
         let origin = Origin {
             request: context.id.clone(),
             progress: context.meta.get_progress_token(),
@@ -131,7 +147,7 @@ pub fn service(
 }
 
 /// How long a client session of `/mcp` lives without a request.
-const SESSION_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
+pub const SESSION_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Whether this request belongs to a client session (it names one).
 fn on_session(context: &RequestContext<RoleServer>) -> bool {
@@ -318,7 +334,7 @@ impl LeashMcp {
                 .await
                 .map_err(|e| refusal(e, true))?;
         }
-        let Some(via) = self.via(context) else {
+        let Some(via) = self.via(context, &task.token).await else {
             return Err(refusal(
                 ApiError::BadRequest(
                     "resource subscriptions need an MCP session (initialize first)".into(),
@@ -457,7 +473,7 @@ impl ServerHandler for LeashMcp {
         let token = self.token(&context)?;
         let args = Value::Object(request.arguments.clone().unwrap_or_default());
         let approval = approval_of(&context);
-        let via = self.via(&context);
+        let via = self.via(&context, &token).await;
         let name = request.name.to_string();
         // An MCP upstream's answer is already a `CallToolResult`: passed on as it is.
         let is_mcp_tool = self
@@ -533,7 +549,7 @@ impl ServerHandler for LeashMcp {
         let token = self.token(&context)?;
         let args = Value::Object(request.arguments.clone().unwrap_or_default());
         let approval = approval_of(&context);
-        let via = self.via(&context);
+        let via = self.via(&context, &token).await;
         let outcome = self
             .calls
             .call(
@@ -588,7 +604,7 @@ impl ServerHandler for LeashMcp {
         let task = self.task(&context).await?;
         let (tool, _) = self.resources_for(&task, &request.uri)?;
         let approval = approval_of(&context);
-        let via = self.via(&context);
+        let via = self.via(&context, &task.token).await;
         let outcome = self
             .calls
             .call(
@@ -666,7 +682,7 @@ impl ServerHandler for LeashMcp {
         let Some(target) = tool.mcp.as_ref().filter(|_| tool.upstream_auth.is_none()) else {
             return Ok(CompleteResult::default());
         };
-        let via = self.via(&context);
+        let via = self.via(&context, &task.token).await;
         let answer = self
             .calls
             .upstreams
@@ -693,9 +709,9 @@ impl ServerHandler for LeashMcp {
         request: SetLevelRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        self.task(&context).await?;
+        let task = self.task(&context).await?;
         // Without a session there is nothing to send log messages on: accepted, and moot.
-        if let Some((relay, _)) = self.via(&context) {
+        if let Some((relay, _)) = self.via(&context, &task.token).await {
             self.calls
                 .upstreams
                 .mcp()

@@ -43,6 +43,9 @@ pub struct Origin {
 #[derive(Clone)]
 pub struct Relay {
     pub(crate) peer: Peer<RoleServer>,
+    /// Whether the session's task is still active: once it is not, nothing more is
+    /// relayed to the client (its open stream included) and the server is refused.
+    pub(crate) alive: Alive,
     pub(crate) level: Arc<Mutex<Option<LoggingLevel>>>,
     pub(crate) upstreams: Arc<tokio::sync::Mutex<HashMap<SessionKey, RelayedClient>>>,
 }
@@ -51,14 +54,19 @@ pub struct Relay {
 /// opened with (`None`: the server's configured headers).
 pub(crate) type SessionKey = (String, Option<[u8; 32]>);
 
+/// Whether a client session's task is still active (cheap: read on every message).
+pub type Alive = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// An open upstream session of a client session.
 pub(crate) type RelayedClient = (crate::upstream::mcp::Client, RelayTo);
 
 impl Relay {
-    /// The relay of the client session `peer` belongs to.
-    pub fn new(peer: Peer<RoleServer>) -> Self {
+    /// The relay of the client session `peer` belongs to, relaying while `alive` says
+    /// its task is active.
+    pub fn new(peer: Peer<RoleServer>, alive: Alive) -> Self {
         Relay {
             peer,
+            alive,
             level: Arc::new(Mutex::new(None)),
             upstreams: Arc::new(tokio::sync::Mutex::new(HashMap::new())),
         }
@@ -101,6 +109,7 @@ pub(crate) struct RelayTo {
     pub(crate) pending: Arc<Mutex<HashMap<RequestId, Pending>>>,
     /// Notifications for the client, sent in the order they arrived by one task.
     notices: tokio::sync::mpsc::UnboundedSender<Notice>,
+    alive: Alive,
 }
 
 /// A notification on its way to the client, or a mark answered once everything before
@@ -126,11 +135,16 @@ impl RelayTo {
     pub(crate) fn new(relay: &Relay, pending: Arc<Mutex<HashMap<RequestId, Pending>>>) -> Self {
         let (notices, mut queue) = tokio::sync::mpsc::unbounded_channel::<Notice>();
         let peer = relay.peer.clone();
+        let alive = relay.alive.clone();
         tokio::spawn(async move {
             // rmcp hands each notification to a task of its own, so they may come out of
             // order; progress must only increase, so a stale one is dropped.
             let mut last: HashMap<ProgressToken, f64> = HashMap::new();
             while let Some(notice) = queue.recv().await {
+                // A task that ended hears nothing more, on any stream of its session.
+                if !alive() && !matches!(notice, Notice::Flushed(_)) {
+                    continue;
+                }
                 let _ = match notice {
                     Notice::Progress(params) => {
                         let before = last.insert(params.progress_token.clone(), params.progress);
@@ -157,6 +171,7 @@ impl RelayTo {
             capabilities: relay.client_capabilities(),
             pending,
             notices,
+            alive: relay.alive.clone(),
         }
     }
 
@@ -182,6 +197,12 @@ impl RelayTo {
         request: ServerRequest,
         context: &RequestContext<RoleClient>,
     ) -> Result<ClientResult, ErrorData> {
+        if !(self.alive)() {
+            return Err(ErrorData::invalid_request(
+                "the client's task has ended: nothing more is relayed to it",
+                None,
+            ));
+        }
         let mut request = request;
         if let Some(origin) = self.origin_of(context) {
             extensions_of(&mut request).insert(OriginatingRequestId(origin));
