@@ -908,3 +908,26 @@ async fn an_ended_task_hears_nothing_more_from_upstream() {
         "the ended task still heard: {revoked}"
     );
 }
+
+/// A client that gives up on a call cancels it at the upstream too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_call_is_cancelled_upstream() {
+    let upstream = Upstream::start_with(&["--stateful"]).await;
+    let broker = broker_with(&upstream).await;
+    let agent = broker.agent("bot").await;
+    let (_, token) = broker.task(&agent, &["everything.*"]).await;
+    let args = vec![format!("{}/mcp", broker.url), token, "cancel".into()];
+    let report = report_of("mcp_relay.py", args).await;
+    assert_eq!(report["cancelled"], true, "{report}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !reads(&upstream)
+        .await
+        .contains(&"cancelled:slow".to_string())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the upstream's call was not cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -9,7 +9,9 @@ later, revokes its own task through the API, and reports what it heard after: no
 reach the client of a task that ended. Without REVOKE after the line, it reports that too
 (the line must arrive).
 
-Usage: mcp_relay.py URL TOKEN [later | later TASK_URL ADMIN_TOKEN]
+With `cancel` it gives up on a slow call after a second (the SDK then cancels it).
+
+Usage: mcp_relay.py URL TOKEN [later | later TASK_URL ADMIN_TOKEN | cancel]
 """
 import asyncio
 import json
@@ -24,6 +26,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 
 url, token = sys.argv[1:3]
 later = sys.argv[3:4] == ["later"]
+cancel = sys.argv[3:4] == ["cancel"]
 revoke = sys.argv[4:6]
 seen: dict[str, list[Any]] = {"sampled": [], "elicited": [], "progress": [], "logs": []}
 
@@ -79,6 +82,15 @@ async def main() -> None:
         ) as client:
             report["protocol_version"] = str(client.protocol_version)
             await client.set_logging_level("info")
+            if cancel:
+                try:
+                    await asyncio.wait_for(client.call_tool("everything.slow", {}), 1.0)
+                    report["cancelled"] = False
+                except TimeoutError:
+                    report["cancelled"] = True
+                await asyncio.sleep(1.0)
+                print(json.dumps(report))
+                return
             if later:
                 await client.call_tool("everything.log_later", {"text": "after the call"})
                 if revoke:

@@ -146,6 +146,17 @@ pending: set["asyncio.Future[None]"] = set()
 
 
 @server.tool()
+async def slow() -> str:
+    """Wait half a minute; a cancelled wait is recorded in /reads."""
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        reads.append("cancelled:slow")
+        raise
+    return "done waiting"
+
+
+@server.tool()
 async def count(n: int, ctx: Context) -> str:
     """Count to n, reporting progress and logging each step."""
     for i in range(1, n + 1):

@@ -101,6 +101,7 @@ impl LeashMcp {
         let origin = Origin {
             request: context.id.clone(),
             progress: context.meta.get_progress_token(),
+            cancelled: context.ct.clone(),
         };
         Some((relay, origin))
     }
@@ -360,8 +361,10 @@ impl LeashMcp {
             .mcp()
             .request(&server, uri, operation, None, Some((&via.0, &via.1)))
             .await
-            .map(|_| ())
-            .map_err(|failure| refusal(ApiError::UpstreamError(failure.to_string()), true))
+            .map_err(|failure| refusal(ApiError::UpstreamError(failure.to_string()), true))?;
+        // Only URIs the client subscribed to have their updates relayed.
+        via.0.subscribe(uri, subscribe);
+        Ok(())
     }
 
     /// The task of this request, or the JSON-RPC error that says why not.

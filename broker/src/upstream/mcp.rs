@@ -432,11 +432,13 @@ impl McpServers {
             UpstreamFailure::Unreachable { tool: name.clone() }
         })?;
         if let Some(level) = relay.level() {
-            let _ = client
-                .send_request(ClientRequest::SetLevelRequest(SetLevelRequest::new(
+            let _ = tokio::time::timeout(
+                upstream.def.timeout,
+                client.send_request(ClientRequest::SetLevelRequest(SetLevelRequest::new(
                     SetLevelRequestParams::new(level),
-                )))
-                .await;
+                ))),
+            )
+            .await;
         }
         open.insert(key, (client.clone(), relay_to.clone()));
         Ok((client, relay_to))
@@ -446,26 +448,33 @@ impl McpServers {
     /// get it as they open).
     pub async fn set_level(&self, relay: &Relay, level: rmcp::model::LoggingLevel) {
         relay.set_level(level);
-        let open: Vec<Client> = relay
+        let open: Vec<(String, Client)> = relay
             .upstreams
             .lock()
             .await
-            .values()
-            .map(|(client, _)| client.clone())
+            .iter()
+            .map(|((server, _), (client, _))| (server.clone(), client.clone()))
             .collect();
-        for client in open {
-            let _ = client
-                .send_request(ClientRequest::SetLevelRequest(SetLevelRequest::new(
+        for (server, client) in open {
+            let timeout = self
+                .servers
+                .get(&server)
+                .map_or(MAX_BACKOFF, |u| u.def.timeout);
+            let _ = tokio::time::timeout(
+                timeout,
+                client.send_request(ClientRequest::SetLevelRequest(SetLevelRequest::new(
                     SetLevelRequestParams::new(level),
-                )))
-                .await;
+                ))),
+            )
+            .await;
         }
     }
 }
 
 /// One request on a client's own upstream session: messages the upstream sends while it
-/// runs are relayed to the client request `origin`; dropping it (the client cancelled)
-/// cancels it upstream.
+/// runs are relayed to the client request `origin`; when the client cancels it, so is the
+/// upstream's request (its answer is still awaited, within the timeout, so a call the
+/// upstream performed is counted).
 async fn send_relayed(
     upstream: &Upstream,
     client: &Client,
@@ -505,7 +514,25 @@ async fn send_relayed(
         client: Some(client.clone()),
     };
     let timeout = upstream.def.timeout;
-    let answer = tokio::time::timeout(timeout, handle.await_response()).await;
+    let response = handle.await_response();
+    tokio::pin!(response);
+    let answer = tokio::time::timeout(timeout, async {
+        tokio::select! {
+            answer = &mut response => answer,
+            // The client cancelled: so is the upstream's work; its answer still counts.
+            _ = origin.cancelled.cancelled() => {
+                let _ = client
+                    .notify_cancelled(rmcp::model::CancelledNotificationParam::new(
+                        Some(guard.id.clone()),
+                        Some("the client cancelled its request".into()),
+                    ))
+                    .await;
+                guard.client = None;
+                (&mut response).await
+            }
+        }
+    })
+    .await;
     if answer.is_ok() {
         guard.client = None;
         // What the upstream sent before its answer reaches the client before it.

@@ -36,6 +36,8 @@ pub struct Origin {
     pub request: RequestId,
     /// The client's `_meta.progressToken`.
     pub progress: Option<ProgressToken>,
+    /// Cancelled when the client cancels its request (`notifications/cancelled`).
+    pub cancelled: tokio_util::sync::CancellationToken,
 }
 
 /// One client session of `/mcp`: its peer, the logging level it set, and its upstream
@@ -48,6 +50,8 @@ pub struct Relay {
     pub(crate) alive: Alive,
     pub(crate) level: Arc<Mutex<Option<LoggingLevel>>>,
     pub(crate) upstreams: Arc<tokio::sync::Mutex<HashMap<SessionKey, RelayedClient>>>,
+    /// The URIs the client subscribed to: `resources/updated` of any other is dropped.
+    pub(crate) subscribed: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 /// An upstream session of a client: the server and the digest of the credential it was
@@ -69,6 +73,20 @@ impl Relay {
             alive,
             level: Arc::new(Mutex::new(None)),
             upstreams: Arc::new(tokio::sync::Mutex::new(HashMap::new())),
+            subscribed: Arc::default(),
+        }
+    }
+
+    /// Records that the client subscribed to `uri` (or, with `on` false, no longer is).
+    pub fn subscribe(&self, uri: &str, on: bool) {
+        if let Ok(mut subscribed) = self.subscribed.lock() {
+            if on {
+                if subscribed.len() < MAX_SUBSCRIPTIONS {
+                    subscribed.insert(uri.to_string());
+                }
+            } else {
+                subscribed.remove(uri);
+            }
         }
     }
 
@@ -107,9 +125,11 @@ pub(crate) struct RelayTo {
     pub(crate) peer: Peer<RoleServer>,
     pub(crate) capabilities: ClientCapabilities,
     pub(crate) pending: Arc<Mutex<HashMap<RequestId, Pending>>>,
-    /// Notifications for the client, sent in the order they arrived by one task.
-    notices: tokio::sync::mpsc::UnboundedSender<Notice>,
+    /// Notifications for the client, sent in the order they arrived by one task; a full
+    /// queue (a flood, or a client that does not read) drops what comes next.
+    notices: tokio::sync::mpsc::Sender<Notice>,
     alive: Alive,
+    subscribed: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 /// A notification on its way to the client, or a mark answered once everything before
@@ -133,7 +153,7 @@ impl RelayTo {
     /// What an upstream session of `relay` relays, on its way to the client. A task
     /// forwards its notifications in order, until the session is dropped.
     pub(crate) fn new(relay: &Relay, pending: Arc<Mutex<HashMap<RequestId, Pending>>>) -> Self {
-        let (notices, mut queue) = tokio::sync::mpsc::unbounded_channel::<Notice>();
+        let (notices, mut queue) = tokio::sync::mpsc::channel::<Notice>(MAX_QUEUED);
         let peer = relay.peer.clone();
         let alive = relay.alive.clone();
         tokio::spawn(async move {
@@ -172,6 +192,7 @@ impl RelayTo {
             pending,
             notices,
             alive: relay.alive.clone(),
+            subscribed: relay.subscribed.clone(),
         }
     }
 
@@ -204,13 +225,38 @@ impl RelayTo {
             ));
         }
         let mut request = request;
-        if let Some(origin) = self.origin_of(context) {
-            extensions_of(&mut request).insert(OriginatingRequestId(origin));
+        match self.origin_of(context) {
+            Some(origin) => {
+                extensions_of(&mut request).insert(OriginatingRequestId(origin));
+            }
+            // Sent on no request's stream: relayed only while a request of the client's
+            // is in flight on this session, never out of the blue.
+            None if self.pending.lock().is_ok_and(|p| !p.is_empty()) => {}
+            None => {
+                return Err(ErrorData::invalid_request(
+                    "Leash relays a server's request to the client only during one of the client's requests",
+                    None,
+                ));
+            }
         }
-        self.peer
-            .send_request(request)
-            .await
-            .map_err(|e| ErrorData::internal_error(format!("the client did not answer: {e}"), None))
+        // On a task of its own: rmcp would otherwise mark the request with this handler's
+        // own (upstream) request id and send it down another stream.
+        let peer = self.peer.clone();
+        let sent = tokio::spawn(async move {
+            tokio::time::timeout(ASK_TIME, peer.send_request(request)).await
+        });
+        match sent.await {
+            Ok(Ok(Ok(answer))) => Ok(answer),
+            Ok(Ok(Err(e))) => Err(ErrorData::internal_error(
+                format!("the client did not answer: {e}"),
+                None,
+            )),
+            Ok(Err(_)) => Err(ErrorData::internal_error(
+                "the client did not answer in time",
+                None,
+            )),
+            Err(_) => Err(ErrorData::internal_error("the relay failed", None)),
+        }
     }
 
     /// `sampling/createMessage`, if the client can sample.
@@ -241,6 +287,12 @@ impl RelayTo {
             return Err(ErrorData::method_not_found::<
                 rmcp::model::ElicitationCreateRequestMethod,
             >());
+        }
+        if !url_allowed(&params) {
+            return Err(ErrorData::invalid_params(
+                "Leash refused this elicitation: a URL-mode elicitation must send the person to an https URL",
+                None,
+            ));
         }
         if let Some(field) = secret_field(&params) {
             tracing::warn!(
@@ -290,7 +342,7 @@ impl RelayTo {
         if let Some(token) = token {
             let mut params = params;
             params.progress_token = token;
-            let _ = self.notices.send(Notice::Progress(params));
+            self.notice(Notice::Progress(params));
         }
     }
 
@@ -303,21 +355,45 @@ impl RelayTo {
             tokio::task::yield_now().await;
         }
         let (done, flushed) = tokio::sync::oneshot::channel();
-        if self.notices.send(Notice::Flushed(done)).is_ok() {
+        if self.notices.try_send(Notice::Flushed(done)).is_ok() {
             let _ = tokio::time::timeout(FLUSH_TIME, flushed).await;
+        }
+    }
+
+    /// Queues a notification; dropped (and logged) when the queue is full.
+    fn notice(&self, notice: Notice) {
+        if self.notices.try_send(notice).is_err() {
+            tracing::warn!(
+                "an upstream sent more notifications than its client reads; dropped one"
+            );
         }
     }
 
     /// A log message.
     pub(crate) fn log(&self, params: LoggingMessageNotificationParam) {
-        let _ = self.notices.send(Notice::Log(params));
+        self.notice(Notice::Log(params));
     }
 
     /// A subscribed resource changed.
     pub(crate) fn resource_updated(&self, params: ResourceUpdatedNotificationParam) {
-        let _ = self.notices.send(Notice::ResourceUpdated(params));
+        let subscribed = self
+            .subscribed
+            .lock()
+            .is_ok_and(|subscribed| subscribed.contains(&params.uri));
+        if subscribed {
+            self.notice(Notice::ResourceUpdated(params));
+        }
     }
 }
+
+/// Longest wait for the client's answer to a server's request (a person may be asked).
+const ASK_TIME: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Most notifications waiting for one client per upstream session.
+const MAX_QUEUED: usize = 1_024;
+
+/// Most resources one client session may be subscribed to.
+const MAX_SUBSCRIPTIONS: usize = 1_000;
 
 /// Longest wait for the client's notifications before a result is passed on.
 const FLUSH_TIME: std::time::Duration = std::time::Duration::from_millis(500);
@@ -332,40 +408,113 @@ fn extensions_of(request: &mut ServerRequest) -> &mut rmcp::model::Extensions {
     request.extensions_mut()
 }
 
-/// Words that make a form field a secret: the specification forbids servers to request
-/// sensitive information through form elicitation.
+/// Words that make a form field a secret (its name, title or description): the
+/// specification forbids servers to request sensitive information through a form.
 const SECRET_WORDS: &[&str] = &[
     "password",
     "passwd",
     "passphrase",
+    "passcode",
+    "pwd",
+    "pass",
     "secret",
     "token",
     "apikey",
-    "api_key",
-    "api-key",
     "credential",
+    "credentials",
     "privatekey",
-    "private_key",
-    "private-key",
     "otp",
+    "totp",
+    "2fa",
+    "mfa",
     "pin",
     "cvv",
+    "cvc",
     "ssn",
-    "creditcard",
-    "credit_card",
-    "cardnumber",
-    "card_number",
+    "iban",
+    "mnemonic",
+    "seed",
 ];
 
-/// The first field of a form elicitation that looks like a secret: by its name, title
-/// or description, or by `format: "password"`/`writeOnly`.
+/// Two-word phrases that do the same.
+const SECRET_PHRASES: &[&str] = &[
+    "api key",
+    "private key",
+    "secret key",
+    "access key",
+    "card number",
+    "credit card",
+    "recovery code",
+    "security code",
+    "one time",
+    "verification code",
+    "auth code",
+];
+
+/// What makes the form's message itself ask for a secret (fewer words: a message is
+/// prose, where `pass` or `pin` mean something else).
+const SECRET_IN_MESSAGE: &[&str] = &[
+    "password",
+    "passwd",
+    "passphrase",
+    "passcode",
+    "apikey",
+    "mnemonic",
+    "2fa",
+    "mfa",
+    "otp",
+    "cvv",
+    "ssn",
+    "api key",
+    "private key",
+    "secret key",
+    "card number",
+    "credit card",
+    "recovery code",
+    "security code",
+    "verification code",
+];
+
+/// The words of `text`: camelCase and snake_case split, lowercased, as one string with a
+/// space before and after each word (so phrases match whole words).
+fn words_of(text: &str) -> String {
+    let mut spaced = String::with_capacity(text.len() + 8);
+    let mut previous: Option<char> = None;
+    for c in text.chars() {
+        if c.is_uppercase() && previous.is_some_and(|p| p.is_lowercase() || p.is_ascii_digit()) {
+            spaced.push(' ');
+        }
+        spaced.push(c);
+        previous = Some(c);
+    }
+    let words: Vec<String> = spaced
+        .to_lowercase()
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_string)
+        .collect();
+    format!(" {} ", words.join(" "))
+}
+
+fn says_any(words: &str, list: &[&str]) -> bool {
+    list.iter().any(|w| words.contains(&format!(" {w} ")))
+}
+
+/// Why a form elicitation looks like it asks for a secret: the first field whose name,
+/// title or description says so, or `message` when the form's message does. A heuristic
+/// over English words (camelCase and snake_case split); `None` for a URL-mode one.
 pub fn secret_field(params: &ElicitRequestParams) -> Option<String> {
     let ElicitRequestParams::FormElicitationParams {
-        requested_schema, ..
+        requested_schema,
+        message,
+        ..
     } = params
     else {
         return None;
     };
+    if says_any(&words_of(message), SECRET_IN_MESSAGE) {
+        return Some("message".into());
+    }
     let schema = serde_json::to_value(requested_schema).ok()?;
     let properties = schema.get("properties")?.as_object()?;
     for (name, property) in properties {
@@ -377,24 +526,24 @@ pub fn secret_field(params: &ElicitRequestParams) -> Option<String> {
         .into_iter()
         .flatten()
         .collect::<Vec<_>>()
-        .join(" ")
-        .to_lowercase();
-        let words: Vec<&str> = text
-            .split(|c: char| !c.is_ascii_alphanumeric())
-            .filter(|w| !w.is_empty())
-            .collect();
-        let compact: String = text.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
-        let named = SECRET_WORDS.iter().any(|secret| {
-            words.contains(secret)
-                || (secret.len() >= 6 && compact.contains(&secret.replace(['_', '-'], "")))
-        });
-        let marked = property.get("format").and_then(|v| v.as_str()) == Some("password")
-            || property.get("writeOnly") == Some(&serde_json::Value::Bool(true));
-        if named || marked {
+        .join(" ");
+        let words = words_of(&text);
+        if says_any(&words, SECRET_WORDS) || says_any(&words, SECRET_PHRASES) {
             return Some(name.clone());
         }
     }
     None
+}
+
+/// Whether a URL-mode elicitation may be shown: an `https` URL only (the person is sent
+/// there to type what the server may not ask for in a form).
+pub fn url_allowed(params: &ElicitRequestParams) -> bool {
+    match params {
+        ElicitRequestParams::UrlElicitationParams { url, .. } => {
+            reqwest::Url::parse(url).is_ok_and(|u| u.scheme() == "https" && u.host_str().is_some())
+        }
+        _ => true,
+    }
 }
 
 #[cfg(test)]
@@ -422,6 +571,12 @@ mod tests {
             json!({"x": {"type": "string", "title": "Your API key"}}),
             json!({"x": {"type": "string", "description": "the card's CVV"}}),
             json!({"db": {"type": "string", "title": "Database passphrase"}}),
+            json!({"accessToken": {"type": "string"}}),
+            json!({"userPin": {"type": "string"}}),
+            json!({"otpCode": {"type": "string"}}),
+            json!({"cardCvv": {"type": "string"}}),
+            json!({"value": {"type": "string", "title": "Recovery code"}}),
+            json!({"pwd": {"type": "string"}}),
         ] {
             assert!(secret_field(&form(secret.clone())).is_some(), "{secret}");
         }
@@ -430,8 +585,34 @@ mod tests {
             json!({"age": {"type": "integer"}, "confirm": {"type": "boolean"}}),
             json!({"color": {"type": "string", "enum": ["red", "green"]}}),
             json!({"opinion": {"type": "string", "description": "what do you think of the tokenizer?"}}),
+            json!({"spinner": {"type": "string"}, "passenger": {"type": "string"}}),
         ] {
             assert_eq!(secret_field(&form(ordinary.clone())), None, "{ordinary}");
+        }
+    }
+
+    #[test]
+    fn a_message_asking_for_a_secret_is_found_and_a_url_must_be_https() {
+        let asking = serde_json::from_value::<rmcp::model::ElicitRequestParams>(json!({
+            "mode": "form", "message": "Enter your password below",
+            "requestedSchema": {"type": "object", "properties": {"value": {"type": "string"}}}
+        }))
+        .unwrap();
+        assert_eq!(secret_field(&asking).as_deref(), Some("message"));
+        let url = |u: &str| {
+            serde_json::from_value::<rmcp::model::ElicitRequestParams>(json!({
+                "mode": "url", "message": "Sign in", "url": u, "elicitationId": "e1"
+            }))
+            .unwrap()
+        };
+        assert!(super::url_allowed(&url("https://auth.example.org/connect")));
+        for refused in [
+            "http://auth.example.org/",
+            "javascript:alert(1)",
+            "file:///etc/passwd",
+            "not a url",
+        ] {
+            assert!(!super::url_allowed(&url(refused)), "{refused}");
         }
     }
 }
