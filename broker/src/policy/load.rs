@@ -367,6 +367,61 @@ checks = ['check if call($t), $t != "web.forbidden"']
         }
     }
 
+    /// `command` starts a stdio server with only `PATH` and its `env` (`${VAR}` from the
+    /// environment); a server has a url or a command, and url-only settings are refused
+    /// with a command.
+    #[test]
+    fn a_stdio_server_has_a_command_and_its_own_environment() {
+        let good = "[mcp_servers.files]\ncommand = [\"npx\", \"-y\", \"@modelcontextprotocol/server-filesystem\", \"/data\"]\nenv = { API_KEY = \"${SEARCH_API_KEY}\", MODE = \"read-only\" }\n";
+        let policy = load(&[("a.toml", good)]).unwrap();
+        let def = &policy.mcp_servers["files"];
+        let command = def.command.as_ref().unwrap();
+        assert_eq!(command.program, "npx");
+        assert_eq!(
+            command.args,
+            ["-y", "@modelcontextprotocol/server-filesystem", "/data"]
+        );
+        assert_eq!(
+            command.env,
+            [
+                ("API_KEY".to_string(), "s3cret".to_string()),
+                ("MODE".to_string(), "read-only".to_string())
+            ]
+        );
+        assert_eq!(def.url.as_str(), "stdio://files");
+        assert!(!format!("{def:?}").contains("s3cret"), "{def:?}");
+        assert_eq!(def.scrub("failed: s3cret"), "failed: [redacted]");
+        for (wrong, says) in [
+            ("command = []", "names no program"),
+            ("command = \"npx\"", "array of strings"),
+            (
+                "command = [\"npx\"]\nurl = \"http://127.0.0.1:1/mcp\"",
+                "both url and command",
+            ),
+            (
+                "command = [\"npx\"]\nheaders = { A = \"b\" }",
+                "not a command",
+            ),
+            (
+                "command = [\"npx\"]\nenv = { \"1BAD\" = \"x\" }",
+                "not a variable name",
+            ),
+            ("command = [\"npx\"]\nenv = { A = 1 }", "must be a string"),
+            (
+                "url = \"http://127.0.0.1:1/mcp\"\nenv = { A = \"b\" }",
+                "a command's process",
+            ),
+            ("timeout_ms = 5", "no url (or command)"),
+        ] {
+            let text = format!("[mcp_servers.files]\n{wrong}\n");
+            let errors = load(&[("a.toml", text.as_str())]).unwrap_err().0;
+            assert!(
+                errors.iter().any(|d| d.message.contains(says)),
+                "{wrong}: {errors:?}"
+            );
+        }
+    }
+
     /// `per_call` marks a server's own names (tools, prompts, `NAME.resources`) for
     /// per-call approval; a pattern outside the server's names is a mistake, not a no-op.
     #[test]

@@ -65,6 +65,21 @@ pub struct McpServerDef {
     /// `per_call = ["pattern", …]`: the exposed names (tools, prompts, `NAME.resources`)
     /// whose every use needs a human approval, as `approval = "per_call"` on a tool.
     pub per_call: Vec<ToolPattern>,
+    /// `command = [program, args…]` (with `env`): a stdio server Leash starts and keeps
+    /// running, instead of one reached at `url` (which is then `stdio://NAME`).
+    pub command: Option<StdioCommand>,
+}
+
+/// A stdio MCP server's process: what is run, and the only environment it gets besides
+/// `PATH` (Leash's own environment holds its secrets, and none of it is passed on).
+#[derive(Clone, PartialEq, Eq)]
+pub struct StdioCommand {
+    /// The program, found on `PATH` unless it has a slash.
+    pub program: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// `env = { NAME = "value" }`, `${VAR}` substituted at load.
+    pub env: Vec<(String, String)>,
 }
 
 /// Where a discovered name goes on its MCP server.
@@ -128,6 +143,10 @@ impl fmt::Debug for McpServerDef {
                 "headers",
                 &self.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
             )
+            .field(
+                "command",
+                &self.command.as_ref().map(|c| (&c.program, &c.args)),
+            )
             .finish()
     }
 }
@@ -143,6 +162,9 @@ impl McpServerDef {
         }
         secrets.extend(self.url.password().map(str::to_string));
         secrets.extend(self.url.query().map(str::to_string));
+        if let Some(command) = &self.command {
+            secrets.extend(command.env.iter().map(|(_, value)| value.clone()));
+        }
         for (_, value) in &self.headers {
             if let Ok(value) = value.to_str() {
                 secrets.push(value.to_string());
@@ -558,6 +580,7 @@ mod tests {
             upstream_auth: None,
             prefixed,
             per_call: Vec::new(),
+            command: None,
         };
         assert_eq!(
             server(true).exposed_name("a.b").as_deref(),
@@ -583,6 +606,7 @@ mod tests {
             upstream_auth: None,
             prefixed: true,
             per_call: Vec::new(),
+            command: None,
         };
         let error = format!(
             "error sending request for url ({}): header Bearer tok-123456; token tok-123456; pass pa/ss-w0rd",

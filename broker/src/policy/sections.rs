@@ -8,8 +8,8 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::model::{
-    ApprovalSettings, Grant, GrantApproval, GrantHolder, McpServerDef, OidcSettings, ToolApproval,
-    ToolDef, ToolPattern,
+    ApprovalSettings, Grant, GrantApproval, GrantHolder, McpServerDef, OidcSettings, StdioCommand,
+    ToolApproval, ToolDef, ToolPattern,
 };
 use super::toml_value::{start, to_json};
 use crate::ids::{is_principal_name, is_tool_name, is_user_name};
@@ -188,6 +188,58 @@ impl<'a> FileCtx<'a> {
         out
     }
 
+    /// `command = [program, args…]` and `env = { NAME = "value" }` of an MCP server.
+    fn stdio_command(
+        &mut self,
+        fields: &super::fields::Fields<'_, '_>,
+        what: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<StdioCommand> {
+        let value = fields.get("command")?;
+        let words = self.strings(fields, "command", what)?;
+        let Some(((program, _), args)) = words.split_first() else {
+            self.error(start(value), format!("{what}.command names no program"));
+            return None;
+        };
+        if program.trim().is_empty() {
+            self.error(start(value), format!("{what}.command names no program"));
+            return None;
+        }
+        let mut variables = Vec::new();
+        if let Some(table) = fields.get("env") {
+            let Some(entries) = table.get_ref().as_table() else {
+                self.error(
+                    start(table),
+                    format!("{what}.env must be a table of strings"),
+                );
+                return None;
+            };
+            for (key, content) in entries.iter() {
+                let at = start(content);
+                let key = key.get_ref().to_string();
+                let valid = key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    && key.bytes().next().is_some_and(|b| !b.is_ascii_digit());
+                if !valid {
+                    self.error(at, format!("{what}.env: {key:?} is not a variable name"));
+                    continue;
+                }
+                let Some(text) = content.get_ref().as_str() else {
+                    self.error(at, format!("{what}.env.{key} must be a string"));
+                    continue;
+                };
+                // The value may hold a secret: never echoed.
+                if let Some(text) = self.substitute(text, at, env) {
+                    variables.push((key, text));
+                }
+            }
+        }
+        Some(StdioCommand {
+            program: program.clone(),
+            args: args.iter().map(|(arg, _)| arg.clone()).collect(),
+            env: variables,
+        })
+    }
+
     pub(super) fn mcp_server(
         &mut self,
         name: &str,
@@ -212,10 +264,20 @@ impl<'a> FileCtx<'a> {
                 "upstream_auth",
                 "prefix",
                 "per_call",
+                "command",
+                "env",
             ],
             &what,
         );
+        let command = self.stdio_command(&fields, &what, env);
         let url = match self.string(&fields, "url", &what) {
+            Some((_, at)) if command.is_some() => {
+                self.error(
+                    at,
+                    format!("{what} has both url and command: one or the other"),
+                );
+                None
+            }
             Some((text, at)) => match self
                 .substitute(&text, at, env)
                 .map(|u| reqwest::Url::parse(&u))
@@ -231,13 +293,30 @@ impl<'a> FileCtx<'a> {
                 }
                 None => None,
             },
+            // A stdio server is named by a URL of its own, for logs and tool records.
+            None if command.is_some() => reqwest::Url::parse(&format!("stdio://{name}")).ok(),
             None => {
-                if !fields.contains_key("url") {
-                    self.error(offset, format!("{what} has no url"));
+                if !fields.contains_key("url") && !fields.contains_key("command") {
+                    self.error(offset, format!("{what} has no url (or command)"));
                 }
                 None
             }
         };
+        if command.is_some() {
+            for key in ["headers", "upstream_auth"] {
+                if let Some(value) = fields.get(key) {
+                    self.error(
+                        start(value),
+                        format!("{what}.{key} is for a server reached at a url, not a command"),
+                    );
+                }
+            }
+        } else if let Some(value) = fields.get("env") {
+            self.error(
+                start(value),
+                format!("{what}.env is for a command's process"),
+            );
+        }
         let timeout_ms = self
             .integer(&fields, "timeout_ms", &what, 1, MAX_TIMEOUT_MS)
             .unwrap_or(30_000);
@@ -287,6 +366,7 @@ impl<'a> FileCtx<'a> {
                 upstream_auth,
                 prefixed,
                 per_call,
+                command,
             },
             auth_at,
         ))

@@ -33,15 +33,15 @@ use rmcp::model::{
 use rmcp::service::{
     NotificationContext, PeerRequestOptions, RequestContext, RoleClient, RunningService,
 };
-use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{ClientHandler, ClientLifecycleMode, ClientServiceExt};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::{RwLock, mpsc};
 
 use crate::ids::is_tool_name;
-use crate::policy::{McpKind, McpServerDef, McpTarget, RESOURCES, ToolDef};
+use crate::policy::{McpKind, McpServerDef, McpTarget, RESOURCES, StdioCommand, ToolDef};
 use crate::store::Store;
 use crate::upstream::catalog::{Catalog, Surface};
 use crate::upstream::client::UpstreamFailure;
@@ -320,7 +320,8 @@ impl McpServers {
             .servers
             .get(server)
             .ok_or_else(|| UpstreamFailure::Unreachable { tool: name.clone() })?;
-        if let Some((relay, origin)) = via {
+        // A stdio server is one process for everybody: nothing of it is relayed.
+        if let Some((relay, origin)) = via.filter(|_| upstream.def.command.is_none()) {
             let (client, relay_to) = self.relayed(upstream, relay, authorization).await?;
             return send_relayed(upstream, &client, &relay_to, name, operation, origin).await;
         }
@@ -629,7 +630,7 @@ async fn send(
             Operation::Complete(params) => serde_json::to_value(client.complete(params).await?),
             Operation::Subscribe { .. } | Operation::Unsubscribe { .. } => {
                 return Err(rmcp::ServiceError::McpError(ErrorData::invalid_request(
-                    "resource subscriptions need a client's MCP session",
+                    "resource subscriptions need a client's MCP session, and are not relayed for a stdio server",
                     None,
                 )));
             }
@@ -670,6 +671,9 @@ async fn connect(
     authorization: Option<HeaderValue>,
     lifecycle: ClientLifecycleMode,
 ) -> Result<RunningService<RoleClient, Listener>, String> {
+    if let Some(command) = &def.command {
+        return start_process(def, command, listener).await;
+    }
     let mut headers: std::collections::HashMap<HeaderName, HeaderValue> =
         def.headers.iter().cloned().collect();
     if let Some(authorization) = authorization {
@@ -688,6 +692,34 @@ async fn connect(
     .await
     .map_err(|_| "timed out".to_string())?
     // The client's errors may quote the URL or headers: never log their secrets.
+    .map_err(|e| def.scrub(&e.to_string()))
+}
+
+/// Starts a stdio server's process and opens the MCP session on its stdin and stdout.
+/// The process gets `PATH` and the policy's `env`, nothing else of Leash's environment
+/// (which holds the admin token and the master key); it is killed when the session is
+/// dropped, and started again by [`maintain`] when it exits.
+async fn start_process(
+    def: &McpServerDef,
+    command: &StdioCommand,
+    listener: Listener,
+) -> Result<RunningService<RoleClient, Listener>, String> {
+    let mut process = tokio::process::Command::new(&command.program);
+    process.args(&command.args).env_clear().kill_on_drop(true);
+    if let Some(path) = std::env::var_os("PATH") {
+        process.env("PATH", path);
+    }
+    process.envs(command.env.iter().map(|(name, value)| (name, value)));
+    let (transport, _) = TokioChildProcess::builder(process)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| def.scrub(&format!("cannot start {:?}: {e}", command.program)))?;
+    tokio::time::timeout(
+        def.timeout,
+        listener.serve_with_lifecycle(transport, ClientLifecycleMode::Initialize),
+    )
+    .await
+    .map_err(|_| "timed out".to_string())?
     .map_err(|e| def.scrub(&e.to_string()))
 }
 
