@@ -339,6 +339,9 @@ fn tools_list() -> Value {
 /// The tool names `/mcp`'s `tools/list` shows `token`.
 async fn listed_names(broker: &TestBroker, token: &str) -> Vec<String> {
     let listed = crate::common::json_of(mcp_post(broker, tools_list()).bearer_auth(token)).await;
+    // The list is this token's: no shared cache may keep it, nor serve it later.
+    assert_eq!(listed["result"]["cacheScope"], "private", "{listed}");
+    assert_eq!(listed["result"]["ttlMs"], 0, "{listed}");
     listed["result"]["tools"]
         .as_array()
         .unwrap_or_else(|| panic!("no tools in {listed}"))
@@ -1029,4 +1032,42 @@ max_ttl_seconds = 600
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A client on a session is told when its lists change: the upstream changes a tool's
+/// definition, Leash withholds it, and the client gets `tools/list_changed` (and the tool
+/// is gone from its next list).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_client_is_told_when_its_tools_change() {
+    let upstream = Upstream::start_with(&["--stateful"]).await;
+    let broker = broker_with(&upstream).await;
+    let agent = broker.agent("bot").await;
+    let (_, token) = broker
+        .task(&agent, &["everything.echo", "everything.add"])
+        .await;
+    let args = vec![
+        format!("{}/mcp", broker.url),
+        token,
+        "changes".into(),
+        format!("http://127.0.0.1:{}", upstream.port),
+    ];
+    let report = report_of("mcp_relay.py", args).await;
+    assert!(report.get("error").is_none(), "{report}");
+    assert_eq!(
+        report["before"],
+        json!(["everything.add", "everything.echo"]),
+        "{report}"
+    );
+    let changed = report["changed"].as_array().unwrap();
+    assert!(
+        changed
+            .iter()
+            .any(|m| m == "notifications/tools/list_changed"),
+        "{report}"
+    );
+    assert_eq!(
+        report["after"],
+        json!(["everything.add"]),
+        "withheld: {report}"
+    );
 }

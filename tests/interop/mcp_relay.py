@@ -10,8 +10,11 @@ reach the client of a task that ended. Without REVOKE after the line, it reports
 (the line must arrive).
 
 With `cancel` it gives up on a slow call after a second (the SDK then cancels it).
+With `changes UPSTREAM_URL` it lists tools, makes the upstream change a tool's
+description (POST UPSTREAM_URL/rug-pull), and reports the list-changed notifications it
+got within five seconds and the tools listed after.
 
-Usage: mcp_relay.py URL TOKEN [later | later TASK_URL ADMIN_TOKEN | cancel]
+Usage: mcp_relay.py URL TOKEN [later | later TASK_URL ADMIN_TOKEN | cancel | changes UPSTREAM_URL]
 """
 import asyncio
 import json
@@ -27,8 +30,15 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 url, token = sys.argv[1:3]
 later = sys.argv[3:4] == ["later"]
 cancel = sys.argv[3:4] == ["cancel"]
+changes = sys.argv[4] if sys.argv[3:4] == ["changes"] else None
 revoke = sys.argv[4:6]
-seen: dict[str, list[Any]] = {"sampled": [], "elicited": [], "progress": [], "logs": []}
+seen: dict[str, list[Any]] = {"sampled": [], "elicited": [], "progress": [], "logs": [], "changed": []}
+
+
+async def on_message(message: Any) -> None:
+    method = getattr(getattr(message, "root", message), "method", None)
+    if isinstance(method, str) and method.endswith("list_changed"):
+        seen["changed"].append(method)
 
 
 def describe(err: BaseException) -> str:
@@ -79,9 +89,21 @@ async def main() -> None:
             sampling_callback=sampling,
             elicitation_callback=elicitation,
             logging_callback=logged,
+            message_handler=on_message,
         ) as client:
             report["protocol_version"] = str(client.protocol_version)
             await client.set_logging_level("info")
+            if changes:
+                report["before"] = sorted(t.name for t in (await client.list_tools()).tools)
+                report["rug_pull"] = await asyncio.to_thread(post, changes + "/rug-pull", "")
+                for _ in range(50):
+                    if "notifications/tools/list_changed" in seen["changed"]:
+                        break
+                    await asyncio.sleep(0.1)
+                report["after"] = sorted(t.name for t in (await client.list_tools(cache_mode="refresh")).tools)
+                report.update(seen)
+                print(json.dumps(report))
+                return
             if cancel:
                 try:
                     await asyncio.wait_for(client.call_tool("everything.slow", {}), 1.0)

@@ -20,12 +20,13 @@
 use std::sync::Arc;
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult,
-    ContentBlock, GetPromptRequestParams, GetPromptResponse, GetPromptResult, Implementation,
-    ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
-    PaginatedRequestParams, Prompt, ReadResourceRequestParams, ReadResourceResponse,
-    ReadResourceResult, Reference, Resource, ResourceTemplate, ServerCapabilities, ServerConfig,
-    SetLevelRequestParams, SubscribeRequestParams, Tool, UnsubscribeRequestParams,
+    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams,
+    CompleteResult, ContentBlock, GetPromptRequestParams, GetPromptResponse, GetPromptResult,
+    Implementation, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
+    ListToolsResult, PaginatedRequestParams, Prompt, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, Reference, Resource, ResourceTemplate,
+    ServerCapabilities, ServerConfig, SetLevelRequestParams, SubscribeRequestParams, Tool,
+    UnsubscribeRequestParams,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -53,6 +54,8 @@ pub struct LeashMcp {
     task: Arc<std::sync::OnceLock<String>>,
     /// Where upstream messages for this session's client go (set by its first request).
     relay: Arc<std::sync::OnceLock<Relay>>,
+    /// Set once the session's client is told of catalog changes.
+    watching: Arc<std::sync::OnceLock<()>>,
 }
 
 impl LeashMcp {
@@ -69,7 +72,51 @@ impl LeashMcp {
                 None,
             ));
         }
+        self.watch_catalog(context, &token);
         Ok(token)
+    }
+
+    /// On a session, tells its client `notifications/tools/list_changed` (and prompts',
+    /// resources') whenever what it may see changes: a server's lists, or a withheld
+    /// definition an approver accepted. Stops when the session closes or its task ends.
+    fn watch_catalog(&self, context: &RequestContext<RoleServer>, token: &Arc<VerifiedToken>) {
+        if !on_session(context) || self.watching.set(()).is_err() {
+            return;
+        }
+        let peer = context.peer.clone();
+        let calls = self.calls.clone();
+        let token = token.clone();
+        let mut changes = calls.catalog.changes();
+        changes.mark_unchanged();
+        tokio::spawn(async move {
+            let Ok(task) = calls.active_task(token).await else {
+                return;
+            };
+            let mut check = tokio::time::interval(WATCH_CHECK);
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => {
+                        if changed.is_err() || calls.tasks.check_active(&task.runtime).await.is_err() {
+                            return;
+                        }
+                        if peer.notify_tool_list_changed().await.is_err()
+                            || peer.notify_prompt_list_changed().await.is_err()
+                            || peer.notify_resource_list_changed().await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    // A closed session, or an ended task, ends the watch.
+                    _ = check.tick() => {
+                        if peer.is_transport_closed()
+                            || calls.tasks.check_active(&task.runtime).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
     }
 
     /// Where this request's upstream messages are relayed: on a session, to its client
@@ -140,12 +187,16 @@ pub fn service(
                 config: shared.clone(),
                 task: Arc::default(),
                 relay: Arc::default(),
+                watching: Arc::default(),
             })
         },
         Arc::new(sessions),
         config,
     )
 }
+
+/// How often a session's catalog watch looks whether its session or task ended.
+const WATCH_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How long a client session of `/mcp` lives without a request.
 pub const SESSION_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
@@ -218,6 +269,33 @@ fn refused(err: &ApiError) -> CallToolResult {
         }
     }
     CallToolResult::error(vec![ContentBlock::text(text)])
+}
+
+/// A list result that may be cached by this client only, and is not fresh for later: it
+/// is this token's list (its grants, its checks), and the catalog changes.
+trait PrivateList {
+    fn private(self) -> Self;
+}
+
+macro_rules! private_lists {
+    ($($list:ty),*) => {$(
+        impl PrivateList for $list {
+            fn private(self) -> Self {
+                self.with_cache_scope(CacheScope::Private).with_ttl_ms(0)
+            }
+        }
+    )*};
+}
+
+private_lists!(
+    ListToolsResult,
+    ListPromptsResult,
+    ListResourcesResult,
+    ListResourceTemplatesResult
+);
+
+fn private<T: PrivateList>(list: T) -> T {
+    list.private()
 }
 
 /// A refusal of a prompt, a resource or a completion as a JSON-RPC error: an unknown
@@ -431,6 +509,9 @@ impl ServerHandler for LeashMcp {
                 .enable_completions()
                 .enable_logging()
                 .enable_resources_subscribe()
+                .enable_tool_list_changed()
+                .enable_prompts_list_changed()
+                .enable_resources_list_changed()
                 .build(),
         )
         .with_server_info(Implementation::new("leash", env!("CARGO_PKG_VERSION")))
@@ -465,7 +546,7 @@ impl ServerHandler for LeashMcp {
                 )
             })
             .collect();
-        Ok(ListToolsResult::with_all_items(tools))
+        Ok(private(ListToolsResult::with_all_items(tools)))
     }
 
     async fn call_tool(
@@ -541,7 +622,7 @@ impl ServerHandler for LeashMcp {
             .map(|(tool, listing)| (tool.name.clone(), Use::Prompt, listing))
             .collect();
         let prompts = self.listed::<Prompt>(&task, candidates).await?;
-        Ok(ListPromptsResult::with_all_items(prompts))
+        Ok(private(ListPromptsResult::with_all_items(prompts)))
     }
 
     async fn get_prompt(
@@ -581,7 +662,7 @@ impl ServerHandler for LeashMcp {
             "uri",
         );
         let resources = self.listed::<Resource>(&task, candidates).await?;
-        Ok(ListResourcesResult::with_all_items(resources))
+        Ok(private(ListResourcesResult::with_all_items(resources)))
     }
 
     async fn list_resource_templates(
@@ -596,7 +677,9 @@ impl ServerHandler for LeashMcp {
             "uriTemplate",
         );
         let templates = self.listed::<ResourceTemplate>(&task, candidates).await?;
-        Ok(ListResourceTemplatesResult::with_all_items(templates))
+        Ok(private(ListResourceTemplatesResult::with_all_items(
+            templates,
+        )))
     }
 
     async fn read_resource(

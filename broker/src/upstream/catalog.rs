@@ -86,6 +86,9 @@ impl Surface {
 pub struct Catalog {
     http: BTreeMap<String, Arc<ToolDef>>,
     mcp: RwLock<Discoveries>,
+    /// Bumped whenever what a server published changes (or a withheld name is
+    /// released): connected MCP clients are told their lists changed.
+    generation: tokio::sync::watch::Sender<u64>,
 }
 
 /// What the MCP servers published, per server, and the names exposed from it.
@@ -93,6 +96,25 @@ pub struct Catalog {
 struct Discoveries {
     by_server: BTreeMap<String, Surface>,
     exposed: BTreeMap<String, Discovered>,
+}
+
+impl Surface {
+    /// What a client would see change: each name's definition and whether it is
+    /// withheld, each template's, each listed resource.
+    fn fingerprint(&self) -> String {
+        let mut text = String::new();
+        for d in &self.names {
+            text.push_str(&format!("{} {} {}\n", d.tool.name, d.hash, d.withheld));
+        }
+        for t in &self.templates {
+            text.push_str(&format!("{} {} {}\n", t.pin, t.hash, t.withheld));
+        }
+        for r in &self.resources {
+            text.push_str(&r.to_string());
+            text.push('\n');
+        }
+        text
+    }
 }
 
 impl Discoveries {
@@ -143,7 +165,17 @@ impl Catalog {
         Catalog {
             http: policy.tools.clone(),
             mcp: RwLock::new(Discoveries::default()),
+            generation: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Changes as they happen (see [`Catalog::changed`]).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    fn changed(&self) {
+        self.generation.send_modify(|generation| *generation += 1);
     }
 
     /// Looks a name up (any kind).
@@ -242,9 +274,15 @@ impl Catalog {
 
     /// Replaces what one MCP server published.
     pub fn set_server(&self, server: &str, surface: Surface) {
+        let mut changed = false;
         if let Ok(mut found) = self.mcp.write() {
+            let before = found.by_server.get(server).map(Surface::fingerprint);
+            changed = before.as_deref() != Some(surface.fingerprint().as_str());
             found.by_server.insert(server.to_string(), surface);
             found.expose(&self.http);
+        }
+        if changed {
+            self.changed();
         }
     }
 
@@ -253,6 +291,7 @@ impl Catalog {
     pub fn release(&self, name: &str, hash: &str) {
         if let Ok(mut found) = self.mcp.write() {
             let mut released = false;
+            let mut template = false;
             for surface in found.by_server.values_mut() {
                 for d in &mut surface.names {
                     if d.tool.name == name && d.hash == hash {
@@ -261,13 +300,18 @@ impl Catalog {
                     }
                 }
                 for t in &mut surface.templates {
-                    if t.pin == name && t.hash == hash {
+                    if t.pin == name && t.hash == hash && t.withheld {
                         t.withheld = false;
+                        template = true;
                     }
                 }
             }
             if released {
                 found.expose(&self.http);
+            }
+            drop(found);
+            if released || template {
+                self.changed();
             }
         }
     }
@@ -354,6 +398,25 @@ mod tests {
         assert!(catalog.get("web.search").unwrap().mcp.is_none());
         assert_eq!(server_of(&catalog, "other").as_deref(), Some("s"));
         assert_eq!(catalog.names(), ["other", "web.search"]);
+    }
+
+    /// Clients are told of a change only when what a server published changed.
+    #[test]
+    fn a_change_is_announced_once_and_a_refresh_without_one_is_not() {
+        let catalog = Catalog::new(&crate::policy::Policy::default());
+        let changes = catalog.changes();
+        let seen = || *changes.borrow();
+        catalog.set_server("s", surface(vec![tool("s.a", "s")]));
+        assert_eq!(seen(), 1);
+        catalog.set_server("s", surface(vec![tool("s.a", "s")]));
+        assert_eq!(seen(), 1, "the same list again is no change");
+        catalog.set_server("s", surface(vec![tool("s.a", "s"), tool("s.b", "s")]));
+        assert_eq!(seen(), 2);
+        let (def, _, hash) = tool("s.c", "s");
+        catalog.set_server("s", surface(vec![(def, true, hash.clone())]));
+        assert_eq!(seen(), 3);
+        catalog.release("s.c", &hash);
+        assert_eq!(seen(), 4, "a released definition is a change");
     }
 
     /// Releasing a withheld tool exposes it only with the approved definition.
