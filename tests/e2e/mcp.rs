@@ -259,6 +259,11 @@ async fn a_changed_upstream_definition_is_withheld_until_approved() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(approval["kind"], "definition");
+    // Named by its pin: the server and its own name for the tool.
+    assert_eq!(
+        approval["call"]["tool"], "everything/tool/echo",
+        "{approval}"
+    );
     assert!(
         approval["call"]["arguments"]["description"]
             .as_str()

@@ -339,7 +339,8 @@ pub enum Decided {
 /// The pinned definition of an upstream MCP tool.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolPin {
-    /// `server.tool`.
+    /// Its key: `server/tool/NAME`, `server/prompt/NAME`, `server/template/URI-TEMPLATE`
+    /// (the server's own names); `server.tool` for a tool pinned before keys had kinds.
     pub name: String,
     /// SHA-256 of the accepted name, description and input schema.
     pub hash: String,

@@ -22,6 +22,8 @@ use crate::policy::{McpKind, Policy, ToolDef};
 #[derive(Clone)]
 struct Discovered {
     tool: Arc<ToolDef>,
+    /// Its pin's key (`server/tool/name`; empty for a server's resources, not pinned).
+    pin: String,
     withheld: bool,
     /// Hash of the definition discovered (see `mcp::pins`).
     hash: String,
@@ -50,16 +52,19 @@ pub struct Surface {
 
 impl Surface {
     /// Adds a tool, prompt or `resources` name: whether it is withheld, its definition's
-    /// hash, and what is listed for it besides its name (prompts).
+    /// hash, and what is listed for it besides its name (prompts); `pin` is its pin's
+    /// key (empty for a server's resources, which are not pinned).
     pub fn add(
         &mut self,
         tool: Arc<ToolDef>,
+        pin: String,
         withheld: bool,
         hash: String,
         listing: Option<Value>,
     ) {
         self.names.push(Discovered {
             tool,
+            pin,
             withheld,
             hash,
             listing,
@@ -288,13 +293,15 @@ impl Catalog {
 
     /// Releases a withheld name or template whose approved definition is `hash` — only
     /// if that is the definition currently discovered (a later change stays withheld).
+    /// `name` is the pin's key (or, for an approval filed before pins had keys of their
+    /// own, the exposed name).
     pub fn release(&self, name: &str, hash: &str) {
         if let Ok(mut found) = self.mcp.write() {
             let mut released = false;
             let mut template = false;
             for surface in found.by_server.values_mut() {
                 for d in &mut surface.names {
-                    if d.tool.name == name && d.hash == hash {
+                    if (d.pin == name || d.tool.name == name) && d.hash == hash {
                         d.withheld = false;
                         released = true;
                     }
@@ -325,7 +332,8 @@ mod tests {
     fn surface(tools: Vec<(Arc<ToolDef>, bool, String)>) -> Surface {
         let mut surface = Surface::default();
         for (tool, withheld, hash) in tools {
-            surface.add(tool, withheld, hash, None);
+            let pin = format!("{}/tool/{}", "test", tool.name);
+            surface.add(tool, pin, withheld, hash, None);
         }
         surface
     }

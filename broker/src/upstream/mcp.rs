@@ -803,6 +803,8 @@ async fn refresh(
         let description = tool.description.as_deref().unwrap_or("").to_string();
         let (definition, hash) = crate::upstream::pins::definition(&name, &description, &schema);
         let found = Found {
+            pin: format!("{}/tool/{}", def.name, tool.name),
+            legacy_pin: Some(name.clone()),
             kind: McpKind::Tool(tool.name.to_string()),
             name,
             description,
@@ -834,6 +836,8 @@ async fn refresh(
                 &listing,
             );
             let found = Found {
+                pin: format!("{}/prompt/{}", def.name, prompt.name),
+                legacy_pin: None,
                 kind: McpKind::Prompt(prompt.name.clone()),
                 name,
                 description,
@@ -864,7 +868,7 @@ async fn refresh(
                 continue;
             }
             // Pinned by its URI template (what reads are routed by), kind in the name.
-            let pin = format!("{name}/{}", template.uri_template);
+            let pin = format!("{}/template/{}", def.name, template.uri_template);
             let description = template.description.clone().unwrap_or_default();
             let (_, hash) =
                 crate::upstream::pins::definition(&format!("template:{pin}"), &description, &value);
@@ -872,7 +876,7 @@ async fn refresh(
                 discovery.store.as_ref(),
                 discovery.review.as_ref(),
                 &def.name,
-                &pin,
+                (&pin, None),
                 &value,
                 &hash,
             )
@@ -896,7 +900,13 @@ async fn refresh(
         });
         let description = format!("the resources of MCP server {:?}", def.name);
         let resources = name_of(def, name, description, schema, McpKind::Resources)?;
-        surface.add(Arc::new(resources), false, String::new(), None);
+        surface.add(
+            Arc::new(resources),
+            String::new(),
+            false,
+            String::new(),
+            None,
+        );
     }
     discovery.catalog.set_server(&def.name, surface);
     Ok(())
@@ -1000,6 +1010,11 @@ fn name_of(
 
 /// A tool or prompt as discovered, to be pinned and published.
 struct Found {
+    /// Its pin's key: server, kind and the server's own name, so the same tool keeps its
+    /// pin whatever name Leash exposes it under (`prefix` flipped).
+    pin: String,
+    /// The key its pin had before pins were keyed so (its exposed name), adopted once.
+    legacy_pin: Option<String>,
     name: String,
     description: String,
     schema: Value,
@@ -1019,6 +1034,8 @@ async fn publish(
     found: Found,
 ) -> Result<(), String> {
     let Found {
+        pin,
+        legacy_pin,
         name,
         description,
         schema,
@@ -1038,12 +1055,12 @@ async fn publish(
         discovery.store.as_ref(),
         discovery.review.as_ref(),
         &def.name,
-        &tool.name,
+        (&pin, legacy_pin.as_deref()),
         &definition,
         &hash,
     )
     .await
     .map_err(|e| e.to_string())?;
-    surface.add(Arc::new(tool), withheld, hash, listing);
+    surface.add(Arc::new(tool), pin, withheld, hash, listing);
     Ok(())
 }

@@ -34,17 +34,31 @@ pub fn definition(name: &str, description: &str, input_schema: &Value) -> (Value
     (definition, hash)
 }
 
-/// Whether the tool must be withheld. Pins a first sight; files an approval for a change
-/// (once: not again while one is pending).
+/// Whether the definition must be withheld. `keys` is its pin's key (server, kind and
+/// the server's own name) and, for a tool pinned before pins were keyed so, the key it
+/// had then (its exposed name), whose pin is adopted. Pins a first sight; files an
+/// approval for a change (once: not again while one is pending).
 pub async fn withheld(
     store: &dyn Store,
     review: &dyn DefinitionReview,
     server: &str,
-    name: &str,
+    keys: (&str, Option<&str>),
     definition: &Value,
     hash: &str,
 ) -> Result<bool, ApiError> {
-    let pin = store.get_pin(name).await.map_err(ApiError::internal)?;
+    let (name, legacy) = keys;
+    let mut pin = store.get_pin(name).await.map_err(ApiError::internal)?;
+    if pin.is_none()
+        && let Some(legacy) = legacy
+        && let Some(old) = store.get_pin(legacy).await.map_err(ApiError::internal)?
+    {
+        let adopted = ToolPin {
+            name: name.to_string(),
+            ..old
+        };
+        store.put_pin(&adopted).await.map_err(ApiError::internal)?;
+        pin = Some(adopted);
+    }
     let Some(mut pin) = pin else {
         let first = ToolPin {
             name: name.to_string(),
@@ -130,21 +144,42 @@ mod tests {
         let changed = definition("docs.search", "Search and delete", &json!({}));
         // First sight pins; the same definition again is fine.
         assert!(
-            !withheld(store, review, "docs", "docs.search", &first.0, &first.1)
-                .await
-                .unwrap()
+            !withheld(
+                store,
+                review,
+                "docs",
+                ("docs/tool/search", None),
+                &first.0,
+                &first.1
+            )
+            .await
+            .unwrap()
         );
         assert!(
-            !withheld(store, review, "docs", "docs.search", &first.0, &first.1)
-                .await
-                .unwrap()
+            !withheld(
+                store,
+                review,
+                "docs",
+                ("docs/tool/search", None),
+                &first.0,
+                &first.1
+            )
+            .await
+            .unwrap()
         );
         // A change is withheld, and asked about once however often it is seen.
         for _ in 0..3 {
             assert!(
-                withheld(store, review, "docs", "docs.search", &changed.0, &changed.1)
-                    .await
-                    .unwrap()
+                withheld(
+                    store,
+                    review,
+                    "docs",
+                    ("docs/tool/search", None),
+                    &changed.0,
+                    &changed.1
+                )
+                .await
+                .unwrap()
             );
         }
         let pending = store
@@ -155,18 +190,80 @@ mod tests {
         assert_eq!(pending[0].args_hash.as_deref(), Some(changed.1.as_str()));
         // Accepting it releases the tool with the new definition.
         let catalog = crate::upstream::catalog::Catalog::new(&kit.policy);
-        accept(store, &catalog, "docs.search", &changed.1)
+        accept(store, &catalog, "docs/tool/search", &changed.1)
             .await
             .unwrap();
         assert!(
-            !withheld(store, review, "docs", "docs.search", &changed.0, &changed.1)
-                .await
-                .unwrap()
+            !withheld(
+                store,
+                review,
+                "docs",
+                ("docs/tool/search", None),
+                &changed.0,
+                &changed.1
+            )
+            .await
+            .unwrap()
         );
-        let pin = store.get_pin("docs.search").await.unwrap().unwrap();
+        let pin = store.get_pin("docs/tool/search").await.unwrap().unwrap();
         assert_eq!(
             (pin.hash.as_str(), pin.pending_hash),
             (changed.1.as_str(), None)
+        );
+    }
+
+    /// A tool pinned under its exposed name (before pins were keyed by server and the
+    /// server's own name) keeps its pin: adopted under the new key, so an unchanged tool
+    /// stays released and a changed one is withheld, never trusted again on first sight.
+    #[tokio::test]
+    async fn a_pin_under_the_old_key_is_adopted_not_forgotten() {
+        let kit = Kit::new(&notes_policy("http://127.0.0.1:9")).await;
+        let store = kit.store.as_ref();
+        let review = kit.approvals.as_ref();
+        let first = definition("docs.search", "Search", &json!({}));
+        let changed = definition("docs.search", "Search and exfiltrate", &json!({}));
+        let old = crate::store::ToolPin {
+            name: "docs.search".into(),
+            hash: first.1.clone(),
+            pending_hash: None,
+            approval_id: None,
+        };
+        store.put_pin(&old).await.unwrap();
+        let keys = ("docs/tool/search", Some("docs.search"));
+        assert!(
+            !withheld(store, review, "docs", keys, &first.0, &first.1)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            store
+                .get_pin("docs/tool/search")
+                .await
+                .unwrap()
+                .unwrap()
+                .hash,
+            first.1
+        );
+        // A changed definition is withheld under the adopted pin.
+        let other = crate::store::ToolPin {
+            name: "other.search".into(),
+            ..old
+        };
+        store.put_pin(&other).await.unwrap();
+        let keys = ("other/tool/search", Some("other.search"));
+        assert!(
+            withheld(store, review, "other", keys, &changed.0, &changed.1)
+                .await
+                .unwrap()
+        );
+        // The same tool exposed under another name (prefix flipped) keeps its key, and
+        // its changed name is a changed definition: withheld until approved.
+        let flipped = definition("search", "Search", &json!({}));
+        let keys = ("docs/tool/search", Some("search"));
+        assert!(
+            withheld(store, review, "docs", keys, &flipped.0, &flipped.1)
+                .await
+                .unwrap()
         );
     }
 }
