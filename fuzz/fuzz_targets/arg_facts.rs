@@ -15,8 +15,8 @@ use std::sync::{Arc, LazyLock};
 
 use biscuit_auth::Biscuit;
 use biscuit_auth::builder::Term;
-use leash_broker::tokens::authorize::{CallFacts, Denial, authorize_call};
 use leash_broker::policy::{ToolDef, load_sources};
+use leash_broker::tokens::authorize::{CallFacts, Denial, authorize_call};
 use leash_sdk::facts::{MAX_DEPTH, arg_facts, depth, to_term};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
@@ -139,6 +139,7 @@ fuzz_target!(
             prefix_calls: &[1],
             // The token holds no budget.
             budget_blocks: &[],
+            subject: leash_broker::tokens::authorize::Subject::Tool,
         };
         let decision = authorize_call(&state.token, &call);
         if let Err(Denial::Capability(why)) = &decision

@@ -29,7 +29,8 @@ fn exercise(policy: &Policy) {
     for (name, tool) in &policy.tools {
         assert!(policy.tool(name).is_some());
         let _ = format!("{tool:?}");
-        let _ = leash_broker::policy::input_schema::violations(&tool.validator, &serde_json::json!({}));
+        let _ =
+            leash_broker::policy::input_schema::violations(&tool.validator, &serde_json::json!({}));
     }
     for (agent, grant) in &policy.grants {
         assert!(policy.grant(agent).is_some());

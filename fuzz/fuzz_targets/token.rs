@@ -15,8 +15,8 @@
 use std::sync::{Arc, LazyLock};
 
 use biscuit_auth::{Biscuit, UnverifiedBiscuit};
-use leash_broker::tokens::authorize::{self, CallFacts};
 use leash_broker::error::ApiError;
+use leash_broker::tokens::authorize::{self, CallFacts};
 use leash_broker::tokens::keys::{ForwardingKey, RootKeys};
 use leash_broker::tokens::mint;
 use leash_broker::tokens::verify::{MAX_TOKEN_LEN, Principal, TokenVerifier};
@@ -74,6 +74,7 @@ fn call<'a>(
         task_calls: 1,
         prefix_calls: &ONE_CALL_EACH,
         budget_blocks,
+        subject: authorize::Subject::Tool,
     }
 }
 
@@ -101,7 +102,14 @@ fn exercise(token: &Biscuit, tools: &[String]) {
             {
                 let _ = why.len();
             }
-            let _ = authorize::listable(token, &facts);
+            let _ = authorize::listable(token, &facts, false);
+            // A read of a resource: its `resource` fact, its URI as the one argument.
+            let read = authorize::CallFacts {
+                subject: authorize::Subject::Resource("file:///docs/readme.md"),
+                ..call(tool, args, &budgets)
+            };
+            let _ = authorize::authorize_call(token, &read);
+            let _ = authorize::listable(token, &read, true);
             if let Err(err) = capability::evaluate(
                 token,
                 &capability::CallFacts {
@@ -109,6 +117,7 @@ fn exercise(token: &Biscuit, tools: &[String]) {
                     args,
                     now_secs: NOW_SECS,
                     counters: None,
+                    subject: capability::Subject::Tool,
                 },
             ) {
                 let _ = capability::explain(&err, tool);
@@ -121,6 +130,7 @@ fn exercise(token: &Biscuit, tools: &[String]) {
                 args,
                 now_secs: NOW_SECS,
                 counters: None,
+                subject: capability::Subject::Tool,
             };
             if capability::evaluate_forwarded(token, &plain, &forwarding).is_ok() {
                 assert!(
@@ -152,6 +162,7 @@ fn check_forwarded(parent: &Biscuit, forwarded: &str, tool: &str) {
             args,
             now_secs: NOW_SECS,
             counters: None,
+            subject: capability::Subject::Tool,
         };
         if capability::evaluate_forwarded(&capability, &facts, &forwarding).is_ok() {
             assert_eq!(

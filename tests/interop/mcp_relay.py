@@ -9,12 +9,14 @@ later, revokes its own task through the API, and reports what it heard after: no
 reach the client of a task that ended. Without REVOKE after the line, it reports that too
 (the line must arrive).
 
-With `cancel` it gives up on a slow call after a second (the SDK then cancels it).
+With `cancel UPSTREAM_URL` it gives up on a slow call after a second (the SDK then
+cancels it), and reports whether the upstream saw the call cancelled while this session
+was still open (UPSTREAM_URL/reads).
 With `changes UPSTREAM_URL` it lists tools, makes the upstream change a tool's
 description (POST UPSTREAM_URL/rug-pull), and reports the list-changed notifications it
 got within five seconds and the tools listed after.
 
-Usage: mcp_relay.py URL TOKEN [later | later TASK_URL ADMIN_TOKEN | cancel | changes UPSTREAM_URL]
+Usage: mcp_relay.py URL TOKEN [later | later TASK_URL ADMIN_TOKEN | cancel UPSTREAM_URL | changes UPSTREAM_URL]
 """
 import asyncio
 import json
@@ -29,7 +31,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 
 url, token = sys.argv[1:3]
 later = sys.argv[3:4] == ["later"]
-cancel = sys.argv[3:4] == ["cancel"]
+cancel = sys.argv[4] if sys.argv[3:4] == ["cancel"] else None
 changes = sys.argv[4] if sys.argv[3:4] == ["changes"] else None
 revoke = sys.argv[4:6]
 seen: dict[str, list[Any]] = {"sampled": [], "elicited": [], "progress": [], "logs": [], "changed": []}
@@ -75,6 +77,12 @@ def post(url: str, bearer: str) -> int:
         return int(answer.status)
 
 
+def reads_of(upstream: str) -> list[str]:
+    """What the test upstream records (GET UPSTREAM/reads)."""
+    with urllib.request.urlopen(upstream + "/reads") as answer:
+        return list(json.loads(answer.read())["reads"])
+
+
 def text_of(result: Any) -> str:
     return "\n".join(getattr(block, "text", "") for block in result.content)
 
@@ -110,7 +118,12 @@ async def main() -> None:
                     report["cancelled"] = False
                 except TimeoutError:
                     report["cancelled"] = True
-                await asyncio.sleep(1.0)
+                report["upstream_saw_cancel"] = False
+                for _ in range(15):
+                    if "cancelled:slow" in await asyncio.to_thread(reads_of, cancel):
+                        report["upstream_saw_cancel"] = True
+                        break
+                    await asyncio.sleep(0.1)
                 print(json.dumps(report))
                 return
             if later:

@@ -14,8 +14,6 @@ pub mod guard;
 pub mod server;
 pub mod sessions;
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::routing::get;
 
@@ -23,8 +21,8 @@ use crate::app::state::AppState;
 
 /// The routes of the gateway: `/mcp` and the protected-resource metadata.
 pub fn routes(state: AppState) -> Router {
-    let service = server::service(state.calls.clone(), &state.config);
-    let owners = Arc::new(sessions::SessionOwners::new(server::SESSION_IDLE));
+    let owners = sessions::SessionOwners::new(state.policy.longest_ttl());
+    let service = server::service(state.calls.clone(), &state.config, owners.clone());
     Router::new()
         .route_service("/mcp", service)
         // Inner: a session is used only with its own task's token (after the guard).

@@ -34,6 +34,7 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::Value;
 
+use super::sessions::{SESSION_HEADER, SessionEnd, SessionOwners};
 use crate::config::ServeConfig;
 use crate::error::ApiError;
 use crate::policy::{McpKind, ToolDef};
@@ -56,6 +57,8 @@ pub struct LeashMcp {
     relay: Arc<std::sync::OnceLock<Relay>>,
     /// Set once the session's client is told of catalog changes.
     watching: Arc<std::sync::OnceLock<()>>,
+    /// Forgets the session's owner when rmcp drops the session (the last clone of this).
+    end: Arc<SessionEnd>,
 }
 
 impl LeashMcp {
@@ -71,6 +74,9 @@ impl LeashMcp {
                 "this MCP session belongs to another task: open a new session with this token",
                 None,
             ));
+        }
+        if let Some(session) = session_of(context) {
+            self.end.serves(&session);
         }
         self.watch_catalog(context, &token);
         Ok(token)
@@ -171,6 +177,7 @@ impl LeashMcp {
 pub fn service(
     calls: Arc<Calls>,
     config: &Arc<ServeConfig>,
+    owners: Arc<SessionOwners>,
 ) -> StreamableHttpService<LeashMcp, LocalSessionManager> {
     let shared = config.clone();
     let config = StreamableHttpServerConfig::default()
@@ -188,6 +195,7 @@ pub fn service(
                 task: Arc::default(),
                 relay: Arc::default(),
                 watching: Arc::default(),
+                end: Arc::new(SessionEnd::new(owners.clone())),
             })
         },
         Arc::new(sessions),
@@ -203,10 +211,16 @@ pub const SESSION_IDLE: std::time::Duration = std::time::Duration::from_secs(300
 
 /// Whether this request belongs to a client session (it names one).
 fn on_session(context: &RequestContext<RoleServer>) -> bool {
+    session_of(context).is_some()
+}
+
+/// The session this request names, if any.
+fn session_of(context: &RequestContext<RoleServer>) -> Option<String> {
     context
         .extensions
         .get::<axum::http::request::Parts>()
-        .is_some_and(|parts| parts.headers.contains_key("mcp-session-id"))
+        .and_then(|parts| parts.headers.get(SESSION_HEADER))
+        .map(|v| v.to_str().unwrap_or_default().to_string())
 }
 
 fn token_of(context: &RequestContext<RoleServer>) -> Result<Arc<VerifiedToken>, ErrorData> {

@@ -5,10 +5,12 @@
 //! session's stream (an upstream's questions, logs, resource updates) nor answer on it.
 //!
 //! A session another task owns, or one this process never opened, is 404, as for a
-//! session that ended: the client initializes again. New sessions are refused with 503
-//! while [`MAX_SESSIONS`] are open.
+//! session that ended: the client initializes again. An entry lives exactly as long as
+//! rmcp's session (its handler's [`SessionEnd`] removes it when rmcp drops the session),
+//! so the counts below are of live sessions: a new session is refused with 503 while
+//! [`MAX_SESSIONS`] are open, or [`MAX_SESSIONS_PER_TASK`] of its own task's.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::Request;
@@ -21,24 +23,51 @@ use crate::tokens::verify::{Principal, VerifiedToken};
 /// Most `/mcp` sessions open at once in one process.
 pub const MAX_SESSIONS: u64 = 10_000;
 
-/// The header naming a session.
-const SESSION_HEADER: &str = "mcp-session-id";
+/// Most `/mcp` sessions one task may have open.
+pub const MAX_SESSIONS_PER_TASK: usize = 16;
 
-/// Session id → the task that opened it, forgotten a little after rmcp closes an idle
-/// session.
-#[derive(Clone)]
+/// The header naming a session.
+pub const SESSION_HEADER: &str = "mcp-session-id";
+
+/// Session id → the task that opened it.
 pub struct SessionOwners {
     owners: moka::sync::Cache<String, String>,
 }
 
 impl SessionOwners {
-    /// Owners of sessions that close after `idle` without a request.
-    pub fn new(idle: Duration) -> Self {
-        SessionOwners {
+    /// No session yet. An entry whose session somehow never reports its end is still
+    /// forgotten after `longest` (no task lives longer).
+    pub fn new(longest: Duration) -> Arc<Self> {
+        Arc::new(SessionOwners {
             owners: moka::sync::Cache::builder()
-                .time_to_idle(idle + Duration::from_secs(60))
+                .time_to_live(longest + Duration::from_secs(60))
                 .build(),
+        })
+    }
+
+    /// Forgets a session rmcp closed.
+    pub fn ended(&self, session: &str) {
+        self.owners.invalidate(session);
+    }
+
+    /// Why a new session of `task` may not open now, if it may not.
+    fn refuse_new(&self, task: &str) -> Option<ApiError> {
+        self.owners.run_pending_tasks();
+        if self.owners.entry_count() >= MAX_SESSIONS {
+            return Some(ApiError::Unavailable(format!(
+                "{MAX_SESSIONS} MCP sessions are open: try again later"
+            )));
         }
+        let own = self
+            .owners
+            .iter()
+            .filter(|(_, owner)| owner.as_str() == task)
+            .count();
+        (own >= MAX_SESSIONS_PER_TASK).then(|| {
+            ApiError::Unavailable(format!(
+                "task {task} has {MAX_SESSIONS_PER_TASK} MCP sessions open: close one (DELETE) first"
+            ))
+        })
     }
 
     /// The edge check (after the bearer check put the token in the request).
@@ -58,23 +87,20 @@ impl SessionOwners {
             .get(SESSION_HEADER)
             .map(|v| v.to_str().unwrap_or_default().to_string());
         match &named {
-            Some(session) => {
-                if self.owners.get(session).as_deref() != Some(task.as_str()) {
-                    return ApiError::NotFound(
-                        "no such MCP session for this task's token: initialize a new one".into(),
-                    )
-                    .into_response();
+            Some(session) if self.owners.get(session).as_deref() != Some(task.as_str()) => {
+                return ApiError::NotFound(
+                    "no such MCP session for this task's token: initialize a new one".into(),
+                )
+                .into_response();
+            }
+            Some(_) => {}
+            // A 2026-07-28 request is served without a session: no quota applies.
+            None if !stateless(&request) => {
+                if let Some(refused) = self.refuse_new(&task) {
+                    return refused.into_response();
                 }
             }
-            None => {
-                self.owners.run_pending_tasks();
-                if self.owners.entry_count() >= MAX_SESSIONS {
-                    return ApiError::Unavailable(format!(
-                        "{MAX_SESSIONS} MCP sessions are open: try again later"
-                    ))
-                    .into_response();
-                }
-            }
+            None => {}
         }
         let response = next.run(request).await;
         if named.is_none()
@@ -86,5 +112,44 @@ impl SessionOwners {
             self.owners.insert(opened.to_string(), task);
         }
         response
+    }
+}
+
+/// Whether a request speaks 2026-07-28 or later (served without a session).
+fn stateless(request: &Request) -> bool {
+    request
+        .headers()
+        .get("mcp-protocol-version")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|version| version >= "2026-07-28")
+}
+
+/// Held by a session's handler: when rmcp drops the session (DELETE, idle, shutdown),
+/// the last clone of the handler drops this, and the session's owner is forgotten.
+pub struct SessionEnd {
+    owners: Arc<SessionOwners>,
+    session: OnceLock<String>,
+}
+
+impl SessionEnd {
+    /// For a handler of `owners`' sessions.
+    pub fn new(owners: Arc<SessionOwners>) -> Self {
+        SessionEnd {
+            owners,
+            session: OnceLock::new(),
+        }
+    }
+
+    /// Records the session this handler serves (from a request that names it).
+    pub fn serves(&self, session: &str) {
+        let _ = self.session.set(session.to_string());
+    }
+}
+
+impl Drop for SessionEnd {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.get() {
+            self.owners.ended(session);
+        }
     }
 }

@@ -45,6 +45,7 @@ impl fmt::Debug for Secrets {
 }
 
 /// An upstream MCP server (`[mcp_servers.NAME]`).
+#[derive(Clone)]
 pub struct McpServerDef {
     /// The name, and (unless `prefix = false`) the prefix of its tools (`NAME.tool`).
     pub name: String,

@@ -100,6 +100,8 @@ pub struct Catalog {
 #[derive(Default)]
 struct Discoveries {
     by_server: BTreeMap<String, Surface>,
+    /// Each server's [`Surface::fingerprint`] when it was published.
+    fingerprints: BTreeMap<String, String>,
     exposed: BTreeMap<String, Discovered>,
 }
 
@@ -280,9 +282,11 @@ impl Catalog {
     /// Replaces what one MCP server published.
     pub fn set_server(&self, server: &str, surface: Surface) {
         let mut changed = false;
+        // Computed before the lock: lookups wait for nothing but the swap.
+        let fingerprint = surface.fingerprint();
         if let Ok(mut found) = self.mcp.write() {
-            let before = found.by_server.get(server).map(Surface::fingerprint);
-            changed = before.as_deref() != Some(surface.fingerprint().as_str());
+            changed = found.fingerprints.get(server) != Some(&fingerprint);
+            found.fingerprints.insert(server.to_string(), fingerprint);
             found.by_server.insert(server.to_string(), surface);
             found.expose(&self.http);
         }

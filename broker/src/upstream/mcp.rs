@@ -51,6 +51,29 @@ use crate::upstream::relay::{Origin, Pending, Relay, RelayTo};
 /// Longest pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// How long a connection must last for the next failure to start backing off afresh.
+const HEALTHY: Duration = Duration::from_secs(30);
+
+/// How often a connection is looked at between refreshes (a stdio process may exit).
+const ALIVE_CHECK: Duration = Duration::from_secs(1);
+
+/// Shortest time between two refreshes of one server, however often it announces
+/// changes.
+const MIN_REFRESH: Duration = Duration::from_secs(1);
+
+/// How long a cancelled request's answer is waited for.
+const CANCEL_GRACE: Duration = Duration::from_secs(2);
+
+/// Why a connected server's maintenance woke up.
+enum Wake {
+    /// It announced that a list changed.
+    Announced,
+    /// Its refresh is due.
+    Due,
+    /// Its connection (or process) is gone.
+    Lost,
+}
+
 /// Receives the upstream's notifications and requests: on the server's own session, its
 /// list changes; on a client's session ([`RelayTo`]), everything meant for that client.
 #[derive(Clone)]
@@ -529,7 +552,12 @@ async fn send_relayed(
                     ))
                     .await;
                 guard.client = None;
-                (&mut response).await
+                // A server need not answer a cancelled request: a short wait, then the
+                // call ends (counted: the upstream may have done it).
+                match tokio::time::timeout(CANCEL_GRACE, &mut response).await {
+                    Ok(answer) => answer,
+                    Err(_) => Err(rmcp::ServiceError::Cancelled { reason: Some("cancelled by the client".into()) }),
+                }
             }
         }
     })
@@ -545,6 +573,11 @@ async fn send_relayed(
             tool: name,
             timeout_ms: timeout.as_millis(),
         }),
+        // Cancelled by the client and not answered in the grace: it may have run, so it
+        // counts as a call (a cancel must not be a way around a budget).
+        Ok(Err(rmcp::ServiceError::Cancelled { .. })) => Err(bad(
+            "the client cancelled it; the upstream did not answer".into(),
+        )),
         Ok(Err(rmcp::ServiceError::McpError(err))) => {
             Err(bad(format!("answered an MCP error: {}", err.message)))
         }
@@ -697,8 +730,8 @@ async fn connect(
 
 /// Starts a stdio server's process and opens the MCP session on its stdin and stdout.
 /// The process gets `PATH` and the policy's `env`, nothing else of Leash's environment
-/// (which holds the admin token and the master key); it is killed when the session is
-/// dropped, and started again by [`maintain`] when it exits.
+/// (which holds the admin token and the master key); its stderr is logged; it is killed
+/// when the session is dropped, and started again by [`maintain`] when it exits.
 async fn start_process(
     def: &McpServerDef,
     command: &StdioCommand,
@@ -710,10 +743,23 @@ async fn start_process(
         process.env("PATH", path);
     }
     process.envs(command.env.iter().map(|(name, value)| (name, value)));
-    let (transport, _) = TokioChildProcess::builder(process)
-        .stderr(std::process::Stdio::null())
+    let (transport, stderr) = TokioChildProcess::builder(process)
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| def.scrub(&format!("cannot start {:?}: {e}", command.program)))?;
+    // What it writes on stderr is the operator's only view of why it fails: logged,
+    // line by line, bounded, with the policy's secrets redacted.
+    if let Some(stderr) = stderr {
+        let def = def.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let line = crate::text::shown(&def.scrub(&line), 2_000);
+                tracing::info!(server = %def.name, %line, "stdio MCP server");
+            }
+        });
+    }
     tokio::time::timeout(
         def.timeout,
         listener.serve_with_lifecycle(transport, ClientLifecycleMode::Initialize),
@@ -744,7 +790,7 @@ async fn maintain(upstream: Arc<Upstream>, http: reqwest::Client, discovery: Dis
             Ok(service) => {
                 let client: Client = Arc::new(service);
                 *upstream.client.write().await = Some(client.clone());
-                backoff = Duration::from_millis(250);
+                let connected = tokio::time::Instant::now();
                 tracing::info!(server = %name, "connected to MCP upstream");
                 // Servers on 2026-07-28 send list_changed on a subscription stream.
                 if let Ok(mut subscription) = client
@@ -766,13 +812,38 @@ async fn maintain(upstream: Arc<Upstream>, http: reqwest::Client, discovery: Dis
                         tracing::warn!(server = %name, %error, "MCP upstream lost; reconnecting");
                         break;
                     }
-                    tokio::select! {
-                        _ = changed_rx.recv() => {}
-                        _ = tokio::time::sleep(discovery.refresh_every) => {}
+                    let next = tokio::time::Instant::now() + discovery.refresh_every;
+                    let mut alive = tokio::time::interval(ALIVE_CHECK);
+                    let woke = loop {
+                        tokio::select! {
+                            _ = changed_rx.recv() => break Wake::Announced,
+                            _ = tokio::time::sleep_until(next) => break Wake::Due,
+                            // A stdio process that exited, or a dropped connection, is
+                            // noticed now, not at the next refresh.
+                            _ = alive.tick() => if client.is_closed() { break Wake::Lost },
+                        }
+                    };
+                    match woke {
+                        Wake::Lost => {
+                            tracing::warn!(server = %name, "MCP upstream lost; reconnecting");
+                            break;
+                        }
+                        // However often it says its lists changed: at most one refresh per
+                        // MIN_REFRESH, the notices of the wait folded into it.
+                        Wake::Announced => {
+                            tokio::time::sleep(MIN_REFRESH).await;
+                            while changed_rx.try_recv().is_ok() {}
+                        }
+                        Wake::Due => {}
                     }
                 }
                 *upstream.client.write().await = None;
                 discovery.catalog.set_server(&name, Surface::default());
+                // A server that stayed up a while starts again from the shortest pause;
+                // one that dies right after starting backs off like one that never starts.
+                if connected.elapsed() >= HEALTHY {
+                    backoff = Duration::from_millis(250);
+                }
             }
             Err(err) => {
                 tracing::warn!(server = %name, error = %err, "cannot connect to MCP upstream; will retry")

@@ -52,9 +52,13 @@ pub async fn withheld(
         && let Some(legacy) = legacy
         && let Some(old) = store.get_pin(legacy).await.map_err(ApiError::internal)?
     {
+        // The accepted definition only: a review pending under the old key is filed again
+        // under this one (its approval would name the old key).
         let adopted = ToolPin {
             name: name.to_string(),
-            ..old
+            hash: old.hash,
+            pending_hash: None,
+            approval_id: None,
         };
         store.put_pin(&adopted).await.map_err(ApiError::internal)?;
         pin = Some(adopted);

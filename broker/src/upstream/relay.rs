@@ -130,6 +130,8 @@ pub(crate) struct RelayTo {
     notices: tokio::sync::mpsc::Sender<Notice>,
     alive: Alive,
     subscribed: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// Server requests waiting for the client's answer, at most [`MAX_ASKING`].
+    asking: Arc<tokio::sync::Semaphore>,
 }
 
 /// A notification on its way to the client, or a mark answered once everything before
@@ -193,6 +195,7 @@ impl RelayTo {
             notices,
             alive: relay.alive.clone(),
             subscribed: relay.subscribed.clone(),
+            asking: Arc::new(tokio::sync::Semaphore::new(MAX_ASKING)),
         }
     }
 
@@ -239,6 +242,12 @@ impl RelayTo {
                 ));
             }
         }
+        let Ok(_asking) = self.asking.clone().try_acquire_owned() else {
+            return Err(ErrorData::invalid_request(
+                format!("{MAX_ASKING} requests already wait for the client's answer"),
+                None,
+            ));
+        };
         // On a task of its own: rmcp would otherwise mark the request with this handler's
         // own (upstream) request id and send it down another stream.
         let peer = self.peer.clone();
@@ -389,6 +398,10 @@ impl RelayTo {
 /// Longest wait for the client's answer to a server's request (a person may be asked).
 const ASK_TIME: std::time::Duration = std::time::Duration::from_secs(600);
 
+/// Most server requests (sampling, elicitation, roots) waiting for one client's answer
+/// per upstream session.
+const MAX_ASKING: usize = 8;
+
 /// Most notifications waiting for one client per upstream session.
 const MAX_QUEUED: usize = 1_024;
 
@@ -473,6 +486,13 @@ const SECRET_IN_MESSAGE: &[&str] = &[
     "recovery code",
     "security code",
     "verification code",
+    "credential",
+    "credentials",
+    "api token",
+    "access token",
+    "auth token",
+    "bearer token",
+    "client secret",
 ];
 
 /// The words of `text`: camelCase and snake_case split, lowercased, as one string with a
@@ -599,6 +619,12 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(secret_field(&asking).as_deref(), Some("message"));
+        let token = serde_json::from_value::<rmcp::model::ElicitRequestParams>(json!({
+            "mode": "form", "message": "Paste your GitHub access token",
+            "requestedSchema": {"type": "object", "properties": {"value": {"type": "string"}}}
+        }))
+        .unwrap();
+        assert_eq!(secret_field(&token).as_deref(), Some("message"));
         let url = |u: &str| {
             serde_json::from_value::<rmcp::model::ElicitRequestParams>(json!({
                 "mode": "url", "message": "Sign in", "url": u, "elicitationId": "e1"
