@@ -538,10 +538,17 @@ pub fn mcp_request(
     params: Value,
 ) -> reqwest::RequestBuilder {
     let mut params = params;
-    params["_meta"] = json!({
+    // The request's own `_meta` entries (a client's capabilities, say) over the defaults.
+    let mut meta = json!({
         "io.modelcontextprotocol/protocolVersion": "2026-07-28",
         "io.modelcontextprotocol/clientCapabilities": {}
     });
+    if let Some(given) = params["_meta"].as_object() {
+        for (key, value) in given {
+            meta[key] = value.clone();
+        }
+    }
+    params["_meta"] = meta;
     let mut request = http
         .post(format!("{url}/mcp"))
         .header("accept", "application/json, text/event-stream")

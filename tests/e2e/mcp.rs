@@ -637,7 +637,11 @@ async fn resources_prompts_and_completions_are_checked_and_narrowed_like_calls()
                 ("templates", json!(["file:///docs/{name}"])),
                 (
                     "prompts",
-                    json!(["everything.confidential", "everything.summarize"]),
+                    json!([
+                        "everything.briefing",
+                        "everything.confidential",
+                        "everything.summarize"
+                    ]),
                 ),
                 ("read_inside", json!(["# Read me"])),
                 ("read_template", json!(["document guide.md"])),
@@ -801,6 +805,218 @@ async fn an_upstreams_requests_and_notifications_reach_the_clients_session() {
         .collect();
     logs.sort_unstable();
     assert_eq!(logs, ["counted 1", "counted 2", "counted 3"], "{report}");
+}
+
+/// An upstream that needs its client's input asks it in the client's own generation,
+/// through Leash, with the official Python SDK on both sides: a 2026-07-28 client in
+/// rounds (`input_required`, then the same call again with its answers), a 2025-11-25
+/// client during the call on its session. Sampling, elicitation and roots reach the
+/// client; a form asking for a password never does, and the tool behind it never runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstreams_questions_reach_the_client_in_either_generation() {
+    for (mode, flags, version) in [
+        ("auto", &[][..], "2026-07-28"),
+        ("legacy", &["--stateful"][..], "2025-11-25"),
+    ] {
+        let upstream = Upstream::start_with(flags).await;
+        let broker = broker_with(&upstream).await;
+        let agent = broker.agent("bot").await;
+        let (task_id, token) = broker.task(&agent, &["everything.*"]).await;
+        let args = vec![format!("{}/mcp", broker.url), token, mode.into()];
+        let report = report_of("mcp_rounds.py", args).await;
+        println!("MCP questions ({mode}): {report}");
+        assert!(report.get("error").is_none(), "{report}");
+        assert_eq!(report["protocol_version"], version, "{report}");
+        let text = |key: &str| {
+            report[key]["ok"]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert_eq!(text("consult"), "model says: forty-two", "{report}");
+        assert_eq!(
+            report["sampled"],
+            json!([["What is six times seven?"]]),
+            "{report}"
+        );
+        assert_eq!(text("greet"), "hello Ada", "{report}");
+        assert_eq!(text("where"), "file:///work/project", "{report}");
+        assert_eq!(report["roots_asked"], json!([true]), "{report}");
+        // The password form never reached the person, and the tool did not run.
+        assert_eq!(report["sign_in"]["ok"]["is_error"], true, "{report}");
+        assert!(text("sign_in").contains("secret"), "{report}");
+        let elicited: Vec<&str> = report["elicited"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m.as_str())
+            .collect();
+        assert!(!elicited.iter().any(|m| m.contains("password")), "{report}");
+        let seen = reads(&upstream).await;
+        assert!(!seen.iter().any(|r| r == "signed in"), "{seen:?}");
+        assert!(seen.iter().any(|r| r == "greeted:Ada"), "{seen:?}");
+        if mode == "auto" {
+            // A prompt in rounds: the upstream got its own state back, never Leash's.
+            assert_eq!(
+                report["briefing"]["ok"],
+                json!(["Brief Ada on rounds"]),
+                "{report}"
+            );
+            assert_eq!(elicited, ["Who are you?", "Who reads this?"], "{report}");
+            assert!(seen.iter().any(|r| r == "briefing-state:None"), "{seen:?}");
+            assert!(
+                seen.iter().any(|r| r == "briefing-state:briefing-1"),
+                "{seen:?}"
+            );
+            assert!(
+                !seen.iter().any(|r| r.starts_with("briefing-state:sealed")),
+                "{seen:?}"
+            );
+            // Every round was a call: audited, the later one with its number.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let audit = broker.get("/v1/audit?after=0", Some(ADMIN)).await;
+                let rounds: Vec<Value> = audit.body["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|e| {
+                        e["kind"] == "call.allowed"
+                            && e["task_id"] == json!(task_id)
+                            && e["detail"]["tool"] == "everything.greet"
+                    })
+                    .map(|e| e["detail"].clone())
+                    .collect();
+                if rounds.len() == 2 {
+                    assert_eq!(rounds[0]["input_required"], true, "{rounds:?}");
+                    assert_eq!(rounds[1]["round"], 2, "{rounds:?}");
+                    break;
+                }
+                assert!(Instant::now() < deadline, "rounds not audited: {rounds:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        } else {
+            assert_eq!(elicited, ["Who are you?"], "{report}");
+        }
+    }
+}
+
+/// The state Leash gives a stateless client with an upstream's questions is Leash's
+/// own, sealed and bound to the call: it opens only for the same task, token, name and
+/// arguments, unaltered; answers go only to questions asked; each round is counted as
+/// a call; and a caller that cannot be asked (the HTTP API) gets a clear 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_calls_round_state_is_leashs_own_and_bound_to_the_call() {
+    let upstream = Upstream::start().await;
+    let broker = broker_with(&upstream).await;
+    let agent = broker.agent("bot").await;
+    let (task_id, token) = broker.task(&agent, &["everything.*"]).await;
+    let (_, other) = broker.task(&agent, &["everything.*"]).await;
+    let http = reqwest::Client::new();
+    let consult = |bearer: &str, question: &str, round: Value| {
+        let mut params = json!({
+            "name": "everything.consult",
+            "arguments": { "question": question },
+            "_meta": { "io.modelcontextprotocol/clientCapabilities": { "sampling": {} } }
+        });
+        if let Some(round) = round.as_object() {
+            for (key, value) in round {
+                params[key] = value.clone();
+            }
+        }
+        crate::common::mcp_request(&http, &broker.url, 7, "tools/call", params).bearer_auth(bearer)
+    };
+    let first = crate::common::json_of(consult(&token, "six times seven?", json!(null))).await;
+    let result = &first["result"];
+    assert_eq!(result["resultType"], "input_required", "{first}");
+    let questions = result["inputRequests"].as_object().expect("questions");
+    assert_eq!(questions.len(), 1, "{first}");
+    let (key, question) = questions.iter().next().unwrap();
+    assert_eq!(question["method"], "sampling/createMessage", "{first}");
+    let state = result["requestState"].as_str().unwrap().to_string();
+    assert!(state.starts_with("sealed:"), "{first}");
+    let answer = json!({ key.clone(): {
+        "role": "assistant", "model": "scripted",
+        "content": { "type": "text", "text": "forty-two" }
+    }});
+    let round =
+        |state: &str, answers: &Value| json!({ "requestState": state, "inputResponses": answers });
+    let refused = |reply: &Value, why: &str| {
+        assert_eq!(reply["error"]["code"], -32602, "{why}: {reply}");
+    };
+    // Another task's token, other arguments, an altered state, an unasked answer,
+    // answers without a state: all refused, and none reaches the upstream.
+    refused(
+        &crate::common::json_of(consult(&other, "six times seven?", round(&state, &answer))).await,
+        "another task",
+    );
+    refused(
+        &crate::common::json_of(consult(
+            &token,
+            "delete everything?",
+            round(&state, &answer),
+        ))
+        .await,
+        "other arguments",
+    );
+    let mut altered = state.clone();
+    let last = altered.pop().unwrap();
+    altered.push(if last == '0' { '1' } else { '0' });
+    refused(
+        &crate::common::json_of(consult(
+            &token,
+            "six times seven?",
+            round(&altered, &answer),
+        ))
+        .await,
+        "altered",
+    );
+    let mut unasked = answer.clone();
+    unasked["password"] = json!({ "action": "accept", "content": { "password": "hunter2" } });
+    refused(
+        &crate::common::json_of(consult(&token, "six times seven?", round(&state, &unasked))).await,
+        "unasked",
+    );
+    refused(
+        &crate::common::json_of(consult(
+            &token,
+            "six times seven?",
+            json!({ "inputResponses": answer }),
+        ))
+        .await,
+        "no state",
+    );
+    assert!(
+        !reads(&upstream)
+            .await
+            .iter()
+            .any(|r| r.starts_with("consulted:")),
+        "a refused round reached the upstream"
+    );
+    // The right answer, with the state as given, completes the call.
+    let done =
+        crate::common::json_of(consult(&token, "six times seven?", round(&state, &answer))).await;
+    assert_eq!(
+        done["result"]["content"][0]["text"], "model says: forty-two",
+        "{done}"
+    );
+    assert_eq!(done["result"]["isError"], json!(false), "{done}");
+    // Both rounds were calls of the task.
+    let status = broker
+        .get(&format!("/v1/tasks/{task_id}"), Some(&agent))
+        .await;
+    assert_eq!(status.body["calls"], 2, "{}", status.body);
+    // The HTTP API cannot be asked: a clear 502, not a result that is not one.
+    let api = broker
+        .post("/v1/tools/everything.confirm/call", Some(&token), json!({}))
+        .await;
+    assert_eq!(
+        (api.status, api.code()),
+        (502, "upstream_error"),
+        "{}",
+        api.body
+    );
+    assert!(api.message().contains("input"), "{}", api.body);
 }
 
 /// A session is its task's: another task's token naming it gets 404 on every kind of

@@ -28,37 +28,19 @@ from mcp import types
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
+from scripted_client import describe, elicitation, sampling, seen, text_of
 
 url, token = sys.argv[1:3]
 later = sys.argv[3:4] == ["later"]
 cancel = sys.argv[4] if sys.argv[3:4] == ["cancel"] else None
 changes = sys.argv[4] if sys.argv[3:4] == ["changes"] else None
 revoke = sys.argv[4:6]
-seen: dict[str, list[Any]] = {"sampled": [], "elicited": [], "progress": [], "logs": [], "changed": []}
 
 
 async def on_message(message: Any) -> None:
     method = getattr(getattr(message, "root", message), "method", None)
     if isinstance(method, str) and method.endswith("list_changed"):
         seen["changed"].append(method)
-
-
-def describe(err: BaseException) -> str:
-    if isinstance(err, BaseExceptionGroup):
-        return "; ".join(describe(inner) for inner in err.exceptions)
-    return "%s: %s" % (type(err).__name__, err)
-
-
-async def sampling(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
-    seen["sampled"].append([getattr(m.content, "text", "") for m in params.messages])
-    return types.CreateMessageResult(
-        role="assistant", content=types.TextContent(type="text", text="forty-two"), model="scripted"
-    )
-
-
-async def elicitation(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
-    seen["elicited"].append(params.message)
-    return types.ElicitResult(action="accept", content={"name": "Ada"})
 
 
 async def logged(params: types.LoggingMessageNotificationParams) -> None:
@@ -81,10 +63,6 @@ def reads_of(upstream: str) -> list[str]:
     """What the test upstream records (GET UPSTREAM/reads)."""
     with urllib.request.urlopen(upstream + "/reads") as answer:
         return list(json.loads(answer.read())["reads"])
-
-
-def text_of(result: Any) -> str:
-    return "\n".join(getattr(block, "text", "") for block in result.content)
 
 
 async def main() -> None:

@@ -15,19 +15,35 @@ the client during a call: `ask_model` samples, `ask_person` elicits a name,
 `ask_password` elicits a password (which Leash must refuse to relay), `count` reports
 progress and logs.
 
+`consult`, `greet`, `sign_in` and `where` ask through the SDK's resolvers, which follow
+the protocol: a 2026-07-28 client is asked in rounds (`input_required`, then the same
+call again with its answers), a 2025-11-25 one during the call. The prompt `briefing`
+asks in rounds by hand, and records each round's request state in /reads.
+
 Usage: mcp_upstream.py PORT [--stateful]
 """
 import asyncio
 import sys
-from typing import Any
+from typing import Annotated, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from pydantic import BaseModel, Field
 
-from mcp.server.mcpserver import Context, MCPServer
-from mcp.types import Completion, PromptReference, ResourceTemplateReference, SamplingMessage, TextContent
+from mcp.server.mcpserver import Context, Elicit, ListRoots, MCPServer, Resolve, Sample
+from mcp.types import (
+    Completion,
+    CreateMessageResult,
+    ElicitRequest,
+    ElicitRequestFormParams,
+    InputRequiredResult,
+    ListRootsResult,
+    PromptReference,
+    ResourceTemplateReference,
+    SamplingMessage,
+    TextContent,
+)
 
 port = int(sys.argv[1])
 stateful = "--stateful" in sys.argv[2:]
@@ -127,6 +143,77 @@ async def ask_password(ctx: Context) -> str:
         return "elicitation answered: " + result.action
     except Exception as err:
         return "elicitation refused: %s" % err
+
+
+def model_question(question: str) -> Sample:
+    return Sample([SamplingMessage(role="user", content=TextContent(type="text", text=question))], max_tokens=50)
+
+
+@server.tool()
+async def consult(question: str, answer: Annotated[CreateMessageResult, Resolve(model_question)]) -> str:
+    """Ask the client's model, in rounds where the protocol has them."""
+    reads.append("consulted:" + question)
+    return "model says: " + getattr(answer.content, "text", "")
+
+
+def who() -> Elicit[Person]:
+    return Elicit("Who are you?", Person)
+
+
+@server.tool()
+async def greet(person: Annotated[Person, Resolve(who)]) -> str:
+    """Greet the person, whose name is asked."""
+    reads.append("greeted:" + person.name)
+    return "hello " + person.name
+
+
+def login() -> Elicit[Login]:
+    return Elicit("Your password, please", Login)
+
+
+@server.tool()
+async def sign_in(credentials: Annotated[Login, Resolve(login)]) -> str:
+    """Asks for a password (servers must not)."""
+    reads.append("signed in")
+    return "signed in"
+
+
+def roots() -> ListRoots:
+    return ListRoots()
+
+
+@server.tool(name="where")
+async def where(found: Annotated[ListRootsResult, Resolve(roots)]) -> str:
+    """The client's roots."""
+    return " ".join(str(root.uri) for root in found.roots)
+
+
+def question(message: str) -> ElicitRequest:
+    return ElicitRequest(
+        params=ElicitRequestFormParams(
+            message=message, requested_schema={"type": "object", "properties": {"name": {"type": "string"}}}
+        )
+    )
+
+
+@server.tool()
+async def confirm(ctx: Context) -> str | InputRequiredResult:
+    """Asks in rounds by hand, whatever the client declared."""
+    if ctx.request_state != "confirm-1":
+        return InputRequiredResult(input_requests={"sure": question("Are you sure?")}, request_state="confirm-1")
+    reads.append("confirmed")
+    return "confirmed"
+
+
+@server.prompt()
+async def briefing(topic: str, ctx: Context) -> str | InputRequiredResult:
+    """A prompt that asks for the reader's name first (in rounds, by hand)."""
+    reads.append("briefing-state:%s" % ctx.request_state)
+    given = (ctx.input_responses or {}).get("reader")
+    answer: dict[str, Any] = given.model_dump() if hasattr(given, "model_dump") else {}
+    if ctx.request_state != "briefing-1" or answer.get("action") != "accept":
+        return InputRequiredResult(input_requests={"reader": question("Who reads this?")}, request_state="briefing-1")
+    return "Brief %s on %s" % (answer.get("content", {}).get("name"), topic)
 
 
 @server.tool()

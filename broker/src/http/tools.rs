@@ -109,5 +109,9 @@ pub async fn call(
             }),
         )
             .into_response()),
+        // Not asked without a stateless MCP client behind the call; refused if it were.
+        CallOutcome::InputRequired(_) => Err(ApiError::UpstreamError(format!(
+            "tool {tool:?} asked its client for input, which only an MCP client can give"
+        ))),
     }
 }

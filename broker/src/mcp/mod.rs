@@ -9,10 +9,15 @@
 //! - [`guard`]: the HTTP edge of `/mcp` — Host/Origin validation (DNS rebinding) and the
 //!   bearer check, answering 401 with RFC 9728 discovery before rmcp sees the request.
 //! - [`sessions`]: after the guard, a session is used only with its own task's token.
+//! - [`rounds`]: a stateless client's call the upstream answers with questions goes on in
+//!   rounds, with Leash's sealed state in place of the upstream's.
 
 pub mod guard;
+pub mod rounds;
 pub mod server;
 pub mod sessions;
+
+use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::get;
@@ -22,7 +27,11 @@ use crate::app::state::AppState;
 /// The routes of the gateway: `/mcp` and the protected-resource metadata.
 pub fn routes(state: AppState) -> Router {
     let owners = sessions::SessionOwners::new(state.policy.longest_ttl());
-    let service = server::service(state.calls.clone(), &state.config, owners.clone());
+    let rounds = Arc::new(rounds::Rounds::new(
+        state.sealer.clone(),
+        state.calls.clock.clone(),
+    ));
+    let service = server::service(state.calls.clone(), &state.config, owners.clone(), rounds);
     Router::new()
         .route_service("/mcp", service)
         // Inner: a session is used only with its own task's token (after the guard).

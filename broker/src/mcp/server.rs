@@ -12,6 +12,10 @@
 //! audited and counted, refused before anything reaches the upstream; the lists show
 //! only what the token may use. Their refusals are JSON-RPC errors (these results have
 //! no `isError`): the API's code in `data.code`, and in the message.
+//!
+//! A stateless (2026-07-28) client's call, prompt or read may be answered with the
+//! upstream's questions for it (`input_required`); the client answers in another round
+//! of the same request, with Leash's sealed state ([`super::rounds`]).
 
 // Logging and `resources/subscribe` are deprecated by the 2026-07-28 revision
 // (SEP-2577) but are the 2025-11-25 protocol, which Leash serves as it is.
@@ -22,11 +26,11 @@ use std::sync::Arc;
 use rmcp::model::{
     CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams,
     CompleteResult, ContentBlock, GetPromptRequestParams, GetPromptResponse, GetPromptResult,
-    Implementation, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
-    ListToolsResult, PaginatedRequestParams, Prompt, ReadResourceRequestParams,
-    ReadResourceResponse, ReadResourceResult, Reference, Resource, ResourceTemplate,
-    ServerCapabilities, ServerConfig, SetLevelRequestParams, SubscribeRequestParams, Tool,
-    UnsubscribeRequestParams,
+    Implementation, InputResponses, ListPromptsResult, ListResourceTemplatesResult,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, Prompt,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Reference, Resource,
+    ResourceTemplate, ServerCapabilities, ServerConfig, SetLevelRequestParams,
+    SubscribeRequestParams, Tool, UnsubscribeRequestParams,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -34,15 +38,16 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::Value;
 
+use super::rounds::{CallId, Rounds};
 use super::sessions::{SESSION_HEADER, SessionEnd, SessionOwners};
 use crate::config::ServeConfig;
 use crate::error::ApiError;
 use crate::policy::{McpKind, ToolDef};
-use crate::tasks::calls::{CallOutcome, Calls, TaskContext, Use};
-use crate::tokens::verify::VerifiedToken;
+use crate::tasks::calls::{CallOutcome, Calls, Delivery, TaskContext, Use};
+use crate::tokens::verify::{Principal, VerifiedToken};
 use crate::upstream::dispatch::Upstream;
-use crate::upstream::mcp::Operation;
-use crate::upstream::relay::{Origin, Relay};
+use crate::upstream::mcp::{Operation, Reply};
+use crate::upstream::relay::{Origin, Relay, relayable};
 
 /// The MCP handler of one client session (or, for a client without a session, of one
 /// request).
@@ -50,6 +55,8 @@ use crate::upstream::relay::{Origin, Relay};
 pub struct LeashMcp {
     calls: Arc<Calls>,
     config: Arc<ServeConfig>,
+    /// Seals and opens the state of calls in rounds.
+    rounds: Arc<Rounds>,
     /// The session's task, fixed by its first request: a session is never used with
     /// another task's token, so what an upstream relays reaches that task's client only.
     task: Arc<std::sync::OnceLock<String>>,
@@ -159,6 +166,62 @@ impl LeashMcp {
         Some((relay, origin))
     }
 
+    /// One checked use (a call, a prompt, a read) by this request's client, with the
+    /// `Leash-Approval` it presents. On a session, what the upstream sends during it is
+    /// relayed to the client. Without one (2026-07-28), it is a round of the use: the
+    /// first, or the one `answers` (`requestState`, `inputResponses`) go on with; an
+    /// upstream that asks gives [`CallOutcome::InputRequired`] with Leash's sealed state.
+    async fn checked_use(
+        &self,
+        context: &RequestContext<RoleServer>,
+        token: Arc<VerifiedToken>,
+        name: &str,
+        what: Use,
+        args: Value,
+        answers: (Option<String>, Option<InputResponses>),
+    ) -> Result<CallOutcome, ApiError> {
+        let (state, responses) = answers;
+        let kind = what.noun();
+        let call = call_id(&token, kind, name, &args);
+        let round = if on_session(context) {
+            if state.is_some() || responses.is_some() {
+                return Err(ApiError::BadRequest(
+                    "requestState and inputResponses belong to requests without a session (2026-07-28); on a session the upstream asks its client on the session".into(),
+                ));
+            }
+            None
+        } else {
+            let capabilities = context
+                .client_capabilities()
+                .map(|c| relayable(&c))
+                .unwrap_or_default();
+            Some(
+                self.rounds
+                    .round(&call, capabilities, state.as_deref(), responses)?,
+            )
+        };
+        let approval = approval_of(context);
+        let via = self.via(context, &token).await;
+        let delivery = Delivery {
+            approval: approval.as_deref(),
+            via: via.as_ref().map(|(relay, origin)| (relay, origin)),
+            round: round.as_ref(),
+        };
+        let outcome = self
+            .calls
+            .call(token.clone(), name, what, args.clone(), delivery)
+            .await?;
+        let CallOutcome::InputRequired(asks) = outcome else {
+            return Ok(outcome);
+        };
+        // Not asked without a round (calls refuses it): a session's upstream asks there.
+        let round = round.ok_or_else(|| {
+            ApiError::UpstreamError(format!("{kind} {name:?} asked for input out of turn"))
+        })?;
+        let sealed = self.rounds.ask(&call, &round, *asks)?;
+        Ok(CallOutcome::InputRequired(Box::new(sealed)))
+    }
+
     /// The broker's public URL as this request reached it (links in errors).
     fn base_of(&self, context: &RequestContext<RoleServer>) -> String {
         context
@@ -178,6 +241,7 @@ pub fn service(
     calls: Arc<Calls>,
     config: &Arc<ServeConfig>,
     owners: Arc<SessionOwners>,
+    rounds: Arc<Rounds>,
 ) -> StreamableHttpService<LeashMcp, LocalSessionManager> {
     let shared = config.clone();
     let config = StreamableHttpServerConfig::default()
@@ -192,6 +256,7 @@ pub fn service(
             Ok(LeashMcp {
                 calls: calls.clone(),
                 config: shared.clone(),
+                rounds: rounds.clone(),
                 task: Arc::default(),
                 relay: Arc::default(),
                 watching: Arc::default(),
@@ -328,6 +393,27 @@ fn refusal(err: ApiError, resource: bool) -> ErrorData {
     }
 }
 
+/// Which call a round belongs to: the token's task and own id, and what it uses.
+fn call_id<'a>(
+    token: &'a VerifiedToken,
+    kind: &'static str,
+    name: &'a str,
+    args: &'a Value,
+) -> CallId<'a> {
+    let task = match &token.principal {
+        Principal::Task { task_id, .. } => task_id.as_str(),
+        // Not a task token: the call itself is refused.
+        _ => "",
+    };
+    CallId {
+        task,
+        token: token.own_id(),
+        kind,
+        name,
+        args,
+    }
+}
+
 /// A use held for a human approval, as a JSON-RPC error that says how to go on.
 fn held(what: &str, id: &str) -> ErrorData {
     ErrorData::invalid_request(
@@ -363,6 +449,10 @@ impl LeashMcp {
                     )
                 }),
             Ok(CallOutcome::PendingApproval(id)) => Err(held(what, &id)),
+            Ok(CallOutcome::InputRequired(_)) => Err(refusal(
+                ApiError::UpstreamError(format!("{what} asked for input out of turn")),
+                resource,
+            )),
             Err(err @ ApiError::ConnectionRequired { .. }) => {
                 Err(url_elicitation(err.with_base(&self.base_of(context))))
             }
@@ -570,9 +660,8 @@ impl ServerHandler for LeashMcp {
     ) -> Result<CallToolResponse, ErrorData> {
         let token = self.token(&context)?;
         let args = Value::Object(request.arguments.clone().unwrap_or_default());
-        let approval = approval_of(&context);
-        let via = self.via(&context, &token).await;
         let name = request.name.to_string();
+        let answers = (request.request_state, request.input_responses);
         // An MCP upstream's answer is already a `CallToolResult`: passed on as it is.
         let is_mcp_tool = self
             .calls
@@ -580,17 +669,10 @@ impl ServerHandler for LeashMcp {
             .get(&name)
             .is_some_and(|t| matches!(Upstream::of(&t), Upstream::Mcp { .. }));
         match self
-            .calls
-            .call(
-                token,
-                &name,
-                Use::Tool,
-                args,
-                approval.as_deref(),
-                via.as_ref().map(|(relay, origin)| (relay, origin)),
-            )
+            .checked_use(&context, token, &name, Use::Tool, args, answers)
             .await
         {
+            Ok(CallOutcome::InputRequired(asks)) => Ok((*asks).into()),
             Ok(CallOutcome::Done(answer)) => {
                 let Ok(value) = answer.into_value() else {
                     let err = ApiError::UpstreamError(format!(
@@ -646,19 +728,13 @@ impl ServerHandler for LeashMcp {
     ) -> Result<GetPromptResponse, ErrorData> {
         let token = self.token(&context)?;
         let args = Value::Object(request.arguments.clone().unwrap_or_default());
-        let approval = approval_of(&context);
-        let via = self.via(&context, &token).await;
+        let answers = (request.request_state, request.input_responses);
         let outcome = self
-            .calls
-            .call(
-                token,
-                &request.name,
-                Use::Prompt,
-                args,
-                approval.as_deref(),
-                via.as_ref().map(|(relay, origin)| (relay, origin)),
-            )
+            .checked_use(&context, token, &request.name, Use::Prompt, args, answers)
             .await;
+        if let Ok(CallOutcome::InputRequired(asks)) = outcome {
+            return Ok((*asks).into());
+        }
         let what = format!("prompt {:?}", request.name);
         self.answer_as::<GetPromptResult>(outcome, &context, &what, false)
             .map(Into::into)
@@ -703,19 +779,21 @@ impl ServerHandler for LeashMcp {
     ) -> Result<ReadResourceResponse, ErrorData> {
         let task = self.task(&context).await?;
         let (tool, _) = self.resources_for(&task, &request.uri)?;
-        let approval = approval_of(&context);
-        let via = self.via(&context, &task.token).await;
+        let args = serde_json::json!({ "uri": request.uri });
+        let answers = (request.request_state, request.input_responses);
         let outcome = self
-            .calls
-            .call(
+            .checked_use(
+                &context,
                 task.token.clone(),
                 &tool.name,
                 Use::Resource(request.uri.clone()),
-                serde_json::json!({ "uri": request.uri }),
-                approval.as_deref(),
-                via.as_ref().map(|(relay, origin)| (relay, origin)),
+                args,
+                answers,
             )
             .await;
+        if let Ok(CallOutcome::InputRequired(asks)) = outcome {
+            return Ok((*asks).into());
+        }
         let what = format!("resource {:?}", request.uri);
         self.answer_as::<ReadResourceResult>(outcome, &context, &what, true)
             .map(Into::into)
@@ -796,12 +874,17 @@ impl ServerHandler for LeashMcp {
             )
             .await
             .map_err(|failure| refusal(ApiError::UpstreamError(failure.to_string()), false))?;
-        serde_json::from_value(answer).map_err(|_| {
+        let unreadable = || {
             refusal(
                 ApiError::UpstreamError(format!("the completion for {label:?} was unreadable")),
                 false,
             )
-        })
+        };
+        // A completion cannot ask for input: only calls, prompts and reads can.
+        let Reply::Done(answer) = answer else {
+            return Err(unreadable());
+        };
+        serde_json::from_value(answer).map_err(|_| unreadable())
     }
 
     async fn set_level(

@@ -29,6 +29,7 @@ use crate::tokens::verify::{Principal, VerifiedToken};
 use crate::upstream::catalog::{Catalog, Lookup};
 use crate::upstream::client::{Answer, UpstreamFailure};
 use crate::upstream::dispatch::{Upstream, Upstreams};
+use crate::upstream::mcp::InputRound;
 use crate::upstream::relay::{Origin, Relay};
 
 /// Recently minted per-call capabilities: (token id, tool) → (text, end of window).
@@ -83,6 +84,10 @@ pub enum CallOutcome {
     /// The tool needs a human approval first: repeat the call with this id in
     /// `Leash-Approval` once it is approved.
     PendingApproval(String),
+    /// The MCP upstream needs the stateless client's input first (2026-07-28): its
+    /// questions and its state for the next round, which the caller seals. This round
+    /// was a call (counted, audited); so is the next.
+    InputRequired(Box<rmcp::model::InputRequiredResult>),
 }
 
 impl Calls {
@@ -108,22 +113,23 @@ impl Calls {
         args: Value,
         approval: Option<&str>,
     ) -> Result<CallOutcome, ApiError> {
-        self.call(token, tool_name, Use::Tool, args, approval, None)
-            .await
+        let delivery = Delivery {
+            approval,
+            ..Delivery::default()
+        };
+        self.call(token, tool_name, Use::Tool, args, delivery).await
     }
 
     /// Makes one checked use of `tool_name`: a tool, a prompt (`prompt($name)` among
     /// its facts), or a read of one URI from a server's resources (`resource($uri)`;
-    /// `args` is then `{"uri": …}`). With `via` (an MCP client's session and request),
-    /// what the upstream sends during the call is relayed to that client.
+    /// `args` is then `{"uri": …}`). `delivery` says what the caller adds besides.
     pub async fn call(
         &self,
         token: Arc<VerifiedToken>,
         tool_name: &str,
         what: Use,
         args: Value,
-        approval: Option<&str>,
-        via: Option<(&Relay, &Origin)>,
+        delivery: Delivery<'_>,
     ) -> Result<CallOutcome, ApiError> {
         // Integral numbers become integers once, here: the checks, the schema, the approval
         // binding and the upstream all see the same value.
@@ -142,17 +148,12 @@ impl Calls {
         let started = std::time::Instant::now();
         let mut served_by = None;
         let outcome = self
-            .checked_call(
-                &task,
-                tool_name,
-                &what,
-                &args,
-                Delivery { approval, via },
-                &mut served_by,
-            )
+            .checked_call(&task, tool_name, &what, &args, delivery, &mut served_by)
             .await;
         let (tool_label, outcome_label, took) = match &outcome {
-            Ok(CallOutcome::Done(_)) => (tool_name, "allowed", Some(started.elapsed())),
+            Ok(CallOutcome::Done(_) | CallOutcome::InputRequired(_)) => {
+                (tool_name, "allowed", Some(started.elapsed()))
+            }
             Ok(CallOutcome::PendingApproval(_)) => (tool_name, "held", None),
             // Only catalog names become labels: callers cannot invent series.
             Err(err @ ApiError::UnknownTool(_)) => ("unknown", err.status_and_code().1, None),
@@ -168,6 +169,10 @@ impl Calls {
                 "call.allowed",
                 json!({ "tool": tool_name, "token": task.token.own_id() }),
             ),
+            Ok(CallOutcome::InputRequired(_)) => (
+                "call.allowed",
+                json!({ "tool": tool_name, "token": task.token.own_id(), "input_required": true }),
+            ),
             Err(err) => {
                 let (status, code) = err.status_and_code();
                 (
@@ -181,6 +186,10 @@ impl Calls {
             Use::Prompt => detail["prompt"] = json!(true),
             // Checked to be at most MAX_URI_BYTES; the audit keeps its first 512 bytes.
             Use::Resource(uri) => detail["uri"] = json!(crate::text::shown(uri, 512)),
+        }
+        // A later round of a call that asked its client for input.
+        if let Some(round) = delivery.round.filter(|r| r.number > 1) {
+            detail["round"] = json!(round.number);
         }
         // Which person's connection served the call: its id, never its token.
         if let Some(connection) = served_by {
@@ -206,7 +215,11 @@ impl Calls {
         delivery: Delivery<'_>,
         served_by: &mut Option<String>,
     ) -> Result<CallOutcome, ApiError> {
-        let Delivery { approval, via } = delivery;
+        let Delivery {
+            approval,
+            via,
+            round,
+        } = delivery;
         let tool = self.lookup(tool_name, what)?;
         let Some(arguments) = args.as_object() else {
             return Err(ApiError::BadRequest(
@@ -351,17 +364,25 @@ impl Calls {
         let started = Instant::now();
         let forwarded = self
             .upstreams
-            .call(&tool, args, capability, authorization, via)
+            .call(&tool, args, capability, authorization, via, round)
             .await;
         match forwarded {
             Ok(result) => {
+                // The upstream did this round's work, whatever it answered.
                 slot.commit(self.clock.now_ms());
                 tracing::debug!(
                     tool = tool_name,
                     micros = started.elapsed().as_micros() as u64,
                     "call forwarded"
                 );
-                Ok(CallOutcome::Done(result))
+                match result {
+                    Answer::Asks(asks) if round.is_some() => Ok(CallOutcome::InputRequired(asks)),
+                    // Only a stateless MCP client can be asked in rounds.
+                    Answer::Asks(_) => Err(ApiError::UpstreamError(format!(
+                        "tool {tool_name:?} asked its client for input (2026-07-28 input_required), which only an MCP client of that revision can give"
+                    ))),
+                    result => Ok(CallOutcome::Done(result)),
+                }
             }
             Err(failure) => {
                 if !failure.not_performed() {
@@ -561,12 +582,17 @@ impl Calls {
     }
 }
 
-/// What the caller adds to a checked call besides its name and arguments: the
-/// `Leash-Approval` it presents, and where upstream messages during the call go.
-#[derive(Clone, Copy)]
-struct Delivery<'a> {
-    approval: Option<&'a str>,
-    via: Option<(&'a Relay, &'a Origin)>,
+/// What the caller adds to a checked call besides its name and arguments.
+#[derive(Clone, Copy, Default)]
+pub struct Delivery<'a> {
+    /// The `Leash-Approval` it presents.
+    pub approval: Option<&'a str>,
+    /// An MCP client's session and request: what the upstream sends during the call is
+    /// relayed to that client.
+    pub via: Option<(&'a Relay, &'a Origin)>,
+    /// A stateless MCP client that can be asked for input, and its answers to the round
+    /// before; without it, an upstream that asks fails the call.
+    pub round: Option<&'a InputRound>,
 }
 
 /// How long checking one list may take, whatever the token.
@@ -657,7 +683,8 @@ impl Use {
         )
     }
 
-    fn noun(&self) -> &'static str {
+    /// What kind of use it is: `tool`, `prompt` or `resource`.
+    pub fn noun(&self) -> &'static str {
         match self {
             Use::Tool => "tool",
             Use::Prompt => "prompt",

@@ -30,6 +30,9 @@ pub enum Answer {
     Raw(Box<RawValue>),
     /// A parsed answer.
     Parsed(Value),
+    /// An MCP upstream's questions for its stateless client (2026-07-28
+    /// `input_required`): not a result yet.
+    Asks(Box<rmcp::model::InputRequiredResult>),
 }
 
 impl Answer {
@@ -39,6 +42,7 @@ impl Answer {
         match self {
             Answer::Raw(raw) => serde_json::from_str(raw.get()),
             Answer::Parsed(value) => Ok(value),
+            Answer::Asks(asks) => serde_json::to_value(asks),
         }
     }
 }
@@ -48,6 +52,7 @@ impl Serialize for Answer {
         match self {
             Answer::Raw(raw) => raw.serialize(serializer),
             Answer::Parsed(value) => value.serialize(serializer),
+            Answer::Asks(asks) => asks.serialize(serializer),
         }
     }
 }

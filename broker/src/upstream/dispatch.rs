@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::policy::{McpKind, ToolDef};
 use crate::upstream::client::{Answer, Proxy, UpstreamFailure};
-use crate::upstream::mcp::{Discovery, McpServers, Operation};
+use crate::upstream::mcp::{Discovery, InputRound, McpServers, Operation, Reply};
 use crate::upstream::relay::{Origin, Relay};
 
 /// Where a tool's calls go.
@@ -79,20 +79,30 @@ impl Upstreams {
         capability: Option<String>,
         authorization: Option<HeaderValue>,
         via: Option<(&Relay, &Origin)>,
+        round: Option<&InputRound>,
     ) -> Result<Answer, UpstreamFailure> {
         match Upstream::of(tool) {
             Upstream::Mcp { server, kind } => {
                 let operation = match kind {
-                    McpKind::Tool(tool) => Operation::CallTool { tool, args },
-                    McpKind::Prompt(prompt) => Operation::GetPrompt { prompt, args },
+                    McpKind::Tool(tool) => Operation::CallTool { tool, args, round },
+                    McpKind::Prompt(prompt) => Operation::GetPrompt {
+                        prompt,
+                        args,
+                        round,
+                    },
                     McpKind::Resources => Operation::ReadResource {
                         uri: args["uri"].as_str().unwrap_or_default(),
+                        round,
                     },
                 };
-                self.mcp
+                let reply = self
+                    .mcp
                     .request(server, &tool.name, operation, authorization, via)
-                    .await
-                    .map(Answer::Parsed)
+                    .await?;
+                Ok(match reply {
+                    Reply::Done(value) => Answer::Parsed(value),
+                    Reply::Asks(asks) => Answer::Asks(asks),
+                })
             }
             Upstream::Http(tool) => {
                 let mut headers: Vec<(HeaderName, HeaderValue)> = Vec::with_capacity(2);

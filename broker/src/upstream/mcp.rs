@@ -22,13 +22,15 @@ use std::time::Duration;
 use axum::http::{HeaderName, HeaderValue};
 use rmcp::ErrorData;
 use rmcp::model::{
-    CallToolRequest, CallToolRequestParams, ClientConfig, ClientRequest, CompleteRequest,
-    CompleteRequestParams, CreateMessageRequestParams, CreateMessageResult, ElicitRequestParams,
-    ElicitResult, GetPromptRequest, GetPromptRequestParams, Implementation, ListRootsResult,
+    CallToolRequest, CallToolRequestParams, ClientCapabilities, ClientConfig, ClientRequest,
+    CompleteRequest, CompleteRequestParams, CreateMessageRequestParams, CreateMessageResult,
+    ElicitRequestParams, ElicitResult, GetPromptRequest, GetPromptRequestParams, Implementation,
+    InputRequest, InputRequiredResult, InputResponses, ListRootsResult,
     LoggingMessageNotificationParam, ProgressNotificationParam, ProtocolVersion,
-    ReadResourceRequest, ReadResourceRequestParams, ResourceUpdatedNotificationParam, ServerResult,
-    SetLevelRequest, SetLevelRequestParams, SubscribeRequest, SubscribeRequestParams,
-    SubscriptionFilter, UnsubscribeRequest, UnsubscribeRequestParams,
+    ReadResourceRequest, ReadResourceRequestParams, RequestMetaObject,
+    ResourceUpdatedNotificationParam, ServerResult, SetLevelRequest, SetLevelRequestParams,
+    SubscribeRequest, SubscribeRequestParams, SubscriptionFilter, UnsubscribeRequest,
+    UnsubscribeRequestParams,
 };
 use rmcp::service::{
     NotificationContext, PeerRequestOptions, RequestContext, RoleClient, RunningService,
@@ -218,6 +220,8 @@ pub enum Operation<'a> {
         tool: &'a str,
         /// Its arguments object.
         args: &'a Value,
+        /// A stateless client's part in it, if it can be asked for input.
+        round: Option<&'a InputRound>,
     },
     /// `prompts/get`.
     GetPrompt {
@@ -225,11 +229,15 @@ pub enum Operation<'a> {
         prompt: &'a str,
         /// Its arguments (strings).
         args: &'a Value,
+        /// A stateless client's part in it, if it can be asked for input.
+        round: Option<&'a InputRound>,
     },
     /// `resources/read`.
     ReadResource {
         /// The URI, as the client asked for it.
         uri: &'a str,
+        /// A stateless client's part in it, if it can be asked for input.
+        round: Option<&'a InputRound>,
     },
     /// `completion/complete`, its reference already in the server's own names.
     Complete(CompleteRequestParams),
@@ -245,28 +253,93 @@ pub enum Operation<'a> {
     },
 }
 
+/// A stateless (2026-07-28) client's part in a call that may ask it for input: what it
+/// can answer (its sampling, elicitation and roots capabilities, nothing Leash adds), and
+/// its answers to the upstream's questions of the round before, with the upstream's own
+/// `requestState` of that round (unsealed by [`crate::mcp::rounds`]).
+#[derive(Debug, Clone, Default)]
+pub struct InputRound {
+    /// Which round of the call this is (the first is 1).
+    pub number: u32,
+    /// What the client can be asked.
+    pub capabilities: ClientCapabilities,
+    /// The client's answers, keyed as the upstream asked.
+    pub responses: Option<InputResponses>,
+    /// The upstream's `requestState` of the round before, as it gave it.
+    pub state: Option<String>,
+}
+
+impl InputRound {
+    /// The client's answers and the upstream's state, as request parameters.
+    fn add_to(round: Option<&InputRound>, params: &mut Value) {
+        if let (Some(round), Some(params)) = (round, params.as_object_mut()) {
+            if let Some(responses) = &round.responses {
+                params.insert("inputResponses".into(), serde_json::json!(responses));
+            }
+            if let Some(state) = &round.state {
+                params.insert("requestState".into(), Value::String(state.clone()));
+            }
+        }
+    }
+}
+
+/// What an MCP upstream answered.
+#[derive(Debug)]
+pub enum Reply {
+    /// Its result, as JSON.
+    Done(Value),
+    /// It needs its client's input first (2026-07-28): these questions, checked to be
+    /// ones Leash lets an upstream ask, and its state for the next round.
+    Asks(Box<InputRequiredResult>),
+}
+
+/// Most questions one round may ask, and the longest `requestState` an upstream may give.
+const MAX_INPUT_REQUESTS: usize = 16;
+const MAX_REQUEST_STATE: usize = 64 * 1024;
+
 impl Operation<'_> {
+    /// The capabilities the request declares for its client: on a call a stateless
+    /// client makes, the client's own; else rmcp's (none).
+    fn client_capabilities(&self) -> Option<ClientCapabilities> {
+        match self {
+            Operation::CallTool { round, .. }
+            | Operation::GetPrompt { round, .. }
+            | Operation::ReadResource { round, .. } => round.map(|r| r.capabilities.clone()),
+            _ => None,
+        }
+    }
+
     /// The request as rmcp sends it.
     fn request(self) -> Result<ClientRequest, serde_json::Error> {
         Ok(match self {
-            Operation::CallTool { tool, args } => {
-                ClientRequest::CallToolRequest(CallToolRequest::new(
-                    CallToolRequestParams::new(tool.to_string())
-                        .with_arguments(args.as_object().cloned().unwrap_or_default()),
-                ))
+            Operation::CallTool { tool, args, round } => {
+                let mut params = serde_json::json!({
+                    "name": tool,
+                    "arguments": args.as_object().cloned().unwrap_or_default(),
+                });
+                InputRound::add_to(round, &mut params);
+                ClientRequest::CallToolRequest(CallToolRequest::new(serde_json::from_value::<
+                    CallToolRequestParams,
+                >(params)?))
             }
-            Operation::GetPrompt { prompt, args } => {
+            Operation::GetPrompt {
+                prompt,
+                args,
+                round,
+            } => {
+                let mut params = serde_json::json!({ "name": prompt, "arguments": args });
+                InputRound::add_to(round, &mut params);
                 ClientRequest::GetPromptRequest(GetPromptRequest::new(serde_json::from_value::<
                     GetPromptRequestParams,
-                >(
-                    serde_json::json!({ "name": prompt, "arguments": args }),
-                )?))
+                >(params)?))
             }
-            Operation::ReadResource { uri } => ClientRequest::ReadResourceRequest(
-                ReadResourceRequest::new(serde_json::from_value::<ReadResourceRequestParams>(
-                    serde_json::json!({ "uri": uri }),
-                )?),
-            ),
+            Operation::ReadResource { uri, round } => {
+                let mut params = serde_json::json!({ "uri": uri });
+                InputRound::add_to(round, &mut params);
+                ClientRequest::ReadResourceRequest(ReadResourceRequest::new(
+                    serde_json::from_value::<ReadResourceRequestParams>(params)?,
+                ))
+            }
             Operation::Complete(params) => {
                 ClientRequest::CompleteRequest(CompleteRequest::new(params))
             }
@@ -327,8 +400,9 @@ impl McpServers {
     }
 
     /// Sends `operation` to `server` (`label` names it in errors); the answer is the
-    /// upstream's result as JSON. With `authorization` (the provider token of
-    /// `upstream_auth`), on a session opened with that credential; else on the server's
+    /// upstream's result as JSON, or its questions for a stateless client. With
+    /// `authorization` (the provider token of `upstream_auth`), on a session opened with
+    /// that credential; with `via`, on the client session's own; else on the server's
     /// shared session.
     pub async fn request(
         &self,
@@ -337,7 +411,7 @@ impl McpServers {
         operation: Operation<'_>,
         authorization: Option<HeaderValue>,
         via: Option<(&Relay, &Origin)>,
-    ) -> Result<Value, UpstreamFailure> {
+    ) -> Result<Reply, UpstreamFailure> {
         let name = label.to_string();
         let upstream = self
             .servers
@@ -362,12 +436,7 @@ impl McpServers {
             <[u8; 32]>::from(Sha256::digest(authorization.as_bytes())),
         );
         // The credential must not reach a log line through an error that quotes headers.
-        let secret = authorization
-            .to_str()
-            .ok()
-            .and_then(|v| v.split_whitespace().last())
-            .unwrap_or_default()
-            .to_string();
+        let secret = secret_of(Some(&authorization));
         let client = self
             .sessions
             .try_get_with(key.clone(), async {
@@ -384,13 +453,7 @@ impl McpServers {
                 )
                 .await
                 .map(Arc::new)
-                .map_err(|e| {
-                    if secret.len() >= 4 {
-                        e.replace(&secret, "[redacted]")
-                    } else {
-                        e
-                    }
-                })
+                .map_err(|e| redacted(&secret, e))
             })
             .await
             .map_err(|error| {
@@ -435,12 +498,7 @@ impl McpServers {
             changed,
             relay: Some(relay_to.clone()),
         };
-        let secret = authorization
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_whitespace().last())
-            .unwrap_or_default()
-            .to_string();
+        let secret = secret_of(authorization.as_ref());
         let client = connect(
             &upstream.def,
             &self.http,
@@ -451,18 +509,12 @@ impl McpServers {
         .await
         .map(Arc::new)
         .map_err(|e| {
-            let error = if secret.len() >= 4 { e.replace(&secret, "[redacted]") } else { e };
+            let error = redacted(&secret, e);
             tracing::warn!(server = %name, %error, "cannot open an MCP session for a client session");
             UpstreamFailure::Unreachable { tool: name.clone() }
         })?;
         if let Some(level) = relay.level() {
-            let _ = tokio::time::timeout(
-                upstream.def.timeout,
-                client.send_request(ClientRequest::SetLevelRequest(SetLevelRequest::new(
-                    SetLevelRequestParams::new(level),
-                ))),
-            )
-            .await;
+            send_level(&client, level, upstream.def.timeout).await;
         }
         open.insert(key, (client.clone(), relay_to.clone()));
         Ok((client, relay_to))
@@ -484,14 +536,35 @@ impl McpServers {
                 .servers
                 .get(&server)
                 .map_or(MAX_BACKOFF, |u| u.def.timeout);
-            let _ = tokio::time::timeout(
-                timeout,
-                client.send_request(ClientRequest::SetLevelRequest(SetLevelRequest::new(
-                    SetLevelRequestParams::new(level),
-                ))),
-            )
-            .await;
+            send_level(&client, level, timeout).await;
         }
+    }
+}
+
+/// Sets the logging level on one upstream session, waiting at most `timeout` (a server
+/// that does not answer only misses the level).
+async fn send_level(client: &Client, level: rmcp::model::LoggingLevel, timeout: Duration) {
+    let request =
+        ClientRequest::SetLevelRequest(SetLevelRequest::new(SetLevelRequestParams::new(level)));
+    let _ = tokio::time::timeout(timeout, client.send_request(request)).await;
+}
+
+/// The secret part of an `Authorization` value (its last word), to be kept out of errors.
+fn secret_of(authorization: Option<&HeaderValue>) -> String {
+    authorization
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_whitespace().last())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `text` without `secret` (one of at least 4 characters: a shorter one would redact
+/// ordinary words and hide nothing).
+fn redacted(secret: &str, text: String) -> String {
+    if secret.len() >= 4 {
+        text.replace(secret, "[redacted]")
+    } else {
+        text
     }
 }
 
@@ -506,7 +579,7 @@ async fn send_relayed(
     name: String,
     operation: Operation<'_>,
     origin: &Origin,
-) -> Result<Value, UpstreamFailure> {
+) -> Result<Reply, UpstreamFailure> {
     let bad = |problem: String| UpstreamFailure::BadAnswer {
         tool: name.clone(),
         problem,
@@ -515,11 +588,7 @@ async fn send_relayed(
     let handle = client
         .send_request_with_option(request, PeerRequestOptions::no_options())
         .await
-        .map_err(|err| {
-            let error = upstream.def.scrub(&err.to_string());
-            tracing::warn!(tool = %name, %error, "MCP upstream request failed");
-            UpstreamFailure::Unreachable { tool: name.clone() }
-        })?;
+        .map_err(|err| unreachable(upstream, &name, &err))?;
     let id = handle.id.clone();
     let pending = &relay_to.pending;
     if let Ok(mut pending) = pending.lock() {
@@ -533,7 +602,7 @@ async fn send_relayed(
     }
     // Forgets the request however this ends, and cancels it upstream unless answered.
     let mut guard = InFlight {
-        pending,
+        pending: Some(pending),
         id,
         client: Some(client.clone()),
     };
@@ -568,42 +637,20 @@ async fn send_relayed(
         relay_to.flush().await;
     }
     drop(guard);
-    match answer {
-        Err(_) => Err(UpstreamFailure::Timeout {
-            tool: name,
-            timeout_ms: timeout.as_millis(),
-        }),
-        // Cancelled by the client and not answered in the grace: it may have run, so it
-        // counts as a call (a cancel must not be a way around a budget).
-        Ok(Err(rmcp::ServiceError::Cancelled { .. })) => Err(bad(
-            "the client cancelled it; the upstream did not answer".into(),
-        )),
-        Ok(Err(rmcp::ServiceError::McpError(err))) => {
-            Err(bad(format!("answered an MCP error: {}", err.message)))
-        }
-        Ok(Err(err)) => {
-            let error = upstream.def.scrub(&err.to_string());
-            tracing::warn!(tool = %name, %error, "MCP upstream request failed");
-            Err(UpstreamFailure::Unreachable { tool: name })
-        }
-        Ok(Ok(ServerResult::InputRequiredResult(_))) => Err(bad(
-            "asked for input in a way Leash does not relay (2026-07-28 input_required)".into(),
-        )),
-        Ok(Ok(result)) => serde_json::to_value(result).map_err(|e| bad(e.to_string())),
-    }
+    reply_of(upstream, name, timeout, answer)
 }
 
-/// A relayed request in flight: removed from the pending map when dropped, and
+/// A relayed request in flight: removed from the pending map (if any) when dropped, and
 /// cancelled upstream if it was not answered.
 struct InFlight<'a> {
-    pending: &'a std::sync::Mutex<HashMap<rmcp::model::RequestId, Pending>>,
+    pending: Option<&'a std::sync::Mutex<HashMap<rmcp::model::RequestId, Pending>>>,
     id: rmcp::model::RequestId,
     client: Option<Client>,
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if let Ok(mut pending) = self.pending.lock() {
+        if let Some(Ok(mut pending)) = self.pending.map(|p| p.lock()) {
             pending.remove(&self.id);
         }
         if let Some(client) = self.client.take() {
@@ -620,71 +667,136 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// One request on an open session, within the server's timeout.
+/// One request on a session no client is behind (the server's shared one, or the one of
+/// a call's credential). A stateless client's capabilities go with it, so the upstream
+/// may ask that client for input ([`Reply::Asks`]); it is cancelled upstream if Leash
+/// stops waiting.
 async fn send(
     upstream: &Upstream,
     client: &Client,
     name: String,
     operation: Operation<'_>,
-) -> Result<Value, UpstreamFailure> {
+) -> Result<Reply, UpstreamFailure> {
+    if matches!(
+        operation,
+        Operation::Subscribe { .. } | Operation::Unsubscribe { .. }
+    ) {
+        return Err(UpstreamFailure::BadAnswer {
+            tool: name,
+            problem: "resource subscriptions need a client's MCP session, and are not relayed for a stateless client or a stdio server".into(),
+        });
+    }
+    let mut options = PeerRequestOptions::no_options();
+    if let Some(capabilities) = operation.client_capabilities() {
+        let mut meta = RequestMetaObject::new();
+        meta.set_client_capabilities(capabilities);
+        options.meta = Some(meta);
+    }
+    let request = operation
+        .request()
+        .map_err(|e| UpstreamFailure::BadAnswer {
+            tool: name.clone(),
+            problem: e.to_string(),
+        })?;
+    let timeout = upstream.def.timeout;
+    let answer = tokio::time::timeout(timeout, async {
+        let handle = client.send_request_with_option(request, options).await?;
+        let mut guard = InFlight {
+            pending: None,
+            id: handle.id.clone(),
+            client: Some(client.clone()),
+        };
+        let answer = handle.await_response().await;
+        guard.client = None;
+        answer
+    })
+    .await;
+    reply_of(upstream, name, timeout, answer)
+}
+
+/// The upstream's answer to one request (within `timeout`, or not), as Leash passes it on.
+fn reply_of(
+    upstream: &Upstream,
+    name: String,
+    timeout: Duration,
+    answer: Result<Result<ServerResult, rmcp::ServiceError>, tokio::time::error::Elapsed>,
+) -> Result<Reply, UpstreamFailure> {
     let bad = |problem: String| UpstreamFailure::BadAnswer {
         tool: name.clone(),
         problem,
     };
-    let answer = async {
-        Ok(match operation {
-            Operation::CallTool { tool, args } => {
-                let params = CallToolRequestParams::new(tool.to_string())
-                    .with_arguments(args.as_object().cloned().unwrap_or_default());
-                serde_json::to_value(client.call_tool(params).await?)
-            }
-            Operation::GetPrompt { prompt, args } => {
-                let params: GetPromptRequestParams = serde_json::from_value(
-                    serde_json::json!({ "name": prompt, "arguments": args }),
-                )
-                .map_err(|e| {
-                    rmcp::ServiceError::McpError(rmcp::ErrorData::invalid_params(
-                        e.to_string(),
-                        None,
-                    ))
-                })?;
-                serde_json::to_value(client.get_prompt(params).await?)
-            }
-            Operation::ReadResource { uri } => {
-                let params: ReadResourceRequestParams =
-                    serde_json::from_value(serde_json::json!({ "uri": uri })).map_err(|e| {
-                        rmcp::ServiceError::McpError(rmcp::ErrorData::invalid_params(
-                            e.to_string(),
-                            None,
-                        ))
-                    })?;
-                serde_json::to_value(client.read_resource(params).await?)
-            }
-            Operation::Complete(params) => serde_json::to_value(client.complete(params).await?),
-            Operation::Subscribe { .. } | Operation::Unsubscribe { .. } => {
-                return Err(rmcp::ServiceError::McpError(ErrorData::invalid_request(
-                    "resource subscriptions need a client's MCP session, and are not relayed for a stdio server",
-                    None,
-                )));
-            }
-        })
-    };
-    let timeout = upstream.def.timeout;
-    match tokio::time::timeout(timeout, answer).await {
+    match answer {
         Err(_) => Err(UpstreamFailure::Timeout {
             tool: name,
             timeout_ms: timeout.as_millis(),
         }),
+        // Cancelled by the client and not answered in the grace: it may have run, so it
+        // counts as a call (a cancel must not be a way around a budget).
+        Ok(Err(rmcp::ServiceError::Cancelled { .. })) => Err(bad(
+            "the client cancelled it; the upstream did not answer".into(),
+        )),
         Ok(Err(rmcp::ServiceError::McpError(err))) => {
             Err(bad(format!("answered an MCP error: {}", err.message)))
         }
-        Ok(Err(err)) => {
-            let error = upstream.def.scrub(&err.to_string());
-            tracing::warn!(tool = %name, %error, "MCP upstream request failed");
-            Err(UpstreamFailure::Unreachable { tool: name })
+        Ok(Err(err)) => Err(unreachable(upstream, &name, &err)),
+        Ok(Ok(ServerResult::InputRequiredResult(asks))) => {
+            asked_fairly(&asks).map_err(bad)?;
+            Ok(Reply::Asks(Box::new(asks)))
         }
-        Ok(Ok(value)) => value.map_err(|e| bad(e.to_string())),
+        Ok(Ok(result)) => serde_json::to_value(result)
+            .map(Reply::Done)
+            .map_err(|e| bad(e.to_string())),
     }
+}
+
+/// A request that did not reach the upstream or got no answer, logged without secrets.
+fn unreachable(upstream: &Upstream, name: &str, err: &rmcp::ServiceError) -> UpstreamFailure {
+    let error = upstream.def.scrub(&err.to_string());
+    tracing::warn!(tool = %name, %error, "MCP upstream request failed");
+    UpstreamFailure::Unreachable {
+        tool: name.to_string(),
+    }
+}
+
+/// Whether an upstream's questions (2026-07-28 `inputRequests`) may go to its client, as
+/// on a session ([`RelayTo::create_elicitation`]): a form never asks for a secret, a
+/// URL-mode elicitation sends the person to `https`, and a round asks a bounded number of
+/// questions with a bounded state. Why not, if not.
+fn asked_fairly(asks: &InputRequiredResult) -> Result<(), String> {
+    let questions = asks.input_requests.as_ref().map_or(0, |q| q.len());
+    if questions > MAX_INPUT_REQUESTS {
+        return Err(format!(
+            "asked {questions} questions in one round (Leash relays at most {MAX_INPUT_REQUESTS})"
+        ));
+    }
+    if asks
+        .request_state
+        .as_ref()
+        .is_some_and(|s| s.len() > MAX_REQUEST_STATE)
+    {
+        return Err(format!(
+            "gave a requestState longer than {MAX_REQUEST_STATE} bytes"
+        ));
+    }
+    for (key, request) in asks.input_requests.iter().flatten() {
+        if let InputRequest::Elicitation(elicit) = request {
+            if !crate::upstream::relay::url_allowed(&elicit.params) {
+                return Err(format!(
+                    "asked question {key:?} by a URL elicitation that does not send the person to an https URL; Leash refused it"
+                ));
+            }
+            if let Some(field) = crate::upstream::relay::secret_field(&elicit.params) {
+                tracing::warn!(
+                    field,
+                    "refused an upstream's input request that asks for a secret-looking field"
+                );
+                return Err(format!(
+                    "asked question {key:?} by a form whose field {field:?} looks like a secret; servers must not ask for secrets in a form, and Leash refused it"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The protocol Leash prefers on sessions no client is behind: 2026-07-28, else the

@@ -95,13 +95,7 @@ impl Relay {
     pub(crate) fn client_capabilities(&self) -> ClientCapabilities {
         self.peer
             .peer_info()
-            .map(|info| {
-                let mut capabilities = ClientCapabilities::default();
-                capabilities.sampling = info.capabilities.sampling.clone();
-                capabilities.elicitation = info.capabilities.elicitation.clone();
-                capabilities.roots = info.capabilities.roots.clone();
-                capabilities
-            })
+            .map(|info| relayable(&info.capabilities))
             .unwrap_or_default()
     }
 
@@ -553,6 +547,16 @@ pub fn secret_field(params: &ElicitRequestParams) -> Option<String> {
         }
     }
     None
+}
+
+/// What of a client's capabilities an upstream is told: sampling, elicitation and roots,
+/// which Leash relays, and nothing Leash adds.
+pub fn relayable(client: &ClientCapabilities) -> ClientCapabilities {
+    let mut capabilities = ClientCapabilities::default();
+    capabilities.sampling = client.sampling.clone();
+    capabilities.elicitation = client.elicitation.clone();
+    capabilities.roots = client.roots.clone();
+    capabilities
 }
 
 /// Whether a URL-mode elicitation may be shown: an `https` URL only (the person is sent
