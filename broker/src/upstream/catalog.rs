@@ -303,7 +303,9 @@ impl Catalog {
         if let Ok(mut found) = self.mcp.write() {
             let mut released = false;
             let mut template = false;
-            for surface in found.by_server.values_mut() {
+            let mut touched = Vec::new();
+            for (server, surface) in &mut found.by_server {
+                let before = (released, template);
                 for d in &mut surface.names {
                     if (d.pin == name || d.tool.name == name) && d.hash == hash {
                         d.withheld = false;
@@ -316,7 +318,12 @@ impl Catalog {
                         template = true;
                     }
                 }
+                if (released, template) != before {
+                    touched.push((server.clone(), surface.fingerprint()));
+                }
             }
+            // What clients were told of now: the next refresh of the same lists is no change.
+            found.fingerprints.extend(touched);
             if released {
                 found.expose(&self.http);
             }
@@ -432,6 +439,20 @@ mod tests {
     }
 
     /// Releasing a withheld tool exposes it only with the approved definition.
+    #[test]
+    fn a_release_is_announced_once() {
+        let catalog = Catalog::new(&crate::policy::Policy::default());
+        let (def, _, hash) = tool("s.t", "s");
+        catalog.set_server("s", surface(vec![(def.clone(), true, hash.clone())]));
+        let changes = catalog.changes();
+        let before = *changes.borrow();
+        catalog.release("s.t", &hash);
+        assert_eq!(*changes.borrow(), before + 1);
+        // The next refresh finds it approved, as the release already announced.
+        catalog.set_server("s", surface(vec![(def, false, hash)]));
+        assert_eq!(*changes.borrow(), before + 1);
+    }
+
     #[test]
     fn release_needs_the_definition_discovered() {
         let catalog = Catalog::new(&crate::policy::Policy::default());
