@@ -4,32 +4,62 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
-/// Reads the raw body, mapping an oversized body to 413.
+/// The largest request body the API reads (set as an extension by the router).
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimit(pub usize);
+
+/// How much of a body over the limit is still read (and thrown away) before the 413 is
+/// sent: a client still sending when the server closes gets a connection reset instead
+/// of the answer. Past this, the connection is closed as it is.
+const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Reads the raw body, mapping an oversized body to 413. Only up to the limit is kept;
+/// the rest of an oversized one (up to [`DRAIN_LIMIT`]) is read and dropped, so the client
+/// can finish sending and read its 413.
 pub struct RawBody(pub Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        Bytes::from_request(req, state)
-            .await
-            .map(RawBody)
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge("the request body is larger than allowed".into())
-                } else if super::limits::is_body_timeout(&rejection) {
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        use futures_util::StreamExt;
+        let Some(BodyLimit(limit)) = req.extensions().get::<BodyLimit>().copied() else {
+            return Err(ApiError::internal(anyhow::anyhow!(
+                "the router sets no body limit for this route"
+            )));
+        };
+        let mut body = req.into_body().into_data_stream();
+        let mut kept: Vec<u8> = Vec::new();
+        let mut seen = 0usize;
+        while let Some(data) = body.next().await {
+            let data = data.map_err(|err| {
+                if super::limits::is_body_timeout(&err) {
                     ApiError::RequestTimeout(
                         "the request body did not arrive in time; send it faster".into(),
                     )
                 } else {
-                    ApiError::BadRequest(format!("cannot read the request body: {rejection}"))
+                    ApiError::BadRequest(format!("cannot read the request body: {err}"))
                 }
-            })
+            })?;
+            seen = seen.saturating_add(data.len());
+            if seen > DRAIN_LIMIT {
+                break;
+            }
+            if seen <= limit {
+                kept.extend_from_slice(&data);
+            }
+        }
+        if seen > limit {
+            return Err(ApiError::PayloadTooLarge(
+                "the request body is larger than allowed".into(),
+            ));
+        }
+        Ok(RawBody(Bytes::from(kept)))
     }
 }
 

@@ -98,8 +98,11 @@ pub fn router(state: AppState) -> Router {
         .route("/oauth/revoke", post(oauth::revoke))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        // Outermost: bodies above the limit are refused before any handler reads them.
+        // Outermost: bodies above the limit are refused (`RawBody` by `BodyLimit`, having
+        // read on, within bounds, so the client reads its 413; axum's extractors by
+        // `DefaultBodyLimit`).
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::Extension(extract::BodyLimit(body_limit)))
         .with_state(state.clone())
         // The MCP gateway has its own edge (Host/Origin, bearer) and body limit.
         .merge(crate::mcp::routes(state.clone()))
