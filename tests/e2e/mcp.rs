@@ -1019,6 +1019,76 @@ async fn a_calls_round_state_is_leashs_own_and_bound_to_the_call() {
     assert!(api.message().contains("input"), "{}", api.body);
 }
 
+/// A task opens at most 16 sessions at once: the 17th is 503 with the API's error, and
+/// closing one (DELETE) makes room; another task, and a 2026-07-28 request that needs no
+/// session, are not held back. A 2025-11-25 request without a session (no `initialize`)
+/// is refused, not served.
+#[tokio::test]
+async fn a_task_opens_a_bounded_number_of_mcp_sessions() {
+    let (broker, _, mine) = edge().await;
+    let agent = broker.agent("bot").await;
+    let (_, theirs) = broker.task(&agent, &["web.search"]).await;
+    let http = reqwest::Client::new();
+    let open = |token: &str| {
+        http.post(format!("{}/mcp", broker.url))
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .json(
+                &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": {"name": "e2e", "version": "1"}}}),
+            )
+            .send()
+    };
+    let mut sessions = Vec::new();
+    for _ in 0..16 {
+        let opened = open(&mine).await.unwrap();
+        assert_eq!(opened.status(), 200);
+        sessions.push(
+            opened.headers()["mcp-session-id"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let refused = open(&mine).await.unwrap();
+    assert_eq!(refused.status(), 503);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    // Another task is not held back, nor a stateless request of this one.
+    assert_eq!(open(&theirs).await.unwrap().status(), 200);
+    let stateless = crate::common::json_of(
+        crate::common::mcp_request(&http, &broker.url, 2, "tools/list", json!({}))
+            .bearer_auth(&mine),
+    )
+    .await;
+    assert!(stateless["result"]["tools"].is_array(), "{stateless}");
+    // Closing one makes room for one.
+    let closed = http
+        .delete(format!("{}/mcp", broker.url))
+        .bearer_auth(&mine)
+        .header("mcp-session-id", &sessions[0])
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert!(closed.status().is_success(), "{}", closed.status());
+    assert_eq!(open(&mine).await.unwrap().status(), 200);
+    assert_eq!(open(&mine).await.unwrap().status(), 503);
+    // The initialize generation without a session is refused (by a task under its cap:
+    // one at its cap is refused anything that could open a session).
+    let sessionless = http
+        .post(format!("{}/mcp", broker.url))
+        .bearer_auth(&theirs)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-11-25")
+        .json(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sessionless.status(), 400);
+}
+
 /// A session is its task's: another task's token naming it gets 404 on every kind of
 /// request (a call, the GET stream, DELETE), so it can neither read what an upstream
 /// sends that session's client nor answer for it; its own token goes on working.

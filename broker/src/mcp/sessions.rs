@@ -5,9 +5,10 @@
 //! session's stream (an upstream's questions, logs, resource updates) nor answer on it.
 //!
 //! A session another task owns, or one this process never opened, is 404, as for a
-//! session that ended: the client initializes again. An entry lives exactly as long as
-//! rmcp's session (its handler's [`SessionEnd`] removes it when rmcp drops the session),
-//! so the counts below are of live sessions: a new session is refused with 503 while
+//! session that ended: the client initializes again. An entry is removed when its client
+//! closes the session (DELETE) or when rmcp drops it (its handler's [`SessionEnd`], once a
+//! request named the session); one that only ever saw `initialize` and idled out is
+//! forgotten after the longest task lifetime. A new session is refused with 503 while
 //! [`MAX_SESSIONS`] are open, or [`MAX_SESSIONS_PER_TASK`] of its own task's.
 
 use std::sync::{Arc, OnceLock};
@@ -102,7 +103,15 @@ impl SessionOwners {
             }
             None => {}
         }
+        let closing = request.method() == axum::http::Method::DELETE;
         let response = next.run(request).await;
+        // A session its client closed is forgotten at once (its handler may never have
+        // learnt its id, if no request but `initialize` came).
+        if let Some(session) = named.as_deref().filter(|_| closing)
+            && response.status().is_success()
+        {
+            self.ended(session);
+        }
         if named.is_none()
             && let Some(opened) = response
                 .headers()
