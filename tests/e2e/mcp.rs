@@ -19,7 +19,7 @@ input_schema = { type = "object", properties = { query = { type = "string" } } }
 [mcp_servers.everything]
 url = "http://127.0.0.1:{MCP}/mcp"
 timeout_ms = 5000
-per_call = ["everything.confidential"]
+per_call = ["everything.confidential", "everything.confirm"]
 
 # Nothing listens here: a down upstream must not stop the others.
 [mcp_servers.down]
@@ -1006,10 +1006,34 @@ async fn a_calls_round_state_is_leashs_own_and_bound_to_the_call() {
         .get(&format!("/v1/tasks/{task_id}"), Some(&agent))
         .await;
     assert_eq!(status.body["calls"], 2, "{}", status.body);
-    // The HTTP API cannot be asked: a clear 502, not a result that is not one.
-    let api = broker
+    // The HTTP API cannot be asked: a clear 502, not a result that is not one (once
+    // the call is approved, as `confirm` is per_call).
+    let held = broker
         .post("/v1/tools/everything.confirm/call", Some(&token), json!({}))
         .await;
+    assert_eq!(held.status, 202, "{}", held.body);
+    let id = held.body["approval_id"].as_str().unwrap().to_string();
+    let approver = broker.approver("ann").await;
+    let approved = broker
+        .post(
+            &format!("/v1/approvals/{id}/approve"),
+            Some(&approver),
+            json!({}),
+        )
+        .await;
+    assert_eq!(approved.status, 200, "{}", approved.body);
+    let api = http
+        .post(format!("{}/v1/tools/everything.confirm/call", broker.url))
+        .bearer_auth(&token)
+        .header("leash-approval", &id)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let api = crate::common::Reply {
+        status: api.status().as_u16(),
+        body: api.json().await.unwrap(),
+    };
     assert_eq!(
         (api.status, api.code()),
         (502, "upstream_error"),
@@ -1017,6 +1041,77 @@ async fn a_calls_round_state_is_leashs_own_and_bound_to_the_call() {
         api.body
     );
     assert!(api.message().contains("input"), "{}", api.body);
+}
+
+/// A per-call-approved tool that asks its stateless client in rounds is approved round by
+/// round (each round is a call): the approval spent on the first round, presented again
+/// with the second, files a new approval rather than failing; the new one, once given,
+/// lets the round through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_call_tool_asking_in_rounds_is_approved_round_by_round() {
+    let upstream = Upstream::start().await;
+    let broker = broker_with(&upstream).await;
+    let agent = broker.agent("bot").await;
+    let approver = broker.approver("ann").await;
+    let (_, token) = broker.task(&agent, &["everything.*"]).await;
+    let http = reqwest::Client::new();
+    let confirm = |approval: Option<&str>, round: Value| {
+        let mut params = json!({ "name": "everything.confirm", "arguments": {} });
+        if let Some(round) = round.as_object() {
+            for (key, value) in round {
+                params[key] = value.clone();
+            }
+        }
+        let mut request = crate::common::mcp_request(&http, &broker.url, 9, "tools/call", params)
+            .bearer_auth(&token);
+        if let Some(id) = approval {
+            request = request.header("leash-approval", id);
+        }
+        crate::common::json_of(request)
+    };
+    let approve = |id: String| {
+        let (broker, approver) = (&broker, &approver);
+        async move {
+            let reply = broker
+                .post(
+                    &format!("/v1/approvals/{id}/approve"),
+                    Some(approver),
+                    json!({}),
+                )
+                .await;
+            assert_eq!(reply.status, 200, "{}", reply.body);
+        }
+    };
+    let held_id = |reply: &Value| -> String {
+        let text = reply["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(text.starts_with("pending_approval"), "{reply}");
+        text.split("approval_id ")
+            .nth(1)
+            .unwrap()
+            .split('.')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let first = held_id(&confirm(None, json!(null)).await);
+    approve(first.clone()).await;
+    let asked = confirm(Some(&first), json!(null)).await;
+    assert_eq!(asked["result"]["resultType"], "input_required", "{asked}");
+    let state = asked["result"]["requestState"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let answers = json!({ "sure": { "action": "accept", "content": { "name": "yes" } } });
+    let round = json!({ "requestState": state, "inputResponses": answers });
+    // The spent approval again: a new one is asked for, and nothing ran.
+    let second = held_id(&confirm(Some(&first), round.clone()).await);
+    assert_ne!(second, first);
+    assert!(!reads(&upstream).await.iter().any(|r| r == "confirmed"));
+    approve(second.clone()).await;
+    let done = confirm(Some(&second), round).await;
+    assert_eq!(done["result"]["content"][0]["text"], "confirmed", "{done}");
 }
 
 /// A task opens at most 16 sessions at once: the 17th is 503 with the API's error, and

@@ -75,6 +75,10 @@ struct Sealed {
     round: u32,
     /// When the answer is too late (ms since the epoch).
     until_ms: i64,
+    /// The `Leash-Approval` presented with the round that asked (spent, if the use needs
+    /// one per call).
+    #[serde(default)]
+    approval: Option<String>,
 }
 
 /// Seals and opens round states.
@@ -110,8 +114,7 @@ impl Rounds {
             return Ok(InputRound {
                 number: 1,
                 capabilities,
-                responses: None,
-                state: None,
+                ..InputRound::default()
             });
         };
         let opened = self
@@ -145,17 +148,20 @@ impl Rounds {
             capabilities,
             responses,
             state: opened.state,
+            spent_approval: opened.approval,
         })
     }
 
     /// What the client gets when the upstream asked during `round` of `call`: the same
     /// questions, with Leash's sealed state for the next round in place of the
-    /// upstream's. Past [`MAX_ROUNDS`], the call fails instead.
+    /// upstream's (`approval` is the `Leash-Approval` this round presented). Past
+    /// [`MAX_ROUNDS`], the call fails instead.
     pub fn ask(
         &self,
         call: &CallId,
         round: &InputRound,
         asks: InputRequiredResult,
+        approval: Option<&str>,
     ) -> Result<InputRequiredResult, ApiError> {
         if round.number >= MAX_ROUNDS {
             return Err(ApiError::UpstreamError(format!(
@@ -172,6 +178,7 @@ impl Rounds {
                 .collect(),
             round: round.number + 1,
             until_ms: self.clock.now_ms() + ROUND_TIME.as_millis() as i64,
+            approval: approval.map(str::to_string),
         };
         let text = serde_json::to_string(&sealed).map_err(ApiError::internal)?;
         let state = self.sealer.seal(ROUND_STATE, &call.owner(), &text);
@@ -219,7 +226,9 @@ mod tests {
                 None,
             )
             .unwrap();
-        let asked = rounds.ask(&call("tok", args), &first, asks("s")).unwrap();
+        let asked = rounds
+            .ask(&call("tok", args), &first, asks("s"), None)
+            .unwrap();
         asked.request_state.unwrap()
     }
 
@@ -237,7 +246,12 @@ mod tests {
             .unwrap();
         assert_eq!(first.number, 1);
         let given = rounds
-            .ask(&call("tok", &args), &first, asks("upstream-secret-state"))
+            .ask(
+                &call("tok", &args),
+                &first,
+                asks("upstream-secret-state"),
+                None,
+            )
             .unwrap();
         let state = given.request_state.clone().unwrap();
         assert!(!state.contains("upstream-secret-state"), "{state}");
@@ -335,7 +349,7 @@ mod tests {
             ..InputRound::default()
         };
         assert!(matches!(
-            rounds.ask(&call("tok", &args), &last, asks("s")),
+            rounds.ask(&call("tok", &args), &last, asks("s"), None),
             Err(ApiError::UpstreamError(_))
         ));
     }

@@ -200,10 +200,15 @@ impl LeashMcp {
                     .round(&call, capabilities, state.as_deref(), responses)?,
             )
         };
-        let approval = approval_of(context);
+        let presented = approval_of(context);
+        // The approval spent on the round before is no approval of this one: the round
+        // asks for its own (each round is a call).
+        let approval = presented
+            .as_deref()
+            .filter(|id| round.as_ref().and_then(|r| r.spent_approval.as_deref()) != Some(*id));
         let via = self.via(context, &token).await;
         let delivery = Delivery {
-            approval: approval.as_deref(),
+            approval,
             via: via.as_ref().map(|(relay, origin)| (relay, origin)),
             round: round.as_ref(),
         };
@@ -218,7 +223,7 @@ impl LeashMcp {
         let round = round.ok_or_else(|| {
             ApiError::UpstreamError(format!("{kind} {name:?} asked for input out of turn"))
         })?;
-        let sealed = self.rounds.ask(&call, &round, *asks)?;
+        let sealed = self.rounds.ask(&call, &round, *asks, approval)?;
         Ok(CallOutcome::InputRequired(Box::new(sealed)))
     }
 

@@ -267,6 +267,9 @@ pub struct InputRound {
     pub responses: Option<InputResponses>,
     /// The upstream's `requestState` of the round before, as it gave it.
     pub state: Option<String>,
+    /// The `Leash-Approval` spent on the round before (under `per_call`): presented
+    /// again, it is not an approval of this round, which asks for its own.
+    pub spent_approval: Option<String>,
 }
 
 impl InputRound {
