@@ -979,6 +979,8 @@ async fn refresh(
     let def = &upstream.def;
     let capabilities = client.peer_info().map(|info| info.capabilities.clone());
     let mut surface = Surface::default();
+    // Changed definitions are put before an approver only once they are withheld.
+    let mut reviews = Vec::new();
     let tools = within(def, "tools/list", client.list_all_tools()).await?;
     let reserved = def.exposed_name(RESOURCES);
     for tool in tools {
@@ -999,7 +1001,7 @@ async fn refresh(
             hash,
             listing: None,
         };
-        publish(discovery, def, &mut surface, found).await?;
+        publish(discovery, def, &mut surface, found, &mut reviews).await?;
     }
     if capabilities.as_ref().is_some_and(|c| c.prompts.is_some()) {
         let prompts = optional(
@@ -1032,7 +1034,7 @@ async fn refresh(
                 hash,
                 listing: Some(listing),
             };
-            publish(discovery, def, &mut surface, found).await?;
+            publish(discovery, def, &mut surface, found, &mut reviews).await?;
         }
     }
     if capabilities.as_ref().is_some_and(|c| c.resources.is_some())
@@ -1058,9 +1060,8 @@ async fn refresh(
             let description = template.description.clone().unwrap_or_default();
             let (_, hash) =
                 crate::upstream::pins::definition(&format!("template:{pin}"), &description, &value);
-            let withheld = crate::upstream::pins::withheld(
+            let (withheld, review) = crate::upstream::pins::judge(
                 discovery.store.as_ref(),
-                discovery.review.as_ref(),
                 &def.name,
                 (&pin, None),
                 &value,
@@ -1068,6 +1069,7 @@ async fn refresh(
             )
             .await
             .map_err(|e| e.to_string())?;
+            reviews.extend(review);
             surface.add_template(pin, value, withheld, hash);
         }
         let resources = optional(
@@ -1095,6 +1097,11 @@ async fn refresh(
         );
     }
     discovery.catalog.set_server(&def.name, surface);
+    for review in reviews {
+        crate::upstream::pins::file(discovery.store.as_ref(), discovery.review.as_ref(), review)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     Ok(())
 }
 
@@ -1218,6 +1225,7 @@ async fn publish(
     def: &McpServerDef,
     surface: &mut Surface,
     found: Found,
+    reviews: &mut Vec<crate::upstream::pins::Review>,
 ) -> Result<(), String> {
     let Found {
         pin,
@@ -1237,9 +1245,8 @@ async fn publish(
             return Ok(());
         }
     };
-    let withheld = crate::upstream::pins::withheld(
+    let (withheld, review) = crate::upstream::pins::judge(
         discovery.store.as_ref(),
-        discovery.review.as_ref(),
         &def.name,
         (&pin, legacy_pin.as_deref()),
         &definition,
@@ -1247,6 +1254,7 @@ async fn publish(
     )
     .await
     .map_err(|e| e.to_string())?;
+    reviews.extend(review);
     surface.add(Arc::new(tool), pin, withheld, hash, listing);
     Ok(())
 }

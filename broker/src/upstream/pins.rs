@@ -34,18 +34,26 @@ pub fn definition(name: &str, description: &str, input_schema: &Value) -> (Value
     (definition, hash)
 }
 
-/// Whether the definition must be withheld. `keys` is its pin's key (server, kind and
-/// the server's own name) and, for a tool pinned before pins were keyed so, the key it
-/// had then (its exposed name), whose pin is adopted. Pins a first sight; files an
-/// approval for a change (once: not again while one is pending).
-pub async fn withheld(
+/// A changed definition to put before an approver: filed ([`file`]) once the catalog
+/// withholds it, so an approver never sees a review of a definition still being served.
+pub struct Review {
+    server: String,
+    pin: ToolPin,
+    definition: Value,
+    hash: String,
+}
+
+/// Whether the definition must be withheld, and whether an approver must be asked (once
+/// a change is seen; not again while that is pending). `keys` is its pin's key (server,
+/// kind and the server's own name) and, for a tool pinned before pins were keyed so, the
+/// key it had then (its exposed name), whose pin is adopted. Pins a first sight.
+pub async fn judge(
     store: &dyn Store,
-    review: &dyn DefinitionReview,
     server: &str,
     keys: (&str, Option<&str>),
     definition: &Value,
     hash: &str,
-) -> Result<bool, ApiError> {
+) -> Result<(bool, Option<Review>), ApiError> {
     let (name, legacy) = keys;
     let mut pin = store.get_pin(name).await.map_err(ApiError::internal)?;
     if pin.is_none()
@@ -63,7 +71,7 @@ pub async fn withheld(
         store.put_pin(&adopted).await.map_err(ApiError::internal)?;
         pin = Some(adopted);
     }
-    let Some(mut pin) = pin else {
+    let Some(pin) = pin else {
         let first = ToolPin {
             name: name.to_string(),
             hash: hash.to_string(),
@@ -71,25 +79,60 @@ pub async fn withheld(
             approval_id: None,
         };
         store.put_pin(&first).await.map_err(ApiError::internal)?;
-        return Ok(false);
+        return Ok((false, None));
     };
     if pin.hash == hash {
-        return Ok(false);
+        return Ok((false, None));
     }
     // Asked once per definition: pending, or denied/expired (then it stays withheld until
     // the upstream changes it again) — never refiled on every refresh.
     let asked = matches!((&pin.pending_hash, &pin.approval_id), (Some(pending), Some(_)) if pending == hash);
-    if !asked {
-        let approval_id = review.file(server, name, definition, hash).await?;
-        pin.pending_hash = Some(hash.to_string());
-        pin.approval_id = Some(approval_id);
-        store.put_pin(&pin).await.map_err(ApiError::internal)?;
-        tracing::warn!(
-            tool = name,
-            "an upstream tool definition changed; withheld until an approver accepts it"
-        );
+    let review = (!asked).then(|| Review {
+        server: server.to_string(),
+        pin,
+        definition: definition.clone(),
+        hash: hash.to_string(),
+    });
+    Ok((true, review))
+}
+
+/// Files `pending` with `review` and records it on the pin.
+pub async fn file(
+    store: &dyn Store,
+    review: &dyn DefinitionReview,
+    pending: Review,
+) -> Result<(), ApiError> {
+    let Review {
+        server,
+        mut pin,
+        definition,
+        hash,
+    } = pending;
+    let approval_id = review.file(&server, &pin.name, &definition, &hash).await?;
+    pin.pending_hash = Some(hash);
+    pin.approval_id = Some(approval_id);
+    store.put_pin(&pin).await.map_err(ApiError::internal)?;
+    tracing::warn!(
+        tool = pin.name,
+        "an upstream tool definition changed; withheld until an approver accepts it"
+    );
+    Ok(())
+}
+
+/// [`judge`], filing the review at once (where nothing is published in between).
+pub async fn withheld(
+    store: &dyn Store,
+    review: &dyn DefinitionReview,
+    server: &str,
+    keys: (&str, Option<&str>),
+    definition: &Value,
+    hash: &str,
+) -> Result<bool, ApiError> {
+    let (withheld, pending) = judge(store, server, keys, definition, hash).await?;
+    if let Some(pending) = pending {
+        file(store, review, pending).await?;
     }
-    Ok(true)
+    Ok(withheld)
 }
 
 /// Accepts the definition an approved approval names, and releases the tool.
