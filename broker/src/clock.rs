@@ -46,6 +46,13 @@ impl Clock {
     }
 }
 
+/// Reads an RFC 3339 time as epoch milliseconds (`None` if it is not one, or out of range).
+pub fn parse_rfc3339(text: &str) -> Option<i64> {
+    let at =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
 /// Formats epoch milliseconds as RFC 3339 UTC (`2026-11-23T10:15:00Z`, millis when non-zero).
 pub fn rfc3339(ms: i64) -> String {
     let nanos = i128::from(ms) * 1_000_000;

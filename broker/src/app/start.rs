@@ -100,6 +100,7 @@ pub async fn prepare(
     }
     let audit = Audit::start(store.clone(), clock.clone(), config.audit_checkpoint_events).await?;
     let events = Events::default();
+    audit.announce_on(events.clone());
     if let Some(url) = policy.approvals.webhook.clone() {
         crate::events::webhook::start(
             &events,
@@ -152,6 +153,7 @@ pub async fn prepare(
         lifecycle,
         credentials,
         calls,
+        history,
     } = Services::build(ServiceParts {
         store: store.clone(),
         audit: audit.clone(),
@@ -225,6 +227,7 @@ pub async fn prepare(
         approvals,
         lifecycle,
         credentials,
+        history,
         issuer,
         revoked,
         tasks,

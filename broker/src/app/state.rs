@@ -79,6 +79,7 @@ sub_states! {
     approvals: Arc<Approvals>,
     lifecycle: Arc<Lifecycle>,
     credentials: Arc<Credentials>,
+    history: Arc<crate::tasks::history::History>,
     issuer: Issuer,
     health: Arc<FeedHealth>,
     sealer: Arc<crate::tokens::seal::Sealer>,
@@ -132,6 +133,8 @@ pub struct Handles {
     pub lifecycle: Arc<Lifecycle>,
     /// Minting and revoking credentials; revoking tokens.
     pub credentials: Arc<Credentials>,
+    /// Tasks' timelines and signed evidence.
+    pub history: Arc<crate::tasks::history::History>,
     /// Mints task tokens.
     pub issuer: Issuer,
     /// Whether this replica's view of other replicas' changes is fresh.

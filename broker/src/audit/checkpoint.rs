@@ -127,13 +127,8 @@ pub fn to_json(checkpoint: &AuditCheckpoint) -> Value {
 pub fn parse_line(line: &str) -> Result<AuditCheckpoint, String> {
     let published: PublishedCheckpoint =
         serde_json::from_str(line).map_err(|err| format!("not a checkpoint: {err}"))?;
-    let at = time::OffsetDateTime::parse(
-        &published.at,
-        &time::format_description::well_known::Rfc3339,
-    )
-    .map_err(|_| format!("{:?} is not an RFC 3339 time", published.at))?;
-    let at_ms = i64::try_from(at.unix_timestamp_nanos() / 1_000_000)
-        .map_err(|_| "time out of range".to_string())?;
+    let at_ms = crate::clock::parse_rfc3339(&published.at)
+        .ok_or_else(|| format!("{:?} is not an RFC 3339 time", published.at))?;
     Ok(AuditCheckpoint {
         seq: published.seq,
         hash: published.hash,

@@ -4,8 +4,8 @@
 //! or deleting a row breaks every hash after it ([`crate::store::chain::verify_chain`]).
 //! Events never hold token text or secrets: tokens are named by revocation id.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -13,6 +13,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::clock::Clock;
 use crate::error::ApiError;
+use crate::events::hub::Events;
 use crate::store::{NewAuditEvent, Store};
 
 /// One thing worth recording.
@@ -44,6 +45,8 @@ pub struct Audit {
     checkpoints: Arc<CheckpointTrigger>,
     /// Flushes on their way to the writer: it does not linger while one is.
     flushes: Arc<Flushes>,
+    /// Where the writer announces the tasks whose rows it has just committed.
+    announce: Arc<OnceLock<Events>>,
 }
 
 /// Flush requests sent to the writer and not yet taken by it.
@@ -125,20 +128,31 @@ impl Audit {
             due: Notify::new(),
         });
         let flushes = Arc::new(Flushes::default());
+        let announce = Arc::new(OnceLock::new());
         tokio::spawn(writer(
             store,
             clock,
             rx,
-            failing.clone(),
-            checkpoints.clone(),
-            flushes.clone(),
+            Shared {
+                failing: failing.clone(),
+                checkpoints: checkpoints.clone(),
+                flushes: flushes.clone(),
+                announce: announce.clone(),
+            },
         ));
         Ok(Audit {
             tx,
             failing,
             checkpoints,
             flushes,
+            announce,
         })
+    }
+
+    /// From now on, each committed batch publishes `timeline.appended` on `events` once
+    /// per task it holds rows of: what keeps an approver's open timeline live.
+    pub fn announce_on(&self, events: Events) {
+        let _ = self.announce.set(events);
     }
 
     /// Resolves once enough events were written since the last checkpoint.
@@ -181,14 +195,40 @@ impl Audit {
     }
 }
 
+/// What the writer shares with the handles.
+struct Shared {
+    failing: Arc<AtomicBool>,
+    checkpoints: Arc<CheckpointTrigger>,
+    flushes: Arc<Flushes>,
+    announce: Arc<OnceLock<Events>>,
+}
+
+/// Publishes `timeline.appended` once for each task among `rows`.
+fn announce(events: &Events, rows: &[NewAuditEvent]) {
+    let mut tasks: Vec<&str> = rows.iter().filter_map(|r| r.task_id.as_deref()).collect();
+    tasks.sort_unstable();
+    tasks.dedup();
+    for task_id in tasks {
+        events.publish(
+            "timeline.appended",
+            Some(task_id),
+            serde_json::json!({ "task_id": task_id }),
+        );
+    }
+}
+
 async fn writer(
     store: Arc<dyn Store>,
     clock: Clock,
     mut rx: mpsc::Receiver<Message>,
-    failing: Arc<AtomicBool>,
-    checkpoints: Arc<CheckpointTrigger>,
-    flushes: Arc<Flushes>,
+    shared: Shared,
 ) {
+    let Shared {
+        failing,
+        checkpoints,
+        flushes,
+        announce: announced,
+    } = shared;
     let mut pending: Vec<NewAuditEvent> = Vec::new();
     let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
     loop {
@@ -215,6 +255,9 @@ async fn writer(
             match store.append_audit(&pending).await {
                 Ok(()) => {
                     checkpoints.written(pending.len());
+                    if let Some(events) = announced.get() {
+                        announce(events, &pending);
+                    }
                     pending.clear();
                     if failing.swap(false, Ordering::AcqRel) {
                         tracing::warn!("the audit log is writable again; calls resume");

@@ -32,12 +32,35 @@ pub enum Command {
     /// Work with the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Work with a task's signed evidence (`GET /v1/tasks/{id}/evidence`).
+    #[command(subcommand)]
+    Evidence(EvidenceCommand),
     /// Rotate and retire root keys (PostgreSQL deployments; needs LEASH_MASTER_KEY).
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Local accounts: people who sign in without an OpenID Connect provider.
     #[command(subcommand)]
     Users(UsersCommand),
+}
+
+/// `leash evidence …`.
+#[derive(Subcommand, Debug)]
+pub enum EvidenceCommand {
+    /// Check a task's evidence offline: the signature over its RFC 8785 canonical JSON,
+    /// each audit row's hash, the counts, the checkpoint. Names everything that does not
+    /// match; exits 1 if anything does not.
+    Verify {
+        /// The evidence document (JSON, as the broker answered it).
+        file: PathBuf,
+        /// The deployment's published keys: a file holding `/.well-known/leash/keys`'
+        /// JSON, or its URL (http:// or https://).
+        #[arg(
+            long,
+            env = "LEASH_KEYS",
+            default_value = "http://127.0.0.1:7070/.well-known/leash/keys"
+        )]
+        keys: String,
+    },
 }
 
 /// `leash users …`.

@@ -1,10 +1,11 @@
 //! The `leash` command line: [`main`] parses it and runs one command — `serve`, or one
-//! of the operator commands (`policy check`, `token inspect`, `audit verify`, `keys`,
-//! `users add`).
+//! of the operator commands (`policy check`, `token inspect`, `audit verify`, `evidence
+//! verify`, `keys`, `users add`).
 //! The binary is one line calling [`main`].
 
 pub mod args;
 mod audit;
+mod evidence;
 mod inspect;
 mod keys;
 mod serve;
@@ -15,7 +16,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::args::{AuditCommand, Cli, Command, PolicyCommand, TokenCommand, env};
+use crate::cli::args::{
+    AuditCommand, Cli, Command, EvidenceCommand, PolicyCommand, TokenCommand, env,
+};
 
 /// The whole `leash` command: parses the command line, sets up logging, runs the command.
 pub fn main() -> ExitCode {
@@ -81,6 +84,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             inspect::inspect(&token, &data)
         }
         Command::Audit(AuditCommand::Verify(args)) => audit::verify_audit(args).await,
+        Command::Evidence(EvidenceCommand::Verify { file, keys }) => {
+            evidence::verify(&file, &keys).await
+        }
         Command::Keys(command) => keys::keys(command).await,
         Command::Users(command) => users::users(command).await,
     }

@@ -15,7 +15,8 @@ const CAPACITY: usize = 4096;
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
     /// `approval.requested`, `approval.decided`, `task.activated`, `task.completed`,
-    /// `task.revoked`, `task.expired`.
+    /// `task.revoked`, `task.expired`, `timeline.appended` (a task's audit rows were
+    /// committed: its timeline has more).
     pub kind: &'static str,
     /// The task concerned.
     pub task_id: Option<String>,

@@ -57,6 +57,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tasks/{id}/renew", post(tasks::renew))
         .route("/v1/tasks/{id}/complete", post(tasks::complete))
         .route("/v1/tasks/{id}/revoke", post(tasks::revoke))
+        .route("/v1/tasks/{id}/timeline", get(tasks::timeline))
+        .route("/v1/tasks/{id}/evidence", get(tasks::evidence))
         .route("/v1/tools", get(tools::list))
         .route("/v1/tools/{tool}/call", post(tools::call))
         .route("/v1/approvals", get(approvals::list))

@@ -45,6 +45,8 @@ use super::{admin, approvals, feeds, tasks, tools, ui};
         tasks::renew,
         tasks::complete,
         tasks::revoke,
+        tasks::timeline,
+        tasks::evidence,
         tools::list,
         tools::call,
         approvals::list,

@@ -6,12 +6,13 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use leash_sdk::protocol::{
-    ReasonBody, RenewBody, TaskEnded, TaskIssued, TaskList, TaskRequest, TaskView,
+    ReasonBody, RenewBody, TaskEnded, TaskEvidence, TaskIssued, TaskList, TaskRequest,
+    TaskTimeline, TaskView, TimelineEntry,
 };
 use serde::Deserialize;
 
 use super::admin::reason_text;
-use super::extract::{JsonBody, ListQuery, OptionalJson, PathParam, QueryParams};
+use super::extract::{JsonBody, OptionalJson, PathParam, QueryParams};
 use crate::clock::rfc3339;
 use crate::error::{ApiError, ApiResult};
 use crate::events::hub::Events;
@@ -19,7 +20,8 @@ use crate::http::auth::{Agent, AgentOrTask, ApproverOrAdmin, Caller, RenewsTask}
 use crate::ids::is_task_id;
 use crate::ratelimit::RateLimiter;
 use crate::store::Store;
-use crate::store::TaskState;
+use crate::store::{TaskQuery, TaskState};
+use crate::tasks::history::History;
 use crate::tasks::lifecycle::{Lifecycle, OpenRequest, Opened};
 use crate::tokens::revocation::RevocationSet;
 use crate::tokens::verify::Principal;
@@ -188,32 +190,113 @@ pub async fn show(
     Ok(Json(lifecycle.view(&record, with_token).await?))
 }
 
-/// `GET /v1/tasks?state=…` (approver, admin); no state, or `all`, lists every state.
-#[utoipa::path(get, path = "/v1/tasks", tag = "tasks", params(ListQuery),
+/// `GET /v1/tasks`'s filters: each narrows the list.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSearch {
+    /// Only tasks in this state (`all`, the default, for every state).
+    state: Option<String>,
+    /// Only this agent's tasks.
+    agent: Option<String>,
+    /// Only tasks this person started.
+    user: Option<String>,
+    /// Only tasks holding this tool.
+    tool: Option<String>,
+    /// Only tasks created at or after this time (RFC 3339).
+    since: Option<String>,
+    /// Only tasks created before this time (RFC 3339).
+    until: Option<String>,
+    /// The `next` of the page before.
+    after: Option<String>,
+    /// At most this many (default 100; clamped to 1 to 1000).
+    limit: Option<i64>,
+}
+
+/// The next page's cursor after `record`: its creation time and id.
+fn cursor_of(record: &crate::store::TaskRecord) -> String {
+    format!("{}.{}", record.created_at_ms, record.task_id)
+}
+
+fn time_of(name: &str, text: Option<&str>) -> ApiResult<Option<i64>> {
+    text.map(|text| {
+        crate::clock::parse_rfc3339(text).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "{name} must be an RFC 3339 time (2026-12-01T10:00:00Z)"
+            ))
+        })
+    })
+    .transpose()
+}
+
+impl TaskSearch {
+    fn query(self) -> ApiResult<TaskQuery> {
+        let state = match self.state.as_deref() {
+            None | Some("all") => None,
+            Some(text) => Some(TaskState::parse(text).ok_or_else(|| {
+                ApiError::BadRequest(format!("unknown state {text:?} (active, pending_approval, completed, revoked, expired, denied, all)"))
+            })?),
+        };
+        let after = match self.after.as_deref() {
+            None => None,
+            Some(text) => {
+                let parsed = text
+                    .split_once('.')
+                    .and_then(|(ms, id)| Some((ms.parse::<i64>().ok()?, id)))
+                    .filter(|(_, id)| is_task_id(id));
+                let (ms, id) = parsed.ok_or_else(|| {
+                    ApiError::BadRequest("after must be the next of an earlier page".into())
+                })?;
+                Some((ms, id.to_string()))
+            }
+        };
+        let bounded = |name: &str, value: Option<String>| match value {
+            Some(text) if text.is_empty() || text.len() > 256 => Err(ApiError::BadRequest(
+                format!("{name} must be 1 to 256 characters"),
+            )),
+            other => Ok(other),
+        };
+        Ok(TaskQuery {
+            state,
+            agent: bounded("agent", self.agent)?,
+            user: bounded("user", self.user)?,
+            tool: bounded("tool", self.tool)?,
+            since_ms: time_of("since", self.since.as_deref())?,
+            until_ms: time_of("until", self.until.as_deref())?,
+            after,
+            limit: self.limit.unwrap_or(100).clamp(1, 1000),
+        })
+    }
+}
+
+/// `GET /v1/tasks` (approver, admin): tasks newest first, filtered by state, agent,
+/// person, tool and creation time, a page at a time (`next` → `after`).
+#[utoipa::path(get, path = "/v1/tasks", tag = "tasks", params(TaskSearch),
     security(("approver" = []), ("admin" = [])),
     responses((status = 200, description = "Tasks, newest first", body = TaskList)))]
 pub async fn list(
     _: ApproverOrAdmin,
     State(lifecycle): State<Arc<Lifecycle>>,
     State(store): State<Arc<dyn Store>>,
-    QueryParams(q): QueryParams<ListQuery>,
+    QueryParams(q): QueryParams<TaskSearch>,
 ) -> ApiResult<Json<TaskList>> {
-    let filter = match q.state.as_deref() {
-        None | Some("all") => None,
-        Some(text) => Some(TaskState::parse(text).ok_or_else(|| {
-            ApiError::BadRequest(format!("unknown state {text:?} (active, pending_approval, completed, revoked, expired, denied, all)"))
-        })?),
-    };
-    let limit = q.limit();
+    let query = q.query()?;
+    // One more than asked tells whether there is a next page.
     let records = store
-        .list_tasks(filter, limit)
+        .list_tasks(&TaskQuery {
+            limit: query.limit + 1,
+            ..query.clone()
+        })
         .await
         .map_err(ApiError::internal)?;
-    let mut tasks = Vec::with_capacity(records.len());
-    for record in &records {
+    let more = records.len() as i64 > query.limit;
+    let shown = &records[..records.len().min(query.limit as usize)];
+    let mut tasks = Vec::with_capacity(shown.len());
+    for record in shown {
         tasks.push(lifecycle.view(record, false).await?);
     }
-    Ok(Json(TaskList { tasks }))
+    let next = more.then(|| shown.last().map(cursor_of)).flatten();
+    Ok(Json(TaskList { tasks, next }))
 }
 
 /// `POST /v1/tasks/{id}/renew` (owner agent credential). A grant that needs approval
@@ -282,6 +365,76 @@ pub async fn complete(
         &caller.actor(),
     )
     .await
+}
+
+/// `?after=SEQ&limit=N` of a task's timeline.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct TimelineQuery {
+    /// Entries after this audit position (default 0: from the start).
+    #[serde(default)]
+    after: i64,
+    /// At most this many (default 500; clamped to 1 to 1000).
+    limit: Option<i64>,
+}
+
+/// `GET /v1/tasks/{id}/timeline` (approver, admin): what happened in the task, oldest
+/// first, a page at a time; `timeline.appended` on `/v1/events` says when there is more.
+#[utoipa::path(get, path = "/v1/tasks/{id}/timeline", tag = "tasks",
+    params(("id" = String, Path, description = "`tsk_` and 32 hex digits", pattern = "^tsk_[0-9a-f]{32}$"), TimelineQuery),
+    security(("approver" = []), ("admin" = [])),
+    responses(
+        (status = 200, description = "The task and its entries after `after`", body = TaskTimeline),
+        (status = 404, description = "No such task", body = leash_sdk::protocol::ErrorBody),
+    ))]
+pub async fn timeline(
+    _: ApproverOrAdmin,
+    State(history): State<Arc<History>>,
+    State(lifecycle): State<Arc<Lifecycle>>,
+    PathParam(id): PathParam,
+    QueryParams(q): QueryParams<TimelineQuery>,
+) -> ApiResult<Json<TaskTimeline>> {
+    let id = task_id_of(&id)?;
+    let record = history.task(id).await?;
+    let page = history
+        .timeline(id, q.after, q.limit.unwrap_or(500))
+        .await?;
+    let entries = page
+        .rows
+        .into_iter()
+        .map(|row| TimelineEntry {
+            seq: row.seq,
+            at: rfc3339(row.at_ms),
+            kind: row.kind,
+            actor: row.actor,
+            detail: row.detail,
+        })
+        .collect();
+    Ok(Json(TaskTimeline {
+        task: lifecycle.view(&record, false).await?,
+        entries,
+        next: page.next,
+    }))
+}
+
+/// `GET /v1/tasks/{id}/evidence` (approver, admin): the task's facts and audit rows,
+/// signed with the root key over their RFC 8785 canonical JSON; `leash evidence verify`
+/// checks it offline.
+#[utoipa::path(get, path = "/v1/tasks/{id}/evidence", tag = "tasks",
+    params(("id" = String, Path, description = "`tsk_` and 32 hex digits", pattern = "^tsk_[0-9a-f]{32}$")),
+    security(("approver" = []), ("admin" = [])),
+    responses(
+        (status = 200, description = "The signed evidence", body = TaskEvidence),
+        (status = 404, description = "No such task", body = leash_sdk::protocol::ErrorBody),
+    ))]
+pub async fn evidence(
+    _: ApproverOrAdmin,
+    State(history): State<Arc<History>>,
+    PathParam(id): PathParam,
+) -> ApiResult<Json<TaskEvidence>> {
+    let id = task_id_of(&id)?;
+    Ok(Json(history.evidence(id).await?))
 }
 
 /// `POST /v1/tasks/{id}/revoke` (approver, admin).

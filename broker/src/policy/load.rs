@@ -21,6 +21,26 @@ pub(super) type GrantPatterns = (usize, usize, GrantHolder, String, PlacedPatter
 /// Tool patterns with the offset each was written at.
 pub(super) type PlacedPatterns = Vec<(ToolPattern, usize)>;
 
+/// `sha256:` and the hex SHA-256 over each file's name (without its folder) and text as
+/// written (before `${NAME}` substitution), in load order: names the policy a task's
+/// evidence was decided under, the same on every replica given the same files.
+fn source_hash(sources: &[(PathBuf, String)]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for (path, text) in sources {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        hasher.update(text.len().to_string());
+        hasher.update([0]);
+        hasher.update(text.as_bytes());
+    }
+    format!("sha256:{}", hex::encode(hasher.finalize()))
+}
+
 /// Loads every `*.toml` file of `dir` (sorted by name). `env` resolves `${NAME}`.
 pub fn load_dir(dir: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Policy, PolicyErrors> {
     let fail = |message: String| {
@@ -294,6 +314,7 @@ pub fn load_sources(
 
     if diagnostics.is_empty() {
         policy.secrets = Secrets(expanded.take());
+        policy.source_hash = source_hash(sources);
         Ok(policy)
     } else {
         diagnostics.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));

@@ -11,6 +11,7 @@ mod model;
 mod providers;
 mod sections;
 mod toml_value;
+pub mod write_only;
 
 pub use load::{load_dir, load_sources};
 pub use model::*;

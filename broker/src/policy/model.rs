@@ -32,6 +32,8 @@ pub struct Policy {
     pub providers: BTreeMap<String, Arc<ProviderDef>>,
     /// Every value a `${ENV}` reference expanded to: scrubbed from every log line.
     pub secrets: Secrets,
+    /// `sha256:…` of the policy files as written (see `load`): named in task evidence.
+    pub source_hash: String,
 }
 
 /// Values that must never be shown; `Debug` prints only how many there are.

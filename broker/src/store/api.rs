@@ -77,6 +77,27 @@ pub struct NewTask {
     pub credential: Option<String>,
 }
 
+/// Which tasks `list_tasks` answers: every field narrows the list; none set lists all.
+#[derive(Debug, Clone, Default)]
+pub struct TaskQuery {
+    /// Only tasks in this state.
+    pub state: Option<TaskState>,
+    /// Only this agent's tasks.
+    pub agent: Option<String>,
+    /// Only tasks this person started (for an MCP client).
+    pub user: Option<String>,
+    /// Only tasks whose tools include this name exactly.
+    pub tool: Option<String>,
+    /// Only tasks created at or after this time.
+    pub since_ms: Option<i64>,
+    /// Only tasks created before this time.
+    pub until_ms: Option<i64>,
+    /// Only tasks listed after this one (its creation time and id): the next page.
+    pub after: Option<(i64, String)>,
+    /// At most this many.
+    pub limit: i64,
+}
+
 /// A task as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskRecord {
@@ -406,12 +427,8 @@ pub trait Store:
     async fn insert_tasks(&self, tasks: &[NewTask]) -> StoreResult<Vec<bool>>;
     /// Reads a task.
     async fn get_task(&self, task_id: &str) -> StoreResult<Option<TaskRecord>>;
-    /// Lists tasks, newest first, optionally in one state.
-    async fn list_tasks(
-        &self,
-        state: Option<TaskState>,
-        limit: i64,
-    ) -> StoreResult<Vec<TaskRecord>>;
+    /// Lists the tasks `query` selects, newest first (then by task id, descending).
+    async fn list_tasks(&self, query: &TaskQuery) -> StoreResult<Vec<TaskRecord>>;
     /// Active tasks whose window or idle timeout has passed at `now_ms` (by stored activity).
     async fn due_tasks(&self, now_ms: i64) -> StoreResult<Vec<TaskRecord>>;
     /// Tasks whose token is stored in clear (written before tokens were sealed):
@@ -537,6 +554,13 @@ pub trait Store:
     async fn audit_head(&self) -> StoreResult<Option<(i64, String)>>;
     /// Audit rows after `seq`, at most `limit`.
     async fn audit_after(&self, seq: i64, limit: i64) -> StoreResult<Vec<AuditRow>>;
+    /// Up to `limit` audit rows of one task after `seq`, oldest first.
+    async fn audit_of_task(
+        &self,
+        task_id: &str,
+        seq: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<AuditRow>>;
     /// Stores a checkpoint unless one for its seq exists (replicas may sign the same head):
     /// true if this one was stored. An existing checkpoint is never replaced.
     async fn insert_checkpoint(&self, checkpoint: &AuditCheckpoint) -> StoreResult<bool>;

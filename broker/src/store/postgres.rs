@@ -67,6 +67,8 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS audit (
         seq BIGINT PRIMARY KEY, at_ms BIGINT NOT NULL, kind TEXT NOT NULL, actor TEXT NOT NULL, task_id TEXT,
         detail TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS audit_by_task ON audit(task_id, seq) WHERE task_id IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS tasks_by_creation ON tasks(created_at_ms, task_id)",
     "CREATE TABLE IF NOT EXISTS audit_checkpoints (
         seq BIGINT PRIMARY KEY, hash TEXT NOT NULL, at_ms BIGINT NOT NULL, kid BIGINT NOT NULL,
         signature TEXT NOT NULL)",

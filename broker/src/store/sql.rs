@@ -11,7 +11,7 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool,
 
 use super::api::{
     Activation, ApprovalRecord, ApprovalState, AuditCheckpoint, AuditRow, Decided, NewAuditEvent,
-    NewTask, Revocation, Store, StoreResult, TaskRecord, TaskState, ToolPin, UsageBatch,
+    NewTask, Revocation, Store, StoreResult, TaskQuery, TaskRecord, TaskState, ToolPin, UsageBatch,
 };
 use super::dialect::Dialect;
 use super::rows::{
@@ -63,19 +63,43 @@ where
         row.as_ref().map(task_from_row).transpose()
     }
 
-    async fn list_tasks(
-        &self,
-        state: Option<TaskState>,
-        limit: i64,
-    ) -> StoreResult<Vec<TaskRecord>> {
-        let query = match state {
-            Some(state) => sqlx::query(
-                "SELECT * FROM tasks WHERE state = $1 ORDER BY created_at_ms DESC LIMIT $2",
-            )
-            .bind(state.as_str()),
-            None => sqlx::query("SELECT * FROM tasks ORDER BY created_at_ms DESC LIMIT $1"),
+    async fn list_tasks(&self, query: &TaskQuery) -> StoreResult<Vec<TaskRecord>> {
+        // A tool is found in the stored JSON array by its quoted name, LIKE's wildcards
+        // escaped (names may hold `_`).
+        let tool = query.tool.as_ref().map(|tool| {
+            let quoted = serde_json::Value::from(tool.as_str()).to_string();
+            let escaped = quoted
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            format!("%{escaped}%")
+        });
+        let (after_ms, after_id) = match &query.after {
+            Some((ms, id)) => (Some(*ms), Some(id.as_str())),
+            None => (None, None),
         };
-        let rows = query.bind(limit).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(
+            "SELECT * FROM tasks
+             WHERE ($1 IS NULL OR state = $1)
+               AND ($2 IS NULL OR agent = $2)
+               AND ($3 IS NULL OR user_name = $3)
+               AND ($4 IS NULL OR tools LIKE $4 ESCAPE '\\')
+               AND ($5 IS NULL OR created_at_ms >= $5)
+               AND ($6 IS NULL OR created_at_ms < $6)
+               AND ($7 IS NULL OR created_at_ms < $7 OR (created_at_ms = $7 AND task_id < $8))
+             ORDER BY created_at_ms DESC, task_id DESC LIMIT $9",
+        )
+        .bind(query.state.map(TaskState::as_str))
+        .bind(query.agent.as_deref())
+        .bind(query.user.as_deref())
+        .bind(tool)
+        .bind(query.since_ms)
+        .bind(query.until_ms)
+        .bind(after_ms)
+        .bind(after_id)
+        .bind(query.limit)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(task_from_row).collect()
     }
 
@@ -418,6 +442,23 @@ where
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
+        rows.iter().map(audit_row_from_row).collect()
+    }
+
+    async fn audit_of_task(
+        &self,
+        task_id: &str,
+        seq: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<AuditRow>> {
+        let rows = sqlx::query(
+            "SELECT * FROM audit WHERE task_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(task_id)
+        .bind(seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(audit_row_from_row).collect()
     }
 

@@ -337,6 +337,8 @@ impl SqliteStore {
             "CREATE INDEX IF NOT EXISTS revocations_by_expiry ON revocations(expires_at_ms)",
             "DROP INDEX IF EXISTS revocations_by_task",
             "CREATE INDEX IF NOT EXISTS revoked_tokens_by_task ON revocations(task_id) WHERE reason = 'token'",
+            "CREATE INDEX IF NOT EXISTS audit_by_task ON audit(task_id, seq) WHERE task_id IS NOT NULL",
+            "CREATE INDEX IF NOT EXISTS tasks_by_creation ON tasks(created_at_ms, task_id)",
         ] {
             sqlx::query(statement).execute(&pool).await?;
         }

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::api::{
     Activation, ApprovalKind, ApprovalRecord, ApprovalState, AuditCheckpoint, Decided,
-    NewAuditEvent, NewTask, Store, TaskRecord, TaskState, ToolPin, UsageBatch,
+    NewAuditEvent, NewTask, Store, TaskQuery, TaskRecord, TaskState, ToolPin, UsageBatch,
 };
 use super::chain::verify_chain;
 use super::connections_api::{ConnectionRecord, Refreshed, TaskUpstreamToken};
@@ -146,15 +146,152 @@ async fn task_lifecycle(store: Arc<dyn Store>) {
         .insert_task(&task("tsk_b", TaskState::Active), None, None)
         .await
         .unwrap();
+    let query = |state| TaskQuery {
+        state,
+        limit: 10,
+        ..TaskQuery::default()
+    };
     assert_eq!(
         store
-            .list_tasks(Some(TaskState::Completed), 10)
+            .list_tasks(&query(Some(TaskState::Completed)))
             .await
             .unwrap()
             .len(),
         1
     );
-    assert_eq!(store.list_tasks(None, 10).await.unwrap().len(), 2);
+    assert_eq!(store.list_tasks(&query(None)).await.unwrap().len(), 2);
+}
+
+/// Tasks found by agent, person, tool, state and time, a page at a time; a tool name's
+/// `_` or `%` is a character, not a wildcard.
+async fn tasks_searched_and_paged(store: Arc<dyn Store>) {
+    let made = [
+        ("tsk_1", "bot", None, "web.search", 1_000, TaskState::Active),
+        (
+            "tsk_2",
+            "bot",
+            Some("ada"),
+            "web_search",
+            2_000,
+            TaskState::Completed,
+        ),
+        (
+            "tsk_3",
+            "crawler",
+            Some("ada"),
+            "web.search",
+            3_000,
+            TaskState::Revoked,
+        ),
+        ("tsk_4", "bot", None, "webxsearch", 3_000, TaskState::Active),
+        ("tsk_5", "bot", None, "web.search", 3_000, TaskState::Active),
+    ];
+    for (id, agent, user, tool, at, state) in made {
+        let mut record = task(id, state);
+        record.agent = agent.into();
+        record.user = user.map(String::from);
+        record.tools = vec![tool.into(), "notes.read".into()];
+        record.created_at_ms = at;
+        assert!(store.insert_task(&record, None, None).await.unwrap());
+    }
+    let ids = |query: TaskQuery| {
+        let store = store.clone();
+        async move {
+            let query = TaskQuery {
+                limit: if query.limit == 0 { 10 } else { query.limit },
+                ..query
+            };
+            store
+                .list_tasks(&query)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|t| t.task_id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        ids(TaskQuery::default()).await,
+        ["tsk_5", "tsk_4", "tsk_3", "tsk_2", "tsk_1"]
+    );
+    let by_agent = TaskQuery {
+        agent: Some("crawler".into()),
+        ..TaskQuery::default()
+    };
+    assert_eq!(ids(by_agent).await, ["tsk_3"]);
+    let by_user = TaskQuery {
+        user: Some("ada".into()),
+        ..TaskQuery::default()
+    };
+    assert_eq!(ids(by_user).await, ["tsk_3", "tsk_2"]);
+    let by_tool = TaskQuery {
+        tool: Some("web_search".into()),
+        ..TaskQuery::default()
+    };
+    assert_eq!(ids(by_tool).await, ["tsk_2"]);
+    let by_prefix = TaskQuery {
+        tool: Some("web".into()),
+        ..TaskQuery::default()
+    };
+    assert!(ids(by_prefix).await.is_empty(), "a tool matches whole");
+    let by_state_and_time = TaskQuery {
+        state: Some(TaskState::Active),
+        since_ms: Some(2_000),
+        until_ms: Some(3_001),
+        ..TaskQuery::default()
+    };
+    assert_eq!(ids(by_state_and_time).await, ["tsk_5", "tsk_4"]);
+    // Pages of two: each starts after the last row of the one before, ties included.
+    let mut after = None;
+    let mut seen = Vec::new();
+    loop {
+        let page = store
+            .list_tasks(&TaskQuery {
+                after: after.clone(),
+                limit: 2,
+                ..TaskQuery::default()
+            })
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some((last.created_at_ms, last.task_id.clone()));
+        seen.extend(page.into_iter().map(|t| t.task_id));
+    }
+    assert_eq!(seen, ["tsk_5", "tsk_4", "tsk_3", "tsk_2", "tsk_1"]);
+}
+
+/// A task's audit rows, after a position, oldest first; other tasks' rows are not among them.
+async fn audit_rows_of_one_task(store: Arc<dyn Store>) {
+    let event = |task: Option<&str>, n: i64| NewAuditEvent {
+        at_ms: n,
+        kind: "k".into(),
+        actor: "a".into(),
+        task_id: task.map(String::from),
+        detail: json!({ "n": n }),
+    };
+    store
+        .append_audit(&[
+            event(Some("tsk_a"), 1),
+            event(Some("tsk_b"), 2),
+            event(None, 3),
+            event(Some("tsk_a"), 4),
+            event(Some("tsk_a"), 5),
+        ])
+        .await
+        .unwrap();
+    let seqs = |rows: Vec<super::api::AuditRow>| rows.iter().map(|r| r.seq).collect::<Vec<_>>();
+    assert_eq!(
+        seqs(store.audit_of_task("tsk_a", 0, 10).await.unwrap()),
+        [1, 4, 5]
+    );
+    assert_eq!(seqs(store.audit_of_task("tsk_a", 1, 1).await.unwrap()), [4]);
+    assert!(
+        store
+            .audit_of_task("tsk_c", 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn revocations_and_credentials(store: Arc<dyn Store>) {
@@ -1440,6 +1577,14 @@ macro_rules! suite {
         #[tokio::test]
         async fn tasks_inserted_in_one_batch() {
             super::tasks_inserted_in_one_batch($make.await).await
+        }
+        #[tokio::test]
+        async fn tasks_searched_and_paged() {
+            super::tasks_searched_and_paged($make.await).await
+        }
+        #[tokio::test]
+        async fn audit_rows_of_one_task() {
+            super::audit_rows_of_one_task($make.await).await
         }
         #[tokio::test]
         async fn revocations_and_credentials() {

@@ -249,7 +249,12 @@ impl Approvals {
         );
         approval.user = task.user.clone();
         approval.call_tool = call.map(|(tool, _)| tool.to_string());
-        approval.call_args = call.map(|(_, args)| args.clone());
+        // The approver sees the arguments as the timeline does: `writeOnly` values
+        // masked. The approval is bound to the real ones by their hash.
+        approval.call_args = call.map(|(tool, args)| match self.catalog.get(tool) {
+            Some(def) => crate::policy::write_only::masked(&def.input_schema, args),
+            None => Value::String(crate::policy::write_only::MASK.into()),
+        });
         approval.args_hash = call.map(|(_, args)| args_hash(args));
         approval.ttl_ms = ttl_ms;
         let detail = json!({ "approval_id": approval.approval_id, "kind": kind.as_str(), "tool": approval.call_tool, "args_hash": approval.args_hash });
@@ -385,7 +390,9 @@ impl Approvals {
             kind: if approve { "approval.approved" } else { "approval.denied" },
             actor: actor.to_string(),
             task_id: Some(approval.task_id.clone()),
-            detail: json!({ "approval_id": approval_id, "kind": approval.kind.as_str(), "note": note }),
+            // The token an approved issuance or renewal activated, by revocation id.
+            detail: json!({ "approval_id": approval_id, "kind": approval.kind.as_str(), "note": note,
+                "revocation_id": activation.as_ref().map(|a| &a.revocation_id) }),
         })
         .await;
         self.events.publish(

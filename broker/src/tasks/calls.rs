@@ -76,6 +76,37 @@ pub struct TaskContext {
     pub runtime: Arc<TaskRuntime>,
 }
 
+/// What a checked call learnt on its way, for its audit row.
+#[derive(Default)]
+struct Seen {
+    /// The person's connection that served it.
+    connection: Option<String>,
+    /// Its arguments with every `writeOnly` value masked.
+    arguments: Option<Value>,
+    /// What the upstream made of it (`ok`, `tool_error`, or why it failed).
+    upstream: Option<&'static str>,
+}
+
+/// Arguments longer than this (as JSON) are not kept in the audit row, only their length.
+const MAX_AUDITED_ARGUMENTS: usize = 4096;
+
+/// Longest block source an audit row keeps.
+const MAX_BLOCK_SOURCE: usize = 4096;
+
+/// The Datalog of every block a holder appended to the task's token (authority
+/// excluded: Leash wrote it), for the audit row of the derived token's first call.
+fn block_sources(token: &VerifiedToken) -> Vec<String> {
+    (1..token.biscuit.block_count())
+        .map(|index| {
+            let source = token
+                .biscuit
+                .print_block_source(index)
+                .unwrap_or_else(|_| "(unprintable)".into());
+            crate::text::shown(&source, MAX_BLOCK_SOURCE)
+        })
+        .collect()
+}
+
 /// How a checked call ended.
 #[derive(Debug)]
 pub enum CallOutcome {
@@ -146,9 +177,9 @@ impl Calls {
         // Fail closed: no call is admitted while its audit record could not be kept.
         self.audit.check_writable()?;
         let started = std::time::Instant::now();
-        let mut served_by = None;
+        let mut seen = Seen::default();
         let outcome = self
-            .checked_call(&task, tool_name, &what, &args, delivery, &mut served_by)
+            .checked_call(&task, tool_name, &what, &args, delivery, &mut seen)
             .await;
         let (tool_label, outcome_label, took) = match &outcome {
             Ok(CallOutcome::Done(_) | CallOutcome::InputRequired(_)) => {
@@ -192,8 +223,26 @@ impl Calls {
             detail["round"] = json!(round.number);
         }
         // Which person's connection served the call: its id, never its token.
-        if let Some(connection) = served_by {
+        if let Some(connection) = seen.connection {
             detail["connection"] = json!(connection);
+        }
+        // What the call asked, as the timeline and the evidence show it (writeOnly masked).
+        match seen.arguments {
+            Some(shown) if shown.to_string().len() <= MAX_AUDITED_ARGUMENTS => {
+                detail["arguments"] = shown;
+            }
+            Some(shown) => detail["arguments_omitted_bytes"] = json!(shown.to_string().len()),
+            None => {}
+        }
+        if let Some(upstream) = seen.upstream {
+            detail["upstream"] = json!(upstream);
+        }
+        // A token derived from the task's (attenuated by its holder): its whole chain.
+        if task.token.revocation_ids.len() > 1 {
+            detail["chain"] = json!(task.token.revocation_ids);
+            if task.runtime.first_use_of(task.token.own_id()) {
+                detail["blocks"] = json!(block_sources(&task.token));
+            }
         }
         self.audit
             .record(AuditEvent {
@@ -213,7 +262,7 @@ impl Calls {
         what: &Use,
         args: &Value,
         delivery: Delivery<'_>,
-        served_by: &mut Option<String>,
+        seen: &mut Seen,
     ) -> Result<CallOutcome, ApiError> {
         let Delivery {
             approval,
@@ -221,6 +270,7 @@ impl Calls {
             round,
         } = delivery;
         let tool = self.lookup(tool_name, what)?;
+        seen.arguments = Some(crate::policy::write_only::masked(&tool.input_schema, args));
         let Some(arguments) = args.as_object() else {
             return Err(ApiError::BadRequest(
                 "the arguments must be a JSON object".into(),
@@ -325,7 +375,7 @@ impl Calls {
             )
             .await?;
         if let Some(injection) = &injection {
-            served_by.clone_from(&injection.connection_id);
+            seen.connection.clone_from(&injection.connection_id);
         }
         let authorization = injection.as_ref().map(|i| i.authorization.clone());
         if tool.approval == ToolApproval::PerCall {
@@ -366,6 +416,13 @@ impl Calls {
             .upstreams
             .call(&tool, args, capability, authorization, via, round)
             .await;
+        seen.upstream = Some(match &forwarded {
+            Ok(Answer::Parsed(value)) if value.get("isError") == Some(&Value::Bool(true)) => {
+                "tool_error"
+            }
+            Ok(_) => "ok",
+            Err(failure) => failure.kind(),
+        });
         match forwarded {
             Ok(result) => {
                 // The upstream did this round's work, whatever it answered.

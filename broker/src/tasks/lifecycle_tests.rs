@@ -247,7 +247,14 @@ async fn a_task_whose_agent_lost_its_authority_meanwhile_is_ended_not_kept() {
         )
         .await;
     assert!(matches!(refused, Err(ApiError::TokenRevoked(_))));
-    let tasks = kit.store.list_tasks(None, 10).await.unwrap();
+    let tasks = kit
+        .store
+        .list_tasks(&crate::store::TaskQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(tasks.len(), 1);
     assert_eq!(tasks[0].state, TaskState::Revoked);
 }

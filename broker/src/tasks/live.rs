@@ -34,7 +34,13 @@ pub struct TaskRuntime {
     pub(super) last_activity_ms: AtomicI64,
     /// Serialises state changes of this task.
     pub(super) change: Mutex<()>,
+    /// Revocation ids of the derived tokens this replica has seen used (at most
+    /// [`MAX_DERIVED_SEEN`]): the first call of each records the token's blocks.
+    derived_seen: std::sync::Mutex<std::collections::HashSet<String>>,
 }
+
+/// Derived tokens remembered per task; past it, later ones are recorded by id only.
+const MAX_DERIVED_SEEN: usize = 1024;
 
 pub(super) fn state_code(state: TaskState) -> u8 {
     TaskState::ALL.iter().position(|s| *s == state).unwrap_or(0) as u8
@@ -52,7 +58,19 @@ impl TaskRuntime {
             calls: AtomicU64::new(record.calls),
             last_activity_ms: AtomicI64::new(record.last_activity_ms),
             change: Mutex::new(()),
+            derived_seen: std::sync::Mutex::default(),
         }
+    }
+
+    /// Whether this is the first use (on this replica) of the derived token `id`.
+    pub fn first_use_of(&self, id: &str) -> bool {
+        let Ok(mut seen) = self.derived_seen.lock() else {
+            return false;
+        };
+        if seen.contains(id) || seen.len() >= MAX_DERIVED_SEEN {
+            return false;
+        }
+        seen.insert(id.to_string())
     }
 
     /// Current state.

@@ -4,6 +4,7 @@
 pub mod approvals;
 pub mod calls;
 pub mod credentials;
+pub mod history;
 pub mod issue;
 pub mod lifecycle;
 pub mod live;

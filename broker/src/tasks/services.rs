@@ -17,6 +17,7 @@ use crate::store::Store;
 use crate::tasks::approvals::{Approvals, ApprovalsParts};
 use crate::tasks::calls::Calls;
 use crate::tasks::credentials::Credentials;
+use crate::tasks::history::History;
 use crate::tasks::issue::Issuer;
 use crate::tasks::lifecycle::Lifecycle;
 use crate::tasks::runtime::Tasks;
@@ -85,6 +86,8 @@ pub struct Services {
     pub credentials: Arc<Credentials>,
     /// The checked call.
     pub calls: Arc<Calls>,
+    /// Tasks' timelines and signed evidence.
+    pub history: Arc<History>,
 }
 
 impl Services {
@@ -122,6 +125,11 @@ impl Services {
             TokenVerifier::new(parts.keys.clone())
                 .refusing_forwarded(parts.forwarding.pair().public()),
         );
+        let history = Arc::new(History {
+            store: parts.store.clone(),
+            keys: parts.keys.clone(),
+            policy_hash: parts.policy.source_hash.clone(),
+        });
         let credentials = Arc::new(Credentials {
             keys: parts.keys,
             store: parts.store.clone(),
@@ -158,6 +166,7 @@ impl Services {
             lifecycle,
             credentials,
             calls,
+            history,
         }
     }
 }

@@ -91,6 +91,7 @@ impl Kit {
             lifecycle,
             credentials,
             calls,
+            ..
         } = Services::build(ServiceParts {
             store: store.clone(),
             audit: audit.clone(),

@@ -177,6 +177,18 @@ pub enum UpstreamFailure {
 }
 
 impl UpstreamFailure {
+    /// One word for the audit: `timeout`, `unreachable`, `tls`, `unauthorized`,
+    /// `bad_answer`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamFailure::Timeout { .. } => "timeout",
+            UpstreamFailure::Unreachable { .. } => "unreachable",
+            UpstreamFailure::Tls { .. } => "tls",
+            UpstreamFailure::Unauthorized { .. } => "unauthorized",
+            UpstreamFailure::BadAnswer { .. } => "bad_answer",
+        }
+    }
+
     /// Whether the upstream did no work we know of (the call should not count).
     pub fn not_performed(&self) -> bool {
         matches!(

@@ -83,6 +83,9 @@ pub struct TaskView {
 pub struct TaskList {
     /// Newest first.
     pub tasks: Vec<TaskView>,
+    /// When more tasks match: pass it as `after` for the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// Body of `POST /v1/tasks/{id}/renew`.
@@ -102,4 +105,59 @@ pub struct TaskEnded {
     pub task_id: String,
     /// `completed`, `revoked` or `expired`: the task's final state.
     pub state: String,
+}
+
+/// `GET /v1/tasks/{id}/timeline`: a page of what happened in one task, oldest first.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskTimeline {
+    /// The task as it stands.
+    pub task: TaskView,
+    /// Its audit rows after the asked position: issuance, approvals, every call (tool,
+    /// outcome, upstream, arguments with `writeOnly` values masked), renewals, the end.
+    pub entries: Vec<TimelineEntry>,
+    /// Ask again with `after` set to this for what comes next.
+    pub next: i64,
+}
+
+/// One entry of a task's timeline: one audit row.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    /// The row's position in the audit chain.
+    pub seq: i64,
+    /// When (RFC 3339).
+    pub at: String,
+    /// What happened (`task.issued`, `approval.approved`, `call.allowed`, …).
+    pub kind: String,
+    /// Who (`agent:x`, `user:y`, `approver:z`, `broker`).
+    pub actor: String,
+    /// The row's details (never a token or secret).
+    pub detail: serde_json::Value,
+}
+
+/// `GET /v1/tasks/{id}/evidence`: a task's facts, signed by the deployment's root key.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskEvidence {
+    /// The facts (`format` `leash-task-evidence-v1`): the task, the policy's hash, who
+    /// approved it, its tokens by revocation id, counts, and its audit rows with their
+    /// hashes and the latest signed checkpoint.
+    pub evidence: serde_json::Value,
+    /// Ed25519 over the RFC 8785 (JCS) canonical JSON of `evidence`.
+    pub signature: EvidenceSignature,
+}
+
+/// The signature of a [`TaskEvidence`].
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EvidenceSignature {
+    /// The root key id (see `/.well-known/leash/keys`).
+    pub kid: u32,
+    /// Always `ed25519`.
+    pub alg: String,
+    /// The signature, base64url without padding.
+    pub value: String,
 }
