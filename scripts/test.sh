@@ -10,7 +10,8 @@
 #     Node 22 for it, pinned by tests/oidc/package-lock.json, for the OIDC sign-in
 #     tests; biscuit-python and the MCP Python SDK (mcp) from PyPI in
 #     target/interop-venv for the independent token check and the MCP interop tests,
-#     and schemathesis for the OpenAPI contract test;
+#     schemathesis for the OpenAPI contract test, rfc8785 and cryptography for the
+#     independent check of task evidence;
 #  2. makes sure this machine's PostgreSQL is up (store suite, replica tests) and
 #     builds the `leash` binary (the process tests start it);
 #  3. checks the Python SDK (ruff, mypy --strict) and runs its tests (pytest against the
@@ -44,10 +45,10 @@ if [ ! -d tests/oidc/node_modules/oidc-provider ] \
 fi
 
 VENV=target/interop-venv
-if ! "$VENV/bin/python" -c "import biscuit_auth, mcp, schemathesis" >/dev/null 2>&1; then
+if ! "$VENV/bin/python" -c "import biscuit_auth, mcp, schemathesis, rfc8785, cryptography" >/dev/null 2>&1; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check \
-    biscuit-python==0.4.0 mcp==2.3.0 schemathesis==4.32.5
+    biscuit-python==0.4.0 mcp==2.3.0 schemathesis==4.32.5 rfc8785==0.1.4 cryptography==50.0.2
 fi
 
 SDK_VENV=target/sdk-venv

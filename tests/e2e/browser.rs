@@ -134,3 +134,175 @@ async fn an_approver_approves_and_revokes_in_headless_chromium() {
         assert!(shots.join(shot).exists(), "{shot}");
     }
 }
+
+const TIMELINE_POLICY: &str = r#"
+[tools."web.search"]
+upstream = "http://{UP}/search"
+input_schema = { type = "object" }
+
+[tools."vault.login"]
+upstream = "http://{UP}/login"
+input_schema = { type = "object", properties = { user = { type = "string" }, password = { type = "string", writeOnly = true } } }
+
+[agents.worker]
+tools = ["web.search", "vault.login"]
+max_ttl_seconds = 600
+"#;
+
+/// An approver watches a task's timeline fill up live while the agent works, sees a
+/// `writeOnly` argument masked, revokes the task from the timeline — the agent's next
+/// call is refused — and prints its signed evidence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approver_watches_a_task_timeline_live_and_revokes_it_there() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let shots = root.join("../target/screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let broker = TestBroker::spawn_with(TIMELINE_POLICY).await;
+    let agent = broker.agent("worker").await;
+    let approver = broker.approver("ann").await;
+    let mut browser = Command::new("node")
+        .arg(root.join("browser/timeline.mjs"))
+        .arg(&broker.url)
+        .arg(&approver)
+        .arg(&shots)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut said = BufReader::new(browser.stdout.take().unwrap()).lines();
+    let mut tell = browser.stdin.take().unwrap();
+    let mut expect = async |word: &str| -> String {
+        let line = tokio::time::timeout(Duration::from_secs(60), said.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("the browser did not say {word} in time"))
+            .unwrap()
+            .unwrap_or_default();
+        let rest = line.trim().strip_prefix(word);
+        rest.unwrap_or_else(|| panic!("the browser said {line:?}, not {word}"))
+            .trim()
+            .to_string()
+    };
+
+    expect("READY").await;
+    let opened = broker
+        .post(
+            "/v1/tasks",
+            Some(&agent),
+            json!({"purpose": "Summarise the quarterly report and file it in the vault", "tools": ["web.search", "vault.login"]}),
+        )
+        .await;
+    assert_eq!(opened.status, 201, "{opened:?}");
+    let task_id = opened.body["task_id"].as_str().unwrap().to_string();
+    let token = opened.body["token"].as_str().unwrap().to_string();
+    assert_eq!(
+        broker
+            .call(&token, "web.search", json!({"q": "first"}))
+            .await
+            .status,
+        200
+    );
+    broker.state.audit.flush().await;
+    tell.write_all(format!("OPEN {task_id}\n").as_bytes())
+        .await
+        .unwrap();
+    expect("OPENED").await;
+
+    // Made while the approver watches: they must arrive through the event stream.
+    let secret = "hunter2-correct-horse";
+    let login = broker
+        .call(
+            &token,
+            "vault.login",
+            json!({"user": "ada", "password": secret}),
+        )
+        .await;
+    assert_eq!(login.status, 200, "{login:?}");
+    let unknown = broker.call(&token, "web.nothing", json!({})).await;
+    assert_eq!(unknown.status, 404);
+    assert_eq!(
+        broker
+            .call(&token, "web.search", json!({"q": "quarterly report"}))
+            .await
+            .status,
+        200
+    );
+    tell.write_all(b"EXPECT 4\n").await.unwrap();
+    let seen: serde_json::Value = serde_json::from_str(&expect("SEEN").await).unwrap();
+    let text = seen["text"].as_str().unwrap();
+    assert!(
+        !text.contains(secret),
+        "the password is on the page: {text}"
+    );
+    let args: Vec<&str> = seen["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        args.iter()
+            .any(|a| a.contains("\"[writeOnly]\"") && a.contains("\"ada\"")),
+        "{args:?}"
+    );
+    assert!(
+        args.iter().any(|a| a.contains("quarterly report")),
+        "{args:?}"
+    );
+    assert_eq!(
+        seen["kinds"],
+        json!([
+            "task.issued",
+            "call.allowed",
+            "call.allowed",
+            "call.denied",
+            "call.allowed"
+        ])
+    );
+
+    tell.write_all(b"REVOKE\n").await.unwrap();
+    expect("REVOKED").await;
+    let refused = broker
+        .call(&token, "web.search", json!({"q": "after"}))
+        .await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (401, "token_revoked"),
+        "{refused:?}"
+    );
+
+    tell.write_all(b"EVIDENCE\n").await.unwrap();
+    let printed: serde_json::Value = serde_json::from_str(&expect("EVIDENCE").await).unwrap();
+    assert!(printed["rows"].as_u64().unwrap() >= 6, "{printed}");
+    assert_eq!(printed["searchShown"], false, "only the evidence prints");
+    assert_eq!(printed["violations"], json!([]), "the page broke its CSP");
+    let facts = printed["facts"].as_str().unwrap();
+    assert!(facts.contains("3 allowed, 1 refused, 0 held"), "{facts}");
+    assert!(
+        browser.wait().await.unwrap().success(),
+        "the browser script failed"
+    );
+
+    // Nothing kept holds the password: not the audit rows, not the evidence.
+    broker.state.audit.flush().await;
+    let audit = broker.get("/v1/audit?after=0", Some(ADMIN)).await;
+    assert!(!audit.body.to_string().contains(secret));
+    let evidence = broker
+        .get(&format!("/v1/tasks/{task_id}/evidence"), Some(&approver))
+        .await;
+    assert_eq!(evidence.status, 200);
+    assert!(!evidence.body.to_string().contains(secret));
+    for shot in [
+        "task-timeline.png",
+        "task-timeline-phone.png",
+        "task-evidence-print.png",
+    ] {
+        assert!(shots.join(shot).exists(), "{shot}");
+    }
+    std::fs::copy(
+        shots.join("task-timeline.png"),
+        root.join("../docs/task-timeline.png"),
+    )
+    .expect("docs/task-timeline.png written");
+}

@@ -11,6 +11,7 @@ mod browser;
 mod conformance_auth;
 mod conformance_server;
 mod connections;
+mod evidence;
 mod faults;
 mod interop;
 mod lifecycle;
