@@ -21,6 +21,9 @@ pub struct ServeConfig {
     pub admin_token: Option<String>,
     /// How often expired and idle tasks are swept.
     pub sweep_interval: Duration,
+    /// How long an ended task's record and audit rows are kept (then pruned, only up to
+    /// a signed checkpoint).
+    pub task_retention: Duration,
     /// Largest request body.
     pub body_limit: usize,
     /// First backoff step of webhook retries (doubles each time).
@@ -97,6 +100,7 @@ impl ServeConfig {
             database_url: None,
             admin_token: None,
             sweep_interval: Duration::from_secs(1),
+            task_retention: Duration::from_secs(90 * 24 * 3600),
             body_limit: 1024 * 1024,
             webhook_first_retry: Duration::from_millis(500),
             capability_ttl: Duration::from_secs(30),

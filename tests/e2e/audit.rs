@@ -517,3 +517,122 @@ async fn checkpoints_are_signed_every_t_seconds_only_when_there_are_new_events()
     })
     .await;
 }
+
+// ---- Retention: ended tasks pruned, only up to a signed checkpoint ----
+
+/// Ended tasks past their retention are pruned with the audit rows before them, only up
+/// to a signed checkpoint; a running task keeps its rows and its evidence; the pruned log
+/// still verifies from that checkpoint, and deleting one more row does not.
+#[tokio::test]
+async fn retention_prunes_ended_tasks_only_up_to_a_signed_checkpoint() {
+    let broker = TestBroker::spawn_tuned(crate::common::POLICY, |config| {
+        config.task_retention = std::time::Duration::from_millis(1);
+    })
+    .await;
+    let agent = broker.agent("bot").await;
+    let approver = broker.approver("ann").await;
+    let (ended, token) = broker.task(&agent, &["web.search"]).await;
+    assert_eq!(
+        broker
+            .call(&token, "web.search", json!({"query": "x"}))
+            .await
+            .status,
+        200
+    );
+    let done = broker
+        .post(
+            &format!("/v1/tasks/{ended}/complete"),
+            Some(&token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(done.status, 200);
+    broker.state.audit.flush().await;
+    let signer = leash_broker::audit::checkpoint::Checkpoints {
+        audit: broker.state.audit.clone(),
+        store: broker.state.store.clone(),
+        keys: broker.state.keys.clone(),
+        clock: broker.state.clock.clone(),
+        file: None,
+        interval: std::time::Duration::ZERO,
+    };
+    let anchor = signer.checkpoint_head().await.unwrap().unwrap().seq;
+    // A task still running: none of its rows, nor any row after its first, may go.
+    let (running, running_token) = broker.task(&agent, &["web.search"]).await;
+    assert_eq!(
+        broker
+            .call(&running_token, "web.search", json!({"query": "y"}))
+            .await
+            .status,
+        200
+    );
+    broker.state.audit.flush().await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+
+    let pruned = leash_broker::app::run::prune_history(&broker.state)
+        .await
+        .unwrap();
+    assert_eq!(pruned.through_seq, Some(anchor), "{pruned:?}");
+    assert_eq!(pruned.tasks, 1, "{pruned:?}");
+    assert_eq!(
+        leash_broker::app::run::prune_history(&broker.state)
+            .await
+            .unwrap()
+            .through_seq,
+        None,
+        "nothing more until a later checkpoint"
+    );
+    for path in [
+        format!("/v1/tasks/{ended}"),
+        format!("/v1/tasks/{ended}/evidence"),
+    ] {
+        let gone = broker.get(&path, Some(&approver)).await;
+        assert_eq!(gone.status, 404, "{path}: {gone:?}");
+    }
+    let kept = broker
+        .get(&format!("/v1/tasks/{running}/evidence"), Some(&approver))
+        .await;
+    assert_eq!(kept.status, 200);
+    assert_eq!(kept.body["evidence"]["summary"]["calls_allowed"], 1);
+    assert_eq!(
+        broker
+            .call(&running_token, "web.search", json!({"query": "z"}))
+            .await
+            .status,
+        200,
+        "the running task goes on"
+    );
+
+    let folder = broker.shutdown().await;
+    let data = folder.path();
+    let (ok, out) = audit_verify(data);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "rows 1 to {anchor} were pruned for retention; the signed checkpoint at seq {anchor} anchors the rest"
+        )),
+        "{out}"
+    );
+    let mut conn = open_db(data).await;
+    assert_eq!(
+        scalar(
+            &mut conn,
+            "SELECT COUNT(*) FROM audit WHERE kind = 'audit.pruned'"
+        )
+        .await,
+        1,
+        "the pruning is itself recorded"
+    );
+    // Someone deletes one more row at the start: no checkpoint anchors what remains.
+    sqlx::query("DELETE FROM audit WHERE seq = ?")
+        .bind(anchor + 1)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let (ok, out) = audit_verify(data);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!("no signed checkpoint at seq {}", anchor + 1)),
+        "{out}"
+    );
+}

@@ -791,3 +791,70 @@ async fn audit_verify_checks_a_postgres_deployment() {
         "{out}"
     );
 }
+
+/// A task's evidence is built from the shared database only: fetched from another
+/// replica it is the same, byte for byte — signature included — and it verifies.
+#[tokio::test]
+async fn a_tasks_evidence_is_the_same_on_every_replica() {
+    let mut deployment = Deployment::new().await;
+    // No checkpoint by time: the two fetches must see the same latest checkpoint.
+    let quiet = [("LEASH_AUDIT_CHECKPOINT_SECONDS", "0".to_string())];
+    let a = deployment.replica_with(&quiet).await;
+    let b = deployment.replica_with(&quiet).await;
+    let agent = credential(&a.url, "/v1/agents/bot/credentials").await;
+    let ann = credential(&a.url, "/v1/approvers/ann/credentials").await;
+    let (task_id, token) = task(&a.url, &agent).await;
+    assert_eq!(call(&a.url, &token).await.status, 200);
+    assert_eq!(call(&b.url, &token).await.status, 200);
+    let done = post_json(
+        &format!("{}/v1/tasks/{task_id}/complete", b.url),
+        Some(&token),
+        json!({}),
+    )
+    .await;
+    assert_eq!(done.status, 200, "{done:?}");
+    let http = reqwest::Client::new();
+    let fetch = async |url: &str| -> String {
+        let reply = http
+            .get(format!("{url}/v1/tasks/{task_id}/evidence"))
+            .bearer_auth(&ann)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 200);
+        reply.text().await.unwrap()
+    };
+    // Each replica writes its own rows behind its answers: wait until all four are in.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let from_a = loop {
+        let text = fetch(&a.url).await;
+        let evidence: Value = serde_json::from_str(&text).unwrap();
+        if evidence["evidence"]["audit"]["count"] == 4 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "rows never arrived: {evidence}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let from_b = fetch(&b.url).await;
+    assert_eq!(from_a, from_b, "the same evidence from either replica");
+    let evidence: Value = serde_json::from_str(&from_a).unwrap();
+    assert_eq!(evidence["evidence"]["summary"]["calls_allowed"], 2);
+    assert_eq!(evidence["evidence"]["task"]["state"], "completed");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("evidence.json");
+    std::fs::write(&file, &from_b).unwrap();
+    let out = Command::new(leash_binary())
+        .args(["evidence", "verify"])
+        .arg(&file)
+        .arg("--keys")
+        .arg(format!("{}/.well-known/leash/keys", a.url))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -85,6 +85,9 @@ pub async fn run(
 /// How often revoked ids past their window are forgotten.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
+/// Retention runs on every this many prune passes (hourly).
+const HISTORY_PRUNE_EVERY_PASSES: u64 = 60;
+
 /// Forgets revoked ids whose tokens are past their windows (plus the clock margin), in
 /// the feed and in memory. Such a token is refused by its own expiry check, so nothing
 /// it could do comes back; the set stops growing with old revocations.
@@ -96,6 +99,29 @@ pub async fn prune_revocations(state: &AppState) -> anyhow::Result<(u64, usize)>
         .await?;
     let from_memory = state.revoked.prune(now);
     Ok((from_feed, from_memory))
+}
+
+/// Retention: prunes ended tasks older than `--task-retention-days` and the audit rows
+/// before them, only up to a signed checkpoint, and records that it did.
+pub async fn prune_history(state: &AppState) -> anyhow::Result<crate::store::Pruned> {
+    let retention = i64::try_from(state.config.task_retention.as_millis()).unwrap_or(i64::MAX);
+    let before = state.clock.now_ms().saturating_sub(retention);
+    let pruned = state.store.prune_history(before).await?;
+    if let Some(through_seq) = pruned.through_seq {
+        state
+            .audit
+            .record(crate::audit::log::AuditEvent {
+                kind: "audit.pruned",
+                actor: "broker".into(),
+                task_id: None,
+                detail: serde_json::json!({
+                    "through_seq": through_seq, "rows": pruned.rows, "tasks": pruned.tasks,
+                    "ended_before": crate::clock::rfc3339(before),
+                }),
+            })
+            .await;
+    }
+    Ok(pruned)
 }
 
 /// How often ended tasks' provider tokens are looked for (tasks other replicas ended, and
@@ -126,6 +152,7 @@ async fn sweep_forever(state: AppState) {
     let mut ticker = tokio::time::interval(state.config.sweep_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_prune = tokio::time::Instant::now();
+    let mut prune_passes: u64 = 0;
     loop {
         ticker.tick().await;
         if last_prune.elapsed() >= PRUNE_EVERY {
@@ -142,6 +169,20 @@ async fn sweep_forever(state: AppState) {
                 }
                 Err(err) => tracing::warn!(error = %err, "pruning revoked ids failed; will retry"),
             }
+            // Retention scans the audit table: once an hour is plenty (from the first pass).
+            if prune_passes.is_multiple_of(HISTORY_PRUNE_EVERY_PASSES) {
+                match prune_history(&state).await {
+                    Ok(pruned) if pruned.through_seq.is_none() => {}
+                    Ok(pruned) => tracing::info!(
+                        rows = pruned.rows,
+                        tasks = pruned.tasks,
+                        through_seq = pruned.through_seq,
+                        "pruned ended tasks past their retention"
+                    ),
+                    Err(err) => tracing::warn!(error = %err, "pruning history failed; will retry"),
+                }
+            }
+            prune_passes += 1;
         }
         match state.tasks.sweep().await {
             Ok(0) => {}

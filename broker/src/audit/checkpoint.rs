@@ -310,6 +310,8 @@ pub struct Verified {
     pub head: i64,
     /// The last row's hash.
     pub head_hash: String,
+    /// Rows up to this seq were pruned for retention; the checkpoint there anchors the rest.
+    pub pruned_through: Option<i64>,
     /// Distinct checkpoints checked.
     pub checkpoints: usize,
     /// The latest checkpoint, if any.
@@ -356,6 +358,25 @@ pub async fn verify_log(
         }
     }
     let mut head: (i64, String) = (0, String::new());
+    // A log pruned for retention starts after a signed checkpoint, which anchors it.
+    let first = store.audit_after(0, 1).await?;
+    let mut pruned_through = None;
+    if let Some(first) = first.first()
+        && first.seq > 1
+    {
+        let anchor = first.seq - 1;
+        let Some((checkpoint, _)) = by_seq.get(&anchor).and_then(|all| all.first()) else {
+            return Ok(Err(ChainBreak {
+                seq: 1,
+                reason: format!(
+                    "rows 1 to {anchor} are missing and no signed checkpoint at seq {anchor} anchors the rest (retention prunes only up to a checkpoint)"
+                ),
+            }
+            .into()));
+        };
+        head = (anchor, checkpoint.hash.clone());
+        pruned_through = Some(anchor);
+    }
     loop {
         let rows = store.audit_after(head.0, 5000).await?;
         if rows.is_empty() {
@@ -407,6 +428,7 @@ pub async fn verify_log(
     Ok(Ok(Verified {
         head: head.0,
         head_hash: head.1,
+        pruned_through,
         checkpoints: by_seq.values().map(Vec::len).sum(),
         latest: latest.map(|(c, _)| c.clone()),
     }))

@@ -133,6 +133,11 @@ pub struct ServeArgs {
     /// How often expired and idle tasks are swept, in milliseconds.
     #[arg(long, env = "LEASH_SWEEP_INTERVAL_MS", default_value_t = 1000)]
     pub sweep_interval_ms: u64,
+    /// Days an ended task's record and audit rows are kept; then they are pruned, only
+    /// up to a signed audit checkpoint (which stays and anchors the rest of the chain).
+    #[arg(long, env = "LEASH_TASK_RETENTION_DAYS", default_value_t = 90,
+          value_parser = clap::value_parser!(u64).range(1..=36_500))]
+    pub task_retention_days: u64,
     /// Largest request body, in bytes.
     #[arg(long, env = "LEASH_BODY_LIMIT", default_value_t = 1024 * 1024)]
     pub body_limit: usize,
@@ -254,6 +259,7 @@ impl ServeArgs {
             database_url: self.database_url,
             admin_token,
             sweep_interval: Duration::from_millis(self.sweep_interval_ms.max(10)),
+            task_retention: Duration::from_secs(self.task_retention_days * 24 * 3600),
             body_limit: self.body_limit,
             webhook_first_retry: Duration::from_millis(500),
             capability_ttl: Duration::from_secs(self.capability_ttl_seconds.clamp(1, 3600)),

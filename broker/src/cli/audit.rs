@@ -48,9 +48,14 @@ pub async fn verify_audit(args: AuditVerifyArgs) -> anyhow::Result<ExitCode> {
     match verify_log(store.as_ref(), &file, &keys).await? {
         Ok(verified) => {
             println!(
-                "audit chain verifies: {} events, head {}",
+                "audit chain verifies: through seq {}, head {}",
                 verified.head, verified.head_hash
             );
+            if let Some(pruned) = verified.pruned_through {
+                println!(
+                    "rows 1 to {pruned} were pruned for retention; the signed checkpoint at seq {pruned} anchors the rest"
+                );
+            }
             match &verified.latest {
                 Some(latest) => println!(
                     "{} checkpoint(s) verify{}; the latest covers seq {} (signed {} by root key {})",

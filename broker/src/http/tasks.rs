@@ -33,6 +33,7 @@ use crate::tokens::verify::TokenVerifier;
     responses(
         (status = 201, description = "The task is active; its token is in the answer", body = TaskIssued),
         (status = 202, description = "The task waits for an approver (poll `GET /v1/tasks/{id}?wait=`)", body = TaskIssued),
+        (status = 404, description = "A tool the request names is not in the catalog (`unknown_tool`)", body = leash_sdk::protocol::ErrorBody),
         (status = 429, description = "The agent's request rate is used up (see Retry-After)", body = leash_sdk::protocol::ErrorBody),
     ))]
 pub async fn create(

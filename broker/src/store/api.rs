@@ -98,6 +98,17 @@ pub struct TaskQuery {
     pub limit: i64,
 }
 
+/// What [`Store::prune_history`] deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Audit rows up to and including this seq are gone (a signed checkpoint names it).
+    pub through_seq: Option<i64>,
+    /// How many audit rows were deleted.
+    pub rows: u64,
+    /// How many ended tasks were deleted.
+    pub tasks: u64,
+}
+
 /// A task as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskRecord {
@@ -568,4 +579,10 @@ pub trait Store:
     async fn checkpoints_after(&self, seq: i64, limit: i64) -> StoreResult<Vec<AuditCheckpoint>>;
     /// The checkpoint with the highest seq.
     async fn latest_checkpoint(&self) -> StoreResult<Option<AuditCheckpoint>>;
+    /// Retention: deletes the oldest audit rows, through the newest signed checkpoint
+    /// such that no row after it is younger than `before_ms` or belongs to a task that
+    /// has not ended before `before_ms` (never the chain's head), then every task that
+    /// ended before `before_ms` and has no audit row left, with its decided approvals
+    /// and its token list. The checkpoint stays: it anchors the rows that remain.
+    async fn prune_history(&self, before_ms: i64) -> StoreResult<Pruned>;
 }

@@ -11,7 +11,8 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool,
 
 use super::api::{
     Activation, ApprovalRecord, ApprovalState, AuditCheckpoint, AuditRow, Decided, NewAuditEvent,
-    NewTask, Revocation, Store, StoreResult, TaskQuery, TaskRecord, TaskState, ToolPin, UsageBatch,
+    NewTask, Pruned, Revocation, Store, StoreResult, TaskQuery, TaskRecord, TaskState, ToolPin,
+    UsageBatch,
 };
 use super::dialect::Dialect;
 use super::rows::{
@@ -460,6 +461,10 @@ where
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(audit_row_from_row).collect()
+    }
+
+    async fn prune_history(&self, before_ms: i64) -> StoreResult<Pruned> {
+        self.prune_history_tx(before_ms).await
     }
 
     async fn insert_checkpoint(&self, c: &AuditCheckpoint) -> StoreResult<bool> {

@@ -7,7 +7,7 @@ use sqlx::{
 };
 
 use super::api::{
-    Activation, ApprovalKind, ApprovalState, Decided, NewAuditEvent, NewTask, Revocation,
+    Activation, ApprovalKind, ApprovalState, Decided, NewAuditEvent, NewTask, Pruned, Revocation,
     StoreError, StoreResult, TaskState, UsageBatch,
 };
 use super::chain::chain_after;
@@ -503,6 +503,73 @@ where
 
     /// [`super::api::Store::append_audit`]: chained after the head read under the audit
     /// lock, so every replica extends one chain.
+    pub(super) async fn prune_history_tx(&self, before_ms: i64) -> StoreResult<Pruned> {
+        let mut tx = self.dialect.begin_write(&self.pool).await?;
+        // Under the chain's lock: the head cannot move while the cut is chosen.
+        self.dialect.lock(&mut tx, Lock::Audit).await?;
+        let bounds = sqlx::query("SELECT MIN(seq) AS first, MAX(seq) AS head FROM audit")
+            .fetch_one(&mut *tx)
+            .await?;
+        let (Some(first), Some(head)) = (
+            bounds.try_get::<Option<i64>, _>("first")?,
+            bounds.try_get::<Option<i64>, _>("head")?,
+        ) else {
+            return Ok(Pruned::default());
+        };
+        // The oldest row that must stay: young, or of a task still running or ended
+        // within the retention.
+        let kept: Option<i64> = sqlx::query(
+            "SELECT MIN(seq) AS kept FROM audit WHERE at_ms >= $1
+               OR (task_id IS NOT NULL AND EXISTS (SELECT 1 FROM tasks t
+                   WHERE t.task_id = audit.task_id AND (t.ended_at_ms IS NULL OR t.ended_at_ms >= $1)))",
+        )
+        .bind(before_ms)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("kept")?;
+        let limit = kept.map_or(head, |kept| kept - 1).min(head - 1);
+        let anchor: Option<i64> =
+            sqlx::query("SELECT MAX(seq) AS anchor FROM audit_checkpoints WHERE seq <= $1")
+                .bind(limit)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("anchor")?;
+        let Some(anchor) = anchor.filter(|anchor| *anchor >= first) else {
+            return Ok(Pruned::default());
+        };
+        let rows = sqlx::query("DELETE FROM audit WHERE seq <= $1")
+            .bind(anchor)
+            .execute(&mut *tx)
+            .await?;
+        let tasks = sqlx::query(
+            "DELETE FROM tasks WHERE ended_at_ms IS NOT NULL AND ended_at_ms < $1
+               AND NOT EXISTS (SELECT 1 FROM audit a WHERE a.task_id = tasks.task_id)",
+        )
+        .bind(before_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM approvals WHERE state <> 'pending' AND task_id <> '' AND requested_at_ms < $1
+               AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.task_id = approvals.task_id)",
+        )
+        .bind(before_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM task_tokens WHERE issued_at_ms < $1
+               AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.task_id = task_tokens.task_id)",
+        )
+        .bind(before_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Pruned {
+            through_seq: Some(anchor),
+            rows: D::rows_affected(&rows),
+            tasks: D::rows_affected(&tasks),
+        })
+    }
+
     pub(super) async fn append_audit_tx(&self, events: &[NewAuditEvent]) -> StoreResult<()> {
         let mut tx = self.dialect.begin_write(&self.pool).await?;
         self.dialect.lock(&mut tx, Lock::Audit).await?;

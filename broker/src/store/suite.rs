@@ -294,6 +294,84 @@ async fn audit_rows_of_one_task(store: Arc<dyn Store>) {
     );
 }
 
+/// Retention cuts the chain only at a signed checkpoint, never past the first row a kept
+/// task or a young row needs, never the head; a task goes once its last row is gone.
+async fn history_pruned_only_up_to_a_checkpoint(store: Arc<dyn Store>) {
+    let mut old = task("tsk_old", TaskState::Completed);
+    old.ended_at_ms = Some(100);
+    let mut recent = task("tsk_recent", TaskState::Completed);
+    recent.ended_at_ms = Some(5_000);
+    let running = task("tsk_running", TaskState::Active);
+    for record in [&old, &recent, &running] {
+        assert!(store.insert_task(record, None, None).await.unwrap());
+    }
+    let event = |task: Option<&str>, at_ms: i64| NewAuditEvent {
+        at_ms,
+        kind: "k".into(),
+        actor: "a".into(),
+        task_id: task.map(String::from),
+        detail: json!({}),
+    };
+    store
+        .append_audit(&[
+            event(Some("tsk_old"), 50),
+            event(None, 60),
+            event(Some("tsk_old"), 100),
+            event(Some("tsk_recent"), 200),
+            event(None, 300),
+            event(Some("tsk_running"), 400),
+        ])
+        .await
+        .unwrap();
+    let checkpoint = |seq: i64| AuditCheckpoint {
+        seq,
+        hash: format!("h{seq}"),
+        at_ms: 1,
+        kid: 1,
+        signature: "s".into(),
+    };
+    assert_eq!(
+        store.prune_history(1_000).await.unwrap(),
+        super::api::Pruned::default(),
+        "no checkpoint, no cut"
+    );
+    store.insert_checkpoint(&checkpoint(2)).await.unwrap();
+    store.insert_checkpoint(&checkpoint(5)).await.unwrap();
+    // Row 4 belongs to a task that ended within the retention: the cut is at 2.
+    let pruned = store.prune_history(1_000).await.unwrap();
+    assert_eq!(
+        (pruned.through_seq, pruned.rows, pruned.tasks),
+        (Some(2), 2, 0)
+    );
+    assert!(
+        store.get_task("tsk_old").await.unwrap().is_some(),
+        "row 3 is its"
+    );
+    store.insert_checkpoint(&checkpoint(3)).await.unwrap();
+    let pruned = store.prune_history(1_000).await.unwrap();
+    assert_eq!(
+        (pruned.through_seq, pruned.rows, pruned.tasks),
+        (Some(3), 1, 1)
+    );
+    assert!(store.get_task("tsk_old").await.unwrap().is_none());
+    assert_eq!(store.prune_history(1_000).await.unwrap().through_seq, None);
+    // Later, the recent task is old too; the running one still holds row 6 — and
+    // the head is never cut, so the chain goes on.
+    store.insert_checkpoint(&checkpoint(6)).await.unwrap();
+    let pruned = store.prune_history(10_000).await.unwrap();
+    assert_eq!((pruned.through_seq, pruned.tasks), (Some(5), 1));
+    assert!(store.get_task("tsk_recent").await.unwrap().is_none());
+    assert!(store.get_task("tsk_running").await.unwrap().is_some());
+    let left: Vec<i64> = store
+        .audit_after(0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(left, [6]);
+}
+
 async fn revocations_and_credentials(store: Arc<dyn Store>) {
     store
         .insert_credential("cc01", "agent", "bot", 1, Some(50_000))
@@ -1585,6 +1663,10 @@ macro_rules! suite {
         #[tokio::test]
         async fn audit_rows_of_one_task() {
             super::audit_rows_of_one_task($make.await).await
+        }
+        #[tokio::test]
+        async fn history_pruned_only_up_to_a_checkpoint() {
+            super::history_pruned_only_up_to_a_checkpoint($make.await).await
         }
         #[tokio::test]
         async fn revocations_and_credentials() {
