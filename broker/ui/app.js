@@ -50,7 +50,12 @@ function left(iso) {
   return (m > 0 ? m + " min " : "") + s + " s";
 }
 
-function fill(node, selector, text) { node.querySelector(selector).textContent = text; }
+// Bidirectional controls in agent text could reorder what an approver reads (a purpose
+// that seems to name other tools): they are shown as U+FFFD, never applied.
+const BIDI = /[\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]/g;
+function clean(text) { return String(text).replace(BIDI, "\uFFFD"); }
+
+function fill(node, selector, text) { node.querySelector(selector).textContent = clean(text); }
 
 function renderApprovals(approvals) {
   const list = $("pending");
@@ -234,12 +239,12 @@ async function search(more) {
     for (const t of found.tasks) {
       const row = document.createElement("tr");
       row.dataset.listedTask = t.task_id;
-      const cell = (text) => { const td = document.createElement("td"); td.textContent = text; row.append(td); return td; };
+      const cell = (text) => { const td = document.createElement("td"); td.textContent = clean(text); row.append(td); return td; };
       cell(new Date(t.created_at).toLocaleString());
       const who = cell("");
       const link = document.createElement("a");
       link.href = "#task/" + t.task_id;
-      link.textContent = t.user ? t.user + " via " + t.agent : t.agent;
+      link.textContent = clean(t.user ? t.user + " via " + t.agent : t.agent);
       who.append(link);
       cell(t.purpose);
       cell(t.state.replace("_", " "));
@@ -318,11 +323,11 @@ async function loadTimeline() {
 }
 
 function renderTaskHead(t) {
-  $("task-title").textContent = t.user ? t.user + " via " + t.agent : t.agent;
+  $("task-title").textContent = clean(t.user ? t.user + " via " + t.agent : t.agent);
   $("task-state").textContent = t.state.replace("_", " ");
-  $("task-purpose").textContent = t.purpose;
+  $("task-purpose").textContent = clean(t.purpose);
   $("task-id").textContent = t.task_id;
-  $("task-tools").textContent = t.tools.join(", ");
+  $("task-tools").textContent = clean(t.tools.join(", "));
   $("task-window").textContent = new Date(t.created_at).toLocaleString() + " – " + new Date(t.expires_at).toLocaleString();
   $("task-calls").textContent = t.calls + (t.max_calls ? " of " + t.max_calls : "");
   $("task-revoke").hidden = !(t.state === "active" || t.state === "pending_approval");
@@ -351,7 +356,7 @@ function describe(entry) {
     case "call.denied":
     case "call.held": {
       let text = d.tool + (d.prompt ? " (prompt)" : "") + (d.uri ? " " + d.uri : "");
-      if (entry.kind === "call.denied") text += " — " + d.status + " " + d.code;
+      if (entry.kind === "call.denied") text += " — " + d.status + " " + d.code + (d.reason ? ": " + d.reason : "");
       if (entry.kind === "call.held") text += " — waiting for approval " + d.approval_id;
       text += d.upstream ? " — upstream: " + d.upstream : (entry.kind === "call.allowed" ? "" : " — not forwarded");
       if (d.round) text += " — round " + d.round;
@@ -382,7 +387,7 @@ function renderEntry(entry) {
   if (d.arguments !== undefined) {
     const args = node.querySelector(".args");
     args.hidden = false;
-    args.textContent = JSON.stringify(d.arguments, null, 2);
+    args.textContent = clean(JSON.stringify(d.arguments, null, 2));
   } else if (d.arguments_omitted_bytes) {
     fill(node, ".summary", describe(entry) + " — arguments not kept (" + d.arguments_omitted_bytes + " bytes)");
   }
@@ -401,7 +406,7 @@ async function showEvidence(id) {
     facts.replaceChildren();
     const fact = (name, value) => {
       const dt = document.createElement("dt"); dt.textContent = name;
-      const dd = document.createElement("dd"); dd.textContent = value;
+      const dd = document.createElement("dd"); dd.textContent = clean(value);
       facts.append(dt, dd);
     };
     $("evidence-title").textContent = "Evidence of " + e.task.task_id;
@@ -420,7 +425,7 @@ async function showEvidence(id) {
     tokens.replaceChildren();
     for (const t of e.tokens) {
       const li = document.createElement("li");
-      li.textContent = t.revocation_id + " — " + t.source + (t.blocks ? " — blocks: " + t.blocks.join(" | ") : "");
+      li.textContent = clean(t.revocation_id + " — " + t.source + (t.blocks ? " — blocks: " + t.blocks.join(" | ") : ""));
       tokens.append(li);
     }
     const rows = $("evidence-rows");
@@ -428,7 +433,7 @@ async function showEvidence(id) {
     for (const r of e.audit.rows) {
       const tr = document.createElement("tr");
       for (const text of [String(r.seq), new Date(r.at_ms).toISOString(), r.kind, r.actor, r.detail, r.hash.slice(0, 16) + "…"]) {
-        const td = document.createElement("td"); td.textContent = text; tr.append(td);
+        const td = document.createElement("td"); td.textContent = clean(text); tr.append(td);
       }
       rows.append(tr);
     }

@@ -582,6 +582,9 @@ async fn retention_prunes_ended_tasks_only_up_to_a_signed_checkpoint() {
         None,
         "nothing more until a later checkpoint"
     );
+    // The pruning is recorded, and a later checkpoint seals that record.
+    broker.state.audit.flush().await;
+    let sealed = signer.checkpoint_head().await.unwrap().unwrap().seq;
     for path in [
         format!("/v1/tasks/{ended}"),
         format!("/v1/tasks/{ended}/evidence"),
@@ -622,6 +625,29 @@ async fn retention_prunes_ended_tasks_only_up_to_a_signed_checkpoint() {
         .await,
         1,
         "the pruning is itself recorded"
+    );
+    // Someone deletes everything up to a later checkpoint, as if it were retention: no
+    // record of such a pruning exists, so it is named as a deletion.
+    let copy = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(data).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
+        }
+    }
+    let mut copied = open_db(copy.path()).await;
+    sqlx::query("DELETE FROM audit WHERE seq <= ?")
+        .bind(sealed)
+        .execute(&mut copied)
+        .await
+        .unwrap();
+    let (ok, out) = audit_verify(copy.path());
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "no audit.pruned row records a pruning through seq {sealed}"
+        )),
+        "{out}"
     );
     // Someone deletes one more row at the start: no checkpoint anchors what remains.
     sqlx::query("DELETE FROM audit WHERE seq = ?")

@@ -223,7 +223,11 @@ async fn an_approver_watches_a_task_timeline_live_and_revokes_it_there() {
     assert_eq!(unknown.status, 404);
     assert_eq!(
         broker
-            .call(&token, "web.search", json!({"q": "quarterly report"}))
+            .call(
+                &token,
+                "web.search",
+                json!({"q": "quarterly report \u{202E}fdp.exe"})
+            )
             .await
             .status,
         200
@@ -234,6 +238,10 @@ async fn an_approver_watches_a_task_timeline_live_and_revokes_it_there() {
     assert!(
         !text.contains(secret),
         "the password is on the page: {text}"
+    );
+    assert!(
+        !text.contains('\u{202E}'),
+        "a right-to-left override from the agent is shown, not applied"
     );
     let args: Vec<&str> = seen["args"]
         .as_array()

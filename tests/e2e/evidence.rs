@@ -342,3 +342,124 @@ async fn a_tasks_timeline_pages_and_the_task_list_searches() {
         );
     }
 }
+
+const APPROVED: &str = r#"
+[tools."payments.send"]
+upstream = "http://{UP}/pay"
+approval = "per_call"
+input_schema = { type = "object", properties = { amount = { type = "integer" }, pin = { type = "string", writeOnly = true } } }
+
+[agents.careful]
+tools = ["payments.send"]
+max_ttl_seconds = 600
+approval = "issuance"
+"#;
+
+/// Who let a task start and every per-call approval are in its evidence; the approver
+/// deciding a call sees its `writeOnly` argument masked, as the timeline does, while the
+/// approval stays bound to the real value.
+#[tokio::test]
+async fn approvals_are_in_the_evidence_and_an_approver_never_sees_a_write_only_value() {
+    let broker = TestBroker::spawn_with(APPROVED).await;
+    let agent = broker.agent("careful").await;
+    let ann = broker.approver("ann").await;
+    let opened = broker
+        .post(
+            "/v1/tasks",
+            Some(&agent),
+            json!({"purpose": "pay the March invoice", "tools": ["payments.send"]}),
+        )
+        .await;
+    assert_eq!(opened.status, 202, "{opened:?}");
+    let task_id = opened.body["task_id"].as_str().unwrap().to_string();
+    let issuance = opened.body["approval_id"].as_str().unwrap().to_string();
+    let approve = |id: String, note: &'static str| {
+        let ann = ann.clone();
+        let broker = &broker;
+        async move {
+            let reply = broker
+                .post(
+                    &format!("/v1/approvals/{id}/approve"),
+                    Some(&ann),
+                    json!({"note": note}),
+                )
+                .await;
+            assert_eq!(reply.status, 200, "{reply:?}");
+        }
+    };
+    approve(issuance, "invoice checked").await;
+    let shown = broker
+        .get(&format!("/v1/tasks/{task_id}"), Some(&agent))
+        .await;
+    let token = shown.body["token"].as_str().unwrap().to_string();
+    let args = json!({"amount": 120, "pin": "4921-secret"});
+    let held = broker.call(&token, "payments.send", args.clone()).await;
+    assert_eq!(held.status, 202, "{held:?}");
+    let call_approval = held.body["approval_id"].as_str().unwrap().to_string();
+    let pending = broker.get("/v1/approvals?state=pending", Some(&ann)).await;
+    let card = &pending.body["approvals"][0];
+    assert_eq!(
+        card["call"]["arguments"],
+        json!({"amount": 120, "pin": "[writeOnly]"}),
+        "{card}"
+    );
+    approve(call_approval.clone(), "amount matches").await;
+    let paid = broker
+        .http
+        .post(format!("{}/v1/tools/payments.send/call", broker.url))
+        .bearer_auth(&token)
+        .header("Leash-Approval", &call_approval)
+        .json(&args)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        paid.status(),
+        200,
+        "bound to the real arguments, not the shown ones"
+    );
+    assert_eq!(
+        broker
+            .upstream
+            .received
+            .lock()
+            .unwrap()
+            .last()
+            .unwrap()
+            .body["pin"],
+        "4921-secret",
+        "the upstream gets the real value"
+    );
+    broker.state.audit.flush().await;
+
+    let fetched = broker
+        .get(&format!("/v1/tasks/{task_id}/evidence"), Some(&ann))
+        .await;
+    assert_eq!(fetched.status, 200);
+    assert!(!fetched.body.to_string().contains("4921-secret"));
+    let evidence = &fetched.body["evidence"];
+    assert_eq!(
+        (
+            &evidence["issuance"]["by"],
+            &evidence["issuance"]["approver"],
+            &evidence["issuance"]["note"]
+        ),
+        (
+            &json!("approver"),
+            &json!("approver:ann"),
+            &json!("invoice checked")
+        )
+    );
+    assert_eq!(evidence["tokens"][0]["source"], "issued on approval");
+    assert!(evidence["tokens"][0]["revocation_id"].is_string());
+    let summary = &evidence["summary"];
+    assert_eq!(
+        (
+            &summary["calls_held"],
+            &summary["calls_allowed"],
+            &summary["approvals_requested"]
+        ),
+        (&json!(1), &json!(1), &json!(2)),
+        "{summary}"
+    );
+}

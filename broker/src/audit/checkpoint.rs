@@ -377,12 +377,24 @@ pub async fn verify_log(
         head = (anchor, checkpoint.hash.clone());
         pruned_through = Some(anchor);
     }
+    // The broker records each pruning it does; a cut without its record was not retention.
+    let mut pruning_recorded_at = None;
     loop {
         let rows = store.audit_after(head.0, 5000).await?;
         if rows.is_empty() {
             break;
         }
         for row in &rows {
+            if row.kind == "audit.pruned"
+                && pruned_through.is_some()
+                && row
+                    .detail
+                    .get("through_seq")
+                    .and_then(serde_json::Value::as_i64)
+                    == pruned_through
+            {
+                pruning_recorded_at = Some(row.seq);
+            }
             head = match verify_chain((head.0, &head.1), std::slice::from_ref(row)) {
                 Ok(next) => next,
                 Err(broken) => return Ok(Err(broken.into())),
@@ -406,6 +418,21 @@ pub async fn verify_log(
         .next_back()
         .and_then(|(_, all)| all.first())
         .copied();
+    if let Some(anchor) = pruned_through {
+        let sealed = latest.map_or(0, |(checkpoint, _)| checkpoint.seq);
+        let problem = match pruning_recorded_at {
+            None => Some(format!(
+                "rows 1 to {anchor} are missing and no audit.pruned row records a pruning through seq {anchor}: they were deleted, not pruned for retention"
+            )),
+            Some(at) if at > sealed => Some(format!(
+                "rows 1 to {anchor} are missing and the audit.pruned row recording it (seq {at}) is not yet under a signed checkpoint (latest covers seq {sealed}); run again after the next checkpoint"
+            )),
+            Some(_) => None,
+        };
+        if let Some(reason) = problem {
+            return Ok(Err(ChainBreak { seq: 1, reason }.into()));
+        }
+    }
     if let Some((checkpoint, source)) = latest
         && checkpoint.seq > head.0
     {

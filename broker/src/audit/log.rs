@@ -209,11 +209,7 @@ fn announce(events: &Events, rows: &[NewAuditEvent]) {
     tasks.sort_unstable();
     tasks.dedup();
     for task_id in tasks {
-        events.publish(
-            "timeline.appended",
-            Some(task_id),
-            serde_json::json!({ "task_id": task_id }),
-        );
+        events.publish_timeline(task_id);
     }
 }
 

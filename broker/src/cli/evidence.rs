@@ -12,8 +12,11 @@ use leash_sdk::protocol::KeySet;
 
 use crate::audit::evidence::verify as verify_evidence;
 
-/// Largest keys document or evidence file read.
+/// Largest evidence file read.
 const MAX_READ: u64 = 256 * 1024 * 1024;
+
+/// Largest keys document read.
+const MAX_KEYS: u64 = 1024 * 1024;
 
 /// Verifies the evidence in `file` with the keys at `keys` (a URL or a file).
 pub async fn verify(file: &Path, keys: &str) -> anyhow::Result<ExitCode> {
@@ -34,8 +37,13 @@ pub async fn verify(file: &Path, keys: &str) -> anyhow::Result<ExitCode> {
             .pointer("/signature/kid")
             .and_then(serde_json::Value::as_u64)
             .unwrap_or_default();
+        let key = u32::try_from(kid)
+            .ok()
+            .and_then(|kid| keys.get(&kid))
+            .map(ToString::to_string)
+            .unwrap_or_default();
         println!(
-            "evidence of {task} verifies: signed by root key {kid}, {} audit row(s) match their hashes and the counts",
+            "evidence of {task} verifies: signed by root key {kid} ({key}), {} audit row(s) match their hashes and the counts",
             found.rows
         );
         return Ok(ExitCode::SUCCESS);
@@ -60,6 +68,17 @@ fn read_bounded(path: &Path) -> anyhow::Result<String> {
 /// The root keys by id from a keys document at a URL or in a file.
 async fn root_keys(source: &str) -> anyhow::Result<BTreeMap<u32, PublicKey>> {
     let text = if source.starts_with("http://") || source.starts_with("https://") {
+        // Keys fetched in the clear could be anybody's: plain http only on this machine.
+        let url = reqwest::Url::parse(source)
+            .map_err(|err| anyhow::anyhow!("--keys is not a URL: {err}"))?;
+        let local = matches!(url.host(), Some(url::Host::Domain("localhost")))
+            || matches!(url.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
+            || matches!(url.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback());
+        if url.scheme() == "http" && !local {
+            anyhow::bail!(
+                "fetch the keys over https (or from this machine): keys fetched in the clear could be anybody's"
+            );
+        }
         leash_sdk::tls::install_default_provider();
         let client = leash_sdk::tls::client_builder(&[])?
             .timeout(Duration::from_secs(10))
@@ -70,7 +89,18 @@ async fn root_keys(source: &str) -> anyhow::Result<BTreeMap<u32, PublicKey>> {
         if !response.status().is_success() {
             anyhow::bail!("the keys URL answered HTTP {}", response.status().as_u16());
         }
-        response.text().await?
+        if response.content_length().is_some_and(|n| n > MAX_KEYS) {
+            anyhow::bail!("the keys document is larger than {MAX_KEYS} bytes");
+        }
+        let mut response = response;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await? {
+            bytes.extend_from_slice(&chunk);
+            if bytes.len() as u64 > MAX_KEYS {
+                anyhow::bail!("the keys document is larger than {MAX_KEYS} bytes");
+            }
+        }
+        String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("the keys document is not UTF-8"))?
     } else {
         read_bounded(Path::new(source))?
     };

@@ -15,8 +15,8 @@ const CAPACITY: usize = 4096;
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
     /// `approval.requested`, `approval.decided`, `task.activated`, `task.completed`,
-    /// `task.revoked`, `task.expired`, `timeline.appended` (a task's audit rows were
-    /// committed: its timeline has more).
+    /// `task.revoked`, `task.expired`; on its own channel, `timeline.appended` (a task's
+    /// audit rows were committed: its timeline has more).
     pub kind: &'static str,
     /// The task concerned.
     pub task_id: Option<String>,
@@ -28,12 +28,16 @@ pub struct Event {
 #[derive(Clone)]
 pub struct Events {
     tx: broadcast::Sender<Event>,
+    /// `timeline.appended` only, on a channel of its own: as many as calls, they must
+    /// never make the webhook or a long-poll fall behind on approval and task events.
+    timeline: broadcast::Sender<Event>,
 }
 
 impl Default for Events {
     fn default() -> Self {
         Events {
             tx: broadcast::channel(CAPACITY).0,
+            timeline: broadcast::channel(CAPACITY).0,
         }
     }
 }
@@ -51,5 +55,19 @@ impl Events {
     /// A new subscription, seeing events published from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.tx.subscribe()
+    }
+
+    /// Says that `task_id`'s timeline has new entries (`timeline.appended`).
+    pub fn publish_timeline(&self, task_id: &str) {
+        let _ = self.timeline.send(Event {
+            kind: "timeline.appended",
+            task_id: Some(task_id.to_string()),
+            data: serde_json::json!({ "task_id": task_id }),
+        });
+    }
+
+    /// A new subscription to `timeline.appended`, from now on.
+    pub fn subscribe_timeline(&self) -> broadcast::Receiver<Event> {
+        self.timeline.subscribe()
     }
 }

@@ -154,7 +154,11 @@ pub async fn events(
             }
         }
     };
-    let stream = BroadcastStream::new(events.subscribe()).map(|item| {
+    let merged = futures_util::stream::select(
+        BroadcastStream::new(events.subscribe()),
+        BroadcastStream::new(events.subscribe_timeline()),
+    );
+    let stream = merged.map(|item| {
         Ok(match item {
             Ok(event) => {
                 let message = EventMessage {

@@ -2,64 +2,100 @@
 //! show them: every value the tool's input schema marks `writeOnly` (a password, a key
 //! the agent passes on) is replaced by [`MASK`] before anything is kept.
 //!
-//! The walk follows `properties`, `additionalProperties`, `items` and `prefixItems`.
-//! Where the schema chooses a subschema by other means (`$ref`, `allOf`/`anyOf`/`oneOf`,
-//! `if`, `patternProperties`, …) and a `writeOnly` could be behind it, the whole value at
-//! that place is masked: when in doubt, hide.
+//! The walk follows only `properties`, `additionalProperties`, `items`, `prefixItems`
+//! and `additionalItems`. Wherever anything else in a schema — a reference, a
+//! combinator, a conditional, a keyword of a draft it does not know — could lead to a
+//! `writeOnly`, the whole value at that place is masked: when in doubt, hide. A schema
+//! that never mentions `writeOnly` costs one look at the schema.
 
 use serde_json::{Map, Value};
 
 /// What a masked value reads as.
 pub const MASK: &str = "[writeOnly]";
 
-/// Keywords whose subschema a value-directed walk cannot pick with certainty.
-const UNFOLLOWED: &[&str] = &[
-    "$ref",
-    "$dynamicRef",
-    "allOf",
-    "anyOf",
-    "oneOf",
-    "not",
-    "if",
-    "then",
-    "else",
-    "dependentSchemas",
-    "patternProperties",
-    "unevaluatedProperties",
-    "unevaluatedItems",
-    "contains",
+/// The keywords the walk follows with the value.
+const FOLLOWED: &[&str] = &[
+    "properties",
+    "additionalProperties",
+    "items",
+    "prefixItems",
+    "additionalItems",
 ];
+
+/// Reached only through a reference, which masks on its own.
+const DEFINITIONS: &[&str] = &["$defs", "definitions"];
 
 /// `args` with every `writeOnly` value of `schema` masked.
 pub fn masked(schema: &Value, args: &Value) -> Value {
-    mask(schema, schema, args)
+    masked_with_secrets(schema, args).0
 }
 
-fn mask(root: &Value, schema: &Value, value: &Value) -> Value {
+/// `args` masked, and the text of every string or number it masked (for scrubbing
+/// them from free text such as an upstream's error message).
+pub fn masked_with_secrets(schema: &Value, args: &Value) -> (Value, Vec<String>) {
+    let mut secrets = Vec::new();
+    if !mentions_write_only(schema) {
+        return (args.clone(), secrets);
+    }
+    let shown = mask(schema, schema, args, &mut secrets);
+    (shown, secrets)
+}
+
+/// Replaces every secret (of two characters or more) in `text` by [`MASK`].
+pub fn scrubbed(text: &str, secrets: &[String]) -> String {
+    let mut text = text.to_string();
+    for secret in secrets.iter().filter(|s| s.chars().count() >= 2) {
+        text = text.replace(secret.as_str(), MASK);
+    }
+    text
+}
+
+/// [`MASK`], remembering every string and number inside `value`.
+fn hide(value: &Value, secrets: &mut Vec<String>) -> Value {
+    match value {
+        Value::String(text) => secrets.push(text.clone()),
+        Value::Number(number) => secrets.push(number.to_string()),
+        Value::Array(items) => {
+            for item in items {
+                hide(item, secrets);
+            }
+        }
+        Value::Object(fields) => {
+            for field in fields.values() {
+                hide(field, secrets);
+            }
+        }
+        Value::Bool(_) | Value::Null => {}
+    }
+    Value::String(MASK.into())
+}
+
+fn mask(root: &Value, schema: &Value, value: &Value, secrets: &mut Vec<String>) -> Value {
     let Some(schema) = schema.as_object() else {
         return value.clone();
     };
     if schema.get("writeOnly") == Some(&Value::Bool(true)) {
-        return Value::String(MASK.into());
+        return hide(value, secrets);
     }
-    let uncertain = UNFOLLOWED.iter().any(|keyword| {
-        schema.get(*keyword).is_some_and(|sub| {
-            // A reference may lead anywhere in the document.
-            let reference = matches!(*keyword, "$ref" | "$dynamicRef");
-            mentions_write_only(sub) || (reference && mentions_write_only(root))
-        })
+    let uncertain = schema.iter().any(|(keyword, sub)| {
+        if FOLLOWED.contains(&keyword.as_str()) || DEFINITIONS.contains(&keyword.as_str()) {
+            return false;
+        }
+        // A reference ($ref, $dynamicRef, $recursiveRef) may lead anywhere.
+        let reference = keyword.starts_with('$') && keyword.ends_with("Ref") || keyword == "$ref";
+        mentions_write_only(sub) || (reference && mentions_write_only(root))
     });
     if uncertain {
-        return Value::String(MASK.into());
+        return hide(value, secrets);
     }
     match value {
-        Value::Object(fields) => Value::Object(mask_fields(root, schema, fields)),
+        Value::Object(fields) => Value::Object(mask_fields(root, schema, fields, secrets)),
         Value::Array(items) => Value::Array(
             items
                 .iter()
                 .enumerate()
                 .map(|(index, item)| match item_schema(schema, index) {
-                    Some(sub) => mask(root, sub, item),
+                    Some(sub) => mask(root, sub, item, secrets),
                     None => item.clone(),
                 })
                 .collect(),
@@ -72,6 +108,7 @@ fn mask_fields(
     root: &Value,
     schema: &Map<String, Value>,
     fields: &Map<String, Value>,
+    secrets: &mut Vec<String>,
 ) -> Map<String, Value> {
     let properties = schema.get("properties").and_then(Value::as_object);
     let additional = schema.get("additionalProperties");
@@ -80,7 +117,7 @@ fn mask_fields(
         .map(|(name, field)| {
             let sub = properties.and_then(|p| p.get(name)).or(additional);
             let shown = match sub {
-                Some(sub) => mask(root, sub, field),
+                Some(sub) => mask(root, sub, field, secrets),
                 None => field.clone(),
             };
             (name.clone(), shown)
@@ -176,6 +213,49 @@ mod tests {
         assert_eq!(
             masked(&json!({"writeOnly": true}), &json!({"a": 1})),
             json!(MASK)
+        );
+    }
+
+    #[test]
+    fn any_keyword_the_walk_does_not_follow_masks_when_it_could_hide_a_write_only() {
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "mode": {"type": "string"},
+                "secret": {"writeOnly": true}
+            },
+            "dependencies": {"mode": {"properties": {"token": {"writeOnly": true}}}}
+        });
+        let args = json!({"mode": "a", "token": "t"});
+        // `dependencies` could make `token` write-only: the whole object is hidden.
+        assert_eq!(masked(&schema, &args), json!(MASK));
+        let nested = json!({
+            "properties": {
+                "child": {"$recursiveRef": "#"},
+                "blob": {"contentSchema": {"properties": {"k": {"writeOnly": true}}}},
+                "secret": {"writeOnly": true}
+            }
+        });
+        assert_eq!(
+            masked(
+                &nested,
+                &json!({"child": {"secret": "s"}, "blob": "{}", "other": 1})
+            ),
+            json!({"child": MASK, "blob": MASK, "other": 1})
+        );
+    }
+
+    #[test]
+    fn the_masked_values_are_scrubbed_from_free_text() {
+        let schema = json!({"properties": {"pin": {"writeOnly": true}, "keys": {"items": {"writeOnly": true}}}});
+        let (shown, secrets) = super::masked_with_secrets(
+            &schema,
+            &json!({"pin": 4921, "keys": ["abc-123"], "name": "ada"}),
+        );
+        assert_eq!(shown, json!({"pin": MASK, "keys": [MASK], "name": "ada"}));
+        assert_eq!(
+            super::scrubbed("invalid pin 4921 for key abc-123 of ada", &secrets),
+            format!("invalid pin {MASK} for key {MASK} of ada")
         );
     }
 

@@ -527,14 +527,40 @@ where
         .fetch_one(&mut *tx)
         .await?
         .try_get("kept")?;
-        let limit = kept.map_or(head, |kept| kept - 1).min(head - 1);
-        let anchor: Option<i64> =
-            sqlx::query("SELECT MAX(seq) AS anchor FROM audit_checkpoints WHERE seq <= $1")
-                .bind(limit)
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get("anchor")?;
-        let Some(anchor) = anchor.filter(|anchor| *anchor >= first) else {
+        let mut limit = kept.map_or(head, |kept| kept - 1).min(head - 1);
+        let mut chosen = None;
+        // A few rounds at most: each moves the cut before a task that would otherwise
+        // lose its beginning and keep its end.
+        for _ in 0..8 {
+            // The checkpoint must name its row as it is (a rewritten row is no anchor).
+            let anchor: Option<i64> = sqlx::query(
+                "SELECT MAX(c.seq) AS anchor FROM audit_checkpoints c
+                 JOIN audit a ON a.seq = c.seq AND a.hash = c.hash WHERE c.seq <= $1",
+            )
+            .bind(limit)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("anchor")?;
+            let Some(anchor) = anchor.filter(|anchor| *anchor >= first) else {
+                return Ok(Pruned::default());
+            };
+            let straddling: Option<i64> = sqlx::query(
+                "SELECT MIN(a.seq) AS s FROM audit a WHERE a.seq <= $1 AND a.task_id IN
+                   (SELECT task_id FROM audit WHERE seq > $1 AND task_id IS NOT NULL)",
+            )
+            .bind(anchor)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("s")?;
+            match straddling {
+                None => {
+                    chosen = Some(anchor);
+                    break;
+                }
+                Some(first_of_task) => limit = first_of_task - 1,
+            }
+        }
+        let Some(anchor) = chosen else {
             return Ok(Pruned::default());
         };
         let rows = sqlx::query("DELETE FROM audit WHERE seq <= $1")

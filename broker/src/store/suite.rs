@@ -323,9 +323,16 @@ async fn history_pruned_only_up_to_a_checkpoint(store: Arc<dyn Store>) {
         ])
         .await
         .unwrap();
+    let hashes: Vec<String> = store
+        .audit_after(0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.hash)
+        .collect();
     let checkpoint = |seq: i64| AuditCheckpoint {
         seq,
-        hash: format!("h{seq}"),
+        hash: hashes[seq as usize - 1].clone(),
         at_ms: 1,
         kid: 1,
         signature: "s".into(),
@@ -336,32 +343,34 @@ async fn history_pruned_only_up_to_a_checkpoint(store: Arc<dyn Store>) {
         "no checkpoint, no cut"
     );
     store.insert_checkpoint(&checkpoint(2)).await.unwrap();
-    store.insert_checkpoint(&checkpoint(5)).await.unwrap();
-    // Row 4 belongs to a task that ended within the retention: the cut is at 2.
-    let pruned = store.prune_history(1_000).await.unwrap();
+    // A checkpoint that names another hash than its row's is no anchor.
+    store
+        .insert_checkpoint(&AuditCheckpoint {
+            hash: "forged".into(),
+            ..checkpoint(5)
+        })
+        .await
+        .unwrap();
+    // Cutting at 2 would leave tsk_old without its beginning (row 1) but with row 3:
+    // no cut until a checkpoint after its last row.
     assert_eq!(
-        (pruned.through_seq, pruned.rows, pruned.tasks),
-        (Some(2), 2, 0)
-    );
-    assert!(
-        store.get_task("tsk_old").await.unwrap().is_some(),
-        "row 3 is its"
+        store.prune_history(1_000).await.unwrap(),
+        super::api::Pruned::default()
     );
     store.insert_checkpoint(&checkpoint(3)).await.unwrap();
+    // Row 4 belongs to a task that ended within the retention: the cut is at 3.
     let pruned = store.prune_history(1_000).await.unwrap();
     assert_eq!(
         (pruned.through_seq, pruned.rows, pruned.tasks),
-        (Some(3), 1, 1)
+        (Some(3), 3, 1)
     );
     assert!(store.get_task("tsk_old").await.unwrap().is_none());
+    assert!(store.get_task("tsk_recent").await.unwrap().is_some());
     assert_eq!(store.prune_history(1_000).await.unwrap().through_seq, None);
-    // Later, the recent task is old too; the running one still holds row 6 — and
-    // the head is never cut, so the chain goes on.
+    // Later the recent task is old too, but the only checkpoint before the running
+    // task's row is the forged one: nothing is cut; the head never is.
     store.insert_checkpoint(&checkpoint(6)).await.unwrap();
-    let pruned = store.prune_history(10_000).await.unwrap();
-    assert_eq!((pruned.through_seq, pruned.tasks), (Some(5), 1));
-    assert!(store.get_task("tsk_recent").await.unwrap().is_none());
-    assert!(store.get_task("tsk_running").await.unwrap().is_some());
+    assert_eq!(store.prune_history(10_000).await.unwrap().through_seq, None);
     let left: Vec<i64> = store
         .audit_after(0, 10)
         .await
@@ -369,7 +378,7 @@ async fn history_pruned_only_up_to_a_checkpoint(store: Arc<dyn Store>) {
         .iter()
         .map(|r| r.seq)
         .collect();
-    assert_eq!(left, [6]);
+    assert_eq!(left, [4, 5, 6]);
 }
 
 async fn revocations_and_credentials(store: Arc<dyn Store>) {

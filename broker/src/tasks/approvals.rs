@@ -257,7 +257,9 @@ impl Approvals {
         });
         approval.args_hash = call.map(|(_, args)| args_hash(args));
         approval.ttl_ms = ttl_ms;
-        let detail = json!({ "approval_id": approval.approval_id, "kind": kind.as_str(), "tool": approval.call_tool, "args_hash": approval.args_hash });
+        // Not the arguments' hash: over a `writeOnly` value it would let a reader of the
+        // audit guess it. The approvals row keeps it, for binding.
+        let detail = json!({ "approval_id": approval.approval_id, "kind": kind.as_str(), "tool": approval.call_tool });
         self.file(approval, format!("agent:{}", task.agent), detail)
             .await
     }

@@ -85,6 +85,20 @@ struct Seen {
     arguments: Option<Value>,
     /// What the upstream made of it (`ok`, `tool_error`, or why it failed).
     upstream: Option<&'static str>,
+    /// The values masked in `arguments`: never in the audit row, even quoted in an
+    /// upstream's error message.
+    secrets: Vec<String>,
+}
+
+/// Longest refusal reason an audit row keeps.
+const MAX_AUDITED_REASON: usize = 1024;
+
+impl Seen {
+    /// Why the call was refused, as the audit keeps it: bounded, masked values scrubbed.
+    fn reason_of(&self, err: &ApiError) -> String {
+        let reason = crate::policy::write_only::scrubbed(&err.to_string(), &self.secrets);
+        crate::text::shown(&reason, MAX_AUDITED_REASON)
+    }
 }
 
 /// Arguments longer than this (as JSON) are not kept in the audit row, only their length.
@@ -208,7 +222,7 @@ impl Calls {
                 let (status, code) = err.status_and_code();
                 (
                     "call.denied",
-                    json!({ "tool": tool_name, "token": task.token.own_id(), "status": status.as_u16(), "code": code, "reason": err.to_string() }),
+                    json!({ "tool": tool_name, "token": task.token.own_id(), "status": status.as_u16(), "code": code, "reason": seen.reason_of(err) }),
                 )
             }
         };
@@ -270,7 +284,6 @@ impl Calls {
             round,
         } = delivery;
         let tool = self.lookup(tool_name, what)?;
-        seen.arguments = Some(crate::policy::write_only::masked(&tool.input_schema, args));
         let Some(arguments) = args.as_object() else {
             return Err(ApiError::BadRequest(
                 "the arguments must be a JSON object".into(),
@@ -286,6 +299,11 @@ impl Calls {
                 "the arguments hold more than {MAX_VALUES} values"
             )));
         }
+        // Masked once the arguments are known to be of a bounded size.
+        let (shown, secrets) =
+            crate::policy::write_only::masked_with_secrets(&tool.input_schema, args);
+        seen.arguments = Some(shown);
+        seen.secrets = secrets;
         let slot = self
             .tasks
             .take_slot(

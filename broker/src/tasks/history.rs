@@ -26,6 +26,10 @@ const PAGE: i64 = 1000;
 /// `leash audit verify` instead.
 pub const MAX_EVIDENCE_ROWS: usize = 100_000;
 
+/// Most bytes of audit row details one evidence document holds (rows are read a page at a
+/// time, so building one never holds much more than this).
+pub const MAX_EVIDENCE_BYTES: usize = 32 * 1024 * 1024;
+
 /// Reads tasks' histories: the store, the root keys that sign evidence, the policy's hash.
 pub struct History {
     /// Where tasks and the audit chain live.
@@ -75,6 +79,7 @@ impl History {
         let task = self.task(task_id).await?;
         let mut rows = Vec::new();
         let mut after = 0;
+        let mut bytes = 0;
         loop {
             let page = self
                 .store
@@ -83,10 +88,15 @@ impl History {
                 .map_err(ApiError::internal)?;
             let Some(last) = page.last() else { break };
             after = last.seq;
+            bytes += page
+                .iter()
+                .map(|r| r.detail.to_string().len() + r.actor.len() + 200)
+                .sum::<usize>();
             rows.extend(page);
-            if rows.len() > MAX_EVIDENCE_ROWS {
+            if rows.len() > MAX_EVIDENCE_ROWS || bytes > MAX_EVIDENCE_BYTES {
                 return Err(ApiError::BadRequest(format!(
-                    "task {task_id} has more than {MAX_EVIDENCE_ROWS} audit rows: verify its log with `leash audit verify` instead"
+                    "task {task_id} has more than {MAX_EVIDENCE_ROWS} audit rows or {} MiB of them: one evidence document does not hold it; verify the log with `leash audit verify` instead",
+                    MAX_EVIDENCE_BYTES / (1024 * 1024)
                 )));
             }
         }
@@ -98,7 +108,7 @@ impl History {
         let evidence = json!({
             "format": FORMAT,
             "task": task_facts(&task),
-            "policy": { "sha256": self.policy_hash },
+            "policy": { "sha256": policy_of(&rows).unwrap_or(&self.policy_hash) },
             "issuance": issuance(&rows),
             "tokens": tokens(&rows),
             "summary": summary(&rows),
@@ -133,6 +143,16 @@ fn task_facts(task: &TaskRecord) -> Value {
         "ended_at": task.ended_at_ms.map(rfc3339),
         "end_reason": task.end_reason,
     })
+}
+
+/// The hash of the policy the task was opened under, as its first row recorded it (so
+/// the evidence does not change when the policy does, nor differ between replicas
+/// during a rolling change).
+fn policy_of(rows: &[AuditRow]) -> Option<&str> {
+    rows.iter()
+        .find(|r| matches!(r.kind.as_str(), "task.issued" | "task.requested"))
+        .and_then(|r| r.detail.get("policy"))
+        .and_then(Value::as_str)
 }
 
 /// Who let the task start: the approver and note of its issuance, or the policy.

@@ -195,6 +195,7 @@ impl Lifecycle {
                 detail: json!({
                     "agent": agent, "purpose": purpose, "tools": tools, "ttl_seconds": ttl,
                     "checks": request.checks, "revocation_id": issued.as_ref().map(|i| &i.revocation_id),
+                    "policy": self.policy.source_hash,
                 }),
             })
             .await;
