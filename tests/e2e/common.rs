@@ -588,3 +588,17 @@ pub async fn post_json(url: &str, bearer: Option<&str>, body: Value) -> Reply {
         body: serde_json::from_str(&text).unwrap_or(Value::Null),
     }
 }
+
+/// `token` with one more block appended offline, as a holder would.
+pub fn attenuate(token: &str, code: &str) -> String {
+    biscuit_auth::UnverifiedBiscuit::from_base64(token)
+        .unwrap()
+        .append(
+            biscuit_auth::builder::BlockBuilder::new()
+                .code(code)
+                .unwrap(),
+        )
+        .unwrap()
+        .to_base64()
+        .unwrap()
+}

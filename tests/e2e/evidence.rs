@@ -8,21 +8,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::common::{ADMIN, TestBroker, leash_binary};
-
-/// `token` with one more block appended offline, as a holder would.
-fn attenuate(token: &str, code: &str) -> String {
-    biscuit_auth::UnverifiedBiscuit::from_base64(token)
-        .unwrap()
-        .append(
-            biscuit_auth::builder::BlockBuilder::new()
-                .code(code)
-                .unwrap(),
-        )
-        .unwrap()
-        .to_base64()
-        .unwrap()
-}
+use crate::common::{ADMIN, TestBroker, attenuate, leash_binary};
 
 /// `leash evidence verify FILE --keys KEYS`: (success, what it printed).
 fn leash_verify(file: &Path, keys: &str) -> (bool, String) {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{ADMIN, BrokerProcess, Reply, ToolServer, leash_binary, post_json};
+use crate::common::{ADMIN, BrokerProcess, Reply, ToolServer, attenuate, leash_binary, post_json};
 
 const DATABASE: &str = "postgres://postgres@127.0.0.1:5432/test";
 const MASTER: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -241,20 +241,6 @@ async fn a_revoke_on_c_stops_calls_on_a_and_b_within_milliseconds() {
         seqs.windows(2).all(|w| w[1] == w[0] + 1),
         "one gap-free chain across replicas"
     );
-}
-
-/// `token` with one more block appended offline, as a holder would.
-fn attenuate(token: &str, code: &str) -> String {
-    biscuit_auth::UnverifiedBiscuit::from_base64(token)
-        .unwrap()
-        .append(
-            biscuit_auth::builder::BlockBuilder::new()
-                .code(code)
-                .unwrap(),
-        )
-        .unwrap()
-        .to_base64()
-        .unwrap()
 }
 
 #[tokio::test]
