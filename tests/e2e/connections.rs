@@ -1320,6 +1320,22 @@ async fn a_disconnect_while_the_provider_is_away_stops_the_task_at_once_and_revo
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The sweep revokes the connection's own grant too, maybe a moment after the task's
+    // token; until it has, connecting again is refused ("try again shortly").
+    while !broker
+        .state
+        .store
+        .disconnected_of("alice", "acme")
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the old connection was never confirmed revoked"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Connecting again gives the same task a new token of the new connection.
     connect(&mut alice, &upstream.issuer, &broker.url, "acme", "alice").await;
     let (as_alice, _) = whoami(&broker.url, &token, "notes.whoami").await;

@@ -1114,9 +1114,9 @@ async fn a_per_call_tool_asking_in_rounds_is_approved_round_by_round() {
     assert_eq!(done["result"]["content"][0]["text"], "confirmed", "{done}");
 }
 
-/// A task opens at most 16 sessions at once: the 17th is 503 with the API's error, and
-/// closing one (DELETE) makes room; another task, and a 2026-07-28 request that needs no
-/// session, are not held back. A 2025-11-25 request without a session (no `initialize`)
+/// A task opens at most 16 sessions at once: the 17th is 503 with the API's error (an
+/// `initialize` labelled 2026-07-28 too), and closing one (DELETE) makes room; another
+/// task, and a 2026-07-28 request that needs no session, are not held back. A 2025-11-25 request without a session (no `initialize`)
 /// is refused, not served.
 #[tokio::test]
 async fn a_task_opens_a_bounded_number_of_mcp_sessions() {
@@ -1170,6 +1170,28 @@ async fn a_task_opens_a_bounded_number_of_mcp_sessions() {
     assert!(closed.status().is_success(), "{}", closed.status());
     assert_eq!(open(&mine).await.unwrap().status(), 200);
     assert_eq!(open(&mine).await.unwrap().status(), 503);
+    // An `initialize` labelled 2026-07-28 still opens a session: the cap holds for it.
+    let relabelled = http
+        .post(format!("{}/mcp", broker.url))
+        .bearer_auth(&mine)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 4, "method": "initialize", "params": {
+            "protocolVersion": "2026-07-28", "capabilities": {},
+            "clientInfo": {"name": "e2e", "version": "1"}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(relabelled.status(), 503);
+    // A stateless request of a task at its cap is still served.
+    let stateless = crate::common::json_of(
+        crate::common::mcp_request(&http, &broker.url, 5, "tools/list", json!({}))
+            .bearer_auth(&mine),
+    )
+    .await;
+    assert!(stateless["result"]["tools"].is_array(), "{stateless}");
     // The initialize generation without a session is refused (by a task under its cap:
     // one at its cap is refused anything that could open a session).
     let sessionless = http

@@ -739,7 +739,7 @@ async fn audit_verify_checks_a_postgres_deployment() {
     let (ok, out) = verify(&[]);
     assert!(ok, "{out}");
     assert!(
-        out.contains(&format!("{head} events")) && out.contains(&format!("covers seq {head}")),
+        out.contains(&format!("through seq {head}")) && out.contains(&format!("covers seq {head}")),
         "{out}"
     );
     let (ok, out) = verify(&["--database-schema", "no_such_schema"]);

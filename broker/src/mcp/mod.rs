@@ -26,7 +26,7 @@ use crate::app::state::AppState;
 
 /// The routes of the gateway: `/mcp` and the protected-resource metadata.
 pub fn routes(state: AppState) -> Router {
-    let owners = sessions::SessionOwners::new(state.policy.longest_ttl());
+    let owners = sessions::SessionOwners::new(state.policy.longest_ttl(), state.config.body_limit);
     let rounds = Arc::new(rounds::Rounds::new(
         state.sealer.clone(),
         state.calls.clock.clone(),

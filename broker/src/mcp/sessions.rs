@@ -33,16 +33,20 @@ pub const SESSION_HEADER: &str = "mcp-session-id";
 /// Session id → the task that opened it.
 pub struct SessionOwners {
     owners: moka::sync::Cache<String, String>,
+    /// Largest request body (`--body-limit`): a sessionless request is read whole to
+    /// tell whether it opens a session.
+    body_limit: usize,
 }
 
 impl SessionOwners {
     /// No session yet. An entry whose session somehow never reports its end is still
     /// forgotten after `longest` (no task lives longer).
-    pub fn new(longest: Duration) -> Arc<Self> {
+    pub fn new(longest: Duration, body_limit: usize) -> Arc<Self> {
         Arc::new(SessionOwners {
             owners: moka::sync::Cache::builder()
                 .time_to_live(longest + Duration::from_secs(60))
                 .build(),
+            body_limit,
         })
     }
 
@@ -72,7 +76,7 @@ impl SessionOwners {
     }
 
     /// The edge check (after the bearer check put the token in the request).
-    pub async fn check(self: Arc<Self>, request: Request, next: Next) -> Response {
+    pub async fn check(self: Arc<Self>, mut request: Request, next: Next) -> Response {
         let Some(task) = request
             .extensions()
             .get::<Arc<VerifiedToken>>()
@@ -95,13 +99,31 @@ impl SessionOwners {
                 .into_response();
             }
             Some(_) => {}
-            // A 2026-07-28 request is served without a session: no quota applies.
-            None if !stateless(&request) => {
-                if let Some(refused) = self.refuse_new(&task) {
+            // A 2026-07-28 request is served without a session and no quota applies —
+            // unless it is an `initialize`, which opens one whatever the header says.
+            None => {
+                let opens = if stateless(&request) {
+                    let (parts, body) = request.into_parts();
+                    let bytes = match axum::body::to_bytes(body, self.body_limit).await {
+                        Ok(bytes) => bytes,
+                        Err(_) => {
+                            return ApiError::PayloadTooLarge(format!(
+                                "the request body is over {} bytes, or broke off",
+                                self.body_limit
+                            ))
+                            .into_response();
+                        }
+                    };
+                    let opens = is_initialize(&bytes);
+                    request = Request::from_parts(parts, axum::body::Body::from(bytes));
+                    opens
+                } else {
+                    true
+                };
+                if opens && let Some(refused) = self.refuse_new(&task) {
                     return refused.into_response();
                 }
             }
-            None => {}
         }
         let closing = request.method() == axum::http::Method::DELETE;
         let response = next.run(request).await;
@@ -122,6 +144,19 @@ impl SessionOwners {
         }
         response
     }
+}
+
+/// Whether a JSON-RPC body is an `initialize` request (what makes rmcp open a session).
+fn is_initialize(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Probe<'a> {
+        #[serde(borrow)]
+        method: Option<std::borrow::Cow<'a, str>>,
+    }
+    serde_json::from_slice::<Probe<'_>>(body)
+        .ok()
+        .and_then(|probe| probe.method)
+        .is_some_and(|method| method == "initialize")
 }
 
 /// Whether a request speaks 2026-07-28 or later (served without a session).
