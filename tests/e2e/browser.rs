@@ -2,15 +2,11 @@
 //! (`tests/browser/approver.mjs`). Sign in, see a request arrive live, approve it, then
 //! revoke the agent's task — and the agent's next call is refused.
 
-use std::path::PathBuf;
-use std::process::Stdio;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
 
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::Command;
 
-use crate::common::{ADMIN, TestBroker};
+use crate::common::{ADMIN, LineScript, TestBroker};
 
 const POLICY: &str = r#"
 [tools."web.search"]
@@ -23,49 +19,43 @@ max_ttl_seconds = 600
 approval = "issuance"
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_approver_approves_and_revokes_in_headless_chromium() {
+/// A playwright-core script of `tests/browser` driving headless Chromium on the approver
+/// page as `approver`, told what to do a line at a time; its screenshots go to
+/// [`shots`].
+fn page_script(script: &str, broker: &TestBroker, approver: &str) -> LineScript {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let script = root.join("browser/approver.mjs");
     assert!(
         root.join("browser/node_modules/playwright-core").exists(),
         "playwright-core is missing: run scripts/test.sh (it installs it)"
     );
-    let shots = root.join("../target/screenshots");
-    std::fs::create_dir_all(&shots).unwrap();
+    std::fs::create_dir_all(shots()).unwrap();
+    let args = [
+        broker.url.clone(),
+        approver.to_string(),
+        shots().display().to_string(),
+    ];
+    LineScript::spawn(Path::new("node"), &root.join("browser").join(script), &args)
+}
 
+/// Where the page scripts leave their screenshots.
+fn shots() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approver_approves_and_revokes_in_headless_chromium() {
     let broker = TestBroker::spawn_with(POLICY).await;
     let agent = broker.agent("careful").await;
     let approver = broker.approver("ann").await;
-    let mut browser = Command::new("node")
-        .arg(&script)
-        .arg(&broker.url)
-        .arg(&approver)
-        .arg(&shots)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs");
-    let mut said = BufReader::new(browser.stdout.take().unwrap()).lines();
-    let mut tell = browser.stdin.take().unwrap();
-    let mut expect = async |word: &str| {
-        let line = tokio::time::timeout(Duration::from_secs(60), said.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("the browser did not say {word} in time"))
-            .unwrap()
-            .unwrap_or_default();
-        assert_eq!(line.trim(), word);
-    };
+    let mut page = page_script("approver.mjs", &broker, &approver);
 
-    expect("READY").await;
+    page.expect("READY").await;
     // The request is made after the page loaded: it must arrive through the event stream.
     let pending = broker.post("/v1/tasks", Some(&agent), json!({"purpose": "summarise the news about the Q3 invoice run", "tools": ["web.search"]})).await;
     assert_eq!(pending.status, 202);
     let task_id = pending.body["task_id"].as_str().unwrap().to_string();
 
-    expect("APPROVED").await;
+    page.expect("APPROVED").await;
     let shown = broker
         .get(&format!("/v1/tasks/{task_id}"), Some(&agent))
         .await;
@@ -79,8 +69,8 @@ async fn an_approver_approves_and_revokes_in_headless_chromium() {
         200
     );
 
-    tell.write_all(b"REVOKE\n").await.unwrap();
-    expect("REVOKED").await;
+    page.tell("REVOKE").await;
+    page.expect("REVOKED").await;
     let refused = broker
         .call(&token, "web.search", json!({"q": "news"}))
         .await;
@@ -92,7 +82,7 @@ async fn an_approver_approves_and_revokes_in_headless_chromium() {
 
     // A changed upstream tool definition waits for an approver too; the page must say
     // what it is, not call it a new task.
-    tell.write_all(b"DEFINITION\n").await.unwrap();
+    page.tell("DEFINITION").await;
     broker
         .state
         .approvals
@@ -104,11 +94,8 @@ async fn an_approver_approves_and_revokes_in_headless_chromium() {
         )
         .await
         .unwrap();
-    expect("KIND changed tool definition").await;
-    assert!(
-        browser.wait().await.unwrap().success(),
-        "the browser script failed"
-    );
+    page.expect("KIND changed tool definition").await;
+    page.finished().await;
 
     broker.state.audit.flush().await;
     let audit = broker.get("/v1/audit?after=0", Some(ADMIN)).await;
@@ -131,7 +118,7 @@ async fn an_approver_approves_and_revokes_in_headless_chromium() {
         "approver-active.png",
         "approver-phone.png",
     ] {
-        assert!(shots.join(shot).exists(), "{shot}");
+        assert!(shots().join(shot).exists(), "{shot}");
     }
 }
 
@@ -154,38 +141,12 @@ max_ttl_seconds = 600
 /// call is refused — and prints its signed evidence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approver_watches_a_task_timeline_live_and_revokes_it_there() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let shots = root.join("../target/screenshots");
-    std::fs::create_dir_all(&shots).unwrap();
     let broker = TestBroker::spawn_with(TIMELINE_POLICY).await;
     let agent = broker.agent("worker").await;
     let approver = broker.approver("ann").await;
-    let mut browser = Command::new("node")
-        .arg(root.join("browser/timeline.mjs"))
-        .arg(&broker.url)
-        .arg(&approver)
-        .arg(&shots)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs");
-    let mut said = BufReader::new(browser.stdout.take().unwrap()).lines();
-    let mut tell = browser.stdin.take().unwrap();
-    let mut expect = async |word: &str| -> String {
-        let line = tokio::time::timeout(Duration::from_secs(60), said.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("the browser did not say {word} in time"))
-            .unwrap()
-            .unwrap_or_default();
-        let rest = line.trim().strip_prefix(word);
-        rest.unwrap_or_else(|| panic!("the browser said {line:?}, not {word}"))
-            .trim()
-            .to_string()
-    };
+    let mut page = page_script("timeline.mjs", &broker, &approver);
 
-    expect("READY").await;
+    page.expect("READY").await;
     let opened = broker
         .post(
             "/v1/tasks",
@@ -204,10 +165,8 @@ async fn an_approver_watches_a_task_timeline_live_and_revokes_it_there() {
         200
     );
     broker.state.audit.flush().await;
-    tell.write_all(format!("OPEN {task_id}\n").as_bytes())
-        .await
-        .unwrap();
-    expect("OPENED").await;
+    page.tell(&format!("OPEN {task_id}")).await;
+    page.expect("OPENED").await;
 
     // Made while the approver watches: they must arrive through the event stream.
     let secret = "hunter2-correct-horse";
@@ -232,8 +191,8 @@ async fn an_approver_watches_a_task_timeline_live_and_revokes_it_there() {
             .status,
         200
     );
-    tell.write_all(b"EXPECT 4\n").await.unwrap();
-    let seen: serde_json::Value = serde_json::from_str(&expect("SEEN").await).unwrap();
+    page.tell("EXPECT 4").await;
+    let seen: serde_json::Value = serde_json::from_str(&page.expect("SEEN").await).unwrap();
     let text = seen["text"].as_str().unwrap();
     assert!(
         !text.contains(secret),
@@ -269,8 +228,8 @@ async fn an_approver_watches_a_task_timeline_live_and_revokes_it_there() {
         ])
     );
 
-    tell.write_all(b"REVOKE\n").await.unwrap();
-    expect("REVOKED").await;
+    page.tell("REVOKE").await;
+    page.expect("REVOKED").await;
     let refused = broker
         .call(&token, "web.search", json!({"q": "after"}))
         .await;
@@ -280,17 +239,14 @@ async fn an_approver_watches_a_task_timeline_live_and_revokes_it_there() {
         "{refused:?}"
     );
 
-    tell.write_all(b"EVIDENCE\n").await.unwrap();
-    let printed: serde_json::Value = serde_json::from_str(&expect("EVIDENCE").await).unwrap();
+    page.tell("EVIDENCE").await;
+    let printed: serde_json::Value = serde_json::from_str(&page.expect("EVIDENCE").await).unwrap();
     assert!(printed["rows"].as_u64().unwrap() >= 6, "{printed}");
     assert_eq!(printed["searchShown"], false, "only the evidence prints");
     assert_eq!(printed["violations"], json!([]), "the page broke its CSP");
     let facts = printed["facts"].as_str().unwrap();
     assert!(facts.contains("3 allowed, 1 refused, 0 held"), "{facts}");
-    assert!(
-        browser.wait().await.unwrap().success(),
-        "the browser script failed"
-    );
+    page.finished().await;
 
     // Nothing kept holds the password: not the audit rows, not the evidence.
     broker.state.audit.flush().await;
@@ -306,11 +262,11 @@ async fn an_approver_watches_a_task_timeline_live_and_revokes_it_there() {
         "task-timeline-phone.png",
         "task-evidence-print.png",
     ] {
-        assert!(shots.join(shot).exists(), "{shot}");
+        assert!(shots().join(shot).exists(), "{shot}");
     }
     std::fs::copy(
-        shots.join("task-timeline.png"),
-        root.join("../docs/task-timeline.png"),
+        shots().join("task-timeline.png"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/task-timeline.png"),
     )
     .expect("docs/task-timeline.png written");
 }

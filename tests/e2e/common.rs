@@ -565,12 +565,33 @@ pub async fn json_of(request: reqwest::RequestBuilder) -> Value {
     request.send().await.unwrap().json().await.unwrap()
 }
 
+/// A port on 127.0.0.1 that nothing listens on, for a server a test starts later.
+///
+/// It is taken from below the kernel's ephemeral range: a port the kernel handed out (as
+/// `bind(0)` would) is also what it picks for outgoing connections, so between this call
+/// and the server's own bind any connection of the suite's could take it (CI saw a
+/// provider fail with EADDRINUSE that way). Each port is handed out once per run.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|start| *start > LOWEST + 1_000)
+        .unwrap_or(32_768);
+    let span = ephemeral_start - LOWEST;
+    // Runs started at once (a developer's and CI's) start at different places.
+    let offset = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let next = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = LOWEST + (offset + next) % span;
+        let port = u16::try_from(port).expect("below the ephemeral range");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range {ephemeral_start}");
 }
 
 /// Simple HTTP helpers against any base URL.
@@ -601,4 +622,75 @@ pub fn attenuate(token: &str, code: &str) -> String {
         .unwrap()
         .to_base64()
         .unwrap()
+}
+
+/// A child process spoken to a line at a time: told lines on its stdin, answering a
+/// word (and maybe more) per line on its stdout. Killed on drop; a script that waits on
+/// its stdin ends when this is dropped.
+pub struct LineScript {
+    child: tokio::process::Child,
+    said: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    tell: tokio::process::ChildStdin,
+    name: String,
+}
+
+impl LineScript {
+    /// Runs `program script args…`, its stderr passed through.
+    pub fn spawn(program: &Path, script: &Path, args: &[String]) -> LineScript {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(program)
+            .arg(script)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|err| panic!("{} does not run: {err}", program.display()));
+        let said = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let tell = child.stdin.take().unwrap();
+        let name = script
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        LineScript {
+            child,
+            said,
+            tell,
+            name,
+        }
+    }
+
+    /// Waits up to `limit` for the next line, which must start with `word`; the rest of
+    /// that line, trimmed.
+    pub async fn expect_within(&mut self, word: &str, limit: Duration) -> String {
+        let line = tokio::time::timeout(limit, self.said.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not say {word} in time", self.name))
+            .unwrap()
+            .unwrap_or_default();
+        let rest = line.trim().strip_prefix(word);
+        rest.unwrap_or_else(|| panic!("{} said {line:?}, not {word}", self.name))
+            .trim()
+            .to_string()
+    }
+
+    /// [`LineScript::expect_within`] a minute.
+    pub async fn expect(&mut self, word: &str) -> String {
+        self.expect_within(word, Duration::from_secs(60)).await
+    }
+
+    /// Tells the script one line.
+    pub async fn tell(&mut self, line: &str) {
+        use tokio::io::AsyncWriteExt;
+        self.tell
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+
+    /// Waits for the script to end, and requires that it succeeded.
+    pub async fn finished(mut self) {
+        let status = self.child.wait().await.unwrap();
+        assert!(status.success(), "{} failed: {status}", self.name);
+    }
 }

@@ -6,14 +6,11 @@
 //! that cannot be reached is a clear page, never a 500 or a hang.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use crate::common::{ADMIN, TestBroker, free_port};
+use crate::common::{ADMIN, LineScript, TestBroker, free_port};
 use crate::oauth::{
     App, Browser, Page, choose, code_of, encode, query_of, read_form, same_target, unescape,
 };
@@ -59,12 +56,10 @@ const PATIENCE: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------- the provider
 
-/// A Node.js script of `tests/oidc` (oidc-provider's folder), running; killed on drop.
+/// A Node.js script of `tests/oidc` (oidc-provider's folder), running; killed on drop
+/// (and it exits when its stdin closes).
 pub(crate) struct NodeScript {
-    _child: Child,
-    /// Held open: the script exits when its stdin closes.
-    _stdin: ChildStdin,
-    _stdout: Lines<BufReader<ChildStdout>>,
+    _script: LineScript,
 }
 
 impl NodeScript {
@@ -82,28 +77,10 @@ impl NodeScript {
         } else {
             PathBuf::from("node")
         };
-        let mut child = Command::new(node)
-            .arg(folder.join(script))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("node runs");
-        let stdin = child.stdin.take().unwrap();
-        let mut said = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), said.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("{script} did not start in time"))
-            .unwrap()
-            .unwrap_or_default();
-        assert_eq!(line.trim(), ready);
-        NodeScript {
-            _child: child,
-            _stdin: stdin,
-            _stdout: said,
-        }
+        let mut running = LineScript::spawn(&node, &folder.join(script), args);
+        let rest = running.expect_within(ready, Duration::from_secs(30)).await;
+        assert_eq!(rest, "", "{script} said more than {ready}");
+        NodeScript { _script: running }
     }
 }
 

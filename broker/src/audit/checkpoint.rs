@@ -22,8 +22,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use biscuit_auth::PublicKey;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -32,7 +30,7 @@ use crate::audit::log::Audit;
 use crate::clock::{Clock, rfc3339};
 use crate::store::chain::{ChainBreak, verify_chain};
 use crate::store::{AuditCheckpoint, Store};
-use crate::tokens::keys::RootKeys;
+use crate::tokens::keys::{DetachedSignatureError, RootKeys, verify_detached};
 
 /// The first line of every signed checkpoint: the signature means nothing elsewhere.
 pub const DOMAIN: &str = "leash-audit-checkpoint-v1";
@@ -46,16 +44,13 @@ pub fn signed_bytes(seq: i64, hash: &str, at_ms: i64) -> Vec<u8> {
 
 /// Signs the head `(seq, hash)` at `at_ms` with the current signing root key.
 pub fn sign(keys: &RootKeys, seq: i64, hash: &str, at_ms: i64) -> anyhow::Result<AuditCheckpoint> {
-    let (kid, pair) = keys.signing();
-    let signature = pair
-        .sign(&signed_bytes(seq, hash, at_ms))
-        .map_err(|err| anyhow::anyhow!("cannot sign the audit checkpoint: {err}"))?;
+    let (kid, signature) = keys.sign_detached(&signed_bytes(seq, hash, at_ms))?;
     Ok(AuditCheckpoint {
         seq,
         hash: hash.to_string(),
         at_ms,
         kid,
-        signature: URL_SAFE_NO_PAD.encode(signature.to_bytes()),
+        signature,
     })
 }
 
@@ -64,29 +59,17 @@ pub fn check_signature(
     checkpoint: &AuditCheckpoint,
     keys: &BTreeMap<u32, PublicKey>,
 ) -> Result<(), String> {
-    let Some(key) = keys.get(&checkpoint.kid) else {
-        return Err(format!("is signed by unknown root key {}", checkpoint.kid));
-    };
-    let key: [u8; 32] = key
-        .to_bytes()
-        .try_into()
-        .map_err(|_| format!("root key {} is not an ed25519 key", checkpoint.kid))?;
-    let key = ed25519_dalek::VerifyingKey::from_bytes(&key)
-        .map_err(|_| format!("root key {} is not a valid ed25519 key", checkpoint.kid))?;
-    let signature: [u8; 64] = URL_SAFE_NO_PAD
-        .decode(&checkpoint.signature)
-        .ok()
-        .and_then(|bytes| bytes.try_into().ok())
-        .ok_or_else(|| "has a malformed signature".to_string())?;
-    key.verify_strict(
-        &signed_bytes(checkpoint.seq, &checkpoint.hash, checkpoint.at_ms),
-        &ed25519_dalek::Signature::from_bytes(&signature),
-    )
-    .map_err(|_| {
-        format!(
-            "has a signature that does not verify with root key {} (forged or altered)",
-            checkpoint.kid
-        )
+    let kid = checkpoint.kid;
+    let bytes = signed_bytes(checkpoint.seq, &checkpoint.hash, checkpoint.at_ms);
+    verify_detached(keys, kid, &checkpoint.signature, &bytes).map_err(|err| match err {
+        DetachedSignatureError::UnknownKey => format!("is signed by unknown root key {kid}"),
+        DetachedSignatureError::NotEd25519 => {
+            format!("root key {kid} is not a valid ed25519 key")
+        }
+        DetachedSignatureError::Malformed => "has a malformed signature".to_string(),
+        DetachedSignatureError::Mismatch => {
+            format!("has a signature that does not verify with root key {kid} (forged or altered)")
+        }
     })
 }
 

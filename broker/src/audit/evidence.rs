@@ -14,8 +14,6 @@
 
 use std::collections::BTreeMap;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use biscuit_auth::PublicKey;
 use leash_sdk::protocol::{EvidenceSignature, TaskEvidence};
 use serde_json::Value;
@@ -23,7 +21,7 @@ use serde_json::Value;
 use crate::audit::checkpoint::{check_signature, parse_line};
 use crate::store::AuditRow;
 use crate::store::chain::row_hash;
-use crate::tokens::keys::RootKeys;
+use crate::tokens::keys::{DetachedSignatureError, RootKeys, verify_detached};
 
 /// The `format` of every evidence document this broker writes.
 pub const FORMAT: &str = "leash-task-evidence-v1";
@@ -39,17 +37,13 @@ pub fn canonical(evidence: &Value) -> anyhow::Result<Vec<u8>> {
 
 /// Signs `evidence` with the current signing root key.
 pub fn sign(keys: &RootKeys, evidence: Value) -> anyhow::Result<Signed> {
-    let bytes = canonical(&evidence)?;
-    let (kid, pair) = keys.signing();
-    let signature = pair
-        .sign(&bytes)
-        .map_err(|err| anyhow::anyhow!("cannot sign the evidence: {err}"))?;
+    let (kid, value) = keys.sign_detached(&canonical(&evidence)?)?;
     Ok(Signed {
         evidence,
         signature: EvidenceSignature {
             kid,
             alg: "ed25519".into(),
-            value: URL_SAFE_NO_PAD.encode(signature.to_bytes()),
+            value,
         },
     })
 }
@@ -119,25 +113,21 @@ fn check_evidence_signature(
         ));
     }
     let kid = signed.signature.kid;
-    let key = keys.get(&kid).ok_or_else(|| {
-        format!("signature is by root key {kid}, which the keys given do not hold")
-    })?;
-    let key: [u8; 32] = key
-        .to_bytes()
-        .try_into()
-        .map_err(|_| format!("root key {kid} is not an ed25519 key"))?;
-    let key = ed25519_dalek::VerifyingKey::from_bytes(&key)
-        .map_err(|_| format!("root key {kid} is not a valid ed25519 key"))?;
-    let value: [u8; 64] = URL_SAFE_NO_PAD
-        .decode(&signed.signature.value)
-        .ok()
-        .and_then(|bytes| bytes.try_into().ok())
-        .ok_or_else(|| "signature value is not 64 bytes of base64url".to_string())?;
     let bytes = canonical(&signed.evidence).map_err(|err| err.to_string())?;
-    key.verify_strict(&bytes, &ed25519_dalek::Signature::from_bytes(&value))
-        .map_err(|_| {
-            format!("signature does not verify with root key {kid}: the evidence was changed after signing, or not signed by this deployment")
-        })
+    verify_detached(keys, kid, &signed.signature.value, &bytes).map_err(|err| match err {
+        DetachedSignatureError::UnknownKey => {
+            format!("signature is by root key {kid}, which the keys given do not hold")
+        }
+        DetachedSignatureError::NotEd25519 => {
+            format!("root key {kid} is not a valid ed25519 key")
+        }
+        DetachedSignatureError::Malformed => {
+            "signature value is not 64 bytes of base64url".to_string()
+        }
+        DetachedSignatureError::Mismatch => format!(
+            "signature does not verify with root key {kid}: the evidence was changed after signing, or not signed by this deployment"
+        ),
+    })
 }
 
 /// Every row of `evidence.audit.rows`, each one's hash recomputed.

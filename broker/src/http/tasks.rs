@@ -397,7 +397,7 @@ pub async fn timeline(
     QueryParams(q): QueryParams<TimelineQuery>,
 ) -> ApiResult<Json<TaskTimeline>> {
     let id = task_id_of(&id)?;
-    let record = history.task(id).await?;
+    let record = lifecycle.load(id).await?;
     let page = history
         .timeline(id, q.after, q.limit.unwrap_or(500))
         .await?;
@@ -432,10 +432,11 @@ pub async fn timeline(
 pub async fn evidence(
     _: ApproverOrAdmin,
     State(history): State<Arc<History>>,
+    State(lifecycle): State<Arc<Lifecycle>>,
     PathParam(id): PathParam,
 ) -> ApiResult<Json<TaskEvidence>> {
-    let id = task_id_of(&id)?;
-    Ok(Json(history.evidence(id).await?))
+    let record = lifecycle.load(task_id_of(&id)?).await?;
+    Ok(Json(history.evidence(&record).await?))
 }
 
 /// `POST /v1/tasks/{id}/revoke` (approver, admin).

@@ -37,7 +37,8 @@ pub fn masked_with_secrets(schema: &Value, args: &Value) -> (Value, Vec<String>)
     if !mentions_write_only(schema) {
         return (args.clone(), secrets);
     }
-    let shown = mask(schema, schema, args, &mut secrets);
+    // The schema mentions it somewhere, so any reference may lead to it.
+    let shown = mask(schema, args, &mut secrets);
     (shown, secrets)
 }
 
@@ -70,7 +71,7 @@ fn hide(value: &Value, secrets: &mut Vec<String>) -> Value {
     Value::String(MASK.into())
 }
 
-fn mask(root: &Value, schema: &Value, value: &Value, secrets: &mut Vec<String>) -> Value {
+fn mask(schema: &Value, value: &Value, secrets: &mut Vec<String>) -> Value {
     let Some(schema) = schema.as_object() else {
         return value.clone();
     };
@@ -83,19 +84,19 @@ fn mask(root: &Value, schema: &Value, value: &Value, secrets: &mut Vec<String>) 
         }
         // A reference ($ref, $dynamicRef, $recursiveRef) may lead anywhere.
         let reference = keyword.starts_with('$') && keyword.ends_with("Ref") || keyword == "$ref";
-        mentions_write_only(sub) || (reference && mentions_write_only(root))
+        reference || mentions_write_only(sub)
     });
     if uncertain {
         return hide(value, secrets);
     }
     match value {
-        Value::Object(fields) => Value::Object(mask_fields(root, schema, fields, secrets)),
+        Value::Object(fields) => Value::Object(mask_fields(schema, fields, secrets)),
         Value::Array(items) => Value::Array(
             items
                 .iter()
                 .enumerate()
                 .map(|(index, item)| match item_schema(schema, index) {
-                    Some(sub) => mask(root, sub, item, secrets),
+                    Some(sub) => mask(sub, item, secrets),
                     None => item.clone(),
                 })
                 .collect(),
@@ -105,7 +106,6 @@ fn mask(root: &Value, schema: &Value, value: &Value, secrets: &mut Vec<String>) 
 }
 
 fn mask_fields(
-    root: &Value,
     schema: &Map<String, Value>,
     fields: &Map<String, Value>,
     secrets: &mut Vec<String>,
@@ -117,7 +117,7 @@ fn mask_fields(
         .map(|(name, field)| {
             let sub = properties.and_then(|p| p.get(name)).or(additional);
             let shown = match sub {
-                Some(sub) => mask(root, sub, field, secrets),
+                Some(sub) => mask(sub, field, secrets),
                 None => field.clone(),
             };
             (name.clone(), shown)

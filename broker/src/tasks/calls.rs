@@ -241,12 +241,13 @@ impl Calls {
             detail["connection"] = json!(connection);
         }
         // What the call asked, as the timeline and the evidence show it (writeOnly masked).
-        match seen.arguments {
-            Some(shown) if shown.to_string().len() <= MAX_AUDITED_ARGUMENTS => {
+        if let Some(shown) = seen.arguments {
+            let bytes = shown.to_string().len();
+            if bytes <= MAX_AUDITED_ARGUMENTS {
                 detail["arguments"] = shown;
+            } else {
+                detail["arguments_omitted_bytes"] = json!(bytes);
             }
-            Some(shown) => detail["arguments_omitted_bytes"] = json!(shown.to_string().len()),
-            None => {}
         }
         if let Some(upstream) = seen.upstream {
             detail["upstream"] = json!(upstream);

@@ -49,15 +49,6 @@ pub struct TimelinePage {
 }
 
 impl History {
-    /// The task's stored row, or 404.
-    pub async fn task(&self, task_id: &str) -> Result<TaskRecord, ApiError> {
-        self.store
-            .get_task(task_id)
-            .await
-            .map_err(ApiError::internal)?
-            .ok_or_else(|| ApiError::NotFound(format!("no task {task_id}")))
-    }
-
     /// Up to `limit` of the task's audit rows after `after`.
     pub async fn timeline(
         &self,
@@ -74,10 +65,11 @@ impl History {
         Ok(TimelinePage { rows, next })
     }
 
-    /// The task's evidence, signed.
-    pub async fn evidence(&self, task_id: &str) -> Result<Signed, ApiError> {
-        let task = self.task(task_id).await?;
+    /// The evidence of the stored `task`, signed.
+    pub async fn evidence(&self, task: &TaskRecord) -> Result<Signed, ApiError> {
+        let task_id = task.task_id.as_str();
         let mut rows = Vec::new();
+        let mut listed = Vec::new();
         let mut after = 0;
         let mut bytes = 0;
         loop {
@@ -88,10 +80,11 @@ impl History {
                 .map_err(ApiError::internal)?;
             let Some(last) = page.last() else { break };
             after = last.seq;
-            bytes += page
-                .iter()
-                .map(|r| r.detail.to_string().len() + r.actor.len() + 200)
-                .sum::<usize>();
+            for row in &page {
+                let json = row_json(row);
+                bytes += json["detail"].as_str().map_or(0, str::len) + row.actor.len() + 200;
+                listed.push(json);
+            }
             rows.extend(page);
             if rows.len() > MAX_EVIDENCE_ROWS || bytes > MAX_EVIDENCE_BYTES {
                 return Err(ApiError::BadRequest(format!(
@@ -107,7 +100,7 @@ impl History {
             .map_err(ApiError::internal)?;
         let evidence = json!({
             "format": FORMAT,
-            "task": task_facts(&task),
+            "task": task_facts(task),
             "policy": { "sha256": policy_of(&rows).unwrap_or(&self.policy_hash) },
             "issuance": issuance(&rows),
             "tokens": tokens(&rows),
@@ -117,7 +110,7 @@ impl History {
                 "first_seq": rows.first().map(|r| r.seq),
                 "last_seq": rows.last().map(|r| r.seq),
                 "last_hash": rows.last().map(|r| r.hash.as_str()),
-                "rows": rows.iter().map(row_json).collect::<Vec<_>>(),
+                "rows": listed,
             },
             "checkpoint": checkpoint.as_ref().map(checkpoint_json),
         });

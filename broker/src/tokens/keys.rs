@@ -14,6 +14,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use biscuit_auth::{KeyPair, PrivateKey, PublicKey, builder::Algorithm, error};
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +46,44 @@ pub struct PublishedKey {
     pub algorithm: &'static str,
     /// Biscuit's textual form, `ed25519/<hex>`.
     pub public_key: String,
+}
+
+/// Why a detached root-key signature ([`RootKeys::sign_detached`]) does not hold; each
+/// caller words it for what was signed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DetachedSignatureError {
+    /// No key with this id among the keys given.
+    UnknownKey,
+    /// The key with this id is not a usable Ed25519 key.
+    NotEd25519,
+    /// The signature is not 64 bytes of base64url.
+    Malformed,
+    /// A well-formed signature that does not verify over the bytes.
+    Mismatch,
+}
+
+/// Checks a detached signature by root key `kid` over `bytes` (strict Ed25519: no
+/// malleable or small-order forms).
+pub fn verify_detached(
+    keys: &BTreeMap<u32, PublicKey>,
+    kid: u32,
+    signature: &str,
+    bytes: &[u8],
+) -> Result<(), DetachedSignatureError> {
+    let key = keys.get(&kid).ok_or(DetachedSignatureError::UnknownKey)?;
+    let key: [u8; 32] = key
+        .to_bytes()
+        .try_into()
+        .map_err(|_| DetachedSignatureError::NotEd25519)?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&key)
+        .map_err(|_| DetachedSignatureError::NotEd25519)?;
+    let signature: [u8; 64] = URL_SAFE_NO_PAD
+        .decode(signature)
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or(DetachedSignatureError::Malformed)?;
+    key.verify_strict(bytes, &ed25519_dalek::Signature::from_bytes(&signature))
+        .map_err(|_| DetachedSignatureError::Mismatch)
 }
 
 /// Why keys could not be loaded.
@@ -124,6 +164,16 @@ impl RootKeys {
             .next_back()
             .expect("RootKeys is never empty by construction");
         (*kid, pair.clone())
+    }
+
+    /// Signs `bytes` with the signing key: its id and the Ed25519 signature, base64url
+    /// without padding (how checkpoints and evidence publish it).
+    pub fn sign_detached(&self, bytes: &[u8]) -> anyhow::Result<(u32, String)> {
+        let (kid, pair) = self.signing();
+        let signature = pair
+            .sign(bytes)
+            .map_err(|err| anyhow::anyhow!("root key {kid} cannot sign: {err}"))?;
+        Ok((kid, URL_SAFE_NO_PAD.encode(signature.to_bytes())))
     }
 
     /// The public key for a token's root key id; unknown or missing ids fail.
