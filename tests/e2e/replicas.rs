@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{ADMIN, BrokerProcess, Reply, ToolServer, attenuate, leash_binary, post_json};
+use crate::common::{
+    ADMIN, BrokerProcess, Reply, ToolServer, attenuate, json_of, leash_binary, post_json,
+};
 
 const DATABASE: &str = "postgres://postgres@127.0.0.1:5432/test";
 const MASTER: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -776,6 +778,74 @@ async fn audit_verify_checks_a_postgres_deployment() {
         !ok && out.contains("seq 2") && out.contains("edited"),
         "{out}"
     );
+}
+
+/// Reads an `/v1/events` stream until a `timeline.appended` event names `task_id`;
+/// fails after 10 seconds.
+async fn await_timeline_event<S, B, E>(mut body: S, task_id: &str)
+where
+    S: futures_util::Stream<Item = Result<B, E>> + Unpin,
+    B: AsRef<[u8]>,
+    E: std::fmt::Debug,
+{
+    use futures_util::StreamExt;
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let wanted = format!("\"task_id\":\"{task_id}\"");
+    while !text
+        .split("\n\n")
+        .any(|event| event.contains("event: timeline.appended") && event.contains(&wanted))
+    {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .unwrap_or_else(|_| panic!("no timeline.appended for {task_id}: {text}"))
+            .expect("the stream stays open")
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(chunk.as_ref()));
+    }
+}
+
+/// An approver's open timeline is live whichever replica served the agent: the rows
+/// one replica commits are announced on every replica's event stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeline_open_on_one_replica_hears_calls_served_by_another() {
+    let mut deployment = Deployment::new().await;
+    let a = deployment.replica().await;
+    let b = deployment.replica().await;
+    let agent = credential(&a.url, "/v1/agents/bot/credentials").await;
+    let ann = credential(&a.url, "/v1/approvers/ann/credentials").await;
+    let (task_id, token) = task(&a.url, &agent).await;
+    let http = reqwest::Client::new();
+    // The issuance row is in first, so only the call's row can announce the task below.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let timeline = json_of(
+            http.get(format!("{}/v1/tasks/{task_id}/timeline", b.url))
+                .bearer_auth(&ann),
+        )
+        .await;
+        if timeline["entries"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty())
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "issuance never recorded: {timeline}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events_of = async |url: &str| {
+        let response = http.get(format!("{url}/v1/events")).bearer_auth(&ann);
+        let response = response.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.bytes_stream()
+    };
+    let (on_a, on_b) = (events_of(&a.url).await, events_of(&b.url).await);
+    assert_eq!(call(&a.url, &token).await.status, 200);
+    await_timeline_event(on_b, &task_id).await;
+    await_timeline_event(on_a, &task_id).await;
 }
 
 /// A task's evidence is built from the shared database only: fetched from another

@@ -57,6 +57,7 @@ pub async fn run(
             verifier: state.verifier.clone(),
             health: state.health.clone(),
             master_key,
+            events: state.events.clone(),
         };
         crate::replica::feed::start(feed, state.revocations_loaded_to);
     }

@@ -100,7 +100,11 @@ pub async fn prepare(
     }
     let audit = Audit::start(store.clone(), clock.clone(), config.audit_checkpoint_events).await?;
     let events = Events::default();
-    audit.announce_on(events.clone());
+    // With PostgreSQL every replica (this one too) hears of committed rows through its
+    // feed (`timeline:` notifications); a lone SQLite broker announces its own.
+    if pg.is_none() {
+        audit.announce_on(events.clone());
+    }
     if let Some(url) = policy.approvals.webhook.clone() {
         crate::events::webhook::start(
             &events,

@@ -150,7 +150,9 @@ impl Audit {
     }
 
     /// From now on, each committed batch publishes `timeline.appended` on `events` once
-    /// per task it holds rows of: what keeps an approver's open timeline live.
+    /// per task it holds rows of: what keeps an approver's open timeline live. Only for a
+    /// store without a replica feed: with PostgreSQL the feed publishes them, for every
+    /// replica's rows.
     pub fn announce_on(&self, events: Events) {
         let _ = self.announce.set(events);
     }

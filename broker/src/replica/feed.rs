@@ -1,6 +1,7 @@
 //! Replica fan-out: every replica LISTENs on the schema's channel and applies what other
 //! replicas commit — `task:<id>` (state, window), `rev` (new revocations), `keys`,
-//! `pin:<tool>` — to its caches.
+//! `pin:<tool>` — to its caches, and publishes `timeline:<id>,<id>…` (audit rows of those
+//! tasks committed, by any replica, itself included) as `timeline.appended` events.
 //!
 //! Every [`HEARTBEAT`] a replica NOTIFYs a ping carrying its own id and must hear it
 //! back ([`crate::replica::health`]); after any gap it catches up from the tables
@@ -14,6 +15,7 @@ use std::time::Duration;
 use sqlx::postgres::PgListener;
 
 use crate::error::ApiError;
+use crate::events::hub::Events;
 use crate::ids::random_hex;
 use crate::replica::health::FeedHealth;
 use crate::replica::sealed_keys::MasterKey;
@@ -43,6 +45,8 @@ pub struct Feed {
     pub health: Arc<FeedHealth>,
     /// Opens the sealed root keys.
     pub master_key: Arc<MasterKey>,
+    /// Where `timeline.appended` is published for every replica's audit rows.
+    pub events: Events,
 }
 
 /// How often a replica pings itself through PostgreSQL.
@@ -137,6 +141,13 @@ async fn apply(feed: &Feed, payload: &str, last_seq: &AtomicI64) -> Result<(), A
             .map_err(ApiError::internal)?
         {
             feed.tasks.apply_external(&record).await;
+        }
+        return Ok(());
+    }
+    if let Some(tasks) = payload.strip_prefix("timeline:") {
+        // Any replica's committed audit rows: approvers watching here see them live.
+        for task_id in tasks.split(',').filter(|id| crate::ids::is_task_id(id)) {
+            feed.events.publish_timeline(task_id);
         }
         return Ok(());
     }

@@ -17,6 +17,10 @@ use super::rows::{revocation_from_row, to_i64};
 use super::sql::{AUDIT_HEAD, SqlStore};
 
 /// Records a token issued for a task, so that ending the task revokes it.
+/// Task ids per `timeline:` notification: PostgreSQL's payload limit is 8000 bytes, and
+/// a task id with its comma is 37.
+const TIMELINE_IDS_PER_NOTICE: usize = 150;
+
 const INSERT_TASK_TOKEN: &str =
     "INSERT INTO task_tokens (revocation_id, task_id, issued_at_ms) VALUES ($1, $2, $3)";
 
@@ -624,6 +628,14 @@ where
                     .bind(&row.hash);
             }
             query.execute(&mut *tx).await?;
+        }
+        // Replicas hear which timelines grew (with the rows' commit, never before it).
+        let mut tasks: Vec<&str> = events.iter().filter_map(|e| e.task_id.as_deref()).collect();
+        tasks.sort_unstable();
+        tasks.dedup();
+        for ids in tasks.chunks(TIMELINE_IDS_PER_NOTICE) {
+            let payload = format!("timeline:{}", ids.join(","));
+            self.dialect.notify(&mut tx, &payload).await?;
         }
         tx.commit().await?;
         Ok(())
