@@ -449,3 +449,89 @@ async fn approvals_are_in_the_evidence_and_an_approver_never_sees_a_write_only_v
         "{summary}"
     );
 }
+
+const STRICT_SECRETS: &str = r#"
+[tools."vault.unlock"]
+upstream = "http://{UP}/unlock"
+input_schema = { type = "object", properties = { user = { type = "string" }, pin = { type = "string", writeOnly = true, pattern = "^[0-9]{4}$" }, code = { type = "integer", writeOnly = true, maximum = 999 }, keys = { type = "array", items = { type = "string", writeOnly = true, maxLength = 3 } } } }
+
+[agents.worker]
+tools = ["vault.unlock"]
+max_ttl_seconds = 600
+"#;
+
+/// Calls refused because a `writeOnly` value breaks the schema (a pattern, a maximum, an
+/// item's length) are recorded with their reason and their arguments masked: no audit
+/// row, timeline entry or evidence holds the value — strings, numbers and values inside
+/// arrays alike. (An upstream's error that quotes one: `mcp.rs`.)
+#[tokio::test]
+async fn schema_refusals_of_write_only_values_keep_them_out_of_the_record() {
+    let broker = TestBroker::spawn_with(STRICT_SECRETS).await;
+    let agent = broker.agent("worker").await;
+    let ann = broker.approver("ann").await;
+    let opened = broker
+        .post(
+            "/v1/tasks",
+            Some(&agent),
+            json!({"purpose": "open the vault", "tools": ["vault.unlock"]}),
+        )
+        .await;
+    assert_eq!(opened.status, 201, "{opened:?}");
+    let task_id = opened.body["task_id"].as_str().unwrap().to_string();
+    let token = opened.body["token"].as_str().unwrap().to_string();
+    let attempts = [
+        (json!({"user": "ada", "pin": "hunter2-pin"}), "hunter2-pin"),
+        (json!({"user": "ada", "code": 48213}), "48213"),
+        (
+            json!({"user": "ada", "keys": ["ok", "sesame-key"]}),
+            "sesame-key",
+        ),
+    ];
+    for (args, _) in &attempts {
+        let refused = broker.call(&token, "vault.unlock", args.clone()).await;
+        assert_eq!(refused.status, 422, "{refused:?}");
+    }
+    broker.state.audit.flush().await;
+    let audit = broker.get("/v1/audit?after=0", Some(ADMIN)).await;
+    let timeline = broker
+        .get(&format!("/v1/tasks/{task_id}/timeline"), Some(&ann))
+        .await;
+    let evidence = broker
+        .get(&format!("/v1/tasks/{task_id}/evidence"), Some(&ann))
+        .await;
+    let entries = timeline.body["entries"].as_array().unwrap();
+    let refusals: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["kind"] == "call.denied")
+        .collect();
+    assert_eq!(refusals.len(), 3, "{entries:?}");
+    for refusal in &refusals {
+        assert_eq!(refusal["detail"]["status"], 422, "{refusal}");
+        assert!(
+            refusal["detail"]["reason"]
+                .as_str()
+                .is_some_and(|r| !r.is_empty()),
+            "{refusal}"
+        );
+    }
+    for (_, secret) in &attempts {
+        for (what, body) in [
+            ("audit", &audit.body),
+            ("timeline", &timeline.body),
+            ("evidence", &evidence.body),
+        ] {
+            assert!(
+                !body.to_string().contains(secret),
+                "{what} holds {secret}: {body}"
+            );
+        }
+    }
+    assert_eq!(
+        refusals[0]["detail"]["arguments"],
+        json!({"user": "ada", "pin": "[writeOnly]"})
+    );
+    assert_eq!(
+        refusals[2]["detail"]["arguments"],
+        json!({"user": "ada", "keys": ["[writeOnly]", "[writeOnly]"]})
+    );
+}

@@ -221,6 +221,62 @@ async fn the_python_sdk_through_leash_to_a_python_mcp_server() {
     );
 }
 
+/// An MCP server's error may quote an argument its own schema marks `writeOnly` (the
+/// official Python SDK's tool, refusing a PIN by echoing it): the agent hears the error,
+/// but the audit row, the timeline and the evidence keep the reason with the value
+/// masked, and the arguments masked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_error_quoting_a_write_only_argument_is_kept_masked() {
+    let upstream = Upstream::start().await;
+    let broker = broker_with(&upstream).await;
+    let agent = broker.agent("bot").await;
+    let ann = broker.approver("ann").await;
+    let (task_id, token) = broker.task(&agent, &["everything.unlock"]).await;
+    let pin = "hunter2-4921";
+    let refused = broker
+        .call(
+            &token,
+            "everything.unlock",
+            json!({"user": "ada", "pin": pin}),
+        )
+        .await;
+    assert_eq!(refused.status, 502, "{refused:?}");
+    broker.state.audit.flush().await;
+    let timeline = broker
+        .get(&format!("/v1/tasks/{task_id}/timeline"), Some(&ann))
+        .await;
+    let entries = timeline.body["entries"].as_array().unwrap();
+    let denied = entries
+        .iter()
+        .find(|e| e["kind"] == "call.denied")
+        .unwrap_or_else(|| panic!("no refusal: {entries:?}"));
+    let reason = denied["detail"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("wrong PIN") && reason.contains("[writeOnly]"),
+        "the upstream's words, the PIN masked: {reason}"
+    );
+    assert_eq!(
+        denied["detail"]["arguments"],
+        json!({"user": "ada", "pin": "[writeOnly]"})
+    );
+    assert_eq!(denied["detail"]["upstream"], "bad_answer");
+    let audit = broker.get("/v1/audit?after=0", Some(ADMIN)).await;
+    let evidence = broker
+        .get(&format!("/v1/tasks/{task_id}/evidence"), Some(&ann))
+        .await;
+    assert_eq!(evidence.status, 200);
+    for (what, body) in [
+        ("audit", &audit.body),
+        ("timeline", &timeline.body),
+        ("evidence", &evidence.body),
+    ] {
+        assert!(
+            !body.to_string().contains(pin),
+            "{what} holds the PIN: {body}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_upstream_definition_is_withheld_until_approved() {
     let upstream = Upstream::start().await;

@@ -32,6 +32,7 @@ from starlette.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from mcp.server.mcpserver import Context, Elicit, ListRoots, MCPServer, Resolve, Sample
+from mcp.shared.exceptions import MCPError
 from mcp.types import (
     Completion,
     CreateMessageResult,
@@ -59,6 +60,13 @@ def echo(message: str) -> str:
 def add(a: int, b: int) -> int:
     """Add two integers."""
     return a + b
+
+
+@server.tool()
+def unlock(user: str, pin: Annotated[str, Field(json_schema_extra={"writeOnly": True})]) -> str:
+    """Refuses every PIN with a JSON-RPC error that quotes it back, as a careless server
+    might: Leash must keep the PIN out of its audit rows, timeline and evidence."""
+    raise MCPError(-32602, f"wrong PIN {pin!r} for {user}")
 
 
 @server.tool()
