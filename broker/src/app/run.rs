@@ -102,13 +102,23 @@ pub async fn prune_revocations(state: &AppState) -> anyhow::Result<(u64, usize)>
     Ok((from_feed, from_memory))
 }
 
+/// Audit rows one pruning transaction deletes at most (when checkpoints allow a cut that
+/// close): it holds the audit lock, and every call's audit row waits for it.
+pub const PRUNE_BATCH_ROWS: i64 = 20_000;
+
 /// Retention: prunes ended tasks older than `--task-retention-days` and the audit rows
-/// before them, only up to a signed checkpoint, and records that it did.
+/// before them, only up to a signed checkpoint, a batch of rows per transaction with a
+/// pause between batches, and records each cut (`audit.pruned`). What was deleted in all.
 pub async fn prune_history(state: &AppState) -> anyhow::Result<crate::store::Pruned> {
     let retention = i64::try_from(state.config.task_retention.as_millis()).unwrap_or(i64::MAX);
     let before = state.clock.now_ms().saturating_sub(retention);
-    let pruned = state.store.prune_history(before).await?;
-    if let Some(through_seq) = pruned.through_seq {
+    let mut total = crate::store::Pruned::default();
+    loop {
+        let pruned = state.store.prune_history(before, PRUNE_BATCH_ROWS).await?;
+        // Each cut deletes at least the row of its checkpoint: this ends.
+        let Some(through_seq) = pruned.through_seq else {
+            return Ok(total);
+        };
         state
             .audit
             .record(crate::audit::log::AuditEvent {
@@ -121,8 +131,14 @@ pub async fn prune_history(state: &AppState) -> anyhow::Result<crate::store::Pru
                 }),
             })
             .await;
+        total = crate::store::Pruned {
+            through_seq: Some(through_seq),
+            rows: total.rows + pruned.rows,
+            tasks: total.tasks + pruned.tasks,
+        };
+        // Audit writes waiting on the lock go first.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    Ok(pruned)
 }
 
 /// How often ended tasks' provider tokens are looked for (tasks other replicas ended, and

@@ -579,10 +579,14 @@ pub trait Store:
     async fn checkpoints_after(&self, seq: i64, limit: i64) -> StoreResult<Vec<AuditCheckpoint>>;
     /// The checkpoint with the highest seq.
     async fn latest_checkpoint(&self) -> StoreResult<Option<AuditCheckpoint>>;
-    /// Retention: deletes the oldest audit rows, through the newest signed checkpoint
-    /// such that no row after it is younger than `before_ms` or belongs to a task that
+    /// Retention: deletes the oldest audit rows, through a signed checkpoint such that no row after it is younger than `before_ms` or belongs to a task that
     /// has not ended before `before_ms` (never the chain's head), then every task that
     /// ended before `before_ms` and has no audit row left, with its decided approvals
     /// and its token list. The checkpoint stays: it anchors the rows that remain.
-    async fn prune_history(&self, before_ms: i64) -> StoreResult<Pruned>;
+    ///
+    /// One call deletes the rows up to the newest such checkpoint within `max_rows` of
+    /// the oldest row (or, when there is none that close, up to the oldest such
+    /// checkpoint): the audit lock it holds stalls audit writes, so a large backlog is
+    /// cut in several calls.
+    async fn prune_history(&self, before_ms: i64, max_rows: i64) -> StoreResult<Pruned>;
 }

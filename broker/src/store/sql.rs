@@ -463,8 +463,8 @@ where
         rows.iter().map(audit_row_from_row).collect()
     }
 
-    async fn prune_history(&self, before_ms: i64) -> StoreResult<Pruned> {
-        self.prune_history_tx(before_ms).await
+    async fn prune_history(&self, before_ms: i64, max_rows: i64) -> StoreResult<Pruned> {
+        self.prune_history_tx(before_ms, max_rows).await
     }
 
     async fn insert_checkpoint(&self, c: &AuditCheckpoint) -> StoreResult<bool> {

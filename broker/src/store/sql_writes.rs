@@ -507,7 +507,11 @@ where
 
     /// [`super::api::Store::append_audit`]: chained after the head read under the audit
     /// lock, so every replica extends one chain.
-    pub(super) async fn prune_history_tx(&self, before_ms: i64) -> StoreResult<Pruned> {
+    pub(super) async fn prune_history_tx(
+        &self,
+        before_ms: i64,
+        max_rows: i64,
+    ) -> StoreResult<Pruned> {
         let mut tx = self.dialect.begin_write(&self.pool).await?;
         // Under the chain's lock: the head cannot move while the cut is chosen.
         self.dialect.lock(&mut tx, Lock::Audit).await?;
@@ -532,16 +536,24 @@ where
         .await?
         .try_get("kept")?;
         let mut limit = kept.map_or(head, |kept| kept - 1).min(head - 1);
+        // This call's share of a large backlog.
+        let window = first.saturating_add(max_rows.max(1) - 1);
         let mut chosen = None;
         // A few rounds at most: each moves the cut before a task that would otherwise
         // lose its beginning and keep its end.
         for _ in 0..8 {
-            // The checkpoint must name its row as it is (a rewritten row is no anchor).
+            // The checkpoint must name its row as it is (a rewritten row is no anchor):
+            // the newest within the window, else the oldest at all.
             let anchor: Option<i64> = sqlx::query(
-                "SELECT MAX(c.seq) AS anchor FROM audit_checkpoints c
-                 JOIN audit a ON a.seq = c.seq AND a.hash = c.hash WHERE c.seq <= $1",
+                "SELECT COALESCE(
+                   (SELECT MAX(c.seq) FROM audit_checkpoints c
+                      JOIN audit a ON a.seq = c.seq AND a.hash = c.hash WHERE c.seq <= $2),
+                   (SELECT MIN(c.seq) FROM audit_checkpoints c
+                      JOIN audit a ON a.seq = c.seq AND a.hash = c.hash WHERE c.seq <= $1)
+                 ) AS anchor",
             )
             .bind(limit)
+            .bind(limit.min(window))
             .fetch_one(&mut *tx)
             .await?
             .try_get("anchor")?;

@@ -338,7 +338,7 @@ async fn history_pruned_only_up_to_a_checkpoint(store: Arc<dyn Store>) {
         signature: "s".into(),
     };
     assert_eq!(
-        store.prune_history(1_000).await.unwrap(),
+        store.prune_history(1_000, 100).await.unwrap(),
         super::api::Pruned::default(),
         "no checkpoint, no cut"
     );
@@ -354,23 +354,29 @@ async fn history_pruned_only_up_to_a_checkpoint(store: Arc<dyn Store>) {
     // Cutting at 2 would leave tsk_old without its beginning (row 1) but with row 3:
     // no cut until a checkpoint after its last row.
     assert_eq!(
-        store.prune_history(1_000).await.unwrap(),
+        store.prune_history(1_000, 100).await.unwrap(),
         super::api::Pruned::default()
     );
     store.insert_checkpoint(&checkpoint(3)).await.unwrap();
     // Row 4 belongs to a task that ended within the retention: the cut is at 3.
-    let pruned = store.prune_history(1_000).await.unwrap();
+    let pruned = store.prune_history(1_000, 100).await.unwrap();
     assert_eq!(
         (pruned.through_seq, pruned.rows, pruned.tasks),
         (Some(3), 3, 1)
     );
     assert!(store.get_task("tsk_old").await.unwrap().is_none());
     assert!(store.get_task("tsk_recent").await.unwrap().is_some());
-    assert_eq!(store.prune_history(1_000).await.unwrap().through_seq, None);
+    assert_eq!(
+        store.prune_history(1_000, 100).await.unwrap().through_seq,
+        None
+    );
     // Later the recent task is old too, but the only checkpoint before the running
     // task's row is the forged one: nothing is cut; the head never is.
     store.insert_checkpoint(&checkpoint(6)).await.unwrap();
-    assert_eq!(store.prune_history(10_000).await.unwrap().through_seq, None);
+    assert_eq!(
+        store.prune_history(10_000, 100).await.unwrap().through_seq,
+        None
+    );
     let left: Vec<i64> = store
         .audit_after(0, 10)
         .await
@@ -379,6 +385,88 @@ async fn history_pruned_only_up_to_a_checkpoint(store: Arc<dyn Store>) {
         .map(|r| r.seq)
         .collect();
     assert_eq!(left, [4, 5, 6]);
+}
+
+/// A checkpoint (unsigned: the store does not check signatures) naming stored row `seq`
+/// with its hash as stored.
+async fn checkpoint_of_row(store: &dyn Store, seq: i64) -> AuditCheckpoint {
+    let row = store.audit_after(seq - 1, 1).await.unwrap();
+    let row = row
+        .first()
+        .filter(|r| r.seq == seq)
+        .expect("the row is stored");
+    AuditCheckpoint {
+        seq,
+        hash: row.hash.clone(),
+        at_ms: 1,
+        kid: 1,
+        signature: "s".into(),
+    }
+}
+
+/// A large backlog is cut a batch at a time: each call stops at the newest checkpoint
+/// within `max_rows` of the oldest row, or, with none that close, at the oldest one.
+async fn history_pruned_a_batch_at_a_time(store: Arc<dyn Store>) {
+    let mut events: Vec<NewAuditEvent> = (1..=11)
+        .map(|n| NewAuditEvent {
+            at_ms: n * 10,
+            kind: "k".into(),
+            actor: "a".into(),
+            task_id: None,
+            detail: json!({}),
+        })
+        .collect();
+    events[10].at_ms = 5_000;
+    store.append_audit(&events).await.unwrap();
+    for seq in [2, 4, 6, 8, 10] {
+        let checkpoint = checkpoint_of_row(store.as_ref(), seq).await;
+        store.insert_checkpoint(&checkpoint).await.unwrap();
+    }
+    let mut cuts = Vec::new();
+    while let Some(through) = store.prune_history(1_000, 3).await.unwrap().through_seq {
+        cuts.push(through);
+        assert!(cuts.len() < 10, "it ends: {cuts:?}");
+    }
+    assert_eq!(
+        cuts,
+        [2, 4, 6, 8, 10],
+        "at most 3 rows a cut while checkpoints allow"
+    );
+    let left: Vec<i64> = store
+        .audit_after(0, 20)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(left, [11], "the young head stays");
+}
+
+/// With no checkpoint within `max_rows`, the cut goes to the oldest one it may use
+/// rather than never pruning.
+async fn history_pruned_past_a_batch_when_checkpoints_are_sparse(store: Arc<dyn Store>) {
+    let events: Vec<NewAuditEvent> = (1..=6)
+        .map(|n| NewAuditEvent {
+            at_ms: if n == 6 { 5_000 } else { n * 10 },
+            kind: "k".into(),
+            actor: "a".into(),
+            task_id: None,
+            detail: json!({}),
+        })
+        .collect();
+    store.append_audit(&events).await.unwrap();
+    for seq in [4, 5] {
+        let checkpoint = checkpoint_of_row(store.as_ref(), seq).await;
+        store.insert_checkpoint(&checkpoint).await.unwrap();
+    }
+    let pruned = store.prune_history(1_000, 1).await.unwrap();
+    assert_eq!((pruned.through_seq, pruned.rows), (Some(4), 4));
+    let pruned = store.prune_history(1_000, 1).await.unwrap();
+    assert_eq!((pruned.through_seq, pruned.rows), (Some(5), 1));
+    assert_eq!(
+        store.prune_history(1_000, 1).await.unwrap().through_seq,
+        None
+    );
 }
 
 async fn revocations_and_credentials(store: Arc<dyn Store>) {
@@ -1676,6 +1764,14 @@ macro_rules! suite {
         #[tokio::test]
         async fn history_pruned_only_up_to_a_checkpoint() {
             super::history_pruned_only_up_to_a_checkpoint($make.await).await
+        }
+        #[tokio::test]
+        async fn history_pruned_a_batch_at_a_time() {
+            super::history_pruned_a_batch_at_a_time($make.await).await
+        }
+        #[tokio::test]
+        async fn history_pruned_past_a_batch_when_checkpoints_are_sparse() {
+            super::history_pruned_past_a_batch_when_checkpoints_are_sparse($make.await).await
         }
         #[tokio::test]
         async fn revocations_and_credentials() {
