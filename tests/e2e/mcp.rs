@@ -1166,6 +1166,23 @@ async fn a_per_call_tool_asking_in_rounds_is_approved_round_by_round() {
     assert_ne!(second, first);
     assert!(!reads(&upstream).await.iter().any(|r| r == "confirmed"));
     approve(second.clone()).await;
+    // That approval is of this round with these answers: other answers, or a fresh call,
+    // cannot spend it, and nothing runs.
+    let other_answers = json!({ "sure": { "action": "decline" } });
+    let changed =
+        json!({ "requestState": asked["result"]["requestState"], "inputResponses": other_answers });
+    for (what, round) in [("other answers", changed), ("a fresh call", json!(null))] {
+        let refused = confirm(Some(&second), round).await;
+        assert_eq!(refused["result"]["isError"], true, "{what}: {refused}");
+        let text = refused["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            text.contains("another task, tool or arguments"),
+            "{what}: {refused}"
+        );
+    }
+    assert!(!reads(&upstream).await.iter().any(|r| r == "confirmed"));
     let done = confirm(Some(&second), round).await;
     assert_eq!(done["result"]["content"][0]["text"], "confirmed", "{done}");
 }

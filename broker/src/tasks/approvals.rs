@@ -240,6 +240,18 @@ impl Approvals {
         call: Option<(&str, &Value)>,
         ttl_ms: Option<i64>,
     ) -> Result<ApprovalRecord, ApiError> {
+        let approval = self.request_unfiled(kind, task, call, ttl_ms);
+        self.file_request(approval, task).await
+    }
+
+    /// The approval [`Approvals::request`] files, bound to the call's arguments.
+    fn request_unfiled(
+        &self,
+        kind: ApprovalKind,
+        task: &TaskRecord,
+        call: Option<(&str, &Value)>,
+        ttl_ms: Option<i64>,
+    ) -> ApprovalRecord {
         let mut approval = self.pending(
             kind,
             &task.task_id,
@@ -257,11 +269,34 @@ impl Approvals {
         });
         approval.args_hash = call.map(|(_, args)| args_hash(args));
         approval.ttl_ms = ttl_ms;
+        approval
+    }
+
+    /// Stores a task's request and records it (`approval.requested`).
+    async fn file_request(
+        &self,
+        approval: ApprovalRecord,
+        task: &TaskRecord,
+    ) -> Result<ApprovalRecord, ApiError> {
         // Not the arguments' hash: over a `writeOnly` value it would let a reader of the
         // audit guess it. The approvals row keeps it, for binding.
-        let detail = json!({ "approval_id": approval.approval_id, "kind": kind.as_str(), "tool": approval.call_tool });
+        let detail = json!({ "approval_id": approval.approval_id, "kind": approval.kind.as_str(), "tool": approval.call_tool });
         self.file(approval, format!("agent:{}", task.agent), detail)
             .await
+    }
+
+    /// Files a per-call approval of `tool` with `args` in `task`, bound to `bound` (the
+    /// arguments, or for a later round of a call, with that round: see `tasks::calls`).
+    pub async fn request_call(
+        &self,
+        task: &TaskRecord,
+        tool: &str,
+        args: &Value,
+        bound: &Value,
+    ) -> Result<ApprovalRecord, ApiError> {
+        let mut approval = self.request_unfiled(ApprovalKind::Call, task, Some((tool, args)), None);
+        approval.args_hash = Some(args_hash(bound));
+        self.file_request(approval, task).await
     }
 
     /// Files an approval for a changed upstream tool definition. It names no task: the

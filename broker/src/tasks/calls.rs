@@ -5,6 +5,7 @@
 //! Every step after verification refuses without side effects: a refused call gives
 //! its counter slot back, and so does a call the upstream never performed.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::policy::{McpKind, ToolApproval, ToolDef};
 use crate::ratelimit::RateLimiter;
 use crate::replica::health::FeedHealth;
-use crate::store::{ApprovalKind, Store};
+use crate::store::Store;
 use crate::tasks::approvals::{Approvals, CallApproval};
 use crate::tasks::live::TaskRuntime;
 use crate::tasks::runtime::Tasks;
@@ -98,6 +99,22 @@ impl Seen {
     fn reason_of(&self, err: &ApiError) -> String {
         let reason = crate::policy::write_only::scrubbed(&err.to_string(), &self.secrets);
         crate::text::shown(&reason, MAX_AUDITED_REASON)
+    }
+}
+
+/// What a per-call approval is bound to: the call's arguments and, from the second round
+/// of a call that asked its client for input, that round's number and the client's
+/// answers. An approval is then of one round, with the answers it was requested with:
+/// the agent cannot pick its answers once a person has approved, nor spend a later
+/// round's approval on a fresh call.
+fn approval_binding<'a>(args: &'a Value, round: Option<&InputRound>) -> Cow<'a, Value> {
+    match round.filter(|r| r.number > 1) {
+        None => Cow::Borrowed(args),
+        Some(round) => Cow::Owned(json!({
+            "arguments": args,
+            "round": round.number,
+            "inputResponses": round.responses,
+        })),
     }
 }
 
@@ -399,11 +416,12 @@ impl Calls {
         let authorization = injection.as_ref().map(|i| i.authorization.clone());
         if tool.approval == ToolApproval::PerCall {
             let task_id = &task.runtime.task_id;
+            let bound = approval_binding(args, round);
             match approval {
                 // Spent only now, after every other check passed; the slot is kept for the call.
                 Some(id) => match self
                     .approvals
-                    .spend_for_call(id, task_id, tool_name, args)
+                    .spend_for_call(id, task_id, tool_name, &bound)
                     .await?
                 {
                     CallApproval::Granted => {}
@@ -422,7 +440,7 @@ impl Calls {
                         .ok_or_else(|| ApiError::NotFound(format!("no task {task_id}")))?;
                     let filed = self
                         .approvals
-                        .request(ApprovalKind::Call, &record, Some((tool_name, args)), None)
+                        .request_call(&record, tool_name, args, &bound)
                         .await?;
                     return Ok(CallOutcome::PendingApproval(filed.approval_id));
                 }
