@@ -1097,6 +1097,31 @@ async fn a_calls_round_state_is_leashs_own_and_bound_to_the_call() {
         api.body
     );
     assert!(api.message().contains("input"), "{}", api.body);
+    // A client that did not declare sampling is not asked for it: the call fails at
+    // Leash, counted (the upstream ran), with the reason.
+    let undeclared = crate::common::json_of(
+        crate::common::mcp_request(
+            &http,
+            &broker.url,
+            8,
+            "tools/call",
+            json!({
+                "name": "everything.consult",
+                "arguments": { "question": "six times seven?" },
+                "_meta": { "io.modelcontextprotocol/clientCapabilities": { "elicitation": {} } }
+            }),
+        )
+        .bearer_auth(&token),
+    )
+    .await;
+    assert_eq!(undeclared["result"]["isError"], true, "{undeclared}");
+    let text = undeclared["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        text.contains("sampling") && text.contains("did not declare"),
+        "{undeclared}"
+    );
 }
 
 /// A per-call-approved tool that asks its stateless client in rounds is approved round by
@@ -1112,7 +1137,11 @@ async fn a_per_call_tool_asking_in_rounds_is_approved_round_by_round() {
     let (_, token) = broker.task(&agent, &["everything.*"]).await;
     let http = reqwest::Client::new();
     let confirm = |approval: Option<&str>, round: Value| {
-        let mut params = json!({ "name": "everything.confirm", "arguments": {} });
+        let mut params = json!({
+            "name": "everything.confirm",
+            "arguments": {},
+            "_meta": { "io.modelcontextprotocol/clientCapabilities": { "elicitation": {} } }
+        });
         if let Some(round) = round.as_object() {
             for (key, value) in round {
                 params[key] = value.clone();

@@ -587,6 +587,7 @@ async fn send_relayed(
         tool: name.clone(),
         problem,
     };
+    let capabilities = operation.client_capabilities();
     let request = operation.request().map_err(|e| bad(e.to_string()))?;
     let handle = client
         .send_request_with_option(request, PeerRequestOptions::no_options())
@@ -640,7 +641,7 @@ async fn send_relayed(
         relay_to.flush().await;
     }
     drop(guard);
-    reply_of(upstream, name, timeout, answer)
+    reply_of(upstream, name, timeout, answer, capabilities.as_ref())
 }
 
 /// A relayed request in flight: removed from the pending map (if any) when dropped, and
@@ -690,7 +691,8 @@ async fn send(
         });
     }
     let mut options = PeerRequestOptions::no_options();
-    if let Some(capabilities) = operation.client_capabilities() {
+    let capabilities = operation.client_capabilities();
+    if let Some(capabilities) = capabilities.clone() {
         let mut meta = RequestMetaObject::new();
         meta.set_client_capabilities(capabilities);
         options.meta = Some(meta);
@@ -714,7 +716,7 @@ async fn send(
         answer
     })
     .await;
-    reply_of(upstream, name, timeout, answer)
+    reply_of(upstream, name, timeout, answer, capabilities.as_ref())
 }
 
 /// The upstream's answer to one request (within `timeout`, or not), as Leash passes it on.
@@ -723,6 +725,7 @@ fn reply_of(
     name: String,
     timeout: Duration,
     answer: Result<Result<ServerResult, rmcp::ServiceError>, tokio::time::error::Elapsed>,
+    client: Option<&ClientCapabilities>,
 ) -> Result<Reply, UpstreamFailure> {
     let bad = |problem: String| UpstreamFailure::BadAnswer {
         tool: name.clone(),
@@ -743,7 +746,7 @@ fn reply_of(
         }
         Ok(Err(err)) => Err(unreachable(upstream, &name, &err)),
         Ok(Ok(ServerResult::InputRequiredResult(asks))) => {
-            asked_fairly(&asks).map_err(bad)?;
+            asked_fairly(&asks, client).map_err(bad)?;
             Ok(Reply::Asks(Box::new(asks)))
         }
         Ok(Ok(result)) => serde_json::to_value(result)
@@ -763,10 +766,18 @@ fn unreachable(upstream: &Upstream, name: &str, err: &rmcp::ServiceError) -> Ups
 
 /// Whether an upstream's questions (2026-07-28 `inputRequests`) may go to its client, as
 /// on a session ([`RelayTo::create_elicitation`]): a form never asks for a secret, a
-/// URL-mode elicitation sends the person to `https`, and a round asks a bounded number of
-/// questions with a bounded state. Why not, if not.
-fn asked_fairly(asks: &InputRequiredResult) -> Result<(), String> {
+/// URL-mode elicitation sends the person to `https`, and a round asks at least one and a
+/// bounded number of questions with a bounded state, each of a kind (sampling,
+/// elicitation, roots) the client in rounds declared in `client`. Why not, if not.
+fn asked_fairly(
+    asks: &InputRequiredResult,
+    client: Option<&ClientCapabilities>,
+) -> Result<(), String> {
     let questions = asks.input_requests.as_ref().map_or(0, |q| q.len());
+    // A round that asks nothing only makes the client call again (each round counted).
+    if questions == 0 && client.is_some() {
+        return Err("asked its client for input without asking anything".into());
+    }
     if questions > MAX_INPUT_REQUESTS {
         return Err(format!(
             "asked {questions} questions in one round (Leash relays at most {MAX_INPUT_REQUESTS})"
@@ -782,6 +793,21 @@ fn asked_fairly(asks: &InputRequiredResult) -> Result<(), String> {
         ));
     }
     for (key, request) in asks.input_requests.iter().flatten() {
+        // A client in rounds is asked only what it said it can answer. (Without a
+        // round there is no client to ask: the caller refuses the whole answer.)
+        if let Some(client) = client {
+            let (what, declared) = match request {
+                InputRequest::CreateMessage(_) => ("sampling", client.sampling.is_some()),
+                InputRequest::Elicitation(_) => ("elicitation", client.elicitation.is_some()),
+                InputRequest::ListRoots(_) => ("roots", client.roots.is_some()),
+                _ => ("a kind of request Leash does not know", false),
+            };
+            if !declared {
+                return Err(format!(
+                    "asked question {key:?} by {what}, which its client did not declare it can answer"
+                ));
+            }
+        }
         if let InputRequest::Elicitation(elicit) = request {
             if !crate::upstream::relay::url_allowed(&elicit.params) {
                 return Err(format!(
@@ -1257,4 +1283,45 @@ async fn publish(
     reviews.extend(review);
     surface.add(Arc::new(tool), pin, withheld, hash, listing);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use rmcp::model::{ClientCapabilities, InputRequiredResult};
+    use serde_json::json;
+
+    use super::asked_fairly;
+
+    fn asking(questions: serde_json::Value) -> InputRequiredResult {
+        serde_json::from_value(json!({
+            "resultType": "input_required",
+            "inputRequests": questions,
+            "requestState": "s"
+        }))
+        .unwrap()
+    }
+
+    fn roots() -> serde_json::Value {
+        json!({"where": {"method": "roots/list", "params": {}}})
+    }
+
+    #[test]
+    fn a_client_in_rounds_is_asked_only_what_it_declared() {
+        let nothing = ClientCapabilities::default();
+        let with_roots: ClientCapabilities = serde_json::from_value(json!({"roots": {}})).unwrap();
+        let refused = asked_fairly(&asking(roots()), Some(&nothing)).unwrap_err();
+        assert!(refused.contains("roots"), "{refused}");
+        assert!(asked_fairly(&asking(roots()), Some(&with_roots)).is_ok());
+        let sampling = json!({"m": {"method": "sampling/createMessage", "params": {
+            "messages": [], "maxTokens": 1}}});
+        let refused = asked_fairly(&asking(sampling), Some(&with_roots)).unwrap_err();
+        assert!(refused.contains("sampling"), "{refused}");
+    }
+
+    #[test]
+    fn a_round_that_asks_nothing_is_refused() {
+        let with_roots: ClientCapabilities = serde_json::from_value(json!({"roots": {}})).unwrap();
+        let refused = asked_fairly(&asking(json!({})), Some(&with_roots)).unwrap_err();
+        assert!(refused.contains("without asking anything"), "{refused}");
+    }
 }
