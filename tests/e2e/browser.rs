@@ -49,13 +49,13 @@ async fn an_approver_approves_and_revokes_in_headless_chromium() {
     let approver = broker.approver("ann").await;
     let mut page = page_script("approver.mjs", &broker, &approver);
 
-    page.expect("READY").await;
+    page.expect_line("READY").await;
     // The request is made after the page loaded: it must arrive through the event stream.
     let pending = broker.post("/v1/tasks", Some(&agent), json!({"purpose": "summarise the news about the Q3 invoice run", "tools": ["web.search"]})).await;
     assert_eq!(pending.status, 202);
     let task_id = pending.body["task_id"].as_str().unwrap().to_string();
 
-    page.expect("APPROVED").await;
+    page.expect_line("APPROVED").await;
     let shown = broker
         .get(&format!("/v1/tasks/{task_id}"), Some(&agent))
         .await;
@@ -70,7 +70,7 @@ async fn an_approver_approves_and_revokes_in_headless_chromium() {
     );
 
     page.tell("REVOKE").await;
-    page.expect("REVOKED").await;
+    page.expect_line("REVOKED").await;
     let refused = broker
         .call(&token, "web.search", json!({"q": "news"}))
         .await;
@@ -94,7 +94,7 @@ async fn an_approver_approves_and_revokes_in_headless_chromium() {
         )
         .await
         .unwrap();
-    page.expect("KIND changed tool definition").await;
+    page.expect_line("KIND changed tool definition").await;
     page.finished().await;
 
     broker.state.audit.flush().await;
@@ -146,7 +146,7 @@ async fn an_approver_watches_a_task_timeline_live_and_revokes_it_there() {
     let approver = broker.approver("ann").await;
     let mut page = page_script("timeline.mjs", &broker, &approver);
 
-    page.expect("READY").await;
+    page.expect_line("READY").await;
     let opened = broker
         .post(
             "/v1/tasks",
@@ -166,7 +166,7 @@ async fn an_approver_watches_a_task_timeline_live_and_revokes_it_there() {
     );
     broker.state.audit.flush().await;
     page.tell(&format!("OPEN {task_id}")).await;
-    page.expect("OPENED").await;
+    page.expect_line("OPENED").await;
 
     // Made while the approver watches: they must arrive through the event stream.
     let secret = "hunter2-correct-horse";
@@ -229,7 +229,7 @@ async fn an_approver_watches_a_task_timeline_live_and_revokes_it_there() {
     );
 
     page.tell("REVOKE").await;
-    page.expect("REVOKED").await;
+    page.expect_line("REVOKED").await;
     let refused = broker
         .call(&token, "web.search", json!({"q": "after"}))
         .await;

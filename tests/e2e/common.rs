@@ -567,7 +567,7 @@ pub async fn json_of(request: reqwest::RequestBuilder) -> Value {
 
 /// A port on 127.0.0.1 that nothing listens on, for a server a test starts later.
 ///
-/// It is taken from below the kernel's ephemeral range: a port the kernel handed out (as
+/// It is taken from outside the kernel's ephemeral range: a port the kernel handed out (as
 /// `bind(0)` would) is also what it picks for outgoing connections, so between this call
 /// and the server's own bind any connection of the suite's could take it (CI saw a
 /// provider fail with EADDRINUSE that way). Each port is handed out once per run.
@@ -575,23 +575,33 @@ pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     const LOWEST: u32 = 10_000;
-    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+    let ephemeral: Vec<u32> = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
-        .filter(|start| *start > LOWEST + 1_000)
-        .unwrap_or(32_768);
-    let span = ephemeral_start - LOWEST;
+        .map(|range| {
+            range
+                .split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    // Below the ephemeral range when there is room there, else above it.
+    let (low, high) = match ephemeral[..] {
+        [start, _] if start > LOWEST + 1_000 => (LOWEST, start),
+        [_, end] if end < 64_535 => (end + 1, 65_536),
+        _ => (LOWEST, 32_768),
+    };
+    let span = high - low;
     // Runs started at once (a developer's and CI's) start at different places.
     let offset = std::process::id().wrapping_mul(7_919) % span;
     for _ in 0..span {
         let next = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = LOWEST + (offset + next) % span;
-        let port = u16::try_from(port).expect("below the ephemeral range");
+        let port = low + (offset + next) % span;
+        let port = u16::try_from(port).expect("a port number");
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
-    panic!("no free port below the ephemeral range {ephemeral_start}");
+    panic!("no free port outside the ephemeral range {ephemeral:?}");
 }
 
 /// Simple HTTP helpers against any base URL.
@@ -679,6 +689,16 @@ impl LineScript {
         self.expect_within(word, Duration::from_secs(60)).await
     }
 
+    /// Waits up to a minute for the next line, which must be exactly `line` (trimmed).
+    pub async fn expect_line(&mut self, line: &str) {
+        let rest = self.expect(line).await;
+        assert!(
+            rest.is_empty(),
+            "{} said {line:?} followed by {rest:?}",
+            self.name
+        );
+    }
+
     /// Tells the script one line.
     pub async fn tell(&mut self, line: &str) {
         use tokio::io::AsyncWriteExt;
@@ -688,9 +708,12 @@ impl LineScript {
             .unwrap();
     }
 
-    /// Waits for the script to end, and requires that it succeeded.
+    /// Waits up to a minute for the script to end, and requires that it succeeded.
     pub async fn finished(mut self) {
-        let status = self.child.wait().await.unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not end in time", self.name))
+            .unwrap();
         assert!(status.success(), "{} failed: {status}", self.name);
     }
 }

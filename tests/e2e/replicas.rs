@@ -842,10 +842,31 @@ async fn a_timeline_open_on_one_replica_hears_calls_served_by_another() {
         assert_eq!(response.status(), 200);
         response.bytes_stream()
     };
-    let (on_a, on_b) = (events_of(&a.url).await, events_of(&b.url).await);
+    let (mut on_a, mut on_b) = (events_of(&a.url).await, events_of(&b.url).await);
+    // The issuance's notice may still be on its way to a replica's feed: let it pass.
+    for stream in [&mut on_a, &mut on_b] {
+        drain_until_quiet(stream).await;
+    }
     assert_eq!(call(&a.url, &token).await.status, 200);
     await_timeline_event(on_b, &task_id).await;
     await_timeline_event(on_a, &task_id).await;
+}
+
+/// Reads and drops what an event stream says until it has been quiet for half a second
+/// (the stream's keep-alive comes far less often).
+async fn drain_until_quiet<S, B, E>(body: &mut S)
+where
+    S: futures_util::Stream<Item = Result<B, E>> + Unpin,
+{
+    use futures_util::StreamExt;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while let Ok(chunk) = tokio::time::timeout(Duration::from_millis(500), body.next()).await {
+        assert!(chunk.is_some(), "the stream stays open");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stream never went quiet"
+        );
+    }
 }
 
 /// A task's evidence is built from the shared database only: fetched from another

@@ -108,29 +108,32 @@ pub const PRUNE_BATCH_ROWS: i64 = 20_000;
 
 /// Retention: prunes ended tasks older than `--task-retention-days` and the audit rows
 /// before them, only up to a signed checkpoint, a batch of rows per transaction with a
-/// pause between batches, and records each cut (`audit.pruned`). What was deleted in all.
+/// pause between batches; each cut is recorded (`audit.pruned`) in the transaction that makes it.
+/// What was deleted in all.
 pub async fn prune_history(state: &AppState) -> anyhow::Result<crate::store::Pruned> {
     let retention = i64::try_from(state.config.task_retention.as_millis()).unwrap_or(i64::MAX);
     let before = state.clock.now_ms().saturating_sub(retention);
+    let clock = state.clock.clone();
+    let record = move |pruned: &crate::store::Pruned| crate::store::NewAuditEvent {
+        at_ms: clock.now_ms(),
+        kind: "audit.pruned".into(),
+        actor: "broker".into(),
+        task_id: None,
+        detail: serde_json::json!({
+            "through_seq": pruned.through_seq, "rows": pruned.rows, "tasks": pruned.tasks,
+            "ended_before": crate::clock::rfc3339(before),
+        }),
+    };
     let mut total = crate::store::Pruned::default();
     loop {
-        let pruned = state.store.prune_history(before, PRUNE_BATCH_ROWS).await?;
+        let pruned = state
+            .store
+            .prune_history(before, PRUNE_BATCH_ROWS, &record)
+            .await?;
         // Each cut deletes at least the row of its checkpoint: this ends.
         let Some(through_seq) = pruned.through_seq else {
             return Ok(total);
         };
-        state
-            .audit
-            .record(crate::audit::log::AuditEvent {
-                kind: "audit.pruned",
-                actor: "broker".into(),
-                task_id: None,
-                detail: serde_json::json!({
-                    "through_seq": through_seq, "rows": pruned.rows, "tasks": pruned.tasks,
-                    "ended_before": crate::clock::rfc3339(before),
-                }),
-            })
-            .await;
         total = crate::store::Pruned {
             through_seq: Some(through_seq),
             rows: total.rows + pruned.rows,

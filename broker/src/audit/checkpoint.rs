@@ -16,6 +16,7 @@
 //! The signed bytes are [`signed_bytes`]: domain-separated text an external verifier can
 //! rebuild from the published JSON alone. A checkpoint holds no secret.
 
+use anyhow::Context;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -44,7 +45,9 @@ pub fn signed_bytes(seq: i64, hash: &str, at_ms: i64) -> Vec<u8> {
 
 /// Signs the head `(seq, hash)` at `at_ms` with the current signing root key.
 pub fn sign(keys: &RootKeys, seq: i64, hash: &str, at_ms: i64) -> anyhow::Result<AuditCheckpoint> {
-    let (kid, signature) = keys.sign_detached(&signed_bytes(seq, hash, at_ms))?;
+    let (kid, signature) = keys
+        .sign_detached(&signed_bytes(seq, hash, at_ms))
+        .context("cannot sign the audit checkpoint")?;
     Ok(AuditCheckpoint {
         seq,
         hash: hash.to_string(),

@@ -12,6 +12,7 @@
 //! hold — signature, row hashes, counts, the checkpoint — rather than stopping at the
 //! first.
 
+use anyhow::Context;
 use std::collections::BTreeMap;
 
 use biscuit_auth::PublicKey;
@@ -37,7 +38,9 @@ pub fn canonical(evidence: &Value) -> anyhow::Result<Vec<u8>> {
 
 /// Signs `evidence` with the current signing root key.
 pub fn sign(keys: &RootKeys, evidence: Value) -> anyhow::Result<Signed> {
-    let (kid, value) = keys.sign_detached(&canonical(&evidence)?)?;
+    let (kid, value) = keys
+        .sign_detached(&canonical(&evidence)?)
+        .context("cannot sign the evidence")?;
     Ok(Signed {
         evidence,
         signature: EvidenceSignature {

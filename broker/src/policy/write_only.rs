@@ -5,7 +5,8 @@
 //! The walk follows only `properties`, `additionalProperties`, `items`, `prefixItems`
 //! and `additionalItems`. Wherever anything else in a schema — a reference, a
 //! combinator, a conditional, a keyword of a draft it does not know — could lead to a
-//! `writeOnly`, the whole value at that place is masked: when in doubt, hide. A schema
+//! `writeOnly` (it mentions one, or a reference at any depth), the whole value at that
+//! place is masked: when in doubt, hide. A schema
 //! that never mentions `writeOnly` costs one look at the schema.
 
 use serde_json::{Map, Value};
@@ -82,9 +83,10 @@ fn mask(schema: &Value, value: &Value, secrets: &mut Vec<String>) -> Value {
         if FOLLOWED.contains(&keyword.as_str()) || DEFINITIONS.contains(&keyword.as_str()) {
             return false;
         }
-        // A reference ($ref, $dynamicRef, $recursiveRef) may lead anywhere.
-        let reference = keyword.starts_with('$') && keyword.ends_with("Ref") || keyword == "$ref";
-        reference || mentions_write_only(sub)
+        // A reference ($ref, $dynamicRef, $recursiveRef) may lead anywhere, and so may
+        // one inside a combinator (`anyOf: [{$ref}, {type: null}]`, pydantic's
+        // `Optional[Model]`).
+        is_reference(keyword) || mentions_reference(sub) || mentions_write_only(sub)
     });
     if uncertain {
         return hide(value, secrets);
@@ -137,6 +139,22 @@ fn item_schema(schema: &Map<String, Value>, index: usize) -> Option<&Value> {
         // Draft 4–2019 tuples: one schema per position, then `additionalItems`.
         Some(Value::Array(tuple)) => tuple.get(index).or(schema.get("additionalItems")),
         other => other,
+    }
+}
+
+/// Whether `keyword` refers to another schema (`$ref`, `$dynamicRef`, `$recursiveRef`).
+fn is_reference(keyword: &str) -> bool {
+    keyword.starts_with('$') && keyword.ends_with("Ref") || keyword == "$ref"
+}
+
+/// Whether a reference appears anywhere in `schema`.
+fn mentions_reference(schema: &Value) -> bool {
+    match schema {
+        Value::Object(map) => map
+            .iter()
+            .any(|(key, value)| is_reference(key) || mentions_reference(value)),
+        Value::Array(items) => items.iter().any(mentions_reference),
+        _ => false,
     }
 }
 
@@ -243,6 +261,34 @@ mod tests {
             ),
             json!({"child": MASK, "blob": MASK, "other": 1})
         );
+    }
+
+    #[test]
+    fn a_reference_inside_a_combinator_masks_the_whole_place() {
+        // pydantic's `creds: Optional[Creds] = None` (anyOf) and older `allOf` wrapping.
+        let schema = json!({
+            "$defs": {"Creds": {"type": "object", "properties": {
+                "user": {"type": "string"},
+                "password": {"type": "string", "format": "password", "writeOnly": true}
+            }}},
+            "type": "object",
+            "properties": {
+                "creds": {"anyOf": [{"$ref": "#/$defs/Creds"}, {"type": "null"}], "default": null},
+                "wrapped": {"allOf": [{"$ref": "#/$defs/Creds"}]},
+                "deep": {"oneOf": [{"type": "object", "properties": {"c": {"$ref": "#/$defs/Creds"}}}]},
+                "q": {"type": "string"}
+            }
+        });
+        let creds = json!({"user": "ada", "password": "hunter2"});
+        let (shown, secrets) = super::masked_with_secrets(
+            &schema,
+            &json!({"creds": creds, "wrapped": creds, "deep": {"c": creds}, "q": "x"}),
+        );
+        assert_eq!(
+            shown,
+            json!({"creds": MASK, "wrapped": MASK, "deep": MASK, "q": "x"})
+        );
+        assert!(secrets.contains(&"hunter2".to_string()), "{secrets:?}");
     }
 
     #[test]

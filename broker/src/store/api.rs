@@ -109,6 +109,10 @@ pub struct Pruned {
     pub tasks: u64,
 }
 
+/// Makes the audit row that records a retention cut ([`Store::prune_history`] appends
+/// it with the cut, so a pruned log always says so).
+pub type PruneRecord<'a> = dyn Fn(&Pruned) -> NewAuditEvent + Send + Sync + 'a;
+
 /// A task as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskRecord {
@@ -579,14 +583,22 @@ pub trait Store:
     async fn checkpoints_after(&self, seq: i64, limit: i64) -> StoreResult<Vec<AuditCheckpoint>>;
     /// The checkpoint with the highest seq.
     async fn latest_checkpoint(&self) -> StoreResult<Option<AuditCheckpoint>>;
-    /// Retention: deletes the oldest audit rows, through a signed checkpoint such that no row after it is younger than `before_ms` or belongs to a task that
-    /// has not ended before `before_ms` (never the chain's head), then every task that
-    /// ended before `before_ms` and has no audit row left, with its decided approvals
-    /// and its token list. The checkpoint stays: it anchors the rows that remain.
+    /// Retention: deletes the oldest audit rows, through a signed checkpoint such that
+    /// no row before it is younger than `before_ms` or belongs to a task that has not
+    /// ended before `before_ms`, and no task has rows on both sides of it (never the
+    /// chain's head); then every task that ended before `before_ms` and has no audit row
+    /// left, with its decided approvals and its token list; and appends the row `record`
+    /// makes of what was cut, in the same transaction. The checkpoint stays: it anchors
+    /// the rows that remain.
     ///
     /// One call deletes the rows up to the newest such checkpoint within `max_rows` of
     /// the oldest row (or, when there is none that close, up to the oldest such
     /// checkpoint): the audit lock it holds stalls audit writes, so a large backlog is
     /// cut in several calls.
-    async fn prune_history(&self, before_ms: i64, max_rows: i64) -> StoreResult<Pruned>;
+    async fn prune_history(
+        &self,
+        before_ms: i64,
+        max_rows: i64,
+        record: &PruneRecord<'_>,
+    ) -> StoreResult<Pruned>;
 }

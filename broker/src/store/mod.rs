@@ -33,8 +33,8 @@ mod suite;
 
 pub use api::{
     Activation, ApprovalKind, ApprovalRecord, ApprovalState, AuditCheckpoint, AuditRow, Decided,
-    NewAuditEvent, NewTask, Pruned, Revocation, Store, StoreError, StoreResult, TaskQuery,
-    TaskRecord, TaskState, ToolPin, UsageBatch,
+    NewAuditEvent, NewTask, PruneRecord, Pruned, Revocation, Store, StoreError, StoreResult,
+    TaskQuery, TaskRecord, TaskState, ToolPin, UsageBatch,
 };
 pub use connections_api::{ConnectionRecord, ConnectionStore, Refreshed, TaskUpstreamToken};
 pub use identity_api::{

@@ -11,8 +11,8 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool,
 
 use super::api::{
     Activation, ApprovalRecord, ApprovalState, AuditCheckpoint, AuditRow, Decided, NewAuditEvent,
-    NewTask, Pruned, Revocation, Store, StoreResult, TaskQuery, TaskRecord, TaskState, ToolPin,
-    UsageBatch,
+    NewTask, PruneRecord, Pruned, Revocation, Store, StoreResult, TaskQuery, TaskRecord, TaskState,
+    ToolPin, UsageBatch,
 };
 use super::dialect::Dialect;
 use super::rows::{
@@ -463,8 +463,13 @@ where
         rows.iter().map(audit_row_from_row).collect()
     }
 
-    async fn prune_history(&self, before_ms: i64, max_rows: i64) -> StoreResult<Pruned> {
-        self.prune_history_tx(before_ms, max_rows).await
+    async fn prune_history(
+        &self,
+        before_ms: i64,
+        max_rows: i64,
+        record: &PruneRecord<'_>,
+    ) -> StoreResult<Pruned> {
+        self.prune_history_tx(before_ms, max_rows, record).await
     }
 
     async fn insert_checkpoint(&self, c: &AuditCheckpoint) -> StoreResult<bool> {

@@ -7,8 +7,8 @@ use sqlx::{
 };
 
 use super::api::{
-    Activation, ApprovalKind, ApprovalState, Decided, NewAuditEvent, NewTask, Pruned, Revocation,
-    StoreError, StoreResult, TaskState, UsageBatch,
+    Activation, ApprovalKind, ApprovalState, Decided, NewAuditEvent, NewTask, PruneRecord, Pruned,
+    Revocation, StoreError, StoreResult, TaskState, UsageBatch,
 };
 use super::chain::chain_after;
 use super::dialect::{Dialect, Lock};
@@ -16,11 +16,23 @@ use super::multirow;
 use super::rows::{revocation_from_row, to_i64};
 use super::sql::{AUDIT_HEAD, SqlStore};
 
-/// Records a token issued for a task, so that ending the task revokes it.
 /// Task ids per `timeline:` notification: PostgreSQL's payload limit is 8000 bytes, and
 /// a task id with its comma is 37.
 const TIMELINE_IDS_PER_NOTICE: usize = 150;
 
+/// Checkpoints one retention cut tries in each direction before giving up until the
+/// next run (each try steps past a whole task).
+const CUT_SEARCH_ROUNDS: usize = 16;
+
+/// Joined to `audit_checkpoints c`: the checkpoint names its row as stored (a rewritten
+/// row is no anchor).
+const USABLE: &str = "JOIN audit r ON r.seq = c.seq AND r.hash = c.hash";
+
+/// True of an audit row `a` at or before the cut `$1` whose task has rows after it.
+const STRADDLES: &str = "a.task_id IS NOT NULL
+    AND EXISTS (SELECT 1 FROM audit b WHERE b.task_id = a.task_id AND b.seq > $1)";
+
+/// Records a token issued for a task, so that ending the task revokes it.
 const INSERT_TASK_TOKEN: &str =
     "INSERT INTO task_tokens (revocation_id, task_id, issued_at_ms) VALUES ($1, $2, $3)";
 
@@ -505,12 +517,14 @@ where
         Ok(Decided::Done)
     }
 
-    /// [`super::api::Store::append_audit`]: chained after the head read under the audit
-    /// lock, so every replica extends one chain.
+    /// [`super::api::Store::prune_history`]: the cut, its deletions and its
+    /// `record` row in one transaction under the audit lock, so a crash leaves either
+    /// the whole log or a pruned log that says so.
     pub(super) async fn prune_history_tx(
         &self,
         before_ms: i64,
         max_rows: i64,
+        record: &PruneRecord<'_>,
     ) -> StoreResult<Pruned> {
         let mut tx = self.dialect.begin_write(&self.pool).await?;
         // Under the chain's lock: the head cannot move while the cut is chosen.
@@ -524,59 +538,10 @@ where
         ) else {
             return Ok(Pruned::default());
         };
-        // The oldest row that must stay: young, or of a task still running or ended
-        // within the retention.
-        let kept: Option<i64> = sqlx::query(
-            "SELECT MIN(seq) AS kept FROM audit WHERE at_ms >= $1
-               OR (task_id IS NOT NULL AND EXISTS (SELECT 1 FROM tasks t
-                   WHERE t.task_id = audit.task_id AND (t.ended_at_ms IS NULL OR t.ended_at_ms >= $1)))",
-        )
-        .bind(before_ms)
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get("kept")?;
-        let mut limit = kept.map_or(head, |kept| kept - 1).min(head - 1);
-        // This call's share of a large backlog.
-        let window = first.saturating_add(max_rows.max(1) - 1);
-        let mut chosen = None;
-        // A few rounds at most: each moves the cut before a task that would otherwise
-        // lose its beginning and keep its end.
-        for _ in 0..8 {
-            // The checkpoint must name its row as it is (a rewritten row is no anchor):
-            // the newest within the window, else the oldest at all.
-            let anchor: Option<i64> = sqlx::query(
-                "SELECT COALESCE(
-                   (SELECT MAX(c.seq) FROM audit_checkpoints c
-                      JOIN audit a ON a.seq = c.seq AND a.hash = c.hash WHERE c.seq <= $2),
-                   (SELECT MIN(c.seq) FROM audit_checkpoints c
-                      JOIN audit a ON a.seq = c.seq AND a.hash = c.hash WHERE c.seq <= $1)
-                 ) AS anchor",
-            )
-            .bind(limit)
-            .bind(limit.min(window))
-            .fetch_one(&mut *tx)
+        let Some(anchor) = self
+            .choose_cut(&mut tx, before_ms, first, head, max_rows)
             .await?
-            .try_get("anchor")?;
-            let Some(anchor) = anchor.filter(|anchor| *anchor >= first) else {
-                return Ok(Pruned::default());
-            };
-            let straddling: Option<i64> = sqlx::query(
-                "SELECT MIN(a.seq) AS s FROM audit a WHERE a.seq <= $1 AND a.task_id IN
-                   (SELECT task_id FROM audit WHERE seq > $1 AND task_id IS NOT NULL)",
-            )
-            .bind(anchor)
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("s")?;
-            match straddling {
-                None => {
-                    chosen = Some(anchor);
-                    break;
-                }
-                Some(first_of_task) => limit = first_of_task - 1,
-            }
-        }
-        let Some(anchor) = chosen else {
+        else {
             return Ok(Pruned::default());
         };
         let rows = sqlx::query("DELETE FROM audit WHERE seq <= $1")
@@ -604,19 +569,143 @@ where
         .bind(before_ms)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
-        Ok(Pruned {
+        let pruned = Pruned {
             through_seq: Some(anchor),
             rows: D::rows_affected(&rows),
             tasks: D::rows_affected(&tasks),
-        })
+        };
+        self.append_chained(&mut tx, &[record(&pruned)]).await?;
+        tx.commit().await?;
+        Ok(pruned)
     }
 
+    /// Where [`Self::prune_history_tx`] may cut: a checkpoint naming its row as stored,
+    /// below the head and every row that must stay (young, or of a task not ended before
+    /// `before_ms`), with no task on both sides of it. The newest such checkpoint within
+    /// `max_rows` of the oldest row; with none there, the oldest one past them. Each
+    /// query reads only the rows up to the checkpoint it considers (and, by the
+    /// `audit_by_task` index, the rows of tasks that reach past it), not the whole log.
+    async fn choose_cut(
+        &self,
+        tx: &mut Transaction<'static, D::Db>,
+        before_ms: i64,
+        first: i64,
+        head: i64,
+        max_rows: i64,
+    ) -> StoreResult<Option<i64>> {
+        let window = first.saturating_add(max_rows.max(1) - 1).min(head - 1);
+        let kept = self.kept_between(tx, before_ms, first, window).await?;
+        // Backwards from the window's end: a task that straddles a checkpoint straddles
+        // every checkpoint from its first row on, so the next try is before that row.
+        let mut limit = kept.map_or(window, |kept| kept - 1);
+        for _ in 0..CUT_SEARCH_ROUNDS {
+            let anchor: Option<i64> = sqlx::query(&format!(
+                "SELECT MAX(c.seq) AS anchor FROM audit_checkpoints c {USABLE} WHERE c.seq <= $1"
+            ))
+            .bind(limit)
+            .fetch_one(&mut **tx)
+            .await?
+            .try_get("anchor")?;
+            let Some(anchor) = anchor else { break };
+            let straddling: Option<i64> = sqlx::query(&format!(
+                "SELECT MIN(a.seq) AS s FROM audit a WHERE a.seq <= $1 AND {STRADDLES}"
+            ))
+            .bind(anchor)
+            .fetch_one(&mut **tx)
+            .await?
+            .try_get("s")?;
+            match straddling {
+                None => return Ok(Some(anchor)),
+                Some(first_of_task) => limit = first_of_task - 1,
+            }
+        }
+        if kept.is_some() {
+            return Ok(None);
+        }
+        // Forwards past the window: the oldest usable checkpoint, stepping past the last
+        // row of each task that straddles one (a long task at the log's front would
+        // otherwise stop every cut).
+        let mut checked = window;
+        let mut after = window;
+        for _ in 0..CUT_SEARCH_ROUNDS {
+            let anchor: Option<i64> = sqlx::query(&format!(
+                "SELECT MIN(c.seq) AS anchor FROM audit_checkpoints c {USABLE}
+                  WHERE c.seq > $1 AND c.seq < $2"
+            ))
+            .bind(after)
+            .bind(head)
+            .fetch_one(&mut **tx)
+            .await?
+            .try_get("anchor")?;
+            let Some(anchor) = anchor else {
+                return Ok(None);
+            };
+            if self
+                .kept_between(tx, before_ms, checked + 1, anchor)
+                .await?
+                .is_some()
+            {
+                return Ok(None);
+            }
+            checked = anchor;
+            let last_of_tasks: Option<i64> = sqlx::query(&format!(
+                "SELECT MAX(t.seq) AS s FROM audit t WHERE t.task_id IN
+                   (SELECT a.task_id FROM audit a WHERE a.seq <= $1 AND {STRADDLES})"
+            ))
+            .bind(anchor)
+            .fetch_one(&mut **tx)
+            .await?
+            .try_get("s")?;
+            match last_of_tasks {
+                None => return Ok(Some(anchor)),
+                // A checkpoint at that row or after it.
+                Some(last) => after = last - 1,
+            }
+        }
+        Ok(None)
+    }
+
+    /// The oldest row from `from` to `to` that must stay: younger than `before_ms`, or of
+    /// a task still running or ended since.
+    async fn kept_between(
+        &self,
+        tx: &mut Transaction<'static, D::Db>,
+        before_ms: i64,
+        from: i64,
+        to: i64,
+    ) -> StoreResult<Option<i64>> {
+        Ok(sqlx::query(
+            "SELECT MIN(seq) AS kept FROM audit WHERE seq >= $2 AND seq <= $3 AND (at_ms >= $1
+               OR (task_id IS NOT NULL AND EXISTS (SELECT 1 FROM tasks t
+                   WHERE t.task_id = audit.task_id AND (t.ended_at_ms IS NULL OR t.ended_at_ms >= $1))))",
+        )
+        .bind(before_ms)
+        .bind(from)
+        .bind(to)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("kept")?)
+    }
+
+    /// [`super::api::Store::append_audit`]: chained after the head read under the audit
+    /// lock, so every replica extends one chain.
     pub(super) async fn append_audit_tx(&self, events: &[NewAuditEvent]) -> StoreResult<()> {
         let mut tx = self.dialect.begin_write(&self.pool).await?;
         self.dialect.lock(&mut tx, Lock::Audit).await?;
+        self.append_chained(&mut tx, events).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Appends `events` after the chain's head inside `tx`, which holds the audit lock,
+    /// and tells replicas which timelines grew (with the rows' commit, never before it).
+    async fn append_chained(
+        &self,
+        tx: &mut Transaction<'static, D::Db>,
+        events: &[NewAuditEvent],
+    ) -> StoreResult<()> {
         let head = sqlx::query(AUDIT_HEAD)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await?
             .map(|r| Ok::<_, sqlx::Error>((r.try_get("seq")?, r.try_get("hash")?)))
             .transpose()?;
@@ -639,17 +728,15 @@ where
                     .bind(&row.prev_hash)
                     .bind(&row.hash);
             }
-            query.execute(&mut *tx).await?;
+            query.execute(&mut **tx).await?;
         }
-        // Replicas hear which timelines grew (with the rows' commit, never before it).
         let mut tasks: Vec<&str> = events.iter().filter_map(|e| e.task_id.as_deref()).collect();
         tasks.sort_unstable();
         tasks.dedup();
         for ids in tasks.chunks(TIMELINE_IDS_PER_NOTICE) {
             let payload = format!("timeline:{}", ids.join(","));
-            self.dialect.notify(&mut tx, &payload).await?;
+            self.dialect.notify(tx, &payload).await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 }

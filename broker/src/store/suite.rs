@@ -294,6 +294,28 @@ async fn audit_rows_of_one_task(store: Arc<dyn Store>) {
     );
 }
 
+/// The row a test's retention cut appends: young, so it stays.
+fn record_cut(pruned: &super::api::Pruned) -> NewAuditEvent {
+    NewAuditEvent {
+        at_ms: 9_000,
+        kind: "audit.pruned".into(),
+        actor: "broker".into(),
+        task_id: None,
+        detail: json!({"through_seq": pruned.through_seq, "rows": pruned.rows}),
+    }
+}
+
+/// The kinds of the rows left, by seq.
+async fn rows_left(store: &dyn Store) -> Vec<(i64, String)> {
+    store
+        .audit_after(0, 1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.seq, r.kind))
+        .collect()
+}
+
 /// Retention cuts the chain only at a signed checkpoint, never past the first row a kept
 /// task or a young row needs, never the head; a task goes once its last row is gone.
 async fn history_pruned_only_up_to_a_checkpoint(store: Arc<dyn Store>) {
@@ -338,7 +360,7 @@ async fn history_pruned_only_up_to_a_checkpoint(store: Arc<dyn Store>) {
         signature: "s".into(),
     };
     assert_eq!(
-        store.prune_history(1_000, 100).await.unwrap(),
+        store.prune_history(1_000, 100, &record_cut).await.unwrap(),
         super::api::Pruned::default(),
         "no checkpoint, no cut"
     );
@@ -354,12 +376,12 @@ async fn history_pruned_only_up_to_a_checkpoint(store: Arc<dyn Store>) {
     // Cutting at 2 would leave tsk_old without its beginning (row 1) but with row 3:
     // no cut until a checkpoint after its last row.
     assert_eq!(
-        store.prune_history(1_000, 100).await.unwrap(),
+        store.prune_history(1_000, 100, &record_cut).await.unwrap(),
         super::api::Pruned::default()
     );
     store.insert_checkpoint(&checkpoint(3)).await.unwrap();
     // Row 4 belongs to a task that ended within the retention: the cut is at 3.
-    let pruned = store.prune_history(1_000, 100).await.unwrap();
+    let pruned = store.prune_history(1_000, 100, &record_cut).await.unwrap();
     assert_eq!(
         (pruned.through_seq, pruned.rows, pruned.tasks),
         (Some(3), 3, 1)
@@ -367,24 +389,38 @@ async fn history_pruned_only_up_to_a_checkpoint(store: Arc<dyn Store>) {
     assert!(store.get_task("tsk_old").await.unwrap().is_none());
     assert!(store.get_task("tsk_recent").await.unwrap().is_some());
     assert_eq!(
-        store.prune_history(1_000, 100).await.unwrap().through_seq,
+        store
+            .prune_history(1_000, 100, &record_cut)
+            .await
+            .unwrap()
+            .through_seq,
         None
     );
     // Later the recent task is old too, but the only checkpoint before the running
     // task's row is the forged one: nothing is cut; the head never is.
     store.insert_checkpoint(&checkpoint(6)).await.unwrap();
     assert_eq!(
-        store.prune_history(10_000, 100).await.unwrap().through_seq,
+        store
+            .prune_history(10_000, 100, &record_cut)
+            .await
+            .unwrap()
+            .through_seq,
         None
     );
-    let left: Vec<i64> = store
-        .audit_after(0, 10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.seq)
-        .collect();
-    assert_eq!(left, [4, 5, 6]);
+    // The cut is recorded in the chain with it.
+    assert_eq!(
+        rows_left(store.as_ref()).await,
+        [
+            (4, "k".to_string()),
+            (5, "k".into()),
+            (6, "k".into()),
+            (7, "audit.pruned".into())
+        ]
+    );
+    let record = store.audit_after(6, 1).await.unwrap();
+    assert_eq!(record[0].detail["through_seq"], 3);
+    let chain = store.audit_after(0, 10).await.unwrap();
+    assert!(chain.windows(2).all(|w| w[1].prev_hash == w[0].hash));
 }
 
 /// A checkpoint (unsigned: the store does not check signatures) naming stored row `seq`
@@ -423,7 +459,12 @@ async fn history_pruned_a_batch_at_a_time(store: Arc<dyn Store>) {
         store.insert_checkpoint(&checkpoint).await.unwrap();
     }
     let mut cuts = Vec::new();
-    while let Some(through) = store.prune_history(1_000, 3).await.unwrap().through_seq {
+    while let Some(through) = store
+        .prune_history(1_000, 3, &record_cut)
+        .await
+        .unwrap()
+        .through_seq
+    {
         cuts.push(through);
         assert!(cuts.len() < 10, "it ends: {cuts:?}");
     }
@@ -432,14 +473,62 @@ async fn history_pruned_a_batch_at_a_time(store: Arc<dyn Store>) {
         [2, 4, 6, 8, 10],
         "at most 3 rows a cut while checkpoints allow"
     );
-    let left: Vec<i64> = store
-        .audit_after(0, 20)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.seq)
+    let left = rows_left(store.as_ref()).await;
+    assert_eq!(left[0], (11, "k".into()), "the young head stays");
+    assert_eq!(
+        left[1..]
+            .iter()
+            .map(|(_, kind)| kind.as_str())
+            .collect::<Vec<_>>(),
+        ["audit.pruned"; 5],
+        "each cut recorded: {left:?}"
+    );
+}
+
+/// A long task at the log's front straddles every checkpoint within `max_rows`: the cut
+/// goes forward past its last row (it used to stop every cut for good), but never past
+/// a row that must stay.
+async fn history_pruned_past_a_long_task_at_the_front(store: Arc<dyn Store>) {
+    let mut long = task("tsk_long", TaskState::Completed);
+    long.ended_at_ms = Some(10);
+    assert!(store.insert_task(&long, None, None).await.unwrap());
+    let events: Vec<NewAuditEvent> = (1..=60)
+        .map(|n| NewAuditEvent {
+            at_ms: if n == 60 { 5_000 } else { n },
+            kind: "k".into(),
+            actor: "a".into(),
+            task_id: (n == 1 || n == 50).then(|| "tsk_long".to_string()),
+            detail: json!({}),
+        })
         .collect();
-    assert_eq!(left, [11], "the young head stays");
+    store.append_audit(&events).await.unwrap();
+    for seq in [10, 20, 30, 40, 50] {
+        let checkpoint = checkpoint_of_row(store.as_ref(), seq).await;
+        store.insert_checkpoint(&checkpoint).await.unwrap();
+    }
+    // Rows from seq 40 on are young for a retention ending at 40: the only cut past the
+    // task (50) would take row 40.
+    assert_eq!(
+        store.prune_history(40, 20, &record_cut).await.unwrap(),
+        super::api::Pruned::default()
+    );
+    let pruned = store.prune_history(1_000, 20, &record_cut).await.unwrap();
+    assert_eq!(
+        (pruned.through_seq, pruned.rows, pruned.tasks),
+        (Some(50), 50, 1)
+    );
+    assert!(store.get_task("tsk_long").await.unwrap().is_none());
+    assert_eq!(
+        store
+            .prune_history(1_000, 20, &record_cut)
+            .await
+            .unwrap()
+            .through_seq,
+        None
+    );
+    let left = rows_left(store.as_ref()).await;
+    assert_eq!(left.first(), Some(&(51, "k".into())));
+    assert_eq!(left.last(), Some(&(61, "audit.pruned".into())));
 }
 
 /// With no checkpoint within `max_rows`, the cut goes to the oldest one it may use
@@ -459,12 +548,16 @@ async fn history_pruned_past_a_batch_when_checkpoints_are_sparse(store: Arc<dyn 
         let checkpoint = checkpoint_of_row(store.as_ref(), seq).await;
         store.insert_checkpoint(&checkpoint).await.unwrap();
     }
-    let pruned = store.prune_history(1_000, 1).await.unwrap();
+    let pruned = store.prune_history(1_000, 1, &record_cut).await.unwrap();
     assert_eq!((pruned.through_seq, pruned.rows), (Some(4), 4));
-    let pruned = store.prune_history(1_000, 1).await.unwrap();
+    let pruned = store.prune_history(1_000, 1, &record_cut).await.unwrap();
     assert_eq!((pruned.through_seq, pruned.rows), (Some(5), 1));
     assert_eq!(
-        store.prune_history(1_000, 1).await.unwrap().through_seq,
+        store
+            .prune_history(1_000, 1, &record_cut)
+            .await
+            .unwrap()
+            .through_seq,
         None
     );
 }
@@ -1772,6 +1865,10 @@ macro_rules! suite {
         #[tokio::test]
         async fn history_pruned_past_a_batch_when_checkpoints_are_sparse() {
             super::history_pruned_past_a_batch_when_checkpoints_are_sparse($make.await).await
+        }
+        #[tokio::test]
+        async fn history_pruned_past_a_long_task_at_the_front() {
+            super::history_pruned_past_a_long_task_at_the_front($make.await).await
         }
         #[tokio::test]
         async fn revocations_and_credentials() {
