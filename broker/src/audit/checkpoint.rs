@@ -351,7 +351,8 @@ pub async fn verify_log(
         && first.seq > 1
     {
         let anchor = first.seq - 1;
-        let Some((checkpoint, _)) = by_seq.get(&anchor).and_then(|all| all.first()) else {
+        let at_anchor = by_seq.get(&anchor).map(Vec::as_slice).unwrap_or_default();
+        let Some((checkpoint, _)) = at_anchor.first() else {
             return Ok(Err(ChainBreak {
                 seq: 1,
                 reason: format!(
@@ -360,6 +361,18 @@ pub async fn verify_log(
             }
             .into()));
         };
+        // Its row is gone: the checkpoints there (database and file) must agree with
+        // each other, as each would have to agree with the row.
+        if let Some((other, source)) = at_anchor.iter().find(|(c, _)| c.hash != checkpoint.hash) {
+            return Ok(Err(LogProblem::Checkpoint {
+                seq: anchor,
+                from: source.name(),
+                reason: format!(
+                    "names hash {} for row {anchor}, another checkpoint names {}: one of them is not this log's",
+                    other.hash, checkpoint.hash
+                ),
+            }));
+        }
         head = (anchor, checkpoint.hash.clone());
         pruned_through = Some(anchor);
     }
@@ -504,6 +517,58 @@ mod tests {
             check_signature(&garbled, &public)
                 .unwrap_err()
                 .contains("malformed")
+        );
+    }
+
+    /// A pruned log starts at a checkpoint whose row is gone: every checkpoint at that
+    /// seq (database and file) must name the same hash, or the log is not vouched for
+    /// (it used to take whichever came first).
+    #[tokio::test]
+    async fn checkpoints_at_a_pruned_anchor_must_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SqliteStore::open(&dir.path().join("leash.db"))
+            .await
+            .unwrap();
+        let event = |at_ms: i64| crate::store::NewAuditEvent {
+            at_ms,
+            kind: "k".into(),
+            actor: "a".into(),
+            task_id: None,
+            detail: json!({}),
+        };
+        store
+            .append_audit(&[event(1), event(2), event(5_000)])
+            .await
+            .unwrap();
+        let keys = RootKeys::generate();
+        let signed_row = |row: crate::store::AuditRow| sign(&keys, row.seq, &row.hash, 10).unwrap();
+        let anchor = signed_row(store.audit_after(1, 1).await.unwrap().remove(0));
+        store.insert_checkpoint(&anchor).await.unwrap();
+        let record = |pruned: &crate::store::Pruned| crate::store::NewAuditEvent {
+            detail: json!({ "through_seq": pruned.through_seq }),
+            kind: "audit.pruned".into(),
+            ..event(9_000)
+        };
+        let pruned = store.prune_history(1_000, 100, &record).await.unwrap();
+        assert_eq!(pruned.through_seq, Some(2));
+        let head = signed_row(store.audit_after(3, 1).await.unwrap().remove(0));
+        store.insert_checkpoint(&head).await.unwrap();
+        let public = keys.public_keys();
+
+        let verified = verify_log(&store, std::slice::from_ref(&anchor), &public)
+            .await
+            .unwrap();
+        assert_eq!(verified.map(|v| v.pruned_through), Ok(Some(2)));
+
+        let other = sign(&keys, 2, &"0".repeat(64), 11).unwrap();
+        let problem = verify_log(&store, &[other], &public)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(&problem, LogProblem::Checkpoint { seq: 2, from: "file", reason }
+                if reason.contains("another checkpoint names")),
+            "{problem}"
         );
     }
 }

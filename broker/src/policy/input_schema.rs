@@ -53,4 +53,23 @@ mod tests {
         assert!(compile(&json!({"type": "objekt"})).is_err());
         assert!(compile(&json!(true)).is_err());
     }
+
+    /// A schema that refers outside itself is refused, never fetched: Leash would have
+    /// to go where a tool server points it (a request it did not choose), and a
+    /// `writeOnly` there could not be masked (`write_only` reads only the schema).
+    #[test]
+    fn references_outside_the_schema_are_refused() {
+        for target in [
+            "https://schemas.example/creds.json",
+            "http://127.0.0.1:9/creds.json#/$defs/c",
+            "file:///etc/passwd",
+            "other.json",
+        ] {
+            let schema = json!({"type": "object", "properties": {"c": {"$ref": target}}});
+            assert!(compile(&schema).is_err(), "{target}");
+        }
+        let local = json!({"type": "object", "properties": {"c": {"$ref": "#/$defs/c"}},
+                           "$defs": {"c": {"type": "string"}}});
+        assert!(compile(&local).is_ok());
+    }
 }

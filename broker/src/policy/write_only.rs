@@ -43,13 +43,31 @@ pub fn masked_with_secrets(schema: &Value, args: &Value) -> (Value, Vec<String>)
     (shown, secrets)
 }
 
-/// Replaces every secret (of two characters or more) in `text` by [`MASK`].
+/// Replaces every secret (of two characters or more) in `text` by [`MASK`], as it is
+/// and as an upstream commonly quotes it back: inside a JSON string, or URL-encoded.
+/// Longest first, so no secret is left half shown by a shorter one inside it.
 pub fn scrubbed(text: &str, secrets: &[String]) -> String {
+    let mut spellings: Vec<String> = secrets
+        .iter()
+        .filter(|s| s.chars().count() >= 2)
+        .flat_map(|secret| spellings_of(secret))
+        .collect();
+    spellings.sort_by_key(|spelling| std::cmp::Reverse(spelling.len()));
+    spellings.dedup();
     let mut text = text.to_string();
-    for secret in secrets.iter().filter(|s| s.chars().count() >= 2) {
-        text = text.replace(secret.as_str(), MASK);
+    for spelling in spellings {
+        text = text.replace(spelling.as_str(), MASK);
     }
     text
+}
+
+/// `secret` as is, JSON-escaped, form-encoded and percent-encoded.
+fn spellings_of(secret: &str) -> [String; 4] {
+    let quoted = Value::String(secret.into()).to_string();
+    let escaped = quoted[1..quoted.len() - 1].to_string();
+    let form: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+    let percent = form.replace('+', "%20");
+    [secret.to_string(), escaped, form, percent]
 }
 
 /// [`MASK`], remembering every string and number inside `value`.
@@ -303,6 +321,22 @@ mod tests {
             super::scrubbed("invalid pin 4921 for key abc-123 of ada", &secrets),
             format!("invalid pin {MASK} for key {MASK} of ada")
         );
+    }
+
+    #[test]
+    fn a_secret_quoted_back_escaped_or_encoded_is_scrubbed_too() {
+        let secrets = vec![r#"p"w\x y&z"#.to_string(), "p\"w".to_string()];
+        for echo in [
+            r#"bad password: {"password": "p\"w\\x y&z"}"#,
+            "GET /login?password=p%22w%5Cx+y%26z failed",
+            "GET /login/p%22w%5Cx%20y%26z failed",
+        ] {
+            let scrubbed = super::scrubbed(echo, &secrets);
+            assert!(scrubbed.contains(MASK), "{echo} -> {scrubbed}");
+            for leak in ["p\"w", "x y", "x+y", "x%20y", "p%22w", "y&z", "y%26z"] {
+                assert!(!scrubbed.contains(leak), "{echo} -> {scrubbed}");
+            }
+        }
     }
 
     #[test]

@@ -10,19 +10,18 @@ use super::api::{
     Activation, ApprovalKind, ApprovalState, Decided, NewAuditEvent, NewTask, PruneRecord, Pruned,
     Revocation, StoreError, StoreResult, TaskState, UsageBatch,
 };
-use super::chain::chain_after;
+use super::chain::{chain_after, verify_chain};
 use super::dialect::{Dialect, Lock};
 use super::multirow;
-use super::rows::{revocation_from_row, to_i64};
+use super::rows::{audit_row_from_row, revocation_from_row, to_i64};
 use super::sql::{AUDIT_HEAD, SqlStore};
 
 /// Task ids per `timeline:` notification: PostgreSQL's payload limit is 8000 bytes, and
 /// a task id with its comma is 37.
 const TIMELINE_IDS_PER_NOTICE: usize = 150;
 
-/// Checkpoints one retention cut tries in each direction before giving up until the
-/// next run (each try steps past a whole task).
-const CUT_SEARCH_ROUNDS: usize = 16;
+/// Audit rows a retention cut reads at a time to check the chain it is about to delete.
+const CUT_VERIFY_PAGE: i64 = 5_000;
 
 /// Joined to `audit_checkpoints c`: the checkpoint names its row as stored (a rewritten
 /// row is no anchor).
@@ -31,6 +30,13 @@ const USABLE: &str = "JOIN audit r ON r.seq = c.seq AND r.hash = c.hash";
 /// True of an audit row `a` at or before the cut `$1` whose task has rows after it.
 const STRADDLES: &str = "a.task_id IS NOT NULL
     AND EXISTS (SELECT 1 FROM audit b WHERE b.task_id = a.task_id AND b.seq > $1)";
+
+/// The last row of any task with a row from `$1` (exclusive) to `$2`: each task's last
+/// row is looked up by the `audit_by_task` index, row by row (a set form, `task_id IN
+/// (...)`, may scan the whole log on PostgreSQL).
+const REACH: &str =
+    "SELECT MAX((SELECT MAX(b.seq) FROM audit b WHERE b.task_id = a.task_id)) AS reach
+    FROM audit a WHERE a.seq > $1 AND a.seq <= $2 AND a.task_id IS NOT NULL";
 
 /// Records a token issued for a task, so that ending the task revokes it.
 const INSERT_TASK_TOKEN: &str =
@@ -542,8 +548,20 @@ where
             .choose_cut(&mut tx, before_ms, first, head, max_rows)
             .await?
         else {
+            if self
+                .kept_between(&mut tx, before_ms, first, first)
+                .await?
+                .is_none()
+            {
+                tracing::info!(
+                    oldest_seq = first,
+                    "audit rows past retention wait: no signed checkpoint yet after them that \
+                     no task still in retention reaches across"
+                );
+            }
             return Ok(Pruned::default());
         };
+        self.verify_doomed_rows(&mut tx, first, anchor).await?;
         let rows = sqlx::query("DELETE FROM audit WHERE seq <= $1")
             .bind(anchor)
             .execute(&mut *tx)
@@ -597,20 +615,24 @@ where
         let kept = self.kept_between(tx, before_ms, first, window).await?;
         // Backwards from the window's end: a task that straddles a checkpoint straddles
         // every checkpoint from its first row on, so the next try is before that row.
+        // Each try ends below the last, and the search stops below `first`.
         let mut limit = kept.map_or(window, |kept| kept - 1);
-        for _ in 0..CUT_SEARCH_ROUNDS {
+        loop {
             let anchor: Option<i64> = sqlx::query(&format!(
-                "SELECT MAX(c.seq) AS anchor FROM audit_checkpoints c {USABLE} WHERE c.seq <= $1"
+                "SELECT MAX(c.seq) AS anchor FROM audit_checkpoints c {USABLE}
+                  WHERE c.seq <= $1 AND c.seq >= $2"
             ))
             .bind(limit)
+            .bind(first)
             .fetch_one(&mut **tx)
             .await?
             .try_get("anchor")?;
             let Some(anchor) = anchor else { break };
             let straddling: Option<i64> = sqlx::query(&format!(
-                "SELECT MIN(a.seq) AS s FROM audit a WHERE a.seq <= $1 AND {STRADDLES}"
+                "SELECT MIN(a.seq) AS s FROM audit a WHERE a.seq <= $1 AND a.seq >= $2 AND {STRADDLES}"
             ))
             .bind(anchor)
+            .bind(first)
             .fetch_one(&mut **tx)
             .await?
             .try_get("s")?;
@@ -624,10 +646,15 @@ where
         }
         // Forwards past the window: the oldest usable checkpoint, stepping past the last
         // row of each task that straddles one (a long task at the log's front would
-        // otherwise stop every cut).
+        // otherwise stop every cut). A task that straddles a later checkpoint has no row
+        // at or before the one tried last (it would have straddled that one too, and the
+        // later one is past its last row), so each try reads only the rows after the one
+        // before; each tries a later checkpoint, and the search ends at the head. The
+        // cut this finds may hold more than `max_rows` rows: as many as the long task spans.
         let mut checked = window;
+        let mut scanned = first - 1;
         let mut after = window;
-        for _ in 0..CUT_SEARCH_ROUNDS {
+        loop {
             let anchor: Option<i64> = sqlx::query(&format!(
                 "SELECT MIN(c.seq) AS anchor FROM audit_checkpoints c {USABLE}
                   WHERE c.seq > $1 AND c.seq < $2"
@@ -648,21 +675,73 @@ where
                 return Ok(None);
             }
             checked = anchor;
-            let last_of_tasks: Option<i64> = sqlx::query(&format!(
-                "SELECT MAX(t.seq) AS s FROM audit t WHERE t.task_id IN
-                   (SELECT a.task_id FROM audit a WHERE a.seq <= $1 AND {STRADDLES})"
-            ))
-            .bind(anchor)
-            .fetch_one(&mut **tx)
-            .await?
-            .try_get("s")?;
-            match last_of_tasks {
-                None => return Ok(Some(anchor)),
+            let reach: Option<i64> = sqlx::query(REACH)
+                .bind(scanned)
+                .bind(anchor)
+                .fetch_one(&mut **tx)
+                .await?
+                .try_get("reach")?;
+            scanned = anchor;
+            match reach {
                 // A checkpoint at that row or after it.
-                Some(last) => after = last - 1,
+                Some(last) if last > anchor => after = last - 1,
+                _ => return Ok(Some(anchor)),
             }
         }
-        Ok(None)
+    }
+
+    /// Checks, before a cut deletes them, that the rows up to `anchor` still chain from
+    /// the previous cut's checkpoint (or the log's start) to the checkpoint at `anchor`:
+    /// a row rewritten in the database would otherwise vanish with the evidence of it.
+    /// A broken chain stops retention (the error says where) until someone looks.
+    async fn verify_doomed_rows(
+        &self,
+        tx: &mut Transaction<'static, D::Db>,
+        first: i64,
+        anchor: i64,
+    ) -> StoreResult<()> {
+        let refuse = |why: String| {
+            StoreError::Corrupt(format!(
+                "{why}; retention deletes no audit rows it cannot vouch for"
+            ))
+        };
+        let mut head = if first == 1 {
+            (0, String::new())
+        } else {
+            let hash: Option<String> =
+                sqlx::query("SELECT hash FROM audit_checkpoints WHERE seq = $1")
+                    .bind(first - 1)
+                    .fetch_optional(&mut **tx)
+                    .await?
+                    .map(|row| row.try_get("hash"))
+                    .transpose()?;
+            let Some(hash) = hash else {
+                return Err(refuse(format!(
+                    "audit rows 1 to {} are missing and no checkpoint anchors row {first}",
+                    first - 1
+                )));
+            };
+            (first - 1, hash)
+        };
+        while head.0 < anchor {
+            let page = sqlx::query(
+                "SELECT * FROM audit WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3",
+            )
+            .bind(head.0)
+            .bind(anchor)
+            .bind(CUT_VERIFY_PAGE)
+            .fetch_all(&mut **tx)
+            .await?
+            .iter()
+            .map(audit_row_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+            if page.is_empty() {
+                return Err(refuse(format!("audit row {} is missing", head.0 + 1)));
+            }
+            head = verify_chain((head.0, &head.1), &page)
+                .map_err(|broken| refuse(broken.to_string()))?;
+        }
+        Ok(())
     }
 
     /// The oldest row from `from` to `to` that must stay: younger than `before_ms`, or of

@@ -352,7 +352,7 @@ impl SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::api::Store;
+    use crate::store::api::{Store, StoreError};
 
     /// A database written before the feed was indexed by id prefix, whose newest entry
     /// was pruned since: opening it drops the unique index, keeps every entry and seq,
@@ -423,5 +423,83 @@ mod tests {
             .unwrap();
         assert_eq!(next[0].seq, 5);
         assert_eq!(reopened.revocation_count().await.unwrap(), 4);
+    }
+
+    /// A retention cut checks the chain of the rows it deletes: an old row rewritten in
+    /// the database stops retention with the seq named (it used to vanish with the
+    /// evidence of it), and so does a log whose front was deleted without a checkpoint
+    /// to anchor what is left.
+    #[tokio::test]
+    async fn a_cut_refuses_rows_that_do_not_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("leash.db"))
+            .await
+            .unwrap();
+        let events: Vec<crate::store::NewAuditEvent> = (1..=5)
+            .map(|n| crate::store::NewAuditEvent {
+                at_ms: if n == 5 { 5_000 } else { n },
+                kind: "k".into(),
+                actor: "a".into(),
+                task_id: None,
+                detail: serde_json::json!({}),
+            })
+            .collect();
+        store.append_audit(&events).await.unwrap();
+        let row = store.audit_after(2, 1).await.unwrap().remove(0);
+        store
+            .insert_checkpoint(&crate::store::AuditCheckpoint {
+                seq: 3,
+                hash: row.hash,
+                at_ms: 1,
+                kid: 1,
+                signature: "s".into(),
+            })
+            .await
+            .unwrap();
+        let record = |pruned: &crate::store::Pruned| crate::store::NewAuditEvent {
+            at_ms: 9_000,
+            kind: "audit.pruned".into(),
+            actor: "broker".into(),
+            task_id: None,
+            detail: serde_json::json!({ "through_seq": pruned.through_seq }),
+        };
+        let rows = || async {
+            let all: Vec<(i64,)> = sqlx::query_as("SELECT seq FROM audit ORDER BY seq")
+                .fetch_all(&store.pool)
+                .await
+                .unwrap();
+            all.into_iter().map(|(seq,)| seq).collect::<Vec<_>>()
+        };
+
+        sqlx::query("UPDATE audit SET actor = 'someone else' WHERE seq = 2")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let refused = store.prune_history(1_000, 100, &record).await.unwrap_err();
+        assert!(
+            matches!(&refused, StoreError::Corrupt(why)
+                if why.contains("audit chain broken at seq 2") && why.contains("cannot vouch")),
+            "{refused}"
+        );
+        assert_eq!(
+            rows().await,
+            [1, 2, 3, 4, 5],
+            "nothing deleted, nothing recorded"
+        );
+
+        sqlx::query("UPDATE audit SET actor = 'a' WHERE seq = 2")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM audit WHERE seq = 1")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let refused = store.prune_history(1_000, 100, &record).await.unwrap_err();
+        assert!(
+            refused.to_string().contains("rows 1 to 1 are missing"),
+            "{refused}"
+        );
+        assert_eq!(rows().await, [2, 3, 4, 5]);
     }
 }

@@ -531,6 +531,50 @@ async fn history_pruned_past_a_long_task_at_the_front(store: Arc<dyn Store>) {
     assert_eq!(left.last(), Some(&(61, "audit.pruned".into())));
 }
 
+/// Twenty ended tasks at the log's front, each starting before the one before it ends:
+/// every checkpoint among them is straddled by one, so the cut steps forward task by
+/// task past them all (a search capped at 16 steps never cut again).
+async fn history_pruned_past_a_chain_of_overlapping_tasks(store: Arc<dyn Store>) {
+    const TASKS: i64 = 20;
+    let task_of = |seq: i64| {
+        // Task i has rows 2i+1 and 2i+4.
+        let i = if seq % 2 == 1 {
+            (seq - 1) / 2
+        } else {
+            (seq - 4) / 2
+        };
+        (seq != 2 && i < TASKS).then(|| format!("tsk_{i:02}"))
+    };
+    for i in 0..TASKS {
+        let mut ended = task(&format!("tsk_{i:02}"), TaskState::Completed);
+        ended.ended_at_ms = Some(10);
+        assert!(store.insert_task(&ended, None, None).await.unwrap());
+    }
+    let last_of_tasks = 2 * (TASKS - 1) + 4;
+    let events: Vec<NewAuditEvent> = (1..=last_of_tasks + 6)
+        .map(|seq| NewAuditEvent {
+            at_ms: if seq == last_of_tasks + 6 { 5_000 } else { seq },
+            kind: "k".into(),
+            actor: "a".into(),
+            task_id: task_of(seq),
+            detail: json!({}),
+        })
+        .collect();
+    store.append_audit(&events).await.unwrap();
+    for seq in 1..last_of_tasks + 6 {
+        let checkpoint = checkpoint_of_row(store.as_ref(), seq).await;
+        store.insert_checkpoint(&checkpoint).await.unwrap();
+    }
+    let pruned = store.prune_history(1_000, 1, &record_cut).await.unwrap();
+    assert_eq!(
+        (pruned.through_seq, pruned.rows, pruned.tasks),
+        (Some(last_of_tasks), last_of_tasks as u64, TASKS as u64),
+        "the first cut after the last of the chained tasks"
+    );
+    let left = rows_left(store.as_ref()).await;
+    assert_eq!(left.first(), Some(&(last_of_tasks + 1, "k".into())));
+}
+
 /// With no checkpoint within `max_rows`, the cut goes to the oldest one it may use
 /// rather than never pruning.
 async fn history_pruned_past_a_batch_when_checkpoints_are_sparse(store: Arc<dyn Store>) {
@@ -1869,6 +1913,10 @@ macro_rules! suite {
         #[tokio::test]
         async fn history_pruned_past_a_long_task_at_the_front() {
             super::history_pruned_past_a_long_task_at_the_front($make.await).await
+        }
+        #[tokio::test]
+        async fn history_pruned_past_a_chain_of_overlapping_tasks() {
+            super::history_pruned_past_a_chain_of_overlapping_tasks($make.await).await
         }
         #[tokio::test]
         async fn revocations_and_credentials() {
