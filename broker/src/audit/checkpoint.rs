@@ -571,4 +571,68 @@ mod tests {
             "{problem}"
         );
     }
+
+    /// Logs longer than a page (5,000 rows) are checked across pages, by the verifier
+    /// and by a retention cut: an edited row in a later page is named by both, and the
+    /// cut deletes nothing until the row is put back.
+    #[tokio::test]
+    async fn long_logs_are_checked_across_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("leash.db");
+        let store = crate::store::SqliteStore::open(&path).await.unwrap();
+        let events: Vec<crate::store::NewAuditEvent> = (1..=12_000)
+            .map(|n| crate::store::NewAuditEvent {
+                at_ms: if n == 12_000 { 5_000 } else { 1 },
+                kind: "k".into(),
+                actor: "a".into(),
+                task_id: None,
+                detail: json!({ "n": n }),
+            })
+            .collect();
+        for chunk in events.chunks(1_000) {
+            store.append_audit(chunk).await.unwrap();
+        }
+        let keys = RootKeys::generate();
+        let row = store.audit_after(10_999, 1).await.unwrap().remove(0);
+        store
+            .insert_checkpoint(&sign(&keys, row.seq, &row.hash, 10).unwrap())
+            .await
+            .unwrap();
+        let public = keys.public_keys();
+        let verified = verify_log(&store, &[], &public).await.unwrap().unwrap();
+        assert_eq!((verified.head, verified.pruned_through), (12_000, None));
+
+        let raw = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        let set_actor = |actor: &'static str| {
+            let raw = raw.clone();
+            async move {
+                sqlx::query("UPDATE audit SET actor = ? WHERE seq = 7001")
+                    .bind(actor)
+                    .execute(&raw)
+                    .await
+                    .unwrap();
+            }
+        };
+        set_actor("someone else").await;
+        let problem = verify_log(&store, &[], &public).await.unwrap().unwrap_err();
+        assert!(problem.to_string().contains("seq 7001"), "{problem}");
+        let record = |pruned: &crate::store::Pruned| crate::store::NewAuditEvent {
+            at_ms: 9_000,
+            kind: "audit.pruned".into(),
+            actor: "broker".into(),
+            task_id: None,
+            detail: json!({ "through_seq": pruned.through_seq }),
+        };
+        let refused = store
+            .prune_history(1_000, 20_000, &record)
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("seq 7001"), "{refused}");
+
+        set_actor("a").await;
+        let pruned = store.prune_history(1_000, 20_000, &record).await.unwrap();
+        assert_eq!((pruned.through_seq, pruned.rows), (Some(11_000), 11_000));
+    }
 }
